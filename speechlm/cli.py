@@ -1,0 +1,110 @@
+"""The one ``speechlm`` command. Each subcommand is a module in ``speechlm/bin/`` with
+``add_arguments(parser)`` and ``main(args) -> int``; adding one is one file plus one line below.
+
+Every subcommand accepts ``--config file.yaml``: its keys are the subcommand's option names
+(dashes or underscores), unknown keys are an error, and flags given on the command line win.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from speechlm.registry import suggest
+
+# name -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate-data": ("speechlm.bin.validate_data", "check a Kaldi data dir and report every problem"),
+    "fix-data": ("speechlm.bin.fix_data", "sort a Kaldi data dir and drop inconsistent entries"),
+    "prepare": ("speechlm.bin.prepare", "join a data dir with a task template into a JSONL manifest"),
+    "train-bpe": ("speechlm.bin.train_bpe", "train a SentencePiece text tokenizer"),
+    "vocab": ("speechlm.bin.vocab", "build or extend the shared vocabulary (token_list.json)"),
+    "tasks": ("speechlm.bin.tasks", "list task templates or show one"),
+}
+
+_OPTIONAL_COMMANDS = {
+    # Registered by later parts of the toolkit; listed here so the registration is one line.
+    "tokenize": ("speechlm.bin.tokenize", "tokenize the segments of a manifest into kaldiio archives"),
+    "train-kmeans": ("speechlm.bin.train_kmeans", "train k-means units over SSL or fallback features"),
+    "train": ("speechlm.bin.train", "train a SpeechLM (torchrun aware)"),
+    "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
+    "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
+    "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
+    "stats": ("speechlm.bin.stats", "collect length statistics of token archives"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    cmds = dict(COMMANDS)
+    for name, (mod, help_) in _OPTIONAL_COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            cmds[name] = (mod, help_)
+    return dict(sorted(cmds.items()))
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; if ``--config`` is given, its keys become defaults that flags override."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from speechlm.config import load_yaml
+
+        data = load_yaml(args.config) or {}
+        if not isinstance(data, dict):
+            parser.error(f"{args.config}: expected a mapping of option names to values")
+        dests = {a.dest for a in parser._actions}
+        defaults = {}
+        for key, value in data.items():
+            dest = key.replace("-", "_")
+            if dest not in dests or dest in ("help", "config"):
+                parser.error(
+                    f"{args.config}: unknown option {key!r}{suggest(dest, dests)}; "
+                    f"valid: {', '.join(sorted(d for d in dests if d not in ('help', 'config')))}"
+                )
+            defaults[dest] = value
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = _available()
+    from speechlm import __version__
+
+    top = argparse.ArgumentParser(
+        prog="speechlm",
+        description="speechlm: build speech language models and voice agents.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in cmds.items())
+        + "\n\nRun `speechlm COMMAND --help` for the options of one command.",
+    )
+    top.add_argument("--version", action="version", version=f"speechlm {__version__}")
+    top.add_argument("command", nargs="?", help="one of the commands below")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        top.parse_args(argv)
+    name, rest = argv[0], argv[1:]
+    if name not in cmds:
+        top.error(f"unknown command {name!r}{suggest(name, cmds)}; valid: {', '.join(cmds)}")
+    module = importlib.import_module(cmds[name][0])
+    parser = argparse.ArgumentParser(prog=f"speechlm {name}", description=cmds[name][1])
+    parser.add_argument("--config", help="YAML file of option values (flags override it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    module.add_arguments(parser)
+    args = _apply_config(parser, rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(module.main(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Expected user errors: one clear line, no traceback unless --verbose.
+        if args.verbose:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        logging.getLogger("speechlm").error("%s", msg)
+        return 1

@@ -1,0 +1,96 @@
+"""The tokenizer interface shared by every modality.
+
+A tokenizer turns one value (a string, or a waveform) into an int32 array ``[frames, streams]``
+with ids local to the tokenizer (stream ``k`` takes values in ``[0, codebook_sizes[k])``), and
+back. Text tokenizers have one stream; audio codecs have several.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from speechlm.registry import Registry
+
+TOKENIZERS: Registry[type["Tokenizer"]] = Registry("tokenizer")
+
+
+class Tokenizer(abc.ABC):
+    """Base class. Subclasses are registered with ``@TOKENIZERS.register("name")``."""
+
+    modality: str = "text"
+    #: Options this tokenizer was built with (saved to ``tokenizers.yaml`` when packing).
+    options: dict[str, Any]
+
+    @property
+    @abc.abstractmethod
+    def codebook_sizes(self) -> list[int]:
+        """Vocabulary size of each stream."""
+
+    @property
+    def n_streams(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def frame_rate(self) -> float | None:
+        """Frames per second for audio tokenizers; None for text."""
+        return None
+
+    @abc.abstractmethod
+    def encode(self, value: Any) -> np.ndarray:
+        """One value -> int32 ``[frames, streams]``."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: np.ndarray) -> Any:
+        """int ``[frames, streams]`` (or ``[frames]`` for one stream) -> value."""
+
+    def files(self) -> list[Path]:
+        """Files the tokenizer needs (copied into packed models)."""
+        return []
+
+
+class TextTokenizer(Tokenizer):
+    """Text in, one stream of ids out."""
+
+    modality = "text"
+
+    @staticmethod
+    def _column(tokens: np.ndarray) -> list[int]:
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2:
+            tokens = tokens[:, 0]
+        return [int(t) for t in tokens]
+
+
+class AudioTokenizer(Tokenizer):
+    """Waveforms in, ``[frames, streams]`` codes out; decodes back to a waveform."""
+
+    modality = "audio"
+    sample_rate: int
+    device: str = "cpu"
+
+    @property
+    @abc.abstractmethod
+    def frame_rate(self) -> float:
+        ...
+
+    @abc.abstractmethod
+    def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:  # type: ignore[override]
+        """Mono float waveform (any rate; resampled inside) -> int32 ``[frames, streams]``."""
+
+    def encode_batch(self, wavs: Sequence[np.ndarray], sample_rate: int | None = None) -> list[np.ndarray]:
+        """Encode several waveforms; codecs that batch on a device override this."""
+        return [self.encode(w, sample_rate) for w in wavs]
+
+    @abc.abstractmethod
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """``[frames, streams]`` -> float32 waveform at :attr:`sample_rate`."""
+
+    def prepare(self, wav: np.ndarray, sample_rate: int | None) -> np.ndarray:
+        """Mono float32 at this tokenizer's rate (torchaudio resampling)."""
+        from speechlm.data.audio import resample, to_mono
+
+        wav = to_mono(np.asarray(wav, dtype=np.float32))
+        return resample(wav, sample_rate or self.sample_rate, self.sample_rate)

@@ -1,0 +1,53 @@
+"""Atomic writes and completion markers: a killed stage never leaves a half-written output."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        f.write("\n")
+
+
+def done_marker(path: str | os.PathLike) -> Path:
+    """The completion marker that sits beside an output (``out`` -> ``out.done``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".done")
+
+
+def is_done(path: str | os.PathLike) -> bool:
+    return done_marker(path).exists() and Path(path).exists()
+
+
+def mark_done(path: str | os.PathLike, info: dict | None = None) -> None:
+    write_json(done_marker(path), info or {})

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install speechlm into a virtual env (default: .venv at the repo root) in editable mode,
+# plus the Debian packages the toolkit uses (espeak-ng, sox) when run as root.
+# Usage: tools/install.sh [--venv DIR] [--python PYTHON] [--no-apt]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+python=${PYTHON:-python3}
+apt=true
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) venv=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --no-apt) apt=false; shift ;;
+    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+debs=(espeak-ng sox libsndfile1)
+missing=()
+for cmd in espeak-ng sox; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if $apt && [ "$(id -u)" = 0 ]; then
+    echo "install.sh: installing Debian packages: ${debs[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
+  else
+    echo "install.sh: missing ${missing[*]}; install them with: sudo apt-get install ${debs[*]}" >&2
+  fi
+fi
+
+stamp="$venv/.speechlm-installed"
+reqs=$(cat "$root"/setup.py "$root"/tools/requirements/*.txt | sha1sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ]; then
+  echo "install.sh: $venv is up to date"
+  exit 0
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+start=$(date +%s)
+"$venv/bin/python" -m pip install -q -e "$root[test]"
+# Packages whose declared dependencies conflict with ours but work with them (e.g. resemblyzer).
+if [ -s "$root/tools/requirements/nodeps.txt" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps -r "$root/tools/requirements/nodeps.txt"
+fi
+echo "$reqs" > "$stamp"
+echo "install.sh: installed speechlm into $venv in $(( $(date +%s) - start )) s ($(du -sh "$venv" | cut -f1))"
