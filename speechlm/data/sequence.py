@@ -101,12 +101,12 @@ def build_example(
     for role, segs in (("conditions", template.conditions), ("targets", template.targets)):
         is_target = role == "targets"
         for seg in segs:
-            if seg.name not in segments:
-                raise KeyError(f"utterance {utt_id}: no tokens for segment {seg.name!r} of task {template.name!r}")
             w = seg.loss_weight if seg.loss else 0.0
             special(vocab.marker_id(seg.tokenizer), w)
             if is_target and not with_targets:
                 return _finish(utt_id, template, rows, weights, kinds, prefix_len)
+            if seg.name not in segments:
+                raise KeyError(f"utterance {utt_id}: no tokens for segment {seg.name!r} of task {template.name!r}")
             tok = shift_tokens(segments[seg.name], seg.tokenizer, vocab, n_streams)
             mask = (tok != vocab.pad_id).astype(np.float32) * w
             rows.append(tok), weights.append(mask)

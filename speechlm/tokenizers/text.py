@@ -108,6 +108,7 @@ def train_sentencepiece(
         shuffle_input_sentence=True,
         minloglevel=2,
         num_threads=1,
+        hard_vocab_limit=model_type == "bpe",  # unigram: nbpe is an upper bound on small corpora
     )
     os.replace(f"{prefix}.vocab", out_dir / "bpe.vocab")
     os.replace(f"{prefix}.model", out_dir / "bpe.model")  # the model last: its presence means done

@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# The stage script of every speechlm recipe: run it from a recipe dir (egs/<corpus>/speechlm1),
+# usually through that recipe's run.sh. Each stage is a log line and one `speechlm` command; a
+# stage whose outputs are complete skips itself, so re-running continues where a run stopped.
+# `./speechlm.sh --help` lists the stages and options.
+set -euo pipefail
+
+_log() { printf '%s (%s:%s) %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "${0##*/}" "$1" "${*:2}" >&2; }
+log() { _log "${BASH_LINENO[0]}" "$@"; }
+die() { _log "${BASH_LINENO[0]}" "ERROR: $*"; exit 1; }
+
+[[ -f path.sh && -f cmd.sh && -d utils ]] \
+  || die "run me from a recipe dir (one with path.sh, cmd.sh and utils/); the current dir is ${PWD}"
+# shellcheck disable=SC1091
+. ./path.sh
+# shellcheck disable=SC1091
+. ./cmd.sh
+orig_args=("$@")
+
+# <options>
+stage=1                   # first stage to run
+stop_stage=12             # last stage to run
+nj=4                      # parallel jobs for data preparation and tokenization
+inference_nj=2            # parallel jobs for decoding
+ngpu=0                    # GPUs per node for training and decoding (0: CPU only)
+num_nodes=1               # nodes for training; >1: run this script on every node with its --node_rank
+node_rank=0               # rank of this node when num_nodes > 1
+master_addr=localhost     # address of node 0 for the torchrun rendezvous
+master_port=29500         # port of the torchrun rendezvous
+speechlm="python3 -m speechlm" # the speechlm command line
+train_cmd=${train_cmd:-utils/run.pl} # job launcher for training (utils/run.pl or utils/slurm.pl, set in cmd.sh)
+decode_cmd=${decode_cmd:-utils/run.pl} # job launcher for decoding (set in cmd.sh)
+dumpdir=dump              # formatted data dirs, manifests, token archives, vocabulary
+expdir=exp                # experiment dirs
+data_name=                # corpus name in training data specs (default: the recipe's corpus dir name)
+local_data_opts=          # options passed to local/data.sh in stage 1
+train_set=train           # training set (data/<name>)
+valid_set=dev             # validation set
+test_sets="test"          # test sets, space separated
+min_wav_duration=0.1      # shortest training/validation utterance kept in stage 2 (seconds)
+max_wav_duration=20       # longest training/validation utterance kept in stage 2 (seconds)
+tasks="asr tts"           # task templates to prepare and train on this corpus
+task_dir=                 # directory with your own task template YAMLs (name.yaml)
+tokenizers=conf/tokenizers.yaml # tokenizer set: instance name -> {type: ..., kwargs}
+nbpe=0                    # BPE vocabulary size to train in stage 3 (0: no BPE training)
+bpe_model_type=bpe        # SentencePiece model type: bpe or unigram
+bpe_user_symbols=         # extra symbols kept whole by the BPE model, space separated
+bpe_train_text=           # Kaldi text file(s) for BPE training (default: the training set's text)
+kmeans_clusters=0         # k-means units to train in stage 4 (0: no audio tokenizer training)
+kmeans_feature=mfcc       # features for k-means when no ssl_model_dir is given
+ssl_model_dir=            # local Hugging Face SSL model (HuBERT/WavLM) for k-means features
+train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
+valid_data=               # validation data, same format (default: tasks on valid_set)
+train_config=conf/train.yaml # speechlm train options (YAML)
+model_config=             # model preset YAML; overrides the one named in train_config
+train_args=               # extra flags for speechlm train, e.g. "--max-steps 100"
+tag=                      # experiment name: exp/<tag> (default: train_config name + data_name)
+init_from=                # packed model or exp dir to start from; its vocabulary is extended
+decode_tasks=             # tasks decoded on test_sets (default: tasks)
+decode_config=            # speechlm decode options (YAML)
+decode_args=              # extra flags for speechlm decode
+score_metrics=            # metrics for speechlm score, space separated (default: the task's own)
+hub_repo=                 # model hub repo id named in the stage 12 export (nothing is uploaded)
+# </options>
+
+# shellcheck disable=SC2034  # read by utils/parse_options.sh
+help_message="Usage: $0 [options]   (from a recipe dir; run.sh passes its settings and yours)
+
+Stages (--stage N --stop_stage M runs N..M):
+$(awk -F'"' '/^ *log "Stage [0-9]+: / { split($2, a, ":"); if (!seen[a[1]]++) print "  " a[1] ":" a[2] }' "$0")
+
+Training data for several tasks and corpora: prepare each corpus with stages 1-5 in its own
+recipe, then train with e.g.
+  --stage 6 --train_data \"asr:libri:dump/train/asr:1.0 tts:lj:../../ljspeech/speechlm1/dump/train/tts:0.5\""
+# shellcheck disable=SC1091
+. utils/parse_options.sh
+(( $# == 0 )) || die "unexpected argument(s): $* (options are --name value; see --help)"
+
+# ---- check the options before anything runs ----
+last_stage=12
+is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+for opt in stage stop_stage nj inference_nj ngpu num_nodes node_rank nbpe kmeans_clusters; do
+  is_int "${!opt}" || die "--${opt} must be a non-negative integer, got '${!opt}'"
+done
+(( stage >= 1 && stage <= last_stage )) || die "--stage ${stage} is out of range 1..${last_stage}"
+(( stop_stage >= 1 && stop_stage <= last_stage )) || die "--stop_stage ${stop_stage} is out of range 1..${last_stage}"
+(( stage <= stop_stage )) || die "--stage ${stage} is after --stop_stage ${stop_stage}"
+(( nj >= 1 && inference_nj >= 1 && num_nodes >= 1 )) || die "--nj, --inference_nj and --num_nodes must be >= 1"
+(( node_rank < num_nodes )) || die "--node_rank ${node_rank} must be below --num_nodes ${num_nodes}"
+[[ -f ${tokenizers} ]] || die "--tokenizers ${tokenizers}: file not found"
+[[ -z ${task_dir} || -d ${task_dir} ]] || die "--task_dir ${task_dir}: directory not found"
+[[ -z ${init_from} || -f ${init_from}/token_list.json ]] \
+  || die "--init_from ${init_from}: no token_list.json there (give a packed model dir or an exp dir)"
+
+stage_on() { (( stage <= $1 && stop_stage >= $1 )); }
+read -ra slm <<< "${speechlm}"
+# shellcheck disable=SC2034  # used through run_logged
+read -ra train_launcher <<< "${train_cmd}"
+# shellcheck disable=SC2034
+read -ra decode_launcher <<< "${decode_cmd}"
+read -ra task_list <<< "${tasks}"
+read -ra test_set_list <<< "${test_sets}"
+(( ${#task_list[@]} > 0 )) || die "--tasks is empty"
+data_name=${data_name:-$(basename "$(dirname "${PWD}")")}
+[[ ${data_name} != *:* ]] || die "--data_name '${data_name}' must not contain ':'"
+all_sets=("${train_set}" "${valid_set}")
+for s in "${test_set_list[@]}"; do
+  [[ " ${all_sets[*]} " == *" ${s} "* ]] || all_sets+=("${s}")
+done
+task_dir_opts=()
+if [[ -n ${task_dir} ]]; then task_dir_opts=(--task-dir "${task_dir}"); fi
+if [[ -z ${decode_tasks} ]]; then decode_tasks=${tasks}; fi
+read -ra decode_task_list <<< "${decode_tasks}"
+
+# Training data specs: task:name:dumpdir:weight.
+default_specs() {  # default_specs SET
+  local t
+  for t in "${task_list[@]}"; do printf '%s ' "${t}:${data_name}:${dumpdir}/$1/${t}:1.0"; done
+}
+if [[ -z ${train_data} ]]; then train_data=$(default_specs "${train_set}"); fi
+if [[ -z ${valid_data} ]]; then valid_data=$(default_specs "${valid_set}"); fi
+read -ra train_specs <<< "${train_data}"
+read -ra valid_specs <<< "${valid_data}"
+spec_tasks=()
+for spec in "${train_specs[@]}" "${valid_specs[@]}"; do
+  [[ ${spec} =~ ^[A-Za-z0-9_.-]+:[^:]+:[^:]+:[0-9]*\.?[0-9]+$ ]] \
+    || die "bad data spec '${spec}': expected task:name:dumpdir:weight, e.g. asr:${data_name}:${dumpdir}/${train_set}/asr:1.0"
+  t=${spec%%:*}
+  [[ " ${spec_tasks[*]} " == *" ${t} "* ]] || spec_tasks+=("${t}")
+done
+
+if [[ -z ${tag} ]]; then tag="$(basename "${train_config}" .yaml)_${data_name}"; fi
+exp=${expdir}/${tag}
+token_list=${dumpdir}/token_list.json
+bpe_dir=${dumpdir}/bpe
+kmeans_dir=${dumpdir}/kmeans
+if (( ngpu == 0 )); then export CUDA_VISIBLE_DEVICES=""; fi
+
+# run_logged LAUNCHER_ARRAY_NAME LOG CMD ...: run through run.pl/slurm.pl; on failure show the log.
+run_logged() {
+  local -n _launcher=$1
+  local logfile=$2
+  shift 2
+  if ! "${_launcher[@]}" "${logfile}" "$@"; then
+    tail -n 30 "${logfile}" >&2 || true
+    die "failed: $* (full log: ${logfile})"
+  fi
+}
+
+# ---- stages ----
+if stage_on 1; then
+  log "Stage 1: data preparation: local/data.sh ${local_data_opts} -> data/{${all_sets[*]}}"
+  marker=data/.stage1.done
+  if [[ -f ${marker} && $(cat "${marker}") == "${local_data_opts}" ]]; then
+    log "Stage 1: skipped: ${marker} exists (remove it to prepare the data again)"
+  else
+    [[ -x local/data.sh ]] || die "local/data.sh not found or not executable in ${PWD}"
+    read -ra data_opts <<< "${local_data_opts}"
+    local/data.sh "${data_opts[@]}"
+    for s in "${all_sets[@]}"; do
+      for f in wav.scp text utt2spk spk2utt; do
+        [[ -s data/${s}/${f} ]] || die "local/data.sh did not write data/${s}/${f} (name the sets it makes with --train_set/--valid_set/--test_sets)"
+      done
+    done
+    printf '%s\n' "${local_data_opts}" > "${marker}"
+  fi
+fi
+
+if stage_on 2; then
+  log "Stage 2: formatting and length filtering: data/{${all_sets[*]}} -> ${dumpdir}/data/{${all_sets[*]}}"
+  for s in "${all_sets[@]}"; do
+    out=${dumpdir}/data/${s}
+    if [[ -f ${out}/.done && ${out}/.done -nt data/${s}/wav.scp ]]; then
+      log "Stage 2: ${out} is complete, skipped"
+      continue
+    fi
+    filter_opts=()
+    if [[ ${s} == "${train_set}" || ${s} == "${valid_set}" ]]; then
+      filter_opts=(--min-duration "${min_wav_duration}" --max-duration "${max_wav_duration}")
+    fi
+    "${slm[@]}" fix-data "data/${s}" --out "${out}" "${filter_opts[@]}"
+    "${slm[@]}" validate-data "${out}"
+    touch "${out}/.done"
+  done
+fi
+
+if stage_on 3; then
+  if (( nbpe > 0 )); then
+    read -ra bpe_texts <<< "${bpe_train_text:-${dumpdir}/data/${train_set}/text}"
+    log "Stage 3: text tokenizer training: ${bpe_texts[*]} -> ${bpe_dir}/bpe.model (BPE ${nbpe})"
+    if [[ -f ${bpe_dir}/bpe.model ]]; then
+      log "Stage 3: ${bpe_dir}/bpe.model exists, skipped"
+    else
+      user_symbol_opts=()
+      if [[ -n ${bpe_user_symbols} ]]; then
+        read -ra user_symbol_opts <<< "--user-symbols ${bpe_user_symbols}"
+      fi
+      "${slm[@]}" train-bpe --text "${bpe_texts[@]}" --out-dir "${bpe_dir}" --nbpe "${nbpe}" \
+        --model-type "${bpe_model_type}" "${user_symbol_opts[@]}"
+    fi
+  else
+    log "Stage 3: text tokenizer training: skipped (--nbpe 0)"
+  fi
+fi
+
+if stage_on 4; then
+  if (( kmeans_clusters > 0 )); then
+    log "Stage 4: audio tokenizer training: ${dumpdir}/data/${train_set} -> ${kmeans_dir} (k-means ${kmeans_clusters})"
+    if [[ -f ${kmeans_dir}/.done ]]; then
+      log "Stage 4: ${kmeans_dir} is complete, skipped"
+    else
+      feature_opts=(--feature "${kmeans_feature}")
+      if [[ -n ${ssl_model_dir} ]]; then feature_opts=(--model-dir "${ssl_model_dir}"); fi
+      "${slm[@]}" train-kmeans --data-dir "${dumpdir}/data/${train_set}" --out-dir "${kmeans_dir}" \
+        --n-clusters "${kmeans_clusters}" "${feature_opts[@]}"
+      touch "${kmeans_dir}/.done"
+    fi
+  else
+    log "Stage 4: audio tokenizer training: skipped (--kmeans_clusters 0)"
+  fi
+fi
+
+if stage_on 5; then
+  log "Stage 5: manifests and tokenization: ${dumpdir}/data/{${all_sets[*]}} x {${task_list[*]}} -> ${dumpdir}/<set>/<task>/tokens"
+  for s in "${all_sets[@]}"; do
+    for t in "${task_list[@]}"; do
+      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out "${dumpdir}/${s}/${t}" "${task_dir_opts[@]}"
+      "${slm[@]}" tokenize --manifest-dir "${dumpdir}/${s}/${t}" --tokenizers "${tokenizers}" --nj "${nj}"
+    done
+  done
+fi
+
+if stage_on 6; then
+  extend_opts=()
+  if [[ -n ${init_from} ]]; then extend_opts=(--extend "${init_from}/token_list.json"); fi
+  log "Stage 6: vocabulary: ${tokenizers} + tasks {${spec_tasks[*]}} ${extend_opts[*]} -> ${token_list}"
+  "${slm[@]}" vocab --tokenizers "${tokenizers}" --tasks "${spec_tasks[@]}" --out "${token_list}" "${extend_opts[@]}"
+fi
+
+if stage_on 7; then
+  log "Stage 7: length statistics: ${train_specs[*]} ${valid_specs[*]} -> <dumpdir>/stats"
+  for spec in "${train_specs[@]}" "${valid_specs[@]}"; do
+    dir=${spec#*:*:}
+    dir=${dir%:*}
+    "${slm[@]}" stats --manifest-dir "${dir}"
+  done
+fi
+
+if stage_on 8; then
+  log "Stage 8: training: ${train_specs[*]} -> ${exp} (log: ${exp}/logs/train.log)"
+  mkdir -p "${exp}/logs"
+  # A script that repeats this run from the training stage on.
+  {
+    echo "#!/usr/bin/env bash"
+    printf 'cd %q && ./speechlm.sh' "${PWD}"
+    if (( ${#orig_args[@]} > 0 )); then printf ' %q' "${orig_args[@]}"; fi
+    printf ' --stage 8 "$@"\n'
+  } > "${exp}/rerun.sh"
+  chmod +x "${exp}/rerun.sh"
+  train_opts=(--data "${train_specs[@]}" --valid-data "${valid_specs[@]}" --vocab "${token_list}"
+    --tokenizers "${tokenizers}" --out-dir "${exp}" --config "${train_config}")
+  if [[ -n ${model_config} ]]; then train_opts+=(--model-config "${model_config}"); fi
+  if [[ -n ${init_from} ]]; then train_opts+=(--init-from "${init_from}"); fi
+  read -ra extra_train_opts <<< "${train_args}"
+  distributed=()
+  if (( ngpu > 1 || num_nodes > 1 )); then
+    distributed=(torchrun --nnodes "${num_nodes}" --nproc_per_node "${ngpu}" --node_rank "${node_rank}"
+      --master_addr "${master_addr}" --master_port "${master_port}" --no-python)
+  fi
+  run_logged train_launcher --gpu "${ngpu}" "${exp}/logs/train.log" \
+    "${distributed[@]}" "${slm[@]}" train "${train_opts[@]}" "${extra_train_opts[@]}"
+fi
+
+if stage_on 9; then
+  for s in "${test_set_list[@]}"; do
+    for t in "${decode_task_list[@]}"; do
+      ddir=${exp}/decode_${s}_${t}
+      log "Stage 9: decoding: ${exp} + ${dumpdir}/${s}/${t} -> ${ddir} (log: ${ddir}/logs/decode.log)"
+      decode_opts=(--model-dir "${exp}" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
+      if [[ -n ${decode_config} ]]; then decode_opts+=(--config "${decode_config}"); fi
+      read -ra extra_decode_opts <<< "${decode_args}"
+      run_logged decode_launcher --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${ddir}/logs/decode.log" \
+        "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}"
+    done
+  done
+fi
+
+if stage_on 10; then
+  log "Stage 10: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
+  metric_opts=()
+  if [[ -n ${score_metrics} ]]; then read -ra metric_opts <<< "--metrics ${score_metrics}"; fi
+  results=()
+  for s in "${test_set_list[@]}"; do
+    for t in "${decode_task_list[@]}"; do
+      ddir=${exp}/decode_${s}_${t}
+      "${slm[@]}" score --decode-dir "${ddir}" --ref-dir "${dumpdir}/${s}/${t}" "${metric_opts[@]}" \
+        --results "${ddir}/RESULTS.md"
+      results+=("${ddir}/RESULTS.md")
+    done
+  done
+  {
+    echo "# Results: ${tag}"
+    echo
+    echo "Data: ${train_specs[*]}; written $(date '+%Y-%m-%d %H:%M') by speechlm.sh stage 10."
+    for r in "${results[@]}"; do echo; cat "${r}"; done
+  } > "${exp}/RESULTS.md"
+  cat "${exp}/RESULTS.md"
+fi
+
+if stage_on 11; then
+  log "Stage 11: packing: ${exp} -> ${exp}/packed"
+  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed"
+fi
+
+if stage_on 12; then
+  upload=${exp}/upload
+  log "Stage 12: upload-ready export: ${exp}/packed -> ${upload}"
+  [[ -f ${exp}/packed/README.md ]] || die "${exp}/packed/README.md not found: run stage 11 first"
+  rm -rf "${upload}.tmp"
+  cp -rL "${exp}/packed" "${upload}.tmp"
+  if [[ -f ${exp}/RESULTS.md ]]; then cp "${exp}/RESULTS.md" "${upload}.tmp/RESULTS.md"; fi
+  printf '*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n' \
+    > "${upload}.tmp/.gitattributes"
+  if [[ $(head -n 1 "${upload}.tmp/README.md") != "---" ]]; then  # model hub card metadata
+    { printf -- '---\nlibrary_name: speechlm\nlanguage: en\ntags: [speech, speech-language-model, %s]\n---\n\n' \
+        "${spec_tasks[*]// /, }"
+      cat "${exp}/packed/README.md"; } > "${upload}.tmp/README.md"
+  fi
+  rm -rf "${upload}"
+  mv "${upload}.tmp" "${upload}"
+  log "Stage 12: ready: upload with: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${upload} ."
+fi
+
+log "Done: stages ${stage}..${stop_stage} of ${PWD##*/egs/}"

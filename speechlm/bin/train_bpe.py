@@ -1,0 +1,44 @@
+"""speechlm train-bpe: train a SentencePiece (bpe/unigram) model or a character list on text files."""
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("speechlm.train-bpe")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", nargs="+", required=True,
+                   help="Kaldi 'text' files (utt words...); a .txt file is read as raw lines")
+    p.add_argument("--out-dir", required=True, help="writes bpe.model (or chars.txt) here")
+    p.add_argument("--nbpe", type=int, default=256, help="vocabulary size")
+    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram", "char"])
+    p.add_argument("--user-symbols", nargs="*", default=[], help="symbols kept whole")
+    p.add_argument("--force", action="store_true", help="retrain even if the model exists")
+
+
+def _lines(path: Path) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if path.suffix == ".txt":
+                out.append(line.strip())
+            else:
+                parts = line.strip().split(maxsplit=1)
+                if len(parts) == 2:
+                    out.append(parts[1])
+    return [t for t in out if t]
+
+
+def main(args: argparse.Namespace) -> int:
+    from speechlm.tokenizers.text import train_sentencepiece
+
+    out = Path(args.out_dir) / ("chars.txt" if args.model_type == "char" else "bpe.model")
+    if out.exists() and not args.force:
+        log.info("%s exists, skipping (use --force to retrain)", out)
+        return 0
+    texts = [t for p in args.text for t in _lines(Path(p))]
+    if not texts:
+        raise ValueError(f"no text found in {', '.join(args.text)}")
+    path = train_sentencepiece(texts, args.out_dir, args.nbpe, args.model_type, args.user_symbols)
+    log.info("trained %s on %d lines -> %s", args.model_type, len(texts), path)
+    return 0

@@ -1,0 +1,88 @@
+"""Audio reading (soundfile, ``cmd |`` pipes, segments) and resampling (torchaudio)."""
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+
+class AudioError(IOError):
+    """An audio entry could not be read; the message names the entry."""
+
+
+def read_audio(value: Any, utt_id: str | None = None) -> tuple[np.ndarray, int]:
+    """Read one ``wav.scp`` value: a path, a ``cmd |`` pipe, or ``{"path", "start", "end"}`` (seconds).
+
+    Returns float32 ``[samples]`` (mono) or ``[samples, channels]`` and the sample rate.
+    """
+    who = f"utterance {utt_id}: " if utt_id else ""
+    start = end = None
+    if isinstance(value, dict):
+        start, end = value.get("start"), value.get("end")
+        value = value["path"]
+    value = str(value).strip()
+    try:
+        if value.endswith("|"):
+            proc = subprocess.run(value[:-1], shell=True, capture_output=True, check=False)
+            if proc.returncode != 0:
+                err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise AudioError(f"{who}command {value!r} failed (exit {proc.returncode}): {err[0]}")
+            wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
+        else:
+            if not Path(value).is_file():
+                raise AudioError(f"{who}audio file not found: {value}")
+            if start is not None:
+                info = sf.info(value)
+                a = int(round(start * info.samplerate))
+                b = None if end is None or end < 0 else int(round(end * info.samplerate))
+                wav, sr = sf.read(value, start=a, stop=b, dtype="float32")
+                start = None
+            else:
+                wav, sr = sf.read(value, dtype="float32")
+    except AudioError:
+        raise
+    except Exception as e:  # soundfile raises several types for corrupt files
+        raise AudioError(f"{who}cannot read audio {value!r}: {e}") from e
+    if start is not None:  # segment of piped audio
+        a = int(round(start * sr))
+        b = None if end is None or end < 0 else int(round(end * sr))
+        wav = wav[a:b]
+    if wav.size == 0:
+        raise AudioError(f"{who}audio {value!r} is empty")
+    return wav, int(sr)
+
+
+def to_mono(wav: np.ndarray) -> np.ndarray:
+    """``[samples, channels]`` -> ``[samples]`` by averaging channels."""
+    return wav.mean(axis=1).astype(np.float32) if wav.ndim == 2 else wav
+
+
+def resample(wav: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
+    """Resample a mono or ``[samples, channels]`` waveform with torchaudio (band-limited sinc)."""
+    if from_sr == to_sr:
+        return np.asarray(wav, dtype=np.float32)
+    import torch
+    import torchaudio.functional as AF
+
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    x = AF.resample(x.T if x.ndim == 2 else x, from_sr, to_sr)
+    return (x.T if wav.ndim == 2 else x).numpy()
+
+
+def load_audio(value: Any, sample_rate: int | None = None, utt_id: str | None = None) -> np.ndarray:
+    """Mono float32 waveform, resampled to ``sample_rate`` when given."""
+    wav, sr = read_audio(value, utt_id)
+    wav = to_mono(wav)
+    return resample(wav, sr, sample_rate) if sample_rate else wav
+
+
+def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
+    """Write 16-bit PCM wav atomically."""
+    from speechlm.utils.fileio import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        sf.write(f, np.clip(wav, -1, 1), sample_rate, format="WAV", subtype="PCM_16")

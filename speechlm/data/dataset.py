@@ -1,0 +1,263 @@
+"""Training data over one or more ``task:name:dumpdir:weight`` entries, indexed lazily.
+
+Each entry is a manifest dir written by ``speechlm prepare`` + ``speechlm tokenize``::
+
+    dumpdir/manifest.jsonl          ids and speakers (streamed once, never held as dicts)
+    dumpdir/template.yaml           the resolved task template
+    dumpdir/tokens/<segment>.scp    kaldiio, int32 [frames, streams] local ids per utterance
+    dumpdir/tokens/<segment>.lengths
+
+The index keeps numpy arrays only (ids as bytes, archive file number + byte offset per segment,
+sequence length, speaker number), about 60 bytes per example and segment; tokens are read from
+the archives when an example is built. Examples whose sequence would exceed the model's context
+are dropped from the index with one counted warning (never truncated).
+
+Example:
+    >>> data = MultiTaskData([DataSpec.parse("asr:mini:dump/train/asr:1.0")], vocab, n_streams=4)
+    >>> ex = data.example(0, 17)   # entry 0, example 17 -> sequence.Example
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+
+from speechlm.data.manifest import read_manifest
+from speechlm.data.sequence import Example, build_example
+from speechlm.tasks import TaskTemplate
+from speechlm.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One ``task:name:dumpdir:weight`` entry (weight optional, default 1)."""
+
+    task: str
+    name: str
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "DataSpec":
+        parts = text.split(":")
+        weight = 1.0
+        if len(parts) >= 4:
+            try:
+                weight = float(parts[-1])
+                parts = parts[:-1]
+            except ValueError:
+                pass
+        if len(parts) < 3:
+            raise ValueError(
+                f"data entry {text!r} should be task:name:dumpdir[:weight], e.g. asr:mini:dump/train/asr:1.0"
+            )
+        task, name, path = parts[0], parts[1], ":".join(parts[2:])
+        if weight <= 0:
+            raise ValueError(f"data entry {text!r}: weight must be > 0, got {weight}")
+        return cls(task, name, path, weight)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}:{self.name}"
+
+
+def _read_two_columns(path: Path) -> tuple[np.ndarray, list[str]]:
+    """``key value`` lines -> (keys as a bytes array, values as a list)."""
+    keys, values = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split(maxsplit=1)
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: expected 'utt value', got {line.strip()!r}")
+            keys.append(parts[0])
+            values.append(parts[1].strip())
+    return np.array(keys, dtype=np.bytes_), values
+
+
+def _align(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position of each of ``ids`` in ``keys``, -1 where missing (vectorized, no dicts)."""
+    if len(keys) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.searchsorted(keys[order], ids)
+    pos = np.minimum(pos, len(keys) - 1)
+    found = keys[order][pos] == ids
+    return np.where(found, order[pos], -1)
+
+
+class ArchiveIndex:
+    """Where each utterance of one segment lives: archive file number + byte offset."""
+
+    def __init__(self, scp: Path, ids: np.ndarray) -> None:
+        keys, locs = _read_two_columns(scp)
+        files: dict[str, int] = {}
+        file_no = np.empty(len(keys), dtype=np.int32)
+        offset = np.empty(len(keys), dtype=np.int64)
+        for j, loc in enumerate(locs):
+            path, sep, off = loc.rpartition(":")
+            if not sep or not off.isdigit():
+                raise ValueError(f"{scp}: entry {keys[j].decode()!r} is {loc!r}, expected 'file.ark:offset'")
+            if not os.path.isabs(path) and not os.path.exists(path):
+                path = str(scp.parent / path)
+            file_no[j] = files.setdefault(path, len(files))
+            offset[j] = int(off)
+        pos = _align(ids, keys)
+        self.present = pos >= 0
+        self.file_no = np.where(self.present, file_no[np.maximum(pos, 0)], -1).astype(np.int32)
+        self.offset = np.where(self.present, offset[np.maximum(pos, 0)], -1)
+        self.files = list(files)
+        self.scp = scp
+
+    def load(self, i: int) -> np.ndarray:
+        return kaldiio.load_mat(f"{self.files[self.file_no[i]]}:{self.offset[i]}")
+
+
+def _read_lengths(path: Path, ids: np.ndarray) -> np.ndarray:
+    keys, values = _read_two_columns(path)
+    lens = np.array([int(v) for v in values], dtype=np.int64)
+    pos = _align(ids, keys)
+    return np.where(pos >= 0, lens[np.maximum(pos, 0)], -1)
+
+
+class TaskData:
+    """The index of one ``task:name:dumpdir`` entry; builds its examples on demand."""
+
+    def __init__(self, spec: DataSpec, vocab: Vocabulary, n_streams: int, max_len: int | None = None,
+                 seed: int = 0) -> None:
+        self.spec, self.vocab, self.n_streams, self.seed = spec, vocab, n_streams, seed
+        root = Path(spec.path)
+        self.template, examples = read_manifest(root)
+        t: TaskTemplate = self.template
+        if t.name != spec.task:
+            raise ValueError(f"{spec.path}: manifest is for task {t.name!r}, but the data entry says {spec.task!r}")
+        ids, spks, spk_no = [], [], {}
+        for ex in examples:
+            ids.append(ex["id"])
+            spks.append(spk_no.setdefault(ex.get("spk", ex["id"]), len(spk_no)))
+        self.speakers = list(spk_no)
+        ids_arr = np.array(ids, dtype=np.bytes_)
+        del ids
+        spk_arr = np.array(spks, dtype=np.int32)
+        del spks
+        length = np.full(len(ids_arr), 2, dtype=np.int64)  # task token + <eos>
+        keep = np.ones(len(ids_arr), dtype=bool)
+        self.archives: dict[str, ArchiveIndex] = {}
+        tok_dir = root / "tokens"
+        for seg in t.segments:
+            if seg.modality == "spk_prompt":
+                length += 1 + int(seg.max_frames or 0)
+                continue
+            scp, lens_file = tok_dir / f"{seg.name}.scp", tok_dir / f"{seg.name}.lengths"
+            for f in (scp, lens_file):
+                if not f.is_file():
+                    raise FileNotFoundError(f"{f} not found: run `speechlm tokenize --manifest-dir {root}` first")
+            arch = ArchiveIndex(scp, ids_arr)
+            lens = _read_lengths(lens_file, ids_arr)
+            keep &= arch.present & (lens >= 0)
+            length += 1 + np.maximum(lens, 0)
+            self.archives[seg.name] = arch
+        self.n_untokenized = int((~keep).sum())
+        if self.n_untokenized:
+            log.warning("%s: %d of %d examples lack tokens or lengths in %s; they are skipped",
+                        spec.key, self.n_untokenized, len(ids_arr), tok_dir)
+        self.n_too_long = 0
+        if max_len is not None:
+            too_long = keep & (length > max_len)
+            self.n_too_long = int(too_long.sum())
+            if self.n_too_long:
+                log.warning("%s: skipping %d examples longer than the model context (%d tokens); "
+                            "longest is %d (never truncated)", spec.key, self.n_too_long, max_len, int(length.max()))
+            keep &= ~too_long
+        self.rows = np.flatnonzero(keep)  # example number -> row of the arrays below
+        self.ids, self.spk, self.lengths = ids_arr, spk_arr, length
+        self._prompt = None
+        if any(s.modality == "spk_prompt" for s in t.segments):
+            from speechlm.data.speaker_prompt_source import SpeakerPrompts
+
+            self._prompt = SpeakerPrompts(self)
+        log.info("%s: %d examples indexed from %s (%s)", spec.key, len(self), root,
+                 ", ".join(s.name for s in t.segments))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def seq_lengths(self) -> np.ndarray:
+        """Sequence length (upper bound for speaker prompts) of each kept example."""
+        return self.lengths[self.rows]
+
+    def utt_id(self, i: int) -> str:
+        return self.ids[self.rows[i]].decode()
+
+    def tokens(self, row: int, segment: str) -> np.ndarray:
+        """Local tokens of ``segment`` for array row ``row`` (read lazily from the archive)."""
+        try:
+            return self.archives[segment].load(row)
+        except Exception as e:
+            raise RuntimeError(f"{self.spec.key}: cannot read {segment!r} of {self.ids[row].decode()!r} "
+                               f"from {self.archives[segment].scp}: {e}") from e
+
+    def example(self, i: int) -> Example:
+        """Build the training sequence of kept example ``i``."""
+        row = int(self.rows[i])
+        utt = self.ids[row].decode()
+        segs: dict[str, np.ndarray] = {}
+        for seg in self.template.segments:
+            if seg.modality == "spk_prompt":
+                segs[seg.name] = self._prompt.prompt(row, seg)
+            else:
+                segs[seg.name] = self.tokens(row, seg.name)
+        ex = build_example(utt, self.template, segs, self.vocab, self.n_streams)
+        ex.id = f"{self.spec.key}/{utt}"
+        return ex
+
+    def seed_for(self, row: int) -> int:
+        """A seed fixed by the run seed, the entry and the utterance (for deterministic choices)."""
+        return zlib.crc32(self.ids[row] + self.spec.key.encode()) ^ (self.seed * 0x9E3779B1 & 0xFFFFFFFF)
+
+
+class MultiTaskData:
+    """All entries of a run; examples are addressed as ``(entry, index)``."""
+
+    def __init__(self, specs: list[DataSpec], vocab: Vocabulary, n_streams: int, max_len: int | None = None,
+                 seed: int = 0) -> None:
+        if not specs:
+            raise ValueError("no data entries given (use --data task:name:dumpdir:weight)")
+        keys = [s.key for s in specs]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ValueError(f"data entries repeat task:name {sorted(dup)}; give each entry its own name")
+        self.specs = specs
+        self.entries = [TaskData(s, vocab, n_streams, max_len, seed) for s in specs]
+        for s, e in zip(specs, self.entries):
+            if len(e) == 0:
+                raise ValueError(f"data entry {s.key} ({s.path}) has no usable example")
+
+    @property
+    def weights(self) -> np.ndarray:
+        w = np.array([s.weight for s in self.specs], dtype=np.float64)
+        return w / w.sum()
+
+    @property
+    def n_too_long(self) -> int:
+        return sum(e.n_too_long for e in self.entries)
+
+    def lengths(self) -> list[np.ndarray]:
+        return [e.seq_lengths() for e in self.entries]
+
+    def example(self, entry: int, index: int) -> Example:
+        return self.entries[entry].example(index)
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.entries)
+
+
+__all__ = ["DataSpec", "TaskData", "MultiTaskData", "ArchiveIndex"]

@@ -1,0 +1,142 @@
+"""Kaldi data dirs: read, write, validate and fix ``wav.scp``, ``text``, ``utt2spk``, ``spk2utt``,
+``segments`` and ``utt2num_samples``.
+
+Every file is ``<id> <value>`` per line, sorted by id in byte order (``LC_ALL=C sort``).
+Validation reports every problem with file and line so one run shows everything to fix.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from speechlm.utils.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+# File name -> whether an empty value is allowed (never), and whether the file is keyed by utt.
+UTT_FILES = ("wav.scp", "text", "utt2spk", "utt2num_samples", "segments")
+KNOWN_FILES = (*UTT_FILES, "spk2utt")
+
+
+@dataclass
+class Problem:
+    """One problem found in a data dir."""
+
+    file: str
+    line: int | None
+    id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        who = f" [{self.id}]" if self.id else ""
+        return f"{where}{who}: {self.message}"
+
+
+@dataclass
+class Entry:
+    id: str
+    value: str
+    line: int
+
+
+def read_entries(path: str | os.PathLike, problems: list[Problem] | None = None) -> list[Entry]:
+    """Read ``id value`` lines, recording malformed lines in ``problems`` (raises if None)."""
+    path = Path(path)
+    entries: list[Entry] = []
+
+    def report(line: int, uid: str | None, msg: str) -> None:
+        p = Problem(str(path), line, uid, msg)
+        if problems is None:
+            raise ValueError(str(p))
+        problems.append(p)
+
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                report(n, None, f"not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8")
+                continue
+            if not line.strip():
+                report(n, None, "empty line")
+                continue
+            parts = line.strip().split(maxsplit=1)
+            uid = parts[0]
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if not value:
+                what = "empty transcript" if path.name == "text" else "no value after the id"
+                report(n, uid, what)
+                continue
+            entries.append(Entry(uid, value, n))
+    return entries
+
+
+def read_file(path: str | os.PathLike) -> dict[str, str]:
+    """``id -> value`` of a well-formed file (raises on the first malformed line or duplicate)."""
+    out: dict[str, str] = {}
+    for e in read_entries(path):
+        if e.id in out:
+            raise ValueError(f"{path}:{e.line}: duplicate id {e.id!r}")
+        out[e.id] = e.value
+    return out
+
+
+def write_file(path: str | os.PathLike, mapping: dict[str, str]) -> None:
+    """Write ``id value`` lines sorted by id, atomically."""
+    with atomic_open(path) as f:
+        for k in sorted(mapping, key=_sort_key):
+            f.write(f"{k} {mapping[k]}\n")
+
+
+def _sort_key(s: str) -> bytes:
+    return s.encode("utf-8")
+
+
+def spk2utt_from_utt2spk(utt2spk: dict[str, str]) -> dict[str, str]:
+    spk: dict[str, list[str]] = {}
+    for u in sorted(utt2spk, key=_sort_key):
+        spk.setdefault(utt2spk[u], []).append(u)
+    return {s: " ".join(us) for s, us in spk.items()}
+
+
+@dataclass
+class DataDir:
+    """An in-memory data dir (only the files that exist)."""
+
+    path: Path
+    files: dict[str, dict[str, str]]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DataDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"data dir not found: {path}")
+        return cls(path, {n: read_file(path / n) for n in KNOWN_FILES if (path / n).is_file()})
+
+    @property
+    def utt_ids(self) -> list[str]:
+        key = "segments" if "segments" in self.files else "wav.scp" if "wav.scp" in self.files else "text"
+        return sorted(self.files.get(key, {}), key=_sort_key)
+
+    def audio_value(self, utt: str):
+        """The ``wav.scp``-style value of ``utt`` (a dict with start/end when ``segments`` exists)."""
+        if "segments" in self.files:
+            rec, start, end = self.files["segments"][utt].split()
+            return {"path": self.files["wav.scp"][rec], "start": float(start), "end": float(end)}
+        return self.files["wav.scp"][utt]
+
+    def save(self, path: str | os.PathLike | None = None) -> None:
+        out = Path(path or self.path)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, mapping in self.files.items():
+            write_file(out / name, mapping)
+
+
+def validate(path: str | os.PathLike, check_audio: bool = True) -> list[Problem]:
+    """Every problem in the data dir at ``path`` (empty list = valid)."""
+    from speechlm.data.validate import validate_dir
+
+    return validate_dir(Path(path), check_audio)

@@ -1,0 +1,157 @@
+"""Validation and repair of Kaldi data dirs (see :mod:`speechlm.data.kaldi`)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from speechlm.data.kaldi import (
+    KNOWN_FILES, DataDir, Problem, _sort_key, read_entries, spk2utt_from_utt2spk,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _file_problems(path: Path) -> tuple[list[Problem], dict[str, str]]:
+    problems: list[Problem] = []
+    entries = read_entries(path, problems)
+    seen: dict[str, int] = {}
+    prev = None
+    reported_unsorted = False
+    for e in entries:
+        if e.id in seen:
+            problems.append(Problem(str(path), e.line, e.id, f"duplicate id (first on line {seen[e.id]})"))
+            continue
+        seen[e.id] = e.line
+        if prev is not None and _sort_key(e.id) < _sort_key(prev) and not reported_unsorted:
+            problems.append(Problem(str(path), e.line, e.id, f"not sorted: comes after {prev!r} (run `speechlm fix-data`)"))
+            reported_unsorted = True
+        prev = e.id
+    mapping = {}
+    for e in entries:
+        mapping.setdefault(e.id, e.value)
+    return problems, mapping
+
+
+def _check_audio(d: Path, wav: dict[str, str], problems: list[Problem]) -> None:
+    from speechlm.data.audio import AudioError, read_audio
+
+    lines = {e.id: e.line for e in read_entries(d / "wav.scp", [])}
+    for uid, value in tqdm(sorted(wav.items()), desc="checking audio", leave=False, disable=len(wav) < 500):
+        try:
+            if value.endswith("|"):
+                read_audio(value, uid)
+            else:
+                import soundfile as sf
+
+                if not Path(value).is_file():
+                    raise AudioError(f"audio file not found: {value}")
+                if sf.info(value).frames == 0:
+                    raise AudioError(f"audio {value} is empty")
+        except Exception as e:
+            msg = str(e).removeprefix(f"utterance {uid}: ")
+            problems.append(Problem(str(d / "wav.scp"), lines.get(uid), uid, f"unreadable audio: {msg}"))
+
+
+def validate_dir(d: Path, check_audio: bool = True) -> list[Problem]:
+    """Check files, ids and audio of data dir ``d``; returns every problem found."""
+    if not d.is_dir():
+        return [Problem(str(d), None, None, "data dir not found")]
+    problems: list[Problem] = []
+    files: dict[str, dict[str, str]] = {}
+    for name in KNOWN_FILES:
+        if (d / name).is_file():
+            p, m = _file_problems(d / name)
+            problems += p
+            files[name] = m
+    if "wav.scp" not in files and "text" not in files:
+        problems.append(Problem(str(d), None, None, "neither wav.scp nor text exists"))
+        return problems
+
+    # Which ids must agree: utterance ids come from segments if present, else wav.scp.
+    if "segments" in files:
+        utts = set(files["segments"])
+        recs = set(files.get("wav.scp", {}))
+        for uid, v in files["segments"].items():
+            parts = v.split()
+            if len(parts) != 3:
+                problems.append(Problem(str(d / "segments"), None, uid, f"expected 'rec start end', got {v!r}"))
+                continue
+            if parts[0] not in recs:
+                problems.append(Problem(str(d / "segments"), None, uid, f"recording {parts[0]!r} is not in wav.scp"))
+            try:
+                if float(parts[1]) < 0 or (float(parts[2]) >= 0 and float(parts[2]) <= float(parts[1])):
+                    raise ValueError
+            except ValueError:
+                problems.append(Problem(str(d / "segments"), None, uid, f"bad times {parts[1]} {parts[2]}"))
+    else:
+        utts = set(files.get("wav.scp", files.get("text", {})))
+    ref = "segments" if "segments" in files else ("wav.scp" if "wav.scp" in files else "text")
+    for name in ("text", "utt2spk", "utt2num_samples") + (() if "segments" in files else ("wav.scp",)):
+        if name not in files or name == ref:
+            continue
+        for uid in sorted(utts - set(files[name]), key=_sort_key):
+            problems.append(Problem(str(d / name), None, uid, f"id is in {ref} but missing here"))
+        for uid in sorted(set(files[name]) - utts, key=_sort_key):
+            problems.append(Problem(str(d / name), None, uid, f"id is not in {ref}"))
+    if "utt2num_samples" in files:
+        for uid, v in files["utt2num_samples"].items():
+            if not v.isdigit():
+                problems.append(Problem(str(d / "utt2num_samples"), None, uid, f"not a sample count: {v!r}"))
+    if "spk2utt" in files and "utt2spk" in files:
+        expected = spk2utt_from_utt2spk(files["utt2spk"])
+        if {s: set(v.split()) for s, v in files["spk2utt"].items()} != {s: set(v.split()) for s, v in expected.items()}:
+            problems.append(Problem(str(d / "spk2utt"), None, None, "does not match utt2spk (run `speechlm fix-data` to rebuild it)"))
+    if check_audio and "wav.scp" in files:
+        _check_audio(d, files["wav.scp"], problems)
+    return problems
+
+
+def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True) -> list[str]:
+    """Sort files and drop entries that are malformed, duplicated, inconsistent or unreadable.
+
+    Writes the fixed dir to ``dst`` (default: in place) and returns one line per dropped entry.
+    """
+    dst = dst or src
+    problems = validate_dir(src, check_audio)
+    dropped: list[str] = []
+    bad_utts: set[str] = set()
+    files: dict[str, dict[str, str]] = {}
+    for name in KNOWN_FILES:
+        if (src / name).is_file():
+            files[name] = {}
+            for e in read_entries(src / name, []):
+                if e.id in files[name]:
+                    dropped.append(f"{src / name}:{e.line} [{e.id}]: duplicate id, kept the first")
+                    continue
+                files[name][e.id] = e.value
+    # Problems that make an utterance unusable; id mismatches between files are handled below.
+    fatal = ("unreadable audio", "bad times", "not a sample count", "expected 'rec", "empty transcript", "no value")
+    for p in problems:
+        if (p.file.endswith("segments") and "is not in wav.scp" in p.message) or any(m in p.message for m in fatal):
+            dropped.append(str(p))
+            if p.id:
+                bad_utts.add(p.id)
+        elif p.line and p.id is None:  # empty or non-UTF-8 line
+            dropped.append(str(p))
+    utt_files = [n for n in ("segments", "wav.scp", "text", "utt2spk", "utt2num_samples") if n in files]
+    if "segments" in files:
+        utt_files.remove("wav.scp")
+    common = set.intersection(*(set(files[n]) for n in utt_files)) if utt_files else set()
+    for n in utt_files:
+        for uid in sorted(set(files[n]) - common, key=_sort_key):
+            dropped.append(f"{src / n} [{uid}]: not present in every file ({', '.join(utt_files)})")
+    keep = common - bad_utts
+    for n in utt_files:
+        files[n] = {u: v for u, v in files[n].items() if u in keep}
+    if "segments" in files:
+        used = {v.split()[0] for v in files["segments"].values()}
+        files["wav.scp"] = {r: v for r, v in files["wav.scp"].items() if r in used}
+    if "utt2spk" in files:
+        files["spk2utt"] = spk2utt_from_utt2spk(files["utt2spk"])
+    DataDir(dst, files).save()
+    for line in dropped:
+        log.warning("dropped: %s", line)
+    log.info("fixed data dir %s -> %s: kept %d utterances, dropped %d entries", src, dst, len(keep), len(dropped))
+    return dropped

