@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Sourced by every recipe script (recipes link it): puts the toolkit on the path and sets threads.
-# The toolkit root is three levels above the recipe dir (egs/<corpus>/speechlm1); set
-# SPEECHLM_ROOT to use another checkout.
-SPEECHLM_ROOT=${SPEECHLM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)}
+# The toolkit root is three levels above this file (egs/TEMPLATE/speechlm1/path.sh; recipes link
+# it); set SPEECHLM_ROOT to use another checkout.
+SPEECHLM_ROOT=${SPEECHLM_ROOT:-$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)}
 export SPEECHLM_ROOT
 
 # The virtual env made by tools/install.sh, unless one is active already.

@@ -87,7 +87,9 @@ done
 (( stage <= stop_stage )) || die "--stage ${stage} is after --stop_stage ${stop_stage}"
 (( nj >= 1 && inference_nj >= 1 && num_nodes >= 1 )) || die "--nj, --inference_nj and --num_nodes must be >= 1"
 (( node_rank < num_nodes )) || die "--node_rank ${node_rank} must be below --num_nodes ${num_nodes}"
-[[ -f ${tokenizers} ]] || die "--tokenizers ${tokenizers}: file not found"
+if (( stage <= 8 && stop_stage >= 5 )); then
+  [[ -f ${tokenizers} ]] || die "--tokenizers ${tokenizers}: file not found"
+fi
 [[ -z ${task_dir} || -d ${task_dir} ]] || die "--task_dir ${task_dir}: directory not found"
 [[ -z ${init_from} || -f ${init_from}/token_list.json ]] \
   || die "--init_from ${init_from}: no token_list.json there (give a packed model dir or an exp dir)"
