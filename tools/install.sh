@@ -36,7 +36,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ]; then
   exit 0
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
+# pip 26 refuses espnet's dependency ci_sdr (a direct-URL extra); pip 23-24 install it fine.
+"$venv/bin/python" -m pip install -q "pip>=23.2,<25"
 start=$(date +%s)
 "$venv/bin/python" -m pip install -q -e "$root[test]"
 # Packages whose declared dependencies conflict with ours but work with them (e.g. resemblyzer).

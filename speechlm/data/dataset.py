@@ -24,8 +24,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaldiio
 import numpy as np
+from kaldiio.matio import read_kaldi
 
 from speechlm.data.manifest import read_manifest
 from speechlm.data.sequence import Example, build_example
@@ -95,7 +95,11 @@ def _align(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 class ArchiveIndex:
-    """Where each utterance of one segment lives: archive file number + byte offset."""
+    """Where each utterance of one segment lives: archive file number + byte offset.
+
+    Ark paths are those of the ``.scp``; an ark no longer at its path (a moved dump dir) is
+    looked up beside the ``.scp``, as :class:`speechlm.data.token_archive.TokenReader` does.
+    """
 
     def __init__(self, scp: Path, ids: np.ndarray) -> None:
         keys, locs = _read_two_columns(scp)
@@ -106,19 +110,26 @@ class ArchiveIndex:
             path, sep, off = loc.rpartition(":")
             if not sep or not off.isdigit():
                 raise ValueError(f"{scp}: entry {keys[j].decode()!r} is {loc!r}, expected 'file.ark:offset'")
-            if not os.path.isabs(path) and not os.path.exists(path):
-                path = str(scp.parent / path)
             file_no[j] = files.setdefault(path, len(files))
             offset[j] = int(off)
         pos = _align(ids, keys)
         self.present = pos >= 0
         self.file_no = np.where(self.present, file_no[np.maximum(pos, 0)], -1).astype(np.int32)
         self.offset = np.where(self.present, offset[np.maximum(pos, 0)], -1)
-        self.files = list(files)
+        self.files = [p if os.path.exists(p) else str(scp.parent / Path(p).name) for p in files]
         self.scp = scp
+        self._handles: dict[int, object] = {}
 
-    def load(self, i: int) -> np.ndarray:
-        return kaldiio.load_mat(f"{self.files[self.file_no[i]]}:{self.offset[i]}")
+    def load(self, row: int) -> np.ndarray:
+        k = int(self.file_no[row])
+        fh = self._handles.get(k)
+        if fh is None:
+            fh = self._handles[k] = open(self.files[k], "rb")
+        fh.seek(int(self.offset[row]))
+        return read_kaldi(fh)
+
+    def __getstate__(self) -> dict:  # picklable for DataLoader workers: handles reopen lazily
+        return {**self.__dict__, "_handles": {}}
 
 
 def _read_lengths(path: Path, ids: np.ndarray) -> np.ndarray:

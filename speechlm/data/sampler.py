@@ -114,11 +114,12 @@ class BucketSampler:
         keys = np.empty((self.pool_size, 2), dtype=np.int64)
         keys[:, 0] = choice
         new_counts = counts.copy()
+        lens = np.empty(self.pool_size, dtype=np.int64)
         for d in range(len(self.lengths)):
             where = np.flatnonzero(choice == d)
             keys[where, 1] = self._draw(d, int(counts[d]), len(where))
+            lens[where] = self.lengths[d][keys[where, 1]]
             new_counts[d] += len(where)
-        lens = np.array([self.lengths[d][i] for d, i in keys], dtype=np.int64)
         order = np.argsort(lens, kind="stable")
         cuts = bucket_batches(lens[order], self.max_tokens, self.max_batch_size, self.pack)
         batches = [[(int(keys[j, 0]), int(keys[j, 1])) for j in order[c]] for c in cuts]
@@ -189,11 +190,14 @@ class BucketSampler:
 
 
 def fixed_batches(lengths: list[np.ndarray], max_tokens: int, max_batch_size: int | None = None) -> list[list[Key]]:
-    """Every example once, sorted by length and bucketed (for validation)."""
-    keys = [(d, i) for d, lens in enumerate(lengths) for i in range(len(lens))]
-    lens = np.array([lengths[d][i] for d, i in keys], dtype=np.int64)
-    order = np.argsort(lens, kind="stable")
-    return [[keys[j] for j in order[c]] for c in bucket_batches(lens[order], max_tokens, max_batch_size)]
+    """Every example once, per entry (so a batch has one task), sorted by length and bucketed
+    (for validation)."""
+    out: list[list[Key]] = []
+    for d, lens in enumerate(lengths):
+        order = np.argsort(np.asarray(lens), kind="stable")
+        out += [[(d, int(i)) for i in order[c]] for c in bucket_batches(np.asarray(lens)[order], max_tokens,
+                                                                         max_batch_size)]
+    return out
 
 
 __all__ = ["BucketSampler", "bucket_batches", "fixed_batches", "padding_ratio"]

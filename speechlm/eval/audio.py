@@ -7,15 +7,13 @@ An audio spec is one of:
 - a dict ``{"path": spec, "start": seconds, "end": seconds}`` (a segment of a recording),
   as written by ``speechlm prepare`` into manifests.
 
-Rates are converted with ``torchaudio.functional.resample`` when they differ.
+Reading and resampling use :mod:`speechlm.data.audio` (soundfile, torchaudio); relative paths
+are resolved by :mod:`speechlm.eval.sources` when a ``wav.scp`` or manifest is read.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,66 +28,43 @@ def spec_name(spec: Any) -> str:
     return str(spec)
 
 
-def _read_bytes_or_path(spec: str, base_dir: str | os.PathLike | None) -> Any:
-    spec = spec.strip()
-    if spec.endswith("|"):
-        cmd = spec[:-1].strip()
-        proc = subprocess.run(cmd, shell=True, capture_output=True, cwd=base_dir)
-        if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise ValueError(f"audio pipe {cmd!r} failed (exit {proc.returncode}): {err[-1] if err else ''}")
-        return io.BytesIO(proc.stdout)
-    path = Path(spec)
-    if not path.is_absolute() and base_dir is not None and not path.exists():
-        path = Path(base_dir) / path
-    if not path.exists():
-        raise FileNotFoundError(f"audio file not found: {spec}")
-    return str(path)
+def read_audio(spec: Any, utt: str | None = None) -> tuple[np.ndarray, int]:
+    """Read an audio spec as a mono float32 array and its sample rate.
 
-
-def read_audio(spec: Any, base_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, int]:
-    """Read an audio spec as a mono float32 array in [-1, 1] and its sample rate.
-
-    Relative paths are tried as given, then relative to ``base_dir`` (the data or decode dir
-    whose ``wav.scp`` named them). Multi-channel audio is averaged to mono.
+    Uses :func:`speechlm.data.audio.read_audio` (paths, pipes, segments); an empty *file* gives
+    an empty array instead of an error, so a decoder's empty output scores as a failure of that
+    utterance rather than stopping the run.
     """
-    import soundfile as sf
+    from speechlm.data.audio import read_audio as _read, to_mono
 
-    start = end = None
-    if isinstance(spec, dict):
-        if "path" not in spec:
-            raise ValueError(f"audio segment {spec!r} has no 'path'")
-        start, end = spec.get("start"), spec.get("end")
-        spec = spec["path"]
-    src = _read_bytes_or_path(str(spec), base_dir)
-    try:
-        wav, sr = sf.read(src, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError
-        raise ValueError(f"cannot read audio {spec}: {e}") from e
-    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-    if start is not None or end is not None:
-        s = int(round(float(start or 0.0) * sr))
-        e = len(wav) if end is None or float(end) < 0 else int(round(float(end) * sr))
-        wav = wav[s:e]
-    return np.ascontiguousarray(wav, dtype=np.float32), int(sr)
+    if isinstance(spec, (str, os.PathLike)) and not str(spec).rstrip().endswith("|"):
+        path = str(spec).strip()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{'utterance ' + utt + ': ' if utt else ''}audio file not found: {path}")
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+        except Exception as e:
+            raise ValueError(f"{'utterance ' + utt + ': ' if utt else ''}cannot read audio {path}: {e}") from e
+        if info.frames == 0:
+            return np.zeros(0, dtype=np.float32), int(info.samplerate)
+    wav, sr = _read(spec, utt)
+    return np.ascontiguousarray(to_mono(wav), dtype=np.float32), int(sr)
 
 
 def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    """Resample a mono float32 array from ``sr`` to ``target_sr`` (torchaudio, sinc interpolation)."""
-    if sr == target_sr:
+    """Resample a mono float32 array from ``sr`` to ``target_sr`` (torchaudio, band-limited sinc)."""
+    if sr == target_sr or len(wav) == 0:
         return wav
-    import torch
-    import torchaudio.functional as AF
+    from speechlm.data.audio import resample as _resample
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(sr), int(target_sr))
-    return out.numpy().astype(np.float32, copy=False)
+    return np.asarray(_resample(wav, int(sr), int(target_sr)), dtype=np.float32)
 
 
-def load_audio(
-    spec: Any, target_sr: int | None = None, base_dir: str | os.PathLike | None = None
-) -> tuple[np.ndarray, int]:
+def load_audio(spec: Any, target_sr: int | None = None, utt: str | None = None) -> tuple[np.ndarray, int]:
     """:func:`read_audio`, then resample to ``target_sr`` if given; returns ``(wav, rate)``."""
-    wav, sr = read_audio(spec, base_dir)
+    wav, sr = read_audio(spec, utt)
     if target_sr is not None and sr != target_sr:
         wav, sr = resample(wav, sr, target_sr), target_sr
     return wav, sr

@@ -41,7 +41,7 @@ def transcribe_all(recognizer: Recognizer, wavs: Mapping[str, Any], ids: list[st
 
     out = {}
     for utt in tqdm(ids, desc=desc, unit="utt", disable=len(ids) < 10):
-        wav, _ = load_audio(wavs[utt], SAMPLE_RATE)
+        wav, _ = load_audio(wavs[utt], SAMPLE_RATE, utt)
         if len(wav) == 0:
             logger.warning("utterance %r: empty audio %s; transcript is empty", utt, spec_name(wavs[utt]))
             out[utt] = ""

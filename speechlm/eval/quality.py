@@ -72,7 +72,7 @@ class DNSMOS(Metric):
 
         per_utt: dict[str, dict[str, Any]] = {}
         for utt in tqdm(ids, desc="dnsmos", unit="utt", disable=len(ids) < 10):
-            wav, _ = load_audio(hyp[utt], 16000)
+            wav, _ = load_audio(hyp[utt], 16000, utt)
             try:
                 per_utt[utt] = dnsmos(wav, self.personalized, self.threads)
             except ValueError as e:

@@ -85,6 +85,7 @@ class FasterWhisper(Recognizer):
             raise FileNotFoundError(f"{path}: no model.bin, not a CTranslate2 Whisper model{hint}")
         from faster_whisper import WhisperModel
 
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
         self.path, self.language, self.beam_size = path, language, int(beam_size)
         self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
                                   cpu_threads=int(threads), num_workers=1, local_files_only=True)

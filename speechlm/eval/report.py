@@ -168,9 +168,10 @@ def render_section(entries: list[dict[str, Any]]) -> str:
         if e.get("per_utt"):
             lines.append(f"  - per utterance: [{e['per_utt']}]({e['per_utt']})"
                          + "".join(f", [{Path(p).name}]({p})" for p in e.get("plots", [])))
-        if e.get("worst"):
+        if e.get("worst") and e["worst"].get("rows"):
             w = e["worst"]
-            lines.append(f"  - worst utterances by {w['metric']} {w['key']}:")
+            by = w["metric"] if w["metric"] == w["key"] else f"{w['metric']} {w['key']}"
+            lines.append(f"  - worst utterances by {by}:")
             for row in w["rows"]:
                 val = _fmt(row.get("value"), 2) if row.get("value") is not None else "inf"
                 detail = f" ref: \"{row['ref']}\" hyp: \"{row['hyp']}\"" if "ref" in row else ""

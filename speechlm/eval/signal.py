@@ -35,8 +35,8 @@ class AudioPairMetric(Metric):
 
         per_utt: dict[str, dict[str, Any]] = {}
         for utt in tqdm(ids, desc=self.name, unit="utt", disable=len(ids) < 20):
-            r, sr = load_audio(ref[utt], self.rate)
-            h, hsr = load_audio(hyp[utt])
+            r, sr = load_audio(ref[utt], self.rate, utt)
+            h, hsr = load_audio(hyp[utt], None, utt)
             h = resample(h, hsr, sr)
             h, r = align_lengths(h, r, utt)
             try:

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +110,8 @@ class References:
     task: str = ""
     #: modality of the template's conditions/targets, e.g. {"conditions": ["text"], "targets": ["audio"]}
     modalities: dict[str, list[str]] = field(default_factory=dict)
+    #: data-dir file of the text target segment (``text``, ``text.2`` ...), None if no text target
+    text_target_source: str | None = None
 
 
 def _segment_audio(value: Any, base: Path) -> Any:
@@ -121,38 +122,34 @@ def _segment_audio(value: Any, base: Path) -> Any:
 
 def read_manifest_refs(ref_dir: Path) -> References:
     """References from a manifest dir (``manifest.jsonl`` + ``template.yaml``)."""
-    import yaml
+    from speechlm.data.manifest import read_manifest
 
-    with open(ref_dir / "template.yaml", encoding="utf-8") as f:
-        tpl = yaml.safe_load(f) or {}
-    if not isinstance(tpl, dict) or "targets" not in tpl:
-        raise ValueError(f"{ref_dir / 'template.yaml'}: not a task template (no 'targets')")
-    conds, targets = tpl.get("conditions") or [], tpl.get("targets") or []
+    template, examples = read_manifest(ref_dir)
 
-    def first(segs: list[dict], modality: str) -> str | None:
-        return next((s["name"] for s in segs if s.get("modality") == modality), None)
+    def first(segs: list, modality: str) -> str | None:
+        return next((s.name for s in segs if s.modality == modality), None)
 
-    text_seg = first(targets, "text") or first(conds, "text")
-    wav_seg = first(targets, "audio")
-    refs = References(ref_dir, test_set=ref_dir.parent.name, task=str(tpl.get("name", ref_dir.name)),
-                      modalities={"conditions": [s.get("modality") for s in conds],
-                                  "targets": [s.get("modality") for s in targets]})
+    text_seg = first(template.targets, "text") or first(template.conditions, "text")
+    text_target = next((s for s in template.targets if s.modality == "text"), None)
+    wav_seg = first(template.targets, "audio")
+    refs = References(ref_dir, test_set=ref_dir.parent.name, task=template.name,
+                      modalities={"conditions": [s.modality for s in template.conditions],
+                                  "targets": [s.modality for s in template.targets]},
+                      text_target_source=text_target.source if text_target else None)
     texts: dict[str, str] = {}
     wavs: dict[str, Any] = {}
     path = ref_dir / "manifest.jsonl"
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                utt, segs = rec["id"], rec["segments"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a manifest line ({e})") from e
-            if text_seg and text_seg in segs:
-                texts[utt] = str(segs[text_seg])
-            if wav_seg and wav_seg in segs:
-                wavs[utt] = _segment_audio(segs[wav_seg], ref_dir)
+    for n, rec in enumerate(examples, 1):
+        try:
+            utt, segs = rec["id"], rec["segments"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a manifest line (missing {e})") from e
+        if utt in texts or utt in wavs:
+            raise ValueError(f"{path}:{n}: duplicate utterance id {utt!r}")
+        if text_seg and text_seg in segs:
+            texts[utt] = str(segs[text_seg])
+        if wav_seg and wav_seg in segs:
+            wavs[utt] = _segment_audio(segs[wav_seg], ref_dir)
     if texts:
         refs.text, refs.text_source = texts, f"{path} (segment {text_seg!r})"
     if wavs:
@@ -182,7 +179,8 @@ def read_references(ref_dir: str | Path) -> References:
 def default_metrics(hyp: Hypotheses, refs: References) -> list[str]:
     """Metrics that fit what the hypotheses and references hold.
 
-    Text hypotheses: ``wer``, ``cer`` (plus ``bleu``, ``chrf`` when the task maps text to text).
+    Text hypotheses: ``wer``, ``cer``, plus ``bleu``, ``chrf`` when the task maps text to text or
+    its text target is not the transcript (``text.2``: translation, commands).
     Audio hypotheses: ``intelligibility`` when there is reference text, ``spk_sim`` when there is
     reference audio, ``dnsmos`` always, and the signal metrics (``stoi``, ``pesq``, ``mcd``,
     ``si_snr``) when the task maps audio to audio (resynthesis).
@@ -191,7 +189,8 @@ def default_metrics(hyp: Hypotheses, refs: References) -> list[str]:
     conds = refs.modalities.get("conditions", [])
     if hyp.text is not None and refs.text is not None:
         metrics += ["wer", "cer"]
-        if conds and all(m == "text" for m in conds):
+        translation = refs.text_target_source not in (None, "text")
+        if translation or (conds and all(m == "text" for m in conds)):
             metrics += ["bleu", "chrf"]
     if hyp.wav is not None:
         if refs.text is not None:

@@ -20,25 +20,32 @@ logger = logging.getLogger(__name__)
 _ENCODERS: dict[str, Any] = {}
 
 
+def _resemblyzer() -> Any:
+    """Import resemblyzer (it uses a deprecated scipy path; the warning is not ours to fix)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import resemblyzer
+    except ImportError as e:
+        raise ImportError("speaker similarity needs resemblyzer: "
+                          "pip install --no-deps resemblyzer && pip install librosa webrtcvad-wheels") from e
+    return resemblyzer
+
+
 def speaker_encoder(device: str = "cpu") -> Any:
     """Resemblyzer's ``VoiceEncoder`` on ``device`` (loaded once per process)."""
     if device not in _ENCODERS:
-        try:
-            from resemblyzer import VoiceEncoder
-        except ImportError as e:
-            raise ImportError("speaker similarity needs resemblyzer: "
-                              "pip install --no-deps resemblyzer && pip install librosa webrtcvad-wheels") from e
-        _ENCODERS[device] = VoiceEncoder(device=device, verbose=False)
+        _ENCODERS[device] = _resemblyzer().VoiceEncoder(device=device, verbose=False)
     return _ENCODERS[device]
 
 
 def speaker_embedding(spec: Any, device: str = "cpu", trim_silence: bool = True) -> np.ndarray:
     """The L2-normalized speaker embedding of one audio spec."""
-    from resemblyzer import preprocess_wav
-
     wav, _ = load_audio(spec, 16000)
     if trim_silence:
-        wav = preprocess_wav(wav, source_sr=16000)
+        wav = _resemblyzer().preprocess_wav(wav, source_sr=16000)
     if len(wav) == 0:
         raise ValueError(f"{spec_name(spec)}: no speech left after silence trimming")
     return speaker_encoder(device).embed_utterance(wav)

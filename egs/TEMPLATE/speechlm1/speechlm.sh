@@ -37,13 +37,13 @@ local_data_opts=          # options passed to local/data.sh in stage 1
 train_set=train           # training set (data/<name>)
 valid_set=dev             # validation set
 test_sets="test"          # test sets, space separated
-min_wav_duration=0.1      # shortest training/validation utterance kept in stage 2 (seconds)
-max_wav_duration=20       # longest training/validation utterance kept in stage 2 (seconds)
+min_wav_duration=         # drop shorter training/validation utterances in stage 2 (seconds; empty: keep)
+max_wav_duration=         # drop longer training/validation utterances in stage 2 (seconds; empty: keep)
 tasks="asr tts"           # task templates to prepare and train on this corpus
 task_dir=                 # directory with your own task template YAMLs (name.yaml)
 tokenizers=conf/tokenizers.yaml # tokenizer set: instance name -> {type: ..., kwargs}
-nbpe=0                    # BPE vocabulary size to train in stage 3 (0: no BPE training)
-bpe_model_type=bpe        # SentencePiece model type: bpe or unigram
+nbpe=0                    # text tokenizer size to train in stage 3 (0: no text tokenizer training)
+bpe_model_type=bpe        # text tokenizer model: bpe, unigram (SentencePiece) or char (chars.txt)
 bpe_user_symbols=         # extra symbols kept whole by the BPE model, space separated
 bpe_train_text=           # Kaldi text file(s) for BPE training (default: the training set's text)
 kmeans_clusters=0         # k-means units to train in stage 4 (0: no audio tokenizer training)
@@ -178,7 +178,8 @@ if stage_on 2; then
     fi
     filter_opts=()
     if [[ ${s} == "${train_set}" || ${s} == "${valid_set}" ]]; then
-      filter_opts=(--min-duration "${min_wav_duration}" --max-duration "${max_wav_duration}")
+      if [[ -n ${min_wav_duration} ]]; then filter_opts+=(--min-duration "${min_wav_duration}"); fi
+      if [[ -n ${max_wav_duration} ]]; then filter_opts+=(--max-duration "${max_wav_duration}"); fi
     fi
     "${slm[@]}" fix-data "data/${s}" --out "${out}" "${filter_opts[@]}"
     "${slm[@]}" validate-data "${out}"
@@ -189,9 +190,11 @@ fi
 if stage_on 3; then
   if (( nbpe > 0 )); then
     read -ra bpe_texts <<< "${bpe_train_text:-${dumpdir}/data/${train_set}/text}"
-    log "Stage 3: text tokenizer training: ${bpe_texts[*]} -> ${bpe_dir}/bpe.model (BPE ${nbpe})"
-    if [[ -f ${bpe_dir}/bpe.model ]]; then
-      log "Stage 3: ${bpe_dir}/bpe.model exists, skipped"
+    bpe_out=${bpe_dir}/bpe.model
+    if [[ ${bpe_model_type} == char ]]; then bpe_out=${bpe_dir}/chars.txt; fi
+    log "Stage 3: text tokenizer training: ${bpe_texts[*]} -> ${bpe_out} (${bpe_model_type} ${nbpe})"
+    if [[ -f ${bpe_out} ]]; then
+      log "Stage 3: ${bpe_out} exists, skipped"
     else
       user_symbol_opts=()
       if [[ -n ${bpe_user_symbols} ]]; then
@@ -291,21 +294,13 @@ if stage_on 10; then
   log "Stage 10: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
   metric_opts=()
   if [[ -n ${score_metrics} ]]; then read -ra metric_opts <<< "--metrics ${score_metrics}"; fi
-  results=()
   for s in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
-      ddir=${exp}/decode_${s}_${t}
-      "${slm[@]}" score --decode-dir "${ddir}" --ref-dir "${dumpdir}/${s}/${t}" "${metric_opts[@]}" \
-        --results "${ddir}/RESULTS.md"
-      results+=("${ddir}/RESULTS.md")
+      # score updates the table of this (test set, task) in RESULTS.md and keeps the others.
+      "${slm[@]}" score --decode-dir "${exp}/decode_${s}_${t}" --ref-dir "${dumpdir}/${s}/${t}" \
+        --test-set "${s}" --task "${t}" --model "${tag}" "${metric_opts[@]}" --results "${exp}/RESULTS.md"
     done
   done
-  {
-    echo "# Results: ${tag}"
-    echo
-    echo "Data: ${train_specs[*]}; written $(date '+%Y-%m-%d %H:%M') by speechlm.sh stage 10."
-    for r in "${results[@]}"; do echo; cat "${r}"; done
-  } > "${exp}/RESULTS.md"
   cat "${exp}/RESULTS.md"
 fi
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Make the mini_espeak corpus with no download: English sentences from a grammar, spoken by
+# espeak-ng with a random voice setting (accent, variant, pitch, rate) per speaker, resampled
+# with sox to 16-bit mono wav. Writes data/{train,dev,test}; test has held-out sentences AND
+# held-out voices, dev has held-out sentences with training voices.
+# Deterministic under --seed; re-running keeps the wav files that exist (it resumes).
+# Run from the recipe dir: local/data.sh [--num_utts 3000] [--nj 2] ...
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/data.sh) $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[[ -f path.sh && -d local ]] || die "run me from the recipe dir (egs/mini_espeak/speechlm1)"
+# shellcheck disable=SC1091
+. ./path.sh
+
+# <options>
+num_utts=3000                  # utterances in all (train + dev + test), one sentence each
+num_dev=0                      # dev utterances (0: 4% of num_utts, at least 2)
+num_test=0                     # test utterances (0: 4% of num_utts, at least 2)
+utts_per_spk=20                # about this many training utterances per voice setting
+seed=1                         # random seed: the same seed gives the same corpus
+nj=2                           # parallel espeak-ng jobs
+cmd=utils/run.pl               # job launcher (utils/run.pl or utils/slurm.pl)
+fs=16000                       # sampling rate of the wav files
+workdir=data/local/mini_espeak # plan, logs and wav files
+# </options>
+# shellcheck disable=SC1091
+. utils/parse_options.sh
+(( $# == 0 )) || die "unexpected argument(s): $*"
+for tool in espeak-ng sox python3; do
+  command -v "${tool}" > /dev/null || die "${tool} not found (Debian: apt-get install espeak-ng sox)"
+done
+[[ ${nj} =~ ^[1-9][0-9]*$ ]] || die "--nj must be a positive integer, got '${nj}'"
+
+plan=${workdir}/plan.tsv
+log "planning ${num_utts} utterances (seed ${seed}) -> ${plan}"
+python3 local/mini_corpus.py plan --num-utts "${num_utts}" --num-dev "${num_dev}" --num-test "${num_test}" \
+  --utts-per-spk "${utts_per_spk}" --seed "${seed}" --out "${plan}"
+
+lines=$(wc -l < "${plan}")
+(( nj <= lines )) || nj=${lines}
+rm -rf "${workdir}/split"
+mkdir -p "${workdir}/split"
+shards=()
+for (( i = 1; i <= nj; i++ )); do shards+=("${workdir}/split/plan.${i}.tsv"); done
+utils/split_scp.sh "${plan}" "${shards[@]}"
+read -ra launcher <<< "${cmd}"
+log "synthesizing with ${nj} jobs (logs: ${workdir}/log/synth.*.log)"
+"${launcher[@]}" JOB=1:"${nj}" "${workdir}/log/synth.JOB.log" \
+  python3 local/mini_corpus.py synth --plan "${workdir}/split/plan.JOB.tsv" --wav-dir "${workdir}/wav" --fs "${fs}" \
+  || die "synthesis failed; see ${workdir}/log/synth.*.log"
+
+python3 local/mini_corpus.py write --plan "${plan}" --wav-dir "${workdir}/wav" --out data
+log "done: data/train data/dev data/test"

@@ -1,0 +1,318 @@
+"""speechlm tokenize: turn the segments of a manifest into kaldiio token archives.
+
+For each segment of ``DIR/template.yaml`` (except ``spk_prompt`` segments, which reuse the audio
+archive of their tokenizer when sequences are built) this writes::
+
+    DIR/tokens/<segment>.ark  .scp      int32 [frames, streams] per utterance (kaldiio, numpy format)
+    DIR/tokens/<segment>.lengths        utt frames
+    DIR/tokens/<segment>.failed         utt reason (utterances that could not be tokenized)
+
+``--nj N`` splits the manifest into N contiguous shards run as N processes (one torch thread
+each); ``--shard I`` runs only shard I of N (1-based, the ``JOB`` of a recipe's ``run.pl`` or
+``slurm.pl``) and leaves the merge to a later call without ``--shard``. Every shard journals
+each finished utterance, so a killed run resumes where it stopped. A finished segment whose
+tokenizer options and manifest entries are unchanged is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("speechlm.tokenize")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest-dir", required=True, help="dir with manifest.jsonl + template.yaml (from `speechlm prepare`)")
+    p.add_argument("--tokenizers", required=True, help="tokenizers.yaml: instance name -> {type: ..., options}")
+    p.add_argument("--nj", type=int, default=1, help="number of shards / parallel processes")
+    p.add_argument("--shard", type=int, default=None,
+                   help="run only shard I of --nj (1-based, for run.pl/slurm.pl JOB); merge with a later call without it")
+    p.add_argument("--segments", nargs="+", default=None, help="tokenize only these segments (default: all)")
+    p.add_argument("--batch-size", type=int, default=1, help="utterances per encode_batch call (useful on a GPU)")
+    p.add_argument("--device", default=None, help="override the device of every audio tokenizer (cpu, cuda, cuda:1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores // nj)")
+
+
+# -- what to do ---------------------------------------------------------------------------------
+def _fingerprint(spec: dict, seg_name: str, rows: list[dict]) -> str:
+    """Hash of the tokenizer options and the segment's (id, value) pairs: outputs depend on nothing else."""
+    h = hashlib.sha256(json.dumps({"segment": seg_name, "tokenizer": spec}, sort_keys=True).encode())
+    for r in rows:
+        h.update(json.dumps([r["id"], r["segments"].get(seg_name)], sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _plan(args: argparse.Namespace):
+    """(tok_dir, rows, [(segment, spec, fingerprint) still to do]) for this manifest dir."""
+    from speechlm.config import ConfigError
+    from speechlm.data.manifest import read_manifest
+    from speechlm.registry import suggest
+    from speechlm.tokenizers import load_tokenizer_specs
+    from speechlm.utils.fileio import is_done
+
+    template, examples = read_manifest(args.manifest_dir)
+    rows = list(examples)
+    specs = load_tokenizer_specs(args.tokenizers)
+    segs = [s for s in template.segments if s.modality != "spk_prompt"]
+    names = [s.name for s in segs]
+    for name in args.segments or []:
+        if name not in names:
+            raise ConfigError(f"--segments: task {template.name!r} has no tokenizable segment {name!r}"
+                              f"{suggest(name, names)}; its segments: {', '.join(names)}")
+    tok_dir = Path(args.manifest_dir) / "tokens"
+    todo = []
+    for seg in segs:
+        if args.segments and seg.name not in args.segments:
+            continue
+        if seg.tokenizer not in specs:
+            raise ConfigError(f"{args.tokenizers}: no tokenizer named {seg.tokenizer!r} (segment {seg.name!r} of "
+                              f"task {template.name!r}){suggest(seg.tokenizer, specs)}; it defines: {', '.join(specs)}")
+        spec = dict(specs[seg.tokenizer])
+        fp = _fingerprint(spec, seg.name, rows)
+        scp = tok_dir / f"{seg.name}.scp"
+        if is_done(scp):
+            info = json.loads((tok_dir / f"{seg.name}.scp.done").read_text())
+            if info.get("fingerprint") == fp:
+                log.info("segment %s: %s is complete, skipping", seg.name, scp)
+                continue
+            log.info("segment %s: tokenizer options or manifest changed since %s was written; redoing it", seg.name, scp)
+        todo.append((seg, spec, fp))
+    return tok_dir, rows, todo
+
+
+def _shard_rows(rows: list[dict], shard: int, nj: int) -> list[dict]:
+    n = len(rows)
+    return rows[(shard - 1) * n // nj: shard * n // nj]
+
+
+def _shard_prefix(tok_dir: Path, seg_name: str, shard: int, nj: int) -> Path:
+    return tok_dir / "shards" / f"{seg_name}.{shard}-of-{nj}"
+
+
+# -- one shard ----------------------------------------------------------------------------------
+def _encode_value(tok, seg, value, utt: str):
+    from speechlm.data.audio import read_audio, to_mono
+
+    if seg.is_audio:
+        wav, sr = read_audio(value, utt_id=utt)
+        return tok.encode(to_mono(wav), sr)
+    if not isinstance(value, str):
+        raise ValueError(f"text segment {seg.name!r} expects a string, got {type(value).__name__}")
+    return tok.encode(value)
+
+
+def _check(tok, arr, utt: str):
+    from speechlm.data.token_archive import check_tokens
+    import numpy as np
+
+    arr = check_tokens(arr, utt)
+    if arr.shape[0] == 0:
+        raise ValueError("the tokenizer returned 0 frames")
+    if arr.shape[1] != tok.n_streams:
+        raise ValueError(f"the tokenizer returned {arr.shape[1]} streams, it declares {tok.n_streams}")
+    if (arr < 0).any() or (arr >= np.asarray(tok.codebook_sizes)).any():
+        raise ValueError(f"token ids outside the codebook sizes {tok.codebook_sizes}")
+    return arr
+
+
+def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args, progress_position: int | None = None) -> None:
+    """Tokenize shard ``shard`` (1-based) of ``nj`` for every pending segment; resumable."""
+    from tqdm import tqdm
+
+    from speechlm.data.token_archive import ShardWriter
+    from speechlm.tokenizers import build_tokenizer
+    from speechlm.utils.fileio import is_done, mark_done, write_text
+
+    mine = _shard_rows(rows, shard, nj)
+    tokenizers: dict[str, object] = {}
+    for seg, spec, fp in todo:
+        prefix = _shard_prefix(tok_dir, seg.name, shard, nj)
+        journal = prefix.with_name(prefix.name + ".journal")
+        fp_file = prefix.with_name(prefix.name + ".fingerprint")
+        if is_done(journal) and fp_file.exists() and fp_file.read_text() == fp:
+            continue
+        if not fp_file.exists() or fp_file.read_text() != fp:  # stale partial shard of other options
+            for suffix in (".ark", ".journal", ".journal.done"):
+                prefix.with_name(prefix.name + suffix).unlink(missing_ok=True)
+            write_text(fp_file, fp)
+        if seg.tokenizer not in tokenizers:
+            if args.device and spec.get("type") and "device" in _init_params(spec):
+                spec = {**spec, "device": args.device}
+            tokenizers[seg.tokenizer] = build_tokenizer(spec, where=f"{args.tokenizers}:{seg.tokenizer}")
+        tok = tokenizers[seg.tokenizer]
+        writer = ShardWriter(prefix)
+        pending = [r for r in mine if r["id"] not in writer]
+        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{seg.name} {shard}/{nj}",
+                   unit="utt", position=progress_position, leave=progress_position is None, mininterval=1.0,
+                   disable=None if progress_position is None else True)
+        try:
+            for i in range(0, len(pending), max(1, args.batch_size)):
+                batch = pending[i:i + max(1, args.batch_size)]
+                _tokenize_batch(tok, seg, batch, writer)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            writer.close()
+        mark_done(journal, {"entries": len(writer.entries), "failed": len(writer.failed)})
+
+
+def _init_params(spec: dict) -> list[str]:
+    import inspect
+
+    from speechlm.tokenizers import TOKENIZERS, _load_plugins
+
+    _load_plugins()
+    return list(inspect.signature(TOKENIZERS.get(spec["type"]).__init__).parameters)
+
+
+def _tokenize_batch(tok, seg, batch: list[dict], writer) -> None:
+    """Encode a batch (``encode_batch`` for audio when it has several items); bad items are journaled as failures."""
+    from speechlm.data.audio import read_audio, to_mono
+
+    if len(batch) > 1 and seg.is_audio:
+        wavs, ok = [], []
+        for r in batch:
+            try:
+                wav, sr = read_audio(r["segments"][seg.name], utt_id=r["id"])
+                wavs.append((to_mono(wav), sr))
+                ok.append(r)
+            except Exception as e:  # unreadable audio: report and go on
+                _fail(writer, r["id"], e)
+        rates = {sr for _, sr in wavs}
+        if ok and len(rates) == 1:
+            try:
+                outs = tok.encode_batch([w for w, _ in wavs], rates.pop())
+                for r, arr in zip(ok, outs):
+                    try:
+                        writer.add(r["id"], _check(tok, arr, r["id"]))
+                    except Exception as e:
+                        _fail(writer, r["id"], e)
+                return
+            except Exception as e:
+                log.debug("batch encode failed (%s); encoding one by one", e)
+        batch = [r for r in ok if r["id"] not in writer]
+    for r in batch:
+        try:
+            writer.add(r["id"], _check(tok, _encode_value(tok, seg, r["segments"].get(seg.name), r["id"]), r["id"]))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            _fail(writer, r["id"], e)
+
+
+def _fail(writer, utt: str, e: BaseException) -> None:
+    reason = f"{type(e).__name__}: {e}"
+    log.warning("utterance %s skipped: %s", utt, reason)
+    writer.add_failure(utt, reason)
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def _spawn(args, todo, nj: int, tok_dir: Path, total: int) -> None:
+    """Run shards 1..nj as child processes (one thread each) with one progress bar over all of them."""
+    from tqdm import tqdm
+
+    log_dir = tok_dir / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    segs = [seg.name for seg, _, _ in todo]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for shard in range(1, nj + 1):
+        cmd = [sys.executable, "-m", "speechlm", "tokenize", "--manifest-dir", str(args.manifest_dir),
+               "--tokenizers", str(args.tokenizers), "--nj", str(nj), "--shard", str(shard), "--threads", "1",
+               "--batch-size", str(args.batch_size), "--segments", *segs]
+        if args.device:
+            cmd += ["--device", args.device]
+        logf = open(log_dir / f"tokenize.{shard}.log", "w", encoding="utf-8")
+        procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
+    journals = [tok_dir / "shards" / f"{s}.{i}-of-{nj}.journal" for s in segs for i in range(1, nj + 1)]
+    bar = tqdm(total=total, desc=f"tokenize ({nj} jobs)", unit="utt", mininterval=1.0)
+    try:
+        while any(p.poll() is None for _, p, _ in procs):
+            time.sleep(0.5)
+            bar.n = sum(j.read_bytes().count(b"\n") for j in journals if j.exists())
+            bar.refresh()
+    except BaseException:
+        for _, p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        bar.close()
+        for _, _, f in procs:
+            f.close()
+    bad = [(s, p.returncode) for s, p, _ in procs if p.returncode != 0]
+    if bad:
+        s, rc = bad[0]
+        tail = (log_dir / f"tokenize.{s}.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"tokenize shard {s}/{nj} failed (exit {rc}); see {log_dir}/tokenize.{s}.log:\n"
+                           + "\n".join(tail))
+
+
+def _merge(tok_dir: Path, rows: list[dict], seg, spec: dict, fp: str, nj: int) -> dict:
+    from speechlm.data.token_archive import ShardWriter, merge_shards
+    from speechlm.utils.fileio import atomic_open, is_done, mark_done
+
+    prefixes = [_shard_prefix(tok_dir, seg.name, i, nj) for i in range(1, nj + 1)]
+    missing = [p for p in prefixes if not is_done(p.with_name(p.name + ".journal"))]
+    if missing:
+        raise RuntimeError(f"segment {seg.name}: shards not finished: {', '.join(p.name for p in missing)} "
+                           f"(run them with --shard, or run without --shard to do everything)")
+    shards = [ShardWriter(p, readonly=True) for p in prefixes]
+    out = tok_dir / seg.name
+    n, failed = merge_shards(shards, out, [r["id"] for r in rows])
+    with atomic_open(tok_dir / f"{seg.name}.failed") as f:
+        f.writelines(f"{u} {r}\n" for u, r in failed.items())
+    info = {"fingerprint": fp, "tokenizer": spec, "utterances": n, "failed": len(failed)}
+    mark_done(tok_dir / f"{seg.name}.scp", info)
+    for p in prefixes:
+        for suffix in (".ark", ".journal", ".journal.done", ".fingerprint"):
+            p.with_name(p.name + suffix).unlink(missing_ok=True)
+    return {"segment": seg.name, "written": n, "failed": failed}
+
+
+def main(args: argparse.Namespace) -> int:
+    from speechlm.utils.threads import set_threads
+
+    if args.nj < 1:
+        raise ValueError(f"--nj must be >= 1, got {args.nj}")
+    if args.shard is not None and not 1 <= args.shard <= args.nj:
+        raise ValueError(f"--shard must be in 1..{args.nj} (--nj), got {args.shard}")
+    tok_dir, rows, todo = _plan(args)
+    if not todo:
+        log.info("tokenize: nothing to do in %s", tok_dir)
+        return 0
+    if not rows:
+        raise ValueError(f"{args.manifest_dir}: the manifest is empty")
+    set_threads(args.threads, jobs=1 if args.shard is not None else args.nj)
+    if args.shard is not None:
+        run_shard(tok_dir, rows, todo, args.shard, args.nj, args, progress_position=None)
+        return 0
+    log.info("Stage tokenize: %s (%d utterances; segments %s) -> %s, %d job(s)", args.manifest_dir, len(rows),
+             ", ".join(s.name for s, _, _ in todo), tok_dir, args.nj)
+    start = time.time()
+    if args.nj == 1:
+        run_shard(tok_dir, rows, todo, 1, 1, args)
+    else:
+        _spawn(args, todo, args.nj, tok_dir, total=len(rows) * len(todo))
+    n_failed = 0
+    for seg, spec, fp in todo:
+        res = _merge(tok_dir, rows, seg, spec, fp, args.nj)
+        n_failed += len(res["failed"])
+        msg = f"segment {seg.name}: {res['written']} utterances -> {tok_dir / seg.name}.scp"
+        if res["failed"]:
+            ids = list(res["failed"])
+            msg += (f"; {len(ids)} FAILED (listed with reasons in {tok_dir / seg.name}.failed): "
+                    + ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""))
+            log.warning(msg)
+        else:
+            log.info(msg)
+    if (tok_dir / "shards").is_dir() and not any((tok_dir / "shards").iterdir()):
+        (tok_dir / "shards").rmdir()
+    log.info("tokenize: done in %.1f s%s", time.time() - start, f", {n_failed} utterance(s) skipped" if n_failed else "")
+    return 0

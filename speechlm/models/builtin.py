@@ -1,0 +1,208 @@
+"""The built-in decoder backbone: Llama-style (RoPE, RMSNorm, SwiGLU, grouped-query attention).
+
+Attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
+GPU). Weight names and the rotary convention match transformers' Llama, so
+:func:`load_llama_weights` copies a ``LlamaModel`` into it exactly (tested for parity).
+
+Every backbone takes input embeddings and returns final-normed hidden states::
+
+    h = backbone(x [B, T, D], positions [B, T] | None, mask [B, 1, T, Tk] bool | None, cache | None)
+
+``mask`` is True where a query may attend a key; ``None`` means causal. ``cache`` (from
+:meth:`new_cache`) holds keys and values of earlier calls for incremental decoding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechlm.registry import Registry
+
+BACKBONES: Registry = Registry("backbone")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class KVCache:
+    """Per-layer key/value buffers that grow by doubling; rows can be selected or reordered."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``k, v`` ``[B, H, T, hd]`` for ``layer``; return all keys and values so far."""
+        start = self.length
+        end = start + k.shape[2]
+        buf = self.k[layer]
+        if buf is None or buf.shape[2] < end:
+            cap = max(end, 2 * (buf.shape[2] if buf is not None else 64))
+            nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            nv = v.new_empty(nk.shape)
+            if buf is not None:
+                nk[:, :, :start] = buf[:, :, :start]
+                nv[:, :, :start] = self.v[layer][:, :, :start]
+            self.k[layer], self.v[layer] = nk, nv
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        if layer == len(self.k) - 1:
+            self.length = end
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (and reorder/duplicate) batch rows ``rows``."""
+        self.k = [None if t is None else t.index_select(0, rows) for t in self.k]
+        self.v = [None if t is None else t.index_select(0, rows) for t in self.v]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % n_heads or n_heads % n_kv_heads:
+            raise ValueError(f"dim {dim} must divide by n_heads {n_heads}, and n_heads by n_kv_heads {n_kv_heads}")
+        self.h, self.kvh, self.hd = n_heads, n_kv_heads, dim // n_heads
+        self.q_proj = nn.Linear(dim, n_heads * self.hd, bias=False)
+        self.k_proj = nn.Linear(dim, n_kv_heads * self.hd, bias=False)
+        self.v_proj = nn.Linear(dim, n_kv_heads * self.hd, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.hd, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kvh, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.kvh, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+        if mask is None and T > 1 and past > 0:  # causal over the new block, full over the past
+            qi = torch.arange(T, device=x.device)[:, None] + past
+            mask = (torch.arange(past + T, device=x.device)[None, :] <= qi)[None, None]
+        is_causal = mask is None and T > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.kvh != self.h,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, n_heads, n_kv_heads, ffn_dim, eps, dropout) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(dim, eps)
+        self.self_attn = Attention(dim, n_heads, n_kv_heads, dropout)
+        self.post_attention_layernorm = RMSNorm(dim, eps)
+        self.mlp = MLP(dim, ffn_dim)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def default_ffn_dim(dim: int) -> int:
+    """SwiGLU hidden size: 8/3 * dim rounded up to a multiple of 64."""
+    return int(math.ceil(8 * dim / 3 / 64) * 64)
+
+
+@BACKBONES.register("builtin")
+class BuiltinDecoder(nn.Module):
+    """Llama-style decoder over input embeddings.
+
+    Example:
+        >>> bb = BuiltinDecoder(dim=64, n_layers=2, n_heads=4, n_kv_heads=2)
+        >>> bb(torch.randn(1, 5, 64)).shape
+        torch.Size([1, 5, 64])
+    """
+
+    def __init__(
+        self, dim: int, n_layers: int, n_heads: int, n_kv_heads: int | None = None, ffn_dim: int | None = None,
+        rope_theta: float = 10000.0, norm_eps: float = 1e-5, dropout: float = 0.0, max_len: int = 8192,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.n_layers = n_layers
+        self.layers = nn.ModuleList(
+            Block(dim, n_heads, n_kv_heads or n_heads, ffn_dim or default_ffn_dim(dim), norm_eps, dropout)
+            for _ in range(n_layers)
+        )
+        self.norm = RMSNorm(dim, norm_eps)
+        hd = dim // n_heads
+        inv = 1.0 / (rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.max_len = max_len
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        return KVCache(self.n_layers)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=x.device)[None].expand(B, -1)
+        cos, sin = self.rope(positions, x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.float32)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        return self.norm(x)
+
+    def init_weights(self, std: float = 0.02) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                s = std / math.sqrt(2 * self.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                nn.init.normal_(p, 0.0, s)
+
+
+def load_llama_weights(decoder: BuiltinDecoder, llama_model: nn.Module) -> None:
+    """Copy a transformers ``LlamaModel`` (or ``LlamaForCausalLM``) body into ``decoder``."""
+    body = getattr(llama_model, "model", llama_model)
+    sd = {k: v for k, v in body.state_dict().items() if not k.startswith("embed_tokens") and "rotary" not in k}
+    missing, unexpected = decoder.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"Llama weights do not fit the built-in decoder: missing {missing}, unexpected {unexpected}")
+
+
+__all__ = ["BACKBONES", "BuiltinDecoder", "KVCache", "RMSNorm", "load_llama_weights", "default_ffn_dim"]

@@ -1,0 +1,128 @@
+"""Input embedding (sum over streams), output head (stream 0 over the whole vocabulary, stream k>0
+over its own codebook ranges only), the multiscale depth head, and the weighted cross-entropy.
+
+Example:
+    >>> head = OutputHead(dim=64, vocab_size=600, stream_ids=[None, torch.arange(300, 556)])
+    >>> head.logits(torch.randn(3, 64), 1).shape      # only stream 1's 256 codes
+    torch.Size([3, 256])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechlm.models.builtin import BuiltinDecoder
+from speechlm.vocab import Vocabulary
+
+
+def stream_ids_from_vocab(vocab: Vocabulary, n_streams: int) -> list[torch.Tensor | None]:
+    """Global ids allowed in each stream k > 0: the union of every tokenizer's stream-k range."""
+    out: list[torch.Tensor | None] = [None]
+    for k in range(1, n_streams):
+        ids = [torch.arange(*vocab.stream_range(name, k)) for name in vocab.ranges if vocab.n_streams(name) > k]
+        out.append(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64))
+    return out
+
+
+class StreamEmbedding(nn.Module):
+    """Sum of the streams' embeddings; ``<pad>`` in streams > 0 contributes nothing."""
+
+    def __init__(self, vocab_size: int, dim: int, pad_id: int = 0) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, dim)
+        self.pad_id = pad_id
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[..., S]`` ids -> ``[..., D]``."""
+        x = self.emb(tokens[..., 0])
+        for k in range(1, tokens.shape[-1]):
+            t = tokens[..., k]
+            x = x + self.emb(t) * (t != self.pad_id).unsqueeze(-1).to(x.dtype)
+        return x
+
+
+class OutputHead(nn.Module):
+    """Logits per stream. Stream 0: the whole vocabulary; stream k > 0: ``stream_ids[k]`` only,
+    from the same weight rows (tied to the embedding if asked) plus a learned per-stream offset
+    added to the hidden state (zero at init)."""
+
+    def __init__(
+        self, dim: int, vocab_size: int, stream_ids: list[torch.Tensor | None], tied: nn.Parameter | None = None
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.n_streams = len(stream_ids)
+        if tied is None:
+            self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+            nn.init.normal_(self.weight, 0.0, 0.02)
+        else:
+            self.weight = tied
+        self.stream_offset = nn.Parameter(torch.zeros(max(1, self.n_streams), dim))
+        self._slices: list[tuple[int, int] | None] = [None]
+        for k in range(1, self.n_streams):
+            ids = stream_ids[k]
+            lookup = torch.full((vocab_size,), -1, dtype=torch.int64)
+            lookup[ids] = torch.arange(len(ids))
+            self.register_buffer(f"ids_{k}", ids.clone(), persistent=False)
+            self.register_buffer(f"lookup_{k}", lookup, persistent=False)
+            contiguous = len(ids) > 0 and bool((ids == torch.arange(int(ids[0]), int(ids[0]) + len(ids))).all())
+            self._slices.append((int(ids[0]), int(ids[0]) + len(ids)) if contiguous else None)
+
+    def ids(self, k: int) -> torch.Tensor | None:
+        """Global ids of stream ``k``'s logit columns (None: the whole vocabulary)."""
+        return None if k == 0 else getattr(self, f"ids_{k}")
+
+    def rows(self, k: int) -> torch.Tensor:
+        if k == 0:
+            return self.weight
+        sl = self._slices[k]
+        return self.weight[sl[0] : sl[1]] if sl is not None else self.weight.index_select(0, self.ids(k))
+
+    def logits(self, h: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of stream ``k`` over its columns, or over global ``ids`` if given."""
+        if k > 0:
+            h = h + self.stream_offset[k].to(h.dtype)
+        w = self.weight.index_select(0, ids) if ids is not None else self.rows(k)
+        return h @ w.to(h.dtype).t()
+
+    def local_targets(self, y: torch.Tensor, k: int) -> torch.Tensor:
+        """Global ids -> column indices of stream ``k`` (-1 where not in its range)."""
+        return y if k == 0 else getattr(self, f"lookup_{k}")[y]
+
+
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, where: str) -> tuple:
+    """Weighted CE in fp32: returns ``(ce_sum, weight_sum, correct, count)``."""
+    if targets.numel() and int(targets.min()) < 0:
+        raise ValueError(f"{where}: a loss-weighted target token lies outside the stream's codebook range")
+    logits = logits.float()
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    correct = (logits.argmax(-1) == targets).float().sum()
+    return (ce * weights).sum(), weights.sum(), correct, targets.new_tensor(targets.numel(), dtype=torch.float32)
+
+
+class DepthHead(nn.Module):
+    """Local transformer over the streams of one row (multiscale): step 0 reads the global hidden
+    state, step k reads the embedding of stream k-1's token; step k predicts stream k."""
+
+    def __init__(self, dim: int, n_streams: int, local_dim: int, local_layers: int, local_heads: int,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(dim, local_dim, bias=False)
+        self.tok_proj = nn.Linear(dim, local_dim, bias=False)
+        self.level = nn.Parameter(torch.zeros(n_streams, local_dim))
+        self.local = BuiltinDecoder(local_dim, local_layers, local_heads, norm_eps=norm_eps, max_len=n_streams + 1)
+        self.out_proj = nn.Linear(local_dim, dim, bias=False)
+
+    def forward(self, h: torch.Tensor, prev_emb: torch.Tensor) -> torch.Tensor:
+        """``h [N, D]``, ``prev_emb [N, k, D]`` (embeddings of streams 0..k-1) -> ``[N, k+1, D]``."""
+        x = torch.cat([self.in_proj(h)[:, None], self.tok_proj(prev_emb)], 1)
+        x = x + self.level[: x.shape[1]].to(x.dtype)
+        return self.out_proj(self.local(x))
+
+
+__all__ = ["StreamEmbedding", "OutputHead", "DepthHead", "weighted_ce", "stream_ids_from_vocab"]

@@ -1,0 +1,143 @@
+"""Losses of the SpeechLM: weighted CE per stream (only on loss-weighted slots, stream k > 0 over
+its own codebook range), the multiscale depth loss, the VALL-E style NAR loss and auxiliary CTC.
+
+Every function returns sums (never means) and adds ``(sum, count)`` pairs to ``stats``, so
+gradient-accumulation steps and ranks combine exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, TEXT_TGT
+from speechlm.models.heads import OutputHead, weighted_ce
+
+
+def _add(stats: dict, name: str, s: torch.Tensor, n: torch.Tensor) -> None:
+    if name in stats:
+        a, b = stats[name]
+        stats[name] = (a + s.detach(), b + n.detach())
+    else:
+        stats[name] = (s.detach().float(), n.detach().float())
+
+
+def stream_slots_loss(head: OutputHead, hk: torch.Tensor, y: torch.Tensor, w: torch.Tensor, k: int,
+                      stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE of stream ``k`` at selected slots: ``hk [N, D]``, ``y [N]`` global ids, ``w [N]`` weights."""
+    logits = head.logits(hk, k)
+    ce, ws, correct, count = weighted_ce(logits, head.local_targets(y, k), w, f"stream {k}")
+    _add(stats, f"acc_s{k}", correct, count)
+    _add(stats, "acc", correct, count)
+    _add(stats, f"ce_s{k}", ce, ws)
+    return ce, ws
+
+
+def ar_loss(head: OutputHead, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: list[float],
+            stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-row CE for every stream of ``y [B, T, S]`` where ``w > 0``; hidden ``h [B, T, D]``."""
+    loss_sum = h.new_zeros((), dtype=torch.float32)
+    weight_sum = h.new_zeros((), dtype=torch.float32)
+    for k in range(y.shape[-1]):
+        wk = w[..., k] * sw[k]
+        sel = wk > 0
+        if not bool(sel.any()):
+            continue
+        ls, ws = stream_slots_loss(head, h[sel], y[..., k][sel], wk[sel], k, stats)
+        loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
+    return loss_sum, weight_sum
+
+
+def depth_loss(model, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: list[float],
+               stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiscale: the depth head runs over the streams of each position that carries loss."""
+    rows = w.sum(-1) > 0
+    loss_sum = h.new_zeros((), dtype=torch.float32)
+    weight_sum = h.new_zeros((), dtype=torch.float32)
+    if not bool(rows.any()):
+        return loss_sum, weight_sum
+    hs, ys, ws_all = h[rows], y[rows], w[rows]
+    out = model.depth(hs, model.embed.emb(ys[:, :-1]))  # [N, S, D]
+    for k in range(ys.shape[-1]):
+        wk = ws_all[:, k] * sw[k]
+        sel = wk > 0
+        if not bool(sel.any()):
+            continue
+        ls, ws = stream_slots_loss(model.head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats)
+        loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
+    return loss_sum, weight_sum
+
+
+def nar_inputs(model, prep, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and extra embeddings of the NAR pass at ``level [B]``: audio-target rows keep
+    streams ``< level`` and get the level embedding."""
+    lay = prep.layout
+    tgt = (lay.kinds == AUDIO_TGT)[..., None]
+    keep = torch.arange(lay.tokens.shape[-1], device=lay.tokens.device)[None, None] < level[:, None, None]
+    tok = torch.where(tgt & ~keep, torch.full_like(lay.tokens, model.vocab.pad_id), lay.tokens)
+    extra = model.nar_level[level][:, None, :] * tgt.to(model.nar_level.dtype)
+    return tok, extra
+
+
+def nar_loss(model, prep, sw: list[float], stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random level ``k >= 1`` per row; predict stream k of audio-target rows in place."""
+    lay = prep.layout
+    B, _, S = lay.tokens.shape
+    zero = lay.weight.new_zeros(())
+    if S < 2:
+        return zero, zero
+    level = torch.randint(1, S, (B,), device=lay.tokens.device)
+    tok, extra = nar_inputs(model, prep, level)
+    h = model.backbone(model.embed_prepared(prep, tok, extra), None, model.attention_mask(prep, bidirectional=True))
+    rows = prep.last.clamp(min=0)
+    y = lay.tokens.gather(1, rows[..., None].expand(-1, -1, S)).gather(2, level[:, None, None].expand(-1, rows.shape[1], 1))[..., 0]
+    w = lay.weight.gather(1, rows[..., None].expand(-1, -1, S)).gather(2, level[:, None, None].expand(-1, rows.shape[1], 1))[..., 0]
+    w = w * (prep.last >= 0) * (prep.kinds == AUDIO_TGT)
+    w = w * torch.tensor(sw, device=w.device, dtype=w.dtype)[level][:, None]
+    loss_sum, weight_sum = zero, zero
+    for k in range(1, S):
+        sel = (w > 0) & (level[:, None] == k)
+        if bool(sel.any()):
+            ls, ws = stream_slots_loss(model.head, h[sel], y[sel], w[sel], k, stats)
+            _add(stats, "nar_ce", ls, ws)
+            loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
+    return loss_sum, weight_sum
+
+
+def ctc_frames(model, prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of each row's audio-condition positions, left-aligned: ``[B, Tc, D]``, lengths ``[B]``."""
+    is_cond = prep.kinds == AUDIO_COND
+    n = is_cond.sum(1)
+    Tc = max(1, int(n.max()))
+    order = torch.argsort((~is_cond).to(torch.int8), dim=1, stable=True)[:, :Tc]
+    return h.gather(1, order[..., None].expand(-1, -1, h.shape[-1])), n
+
+
+def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-target ids of each row as CTC labels (1-based, 0 = blank), lengths, and usable rows."""
+    lay = prep.layout
+    a, b = model.ctc_range
+    is_txt = lay.kinds == TEXT_TGT
+    tok = lay.tokens[..., 0]
+    inside = (tok >= a) & (tok < b)
+    usable = is_txt.any(1) & ~(is_txt & ~inside).any(1)
+    n = is_txt.sum(1)
+    L = max(1, int(n.max()))
+    order = torch.argsort((~is_txt).to(torch.int8), dim=1, stable=True)[:, :L]
+    labels = (tok.gather(1, order) - a + 1).clamp(min=0)
+    return labels, n, usable
+
+
+def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range."""
+    frames, n_in = ctc_frames(model, prep, h)
+    labels, n_out, usable = ctc_targets(model, prep)
+    usable = usable & (n_in > 0)
+    if not bool(usable.any()):
+        return h.new_zeros((), dtype=torch.float32)
+    logp = model.ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
+    loss = F.ctc_loss(logp, labels[usable], n_in[usable], n_out[usable], blank=0, reduction="sum", zero_infinity=True)
+    _add(stats, "ctc", loss, n_out[usable].sum().float())
+    return loss
+
+
+__all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "stream_slots_loss"]

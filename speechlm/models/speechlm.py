@@ -1,0 +1,231 @@
+"""The SpeechLM: stream embeddings -> backbone -> stream-strategy head, with its loss.
+
+Example:
+    >>> model = SpeechLM(ModelConfig(strategy="delay", dim=64, n_layers=2), vocab)
+    >>> out = model(batch)               # ModelOutput(loss, loss_sum, weight_sum, stats)
+    >>> out.loss.backward()
+    >>> model.save_pretrained("exp/tag/checkpoints/step_100")
+    >>> model = SpeechLM.from_pretrained("exp/tag/checkpoints/step_100")
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from speechlm.data.batch import Batch
+from speechlm.data.sequence import AUDIO_TGT
+from speechlm.models.builtin import BACKBONES, BuiltinDecoder
+from speechlm.models.config import ModelConfig, autocast_enabled
+from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
+from speechlm.models.losses import ar_loss, ctc_loss, depth_loss, nar_loss
+from speechlm.models.patterns import PATTERNS, Layout
+from speechlm.models.reduction import CondStacker, Reduction, reduction_map
+from speechlm.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutput:
+    """``loss = loss_sum / weight_sum``; ``stats`` maps a name to ``(sum, count)`` (summable)."""
+
+    loss: torch.Tensor
+    loss_sum: torch.Tensor
+    weight_sum: torch.Tensor
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A batch laid out by the pattern and reduced: what the backbone sees.
+
+    x ``[B, T'', D]`` (None until embedded), lengths/prefix ``[B]``, kinds ``[B, T'']``,
+    last ``[B, T'']``: the layout row each position stands for (-1 past the end).
+    """
+
+    layout: Layout
+    red: Reduction | None
+    lengths: torch.Tensor
+    prefix: torch.Tensor
+    kinds: torch.Tensor
+    last: torch.Tensor
+    x: torch.Tensor | None = None
+
+
+class SpeechLM(nn.Module):
+    """Decoder-only LM over the joint vocabulary (see ``docs/interfaces.md``, "Model")."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocabulary, _backbone_dir: str | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config, self.vocab = config, vocab
+        S = config.n_streams or max([vocab.n_streams(t) for t in vocab.ranges] or [1])
+        config.n_streams = S
+        self.n_streams = S
+        self.pattern = PATTERNS.get(config.strategy)(S, vocab.pad_id)
+        S2 = self.pattern.model_streams
+        if config.stream_weights and len(config.stream_weights) != S2:
+            raise ValueError(f"model.stream_weights has {len(config.stream_weights)} values, the model {S2} streams")
+        V = len(vocab)
+        if config.backbone == "builtin":
+            self.backbone = BuiltinDecoder(
+                config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.ffn_dim,
+                config.rope_theta, config.norm_eps, config.dropout, config.max_len,
+            )
+        else:
+            path = _backbone_dir or config.hf_path
+            self.backbone = BACKBONES.get(config.backbone)(path, pretrained=_backbone_dir is None)
+        D = self.backbone.dim
+        self.embed = StreamEmbedding(V, D, vocab.pad_id)
+        self.head = OutputHead(D, V, stream_ids_from_vocab(vocab, S2), self.embed.weight if config.tie_embeddings else None)
+        self.stacker = CondStacker(D, config.cond_reduction) if config.cond_reduction > 1 else None
+        self.depth = (
+            DepthHead(D, S, config.local_dim, config.local_layers, config.local_heads, config.norm_eps)
+            if self.pattern.head == "depth" else None
+        )
+        self.nar_level = nn.Parameter(torch.zeros(S, D)) if self.pattern.head == "ar_nar" else None
+        self.ctc_range = None
+        if config.ctc_weight > 0:
+            self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
+            self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
+        self._init_weights()
+        if config.backbone == "builtin" and _backbone_dir is None:
+            self.backbone.init_weights(config.init_std)
+        if hasattr(self.backbone, "pretrained_rows") and _backbone_dir is None:
+            self._copy_pretrained_rows()
+
+    # ---- initialisation -----------------------------------------------------------------
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embed.weight, 0.0, self.config.init_std)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.head.weight, 0.0, self.config.init_std)
+
+    def _copy_pretrained_rows(self) -> None:
+        inp, out = self.backbone.pretrained_rows()
+        if inp is None:
+            return
+        with torch.no_grad():
+            mean, std = inp.mean().item(), inp.std().item()
+            self.embed.weight.normal_(mean, std)
+            if not self.config.tie_embeddings:
+                src = out if out is not None else inp
+                self.head.weight.normal_(src.mean().item(), src.std().item())
+            name = self.config.hf_text_tokenizer
+            if not name:
+                return
+            a, b = self.vocab.stream_range(name, 0)
+            if b - a > inp.shape[0]:
+                raise ValueError(
+                    f"tokenizer {name!r} has {b - a} ids but the LLM's embedding only {inp.shape[0]} rows: "
+                    f"hf_text_tokenizer must be the LLM's own tokenizer"
+                )
+            self.embed.weight[a:b] = inp[: b - a]
+            if not self.config.tie_embeddings:
+                self.head.weight[a:b] = (out if out is not None else inp)[: b - a]
+        log.info("copied %d pretrained text rows of the LLM to ids [%d, %d)", b - a, a, b)
+        if self.config.freeze_text_rows:
+            for p in {id(self.embed.weight): self.embed.weight, id(self.head.weight): self.head.weight}.values():
+                p.register_hook(lambda g, a=a, b=b: torch.cat([g[:a], torch.zeros_like(g[a:b]), g[b:]]))
+
+    # ---- layout and embedding -----------------------------------------------------------
+    def autocast(self, device: torch.device):
+        if autocast_enabled(self.config.autocast, device.type):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, tokens, weight, kinds, lengths, prefix_lens) -> Prepared:
+        """Lay out with the pattern, then map positions through the condition reduction."""
+        layout = self.pattern.build(tokens, weight, kinds, lengths)
+        B, T2 = layout.kinds.shape
+        pre = torch.zeros(B, dtype=torch.int64, device=tokens.device)
+        if self.config.prefix_lm and bool((prefix_lens > 0).any()):
+            p = layout.pos.gather(1, prefix_lens.clamp(max=tokens.shape[1] - 1)[:, None])[:, 0]
+            pre = torch.where(prefix_lens > 0, p, pre)
+        if self.stacker is None:
+            last = torch.arange(T2, device=tokens.device).expand(B, -1)
+            last = torch.where(last < layout.lengths[:, None], last, torch.full_like(last, -1))
+            return Prepared(layout, None, layout.lengths, pre, layout.kinds, last)
+        red = reduction_map(layout.kinds, layout.lengths, self.config.cond_reduction)
+        pre = torch.where(pre > 0, red.pos.gather(1, pre[:, None])[:, 0], pre)
+        return Prepared(layout, red, red.lengths, pre, red.kinds, red.last)
+
+    def embed_prepared(self, prep: Prepared, tokens: torch.Tensor | None = None,
+                       extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings ``[B, T'', D]`` of the layout tokens (or ``tokens``), plus ``extra`` per row."""
+        tok = prep.layout.tokens if tokens is None else tokens
+        if self.pattern.head == "ar_nar" and tokens is None:  # the AR pass sees stream 0 of audio targets
+            tok = tok.clone()
+            tok[..., 1:][prep.layout.kinds == AUDIO_TGT] = self.vocab.pad_id
+        x = self.embed(tok)
+        if extra is not None:
+            x = x + extra
+        return self.stacker(x, prep.red) if self.stacker is not None else x
+
+    @staticmethod
+    def attention_mask(prep: Prepared, bidirectional: bool = False) -> torch.Tensor | None:
+        """Bool ``[B, 1, T, T]``: causal, plus full attention inside each row's prefix (None if plain causal)."""
+        T = prep.kinds.shape[1]
+        if not bidirectional and not bool((prep.prefix > 0).any()):
+            return None
+        i = torch.arange(T, device=prep.kinds.device)
+        if bidirectional:
+            m = i[None, None, :] < prep.lengths[:, None, None]
+            m = m.expand(-1, T, -1) | torch.eye(T, dtype=torch.bool, device=m.device)[None]
+        else:
+            m = (i[None, :, None] >= i[None, None, :]) | (i[None, None, :] < prep.prefix[:, None, None])
+        return m[:, None]
+
+    def targets(self, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-row targets and weights ``[B, T'', S']`` for each backbone position."""
+        lay = prep.layout
+        nxt = prep.last + 1
+        valid = (prep.last >= 0) & (nxt < lay.lengths[:, None])
+        idx = nxt.clamp(max=lay.tokens.shape[1] - 1)[..., None].expand(-1, -1, lay.tokens.shape[2])
+        return lay.tokens.gather(1, idx), lay.weight.gather(1, idx) * valid[..., None]
+
+    # ---- training forward -----------------------------------------------------------------
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Loss over the loss-weighted (position, stream) slots of ``batch``."""
+        with self.autocast(batch.tokens.device):
+            prep = self.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+            h = self.backbone(self.embed_prepared(prep), None, self.attention_mask(prep))
+            y, w = self.targets(prep)
+            sw = self.config.stream_weights or [1.0] * y.shape[-1]
+            stats: dict = {}
+            if self.depth is not None:
+                loss_sum, weight_sum = depth_loss(self, h, y, w, sw, stats)
+            else:
+                n = 1 if self.pattern.head == "ar_nar" else y.shape[-1]
+                loss_sum, weight_sum = ar_loss(self.head, h, y[..., :n], w[..., :n], sw[:n], stats)
+            if self.nar_level is not None:
+                ls, ws = nar_loss(self, prep, sw, stats)
+                loss_sum, weight_sum = loss_sum + self.config.nar_weight * ls, weight_sum + ws
+            if self.ctc_range is not None:
+                loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self, prep, h, stats)
+        loss = loss_sum / weight_sum.clamp(min=1e-8)
+        return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
+
+    def new_cache(self, batch_size: int = 1):
+        return self.backbone.new_cache(batch_size)
+
+    # ---- save / load ----------------------------------------------------------------------
+    def save_pretrained(self, out_dir) -> None:
+        from speechlm.models.checkpoint import save_model
+
+        save_model(self, out_dir)
+
+    @classmethod
+    def from_pretrained(cls, path, map_location: str | torch.device = "cpu") -> "SpeechLM":
+        from speechlm.models.checkpoint import load_model
+
+        return load_model(cls, path, map_location)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = ["SpeechLM", "ModelOutput", "Prepared"]

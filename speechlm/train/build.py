@@ -1,0 +1,127 @@
+"""Building the parts of a run: model (fresh, from a packed dir, or over an HF causal LM),
+data, precision, optimizer. Kept apart from the trainer so each piece is testable alone."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from speechlm.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def is_speechlm_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "model.safetensors").is_file() and (p / "config.yaml").is_file()
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "config.json").is_file() and not is_speechlm_dir(path)
+
+
+def apply_init_source(model_config, init_from: str | None):
+    """An HF causal LM dir given as ``--init-from`` becomes the model's ``hf`` backbone."""
+    if init_from and is_hf_dir(init_from):
+        if model_config.backbone != "hf" or model_config.hf_path != str(init_from):
+            log.info("--init-from %s is a Hugging Face causal LM: using it as the hf backbone", init_from)
+        model_config.backbone, model_config.hf_path = "hf", str(init_from)
+    elif init_from and not is_speechlm_dir(init_from):
+        raise FileNotFoundError(
+            f"--init-from {init_from}: neither a speechlm model dir (config.yaml + model.safetensors) "
+            f"nor a Hugging Face causal LM dir (config.json)")
+    return model_config
+
+
+@torch.no_grad()
+def load_init_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Copy the weights of a packed/checkpoint model dir into ``model``.
+
+    Tensors must match by name; a tensor whose first dimension grew (embeddings and heads after
+    the vocabulary was extended, which only appends ids) gets the old rows copied. Anything else
+    that does not fit is an error naming the tensor.
+    """
+    from safetensors.torch import load_file
+
+    src = load_file(str(Path(path) / "model.safetensors"))
+    dst = model.state_dict()
+    missing = sorted(set(dst) - set(src))
+    unexpected = sorted(set(src) - set(dst))
+    if missing or unexpected:
+        raise KeyError(f"{path}: weights do not fit this model: missing {missing[:8]}, unexpected {unexpected[:8]} "
+                       f"(is --model-config the same architecture?)")
+    grown = []
+    for k, v in src.items():
+        t = dst[k]
+        if t.shape == v.shape:
+            t.copy_(v)
+        elif t.dim() == v.dim() and t.shape[1:] == v.shape[1:] and t.shape[0] > v.shape[0]:
+            t[: v.shape[0]].copy_(v)
+            grown.append(k)
+        else:
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs {tuple(t.shape)}")
+    log.info("initialized from %s%s", path, f" ({len(grown)} tensors grown with the vocabulary)" if grown else "")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32) for ``precision`` on ``device``."""
+    from speechlm.models.config import cpu_has_bf16
+
+    if precision == "fp32":
+        return None
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
+        if precision == "auto" and not cpu_has_bf16():
+            return None
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and 1-d parameters."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if all(p.is_cuda for p in decay + no_decay) and decay else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> bool:
+    """Turn on gradient checkpointing in the backbone when it offers it (HF models do)."""
+    for sub in model.modules():
+        if sub is not model and hasattr(sub, "gradient_checkpointing_enable"):
+            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            log.info("activation checkpointing on in %s", type(sub).__name__)
+            return True
+    if hasattr(model, "enable_activation_checkpointing"):
+        model.enable_activation_checkpointing()
+        return True
+    log.warning("activation_checkpointing: this backbone offers none; training without it")
+    return False
+
+
+def model_context(model: nn.Module) -> int | None:
+    """The longest sequence (in rows) the model accepts, or None if it has no limit."""
+    cfg = getattr(model, "config", None)
+    if hasattr(model, "max_sequence_len"):
+        return int(model.max_sequence_len())
+    return getattr(cfg, "max_len", None)
+
+
+__all__ = ["apply_init_source", "load_init_weights", "resolve_precision", "autocast", "make_optimizer",
+           "enable_activation_checkpointing", "model_context", "is_speechlm_dir", "is_hf_dir"]

