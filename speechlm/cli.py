@@ -31,7 +31,7 @@ _OPTIONAL_COMMANDS = {
     "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
     "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
     "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
-    "stats": ("speechlm.bin.stats", "collect length statistics of token archives"),
+    "stats": ("speechlm.bin.stats", "length statistics of a tokenized manifest dir"),
 }
 
 

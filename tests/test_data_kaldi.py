@@ -94,3 +94,13 @@ def test_segments_file_is_validated(tmp_path):
     assert any(p.id == "b" and "bad times" in p.message for p in problems)
     assert any(p.id == "c" and "recX" in p.message for p in problems)
     assert DataDir.load(d).audio_value("a") == {"path": str(d / "rec.wav"), "start": 0.0, "end": 0.5}
+
+
+def test_fix_data_length_filter(data_dir, tmp_path):
+    import soundfile as sf
+
+    durs = {u: sf.info(p).duration for u, p in read_file(data_dir / "wav.scp").items()}
+    cut = sorted(durs.values())[2]
+    assert cli(["fix-data", str(data_dir), "--out", str(tmp_path / "f"), "--min-duration", str(cut)]) == 0
+    kept = set(read_file(tmp_path / "f" / "wav.scp"))
+    assert kept == {u for u, d in durs.items() if d >= cut} and len(kept) == 4

@@ -25,7 +25,7 @@ def speech(tmp_path_factory) -> dict[str, dict[str, str]]:
     full, narrow = {}, {}
     for utt, text in SENTENCES.items():
         synth(d / f"{utt}.wav", text)
-        subprocess.run(["sox", str(d / f"{utt}.wav"), "-r", "8000", str(d / f"{utt}_8k.wav")], check=True)
+        subprocess.run(["sox", "-R", str(d / f"{utt}.wav"), "-r", "8000", str(d / f"{utt}_8k.wav")], check=True)
         full[utt], narrow[utt] = str(d / f"{utt}.wav"), str(d / f"{utt}_8k.wav")
     return {"22k": full, "8k": narrow}
 
@@ -113,3 +113,59 @@ def test_empty_audio_gives_empty_transcript(tmp_path):
     res = build_metric("intelligibility")({"u1": str(tmp_path / "empty.wav")}, SENTENCES)
     assert res.per_utt["u1"]["transcript"] == ""
     assert res.summary["wer"] == 100.0
+
+
+def test_floor_transcripts_are_cached_until_the_audio_changes(speech, tmp_path):
+    import shutil
+
+    from speechlm.eval.intelligibility import TranscriptCache
+
+    gt = {u: str(shutil.copy(p, tmp_path / Path(p).name)) for u, p in speech["22k"].items()}
+    cache = tmp_path / "floor_cache.jsonl"
+    metric = build_metric("intelligibility")
+    first = intelligibility_floor(metric, SENTENCES, {"ground truth": gt}, cache=cache)["ground truth"]
+    stored = TranscriptCache(cache)
+    assert len(stored.entries) == 3
+    # A planted transcript is returned as long as the file is unchanged: proof the cache is read.
+    key = (metric.recognizer.describe(), gt["u1"])
+    stored.entries[key] = (stored.entries[key][0], "planted words")
+    stored.save()
+    again = intelligibility_floor(metric, SENTENCES, {"ground truth": gt}, cache=cache)["ground truth"]
+    assert again.per_utt["u1"]["transcript"] == "planted words"
+    assert again.per_utt["u2"]["transcript"] == first.per_utt["u2"]["transcript"]
+    shutil.copy(speech["8k"]["u1"], gt["u1"])  # the audio changed: transcribe it again
+    fresh = intelligibility_floor(metric, SENTENCES, {"ground truth": gt}, cache=cache)["ground truth"]
+    assert fresh.per_utt["u1"]["transcript"] != "planted words"
+
+
+def test_hf_whisper_checkpoint_from_a_local_dir(speech, tmp_path):
+    """A transformers Whisper dir plugs in by path: a tiny random model saved with the real
+    tiny.en tokenizer, loaded back through the recognizer, must give the same greedy output as
+    transformers' own generate on that model."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizerFast)
+
+    from speechlm.eval.audio import load_audio
+
+    tok = WhisperTokenizerFast(tokenizer_file=str(bundled_whisper_dir() / "tokenizer.json"))
+    eot, sot, nots = tok.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"])
+    cfg = WhisperConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_target_positions=64, decoder_start_token_id=sot,
+                        eos_token_id=eot, pad_token_id=eot, bos_token_id=eot)
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot,
+                                               no_timestamps_token_id=nots, is_multilingual=False, max_length=64)
+    model.save_pretrained(tmp_path / "hf")
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tok).save_pretrained(tmp_path / "hf")
+
+    metric = build_metric("intelligibility", recognizer="hf_whisper", asr_model_dir=str(tmp_path / "hf"))
+    res = metric({"u1": speech["22k"]["u1"]}, SENTENCES)
+    assert str(tmp_path / "hf") in res.info["recognizer"]
+    wav, _ = load_audio(speech["22k"]["u1"], 16000)
+    feats = WhisperFeatureExtractor()(wav, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        ids = model.eval().generate(feats, num_beams=1, max_new_tokens=32)
+    assert res.per_utt["u1"]["transcript"] == tok.batch_decode(ids, skip_special_tokens=True)[0].strip()

@@ -33,7 +33,7 @@ def wavs(tmp_path_factory) -> dict[str, Path]:
     # The same utterance at 16 kHz (resampled by sox): metrics must resample it back.
     import subprocess
 
-    subprocess.run(["sox", str(out["a"]), "-r", "16000", str(d / "a16k.wav")], check=True)
+    subprocess.run(["sox", "-R", str(out["a"]), "-r", "16000", str(d / "a16k.wav")], check=True)
     out["a16k"] = d / "a16k.wav"
     return out
 

@@ -150,7 +150,7 @@ def test_tts_scoring_with_manifest_reference_and_floor(tmp_path):
     for utt, text in texts.items():
         synth(data / "wav" / f"{utt}.wav", text)
         synth(dec / "wav" / f"{utt}.wav", text, rate=150)  # "generated": same voice, slower
-        subprocess.run(["sox", str(data / "wav" / f"{utt}.wav"), "-r", "8000", str(resyn / f"{utt}.wav")], check=True)
+        subprocess.run(["sox", "-R", str(data / "wav" / f"{utt}.wav"), "-r", "8000", str(resyn / f"{utt}.wav")], check=True)
     write_map(data / "text", texts)
     write_map(data / "wav.scp", {u: str(data / "wav" / f"{u}.wav") for u in texts})
     write_map(dec / "wav.scp", {u: f"wav/{u}.wav" for u in texts})

@@ -40,11 +40,13 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
                           help="text normalizer for WER/CER (see speechlm.eval.asr)")),
     ("--recognizer", dict(default="whisper", help="recognizer for intelligibility: whisper, hf_whisper, pocketsphinx")),
     ("--asr-model-dir", dict(default=None, help="local model dir for the recognizer (default: bundled tiny.en)")),
-    ("--asr-beam-size", dict(type=int, default=None, help="recognizer beam size (default: 1, greedy)")),
+    ("--asr-beam-size", dict(type=int, default=None, help="recognizer beam size (default: 5 for whisper, 1 for hf_whisper)")),
     ("--floor-wav-scp", dict(action="append", default=[], metavar="LABEL=WAV_SCP",
                              help="extra reference audio to report the recognizer's floor on "
                                   "(e.g. codec=exp/resynth/wav.scp); repeatable")),
     ("--no-floor", dict(action="store_true", help="skip the recognizer's score on ground-truth audio")),
+    ("--floor-cache", dict(default=None, help="JSONL cache of floor transcripts (default: "
+                                              "scores/asr_floor_cache.jsonl beside --results)")),
     ("--pesq-mode", dict(default="wb", choices=["wb", "nb"], help="PESQ wide-band 16 kHz or narrow-band 8 kHz")),
     ("--mcd-align", dict(default="dtw", choices=["dtw", "none"], help="MCD frame alignment")),
     ("--worst", dict(type=int, default=10, help="number of worst utterances to list")),
@@ -159,7 +161,10 @@ def run_metrics(args: argparse.Namespace, hyp, refs, names: list[str]) -> tuple[
             for label, scp in parse_floor_sets(args.floor_wav_scp).items():
                 sets[label] = read_wav_scp(scp)
             if sets:
-                floor = intelligibility_floor(metric, refs.text, sets, ids=sorted(results[name].per_utt))
+                cache = args.floor_cache or (Path(args.results).parent / "scores" / "asr_floor_cache.jsonl"
+                                             if args.results else None)
+                floor = intelligibility_floor(metric, refs.text, sets, ids=sorted(results[name].per_utt),
+                                              cache=cache)
     return results, floor
 
 
@@ -178,6 +183,10 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.eval.sources import default_metrics, read_hypotheses, read_references
     from speechlm.utils.fileio import write_json
 
+    from speechlm.eval import METRICS
+
+    for name in args.metrics or []:
+        METRICS.get(name)  # an unknown name fails before any work, listing the valid ones
     decode_dir = Path(args.decode_dir)
     hyp = read_hypotheses(decode_dir)
     refs = read_references(args.ref_dir)

@@ -23,12 +23,13 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from kaldiio.matio import read_kaldi
 
 from speechlm.data.manifest import read_manifest
-from speechlm.data.sequence import Example, build_example
+from speechlm.data.sequence import Example, build_example, segment_kind
 from speechlm.tasks import TaskTemplate
 from speechlm.vocab import Vocabulary
 
@@ -139,11 +140,24 @@ def _read_lengths(path: Path, ids: np.ndarray) -> np.ndarray:
     return np.where(pos >= 0, lens[np.maximum(pos, 0)], -1)
 
 
+#: ``rows(kind, frames, n_streams) -> rows``: how many model positions a segment of ``frames``
+#: takes (a stream pattern may add rows, e.g. delay, or multiply them, e.g. flat).
+RowsFn = Callable[[int, np.ndarray, int], np.ndarray]
+
+
+def plain_rows(kind: int, frames: np.ndarray, n_streams: int) -> np.ndarray:
+    return frames
+
+
 class TaskData:
-    """The index of one ``task:name:dumpdir`` entry; builds its examples on demand."""
+    """The index of one ``task:name:dumpdir`` entry; builds its examples on demand.
+
+    ``max_len`` is the model context in positions as counted by ``rows`` (default: one position
+    per frame); longer examples are skipped and counted in ``n_too_long``.
+    """
 
     def __init__(self, spec: DataSpec, vocab: Vocabulary, n_streams: int, max_len: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rows: RowsFn = plain_rows) -> None:
         self.spec, self.vocab, self.n_streams, self.seed = spec, vocab, n_streams, seed
         root = Path(spec.path)
         self.template, examples = read_manifest(root)
@@ -164,8 +178,10 @@ class TaskData:
         self.archives: dict[str, ArchiveIndex] = {}
         tok_dir = root / "tokens"
         for seg in t.segments:
-            if seg.modality == "spk_prompt":
-                length += 1 + int(seg.max_frames or 0)
+            kind = segment_kind(seg, any(seg is x for x in t.targets))
+            n = vocab.n_streams(seg.tokenizer)
+            if seg.modality == "spk_prompt":  # an upper bound: the prompt is at most max_frames
+                length += 1 + int(rows(kind, np.array([int(seg.max_frames or 0)]), n)[0])
                 continue
             scp, lens_file = tok_dir / f"{seg.name}.scp", tok_dir / f"{seg.name}.lengths"
             for f in (scp, lens_file):
@@ -174,7 +190,7 @@ class TaskData:
             arch = ArchiveIndex(scp, ids_arr)
             lens = _read_lengths(lens_file, ids_arr)
             keep &= arch.present & (lens >= 0)
-            length += 1 + np.maximum(lens, 0)
+            length += 1 + rows(kind, np.maximum(lens, 0), n)
             self.archives[seg.name] = arch
         self.n_untokenized = int((~keep).sum())
         if self.n_untokenized:
@@ -192,7 +208,7 @@ class TaskData:
         self.ids, self.spk, self.lengths = ids_arr, spk_arr, length
         self._prompt = None
         if any(s.modality == "spk_prompt" for s in t.segments):
-            from speechlm.data.speaker_prompt_source import SpeakerPrompts
+            from speechlm.data.prompt_index import SpeakerPrompts
 
             self._prompt = SpeakerPrompts(self)
         log.info("%s: %d examples indexed from %s (%s)", spec.key, len(self), root,
@@ -239,7 +255,7 @@ class MultiTaskData:
     """All entries of a run; examples are addressed as ``(entry, index)``."""
 
     def __init__(self, specs: list[DataSpec], vocab: Vocabulary, n_streams: int, max_len: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rows: RowsFn = plain_rows) -> None:
         if not specs:
             raise ValueError("no data entries given (use --data task:name:dumpdir:weight)")
         keys = [s.key for s in specs]
@@ -247,7 +263,7 @@ class MultiTaskData:
         if dup:
             raise ValueError(f"data entries repeat task:name {sorted(dup)}; give each entry its own name")
         self.specs = specs
-        self.entries = [TaskData(s, vocab, n_streams, max_len, seed) for s in specs]
+        self.entries = [TaskData(s, vocab, n_streams, max_len, seed, rows) for s in specs]
         for s, e in zip(specs, self.entries):
             if len(e) == 0:
                 raise ValueError(f"data entry {s.key} ({s.path}) has no usable example")

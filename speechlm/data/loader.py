@@ -50,7 +50,10 @@ def _identity(x):
 def make_loader(reader: BatchReader, items: Iterable[tuple[int, list[Key]]], num_workers: int = 0,
                 prefetch: int = 2) -> torch.utils.data.DataLoader:
     """A DataLoader over ready-made batch descriptions (one Batch per item, in order)."""
-    kwargs = {"num_workers": num_workers, "collate_fn": _identity, "batch_size": None, "sampler": items}
+    # its own generator: creating a loader must not draw from the global torch RNG (a resumed
+    # run creates its loader at another point of the RNG stream than an uninterrupted one)
+    kwargs = {"num_workers": num_workers, "collate_fn": _identity, "batch_size": None, "sampler": items,
+              "generator": torch.Generator().manual_seed(0)}
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch, persistent_workers=False)
     return torch.utils.data.DataLoader(reader, **kwargs)

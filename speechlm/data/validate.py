@@ -108,8 +108,36 @@ def validate_dir(d: Path, check_audio: bool = True) -> list[Problem]:
     return problems
 
 
-def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True) -> list[str]:
-    """Sort files and drop entries that are malformed, duplicated, inconsistent or unreadable.
+def _durations(d: Path, files: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Seconds per utterance (from segments, or the audio headers; pipes are decoded)."""
+    import soundfile as sf
+
+    from speechlm.data.audio import read_audio
+
+    if "segments" in files:
+        out = {}
+        for u, v in files["segments"].items():
+            _, a, b = v.split()
+            out[u] = float(b) - float(a) if float(b) >= 0 else float("inf")
+        return out
+    out = {}
+    for u, v in tqdm(files.get("wav.scp", {}).items(), desc="reading durations", leave=False, disable=None):
+        try:
+            if v.endswith("|"):
+                wav, sr = read_audio(v, u)
+                out[u] = len(wav) / sr
+            else:
+                info = sf.info(v)
+                out[u] = info.frames / info.samplerate
+        except Exception:  # unreadable audio is reported by validation
+            continue
+    return out
+
+
+def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
+            min_duration: float | None = None, max_duration: float | None = None) -> list[str]:
+    """Sort files and drop entries that are malformed, duplicated, inconsistent or unreadable,
+    and (optionally) utterances shorter than ``min_duration`` or longer than ``max_duration`` seconds.
 
     Writes the fixed dir to ``dst`` (default: in place) and returns one line per dropped entry.
     """
@@ -143,6 +171,13 @@ def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True) -> lis
         for uid in sorted(set(files[n]) - common, key=_sort_key):
             dropped.append(f"{src / n} [{uid}]: not present in every file ({', '.join(utt_files)})")
     keep = common - bad_utts
+    if min_duration is not None or max_duration is not None:
+        for u, secs in sorted(_durations(src, files).items()):
+            if u in keep and ((min_duration is not None and secs < min_duration)
+                              or (max_duration is not None and secs > max_duration)):
+                keep.discard(u)
+                dropped.append(f"{src / 'wav.scp'} [{u}]: duration {secs:.2f} s outside "
+                               f"[{min_duration or 0}, {max_duration or 'inf'}]")
     for n in utt_files:
         files[n] = {u: v for u, v in files[n].items() if u in keep}
     if "segments" in files:

@@ -80,6 +80,7 @@ def plot_histogram(path: str | Path, res: MetricResult, label: str = "") -> bool
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     headline = res.summary.get(res.key, float("nan"))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -87,6 +88,7 @@ def plot_histogram(path: str | Path, res: MetricResult, label: str = "") -> bool
     ax.axvline(headline, color="#c00000", linestyle="--", label=f"corpus {res.key} = {headline:.2f}")
     ax.set_xlabel(f"per-utterance {res.key}{' %' if res.key in ('wer', 'cer') else ''}")
     ax.set_ylabel("utterances")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(f"{res.name}{f' ({label})' if label else ''}: {len(values)} utterances")
     ax.legend()
     fig.tight_layout()

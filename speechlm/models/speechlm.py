@@ -188,11 +188,15 @@ class SpeechLM(nn.Module):
         return lay.tokens.gather(1, idx), lay.weight.gather(1, idx) * valid[..., None]
 
     # ---- training forward -----------------------------------------------------------------
+    def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
+        """Backbone output ``[B, T'', D]`` of a whole batch (teacher forcing) and its layout."""
+        prep = self.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+        return self.backbone(self.embed_prepared(prep), None, self.attention_mask(prep)), prep
+
     def forward(self, batch: Batch) -> ModelOutput:
         """Loss over the loss-weighted (position, stream) slots of ``batch``."""
         with self.autocast(batch.tokens.device):
-            prep = self.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
-            h = self.backbone(self.embed_prepared(prep), None, self.attention_mask(prep))
+            h, prep = self.hidden_states(batch)
             y, w = self.targets(prep)
             sw = self.config.stream_weights or [1.0] * y.shape[-1]
             stats: dict = {}

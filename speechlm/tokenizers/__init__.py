@@ -69,8 +69,12 @@ def load_tokenizer_specs(path: str | os.PathLike) -> dict[str, dict]:
     return data
 
 
-def load_tokenizers(path: str | os.PathLike, names: list[str] | None = None) -> dict[str, Tokenizer]:
-    """Build the tokenizers named in ``path`` (all, or only ``names``); paths resolve against the cwd."""
+def load_tokenizers(path: str | os.PathLike, names: list[str] | None = None,
+                    base_dir: str | os.PathLike | None = None) -> dict[str, Tokenizer]:
+    """Build the tokenizers named in ``path`` (all, or only ``names``).
+
+    Relative file options resolve against ``base_dir`` (default: the current directory, as in
+    recipes; packed model dirs pass their own directory)."""
     specs = load_tokenizer_specs(path)
     if names is not None:
         missing = [n for n in names if n not in specs]
@@ -79,7 +83,10 @@ def load_tokenizers(path: str | os.PathLike, names: list[str] | None = None) -> 
                 f"{path}: no tokenizer named {missing[0]!r}{suggest(missing[0], specs)}; "
                 f"it defines: {', '.join(specs)}"
             )
-    return {n: build_tokenizer(s, where=f"{path}:{n}") for n, s in specs.items() if names is None or n in names}
+    return {
+        n: build_tokenizer(s, base_dir=base_dir, where=f"{path}:{n}")
+        for n, s in specs.items() if names is None or n in names
+    }
 
 
 __all__ = [

@@ -23,7 +23,8 @@ ordered: a higher pitch index is a higher pitch), and group fields into streams 
 Every token combination is a valid frame, so any generated sequence decodes. The 3200 bit/s
 decoder's output lags its input by about 150 samples (19 ms); :meth:`Codec2Tokenizer.decode`
 removes that lag, so a frame's tokens and its decoded audio line up (STOI 0.65 -> 0.90 on
-espeak-ng speech) and the output has exactly ``frames * 160`` samples.
+espeak-ng speech) and the output has exactly ``frames * 160`` samples. Decoding is not bit-exact
+between calls: libcodec2 draws unvoiced phases from a process-wide random generator.
 
 Example:
     >>> tok = Codec2Tokenizer()                  # doctest: +SKIP

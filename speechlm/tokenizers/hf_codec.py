@@ -116,7 +116,10 @@ class HFCodecTokenizer(AudioTokenizer):
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(self.prepare(wav, sample_rate)).to(self.device).view(1, 1, -1)
+        x = self.prepare(wav, sample_rate)
+        if self.kind == "dac":  # as Descript's DAC does: zero-pad to whole frames
+            x = np.pad(x, (0, -len(x) % self.hop))
+        x = torch.from_numpy(x).to(self.device).view(1, 1, -1)
         return self._encode_tensor(x)[0].T.cpu().numpy().astype(np.int32)
 
     def encode_batch(self, wavs: Sequence[np.ndarray], sample_rate: int | None = None) -> list[np.ndarray]:
@@ -131,6 +134,8 @@ class HFCodecTokenizer(AudioTokenizer):
         if len(xs) == 1:
             return [self.encode(xs[0], self.sample_rate)]
         longest = max(len(x) for x in xs)
+        if self.kind == "dac":
+            longest += -longest % self.hop
         batch = torch.zeros(len(xs), 1, longest)
         mask = torch.zeros(len(xs), longest, dtype=torch.long)
         for i, x in enumerate(xs):

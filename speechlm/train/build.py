@@ -47,8 +47,11 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """
     from safetensors.torch import load_file
 
+    from speechlm.train.model_io import aliases
+
     src = load_file(str(Path(path) / "model.safetensors"))
-    dst = model.state_dict()
+    tied = aliases(model)
+    dst = {k: v for k, v in model.state_dict().items() if k not in tied}
     missing = sorted(set(dst) - set(src))
     unexpected = sorted(set(src) - set(dst))
     if missing or unexpected:
@@ -115,6 +118,26 @@ def enable_activation_checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def segment_rows_fn(model: nn.Module):
+    """Rows a segment takes in the model's layout (for batching budgets and the context check).
+
+    delay: audio targets take ``frames + streams - 1`` rows; flat: audio takes ``frames * streams``;
+    other patterns one row per frame. Condition reduction is ignored (an upper bound).
+    """
+    from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT
+
+    strategy = getattr(getattr(model, "config", None), "strategy", None)
+
+    def rows(kind: int, frames, n_streams: int):
+        if strategy == "delay" and kind == AUDIO_TGT:
+            return frames + (frames > 0) * (n_streams - 1)
+        if strategy == "flat" and kind in (AUDIO_COND, AUDIO_TGT):
+            return frames * n_streams
+        return frames
+
+    return rows
+
+
 def model_context(model: nn.Module) -> int | None:
     """The longest sequence (in rows) the model accepts, or None if it has no limit."""
     cfg = getattr(model, "config", None)
@@ -124,4 +147,4 @@ def model_context(model: nn.Module) -> int | None:
 
 
 __all__ = ["apply_init_source", "load_init_weights", "resolve_precision", "autocast", "make_optimizer",
-           "enable_activation_checkpointing", "model_context", "is_speechlm_dir", "is_hf_dir"]
+           "enable_activation_checkpointing", "model_context", "segment_rows_fn", "is_speechlm_dir", "is_hf_dir"]

@@ -59,6 +59,7 @@ class TrainConfig:
     tensorboard: bool = True
     plot: bool = True
     progress: bool = True  # tqdm bar on rank 0
+    log_example_ids: bool = False  # write example_ids.rank<r>.txt: step, global batch, ids (debugging)
 
     def validate(self, where: str = "train config") -> "TrainConfig":
         def choice(key: str, valid: tuple) -> None:

@@ -106,7 +106,8 @@ class Strategy:
         if not self.env.distributed:
             return model
         ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # multi-task batches leave some parameters unused (heads of absent segment kinds)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def setup(self, model: nn.Module, make_optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Wrap ``model`` and build its optimizer with ``make_optimizer(module)``."""
@@ -145,16 +146,11 @@ class Strategy:
                              options=StateDictOptions(full_state_dict=True, strict=True))
 
     def optimizer_state_dict(self, module: nn.Module, optimizer) -> dict:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(unwrap(module) if self.name != "fsdp" else module, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        """Positional ``optimizer.state_dict()`` (exact, and right with tied weights)."""
+        return optimizer.state_dict()
 
     def load_optimizer_state_dict(self, module: nn.Module, optimizer, state: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(unwrap(module) if self.name != "fsdp" else module, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        optimizer.load_state_dict(state)
 
     def clip(self, module: nn.Module, max_norm: float) -> float:
         """Clip the global gradient norm (0 = only measure it); returns the norm before clipping."""
@@ -182,6 +178,20 @@ class FSDPStrategy(Strategy):
                     fully_shard(block)
         fully_shard(model)
         return model
+
+    def optimizer_state_dict(self, module: nn.Module, optimizer) -> dict:
+        """Full (gathered) optimizer state keyed by parameter name (collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(module, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state_dict(self, module: nn.Module, optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # strict=False: a parameter that never had a gradient (unused head) has no AdamW state
+        set_optimizer_state_dict(module, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
 
     def no_sync(self, module: nn.Module, last: bool):
         if hasattr(module, "set_requires_gradient_sync"):

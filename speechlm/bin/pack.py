@@ -1,0 +1,107 @@
+"""speechlm pack: make a self-contained model dir (weights, vocabulary, tokenizers, tasks, model card)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("speechlm.pack")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exp-dir", required=True, help="training run dir (exp/<tag>)")
+    p.add_argument("--out-dir", required=True, help="model dir to write")
+    p.add_argument("--checkpoint", default="latest",
+                   help="'latest', 'average' (of the --average best checkpoints) or a checkpoint dir")
+    p.add_argument("--average", type=int, default=3, help="checkpoints averaged with --checkpoint average")
+    p.add_argument("--export", action="store_true",
+                   help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
+
+
+def pick_checkpoint(exp: Path, which: str, n_avg: int, out: Path) -> Path:
+    from speechlm.train.checkpoint import average_checkpoints, best_checkpoints, latest_checkpoint
+
+    if which == "latest":
+        ckpt = latest_checkpoint(exp / "checkpoints")
+    elif which == "average":
+        best = best_checkpoints(exp / "checkpoints", n_avg) or [latest_checkpoint(exp / "checkpoints")]
+        ckpt = average_checkpoints([b for b in best if b], out / ".averaged") if best[0] else None
+    else:
+        ckpt = Path(which)
+    if ckpt is None or not (ckpt / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no complete checkpoint in {exp / 'checkpoints'} (train first, or pass --checkpoint DIR)")
+    return ckpt
+
+
+def copy_tokenizers(exp: Path, out: Path) -> None:
+    """Copy each tokenizer's files into ``out/tokenizers/<name>/`` and rewrite tokenizers.yaml to them."""
+    from speechlm.tokenizers import TOKENIZERS, load_tokenizer_specs, load_tokenizers
+
+    specs = load_tokenizer_specs(exp / "tokenizers.yaml")
+    toks = load_tokenizers(exp / "tokenizers.yaml")
+    packed = {}
+    for name, spec in specs.items():
+        spec = dict(spec)
+        cls = TOKENIZERS.get(spec["type"])
+        for key in getattr(cls, "path_options", ()):
+            if key not in spec:
+                continue
+            src = Path(spec[key])
+            dst = out / "tokenizers" / name / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree(src, dst, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, dst))
+            spec[key] = str(dst.relative_to(out))
+        for f in toks[name].files():  # e.g. files a tokenizer dir refers to
+            if not any((out / "tokenizers" / name).rglob(Path(f).name)):
+                (out / "tokenizers" / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, out / "tokenizers" / name / Path(f).name)
+        packed[name] = spec
+    (out / "tokenizers.yaml").write_text(yaml.safe_dump(packed, sort_keys=False))
+
+
+def model_card(exp: Path, out: Path, ckpt: Path, export: bool) -> str:
+    import json
+
+    cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
+    cmd = (exp / "cmd.sh").read_text().strip() if (exp / "cmd.sh").is_file() else "(unknown)"
+    results = (exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "No scoring results yet."
+    tasks = sorted(p.stem for p in (out / "tasks").glob("*.yaml"))
+    state = ckpt / "trainer_state.json"
+    step = json.loads(state.read_text()).get("step") if state.is_file() else None
+    front = "---\nlibrary_name: speechlm\ntags: [speech, speechlm, " + ", ".join(tasks) + "]\n---\n\n" if export else ""
+    data = cfg.get("data", cfg.get("train", {}).get("data", "")) if isinstance(cfg, dict) else ""
+    return (
+        f"{front}# speechlm model: {exp.name}\n\n"
+        f"Tasks: {', '.join(tasks)}. Checkpoint: `{ckpt.name}`" + (f" (step {step})" if step else "") + ".\n\n"
+        "## Use\n\n```python\nimport speechlm\nlm = speechlm.load(\"" + str(out) + "\")\n"
+        "print(lm.asr(\"utt.wav\"))\n```\n\n"
+        f"or `speechlm decode --model-dir {out} --manifest-dir DUMP --out-dir OUT`.\n\n"
+        f"## Training data\n\n```\n{yaml.safe_dump(data) if data else '(see config.yaml)'}```\n\n"
+        f"## Training command\n\n```\n{cmd}\n```\n\n## Results\n\n{results}\n"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    exp, out = Path(args.exp_dir), Path(args.out_dir)
+    for name in ("tokenizers.yaml", "tasks"):
+        if not (exp / name).exists():
+            raise FileNotFoundError(f"{exp / name} is missing: is {exp} a `speechlm train` run dir?")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ckpt = pick_checkpoint(exp, args.checkpoint, args.average, tmp)
+    for f in ("config.yaml", "model.safetensors", "token_list.json"):
+        shutil.copy2(ckpt / f, tmp / f)
+    shutil.rmtree(tmp / ".averaged", ignore_errors=True)
+    shutil.copytree(exp / "tasks", tmp / "tasks")
+    copy_tokenizers(exp, tmp)
+    (tmp / "README.md").write_text(model_card(exp, out, ckpt, args.export))
+    if args.export:
+        (tmp / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("packed %s (%s) -> %s", exp, ckpt.name, out)
+    return 0

@@ -1,0 +1,104 @@
+"""speechlm train: train a SpeechLM on one or more task datasets (torchrun aware).
+
+One process:      speechlm train --data asr:mini:dump/train/asr:1 --vocab token_list.json \\
+                      --model-config conf/model/tiny.yaml --train-config conf/train/tiny.yaml --out-dir exp/tiny
+Several (CPU or GPU):  torchrun --nproc_per_node 4 -m speechlm train ...   (or add --nproc 4)
+
+Re-running the same command resumes from the newest complete checkpoint in OUT_DIR/checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("speechlm.train")
+
+# train-config keys that have a command-line flag (flag value wins over the YAML)
+OVERRIDES = {
+    "max_steps": int, "max_train_tokens": int, "batch_tokens": int, "grad_accum": int, "lr": float,
+    "seed": int, "device": str, "precision": str, "strategy": str, "threads": int, "num_workers": int,
+    "valid_every": int, "save_every": int, "warmup_steps": int, "deepspeed_config": str,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", required=True, metavar="TASK:NAME:DUMPDIR[:WEIGHT]",
+                   help="a training entry (repeat for multi-task mixing; weight = share of examples)")
+    p.add_argument("--valid-data", action="append", default=[], metavar="TASK:NAME:DUMPDIR",
+                   help="a validation entry (repeat; loss/accuracy are reported per task)")
+    p.add_argument("--vocab", required=True, help="token_list.json")
+    p.add_argument("--tokenizers", help="tokenizers.yaml (copied into the run dir)")
+    p.add_argument("--model-config", help="model YAML (e.g. conf/model/tiny.yaml); default: the "
+                   "config of --init-from when it is a speechlm model dir")
+    p.add_argument("--train-config", help="train YAML (e.g. conf/train/tiny.yaml); default: TrainConfig defaults")
+    p.add_argument("--out-dir", required=True, help="run dir (exp/<tag>); holds config, logs, checkpoints")
+    p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir or an HF causal LM dir")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="launch this many local processes through torchrun (ignored under torchrun)")
+    p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: leave as if killed
+    for key, tp in OVERRIDES.items():
+        p.add_argument("--" + key.replace("_", "-"), type=tp, default=None, help=f"override train config {key}")
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun with ``--nproc`` local processes."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    clean, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        clean.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "speechlm", *clean]
+    log.info("launching %s", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    from speechlm.config import load_config, to_dict
+    from speechlm.data.dataset import DataSpec
+    from speechlm.models import ModelConfig
+    from speechlm.train.build import is_speechlm_dir
+    from speechlm.train.config import load_train_config
+    from speechlm.train.trainer import Trainer
+    from speechlm.vocab import Vocabulary
+
+    cfg = load_train_config(args.train_config, {k: getattr(args, k) for k in OVERRIDES})
+    model_cfg_path = args.model_config
+    if model_cfg_path is None:
+        if not (args.init_from and is_speechlm_dir(args.init_from)):
+            raise ValueError("give --model-config (or --init-from a speechlm model dir to reuse its config)")
+        model_cfg_path = os.path.join(args.init_from, "config.yaml")
+    model_cfg = load_config(ModelConfig, model_cfg_path)
+    vocab = Vocabulary.load(args.vocab)
+    train = [DataSpec.parse(d) for d in args.data]
+    valid = [DataSpec.parse(d) for d in args.valid_data]
+    dump = {
+        "train": to_dict(cfg), "model": to_dict(model_cfg),
+        "data": [f"{s.task}:{s.name}:{s.path}:{s.weight}" for s in train],
+        "valid_data": [f"{s.task}:{s.name}:{s.path}" for s in valid],
+        "vocab": args.vocab, "tokenizers": args.tokenizers, "init_from": args.init_from,
+    }
+    trainer = Trainer(cfg, model_cfg, vocab, train, args.out_dir, valid, args.init_from,
+                      run_files={"token_list.json": args.vocab, "tokenizers.yaml": args.tokenizers},
+                      config_dump=dump, stop_after_steps=args.stop_after_steps)
+    try:
+        trainer.setup()
+        trainer.train()
+    finally:
+        from speechlm.train.distributed import cleanup
+
+        cleanup()
+    return 0

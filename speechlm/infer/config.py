@@ -1,0 +1,68 @@
+"""``DecodeConfig``: every option of :func:`speechlm.infer.generate`, loadable from YAML.
+
+Example ``conf/decode/tts.yaml``::
+
+    search: sample
+    temperature: 0.8
+    top_k: 30
+    max_len_ratio: 20.0
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechlm.config import ConfigError
+
+SEARCHES = ("greedy", "sample", "beam", "ctc_greedy")
+
+
+@dataclass
+class DecodeConfig:
+    """search: ``greedy`` | ``sample`` | ``beam`` (text targets) | ``ctc_greedy`` (models with a CTC head).
+
+    Lengths count target frames (audio) or tokens (text) per segment; ``*_len_ratio`` scales the
+    number of condition rows of the prompt (0 = unused). ``cfg_scale`` > 1 turns on
+    classifier-free guidance against the prompt with its conditions removed.
+    """
+
+    search: str = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    nbest: int = 1  # independent samples (sample) or hypotheses kept (beam) per prompt
+    beam_size: int = 4
+    length_penalty: float = 1.0  # beam: score / length ** length_penalty
+    ctc_weight: float = 0.0  # beam: weight of CTC prefix scores in joint CTC/attention decoding
+    cfg_scale: float = 1.0
+    min_len: int = 0
+    max_len: int = 1000
+    min_len_ratio: float = 0.0
+    max_len_ratio: float = 0.0
+    seed: int = 0
+    batch_size: int = 16  # prompts decoded together by the decode command
+
+    def validate(self) -> "DecodeConfig":
+        if self.search not in SEARCHES:
+            raise ConfigError(f"decode.search: {self.search!r} is not one of {', '.join(SEARCHES)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1 or self.top_k < 0:
+            raise ConfigError("decode: need temperature >= 0, 0 < top_p <= 1, 0 <= min_p < 1, top_k >= 0")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.nbest < 1 or self.beam_size < 1 or self.batch_size < 1:
+            raise ConfigError("decode: nbest, beam_size and batch_size must be >= 1")
+        if self.search == "beam" and self.nbest > self.beam_size:
+            raise ConfigError(f"decode.nbest {self.nbest} > beam_size {self.beam_size}")
+        if not 0 <= self.ctc_weight <= 1:
+            raise ConfigError(f"decode.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.max_len < 1:
+            raise ConfigError(f"decode.max_len must be >= 1, got {self.max_len}")
+        return self
+
+    @property
+    def temperature_used(self) -> float:
+        return 0.0 if self.search == "greedy" else self.temperature
+
+
+__all__ = ["DecodeConfig", "SEARCHES"]

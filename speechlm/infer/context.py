@@ -1,0 +1,101 @@
+"""Incremental backbone state for batched decoding: prompts converted from right to left padding,
+per-row RoPE positions, a key-validity mask, the KV cache, and row dropping.
+
+Example:
+    >>> ctx = DecodeContext.prefill(model, prompts)     # runs the prompts, keeps the cache
+    >>> h = ctx.step(model.embed(next_rows[:, None]))   # [B, D] hidden of the new position
+    >>> ctx.select(torch.tensor([0, 2]))                # drop finished row 1
+"""
+from __future__ import annotations
+
+import torch
+
+from speechlm.data.batch import Batch
+from speechlm.data.sequence import SPECIAL
+
+
+def unconditional(prompts: Batch) -> Batch:
+    """The prompts with every condition removed: ``<task> <target marker>`` (for guidance)."""
+    B, _, S = prompts.tokens.shape
+    tok = torch.zeros(B, 2, S, dtype=prompts.tokens.dtype, device=prompts.tokens.device)
+    tok[:, 0] = prompts.tokens[:, 0]
+    tok[:, 1] = prompts.tokens[torch.arange(B), prompts.lengths - 1]
+    kinds = torch.full((B, 2), SPECIAL, dtype=prompts.kinds.dtype, device=tok.device)
+    zeros = torch.zeros(B, dtype=torch.int64, device=tok.device)
+    return Batch(list(prompts.ids), list(prompts.tasks), tok, torch.zeros(tok.shape, device=tok.device), kinds,
+                 zeros + 2, zeros)
+
+
+def concat_batches(a: Batch, b: Batch, pad_id: int = 0) -> Batch:
+    T = max(a.tokens.shape[1], b.tokens.shape[1])
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        if t.shape[1] == T:
+            return t
+        shape = list(t.shape)
+        shape[1] = T - t.shape[1]
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype, device=t.device)], 1)
+
+    return Batch(
+        a.ids + b.ids, a.tasks + b.tasks,
+        torch.cat([pad(a.tokens, pad_id), pad(b.tokens, pad_id)]),
+        torch.cat([pad(a.loss_weight, 0), pad(b.loss_weight, 0)]),
+        torch.cat([pad(a.kinds, 0), pad(b.kinds, 0)]),
+        torch.cat([a.lengths, b.lengths]), torch.cat([a.prefix_lens, b.prefix_lens]),
+    )
+
+
+class DecodeContext:
+    """Backbone state of ``B`` rows after a prompt prefill."""
+
+    def __init__(self, model, cache, key_valid: torch.Tensor, next_pos: torch.Tensor, padded: bool) -> None:
+        self.model, self.cache = model, cache
+        self.key_valid = key_valid  # [B, Tk] bool
+        self.next_pos = next_pos  # [B] RoPE position of the next token
+        self.padded = padded  # any left padding (then every step needs a mask)
+
+    @classmethod
+    def prefill(cls, model, prompts: Batch) -> tuple["DecodeContext", torch.Tensor]:
+        """Run the prompts (pattern layout, reduction, prefix-LM mask); returns the context and the
+        hidden state of each row's last prompt position ``[B, D]``."""
+        prep = model.prepare(prompts.tokens, prompts.loss_weight, prompts.kinds, prompts.lengths, prompts.prefix_lens)
+        x = model.embed_prepared(prep)
+        B, T, D = x.shape
+        dev = x.device
+        shift = T - prep.lengths  # left padding per row
+        ar = torch.arange(T, device=dev)
+        src = (ar[None] - shift[:, None]).clamp(min=0)
+        x = x.gather(1, src[..., None].expand(-1, -1, D))
+        key_valid = ar[None] >= shift[:, None]
+        positions = src
+        padded = bool((shift > 0).any())
+        mask = None
+        if padded or bool((prep.prefix > 0).any()):
+            causal = ar[None, :, None] >= ar[None, None, :]
+            prefix = (ar[None, None, :] - shift[:, None, None]) < prep.prefix[:, None, None]
+            mask = (key_valid[:, None, :] & (causal | prefix)) | torch.eye(T, dtype=torch.bool, device=dev)[None]
+            mask = mask[:, None]
+        cache = model.new_cache(B)
+        h = model.backbone(x, positions, mask, cache)
+        return cls(model, cache, key_valid, prep.lengths.clone(), padded), h[:, -1]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """Feed one new position ``x [B, 1, D]``; returns its hidden state ``[B, D]``."""
+        B = x.shape[0]
+        self.key_valid = torch.cat([self.key_valid, self.key_valid.new_ones(B, 1)], 1)
+        mask = self.key_valid[:, None, None, :] if self.padded else None
+        h = self.model.backbone(x, self.next_pos[:, None], mask, self.cache)
+        self.next_pos = self.next_pos + 1
+        return h[:, -1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (or reorder / duplicate) rows ``rows`` of the batch."""
+        self.cache.select(rows)
+        self.key_valid = self.key_valid.index_select(0, rows)
+        self.next_pos = self.next_pos.index_select(0, rows)
+        self.padded = bool((~self.key_valid).any())
+        if not self.padded:  # the columns nobody needs any more stay, but no mask is needed
+            pass
+
+
+__all__ = ["DecodeContext", "unconditional", "concat_batches"]

@@ -1,0 +1,240 @@
+"""Batched generation for every stream strategy, with the KV cache.
+
+Prompts come from ``build_example(..., with_targets=False)`` + ``collate`` (right padded); each
+ends with the first target's marker. Rows of different lengths are decoded together (left padding
+with per-row positions) and finished rows leave the batch.
+
+Example:
+    >>> cfg = DecodeConfig(search="sample", temperature=0.8, top_k=30, seed=1)
+    >>> outs = generate(model, prompts, cfg)      # one [frames, S] global-id array per prompt
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from speechlm.data.batch import Batch
+from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, SPECIAL, TEXT_COND, TEXT_TGT
+from speechlm.infer.config import DecodeConfig
+from speechlm.infer.context import DecodeContext, concat_batches, unconditional
+from speechlm.infer.sampling import repetition_penalty, sample
+from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
+from speechlm.models.losses import nar_inputs
+
+log = logging.getLogger(__name__)
+
+
+def target_tokenizers(model, prompts: Batch, templates: dict | None) -> list[list[str]]:
+    """Target tokenizers of each prompt: from its last token (the first target's marker), then
+    the remaining targets of its task template when ``templates`` are given."""
+    by_marker = {i: name for name, i in model.vocab.markers.items()}
+    out = []
+    for b in range(len(prompts.lengths)):
+        last = int(prompts.tokens[b, int(prompts.lengths[b]) - 1, 0])
+        if last not in by_marker:
+            raise ValueError(
+                f"prompt {prompts.ids[b]!r} does not end with a segment marker (got id {last}); build prompts "
+                f"with build_example(..., with_targets=False)"
+            )
+        names = [by_marker[last]]
+        tpl = (templates or {}).get(prompts.tasks[b])
+        if tpl is not None:
+            names = [s.tokenizer for s in tpl.targets]
+            if names[0] != by_marker[last]:
+                raise ValueError(f"prompt {prompts.ids[b]!r} ends with <seg:{by_marker[last]}> but task "
+                                 f"{tpl.name!r} starts its targets with {names[0]!r}")
+        out.append(names)
+    return out
+
+
+def length_limits(prompts: Batch, config: DecodeConfig) -> list[tuple[int, int]]:
+    """(min, max) target frames per prompt, absolute or relative to the condition rows."""
+    kinds = prompts.kinds
+    n_cond = ((kinds == TEXT_COND) | (kinds == AUDIO_COND)).sum(1).tolist()
+    out = []
+    for c in n_cond:
+        lo = max(config.min_len, int(config.min_len_ratio * c))
+        hi = config.max_len if config.max_len_ratio <= 0 else min(config.max_len, max(1, int(config.max_len_ratio * c)))
+        out.append((min(lo, hi), hi))
+    return out
+
+
+def repeat_rows(prompts: Batch, n: int) -> Batch:
+    if n == 1:
+        return prompts
+    idx = torch.arange(len(prompts.lengths)).repeat_interleave(n)
+    return Batch([prompts.ids[i] for i in idx], [prompts.tasks[i] for i in idx], prompts.tokens[idx],
+                 prompts.loss_weight[idx], prompts.kinds[idx], prompts.lengths[idx], prompts.prefix_lens[idx])
+
+
+class Chooser:
+    """Turns one model stream's logits into tokens for every active row: guidance, masks,
+    repetition penalty, sampling, forced tokens."""
+
+    def __init__(self, model, config: DecodeConfig, generator: torch.Generator) -> None:
+        self.model, self.cfg, self.gen = model, config, generator
+        self.masker = Masker(model)
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def __call__(self, k: int, logits: torch.Tensor, acts: list[tuple]) -> torch.Tensor:
+        B = len(acts)
+        logits = logits.float()
+        if logits.shape[0] == 2 * B:  # classifier-free guidance
+            c, u = logits[:B], logits[B:]
+            logits = u + self.cfg.cfg_scale * (c - u)
+        dev = logits.device
+        masks = torch.stack([self.masker.mask(k, a[1] if a[0] != FORCE else None, dev) for a in acts])
+        logits = logits.masked_fill(~masks, float("-inf"))
+        if self.cfg.repetition_penalty != 1.0 and k in self.seen:
+            logits = repetition_penalty(logits, self.seen[k], self.cfg.repetition_penalty)
+        cols = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
+        ids = self.masker.to_global(k, cols)
+        forced = torch.tensor([a[1] if a[0] == FORCE else -1 for a in acts], device=dev)
+        ids = torch.where(forced >= 0, forced, ids)
+        if self.cfg.repetition_penalty != 1.0:
+            seen = self.seen.setdefault(k, torch.zeros_like(masks))
+            sampled = forced < 0
+            seen[sampled.nonzero()[:, 0], cols[sampled]] = True
+        return ids
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.seen = {k: v.index_select(0, rows) for k, v in self.seen.items()}
+
+
+def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Chooser) -> torch.Tensor:
+    """Tokens ``[B, S']`` of the next row for every active row (depth head: stream by stream)."""
+    B, S2 = len(acts), len(acts[0])
+    out = torch.full((B, S2), model.vocab.pad_id, dtype=torch.int64, device=h.device)
+    last_sampled = max((k for k in range(S2) for a in acts if a[k][0] != FORCE), default=0)
+    for k in range(S2):
+        col = [a[k] for a in acts]
+        if k > last_sampled:
+            out[:, k] = torch.tensor([c[1] for c in col], device=h.device)
+            continue
+        if model.depth is not None:
+            prev = out[:, :k].repeat(h.shape[0] // B, 1)
+            hk = model.depth(h, model.embed.emb(prev))[:, k]
+        else:
+            hk = h
+        out[:, k] = chooser(k, model.head.logits(hk, k), col)
+    return out
+
+
+@torch.no_grad()
+def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None) -> list[list[Hypothesis]]:
+    """Greedy / sampling decoding of every prompt (``config.nbest`` samples each)."""
+    config.validate()
+    model.eval()
+    dev = next(model.parameters()).device
+    prompts = repeat_rows(prompts.to(dev), config.nbest)
+    B = len(prompts.lengths)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    targets = target_tokenizers(model, prompts, templates)
+    limits = length_limits(prompts, config)
+    states = [RowState(model.config.strategy, t, model.vocab, model.n_streams, lo, hi)
+              for t, (lo, hi) in zip(targets, limits)]
+    guided = config.cfg_scale != 1.0
+    with model.autocast(dev):
+        run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
+        ctx, h = DecodeContext.prefill(model, run)
+        chooser = Chooser(model, config, gen)
+        active = list(range(B))
+        while active:
+            acts = [states[i].plan() for i in active]
+            rows = choose_rows(model, h, acts, chooser)
+            fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
+            keep = [n for n, i in enumerate(active) if not states[i].done]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=dev)
+                chooser.select(sel)
+                fed = [fed[n] for n in keep]
+                active = [active[n] for n in keep]
+                # with guidance the unconditional half of the batch sits after the conditional half
+                ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
+            x = model.embed(torch.tensor(fed, device=dev)[:, None])
+            h = ctx.step(torch.cat([x, x]) if guided else x)
+        if model.config.strategy == "ar_nar" and model.n_streams > 1:
+            nar_fill(model, prompts, states, config, gen)
+    hyps = [s.hyp for s in states]
+    return [hyps[i : i + config.nbest] for i in range(0, B, config.nbest)]
+
+
+@torch.no_grad()
+def nar_fill(model, prompts: Batch, states: list[RowState], config: DecodeConfig, gen: torch.Generator) -> None:
+    """ar_nar: fill streams 1.. of every generated audio segment, level by level (bidirectional)."""
+    vocab, S, dev = model.vocab, model.n_streams, prompts.tokens.device
+    seqs, kinds, toks = [], [], []
+    for b, st in enumerate(states):
+        n = int(prompts.lengths[b])
+        rows = [prompts.tokens[b, :n].cpu().numpy()]
+        kk = [prompts.kinds[b, :n].cpu().numpy().astype(np.int64)]
+        tk = [[None] * n]
+        for seg in st.hyp.segments:
+            f = np.full((len(seg.frames), S), vocab.pad_id, dtype=np.int64)
+            f[:, : seg.frames.shape[1]] = seg.frames
+            end = np.full((1, S), vocab.pad_id, dtype=np.int64)
+            end[0, 0] = seg.end
+            rows += [f, end]
+            kk += [np.full(len(f), AUDIO_TGT if seg.frames.shape[1] > 1 else TEXT_TGT), np.array([SPECIAL])]
+            tk += [[seg.tokenizer] * len(f), [None]]
+        seqs.append(np.concatenate(rows)), kinds.append(np.concatenate(kk)), toks.append(sum(tk, []))
+    T = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), T, S), vocab.pad_id, dtype=torch.int64)
+    kind_t = torch.zeros(len(seqs), T, dtype=torch.int8)
+    for b, (s, k) in enumerate(zip(seqs, kinds)):
+        tokens[b, : len(s)], kind_t[b, : len(k)] = torch.from_numpy(s), torch.from_numpy(k)
+    lengths = torch.tensor([len(s) for s in seqs])
+    tokens, kind_t, lengths = tokens.to(dev), kind_t.to(dev), lengths.to(dev)
+    prep = model.prepare(tokens, torch.zeros(tokens.shape, device=dev), kind_t, lengths, prompts.prefix_lens)
+    masker = Masker(model)
+    temp = config.temperature_used
+    for k in range(1, S):
+        tok_in, extra = nar_inputs(model, prep, torch.full((len(seqs),), k, device=dev))
+        h = model.backbone(model.embed_prepared(prep, tok_in, extra), None, model.attention_mask(prep, True))
+        pos = [(b, q, int(prep.last[b, q])) for b, q in (prep.kinds == AUDIO_TGT).nonzero().tolist()]
+        pos = [(b, q, r) for b, q, r in pos if toks[b][r] is not None and vocab.n_streams(toks[b][r]) > k]
+        if not pos:
+            continue
+        bq = torch.tensor([(b, q) for b, q, _ in pos], device=dev)
+        logits = model.head.logits(h[bq[:, 0], bq[:, 1]], k).float()
+        masks = torch.stack([masker.mask(k, (toks[b][r], k, ()), dev) for b, _, r in pos])
+        cols = sample(logits.masked_fill(~masks, float("-inf")), temp, config.top_k, config.top_p, config.min_p, gen)
+        ids = masker.to_global(k, cols)
+        rr = torch.tensor([r for _, _, r in pos], device=dev)
+        prep.layout.tokens[bq[:, 0], rr, k] = ids
+    filled = prep.layout.tokens.cpu().numpy()
+    for b, st in enumerate(states):
+        r = int(prompts.lengths[b])
+        for seg in st.hyp.segments:
+            n = seg.frames.shape[1]
+            seg.frames = filled[b, r : r + len(seg.frames), :n].copy()
+            r += len(seg.frames) + 1
+
+
+def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None) -> list[list[Hypothesis]]:
+    """Hypotheses per prompt for any ``config.search`` (beam and CTC searches: text targets)."""
+    config.validate()
+    if config.search == "beam":
+        from speechlm.infer.search import beam_search
+
+        return beam_search(model, prompts, config)
+    if config.search == "ctc_greedy":
+        from speechlm.infer.search import ctc_greedy
+
+        return ctc_greedy(model, prompts)
+    return sample_decode(model, prompts, config, templates)
+
+
+def generate(model, prompts: Batch, config: DecodeConfig | None = None, templates: dict | None = None) -> list[np.ndarray]:
+    """One ``[frames, S]`` global-id array per prompt (target tokens only, de-interleaved, without
+    markers and ``<eos>``): the best hypothesis of :func:`generate_nbest`."""
+    config = config or DecodeConfig()
+    hyps = generate_nbest(model, prompts, config, templates)
+    return [h[0].frames(model.n_streams, model.vocab.pad_id) for h in hyps]
+
+
+__all__ = ["generate", "generate_nbest", "sample_decode", "DecodeConfig", "Hypothesis"]

@@ -1,0 +1,15 @@
+"""The SpeechLM model: stream strategies (patterns), backbones, heads, losses, save/load.
+
+Registries: ``PATTERNS`` (stream strategies: flat, parallel, delay, multiscale, ar_nar) and
+``BACKBONES`` (builtin, hf). Adding either is one file plus one registration line.
+"""
+from speechlm.models.builtin import BACKBONES, BuiltinDecoder, KVCache, load_llama_weights
+from speechlm.models.config import ModelConfig
+from speechlm.models import hf as _hf  # noqa: F401  (registers the hf backbone)
+from speechlm.models.patterns import PATTERNS, Layout, Pattern
+from speechlm.models.speechlm import ModelOutput, Prepared, SpeechLM
+
+__all__ = [
+    "SpeechLM", "ModelConfig", "ModelOutput", "Prepared", "PATTERNS", "Pattern", "Layout",
+    "BACKBONES", "BuiltinDecoder", "KVCache", "load_llama_weights",
+]

@@ -1,0 +1,85 @@
+"""Model directories: ``config.yaml``, ``model.safetensors``, ``token_list.json`` (+ ``hf_backbone/``).
+
+Loading is strict: missing or unexpected weights, and shape mismatches, are errors that name the
+keys. Files are written under temporary names and renamed when complete.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from speechlm.config import load_config, to_dict
+from speechlm.models.config import ModelConfig
+from speechlm.vocab import Vocabulary
+
+CONFIG, WEIGHTS, VOCAB, HF_DIR = "config.yaml", "model.safetensors", "token_list.json", "hf_backbone"
+
+
+def _tied_keys(model) -> set[str]:
+    return {"head.weight"} if model.config.tie_embeddings else set()
+
+
+def model_state(model) -> dict[str, torch.Tensor]:
+    """State dict without tied duplicates, contiguous (what ``model.safetensors`` holds)."""
+    tied = _tied_keys(model)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+
+
+def save_model(model, out_dir: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(model_state(model), str(tmp), metadata={"format": "pt", "speechlm": "1"})
+    os.replace(tmp, out / WEIGHTS)
+    cfg_tmp = out / (CONFIG + ".tmp")
+    cfg_tmp.write_text(yaml.safe_dump(to_dict(model.config), sort_keys=False), encoding="utf-8")
+    os.replace(cfg_tmp, out / CONFIG)
+    voc_tmp = out / (VOCAB + ".tmp")
+    model.vocab.save(voc_tmp)
+    os.replace(voc_tmp, out / VOCAB)
+    if hasattr(model.backbone, "save_config"):
+        model.backbone.save_config(out / HF_DIR)
+
+
+def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
+    """Raise naming missing / unexpected keys and shape mismatches."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k}: file {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(found)) if found[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches: {'; '.join(shapes[:10])}")
+        raise KeyError(f"{where} does not match the model built from its config.yaml: " + "; ".join(parts))
+
+
+def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS, VOCAB):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"model directory {path} has no {name} (save it with save_pretrained)")
+    config = load_config(ModelConfig, path / CONFIG)
+    vocab = Vocabulary.load(path / VOCAB)
+    backbone_dir = str(path / HF_DIR) if config.backbone != "builtin" else None
+    if backbone_dir is not None and not (path / HF_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {path} has no {HF_DIR}/config.json for its {config.backbone} backbone")
+    model = cls(config, vocab, _backbone_dir=backbone_dir) if backbone_dir else cls(config, vocab)
+    state = load_file(str(path / WEIGHTS), device=str(map_location))
+    check_state(model_state(model), state, str(path / WEIGHTS))
+    model.load_state_dict(state, strict=False)
+    return model.to(map_location)
+
+
+__all__ = ["save_model", "load_model", "check_state", "model_state"]

@@ -1,0 +1,168 @@
+"""Sampling options behave as documented: greedy, temperature, top-k, top-p, min-p, repetition
+penalty, vocabulary masks, seeds, length limits, n-best and guidance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm.config import ConfigError, from_dict
+from speechlm.data.batch import collate
+from speechlm.data.sequence import build_example
+from speechlm.infer import DecodeConfig, generate, generate_nbest
+from speechlm.infer.sampling import filter_logits, repetition_penalty, sample
+from speechlm.models import SpeechLM
+from speechlm.tasks import load_template
+from test_model_helpers import tiny_config, toy_examples, toy_vocab
+
+
+def g(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_greedy_is_argmax_and_temperature_zero_is_greedy():
+    logits = torch.randn(16, 50)
+    assert torch.equal(sample(logits, temperature=0.0), logits.argmax(-1))
+
+
+def test_top_k_never_leaves_the_top_k():
+    logits = torch.randn(64, 100)
+    top = logits.topk(5, -1).indices
+    for seed in range(30):
+        idx = sample(logits, temperature=2.0, top_k=5, generator=g(seed))
+        assert (top == idx[:, None]).any(-1).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    draws = torch.stack([sample(logits.expand(200, -1), top_p=0.7, generator=g(s)) for s in range(5)])
+    assert set(draws.unique().tolist()) == {0, 1}
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_best():
+    logits = torch.log(torch.tensor([[0.6, 0.25, 0.1, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, min_p=0.2))
+    assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_sampling_follows_the_softmax_at_temperature_one():
+    logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))[None].expand(20000, -1)
+    freq = torch.bincount(sample(logits, generator=g(3)), minlength=3).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+    hot = torch.bincount(sample(logits, temperature=5.0, generator=g(3)), minlength=3).float() / 20000
+    assert hot[2] > 0.25, "a high temperature flattens the distribution"
+
+
+def test_repetition_penalty_discounts_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 1.0]]
+
+
+def test_decode_config_loads_from_a_mapping_and_validates():
+    cfg = from_dict(DecodeConfig, {"search": "sample", "top_k": 20, "temperature": 0.7})
+    assert cfg.top_k == 20 and cfg.validate() is cfg
+    with pytest.raises(ConfigError, match="search"):
+        DecodeConfig(search="nucleus").validate()
+    with pytest.raises(ConfigError, match="unknown key 'topk'"):
+        from_dict(DecodeConfig, {"topk": 3})
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    vocab = toy_vocab(2)
+    model = SpeechLM(tiny_config("delay"), vocab).eval()
+    prompts = collate(toy_examples(vocab, 3, with_targets=False))
+    return model, vocab, prompts
+
+
+def test_masks_keep_each_target_in_its_tokenizer_range(setup):
+    model, vocab, prompts = setup
+    outs = generate(model, prompts, DecodeConfig(search="sample", temperature=3.0, min_len=10, max_len=15, seed=1))
+    text = range(*vocab.stream_range("text_bpe", 0))
+    codec = [range(*vocab.stream_range("codec", k)) for k in range(2)]
+    for task, out in zip(prompts.tasks, outs):
+        assert len(out) > 0
+        if task == "asr":  # text target: never audio, never a marker, pad in stream 1
+            assert all(int(t) in text for t in out[:, 0]) and (out[:, 1] == vocab.pad_id).all()
+        else:
+            for k in range(2):
+                assert all(int(t) in codec[k] for t in out[:, k])
+
+
+def test_greedy_is_deterministic_and_matches_teacher_forced_argmax(setup):
+    model, vocab, prompts = setup
+    cfg = DecodeConfig(max_len=10)
+    a = generate(model, prompts, cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(a, generate(model, prompts, cfg)))
+    # feed the greedy text output back as a target: each token is the argmax over the text range
+    b = prompts.tasks.index("asr")
+    segs = {"speech": _asr_speech(prompts, b, vocab), "text": a[b][:, :1] - vocab.offset("text_bpe")}
+    ex = build_example("u", load_template("asr"), segs, vocab, 2)
+    with torch.no_grad():
+        h, prep = model.hidden_states(collate([ex]))
+    lo, hi = vocab.stream_range("text_bpe", 0)
+    n = len(a[b])
+    start = int(prep.lengths[0]) - n - 2  # position of the target marker
+    logits = model.head.logits(h[0, start : start + n], 0)[:, lo:hi]
+    assert (logits.argmax(-1) + lo).tolist() == a[b][:, 0].tolist()
+
+
+def _asr_speech(prompts, b, vocab):
+    n = int(prompts.lengths[b])
+    speech = prompts.tokens[b, 2 : n - 1].numpy()
+    return speech - np.array([vocab.offset("codec", k) for k in range(speech.shape[1])])
+
+
+def test_seed_fixes_samples_and_top_k_one_is_greedy(setup):
+    model, _, prompts = setup
+    cfg = dict(search="sample", temperature=1.5, max_len=12)
+    a = generate(model, prompts, DecodeConfig(seed=5, **cfg))
+    b = generate(model, prompts, DecodeConfig(seed=5, **cfg))
+    c = generate(model, prompts, DecodeConfig(seed=6, **cfg))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    greedy = generate(model, prompts, DecodeConfig(max_len=12))
+    top1 = generate(model, prompts, DecodeConfig(seed=9, top_k=1, **cfg))
+    assert all(np.array_equal(x, y) for x, y in zip(greedy, top1))
+
+
+def test_length_limits(setup):
+    model, vocab, prompts = setup
+    outs = generate(model, prompts, DecodeConfig(max_len=7))
+    assert all(len(o) <= 7 for o in outs)
+    # with a zero final norm every logit ties and greedy picks <eos> (id 1) as soon as it is allowed
+    eager = SpeechLM(tiny_config("delay"), vocab).eval()
+    eager.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        eager.backbone.norm.weight.zero_()
+    assert [len(o) for o in generate(eager, prompts, DecodeConfig(max_len=20))] == [0] * len(outs)
+    assert [len(o) for o in generate(eager, prompts, DecodeConfig(min_len=4, max_len=20))] == [4] * len(outs)
+    n_cond = ((prompts.kinds == 2) | (prompts.kinds == 3)).sum(1).tolist()
+    rel = generate(eager, prompts, DecodeConfig(min_len_ratio=1.0, max_len=50))
+    assert [len(o) for o in rel] == n_cond
+
+
+def test_repetition_penalty_reduces_repeats(setup):
+    model, vocab, prompts = setup
+    b = prompts.tasks.index("asr")
+    plain = generate(model, prompts, DecodeConfig(max_len=12))[b][:, 0]
+    pen = generate(model, prompts, DecodeConfig(max_len=12, repetition_penalty=50.0))[b][:, 0]
+    assert len(set(pen.tolist())) >= len(set(plain.tolist()))
+    assert len(set(pen.tolist())) == min(len(pen), len(range(*vocab.stream_range("text_bpe", 0))))
+
+
+def test_nbest_and_guidance(setup):
+    model, _, prompts = setup
+    hyps = generate_nbest(model, prompts, DecodeConfig(search="sample", nbest=3, temperature=2.0, max_len=8))
+    assert [len(h) for h in hyps] == [3] * len(prompts.lengths)
+    assert any(not np.array_equal(h[0].frames(2), h[1].frames(2)) for h in hyps), "n-best samples are identical"
+    base = generate(model, prompts, DecodeConfig(max_len=8))
+    same = generate(model, prompts, DecodeConfig(max_len=8, cfg_scale=1.0))
+    guided = generate(model, prompts, DecodeConfig(max_len=8, cfg_scale=3.0))
+    assert all(np.array_equal(x, y) for x, y in zip(base, same))
+    assert not all(np.array_equal(x, y) for x, y in zip(base, guided))

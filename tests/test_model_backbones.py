@@ -1,0 +1,130 @@
+"""Backbones: parity of the built-in decoder with transformers' Llama, the HF backbone's vocabulary
+expansion, and incremental decoding with the KV cache against a full forward (every strategy,
+both backbones)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechlm.data.batch import collate
+from speechlm.data.sequence import AUDIO_TGT
+from speechlm.infer.context import DecodeContext
+from speechlm.models import BuiltinDecoder, SpeechLM, load_llama_weights
+from test_model_helpers import tiny_config, toy_examples, toy_vocab
+
+transformers = pytest.importorskip("transformers")
+STRATEGIES = ["flat", "parallel", "delay", "multiscale", "ar_nar"]
+
+
+def tiny_llama_config(vocab_size: int = 50, tie: bool = False):
+    return transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=tie, attn_implementation="sdpa",
+    )
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny Llama saved with save_pretrained (what a user's local LLM directory looks like)."""
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(tiny_llama_config()).eval()
+    d = tmp_path_factory.mktemp("llama")
+    lm.save_pretrained(d)
+    return d, lm
+
+
+def test_builtin_matches_transformers_llama(llama_dir):
+    _, lm = llama_dir
+    ours = BuiltinDecoder(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128).eval()
+    load_llama_weights(ours, lm)
+    x = torch.randn(2, 9, 64)
+    with torch.no_grad():
+        ref = lm.model(inputs_embeds=x).last_hidden_state
+        got = ours(x)
+        assert torch.allclose(got, ref, atol=1e-5), f"max diff {(got - ref).abs().max():.2e}"
+        # and with explicit positions, a cache, and one token at a time
+        cache = ours.new_cache()
+        steps = [ours(x[:, t : t + 1], torch.full((2, 1), t), None, cache) for t in range(9)]
+        assert torch.allclose(torch.cat(steps, 1), ref, atol=1e-5)
+
+
+def test_hf_backbone_keeps_pretrained_text_rows(llama_dir, tmp_path):
+    path, lm = llama_dir
+    vocab = toy_vocab(2)
+    vocab.add_tokenizer("llm", [50])  # the LLM's own tokenizer, added after the codec: ids shift
+    cfg = tiny_config("delay", backbone="hf", hf_path=str(path), hf_text_tokenizer="llm", tie_embeddings=False)
+    model = SpeechLM(cfg, vocab)
+    a, b = vocab.stream_range("llm", 0)
+    assert a > 64 and len(model.embed.weight) == len(vocab)
+    assert torch.equal(model.embed.weight[a:b], lm.model.embed_tokens.weight)
+    assert torch.equal(model.head.weight[a:b], lm.lm_head.weight)
+    other = model.embed.weight[: a]
+    ref_std = lm.model.embed_tokens.weight.detach().std()
+    assert abs(float(other.detach().std()) - float(ref_std)) < 0.3 * float(ref_std), "new rows should get the LLM's statistics"
+    assert not any("embed_tokens" in k for k in model.state_dict()), "the LLM's own embedding must be dropped"
+    # the body is the pretrained one
+    assert torch.equal(model.backbone.body.layers[0].mlp.up_proj.weight, lm.model.layers[0].mlp.up_proj.weight)
+    # save / load without the original directory
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "hf_backbone" / "config.json").is_file()
+    loaded = SpeechLM.from_pretrained(tmp_path / "m")
+    batch = collate(toy_examples(vocab, 2))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(batch).loss, loaded.eval()(batch).loss, atol=1e-6)
+
+
+def test_frozen_text_rows_do_not_move(llama_dir):
+    path, lm = llama_dir
+    vocab = toy_vocab(2)
+    vocab.add_tokenizer("llm", [50])
+    model = SpeechLM(tiny_config("parallel", backbone="hf", hf_path=str(path), hf_text_tokenizer="llm",
+                                 freeze_text_rows=True), vocab)
+    a, b = vocab.stream_range("llm", 0)
+    before = model.embed.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = collate(toy_examples(vocab, 2))
+    batch.tokens[:, 1, 0] = a + 3  # make sure a text row is used
+    model(batch).loss.backward()
+    opt.step()
+    assert torch.equal(model.embed.weight[a:b], before[a:b])
+    assert not torch.equal(model.embed.weight[:a], before[:a])
+
+
+def incremental_vs_full(model: SpeechLM, vocab, n_streams: int) -> float:
+    """Max |difference| of hidden states and stream logits between teacher-forced full forward and
+    prefill + one-step-at-a-time decoding with the KV cache (rows of different lengths)."""
+    full = collate(toy_examples(vocab, 3, n_streams))
+    prompts = collate(toy_examples(vocab, 3, n_streams, with_targets=False))
+    model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        h_full, prep = model.hidden_states(full)
+        ctx, h = DecodeContext.prefill(model, prompts)
+        p_prep = model.prepare(prompts.tokens, prompts.loss_weight, prompts.kinds, prompts.lengths, prompts.prefix_lens)
+        start = p_prep.lengths  # reduced prompt lengths; target rows map 1:1 after it
+        B = len(start)
+        steps = int((prep.lengths - start).min())
+        for i in range(steps):
+            idx = start - 1 + i
+            ref = h_full[torch.arange(B), idx]
+            worst = max(worst, float((h - ref).abs().max()))
+            for k in range(model.head.n_streams):
+                worst = max(worst, float((model.head.logits(h, k) - model.head.logits(ref, k)).abs().max()))
+            if i + 1 < steps:
+                r = prep.last[torch.arange(B), idx + 1]
+                rows = prep.layout.tokens[torch.arange(B), r].clone()
+                if model.pattern.head == "ar_nar":  # the AR pass sees stream 0 of audio targets only
+                    rows[prep.layout.kinds[torch.arange(B), r] == AUDIO_TGT, 1:] = vocab.pad_id
+                h = ctx.step(model.embed(rows[:, None]))
+    return worst
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("backbone", ["builtin", "hf"])
+def test_kv_cache_matches_full_forward(strategy, backbone, llama_dir):
+    torch.manual_seed(0)
+    vocab = toy_vocab(3)
+    kw = {"backbone": "hf", "hf_path": str(llama_dir[0])} if backbone == "hf" else {}
+    model = SpeechLM(tiny_config(strategy, cond_reduction=2, **kw), vocab)
+    assert incremental_vs_full(model, vocab, 3) < 1e-4

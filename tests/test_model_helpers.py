@@ -1,0 +1,76 @@
+"""Shared builders for the model and generation tests (tiny vocabularies, toy tasks, training)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from speechlm.data.batch import collate
+from speechlm.data.sequence import build_example
+from speechlm.models import ModelConfig, SpeechLM
+from speechlm.tasks import load_template
+from speechlm.vocab import Vocabulary
+
+N_CODES, N_TEXT, N_PHONE = 8, 12, 6
+
+
+def toy_vocab(n_streams: int = 2) -> Vocabulary:
+    v = Vocabulary()
+    v.add_tokenizer("codec", [N_CODES] * n_streams)
+    v.add_tokenizer("text_bpe", [N_TEXT])
+    v.add_tokenizer("phone", [N_PHONE])
+    for t in ("asr", "plain_tts", "audiolm", "textlm"):
+        v.add_task(t)
+    return v
+
+
+def toy_segments(i: int, n_streams: int = 2) -> dict[str, dict[str, np.ndarray]]:
+    """Deterministic toy data for utterance ``i``: TTS (phones -> codec frames, one frame per
+    phone, stream k = (phone * (k + 2) + k) mod 8) and ASR (codec -> text = stream 0 codes + 1)."""
+    rng = np.random.default_rng(1000 + i)
+    L = 3 + i % 4
+    phones = rng.integers(0, N_PHONE, (L, 1))
+    frames = np.concatenate([(phones * (k + 2) + k) % N_CODES for k in range(n_streams)], 1)
+    speech = rng.integers(0, N_CODES, (2 + i % 3, n_streams))
+    text = speech[:, :1] + 1
+    return {"plain_tts": {"phones": phones, "speech": frames}, "asr": {"speech": speech, "text": text}}
+
+
+def toy_examples(vocab: Vocabulary, n: int, n_streams: int = 2, with_targets: bool = True, tasks=("plain_tts", "asr")):
+    out = []
+    for i in range(n):
+        segs = toy_segments(i, n_streams)
+        for t in tasks:
+            out.append(build_example(f"{t}{i}", load_template(t), segs[t], vocab, n_streams, with_targets))
+    return out
+
+
+def tiny_config(strategy: str, **kw) -> ModelConfig:
+    base = dict(strategy=strategy, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, local_dim=32, local_layers=1,
+                local_heads=2)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def train(model: SpeechLM, batch, steps: int, lr: float = 3e-3, seed: int = 0) -> list[float]:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    model.eval()
+    return losses
+
+
+def trained_model(strategy: str, n_streams: int = 2, steps: int = 200, n_utts: int = 4, **kw):
+    """A tiny model that has memorized the toy task (and its vocabulary and training examples)."""
+    torch.manual_seed(0)
+    vocab = toy_vocab(n_streams)
+    model = SpeechLM(tiny_config(strategy, **kw), vocab)
+    batch = collate(toy_examples(vocab, n_utts, n_streams))
+    losses = train(model, batch, steps)
+    return model, vocab, losses

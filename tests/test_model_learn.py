@@ -1,0 +1,148 @@
+"""The SpeechLM learns with every strategy; loss bookkeeping, options, presets and strict save/load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from speechlm.config import ConfigError, load_config
+from speechlm.data.batch import collate
+from speechlm.models import PATTERNS, ModelConfig, SpeechLM
+from test_model_helpers import tiny_config, toy_examples, toy_vocab, train, trained_model
+
+STRATEGIES = ["flat", "parallel", "delay", "multiscale", "ar_nar"]
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_learns_a_two_stream_task(strategy):
+    model, _, losses = trained_model(strategy, n_streams=2, steps=150)
+    assert losses[0] > 2.0, "a fresh model should not know the task"
+    assert losses[-1] < 0.05, f"{strategy}: loss {losses[-1]:.4f} after 150 steps"
+
+
+def test_loss_is_sum_over_weighted_slots_and_stats_add_up():
+    vocab = toy_vocab(3)
+    batch = collate(toy_examples(vocab, 3, n_streams=3))
+    model = SpeechLM(tiny_config("delay"), vocab)
+    out = model(batch)
+    # every loss-weighted slot of the batch is predicted exactly once
+    assert float(out.weight_sum) == pytest.approx(float(batch.loss_weight.sum()))
+    assert float(out.loss.detach()) == pytest.approx(float(out.loss_sum / out.weight_sum), rel=1e-6)
+    acc_sum, acc_n = out.stats["acc"]
+    assert float(acc_n) == sum(float(out.stats[f"acc_s{k}"][1]) for k in range(3))
+    assert float(acc_n) == float((batch.loss_weight > 0).sum())
+    # halving one segment's weights changes weight_sum by exactly that amount
+    batch.loss_weight[0] *= 0.5
+    out2 = model(batch)
+    assert float(out2.weight_sum) == pytest.approx(float(batch.loss_weight.sum()))
+
+
+def test_stream_weights_scale_per_stream_losses():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 2))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("parallel", stream_weights=[1.0, 0.0]), vocab)
+    out = model(batch)
+    assert "acc_s1" not in out.stats, "stream 1 has weight 0 and must carry no loss"
+    with pytest.raises(ValueError, match="stream_weights"):
+        SpeechLM(tiny_config("parallel", stream_weights=[1.0]), vocab)
+
+
+def test_non_text_streams_use_their_codebook_columns_only():
+    vocab = toy_vocab(2)
+    model = SpeechLM(tiny_config("parallel"), vocab)
+    a, b = vocab.stream_range("codec", 1)
+    assert model.head.logits(torch.randn(3, 64), 1).shape == (3, b - a)
+    assert model.head.ids(1).tolist() == list(range(a, b))
+
+
+def test_condition_reduction_prefix_lm_and_ctc_learn():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 4))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", cond_reduction=2, ctc_weight=0.3, ctc_tokenizer="text_bpe"), vocab)
+    prep = model.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+    assert int(prep.lengths.sum()) < int(prep.layout.lengths.sum()), "audio conditions were not stacked"
+    mask = model.attention_mask(prep)
+    b = batch.tasks.index("asr")
+    p = int(prep.prefix[b])
+    assert p > 0 and bool(mask[b, 0, 0, p - 1]) and not bool(mask[b, 0, p, p + 1]), "prefix-LM mask is wrong"
+    out = model(batch)
+    assert "ctc" in out.stats and float(out.stats["ctc"][1]) == float(((batch.kinds == 4).sum()))
+    losses = train(model, batch, 150)
+    assert losses[-1] < 0.3
+
+
+def test_bf16_autocast_runs_and_stays_finite():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 2))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", autocast="bf16"), vocab)
+    out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert out.loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_save_and_load_round_trip(tmp_path, strategy):
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 2))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config(strategy, cond_reduction=2, ctc_weight=0.2, ctc_tokenizer="text_bpe"), vocab).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.yaml", "model.safetensors", "token_list.json"}
+    loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
+    torch.manual_seed(1)
+    a = model(batch).loss
+    torch.manual_seed(1)
+    b = loaded(batch).loss
+    assert torch.equal(a, b)
+    assert loaded.vocab.tokens == vocab.tokens
+
+
+def test_strict_loading_names_missing_and_unexpected_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    vocab = toy_vocab(2)
+    SpeechLM(tiny_config("delay"), vocab).save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["extra.weight"] = torch.zeros(2)
+    del state["backbone.layers.0.mlp.up_proj.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match=r"missing keys: backbone\.layers\.0\.mlp\.up_proj\.weight.*unexpected keys: extra\.weight"):
+        SpeechLM.from_pretrained(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["dimm"] = 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="unknown key 'dimm'.*did you mean 'dim'"):
+        SpeechLM.from_pretrained(tmp_path)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="model.strategy.*'delai'.*did you mean 'delay'"):
+        SpeechLM(ModelConfig(strategy="delai"), toy_vocab())
+    with pytest.raises(ConfigError, match="ctc_tokenizer"):
+        ModelConfig(ctc_weight=0.5).validate()
+    with pytest.raises(ConfigError, match="hf_path"):
+        ModelConfig(backbone="hf").validate()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "30m", "360m", "1.7b"])
+def test_size_presets_load(preset):
+    cfg = load_config(ModelConfig, PRESETS / f"{preset}.yaml").validate()
+    assert cfg.strategy in PATTERNS
+    if preset == "tiny":
+        model = SpeechLM(cfg, toy_vocab())
+        assert model.num_parameters() < 500_000
+    else:  # parameter count of the backbone from its shape (building 1.7B here would be slow)
+        from speechlm.models.builtin import default_ffn_dim
+
+        ffn = cfg.ffn_dim or default_ffn_dim(cfg.dim)
+        kv = cfg.n_kv_heads or cfg.n_heads
+        per_layer = 2 * cfg.dim * cfg.dim + 2 * cfg.dim * (cfg.dim // cfg.n_heads) * kv + 3 * cfg.dim * ffn
+        expected = {"30m": 30e6, "360m": 360e6, "1.7b": 1.7e9}[preset]
+        assert 0.5 * expected < per_layer * cfg.n_layers < 1.2 * expected

@@ -1,0 +1,293 @@
+"""The recipe shell layer: shellcheck, option parsing, stage bounds, job launchers, setup.sh, and
+the `speechlm` command lines the stage script builds (recorded by a stand-in command)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EGS = ROOT / "egs"
+TEMPLATE = EGS / "TEMPLATE" / "speechlm1"
+UTILS = TEMPLATE / "utils"
+
+
+def shell_scripts() -> list[Path]:
+    """Every shell file under egs/ (by extension or bash shebang), symlinks excluded."""
+    out = []
+    for p in sorted(EGS.rglob("*")):
+        if p.is_symlink() or not p.is_file() or any(part in ("data", "dump", "exp") for part in p.relative_to(EGS).parts):
+            continue
+        head = p.read_bytes()[:64]
+        if p.suffix == ".sh" or head.startswith(b"#!/usr/bin/env bash") or head.startswith(b"#!/bin/bash"):
+            out.append(p)
+    return out
+
+
+def run(cmd, cwd=None, env=None, check=False, **kw) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=check, **kw)
+
+
+def make_recipe(tmp_path: Path, name: str = "toy") -> Path:
+    """A new recipe through setup.sh (outside the repo tree, so its data/ stays in tmp)."""
+    recipe = tmp_path / "egs" / name / "speechlm1"
+    run([str(TEMPLATE / "setup.sh"), str(recipe)], check=True)
+    return recipe
+
+
+def write_exec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_clean():
+    scripts = shell_scripts()
+    names = {p.relative_to(EGS).as_posix() for p in scripts}
+    # The files the recipes depend on are all checked (a rename would silently skip them).
+    for must in ("TEMPLATE/speechlm1/speechlm.sh", "TEMPLATE/speechlm1/utils/run.pl",
+                 "TEMPLATE/speechlm1/utils/slurm.pl", "TEMPLATE/speechlm1/utils/parse_options.sh",
+                 "TEMPLATE/speechlm1/path.sh", "TEMPLATE/speechlm1/setup.sh",
+                 "mini_espeak/speechlm1/local/data.sh", "mini_espeak/speechlm1/run.sh"):
+        assert must in names
+    res = run(["shellcheck", "-s", "bash", *map(str, scripts)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def option_names(script: Path) -> list[str]:
+    text = script.read_text()
+    block = text.split("# <options>", 1)[1].split("# </options>", 1)[0]
+    return re.findall(r"^([A-Za-z_]\w*)=", block, flags=re.M)
+
+
+def test_help_lists_every_option_and_stage():
+    res = run([str(TEMPLATE / "speechlm.sh"), "--help"], cwd=TEMPLATE)
+    assert res.returncode == 0, res.stderr
+    names = option_names(TEMPLATE / "speechlm.sh")
+    assert {"stage", "stop_stage", "ngpu", "num_nodes", "inference_nj", "train_data", "init_from"} <= set(names)
+    for name in names:
+        assert re.search(rf"^  --{name}\s", res.stdout, flags=re.M), f"--{name} missing from --help"
+    # the comment of the option is the help text, the default is shown
+    assert re.search(r"--stop_stage\s+last stage to run \[12\]", res.stdout)
+    for n in range(1, 13):
+        assert f"Stage {n}:" in res.stdout
+
+
+def test_unknown_option_is_an_error():
+    res = run([str(TEMPLATE / "speechlm.sh"), "--no_such_option", "1"], cwd=TEMPLATE)
+    assert res.returncode != 0
+    assert "unknown option --no_such_option" in res.stderr
+    res = run([str(TEMPLATE / "speechlm.sh"), "positional"], cwd=TEMPLATE)
+    assert res.returncode != 0 and "unexpected argument" in res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stage", "0"], "--stage 0 is out of range"),
+    (["--stop_stage", "13"], "--stop_stage 13 is out of range"),
+    (["--stage", "7", "--stop_stage", "3"], "--stage 7 is after --stop_stage 3"),
+    (["--stage", "two"], "--stage must be a non-negative integer"),
+    (["--ngpu", "-1"], "--ngpu must be a non-negative integer"),
+    (["--train_data", "asr:x:dump/train/asr"], "bad data spec 'asr:x:dump/train/asr'"),
+])
+def test_bad_options_fail_before_anything_runs(tmp_path, args, message):
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), *args], cwd=recipe)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert not log.exists(), "no stage may run when the options are bad"
+    assert not (recipe / "data").exists()
+
+
+def test_parse_options_booleans_and_equals_form(tmp_path):
+    script = write_exec(tmp_path / "s.sh", """#!/usr/bin/env bash
+set -euo pipefail
+# <options>
+flag=false     # a switch
+name=abc       # a name
+# </options>
+. %s/parse_options.sh
+echo "flag=${flag} name=${name} rest=$*"
+""" % UTILS)
+    res = run([str(script), "--flag", "true", "--name=x y", "pos"])
+    assert res.stdout.strip() == "flag=true name=x y rest=pos"
+    res = run([str(script), "--flag", "yes"])
+    assert res.returncode != 0 and "takes true or false" in res.stderr
+    res = run([str(script), "--name"])
+    assert res.returncode != 0 and "needs a value" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+def test_run_pl_runs_all_jobs_with_a_log_each(tmp_path):
+    res = run([str(UTILS / "run.pl"), "JOB=1:4", str(tmp_path / "log" / "job.JOB.log"),
+               "echo", "hello", "JOB", ">", str(tmp_path / "out.JOB")])
+    assert res.returncode == 0, res.stderr
+    for i in range(1, 5):
+        assert (tmp_path / f"out.{i}").read_text().strip() == f"hello {i}"
+        log = (tmp_path / "log" / f"job.{i}.log").read_text()
+        assert f"hello {i}" in log.splitlines()[0]  # the command is the log's first line
+        assert "# Ended (code 0)" in log
+
+
+def test_run_pl_fails_if_one_job_fails(tmp_path):
+    res = run([str(UTILS / "run.pl"), "--max_jobs_run", "2", "JOB=1:3", str(tmp_path / "j.JOB.log"),
+               "test", "JOB", "-ne", "2"])
+    assert res.returncode != 0
+    assert "1 of 3 jobs failed (jobs 2)" in res.stderr
+    assert "# Ended (code 1)" in (tmp_path / "j.2.log").read_text()
+    assert "# Ended (code 0)" in (tmp_path / "j.3.log").read_text()  # the others still ran
+    # a single job: its exit code and output go to the log
+    res = run([str(UTILS / "run.pl"), str(tmp_path / "one.log"), "exit", "3"])
+    assert res.returncode != 0 and "# Ended (code 3)" in (tmp_path / "one.log").read_text()
+    # a job log name without JOB would make the jobs overwrite each other's logs
+    res = run([str(UTILS / "run.pl"), "JOB=1:2", str(tmp_path / "same.log"), "true"])
+    assert res.returncode != 0 and "must contain JOB" in res.stderr
+
+
+def test_run_pl_limits_parallel_jobs(tmp_path):
+    # each job records how many jobs were running when it started; with a limit of 2 never more
+    script = write_exec(tmp_path / "job.sh", f"""#!/usr/bin/env bash
+touch {tmp_path}/running.$1; ls {tmp_path} | grep -c '^running' > {tmp_path}/seen.$1; sleep 0.3; rm {tmp_path}/running.$1
+""")
+    res = run([str(UTILS / "run.pl"), "--max_jobs_run", "2", "JOB=1:5", str(tmp_path / "l.JOB"), str(script), "JOB"])
+    assert res.returncode == 0, res.stderr
+    seen = [int((tmp_path / f"seen.{i}").read_text()) for i in range(1, 6)]
+    assert max(seen) <= 2
+
+
+def test_slurm_pl_passes_resources_to_srun(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "srun.calls"
+    # a stand-in srun: records its options, then runs the command after them
+    write_exec(bindir / "srun", f"""#!/usr/bin/env bash
+opts=(); while [[ $1 == --* ]]; do opts+=("$1"); shift; done
+echo "${{opts[*]}}" >> {calls}
+exec "$@"
+""")
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    res = run([str(UTILS / "slurm.pl"), "--gpu", "2", "--mem", "4G", "JOB=1:2",
+               str(tmp_path / "s.JOB.log"), "echo", "job", "JOB"], env=env)
+    assert res.returncode == 0, res.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 and all("--gres=gpu:2" in x and "--mem=4G" in x for x in lines)
+    assert "job 2" in (tmp_path / "s.2.log").read_text()
+    res = run([str(UTILS / "slurm.pl"), "JOB=1:2", str(tmp_path / "f.JOB.log"), "false"], env=env)
+    assert res.returncode != 0
+
+
+def test_split_scp(tmp_path):
+    src = tmp_path / "in.scp"
+    src.write_text("".join(f"u{i:02d} x\n" for i in range(10)))
+    outs = [tmp_path / f"o.{i}" for i in range(1, 4)]
+    run([str(UTILS / "split_scp.sh"), str(src), *map(str, outs)], check=True)
+    parts = [o.read_text() for o in outs]
+    assert "".join(parts) == src.read_text()
+    assert sorted(len(p.splitlines()) for p in parts) == [3, 3, 4]
+    res = run([str(UTILS / "split_scp.sh"), str(src), *[str(tmp_path / f"p{i}") for i in range(11)]])
+    assert res.returncode != 0 and "cannot split" in res.stderr
+
+
+def test_setup_makes_symlinks_not_copies(tmp_path):
+    recipe = make_recipe(tmp_path)
+    for name in ("speechlm.sh", "path.sh", "cmd.sh", "utils"):
+        link = recipe / name
+        assert link.is_symlink(), name
+        assert link.resolve() == (TEMPLATE / name).resolve()
+        assert not os.path.isabs(os.readlink(link)), "links are relative so the tree can move"
+    assert (recipe / "run.sh").is_file() and (recipe / "local" / "data.sh").is_file()
+    res = run(["./run.sh", "--help"], cwd=recipe)
+    assert res.returncode == 0 and "--stage" in res.stdout
+    # the shipped recipes link the template the same way
+    for corpus in ("mini_espeak", "librispeech", "ljspeech"):
+        assert (EGS / corpus / "speechlm1" / "speechlm.sh").resolve() == (TEMPLATE / "speechlm.sh").resolve()
+        assert (EGS / corpus / "speechlm1" / "utils").is_symlink()
+
+
+# ---------------------------------------------------------------------------------------------
+RECORDER = """#!/usr/bin/env bash
+# stand-in for `speechlm`: records the command line and makes the outputs later stages read
+echo "$*" >> {log}
+cmd=$1; shift
+get() {{ local want=$1; shift; while (( $# )); do [[ $1 == "$want" ]] && {{ echo "$2"; return; }}; shift; done; }}
+case $cmd in
+  score) r=$(get --results "$@"); echo "| set | metric |" >> "$r" ;;
+  pack) o=$(get --out-dir "$@"); mkdir -p "$o"; echo "# model card" > "$o/README.md"; echo w > "$o/model.safetensors" ;;
+esac
+"""
+
+
+def test_stage_script_command_lines(tmp_path):
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    (recipe / "conf" / "tasks").mkdir()
+    init = tmp_path / "packed_old"
+    init.mkdir()
+    (init / "token_list.json").write_text("{}")
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "6", "--stop_stage", "12",
+               "--train_data", "asr:a:dump/train/asr:1.0 tts:b:/x/dump/train/tts:0.5",
+               "--test_sets", "test1 test2", "--decode_tasks", "asr", "--tag", "t1",
+               "--task_dir", "conf/tasks", "--init_from", str(init), "--train_args", "--max-steps 3"],
+              cwd=recipe)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["vocab", "stats", "stats", "stats", "stats", "train",
+                                             "decode", "decode", "score", "score", "pack"]
+    assert calls[0] == f"vocab --tokenizers conf/tokenizers.yaml --tasks asr tts --out dump/token_list.json --extend {init}/token_list.json"
+    assert calls[1] == "stats --manifest-dir dump/train/asr" and calls[2] == "stats --manifest-dir /x/dump/train/tts"
+    train = calls[5]
+    assert "--data asr:a:dump/train/asr:1.0 tts:b:/x/dump/train/tts:0.5 --valid-data" in train
+    assert f"--init-from {init}" in train and train.endswith("--max-steps 3")
+    assert "--out-dir exp/t1" in train
+    assert "--manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2" in calls[7]
+    assert "--results exp/t1/RESULTS.md" in calls[8]
+    assert "--out-dir exp/t1/packed" in calls[10]
+    # stage 8 leaves a script that repeats the run from training on; stage 12 an upload folder
+    assert "--stage 8" in (recipe / "exp" / "t1" / "rerun.sh").read_text()
+    upload = recipe / "exp" / "t1" / "upload"
+    assert (upload / "model.safetensors").is_file() and (upload / "RESULTS.md").is_file()
+    card = (upload / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: speechlm") and "# model card" in card
+    assert "safetensors filter=lfs" in (upload / ".gitattributes").read_text()
+
+
+def test_stage_script_uses_torchrun_for_several_gpus(tmp_path):
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    write_exec(bindir / "torchrun", f"""#!/usr/bin/env bash
+echo "torchrun $*" >> {log}
+while [[ $1 != --no-python ]]; do shift; done; shift; exec "$@"
+""")
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "8", "--stop_stage", "8",
+               "--ngpu", "4", "--num_nodes", "2", "--node_rank", "1", "--master_addr", "node0"],
+              cwd=recipe, env=env)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank 1 --master_addr node0")
+    assert calls[1].startswith("train --data asr:toy:dump/train/asr:1.0 tts:toy:dump/train/tts:1.0 ")
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "8", "--stop_stage", "8",
+               "--num_nodes", "2", "--node_rank", "2"], cwd=recipe, env=env)
+    assert res.returncode != 0 and "--node_rank 2 must be below --num_nodes 2" in res.stderr
+
+
+def test_failed_training_shows_its_log(tmp_path):
+    recipe = make_recipe(tmp_path)
+    failing = write_exec(tmp_path / "fail.sh", "#!/usr/bin/env bash\necho 'boom: bad config key' >&2\nexit 3\n")
+    res = run(["./speechlm.sh", "--speechlm", str(failing), "--stage", "8", "--stop_stage", "9"], cwd=recipe)
+    assert res.returncode != 0
+    assert "boom: bad config key" in res.stderr and "exp/train_toy/logs/train.log" in res.stderr
+    assert not (recipe / "exp" / "train_toy" / "decode_test_asr").exists(), "stage 9 must not run after a failure"

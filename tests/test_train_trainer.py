@@ -1,0 +1,132 @@
+"""The trainer end to end on CPU: exact resume, NaN stop, run dir, CLI, init from a model dir."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechlm.config import load_config
+from speechlm.data.dataset import DataSpec
+from speechlm.data.synthetic import make_dump, synthetic_vocab
+from speechlm.models import ModelConfig, SpeechLM
+from speechlm.train.checkpoint import latest_checkpoint, list_checkpoints
+from speechlm.train.config import load_train_config
+from speechlm.train.trainer import Trainer, TrainingDiverged
+
+TINY = "conf/model/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_dump(root / "asr", "asr", 40, seed=0, frames=(10, 60))
+    make_dump(root / "tts", "tts", 30, seed=1, prefix="t", frames=(10, 60), n_speakers=3)
+    vocab = synthetic_vocab(["asr", "tts"])
+    vocab.save(root / "token_list.json")
+    return root
+
+
+def _specs(root):
+    return [DataSpec.parse(f"asr:a:{root / 'asr'}:2"), DataSpec.parse(f"tts:b:{root / 'tts'}:1")]
+
+
+def _trainer(root, out, stop=None, **over):
+    opts = {"max_steps": 6, "save_every": 2, "valid_every": 4, "batch_tokens": 600, "pool_size": 60,
+            "progress": False, "log_every": 2, "log_example_ids": True, **over}
+    cfg = load_train_config("conf/train/tiny.yaml", opts)
+    mc = load_config(ModelConfig, TINY)
+    mc.dropout = 0.1  # the resumed run must restore the RNG too
+    return Trainer(cfg, mc, synthetic_vocab(["asr", "tts"]), _specs(root), str(out),
+                   [DataSpec.parse(f"asr:a:{root / 'asr'}")], stop_after_steps=stop).setup()
+
+
+def _params(ckpt):
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _ids(out):
+    return [ln.split("\t") for ln in (out / "example_ids.rank0.txt").read_text().splitlines()]
+
+
+def test_resume_gives_same_parameters_and_data_order(dumps, tmp_path):
+    full = tmp_path / "full"
+    _trainer(dumps, full).train()
+    killed = tmp_path / "killed"
+    _trainer(dumps, killed, stop=3).train()  # saved step 2, step 3 done but lost
+    assert latest_checkpoint(killed / "checkpoints").name == "step_00000002"
+    resumed = _trainer(dumps, killed)
+    assert resumed.step == 2 and resumed.next_batch == 2
+    resumed.train()
+    a, b = _params(latest_checkpoint(full / "checkpoints")), _params(latest_checkpoint(killed / "checkpoints"))
+    assert latest_checkpoint(killed / "checkpoints").name == "step_00000006"
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert _ids(full) == _ids(killed)  # same examples, same steps, same global batches
+    assert len(_ids(full)) == 6
+
+
+def test_run_dir_layout_and_keep_n(dumps, tmp_path):
+    out = tmp_path / "run"
+    _trainer(dumps, out, keep_last=1, keep_best=1, average_best=2).train()
+    for f in ("config.yaml", "cmd.sh", "env.json", "train_log.jsonl", "curves.png", "tasks/asr.yaml"):
+        assert (out / f).is_file(), f
+    assert list((out / "tensorboard").iterdir())
+    env = json.loads((out / "env.json").read_text())
+    assert env["speechlm"] and "torch" in env
+    ckpts = [p.name for p in list_checkpoints(out / "checkpoints")]
+    assert "step_00000006" in ckpts and len(ckpts) <= 2
+    last = latest_checkpoint(out / "checkpoints")
+    for f in ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng/rank_0.pt", "COMPLETE", "config.yaml"):
+        assert (last / f).is_file(), f
+    assert (out / "checkpoints" / "average" / "model.safetensors").is_file()
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["sampler"]["next"] == 6 and state["valid"]["loss"] > 0
+    assert "loss@asr" in state["valid"]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "valid"}
+    SpeechLM.from_pretrained(last)  # a checkpoint is a model dir
+
+
+def test_nan_stops_naming_examples(dumps, tmp_path):
+    out = tmp_path / "nan"
+    tr = _trainer(dumps, out, max_steps=4, save_every=2, valid_every=0)
+    tr.stop_after_steps = 2
+    tr.train()
+    tr = _trainer(dumps, out, max_steps=4, save_every=2, valid_every=0)
+    with torch.no_grad():
+        tr.model.embed.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"asr:a/utt|tts:b/t") as err:
+        tr.train()
+    assert "step 3" in str(err.value)
+    assert latest_checkpoint(out / "checkpoints").name == "step_00000002"  # the last good one
+    assert all(torch.isfinite(v).all() for v in _params(latest_checkpoint(out / "checkpoints")).values())
+
+
+def test_cli_and_init_from(dumps, tmp_path):
+    from speechlm.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--valid-data", f"asr:a:{dumps / 'asr'}",
+            "--vocab", str(dumps / "token_list.json"), "--model-config", TINY, "--train-config",
+            "conf/train/tiny.yaml", "--out-dir", str(out), "--max-steps", "2", "--valid-every", "2",
+            "--save-every", "2"]
+    assert main(args) == 0
+    cfg = (out / "config.yaml").read_text()
+    assert "max_steps: 2" in cfg and "asr:a:" in cfg
+    first = latest_checkpoint(out / "checkpoints")
+    # fine-tune from it with a grown vocabulary: old rows are copied, new rows are fresh
+    bigger = synthetic_vocab(["asr", "tts", "st"])
+    bigger.save(tmp_path / "big.json")
+    out2 = tmp_path / "ft"
+    assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(tmp_path / "big.json"),
+                 "--train-config", "conf/train/tiny.yaml", "--out-dir", str(out2), "--init-from", str(first),
+                 "--max-steps", "1", "--lr", "0"]) == 0
+    old, new = _params(first)["embed.emb.weight" if "embed.emb.weight" in _params(first) else "embed.weight"], None
+    new_sd = _params(latest_checkpoint(out2 / "checkpoints"))
+    new = new_sd["embed.emb.weight" if "embed.emb.weight" in new_sd else "embed.weight"]
+    assert new.shape[0] == len(bigger) > old.shape[0]
+    torch.testing.assert_close(new[: old.shape[0]], old)
+    assert main(["train", "--data", "asr:a:/nonexistent", "--vocab", str(dumps / "token_list.json"),
+                 "--model-config", TINY, "--out-dir", str(tmp_path / "x")]) == 1
