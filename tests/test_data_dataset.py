@@ -116,3 +116,10 @@ def test_picklable_for_workers(dumps, vocab):
     data.example(0, 1)  # opens archive handles
     copy = pickle.loads(pickle.dumps(data))
     np.testing.assert_array_equal(copy.example(0, 1).tokens, data.example(0, 1).tokens)
+
+
+def test_speaker_without_other_utterance_skipped(tmp_path, vocab):
+    d = make_dump(tmp_path / "tts", "tts", 5, n_speakers=4, prefix="t")  # spk0: t0, t4; others alone
+    entry = MultiTaskData([DataSpec.parse(f"tts:b:{d}")], vocab, 4).entries[0]
+    assert entry.n_no_prompt == 3 and sorted(entry.utt_id(i) for i in range(len(entry))) == ["t0000000", "t0000004"]
+    assert entry.example(0).id.endswith("t0000000")

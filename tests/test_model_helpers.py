@@ -1,6 +1,8 @@
 """Shared builders for the model and generation tests (tiny vocabularies, toy tasks, training)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -74,3 +76,9 @@ def trained_model(strategy: str, n_streams: int = 2, steps: int = 200, n_utts: i
     batch = collate(toy_examples(vocab, n_utts, n_streams))
     losses = train(model, batch, steps)
     return model, vocab, losses
+
+
+@functools.lru_cache(maxsize=None)
+def cached_trained_model(strategy: str, n_streams: int = 2, steps: int = 150):
+    """:func:`trained_model`, trained once per test session (callers must not modify it)."""
+    return trained_model(strategy, n_streams=n_streams, steps=steps)

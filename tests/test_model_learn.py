@@ -10,7 +10,7 @@ import yaml
 from speechlm.config import ConfigError, load_config
 from speechlm.data.batch import collate
 from speechlm.models import PATTERNS, ModelConfig, SpeechLM
-from test_model_helpers import tiny_config, toy_examples, toy_vocab, train, trained_model
+from test_model_helpers import cached_trained_model, tiny_config, toy_examples, toy_vocab, train
 
 STRATEGIES = ["flat", "parallel", "delay", "multiscale", "ar_nar"]
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -18,7 +18,7 @@ PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_learns_a_two_stream_task(strategy):
-    model, _, losses = trained_model(strategy, n_streams=2, steps=150)
+    model, _, losses = cached_trained_model(strategy)
     assert losses[0] > 2.0, "a fresh model should not know the task"
     assert losses[-1] < 0.05, f"{strategy}: loss {losses[-1]:.4f} after 150 steps"
 

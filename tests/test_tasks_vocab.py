@@ -124,3 +124,15 @@ def test_sequence_layout_and_loss_mask():
     assert len(prompt) == 6 and prompt.tokens[-1, 0] == v.marker_id("text_bpe")
     with pytest.raises(ValueError, match="out of range"):
         build_example("u", load_template("asr"), {"speech": speech + 8, "text": text}, v, n_streams=2)
+
+
+def test_prepare_reads_extra_source_files(tmp_path, data_dir):
+    from speechlm.data.kaldi import read_file
+    from speechlm.data.manifest import prepare_manifest
+
+    text = read_file(data_dir / "text")
+    (data_dir / "text.2").write_text("".join(f"{u} {{\"intent\": \"{v.split()[0].lower()}\"}}\n" for u, v in sorted(text.items())))
+    summary = prepare_manifest(load_template("spoken_command"), data_dir, tmp_path / "sc")
+    assert summary["kept"] == 6
+    _, rows = read_manifest(tmp_path / "sc")
+    assert json.loads(next(rows)["segments"]["command"])["intent"]

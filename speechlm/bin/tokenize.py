@@ -289,7 +289,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         raise ValueError(f"{args.manifest_dir}: the manifest is empty")
-    set_threads(args.threads, jobs=1 if args.shard is not None else args.nj)
+    set_threads(args.threads, jobs=args.nj)  # shards of one --nj usually share a machine
     if args.shard is not None:
         run_shard(tok_dir, rows, todo, args.shard, args.nj, args, progress_position=None)
         return 0

@@ -196,21 +196,28 @@ class TaskData:
         if self.n_untokenized:
             log.warning("%s: %d of %d examples lack tokens or lengths in %s; they are skipped",
                         spec.key, self.n_untokenized, len(ids_arr), tok_dir)
+        self.ids, self.spk, self.lengths = ids_arr, spk_arr, length
+        self._prompt = None
+        self.n_no_prompt = 0
+        if any(s.modality == "spk_prompt" for s in t.segments):
+            from speechlm.data.prompt_index import SpeakerPrompts
+
+            self._prompt = SpeakerPrompts(self)
+            lonely = keep & ~self._prompt.usable()
+            self.n_no_prompt = int(lonely.sum())
+            if self.n_no_prompt:
+                log.warning("%s: skipping %d examples whose speaker has no other utterance for a prompt",
+                            spec.key, self.n_no_prompt)
+            keep &= ~lonely
         self.n_too_long = 0
         if max_len is not None:
             too_long = keep & (length > max_len)
             self.n_too_long = int(too_long.sum())
             if self.n_too_long:
-                log.warning("%s: skipping %d examples longer than the model context (%d tokens); "
+                log.warning("%s: skipping %d examples longer than the model context (%d positions); "
                             "longest is %d (never truncated)", spec.key, self.n_too_long, max_len, int(length.max()))
             keep &= ~too_long
-        self.rows = np.flatnonzero(keep)  # example number -> row of the arrays below
-        self.ids, self.spk, self.lengths = ids_arr, spk_arr, length
-        self._prompt = None
-        if any(s.modality == "spk_prompt" for s in t.segments):
-            from speechlm.data.prompt_index import SpeakerPrompts
-
-            self._prompt = SpeakerPrompts(self)
+        self.rows = np.flatnonzero(keep)  # example number -> row of the arrays above
         log.info("%s: %d examples indexed from %s (%s)", spec.key, len(self), root,
                  ", ".join(s.name for s in t.segments))
 

@@ -110,11 +110,13 @@ class DataDir:
     files: dict[str, dict[str, str]]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DataDir":
+    def load(cls, path: str | os.PathLike, extra: tuple[str, ...] = ()) -> "DataDir":
+        """Load the known files plus ``extra`` ones (e.g. ``text.2``) that exist in ``path``."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"data dir not found: {path}")
-        return cls(path, {n: read_file(path / n) for n in KNOWN_FILES if (path / n).is_file()})
+        names = dict.fromkeys([*KNOWN_FILES, *extra])
+        return cls(path, {n: read_file(path / n) for n in names if (path / n).is_file()})
 
     @property
     def utt_ids(self) -> list[str]:

@@ -50,8 +50,8 @@ def prepare_manifest(template: TaskTemplate, data_dir: str | os.PathLike, out_di
     if is_done(manifest) and not force:
         log.info("manifest %s is complete, skipping (use --force to redo)", manifest)
         return json.loads((out_dir / (MANIFEST + ".done")).read_text())
-    data = DataDir.load(data_dir)
     needed = {s.source for s in template.segments}
+    data = DataDir.load(data_dir, extra=tuple(sorted(needed)))
     missing = sorted(f for f in needed if f not in data.files)
     if missing:
         raise FileNotFoundError(

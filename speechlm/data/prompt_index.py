@@ -1,13 +1,11 @@
-"""Speaker prompts for ``spk_prompt`` segments, chosen lazily from the dataset's own archives.
+"""Speaker prompts for ``spk_prompt`` segments of a dataset entry, over its token archives.
 
-A speaker prompt is audio of *another* utterance of the same speaker (from ``utt2spk``, kept in
-the manifest as ``spk``), cut to the segment's ``max_frames``. The tokens come from the template's
-audio segment that uses the same tokenizer (for TTS: the target ``speech``). The choice of the
-other utterance and of the crop depends only on the run seed, the entry and the utterance id, so
-it is the same on every rank, in every worker and after a resume.
-
-When ``speechlm.data.speaker_prompt`` (the tokenizer part) provides ``choose_prompt``, that choice
-is used; otherwise the rule above.
+The choice itself is :class:`speechlm.data.speaker_prompt.SpeakerPrompt` (another utterance of
+the same speaker, a window of ``max_frames``, a pure function of seed and utterance). This module
+connects it to a :class:`~speechlm.data.dataset.TaskData`: the prompt's tokens come from the
+template's audio segment with the same tokenizer (for TTS: the target ``speech``), and examples
+whose speaker has no other tokenized utterance are dropped when indexing (counted), since a
+prompt must never be the target itself.
 """
 from __future__ import annotations
 
@@ -15,27 +13,17 @@ import logging
 
 import numpy as np
 
+from speechlm.data.speaker_prompt import SpeakerPrompt
 from speechlm.tasks import Segment
 
 log = logging.getLogger(__name__)
 
 
-def _external_chooser():
-    try:
-        from speechlm.data import speaker_prompt
-    except ImportError:
-        return None
-    return getattr(speaker_prompt, "choose_prompt", None)
-
-
 class SpeakerPrompts:
-    """Index speaker -> rows of a :class:`~speechlm.data.dataset.TaskData`, without dicts."""
+    """Prompt tokens for the rows of one dataset entry (built lazily, per process)."""
 
     def __init__(self, data) -> None:
         self.data = data
-        order = np.argsort(data.spk, kind="stable")
-        self.by_spk = order  # rows grouped by speaker
-        self.start = np.searchsorted(data.spk[order], np.arange(len(data.speakers) + 1))
         audio = [s for s in data.template.segments if s.modality == "audio"]
         self.source: dict[str, str] = {}
         for seg in data.template.segments:
@@ -46,35 +34,44 @@ class SpeakerPrompts:
                 raise ValueError(f"task {data.template.name!r}: speaker prompt {seg.name!r} uses tokenizer "
                                  f"{seg.tokenizer!r} but no audio segment of the task does; cannot take prompts")
             self.source[seg.name] = same[0]
-        self._choose = _external_chooser()
+        self._order = np.argsort(data.ids, kind="stable")
+        self._impl: dict[str, SpeakerPrompt] = {}
 
-    def candidates(self, row: int) -> np.ndarray:
-        """Rows of the same speaker as ``row``, except ``row`` itself when it is not alone."""
-        k = int(self.data.spk[row])
-        rows = self.by_spk[self.start[k]:self.start[k + 1]]
-        others = rows[rows != row]
-        return others if len(others) else rows
+    def usable(self) -> np.ndarray:
+        """Rows whose speaker has another utterance with tokens for every prompt segment."""
+        ok = np.ones(len(self.data.ids), dtype=bool)
+        for src in set(self.source.values()):
+            present = self.data.archives[src].present
+            per_spk = np.bincount(self.data.spk[present], minlength=len(self.data.speakers))
+            ok &= (per_spk[self.data.spk] - present.astype(np.int64)) >= 1
+        return ok
+
+    def _row(self, utt: str) -> int:
+        ids = self.data.ids
+        k = int(np.searchsorted(ids[self._order], utt.encode()))
+        return int(self._order[k])
+
+    def _chooser(self, seg: Segment) -> SpeakerPrompt:
+        if seg.name not in self._impl:
+            src = self.source[seg.name]
+            present = np.flatnonzero(self.data.archives[src].present)
+            utt2spk = {self.data.ids[r].decode(): self.data.speakers[self.data.spk[r]] for r in present}
+            self._impl[seg.name] = SpeakerPrompt(
+                utt2spk, lambda utt, src=src: self.data.tokens(self._row(utt), src),
+                max_frames=int(seg.max_frames or 10 ** 9), seed=self.data.seed)
+        return self._impl[seg.name]
 
     def prompt(self, row: int, seg: Segment) -> np.ndarray:
         """Local tokens ``[<=max_frames, streams]`` of the prompt for ``row``."""
-        rng = np.random.default_rng(self.data.seed_for(row))
-        cands = self.candidates(row)
-        cands = cands[self.data.archives[self.source[seg.name]].present[cands]]
-        if not len(cands):
-            raise ValueError(f"{self.data.spec.key}: no tokenized utterance of speaker "
-                             f"{self.data.speakers[self.data.spk[row]]!r} for the prompt of {self.data.ids[row].decode()!r}")
-        if self._choose is not None:
-            ids = [self.data.ids[r].decode() for r in cands]
-            pick = self._choose(self.data.ids[row].decode(), ids, rng)
-            other = int(cands[ids.index(pick)]) if isinstance(pick, str) else int(cands[int(pick)])
-        else:
-            other = int(cands[rng.integers(len(cands))])
-        tokens = self.data.tokens(other, self.source[seg.name])
-        n = int(seg.max_frames or len(tokens))
-        if len(tokens) > n:
-            start = int(rng.integers(len(tokens) - n + 1))
-            tokens = tokens[start:start + n]
+        utt = self.data.ids[row].decode()
+        tokens = self._chooser(seg)(utt)
+        if tokens is None:  # filtered out by usable(); only reachable if archives changed
+            raise ValueError(f"{self.data.spec.key}: no other tokenized utterance of speaker "
+                             f"{self.data.speakers[self.data.spk[row]]!r} to prompt {utt!r}")
         return tokens
+
+    def __getstate__(self) -> dict:  # workers rebuild the chooser lazily
+        return {**self.__dict__, "_impl": {}}
 
 
 __all__ = ["SpeakerPrompts"]

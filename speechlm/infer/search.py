@@ -168,7 +168,7 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
             top = flat.topk(min(2 * W, flat.shape[1]), -1)
             new_rows, new_tok, new_att, new_psi, keep_prompts, parents_k = [], [], [], [], [], []
             for i, p in enumerate(live):
-                alive = 0
+                alive, best_alive = 0, NEG
                 for s, j in zip(top.values[i].tolist(), top.indices[i].tolist()):
                     if s <= NEG / 2:
                         break
@@ -182,6 +182,7 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
                         L = hist.shape[1] + 1
                         finished[p].append((s / (L ** config.length_penalty), hist[parent].tolist()))
                         continue
+                    best_alive = max(best_alive, s)
                     new_rows.append(parent)
                     new_tok.append(tok)
                     new_att.append(float(cand_att[parent, tok]))
@@ -191,7 +192,9 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
                     alive += 1
                     if alive == W:
                         break
-                if len(finished[p]) < W and alive == W:
+                # done when W hypotheses ended and no live one can still beat the worst of them
+                worst = sorted(f[0] for f in finished[p])[-W] if len(finished[p]) >= W else NEG
+                if alive == W and best_alive / ((hist.shape[1] + 1) ** config.length_penalty) > worst:
                     keep_prompts.append(i)
             if not keep_prompts:
                 break

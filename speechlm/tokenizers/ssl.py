@@ -58,6 +58,12 @@ class SSLUnitTokenizer(AudioTokenizer):
     def frame_rate(self) -> float:
         return self.features.frame_rate
 
+    def prepare(self, wav: np.ndarray, sample_rate: int | None) -> np.ndarray:
+        from speechlm.data.audio import to_mono
+        from speechlm.tokenizers.codec2 import fast_resample
+
+        return fast_resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate or self.sample_rate, self.sample_rate)
+
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         feats = self.features(self.prepare(wav, sample_rate))
         return self.km.assign(feats).reshape(-1, 1)

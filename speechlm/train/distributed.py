@@ -161,6 +161,17 @@ class Strategy:
         return float(norm)
 
 
+def _touch_root_params(module: nn.Module, inputs, out):
+    """Give every root parameter a (zero) gradient: FSDP2 reduce-scatters only the gradients that
+    exist, so a head unused by one rank's batch (e.g. no audio target) would desynchronize ranks."""
+    from torch.distributed.tensor import DTensor
+
+    touch = sum(p.sum() for p in module.parameters() if p.requires_grad and not isinstance(p, DTensor))
+    if hasattr(out, "loss") and torch.is_tensor(touch):
+        out.loss = out.loss + 0.0 * touch.to(out.loss.dtype)
+    return out
+
+
 class FSDPStrategy(Strategy):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): each repeated block, then the root."""
 
@@ -172,6 +183,8 @@ class FSDPStrategy(Strategy):
         model.to(self.env.device)
         if not self.env.distributed:
             return model
+        # before fully_shard, so it runs while the root's parameters are still gathered
+        model.register_forward_hook(_touch_root_params)
         for sub in model.modules():
             if isinstance(sub, nn.ModuleList):
                 for block in sub:

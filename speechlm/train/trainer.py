@@ -77,6 +77,10 @@ class Trainer:
             build.load_init_weights(self.model, self.init_from)
         if cfg.activation_checkpointing:
             build.enable_activation_checkpointing(self.model)
+        if cfg.pack and not getattr(self.model, "supports_packing", False):
+            raise ValueError("train config pack: true needs a model that restarts attention at the example "
+                             "boundaries of batch.meta['doc_ids']; this model does not, so packed examples "
+                             "would attend to each other. Use pack: false (bucketing keeps padding low)")
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
         rows = build.segment_rows_fn(self.model)
         ctx = build.model_context(self.model)
@@ -167,9 +171,10 @@ class Trainer:
                 best = best_checkpoints(self.ckpt_dir, cfg.average_best)
                 if best:
                     average_checkpoints(best, self.ckpt_dir / "average")
-            barrier()
-            log.info("training done: %d steps, %d tokens; mix observed: %s", self.step, self.tokens,
-                     self.mix.report())
+            mix = self._global_mix()
+            if env.is_main:
+                log.info("training done: %d steps, %d tokens; mix observed (examples): %s", self.step,
+                         self.tokens, mix.report())
         finally:
             self.monitor.close()
         return self.last_valid
@@ -241,14 +246,21 @@ class Trainer:
     def _log_interval(self, interval: StepStats, loss: float) -> None:
         names = sorted({k for keys in _gather_objects(sorted(interval.sums)) for k in keys})
         metrics = {k: v for k, v in interval.reduce(names).items() if not k.endswith("/count")}
-        counts = all_reduce_sum(torch.tensor([float(self.mix.examples[d]) for d in range(len(self.train_specs))]))
-        mix = MixMeter(self.mix.names, [s.weight for s in self.train_specs])
-        mix.merge([int(c) for c in counts.tolist()])
+        mix = self._global_mix()
+        total = sum(mix.examples.values()) or 1
+        metrics.update({f"mix@{name}": mix.examples[d] / total for d, name in enumerate(mix.names)})
         metrics.update(step_loss=loss, lr=self.lr(), grad_norm=self.grad_norm)
         self.monitor.step(self.step, self.tokens, metrics)
         if self.env.is_main and self.step % (self.cfg.log_every * 10) == 0:
             log.info("step %d: loss %.4f; mix observed (examples): %s", self.step, metrics.get("loss", loss),
                      mix.report())
+
+    def _global_mix(self) -> MixMeter:
+        """Examples per entry consumed so far, summed over ranks (collective)."""
+        counts = all_reduce_sum(torch.tensor([float(self.mix.examples[d]) for d in range(len(self.train_specs))]))
+        mix = MixMeter(self.mix.names, [s.weight for s in self.train_specs])
+        mix.merge([int(c) for c in counts.tolist()])
+        return mix
 
     # ---- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -270,13 +282,13 @@ class Trainer:
         return self.last_valid
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, mix_examples: list[int]) -> dict:
         return {
             "step": self.step, "tokens": self.tokens, "next_batch": self.next_batch,
             "sampler": self.sampler.state_dict(self.next_batch),
             "schedule": {"lr": self.cfg.lr, "progress": self.progress(), "schedule": self.cfg.schedule},
             "valid": self.last_valid if self.last_valid else {},
-            "mix_examples": [int(self.mix.examples[d]) for d in range(len(self.train_specs))],
+            "mix_examples": mix_examples,
             "world_size": self.W, "grad_accum": self.A,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
@@ -285,8 +297,9 @@ class Trainer:
         """Write ``checkpoints/step_N`` (collective), then prune to keep_last + keep_best."""
         model_state = self.strategy.model_state_dict(self.module)
         optim_state = self.strategy.optimizer_state_dict(self.module, self.optimizer)
+        mix = [self._global_mix().examples[d] for d in range(len(self.train_specs))]
         path = save_checkpoint(self.ckpt_dir, self.step, self.env,
-                               lambda d: write_model_dir(self.model, model_state, d), optim_state, self.state())
+                               lambda d: write_model_dir(self.model, model_state, d), optim_state, self.state(mix))
         if self.env.is_main:
             prune_checkpoints(self.ckpt_dir, self.cfg.keep_last, self.cfg.keep_best)
         barrier()
