@@ -9,17 +9,20 @@ the first batches of the training stream, and the row fill of sequence packing.
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+
+# bench/ holds scripts named like stdlib modules (tokenize.py): keep it off the import path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-# bench/ holds scripts named like stdlib modules (tokenize.py): keep it off the import path
-_here = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-sys.path.insert(0, str(_here.parent))
 
 from speechlm.data.dataset import DataSpec, MultiTaskData  # noqa: E402
 from speechlm.data.packing import first_fit_decreasing  # noqa: E402
@@ -83,12 +86,12 @@ def main() -> None:
     for budget in (2000, 4000, 8000, 16000):
         budget = max(budget, int(all_lens.max()))
         s = BucketSampler(lengths, [sp.weight for sp in specs], budget, pool_size=args.pool_size, seed=0)
-        batches = [[int(lengths[d][i]) for d, i in s.batch(g)] for g in range(args.batches)]
+        batches = [[int(lengths[d][i % len(lengths[d])]) for d, i in s.batch(g)] for g in range(args.batches)]
         rnd = random_batches(all_lens, budget, args.batches)
         sp = BucketSampler(lengths, [sp.weight for sp in specs], budget, pool_size=args.pool_size, seed=0, pack=True)
         fills = []
         for g in range(min(args.batches, 100)):
-            lens = [int(lengths[d][i]) for d, i in sp.batch(g)]
+            lens = [int(lengths[d][i % len(lengths[d])]) for d, i in sp.batch(g)]
             rows = first_fit_decreasing(lens, int(all_lens.max()))
             fills.append(sum(lens) / (len(rows) * max(sum(lens[j] for j in r) for r in rows)))
         print(f"{budget:>12} {len(batches):>8} {np.mean([len(b) for b in batches]):>8.1f} "

@@ -8,16 +8,21 @@ and prints that process's RSS before and after, and the peak.
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/ holds scripts named like stdlib modules (tokenize.py): keep it off the import path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]  # bench/tokenize.py shadows stdlib
 
 CHILD = r"""
 import json, resource, sys, time

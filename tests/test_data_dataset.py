@@ -123,3 +123,56 @@ def test_speaker_without_other_utterance_skipped(tmp_path, vocab):
     entry = MultiTaskData([DataSpec.parse(f"tts:b:{d}")], vocab, 4).entries[0]
     assert entry.n_no_prompt == 3 and sorted(entry.utt_id(i) for i in range(len(entry))) == ["t0000000", "t0000004"]
     assert entry.example(0).id.endswith("t0000000")
+
+
+def test_loader_workers_give_the_same_batches(dumps, vocab):
+    from speechlm.data.loader import train_batches
+    from speechlm.data.sampler import BucketSampler
+
+    data = MultiTaskData([DataSpec.parse(f"asr:a:{dumps / 'asr'}:1"), DataSpec.parse(f"tts:b:{dumps / 'tts'}:1")],
+                         vocab, 4)
+    sampler = BucketSampler(data.lengths(), [1, 1], 800, pool_size=30)
+    out = []
+    for workers in (0, 2):
+        it = train_batches(data, sampler, 3, rank=1, world_size=2, num_workers=workers)
+        out.append([next(it) for _ in range(4)])
+    for a, b in zip(*out):
+        assert a.meta["index"] == b.meta["index"] and a.ids == b.ids
+        assert (a.tokens == b.tokens).all()
+    assert [b.meta["index"] for b in out[0]] == [4, 6, 8, 10]
+
+
+def test_epochs_vary_prompts_and_condition_dropout(tmp_path, vocab):
+    d = make_dump(tmp_path / "tts", "tts", 20, n_speakers=2, prefix="t")
+    tpl = (d / "template.yaml").read_text() + "condition_dropout: 0.5\n"
+    (d / "template.yaml").write_text(tpl)
+    data = MultiTaskData([DataSpec.parse(f"tts:b:{d}")], vocab, 4, seed=1)
+    n = len(data.entries[0])
+    dropped, prompts_differ = 0, 0
+    for i in range(n):
+        a, b = data.example(0, i), data.example(0, i + n)  # the same example in epochs 0 and 1
+        np.testing.assert_array_equal(a.tokens, data.example(0, i).tokens)  # deterministic
+        phone_marker = vocab.marker_id("phone")
+        for ex in (a, b):
+            start = int(np.flatnonzero(ex.tokens[:, 0] == phone_marker)[0])
+            if ex.tokens[start + 1, 0] == vocab.marker_id("codec"):  # no phone tokens: dropped
+                dropped += 1
+                assert ex.tokens[1, 0] == vocab.marker_id("codec") and ex.tokens[2, 0] == phone_marker
+        prompts_differ += a.tokens.shape != b.tokens.shape or not np.array_equal(a.tokens, b.tokens)
+    assert 0.25 < dropped / (2 * n) < 0.75
+    assert prompts_differ > n // 2
+
+
+def test_valid_batches_cover_once_over_uneven_ranks(dumps, vocab):
+    from speechlm.data.loader import valid_batches
+
+    data = MultiTaskData([DataSpec.parse(f"asr:a:{dumps / 'asr'}"), DataSpec.parse(f"tts:b:{dumps / 'tts'}")],
+                         vocab, 4)
+    counted, per_rank = [], []
+    for rank in range(3):
+        got = list(valid_batches(data, 900, rank, 3))
+        per_rank.append(len(got))
+        counted += [i for b, c in got if c for i in b.ids]
+        assert all(len(set(b.tasks)) == 1 for b, _ in got)  # one task per batch: per-task metrics
+    assert len(set(per_rank)) == 1  # every rank runs the same number of forwards
+    assert sorted(counted) == sorted(f"{e.spec.key}/{e.utt_id(i)}" for e in data.entries for i in range(len(e)))

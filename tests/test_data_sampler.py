@@ -41,7 +41,7 @@ def test_budget_respected_in_stream():
     s = BucketSampler(lens, [1, 2, 3], 1500, max_batch_size=20, pool_size=400, seed=0)
     for g in range(60):
         batch = s.batch(g)
-        n = [lens[d][i] for d, i in batch]
+        n = [lens[d][i % len(lens[d])] for d, i in batch]
         assert len(batch) <= 20 and (len(batch) == 1 or max(n) * len(batch) <= 1500)
 
 
@@ -68,11 +68,11 @@ def test_each_example_once_per_epoch():
     seen = []
     g = 0
     while len(seen) < 256 * 3:
-        seen += [i for _, i in s.batch(g)]
+        seen += [i for _, i in s.batch(g)]  # draws: index + epoch * 256
         g += 1
     epochs = [seen[256 * e: 256 * (e + 1)] for e in range(3)]
-    assert all(sorted(e) == list(range(256)) for e in epochs)
-    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    assert all(sorted(x) == list(range(256 * e, 256 * (e + 1))) for e, x in enumerate(epochs))
+    assert [i % 256 for i in epochs[0]] != [i % 256 for i in epochs[1]]  # reshuffled each epoch
 
 
 def test_resume_continues_exactly():

@@ -110,3 +110,42 @@ def test_ctc_greedy_and_joint_ctc_attention():
     assert [h[0].score for h in joint] != [h[0].score for h in plain], "the CTC term must change the scores"
     with pytest.raises(ValueError, match="no CTC head"):
         generate(SpeechLM(tiny_config("delay"), vocab), prompts, DecodeConfig(search="ctc_greedy"))
+
+
+def test_kv_cache_and_recomputation_agree(trained):
+    strategy, model, vocab = trained
+    prompts = collate(toy_examples(vocab, 3, with_targets=False))
+    cached = generate(model, prompts, DecodeConfig(max_len=20))
+    recomputed = generate(model, prompts, DecodeConfig(max_len=20, kv_cache=False))
+    assert all(np.array_equal(a, b) for a, b in zip(cached, recomputed)), strategy
+
+
+@pytest.mark.parametrize("strategy", ["delay", "ar_nar", "flat"])
+def test_multi_segment_targets_switch_masks_at_markers(tmp_path, strategy):
+    """A task with two targets (text, then audio): the model emits the audio marker after the text
+    and the decoder switches vocabulary masks there."""
+    (tmp_path / "t2.yaml").write_text(
+        "name: t2\nconditions: [{name: ph, modality: text, tokenizer: phone, source: text}]\n"
+        "targets:\n  - {name: txt, modality: text, tokenizer: text_bpe, source: text.2}\n"
+        "  - {name: sp, modality: audio, tokenizer: codec, source: wav.scp}\n")
+    tpl = load_template(str(tmp_path / "t2.yaml"))
+    vocab = toy_vocab(2)
+    vocab.add_task("t2")
+
+    def examples(with_targets: bool):
+        out = []
+        for i in range(4):
+            ph = np.random.default_rng(i).integers(0, 6, (2 + i % 3, 1))
+            segs = {"ph": ph, "txt": ph + 1, "sp": np.concatenate([ph, (ph * 3 + 1) % 8], 1)}
+            out.append(build_example(f"m{i}", tpl, segs, vocab, 2, with_targets))
+        return out
+
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config(strategy), vocab)
+    assert train(model, collate(examples(True)), 200)[-1] < 0.05
+    hyps = generate_nbest(model, collate(examples(False)), DecodeConfig(max_len=20), templates={"t2": tpl})
+    for h, ex in zip(hyps, examples(True)):
+        txt, sp = h[0].segments
+        assert (txt.tokenizer, sp.tokenizer) == ("text_bpe", "codec")
+        assert txt.end == vocab.marker_id("codec") and sp.end == vocab.eos_id
+        assert np.array_equal(h[0].frames(2), targets_of(ex))

@@ -10,6 +10,7 @@ import yaml
 from speechlm.config import ConfigError, load_config
 from speechlm.data.batch import collate
 from speechlm.models import PATTERNS, ModelConfig, SpeechLM
+from speechlm.vocab import Vocabulary
 from test_model_helpers import cached_trained_model, tiny_config, toy_examples, toy_vocab, train
 
 STRATEGIES = ["flat", "parallel", "delay", "multiscale", "ar_nar"]
@@ -146,3 +147,84 @@ def test_size_presets_load(preset):
         per_layer = 2 * cfg.dim * cfg.dim + 2 * cfg.dim * (cfg.dim // cfg.n_heads) * kv + 3 * cfg.dim * ffn
         expected = {"30m": 30e6, "360m": 360e6, "1.7b": 1.7e9}[preset]
         assert 0.5 * expected < per_layer * cfg.n_layers < 1.2 * expected
+
+
+def test_embedding_sums_streams_and_pad_beyond_stream_0_adds_nothing():
+    vocab = toy_vocab(3)
+    model = SpeechLM(tiny_config("parallel"), vocab)
+    a, b = vocab.offset("codec", 0), vocab.offset("codec", 1)
+    emb = model.embed.weight
+    x = model.embed(torch.tensor([[a, b, 0], [a, 0, 0]]))
+    assert torch.allclose(x[0], emb[a] + emb[b]) and torch.allclose(x[1], emb[a])
+    assert model.head.weight is model.embed.weight, "tie_embeddings shares the table"
+    untied = SpeechLM(tiny_config("parallel", tie_embeddings=False), vocab)
+    assert untied.head.weight is not untied.embed.weight
+
+
+def test_weighted_losses_accumulate_exactly():
+    """Two half batches, each scaled by the total weight, give the gradient of the whole batch."""
+    vocab = toy_vocab(2)
+    exs = toy_examples(vocab, 2)
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay"), vocab)
+    model(collate(exs)).loss.backward()
+    full = model.embed.weight.grad.clone()
+    model.zero_grad()
+    parts = [collate(exs[:2]), collate(exs[2:])]
+    total = sum(float(model(p).weight_sum) for p in parts)
+    for p in parts:
+        out = model(p)
+        (out.loss * out.weight_sum / total).backward()
+    assert torch.allclose(model.embed.weight.grad, full, atol=1e-6)
+
+
+def test_loading_with_an_extended_vocabulary_keeps_old_rows(tmp_path):
+    model, vocab, _ = cached_trained_model("delay")
+    model.save_pretrained(tmp_path / "m")
+    bigger = Vocabulary.load(tmp_path / "m" / "token_list.json")
+    bigger.add_tokenizer("ssl", [32])
+    bigger.add_task("asr2")
+    grown = SpeechLM.from_pretrained(tmp_path / "m", vocab=bigger)
+    n = len(vocab)
+    assert len(grown.embed.weight) == len(bigger) > n
+    assert torch.equal(grown.embed.weight[:n], model.embed.weight[:n])
+    batch = collate(toy_examples(vocab, 2))
+    with torch.no_grad():
+        assert torch.allclose(grown.hidden_states(batch)[0], model.hidden_states(batch)[0])
+    other = toy_vocab(2)
+    other.add_task("zzz")
+    other.tokens[70] = "<changed>"
+    with pytest.raises(ValueError, match="id 70"):
+        SpeechLM.from_pretrained(tmp_path / "m", vocab=other)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 2))
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = SpeechLM(tiny_config("delay", grad_checkpointing=ckpt, cond_reduction=2), vocab)
+        calls, layer = [], model.backbone.layers[0]
+        forward = layer.forward
+        layer.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+        model(batch).loss.backward()
+        assert len(calls) == (2 if ckpt else 1), "a checkpointed layer runs again in the backward pass"
+        grads.append(model.backbone.layers[0].mlp.up_proj.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_stream0_scores_audio_targets_over_their_own_range_plus_specials(full):
+    """With ``stream0_full_vocab: false`` rows of other tokenizers (here text) take no part in the
+    stream-0 softmax of audio targets; with the whole vocabulary they do."""
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 2, tasks=("plain_tts",)))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", stream0_full_vocab=full), vocab)
+    before = float(model(batch).loss_sum)
+    with torch.no_grad():
+        a, b = vocab.stream_range("text_bpe", 0)
+        model.head.weight[a:b] += 5.0 * torch.randn(b - a, model.head.weight.shape[1])
+    changed = abs(float(model(batch).loss_sum) - before) > 1e-4
+    assert changed == full

@@ -31,6 +31,7 @@ def shell_scripts() -> list[Path]:
 
 def run(cmd, cwd=None, env=None, check=False, **kw) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
+    kw.setdefault("timeout", 120)
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, check=check, **kw)
 
 
@@ -221,7 +222,7 @@ cmd=$1; shift
 get() {{ local want=$1; shift; while (( $# )); do [[ $1 == "$want" ]] && {{ echo "$2"; return; }}; shift; done; }}
 case $cmd in
   score) r=$(get --results "$@"); echo "| set | metric |" >> "$r" ;;
-  pack) o=$(get --out-dir "$@"); mkdir -p "$o"; echo "# model card" > "$o/README.md"; echo w > "$o/model.safetensors" ;;
+  pack | decode) mkdir -p "$(get --out-dir "$@")" ;;
 esac
 """
 
@@ -241,24 +242,47 @@ def test_stage_script_command_lines(tmp_path):
               cwd=recipe)
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
-    assert [c.split()[0] for c in calls] == ["vocab", "stats", "stats", "stats", "stats", "train",
+    assert [c.split()[0] for c in calls] == ["vocab", "stats", "stats", "stats", "stats", "train", "pack",
                                              "decode", "decode", "score", "score", "pack"]
     assert calls[0] == f"vocab --tokenizers conf/tokenizers.yaml --tasks asr tts --out dump/token_list.json --extend {init}/token_list.json"
     assert calls[1] == "stats --manifest-dir dump/train/asr" and calls[2] == "stats --manifest-dir /x/dump/train/tts"
     train = calls[5]
-    assert "--data asr:a:dump/train/asr:1.0 tts:b:/x/dump/train/tts:0.5 --valid-data" in train
+    assert "--data asr:a:dump/train/asr:1.0 --data tts:b:/x/dump/train/tts:0.5 --valid-data" in train
+    assert "--train-config conf/train.yaml" in train
     assert f"--init-from {init}" in train and train.endswith("--max-steps 3")
     assert "--out-dir exp/t1" in train
-    assert "--manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2" in calls[7]
-    assert "--results exp/t1/RESULTS.md" in calls[8]
-    assert "--out-dir exp/t1/packed" in calls[10]
-    # stage 8 leaves a script that repeats the run from training on; stage 12 an upload folder
-    assert "--stage 8" in (recipe / "exp" / "t1" / "rerun.sh").read_text()
-    upload = recipe / "exp" / "t1" / "upload"
-    assert (upload / "model.safetensors").is_file() and (upload / "RESULTS.md").is_file()
-    card = (upload / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: speechlm") and "# model card" in card
-    assert "safetensors filter=lfs" in (upload / ".gitattributes").read_text()
+    assert calls[6] == "pack --exp-dir exp/t1 --out-dir exp/t1/packed"
+    assert calls[8] == "decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
+    assert "--test-set test1 --task asr" in calls[9] and "--results exp/t1/RESULTS.md" in calls[9]
+    assert calls[11] == "pack --exp-dir exp/t1 --out-dir exp/t1/upload --export"
+    assert "| set | metric |" in res.stdout  # the results table is printed
+    # stage 8 leaves a script that repeats the run from training on
+    rerun = (recipe / "exp" / "t1" / "rerun.sh").read_text()
+    assert "--stage 8" in rerun and "--tag t1" in rerun
+
+
+def test_finished_stages_skip_themselves(tmp_path):
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    ckpt = recipe / "exp" / "train_toy" / "checkpoints" / "step_1"
+    ckpt.mkdir(parents=True)
+    args = ["./speechlm.sh", "--speechlm", str(recorder), "--stage", "9", "--stop_stage", "11"]
+
+    def commands():
+        calls = [c.split()[0] for c in log.read_text().splitlines()] if log.exists() else []
+        log.unlink(missing_ok=True)
+        return calls
+
+    assert run(args, cwd=recipe).returncode == 0
+    assert commands() == ["pack", "decode", "decode", "score", "score"]
+    res = run(args, cwd=recipe)
+    assert res.returncode == 0 and commands() == [], "a finished run repeats nothing"
+    assert "skipped" in res.stderr
+    os.utime(ckpt, (ckpt.stat().st_atime + 10, ckpt.stat().st_mtime + 10))  # training went on
+    (ckpt / "model.safetensors").write_text("newer")
+    assert run(args, cwd=recipe).returncode == 0
+    assert commands() == ["pack", "decode", "decode", "score", "score"]
 
 
 def test_stage_script_uses_torchrun_for_several_gpus(tmp_path):
@@ -271,14 +295,15 @@ def test_stage_script_uses_torchrun_for_several_gpus(tmp_path):
 echo "torchrun $*" >> {log}
 while [[ $1 != --no-python ]]; do shift; done; shift; exec "$@"
 """)
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    # VIRTUAL_ENV set: path.sh does not activate the venv, whose real torchrun would come first
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(tmp_path)}
     res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "8", "--stop_stage", "8",
                "--ngpu", "4", "--num_nodes", "2", "--node_rank", "1", "--master_addr", "node0"],
               cwd=recipe, env=env)
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
     assert calls[0].startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank 1 --master_addr node0")
-    assert calls[1].startswith("train --data asr:toy:dump/train/asr:1.0 tts:toy:dump/train/tts:1.0 ")
+    assert calls[1].startswith("train --data asr:toy:dump/train/asr:1.0 --data tts:toy:dump/train/tts:1.0 ")
     res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "8", "--stop_stage", "8",
                "--num_nodes", "2", "--node_rank", "2"], cwd=recipe, env=env)
     assert res.returncode != 0 and "--node_rank 2 must be below --num_nodes 2" in res.stderr
@@ -286,8 +311,30 @@ while [[ $1 != --no-python ]]; do shift; done; shift; exec "$@"
 
 def test_failed_training_shows_its_log(tmp_path):
     recipe = make_recipe(tmp_path)
-    failing = write_exec(tmp_path / "fail.sh", "#!/usr/bin/env bash\necho 'boom: bad config key' >&2\nexit 3\n")
+    calls = tmp_path / "calls.log"
+    failing = write_exec(tmp_path / "fail.sh", "#!/usr/bin/env bash\n"
+                         f"echo \"$*\" >> {calls}; echo 'boom: bad config key' >&2; exit 3\n")
     res = run(["./speechlm.sh", "--speechlm", str(failing), "--stage", "8", "--stop_stage", "9"], cwd=recipe)
     assert res.returncode != 0
     assert "boom: bad config key" in res.stderr and "exp/train_toy/logs/train.log" in res.stderr
-    assert not (recipe / "exp" / "train_toy" / "decode_test_asr").exists(), "stage 9 must not run after a failure"
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["train"], "stage 9 must not run after a failure"
+
+
+@pytest.mark.parametrize("corpus,option", [("mini_espeak", "--num_utts"), ("librispeech", "--librispeech_dir"),
+                                           ("ljspeech", "--ljspeech_dir")])
+def test_local_data_sh_help(corpus, option):
+    recipe = EGS / corpus / "speechlm1"
+    res = run(["local/data.sh", "--help"], cwd=recipe)
+    assert res.returncode == 0 and re.search(rf"^  {option}\s", res.stdout, flags=re.M)
+    assert res.stdout.splitlines()[0], "the script's header comment comes first"
+    res = run(["local/data.sh", "--bogus", "1"], cwd=recipe)
+    assert res.returncode != 0 and "unknown option --bogus" in res.stderr
+
+
+def test_path_sh_finds_the_toolkit_from_a_recipe_anywhere(tmp_path):
+    recipe = make_recipe(tmp_path)  # outside the repository: path.sh is a link into it
+    res = run(["bash", "-c", '. ./path.sh && echo "$SPEECHLM_ROOT" && python3 -c "import speechlm, sys; print(speechlm.__file__)"'],
+              cwd=recipe, env={"VIRTUAL_ENV": ""})
+    assert res.returncode == 0, res.stderr
+    root, module = res.stdout.split()
+    assert Path(root) == ROOT and Path(module).is_relative_to(ROOT)

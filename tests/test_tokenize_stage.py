@@ -102,6 +102,20 @@ def test_nj2_gives_the_same_archives_and_rerun_does_nothing(corpus, caplog):
     assert "nothing to do" in caplog.text and (dump / "tokens" / "speech.ark").stat().st_mtime_ns == mtime
 
 
+def test_shards_run_separately_then_merge(corpus):
+    """The run.pl / slurm.pl path: each JOB runs `--shard JOB`, a last call merges."""
+    root, data, ref = corpus
+    dump = _prepare(root, data, "jobs")
+    args = ["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(root / "tokenizers.yaml"),
+            "--segments", "speech", "--nj", "3", "--threads", "1"]
+    for job in (3, 1, 2):
+        assert cli(args + ["--shard", str(job)]) == 0
+        assert not (dump / "tokens" / "speech.scp").exists()
+    assert cli(args + ["--shard", "4"]) == 1
+    assert cli(args) == 0  # all shards done: only the merge runs
+    assert (dump / "tokens" / "speech.ark").read_bytes() == (ref / "tokens" / "speech.ark").read_bytes()
+
+
 def test_resumes_after_being_killed(corpus):
     root, data, ref = corpus
     dump = _prepare(root, data, "killed")
@@ -123,7 +137,8 @@ def test_resumes_after_being_killed(corpus):
     assert "resuming after" in logs
 
 
-def test_bad_audio_is_reported_by_id_and_skipped(tmp_path, caplog):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_bad_audio_is_reported_by_id_and_skipped(tmp_path, caplog, batch_size):
     data = _make_corpus(tmp_path, 6, n_sources=2)
     bad = data / "wav" / "corrupt.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
@@ -134,7 +149,8 @@ def test_bad_audio_is_reported_by_id_and_skipped(tmp_path, caplog):
     (tmp_path / "tok.yaml").write_text("codec: {type: codec2}\nphone: {type: g2p}\n")
     dump = _prepare(tmp_path, data, "dump")
     with caplog.at_level(logging.WARNING):
-        assert cli(["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(tmp_path / "tok.yaml")]) == 0
+        assert cli(["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(tmp_path / "tok.yaml"),
+                    "--batch-size", str(batch_size)]) == 0
     assert victim in caplog.text and "1 FAILED" in caplog.text
     failed = (dump / "tokens" / "speech.failed").read_text()
     assert failed.startswith(victim) and "corrupt.wav" in failed
@@ -161,3 +177,7 @@ def test_changed_options_redo_and_bad_names_are_errors(tmp_path, caplog):
     tok.write_text("codec: {type: codec2}\n")
     assert cli(args) == 1
     assert "no tokenizer named 'text_bpe'" in caplog.text
+    # a job that cannot start (here: a codec dir that does not exist) fails the stage with its log tail
+    tok.write_text(f"codec: {{type: hf_codec, model_dir: {tmp_path / 'nowhere'}}}\ntext_bpe: {{type: g2p}}\n")
+    assert cli(args + ["--nj", "2"]) == 1
+    assert "shard 1/2 failed" in caplog.text and "no config.json" in caplog.text

@@ -64,6 +64,11 @@ def test_train_kmeans_on_ssl_model_and_assign(tmp_path, data_dir, kind):
     np.testing.assert_array_equal(units[:, 0], expect)
     with pytest.raises(NotImplementedError, match="unit vocoder"):
         tok.decode(units)
+    # SSL units (one frame short: no padding in the CNN) splice onto Codec 2 frames
+    both = build_tokenizer({"type": "codec_ssl", "ssl": {"type": "ssl", "kmeans": str(km)}, "codec": {"type": "codec2"}})
+    toks = both.encode(wav, 16000)
+    assert toks.shape == (int(np.ceil(len(wav) / 320)), 9)
+    np.testing.assert_array_equal(toks[: len(units), 0], units[: len(toks), 0])
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from speechlm.data.synthetic import make_dump, synthetic_vocab
-from speechlm.train.checkpoint import latest_checkpoint
+from speechlm.train.checkpoint import latest_checkpoint, read_state
 
 
 def _ids(out, ranks):
@@ -30,10 +30,11 @@ def _compare(tmp_path, strategy: str, data: list[str]) -> None:
     make_dump(tmp_path / "tts", "tts", 20, seed=1, prefix="t", frames=(10, 50), n_speakers=2)
     synthetic_vocab(["asr", "tts"]).save(tmp_path / "token_list.json")
     cfg = yaml.safe_load(open("conf/train/tiny.yaml"))
-    cfg.update(max_steps=3, batch_tokens=500, pool_size=40, valid_every=0, save_every=3, progress=False,
+    cfg.update(max_steps=3, batch_tokens=500, pool_size=40, valid_every=3, save_every=3, progress=False,
                log_example_ids=True, tensorboard=False, plot=False)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     common = ["train", *(a for d in data for a in ("--data", d.format(root=tmp_path))),
+              *(a for d in data for a in ("--valid-data", d.format(root=tmp_path).rsplit(":", 1)[0])),
               "--vocab", str(tmp_path / "token_list.json"), "--model-config", "conf/model/tiny.yaml",
               "--train-config", str(tmp_path / "train.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -49,6 +50,10 @@ def _compare(tmp_path, strategy: str, data: list[str]) -> None:
     assert main([*common, "--out-dir", str(tmp_path / "one"), "--grad-accum", "2"]) == 0
     a = load_file(str(latest_checkpoint(tmp_path / "two" / "checkpoints") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "one" / "checkpoints") / "model.safetensors"))
+    va, vb = (read_state(latest_checkpoint(tmp_path / d / "checkpoints"))["valid"] for d in ("two", "one"))
+    assert va.keys() == vb.keys() and "loss@asr" in va
+    for k in va:  # validation sums over ranks exactly
+        assert abs(va[k] - vb[k]) < 1e-5 * max(1.0, abs(vb[k])), k
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")

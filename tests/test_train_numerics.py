@@ -50,8 +50,8 @@ def test_accumulation_equals_full_batch(setup):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert exact_mean_loss([float(o.loss_sum) for o in outs], [float(o.weight_sum) for o in outs]) == \
         pytest.approx(float(full.loss.detach()), rel=1e-5)
-    naive = sum(float(o.loss) for o in outs) / 3
-    assert abs(naive - float(full.loss)) > 1e-6  # why the exact form matters
+    naive = sum(float(o.loss.detach()) for o in outs) / 3
+    assert abs(naive - float(full.loss.detach())) > 1e-6  # why the exact form matters
 
 
 def test_rescale_corrects_estimate(setup):

@@ -81,6 +81,10 @@ def test_run_dir_layout_and_keep_n(dumps, tmp_path):
     for f in ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng/rank_0.pt", "COMPLETE", "config.yaml"):
         assert (last / f).is_file(), f
     assert (out / "checkpoints" / "average" / "model.safetensors").is_file()
+    from speechlm.train.checkpoint import final_model_dir
+
+    assert final_model_dir(out).name == "average"
+    SpeechLM.from_pretrained(final_model_dir(out))
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["sampler"]["next"] == 6 and state["valid"]["loss"] > 0
     assert "loss@asr" in state["valid"]
@@ -130,3 +134,56 @@ def test_cli_and_init_from(dumps, tmp_path):
     torch.testing.assert_close(new[: old.shape[0]], old)
     assert main(["train", "--data", "asr:a:/nonexistent", "--vocab", str(dumps / "token_list.json"),
                  "--model-config", TINY, "--out-dir", str(tmp_path / "x")]) == 1
+
+
+def test_init_from_hf_causal_lm(dumps, tmp_path):
+    """--init-from an HF causal LM dir trains over that LLM (activation checkpointing on)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from speechlm.cli import main
+
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
+                                       max_position_embeddings=512))
+    llm.save_pretrained(tmp_path / "llm")
+    (tmp_path / "train.yaml").write_text((open("conf/train/tiny.yaml").read()
+                                          + "activation_checkpointing: true\nprogress: false\n"))
+    out = tmp_path / "hf"
+    assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),
+                 "--model-config", TINY, "--train-config", str(tmp_path / "train.yaml"), "--out-dir", str(out),
+                 "--init-from", str(tmp_path / "llm"), "--max-steps", "2", "--valid-every", "0"]) == 0
+    last = latest_checkpoint(out / "checkpoints")
+    body = _params(last)
+    src = llm.state_dict()["model.layers.0.mlp.up_proj.weight"]
+    key = next(k for k in body if k.endswith("layers.0.mlp.up_proj.weight"))
+    assert body[key].shape == src.shape and (body[key] - src).abs().max() < 0.05  # started from the LLM
+    assert (last / "hf_backbone" / "config.json").is_file()
+    assert SpeechLM.from_pretrained(last).config.backbone == "hf"
+
+
+def test_sigterm_saves_and_stops(dumps, tmp_path):
+    import os
+    import signal
+    import threading
+
+    out = tmp_path / "sig"
+    tr = _trainer(dumps, out, max_steps=5000, save_every=0, valid_every=0, log_example_ids=False)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    tr.train()
+    assert 0 < tr.step < 5000
+    assert latest_checkpoint(out / "checkpoints").name == f"step_{tr.step:08d}"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    again = _trainer(dumps, out, max_steps=tr.step + 1, save_every=0, valid_every=0, log_example_ids=False)
+    assert again.step == tr.step and again.next_batch == tr.next_batch
+
+
+def test_token_budget_and_bf16(dumps, tmp_path):
+    tr = _trainer(dumps, tmp_path / "tok", max_steps=None, max_train_tokens=2000, valid_every=0, save_every=0,
+                  precision="bf16", log_example_ids=False)
+    assert tr.amp == torch.bfloat16
+    tr.train()
+    assert tr.tokens >= 2000 and tr.step >= 1
+    per_step = tr.tokens / tr.step
+    assert tr.tokens - per_step * 1.5 < 2000  # stopped at the first step past the budget
+    assert latest_checkpoint(tmp_path / "tok" / "checkpoints").name == f"step_{tr.step:08d}"

@@ -29,15 +29,19 @@ log = logging.getLogger("speechlm.tokenize")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest-dir", required=True, help="dir with manifest.jsonl + template.yaml (from `speechlm prepare`)")
+    p.add_argument("--manifest-dir", required=True,
+                   help="dir with manifest.jsonl + template.yaml (from `speechlm prepare`)")
     p.add_argument("--tokenizers", required=True, help="tokenizers.yaml: instance name -> {type: ..., options}")
     p.add_argument("--nj", type=int, default=1, help="number of shards / parallel processes")
     p.add_argument("--shard", type=int, default=None,
-                   help="run only shard I of --nj (1-based, for run.pl/slurm.pl JOB); merge with a later call without it")
+                   help="run only shard I of --nj (1-based, for run.pl/slurm.pl JOB); "
+                        "merge with a later call without it")
     p.add_argument("--segments", nargs="+", default=None, help="tokenize only these segments (default: all)")
     p.add_argument("--batch-size", type=int, default=1, help="utterances per encode_batch call (useful on a GPU)")
     p.add_argument("--device", default=None, help="override the device of every audio tokenizer (cpu, cuda, cuda:1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores // nj)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1; parallelize with --nj: with Codec 2, 2 threads "
+                        "on a busy 2-core machine cost 5x the CPU time of 1)")
 
 
 # -- what to do ---------------------------------------------------------------------------------
@@ -82,7 +86,8 @@ def _plan(args: argparse.Namespace):
             if info.get("fingerprint") == fp:
                 log.info("segment %s: %s is complete, skipping", seg.name, scp)
                 continue
-            log.info("segment %s: tokenizer options or manifest changed since %s was written; redoing it", seg.name, scp)
+            log.info("segment %s: tokenizer options or manifest changed since %s was written; redoing it",
+                     seg.name, scp)
         todo.append((seg, spec, fp))
     return tok_dir, rows, todo
 
@@ -122,13 +127,13 @@ def _check(tok, arr, utt: str):
     return arr
 
 
-def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args, progress_position: int | None = None) -> None:
+def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args) -> None:
     """Tokenize shard ``shard`` (1-based) of ``nj`` for every pending segment; resumable."""
     from tqdm import tqdm
 
     from speechlm.data.token_archive import ShardWriter
     from speechlm.tokenizers import build_tokenizer
-    from speechlm.utils.fileio import is_done, mark_done, write_text
+    from speechlm.utils.fileio import mark_done, write_text
 
     mine = _shard_rows(rows, shard, nj)
     tokenizers: dict[str, object] = {}
@@ -136,7 +141,7 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args, 
         prefix = _shard_prefix(tok_dir, seg.name, shard, nj)
         journal = prefix.with_name(prefix.name + ".journal")
         fp_file = prefix.with_name(prefix.name + ".fingerprint")
-        if is_done(journal) and fp_file.exists() and fp_file.read_text() == fp:
+        if _shard_done(tok_dir, seg.name, shard, nj, fp):
             continue
         if not fp_file.exists() or fp_file.read_text() != fp:  # stale partial shard of other options
             for suffix in (".ark", ".journal", ".journal.done"):
@@ -150,8 +155,7 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args, 
         writer = ShardWriter(prefix)
         pending = [r for r in mine if r["id"] not in writer]
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{seg.name} {shard}/{nj}",
-                   unit="utt", position=progress_position, leave=progress_position is None, mininterval=1.0,
-                   disable=None if progress_position is None else True)
+                   unit="utt", mininterval=1.0, disable=None)  # no bar when stderr is not a terminal
         try:
             for i in range(0, len(pending), max(1, args.batch_size)):
                 batch = pending[i:i + max(1, args.batch_size)]
@@ -161,6 +165,8 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args, 
             bar.close()
             writer.close()
         mark_done(journal, {"entries": len(writer.entries), "failed": len(writer.failed)})
+        log.info("shard %d/%d of segment %s: %d utterances, %d failed", shard, nj, seg.name,
+                 len(writer.entries), len(writer.failed))
 
 
 def _init_params(spec: dict) -> list[str]:
@@ -214,29 +220,41 @@ def _fail(writer, utt: str, e: BaseException) -> None:
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def _spawn(args, todo, nj: int, tok_dir: Path, total: int) -> None:
-    """Run shards 1..nj as child processes (one thread each) with one progress bar over all of them."""
+def _shard_done(tok_dir: Path, seg_name: str, shard: int, nj: int, fp: str) -> bool:
+    from speechlm.utils.fileio import is_done
+
+    prefix = _shard_prefix(tok_dir, seg_name, shard, nj)
+    fp_file = prefix.with_name(prefix.name + ".fingerprint")
+    return is_done(prefix.with_name(prefix.name + ".journal")) and fp_file.exists() and fp_file.read_text() == fp
+
+
+def _spawn(args, todo, shards: list[int], nj: int, tok_dir: Path, total: int) -> None:
+    """Run ``shards`` of ``nj`` as child processes (``--threads`` each) with one progress bar over all of them."""
     from tqdm import tqdm
 
     log_dir = tok_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     segs = [seg.name for seg, _, _ in todo]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    from speechlm.utils.threads import available_cores
+
+    threads = str(args.threads if args.threads > 0 else max(1, available_cores() // nj))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     procs = []
-    for shard in range(1, nj + 1):
+    for shard in shards:
         cmd = [sys.executable, "-m", "speechlm", "tokenize", "--manifest-dir", str(args.manifest_dir),
-               "--tokenizers", str(args.tokenizers), "--nj", str(nj), "--shard", str(shard), "--threads", "1",
+               "--tokenizers", str(args.tokenizers), "--nj", str(nj), "--shard", str(shard), "--threads", threads,
                "--batch-size", str(args.batch_size), "--segments", *segs]
         if args.device:
             cmd += ["--device", args.device]
         logf = open(log_dir / f"tokenize.{shard}.log", "w", encoding="utf-8")
         procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
     journals = [tok_dir / "shards" / f"{s}.{i}-of-{nj}.journal" for s in segs for i in range(1, nj + 1)]
+    done_before = {j for j in journals if j.with_name(j.name + ".done").exists()}
     bar = tqdm(total=total, desc=f"tokenize ({nj} jobs)", unit="utt", mininterval=1.0)
     try:
         while any(p.poll() is None for _, p, _ in procs):
             time.sleep(0.5)
-            bar.n = sum(j.read_bytes().count(b"\n") for j in journals if j.exists())
+            bar.n = sum(j.read_bytes().count(b"\n") for j in journals if j.exists() or j in done_before)
             bar.refresh()
     except BaseException:
         for _, p, _ in procs:
@@ -250,8 +268,10 @@ def _spawn(args, todo, nj: int, tok_dir: Path, total: int) -> None:
     if bad:
         s, rc = bad[0]
         tail = (log_dir / f"tokenize.{s}.log").read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"tokenize shard {s}/{nj} failed (exit {rc}); see {log_dir}/tokenize.{s}.log:\n"
-                           + "\n".join(tail))
+        # A ValueError, as the CLI reports those in one line: the cause is almost always the
+        # configuration (a tokenizer's missing model dir, a bad option), shown by the log tail.
+        raise ValueError(f"tokenize shard {s}/{nj} failed (exit {rc}); see {log_dir}/tokenize.{s}.log:\n"
+                         + "\n".join(tail))
 
 
 def _merge(tok_dir: Path, rows: list[dict], seg, spec: dict, fp: str, nj: int) -> dict:
@@ -289,9 +309,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         raise ValueError(f"{args.manifest_dir}: the manifest is empty")
-    set_threads(args.threads, jobs=args.nj)  # shards of one --nj usually share a machine
+    if args.shard is not None or args.nj == 1:  # this process encodes (a parent of --nj jobs needs no torch)
+        set_threads(args.threads, jobs=args.nj)  # 0 or less: cores // nj
     if args.shard is not None:
-        run_shard(tok_dir, rows, todo, args.shard, args.nj, args, progress_position=None)
+        run_shard(tok_dir, rows, todo, args.shard, args.nj, args)
         return 0
     log.info("Stage tokenize: %s (%d utterances; segments %s) -> %s, %d job(s)", args.manifest_dir, len(rows),
              ", ".join(s.name for s, _, _ in todo), tok_dir, args.nj)
@@ -299,7 +320,10 @@ def main(args: argparse.Namespace) -> int:
     if args.nj == 1:
         run_shard(tok_dir, rows, todo, 1, 1, args)
     else:
-        _spawn(args, todo, args.nj, tok_dir, total=len(rows) * len(todo))
+        pending = [i for i in range(1, args.nj + 1) if not all(_shard_done(tok_dir, seg.name, i, args.nj, fp)
+                                                                for seg, _, fp in todo)]
+        if pending:
+            _spawn(args, todo, pending, args.nj, tok_dir, total=len(rows) * len(todo))
     n_failed = 0
     for seg, spec, fp in todo:
         res = _merge(tok_dir, rows, seg, spec, fp, args.nj)
@@ -314,5 +338,6 @@ def main(args: argparse.Namespace) -> int:
             log.info(msg)
     if (tok_dir / "shards").is_dir() and not any((tok_dir / "shards").iterdir()):
         (tok_dir / "shards").rmdir()
-    log.info("tokenize: done in %.1f s%s", time.time() - start, f", {n_failed} utterance(s) skipped" if n_failed else "")
+    log.info("tokenize: done in %.1f s%s", time.time() - start,
+             f", {n_failed} utterance(s) skipped" if n_failed else "")
     return 0

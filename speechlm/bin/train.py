@@ -40,13 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: leave as if killed
     for key, tp in OVERRIDES.items():
         p.add_argument("--" + key.replace("_", "-"), type=tp, default=None, help=f"override train config {key}")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any train config key (YAML value), e.g. --train-set keep_best=5")
 
 
 def _relaunch(args: argparse.Namespace) -> int:
     """Re-run this command under torchrun with ``--nproc`` local processes."""
     import subprocess
 
-    argv = sys.argv[1:]
+    if "train" not in sys.argv[1:]:
+        raise ValueError("--nproc re-runs the `speechlm train ...` command line; from Python, start "
+                         "torchrun yourself (torchrun --nproc_per_node N -m speechlm train ...)")
+    argv = sys.argv[sys.argv.index("train", 1):]
     clean, skip = [], False
     for a in argv:
         if skip:
@@ -70,18 +75,27 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.config import load_config, to_dict
     from speechlm.data.dataset import DataSpec
     from speechlm.models import ModelConfig
-    from speechlm.train.build import is_speechlm_dir
+    from speechlm.train.build import apply_init_source, is_speechlm_dir
     from speechlm.train.config import load_train_config
     from speechlm.train.trainer import Trainer
     from speechlm.vocab import Vocabulary
 
-    cfg = load_train_config(args.train_config, {k: getattr(args, k) for k in OVERRIDES})
+    import yaml
+
+    overrides = {}
+    for item in args.train_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--train-set {item!r}: expected KEY=VALUE, e.g. keep_best=5")
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    overrides.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
+    cfg = load_train_config(args.train_config, overrides)
     model_cfg_path = args.model_config
     if model_cfg_path is None:
         if not (args.init_from and is_speechlm_dir(args.init_from)):
             raise ValueError("give --model-config (or --init-from a speechlm model dir to reuse its config)")
         model_cfg_path = os.path.join(args.init_from, "config.yaml")
-    model_cfg = load_config(ModelConfig, model_cfg_path)
+    model_cfg = apply_init_source(load_config(ModelConfig, model_cfg_path), args.init_from)
     vocab = Vocabulary.load(args.vocab)
     train = [DataSpec.parse(d) for d in args.data]
     valid = [DataSpec.parse(d) for d in args.valid_data]

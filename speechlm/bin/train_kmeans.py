@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="retrain even if the output dir is complete")
 
 
-def collect_frames(features, data_dir: str | Path, max_frames: int, max_utts: int | None, seed: int) -> tuple[np.ndarray, int, list[str]]:
+def collect_frames(features, data_dir: str | Path, max_frames: int, max_utts: int | None,
+                   seed: int) -> tuple[np.ndarray, int, list[str]]:
     """(sampled frames ``[N, dim]``, utterances read, ids that failed) from a data dir."""
     from tqdm import tqdm
 
@@ -93,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
     features = FrameFeatures(feature, args.model_dir, args.layer, args.device)
     start = time.time()
     frames, used, failed = collect_frames(features, args.data_dir, args.max_frames, args.max_utts, args.seed)
-    log.info("%d frames from %d utterances (%d unreadable) in %.1f s", len(frames), used, len(failed), time.time() - start)
+    log.info("%d frames from %d utterances (%d unreadable) in %.1f s",
+             len(frames), used, len(failed), time.time() - start)
     mean = frames.mean(0)
     std = frames.std(0) + 1e-5
     centroids, inertia = fit_kmeans((frames - mean) / std, args.n_clusters, iters=args.iters, seed=args.seed)

@@ -8,9 +8,10 @@ Each entry is a manifest dir written by ``speechlm prepare`` + ``speechlm tokeni
     dumpdir/tokens/<segment>.lengths
 
 The index keeps numpy arrays only (ids as bytes, archive file number + byte offset per segment,
-sequence length, speaker number), about 60 bytes per example and segment; tokens are read from
-the archives when an example is built. Examples whose sequence would exceed the model's context
-are dropped from the index with one counted warning (never truncated).
+sequence length, speaker number), about 130 bytes per example of a two-segment task; tokens are
+read from the archives when an example is built. Examples whose sequence would exceed the
+model's context are dropped from the index with one counted warning (never truncated); so are
+examples without tokens, and speaker-prompted examples whose speaker has no other utterance.
 
 Example:
     >>> data = MultiTaskData([DataSpec.parse("asr:mini:dump/train/asr:1.0")], vocab, n_streams=4)
@@ -120,8 +121,11 @@ class ArchiveIndex:
         self.files = [p if os.path.exists(p) else str(scp.parent / Path(p).name) for p in files]
         self.scp = scp
         self._handles: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def load(self, row: int) -> np.ndarray:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's file offsets
+            self._handles, self._pid = {}, os.getpid()
         k = int(self.file_no[row])
         fh = self._handles.get(k)
         if fh is None:
@@ -239,41 +243,54 @@ class TaskData:
             raise RuntimeError(f"{self.spec.key}: cannot read {segment!r} of {self.ids[row].decode()!r} "
                                f"from {self.archives[segment].scp}: {e}") from e
 
-    def example(self, i: int) -> Example:
-        """Build the training sequence of kept example ``i``."""
+    def example(self, i: int, epoch: int = 0) -> Example:
+        """Build the training sequence of kept example ``i`` in its ``epoch``-th use.
+
+        The epoch varies the speaker prompt and, with the template's ``condition_dropout``, whether
+        the conditions are left empty (markers kept, tokens dropped: the unconditional sequence
+        classifier-free guidance needs); both are pure functions of (seed, utterance, epoch).
+        """
         row = int(self.rows[i])
         utt = self.ids[row].decode()
+        t = self.template
+        drop = t.condition_dropout > 0 and np.random.default_rng(
+            [self.seed, epoch, zlib.crc32(self.ids[row]), 2]).random() < t.condition_dropout
         segs: dict[str, np.ndarray] = {}
-        for seg in self.template.segments:
-            if seg.modality == "spk_prompt":
-                segs[seg.name] = self._prompt.prompt(row, seg)
+        for seg in t.segments:
+            if drop and any(seg is c for c in t.conditions):
+                segs[seg.name] = np.zeros((0, self.vocab.n_streams(seg.tokenizer)), dtype=np.int32)
+            elif seg.modality == "spk_prompt":
+                segs[seg.name] = self._prompt.prompt(row, seg, epoch)
             else:
                 segs[seg.name] = self.tokens(row, seg.name)
-        ex = build_example(utt, self.template, segs, self.vocab, self.n_streams)
+        ex = build_example(utt, t, segs, self.vocab, self.n_streams)
         ex.id = f"{self.spec.key}/{utt}"
         return ex
-
-    def seed_for(self, row: int) -> int:
-        """A seed fixed by the run seed, the entry and the utterance (for deterministic choices)."""
-        return zlib.crc32(self.ids[row] + self.spec.key.encode()) ^ (self.seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
 class MultiTaskData:
     """All entries of a run; examples are addressed as ``(entry, index)``."""
 
     def __init__(self, specs: list[DataSpec], vocab: Vocabulary, n_streams: int, max_len: int | None = None,
-                 seed: int = 0, rows: RowsFn = plain_rows) -> None:
+                 seed: int = 0, rows: RowsFn = plain_rows, drop_empty: bool = False) -> None:
+        """``drop_empty``: leave out entries with no usable example (with a warning) instead of failing
+        (for validation sets, where e.g. no speaker may have a second utterance for a prompt)."""
         if not specs:
             raise ValueError("no data entries given (use --data task:name:dumpdir:weight)")
         keys = [s.key for s in specs]
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
             raise ValueError(f"data entries repeat task:name {sorted(dup)}; give each entry its own name")
-        self.specs = specs
-        self.entries = [TaskData(s, vocab, n_streams, max_len, seed, rows) for s in specs]
-        for s, e in zip(specs, self.entries):
+        entries = [TaskData(s, vocab, n_streams, max_len, seed, rows) for s in specs]
+        for s, e in zip(specs, entries):
             if len(e) == 0:
-                raise ValueError(f"data entry {s.key} ({s.path}) has no usable example")
+                if not drop_empty:
+                    raise ValueError(f"data entry {s.key} ({s.path}) has no usable example")
+                log.warning("data entry %s (%s) has no usable example; leaving it out", s.key, s.path)
+        self.entries = [e for e in entries if len(e)]
+        self.specs = [e.spec for e in self.entries]
+        if not self.entries:
+            raise ValueError(f"no usable example in any of {', '.join(keys)}")
 
     @property
     def weights(self) -> np.ndarray:
@@ -287,8 +304,10 @@ class MultiTaskData:
     def lengths(self) -> list[np.ndarray]:
         return [e.seq_lengths() for e in self.entries]
 
-    def example(self, entry: int, index: int) -> Example:
-        return self.entries[entry].example(index)
+    def example(self, entry: int, draw: int) -> Example:
+        """Example ``draw % len`` of ``entry`` in epoch ``draw // len`` (sampler keys are draws)."""
+        n = len(self.entries[entry])
+        return self.entries[entry].example(draw % n, draw // n)
 
     def __len__(self) -> int:
         return sum(len(e) for e in self.entries)

@@ -61,10 +61,10 @@ class SpeakerPrompts:
                 max_frames=int(seg.max_frames or 10 ** 9), seed=self.data.seed)
         return self._impl[seg.name]
 
-    def prompt(self, row: int, seg: Segment) -> np.ndarray:
-        """Local tokens ``[<=max_frames, streams]`` of the prompt for ``row``."""
+    def prompt(self, row: int, seg: Segment, epoch: int = 0) -> np.ndarray:
+        """Local tokens ``[<=max_frames, streams]`` of the prompt for ``row`` in ``epoch``."""
         utt = self.data.ids[row].decode()
-        tokens = self._chooser(seg)(utt)
+        tokens = self._chooser(seg)(utt, epoch)
         if tokens is None:  # filtered out by usable(); only reachable if archives changed
             raise ValueError(f"{self.data.spec.key}: no other tokenized utterance of speaker "
                              f"{self.data.speakers[self.data.spk[row]]!r} to prompt {utt!r}")

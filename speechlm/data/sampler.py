@@ -13,10 +13,11 @@ Rank ``r`` of ``W`` consumes global batches ``r, r+W, r+2W, ...``; with gradient
 processes with ``A=1`` see. The resume state is just ``next``, the number of global batches
 consumed, plus the per-entry draw counts at the start of the pool that holds it.
 
-Example:
-    >>> s = BucketSampler([np.array([5, 9, 7])], [1.0], max_tokens=20, seed=0)
-    >>> s.batch(0)          # [(entry, index), ...]
-    [(0, 0), (0, 2)]
+Example (one entry of three examples of lengths 5, 9, 7; keys are ``(entry, draw)`` where the
+example is ``draw % 3`` and its epoch ``draw // 3``):
+    >>> s = BucketSampler([np.array([5, 9, 7])], [1.0], max_tokens=20, pool_size=3, seed=0)
+    >>> [s.batch(g) for g in range(4)]
+    [[(0, 1)], [(0, 0), (0, 2)], [(0, 3), (0, 5)], [(0, 4)]]
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-Key = tuple[int, int]  # (entry, example index)
+Key = tuple[int, int]  # (entry, draw): example index = draw % len(entry), epoch = draw // len(entry)
 
 
 def bucket_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int | None = None,
@@ -97,14 +98,15 @@ class BucketSampler:
         return self._perm[key]
 
     def _draw(self, entry: int, start: int, count: int) -> np.ndarray:
-        """Examples number ``start .. start+count-1`` of the endless shuffled order of ``entry``."""
+        """Draws ``start .. start+count-1`` of the endless shuffled order of ``entry``, as
+        ``index + epoch * n`` (the epoch lets per-example choices, e.g. speaker prompts, vary)."""
         n = len(self.lengths[entry])
         out = np.empty(count, dtype=np.int64)
         done = 0
         while done < count:
             epoch, pos = divmod(start + done, n)
             take = min(count - done, n - pos)
-            out[done:done + take] = self._order(entry, epoch)[pos:pos + take]
+            out[done:done + take] = self._order(entry, epoch)[pos:pos + take] + epoch * n
             done += take
         return out
 
@@ -118,7 +120,7 @@ class BucketSampler:
         for d in range(len(self.lengths)):
             where = np.flatnonzero(choice == d)
             keys[where, 1] = self._draw(d, int(counts[d]), len(where))
-            lens[where] = self.lengths[d][keys[where, 1]]
+            lens[where] = self.lengths[d][keys[where, 1] % len(self.lengths[d])]
             new_counts[d] += len(where)
         order = np.argsort(lens, kind="stable")
         cuts = bucket_batches(lens[order], self.max_tokens, self.max_batch_size, self.pack)
@@ -156,7 +158,7 @@ class BucketSampler:
             p += 1
 
     def batch(self, g: int) -> list[Key]:
-        """Global batch ``g`` as ``[(entry, index), ...]``."""
+        """Global batch ``g`` as ``[(entry, draw), ...]`` (see :data:`Key`)."""
         p, j = self._locate(g)
         return self._pool(p)[j]
 

@@ -78,7 +78,8 @@ def make_lengths_only(out_dir: str | os.PathLike, task: str, n: int, seed: int =
         lens = rng.integers(10, 500, size=n)
         ark = (out / "tokens" / f"{seg.name}.ark").resolve()
         ark.touch()
-        with open(out / "tokens" / f"{seg.name}.scp", "w") as s, open(out / "tokens" / f"{seg.name}.lengths", "w") as lf:
+        scp, lengths = out / "tokens" / f"{seg.name}.scp", out / "tokens" / f"{seg.name}.lengths"
+        with open(scp, "w") as s, open(lengths, "w") as lf:
             for i, m in enumerate(lens):
                 s.write(f"utt{i:07d} {ark}:{i * 1000}\n")
                 lf.write(f"utt{i:07d} {m}\n")

@@ -41,6 +41,7 @@ class DecodeConfig:
     min_len_ratio: float = 0.0
     max_len_ratio: float = 0.0
     seed: int = 0
+    kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
 
     def validate(self) -> "DecodeConfig":

@@ -53,11 +53,13 @@ class DecodeContext:
         self.key_valid = key_valid  # [B, Tk] bool
         self.next_pos = next_pos  # [B] RoPE position of the next token
         self.padded = padded  # any left padding (then every step needs a mask)
+        self.history: tuple | None = None  # without a cache: (x, positions, prefill mask) of all steps
 
     @classmethod
-    def prefill(cls, model, prompts: Batch) -> tuple["DecodeContext", torch.Tensor]:
+    def prefill(cls, model, prompts: Batch, use_cache: bool = True) -> tuple["DecodeContext", torch.Tensor]:
         """Run the prompts (pattern layout, reduction, prefix-LM mask); returns the context and the
-        hidden state of each row's last prompt position ``[B, D]``."""
+        hidden state of each row's last prompt position ``[B, D]``. With ``use_cache=False`` every
+        step recomputes the whole sequence (the reference the KV cache is measured against)."""
         prep = model.prepare(prompts.tokens, prompts.loss_weight, prompts.kinds, prompts.lengths, prompts.prefix_lens)
         x = model.embed_prepared(prep)
         B, T, D = x.shape
@@ -75,14 +77,33 @@ class DecodeContext:
             prefix = (ar[None, None, :] - shift[:, None, None]) < prep.prefix[:, None, None]
             mask = (key_valid[:, None, :] & (causal | prefix)) | torch.eye(T, dtype=torch.bool, device=dev)[None]
             mask = mask[:, None]
-        cache = model.new_cache(B)
+        cache = model.new_cache(B) if use_cache else None
         h = model.backbone(x, positions, mask, cache)
-        return cls(model, cache, key_valid, prep.lengths.clone(), padded), h[:, -1]
+        ctx = cls(model, cache, key_valid, prep.lengths.clone(), padded)
+        if not use_cache:
+            full = mask if mask is not None else torch.ones(B, 1, T, T, dtype=torch.bool, device=dev).tril()
+            ctx.history = (x, positions, full)
+        return ctx, h[:, -1]
+
+    def _recompute(self, x: torch.Tensor) -> torch.Tensor:
+        hx, hp, hm = self.history
+        T = hx.shape[1]
+        xs = torch.cat([hx, x], 1)
+        pos = torch.cat([hp, self.next_pos[:, None]], 1)
+        m = torch.zeros(x.shape[0], 1, T + 1, T + 1, dtype=torch.bool, device=x.device)
+        m[:, :, :T, :T] = hm
+        m[:, 0, T] = self.key_valid
+        self.history = (xs, pos, m)
+        return self.model.backbone(xs, pos, m, None)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Feed one new position ``x [B, 1, D]``; returns its hidden state ``[B, D]``."""
         B = x.shape[0]
         self.key_valid = torch.cat([self.key_valid, self.key_valid.new_ones(B, 1)], 1)
+        if self.history is not None:
+            h = self._recompute(x)
+            self.next_pos = self.next_pos + 1
+            return h[:, -1]
         mask = self.key_valid[:, None, None, :] if self.padded else None
         h = self.model.backbone(x, self.next_pos[:, None], mask, self.cache)
         self.next_pos = self.next_pos + 1
@@ -90,12 +111,13 @@ class DecodeContext:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (or reorder / duplicate) rows ``rows`` of the batch."""
-        self.cache.select(rows)
+        if self.cache is not None:
+            self.cache.select(rows)
+        if self.history is not None:
+            self.history = tuple(t.index_select(0, rows) for t in self.history)
         self.key_valid = self.key_valid.index_select(0, rows)
         self.next_pos = self.next_pos.index_select(0, rows)
         self.padded = bool((~self.key_valid).any())
-        if not self.padded:  # the columns nobody needs any more stay, but no mask is needed
-            pass
 
 
 __all__ = ["DecodeContext", "unconditional", "concat_batches"]

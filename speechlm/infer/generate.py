@@ -78,25 +78,37 @@ class Chooser:
         self.masker = Masker(model)
         self.seen: dict[int, torch.Tensor] = {}
 
-    def __call__(self, k: int, logits: torch.Tensor, acts: list[tuple]) -> torch.Tensor:
-        B = len(acts)
-        logits = logits.float()
+    def __call__(self, k: int, h: torch.Tensor, acts: list[tuple]) -> torch.Tensor:
+        """Tokens (global ids) of model stream ``k`` for rows with hidden states ``h``."""
+        B, dev = len(acts), h.device
+        forced = torch.tensor([a[1] if a[0] == FORCE else -1 for a in acts], device=dev)
+        keys = {a[1] for a in acts if a[0] != FORCE}
+        if not keys:
+            return forced
+        head = self.model.head
+        if len(keys) == 1:  # one allowed set for every row: logits of those columns only
+            cols, weight = self.masker.allowed(k, next(iter(keys)), dev)
+            logits = head.logits(h, k, weight=weight).float()
+        else:
+            cols = None
+            logits = head.logits(h, k).float()
         if logits.shape[0] == 2 * B:  # classifier-free guidance
             c, u = logits[:B], logits[B:]
             logits = u + self.cfg.cfg_scale * (c - u)
-        dev = logits.device
-        masks = torch.stack([self.masker.mask(k, a[1] if a[0] != FORCE else None, dev) for a in acts])
-        logits = logits.masked_fill(~masks, float("-inf"))
-        if self.cfg.repetition_penalty != 1.0 and k in self.seen:
-            logits = repetition_penalty(logits, self.seen[k], self.cfg.repetition_penalty)
-        cols = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
-        ids = self.masker.to_global(k, cols)
-        forced = torch.tensor([a[1] if a[0] == FORCE else -1 for a in acts], device=dev)
-        ids = torch.where(forced >= 0, forced, ids)
-        if self.cfg.repetition_penalty != 1.0:
-            seen = self.seen.setdefault(k, torch.zeros_like(masks))
+        if cols is None:
+            masks = torch.stack([self.masker.mask(k, a[1] if a[0] != FORCE else None, dev) for a in acts])
+            logits = logits.masked_fill(~masks, float("-inf"))
+        pen = self.cfg.repetition_penalty != 1.0
+        if pen and k in self.seen:
+            seen = self.seen[k] if cols is None else self.seen[k][:, cols]
+            logits = repetition_penalty(logits, seen, self.cfg.repetition_penalty)
+        idx = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
+        full = idx if cols is None else cols[idx]
+        ids = torch.where(forced >= 0, forced, self.masker.to_global(k, full))
+        if pen:
+            seen = self.seen.setdefault(k, torch.zeros(B, self.masker.columns(k), dtype=torch.bool, device=dev))
             sampled = forced < 0
-            seen[sampled.nonzero()[:, 0], cols[sampled]] = True
+            seen[sampled.nonzero()[:, 0], full[sampled]] = True
         return ids
 
     def select(self, rows: torch.Tensor) -> None:
@@ -108,17 +120,18 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
     B, S2 = len(acts), len(acts[0])
     out = torch.full((B, S2), model.vocab.pad_id, dtype=torch.int64, device=h.device)
     last_sampled = max((k for k in range(S2) for a in acts if a[k][0] != FORCE), default=0)
+    local = model.depth.local.new_cache() if model.depth is not None else None
     for k in range(S2):
         col = [a[k] for a in acts]
         if k > last_sampled:
             out[:, k] = torch.tensor([c[1] for c in col], device=h.device)
             continue
-        if model.depth is not None:
-            prev = out[:, :k].repeat(h.shape[0] // B, 1)
-            hk = model.depth(h, model.embed.emb(prev))[:, k]
+        if local is not None:  # depth head: one incremental local step per stream
+            x = h if k == 0 else model.embed.emb(out[:, k - 1].repeat(h.shape[0] // B))
+            hk = model.depth.step(x, k, local)
         else:
             hk = h
-        out[:, k] = chooser(k, model.head.logits(hk, k), col)
+        out[:, k] = chooser(k, hk, col)
     return out
 
 
@@ -138,7 +151,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     guided = config.cfg_scale != 1.0
     with model.autocast(dev):
         run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
-        ctx, h = DecodeContext.prefill(model, run)
+        ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         chooser = Chooser(model, config, gen)
         active = list(range(B))
         while active:
@@ -192,13 +205,13 @@ def nar_fill(model, prompts: Batch, states: list[RowState], config: DecodeConfig
     prep = model.prepare(tokens, torch.zeros(tokens.shape, device=dev), kind_t, lengths, prompts.prefix_lens)
     masker = Masker(model)
     temp = config.temperature_used
+    audio_pos = [(b, q, int(prep.last[b, q])) for b, q in (prep.kinds == AUDIO_TGT).nonzero().tolist()]
     for k in range(1, S):
-        tok_in, extra = nar_inputs(model, prep, torch.full((len(seqs),), k, device=dev))
-        h = model.backbone(model.embed_prepared(prep, tok_in, extra), None, model.attention_mask(prep, True))
-        pos = [(b, q, int(prep.last[b, q])) for b, q in (prep.kinds == AUDIO_TGT).nonzero().tolist()]
-        pos = [(b, q, r) for b, q, r in pos if toks[b][r] is not None and vocab.n_streams(toks[b][r]) > k]
+        pos = [(b, q, r) for b, q, r in audio_pos if toks[b][r] is not None and vocab.n_streams(toks[b][r]) > k]
         if not pos:
             continue
+        tok_in, extra = nar_inputs(model, prep, torch.full((len(seqs),), k, device=dev))
+        h = model.backbone(model.embed_prepared(prep, tok_in, extra), None, model.attention_mask(prep, True))
         bq = torch.tensor([(b, q) for b, q, _ in pos], device=dev)
         logits = model.head.logits(h[bq[:, 0], bq[:, 1]], k).float()
         masks = torch.stack([masker.mask(k, (toks[b][r], k, ()), dev) for b, _, r in pos])

@@ -169,6 +169,19 @@ class Masker:
             self._cache[ck] = m.to(device)
         return self._cache[ck]
 
+    def allowed(self, k: int, key: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Allowed columns of model stream ``k`` for ``key`` and their head weight rows (cached,
+        refreshed when the weights change), so logits are computed for those columns only."""
+        w = self.model.head.weight
+        ck = ("rows", k, key)
+        hit = self._cache.get(ck)
+        if hit is None or hit[0] != (w._version, w.data_ptr()):
+            cols = self.mask(k, key, device).nonzero()[:, 0]
+            ids = self.to_global(k, cols)
+            hit = ((w._version, w.data_ptr()), cols, w.detach().index_select(0, ids))
+            self._cache[ck] = hit
+        return hit[1], hit[2]
+
     def to_global(self, k: int, cols: torch.Tensor) -> torch.Tensor:
         ids = self.model.head.ids(k)
         return cols if ids is None else ids[cols]

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from speechlm.registry import Registry
 
@@ -167,6 +168,7 @@ class BuiltinDecoder(nn.Module):
         inv = 1.0 / (rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv, persistent=False)
         self.max_len = max_len
+        self.grad_checkpointing = False
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # [B, T, hd/2]
@@ -185,8 +187,12 @@ class BuiltinDecoder(nn.Module):
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=x.device)[None].expand(B, -1)
         cos, sin = self.rope(positions, x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.float32)
+        ckpt = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i)
         return self.norm(x)
 
     def init_weights(self, std: float = 0.02) -> None:

@@ -63,7 +63,26 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
         raise KeyError(f"{where} does not match the model built from its config.yaml: " + "; ".join(parts))
 
 
-def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+#: parameters with one row per vocabulary id (grown when the vocabulary is extended)
+VOCAB_ROWS = ("embed.emb.weight", "head.weight")
+
+
+def check_extension(old: Vocabulary, new: Vocabulary, where: str) -> None:
+    """``new`` must start with every token of ``old`` at the same id (vocabularies only grow)."""
+    n = len(old)
+    if len(new) < n or new.tokens[:n] != old.tokens:
+        bad = next((i for i in range(min(n, len(new))) if new.tokens[i] != old.tokens[i]), min(n, len(new)))
+        got = new.tokens[bad] if bad < len(new) else "nothing"
+        raise ValueError(
+            f"{where}: the new vocabulary does not extend the model's: id {bad} is "
+            f"{old.tokens[bad] if bad < n else 'nothing'!r} in the model and {got!r} in the new one "
+            f"(build it with `speechlm vocab --extend {where}`)"
+        )
+
+
+def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", vocab: Vocabulary | None = None):
+    """Load a model directory strictly; with ``vocab`` (an extension of the saved vocabulary) the
+    embedding/head rows of existing ids are kept and new ids get fresh rows."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -71,15 +90,27 @@ def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = 
         if not (path / name).is_file():
             raise FileNotFoundError(f"model directory {path} has no {name} (save it with save_pretrained)")
     config = load_config(ModelConfig, path / CONFIG)
-    vocab = Vocabulary.load(path / VOCAB)
+    saved_vocab = Vocabulary.load(path / VOCAB)
+    grow = vocab is not None and vocab.tokens != saved_vocab.tokens
+    if grow:
+        check_extension(saved_vocab, vocab, str(path / VOCAB))
+    vocab = vocab if grow else saved_vocab
     backbone_dir = str(path / HF_DIR) if config.backbone != "builtin" else None
     if backbone_dir is not None and not (path / HF_DIR / "config.json").is_file():
         raise FileNotFoundError(f"model directory {path} has no {HF_DIR}/config.json for its {config.backbone} backbone")
     model = cls(config, vocab, _backbone_dir=backbone_dir) if backbone_dir else cls(config, vocab)
     state = load_file(str(path / WEIGHTS), device=str(map_location))
-    check_state(model_state(model), state, str(path / WEIGHTS))
+    expected = model_state(model)
+    if grow:
+        n = len(saved_vocab)
+        for key in VOCAB_ROWS:
+            if key in state and key in expected and state[key].shape[0] == n:
+                rows = expected[key].clone().to(state[key].device)
+                rows[:n] = state[key]
+                state[key] = rows
+    check_state(expected, state, str(path / WEIGHTS))
     model.load_state_dict(state, strict=False)
     return model.to(map_location)
 
 
-__all__ = ["save_model", "load_model", "check_state", "model_state"]
+__all__ = ["save_model", "load_model", "check_state", "check_extension", "model_state"]

@@ -43,6 +43,9 @@ class ModelConfig:
     # embeddings and heads
     tie_embeddings: bool = True
     stream_weights: list[float] = field(default_factory=list)  # loss weight per stream; [] = all 1
+    # stream-0 softmax over the whole vocabulary (True) or over the target segment's own range plus
+    # the special tokens (False: what decoding masks allow anyway, and far cheaper with big LLM vocabularies)
+    stream0_full_vocab: bool = False
     # multiscale local (depth) transformer
     local_dim: int = 128
     local_layers: int = 2
@@ -54,8 +57,9 @@ class ModelConfig:
     prefix_lm: bool = True  # honour Batch.prefix_lens (bidirectional attention over conditions)
     ctc_weight: float = 0.0  # auxiliary CTC over audio-conditioned text targets (0 = no CTC head)
     ctc_tokenizer: str | None = None  # text tokenizer the CTC head predicts (required if ctc_weight > 0)
-    # numerics
+    # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
+    grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
 
     def validate(self) -> "ModelConfig":
         from speechlm.models.builtin import BACKBONES

@@ -1,5 +1,6 @@
-"""Input embedding (sum over streams), output head (stream 0 over the whole vocabulary, stream k>0
-over its own codebook ranges only), the multiscale depth head, and the weighted cross-entropy.
+"""Input embedding (sum over streams), output head (stream k>0 over its own codebook ranges only;
+stream 0 over the target segment's own range plus the special tokens, or the whole vocabulary with
+``stream0_full_vocab``), the multiscale depth head, and the weighted cross-entropy.
 
 Example:
     >>> head = OutputHead(dim=64, vocab_size=600, stream_ids=[None, torch.arange(300, 556)])
@@ -73,6 +74,35 @@ class OutputHead(nn.Module):
             contiguous = len(ids) > 0 and bool((ids == torch.arange(int(ids[0]), int(ids[0]) + len(ids))).all())
             self._slices.append((int(ids[0]), int(ids[0]) + len(ids)) if contiguous else None)
 
+    def set_stream0_groups(self, ranges: list[tuple[int, int]], first: list[int], special_ids: torch.Tensor) -> None:
+        """Stream-0 loss over the target's own range plus the special tokens instead of the whole
+        vocabulary: ``ranges`` are the ``[start, end)`` of every tokenizer stream, ``first[g]`` the
+        group of stream 0 of range g's tokenizer; ids outside the ranges are specials (``<eos>``,
+        tasks, markers), scored in the stream-0 group of the segment they end."""
+        V = self.vocab_size
+        group = torch.full((V,), -1, dtype=torch.int64)
+        seg = torch.full((V,), -1, dtype=torch.int64)
+        for g, (a, b) in enumerate(ranges):
+            group[a:b] = g
+            seg[a:b] = first[g]
+        self.register_buffer("g0_seg", seg, persistent=False)
+        rank = torch.full((V,), -1, dtype=torch.int64)
+        rank[special_ids] = torch.arange(len(special_ids))
+        self.register_buffer("g0_of", group, persistent=False)
+        self.register_buffer("g0_bounds", torch.tensor(ranges, dtype=torch.int64).view(-1, 2), persistent=False)
+        self.register_buffer("sp_ids", special_ids.clone(), persistent=False)
+        self.register_buffer("sp_rank", rank, persistent=False)
+
+    def group_logits(self, h: torch.Tensor, y: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream-0 logits over group ``g``'s range and the specials, and the targets' columns."""
+        a, b = (int(v) for v in self.g0_bounds[g])
+        logits = torch.cat([h @ self.weight[a:b].to(h.dtype).t(),
+                            h @ self.weight.index_select(0, self.sp_ids).to(h.dtype).t()], -1)
+        inside = (y >= a) & (y < b)
+        local = torch.where(inside, y - a, (b - a) + self.sp_rank[y])
+        local = torch.where(inside | (self.sp_rank[y] >= 0), local, torch.full_like(local, -1))
+        return logits, local
+
     def ids(self, k: int) -> torch.Tensor | None:
         """Global ids of stream ``k``'s logit columns (None: the whole vocabulary)."""
         return None if k == 0 else getattr(self, f"ids_{k}")
@@ -83,12 +113,15 @@ class OutputHead(nn.Module):
         sl = self._slices[k]
         return self.weight[sl[0] : sl[1]] if sl is not None else self.weight.index_select(0, self.ids(k))
 
-    def logits(self, h: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of stream ``k`` over its columns, or over global ``ids`` if given."""
+    def logits(self, h: torch.Tensor, k: int, ids: torch.Tensor | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of stream ``k`` over its columns, over global ``ids``, or against ``weight``
+        (rows already gathered from :attr:`weight`, e.g. cached by a decoder)."""
         if k > 0:
             h = h + self.stream_offset[k].to(h.dtype)
-        w = self.weight.index_select(0, ids) if ids is not None else self.rows(k)
-        return h @ w.to(h.dtype).t()
+        if weight is None:
+            weight = self.weight.index_select(0, ids) if ids is not None else self.rows(k)
+        return h @ weight.to(h.dtype).t()
 
     def local_targets(self, y: torch.Tensor, k: int) -> torch.Tensor:
         """Global ids -> column indices of stream ``k`` (-1 where not in its range)."""
@@ -123,6 +156,14 @@ class DepthHead(nn.Module):
         x = torch.cat([self.in_proj(h)[:, None], self.tok_proj(prev_emb)], 1)
         x = x + self.level[: x.shape[1]].to(x.dtype)
         return self.out_proj(self.local(x))
+
+    def step(self, x: torch.Tensor, k: int, cache) -> torch.Tensor:
+        """Incremental local step ``k`` (decoding): ``x [N, D]`` is the global hidden state for
+        ``k == 0``, else the embedding of stream ``k - 1``'s token; ``cache`` from
+        ``self.local.new_cache()``. Returns the hidden state ``[N, D]`` that predicts stream ``k``."""
+        z = (self.in_proj(x) if k == 0 else self.tok_proj(x)) + self.level[k].to(x.dtype)
+        pos = torch.full((x.shape[0], 1), k, dtype=torch.int64, device=x.device)
+        return self.out_proj(self.local(z[:, None], pos, None, cache))[:, 0]
 
 
 __all__ = ["StreamEmbedding", "OutputHead", "DepthHead", "weighted_ce", "stream_ids_from_vocab"]

@@ -21,11 +21,33 @@ def _add(stats: dict, name: str, s: torch.Tensor, n: torch.Tensor) -> None:
         stats[name] = (s.detach().float(), n.detach().float())
 
 
+def stream0_groups(head: OutputHead, y: torch.Tensor, rows_in: torch.Tensor | None) -> torch.Tensor:
+    """Stream-0 group of each slot: the target's tokenizer stream; for a special target (``<eos>``,
+    a marker) the group of the input row's token (the segment it ends); -1: whole vocabulary."""
+    g = head.g0_of[y]
+    if rows_in is not None:
+        g_in = head.g0_seg[rows_in].max(-1).values  # the segment (stream 0 group) of the input row
+        g = torch.where(g < 0, g_in, g)
+    return g
+
+
 def stream_slots_loss(head: OutputHead, hk: torch.Tensor, y: torch.Tensor, w: torch.Tensor, k: int,
-                      stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """CE of stream ``k`` at selected slots: ``hk [N, D]``, ``y [N]`` global ids, ``w [N]`` weights."""
-    logits = head.logits(hk, k)
-    ce, ws, correct, count = weighted_ce(logits, head.local_targets(y, k), w, f"stream {k}")
+                      stats: dict, rows_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE of stream ``k`` at selected slots: ``hk [N, D]``, ``y [N]`` global ids, ``w [N]`` weights.
+    Stream 0 uses per-group columns when the head has them (``rows_in [N, S]``: input rows)."""
+    if k == 0 and hasattr(head, "g0_of"):
+        g = stream0_groups(head, y, rows_in)
+        parts = []
+        for gi in g.unique().tolist():
+            m = g == gi
+            if gi < 0:
+                parts.append(weighted_ce(head.logits(hk[m], 0), y[m], w[m], "stream 0"))
+            else:
+                logits, local = head.group_logits(hk[m], y[m], gi)
+                parts.append(weighted_ce(logits, local, w[m], "stream 0"))
+        ce, ws, correct, count = (sum(p[i] for p in parts) for i in range(4))
+    else:
+        ce, ws, correct, count = weighted_ce(head.logits(hk, k), head.local_targets(y, k), w, f"stream {k}")
     _add(stats, f"acc_s{k}", correct, count)
     _add(stats, "acc", correct, count)
     _add(stats, f"ce_s{k}", ce, ws)
@@ -33,8 +55,9 @@ def stream_slots_loss(head: OutputHead, hk: torch.Tensor, y: torch.Tensor, w: to
 
 
 def ar_loss(head: OutputHead, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: list[float],
-            stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-row CE for every stream of ``y [B, T, S]`` where ``w > 0``; hidden ``h [B, T, D]``."""
+            stats: dict, rows_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-row CE for every stream of ``y [B, T, S]`` where ``w > 0``; hidden ``h [B, T, D]``;
+    ``rows_in [B, T, S']``: the input row at each position (for stream-0 groups)."""
     loss_sum = h.new_zeros((), dtype=torch.float32)
     weight_sum = h.new_zeros((), dtype=torch.float32)
     for k in range(y.shape[-1]):
@@ -42,13 +65,14 @@ def ar_loss(head: OutputHead, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
         sel = wk > 0
         if not bool(sel.any()):
             continue
-        ls, ws = stream_slots_loss(head, h[sel], y[..., k][sel], wk[sel], k, stats)
+        ls, ws = stream_slots_loss(head, h[sel], y[..., k][sel], wk[sel], k, stats,
+                                   rows_in[sel] if rows_in is not None and k == 0 else None)
         loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
     return loss_sum, weight_sum
 
 
 def depth_loss(model, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: list[float],
-               stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+               stats: dict, rows_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multiscale: the depth head runs over the streams of each position that carries loss."""
     rows = w.sum(-1) > 0
     loss_sum = h.new_zeros((), dtype=torch.float32)
@@ -56,13 +80,15 @@ def depth_loss(model, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: lis
     if not bool(rows.any()):
         return loss_sum, weight_sum
     hs, ys, ws_all = h[rows], y[rows], w[rows]
+    r_in = rows_in[rows] if rows_in is not None else None
     out = model.depth(hs, model.embed.emb(ys[:, :-1]))  # [N, S, D]
     for k in range(ys.shape[-1]):
         wk = ws_all[:, k] * sw[k]
         sel = wk > 0
         if not bool(sel.any()):
             continue
-        ls, ws = stream_slots_loss(model.head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats)
+        ls, ws = stream_slots_loss(model.head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats,
+                                   r_in[sel] if r_in is not None and k == 0 else None)
         loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
     return loss_sum, weight_sum
 

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelOutput:
-    """``loss = loss_sum / weight_sum``; ``stats`` maps a name to ``(sum, count)`` (summable)."""
+    """``loss = loss_sum / weight_sum``; ``stats`` maps a name to ``(sum, count)`` (summable).
+
+    ``loss_sum`` and ``weight_sum`` are detached (for logging and all-reduce); for exact
+    normalisation over accumulation steps and ranks backpropagate
+    ``loss * weight_sum / total_weight``, where ``total_weight`` sums ``weight_sum``."""
 
     loss: torch.Tensor
     loss_sum: torch.Tensor
@@ -82,6 +86,15 @@ class SpeechLM(nn.Module):
         D = self.backbone.dim
         self.embed = StreamEmbedding(V, D, vocab.pad_id)
         self.head = OutputHead(D, V, stream_ids_from_vocab(vocab, S2), self.embed.weight if config.tie_embeddings else None)
+        if not config.stream0_full_vocab:
+            ranges, first = [], []
+            for t in vocab.ranges:
+                first += [len(ranges)] * vocab.n_streams(t)
+                ranges += [vocab.stream_range(t, k) for k in range(vocab.n_streams(t))]
+            inside = torch.zeros(V, dtype=torch.bool)
+            for a, b in ranges:
+                inside[a:b] = True
+            self.head.set_stream0_groups(ranges, first, (~inside).nonzero()[:, 0])
         self.stacker = CondStacker(D, config.cond_reduction) if config.cond_reduction > 1 else None
         self.depth = (
             DepthHead(D, S, config.local_dim, config.local_layers, config.local_heads, config.norm_eps)
@@ -92,6 +105,16 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
+        self._warned_reduction = False
+        if config.grad_checkpointing:
+            if config.backbone == "builtin":
+                self.backbone.grad_checkpointing = True
+            else:
+                body = self.backbone.body
+                if hasattr(body, "activation_checkpointing_enable"):  # transformers >= 5
+                    body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._init_weights()
         if config.backbone == "builtin" and _backbone_dir is None:
             self.backbone.init_weights(config.init_std)
@@ -185,7 +208,14 @@ class SpeechLM(nn.Module):
         nxt = prep.last + 1
         valid = (prep.last >= 0) & (nxt < lay.lengths[:, None])
         idx = nxt.clamp(max=lay.tokens.shape[1] - 1)[..., None].expand(-1, -1, lay.tokens.shape[2])
-        return lay.tokens.gather(1, idx), lay.weight.gather(1, idx) * valid[..., None]
+        y, w = lay.tokens.gather(1, idx), lay.weight.gather(1, idx) * valid[..., None]
+        if prep.red is not None and not self._warned_reduction:
+            if float(w.sum()) < float(lay.weight[:, 1:].sum()) - 1e-6:
+                log.warning("cond_reduction=%d drops the loss on audio-condition rows inside stacked groups "
+                            "(a template asks for loss on an audio condition); use cond_reduction: 1 to keep it",
+                            self.config.cond_reduction)
+                self._warned_reduction = True
+        return y, w
 
     # ---- training forward -----------------------------------------------------------------
     def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
@@ -198,13 +228,15 @@ class SpeechLM(nn.Module):
         with self.autocast(batch.tokens.device):
             h, prep = self.hidden_states(batch)
             y, w = self.targets(prep)
+            lay = prep.layout
+            rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
             sw = self.config.stream_weights or [1.0] * y.shape[-1]
             stats: dict = {}
             if self.depth is not None:
-                loss_sum, weight_sum = depth_loss(self, h, y, w, sw, stats)
+                loss_sum, weight_sum = depth_loss(self, h, y, w, sw, stats, rows_in)
             else:
                 n = 1 if self.pattern.head == "ar_nar" else y.shape[-1]
-                loss_sum, weight_sum = ar_loss(self.head, h, y[..., :n], w[..., :n], sw[:n], stats)
+                loss_sum, weight_sum = ar_loss(self.head, h, y[..., :n], w[..., :n], sw[:n], stats, rows_in)
             if self.nar_level is not None:
                 ls, ws = nar_loss(self, prep, sw, stats)
                 loss_sum, weight_sum = loss_sum + self.config.nar_weight * ls, weight_sum + ws
@@ -223,10 +255,13 @@ class SpeechLM(nn.Module):
         save_model(self, out_dir)
 
     @classmethod
-    def from_pretrained(cls, path, map_location: str | torch.device = "cpu") -> "SpeechLM":
+    def from_pretrained(cls, path, map_location: str | torch.device = "cpu",
+                        vocab: Vocabulary | None = None) -> "SpeechLM":
+        """Load a saved model (strict). ``vocab``: an extended vocabulary to fine-tune with (old ids
+        keep their rows, new ids get fresh ones)."""
         from speechlm.models.checkpoint import load_model
 
-        return load_model(cls, path, map_location)
+        return load_model(cls, path, map_location, vocab)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -47,7 +47,8 @@ class CodecSSLTokenizer(AudioTokenizer):
         if abs(self.ssl.frame_rate - self.codec.frame_rate) > 1e-6:
             raise ConfigError(
                 f"codec_ssl: frame rates disagree: ssl {self.ssl.options.get('type')!r} runs at "
-                f"{self.ssl.frame_rate:g} Hz, codec {self.codec.options.get('type')!r} at {self.codec.frame_rate:g} Hz; "
+                f"{self.ssl.frame_rate:g} Hz, codec {self.codec.options.get('type')!r} at "
+                f"{self.codec.frame_rate:g} Hz; "
                 f"pick parts with the same frame rate (e.g. 50 Hz units with codec2, or a 50 Hz codec)")
         self.tolerance = int(tolerance)
         self.sample_rate = self.codec.sample_rate
@@ -68,8 +69,10 @@ class CodecSSLTokenizer(AudioTokenizer):
                              f"(tolerance {self.tolerance}); are the two frame rates really equal?")
         if n >= m:
             units = units[:m]
+        elif n:
+            units = np.concatenate([units, np.repeat(units[-1:], m - n, axis=0)])
         else:
-            units = np.concatenate([units, np.repeat(units[-1:], m - n, axis=0)]) if n else np.zeros((m, units.shape[1]), np.int32)
+            units = np.zeros((m, units.shape[1]), np.int32)
         return np.concatenate([units, codes], axis=1).astype(np.int32)
 
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:

@@ -153,7 +153,8 @@ class HFCodecTokenizer(AudioTokenizer):
 
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.n_codebooks:
-            raise ValueError(f"hf_codec ({self.kind}): expected tokens [frames, {self.n_codebooks}], got {tokens.shape}")
+            raise ValueError(f"hf_codec ({self.kind}): expected tokens [frames, {self.n_codebooks}], "
+                             f"got {tokens.shape}")
         codes = torch.from_numpy(tokens.astype(np.int64).T.copy()).unsqueeze(0).to(self.device)  # [1, n, T]
         with torch.inference_mode():
             if self.kind == "encodec":

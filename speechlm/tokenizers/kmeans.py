@@ -47,7 +47,8 @@ class FrameFeatures:
             self.sample_rate, self.frame_rate = c["sample_rate"], c["sample_rate"] / c["hop"]
             mel = {"n_fft": c["n_fft"], "hop_length": c["hop"], "n_mels": c["n_mels"]}
             if feature == "mfcc":
-                self._fn = torchaudio.transforms.MFCC(c["sample_rate"], n_mfcc=c["n_mfcc"], log_mels=True, melkwargs=mel)
+                self._fn = torchaudio.transforms.MFCC(c["sample_rate"], n_mfcc=c["n_mfcc"], log_mels=True,
+                                                      melkwargs=mel)
                 self.dim = c["n_mfcc"]
             else:
                 self._fn = torchaudio.transforms.MelSpectrogram(c["sample_rate"], **mel)
@@ -61,7 +62,8 @@ class FrameFeatures:
         if not self.model_dir or not (Path(self.model_dir) / "config.json").is_file():
             raise FileNotFoundError(f"SSL features: no config.json in model_dir {self.model_dir!r} "
                                     f"(a local HuBERT/WavLM/wav2vec2 dir, or use feature: mfcc)")
-        self.model = transformers.AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
+        model = transformers.AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+        self.model = model.to(self.device).eval()
         cfg = self.model.config
         n_layers = int(cfg.num_hidden_layers)
         if not 0 <= self.layer <= n_layers:
@@ -101,7 +103,8 @@ def _sq_dists(x, c):
     return (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)[None]
 
 
-def fit_kmeans(frames: np.ndarray, k: int, iters: int = 30, seed: int = 0, chunk: int = 65536) -> tuple[np.ndarray, float]:
+def fit_kmeans(frames: np.ndarray, k: int, iters: int = 30, seed: int = 0,
+               chunk: int = 65536) -> tuple[np.ndarray, float]:
     """k-means++ initialization then Lloyd iterations (float64, deterministic for a seed).
 
     Returns (centroids ``[k, D]`` float32, mean squared distance of the frames to their centroid).

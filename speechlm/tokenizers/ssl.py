@@ -62,7 +62,8 @@ class SSLUnitTokenizer(AudioTokenizer):
         from speechlm.data.audio import to_mono
         from speechlm.tokenizers.codec2 import fast_resample
 
-        return fast_resample(to_mono(np.asarray(wav, dtype=np.float32)), sample_rate or self.sample_rate, self.sample_rate)
+        wav = to_mono(np.asarray(wav, dtype=np.float32))
+        return fast_resample(wav, sample_rate or self.sample_rate, self.sample_rate)
 
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         feats = self.features(self.prepare(wav, sample_rate))

@@ -107,10 +107,16 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def enable_activation_checkpointing(model: nn.Module) -> bool:
     """Turn on gradient checkpointing in the backbone when it offers it (HF models do)."""
     for sub in model.modules():
-        if sub is not model and hasattr(sub, "gradient_checkpointing_enable"):
+        if sub is model:
+            continue
+        if hasattr(sub, "activation_checkpointing_enable"):  # transformers >= 5
+            sub.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(sub, "gradient_checkpointing_enable"):
             sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            log.info("activation checkpointing on in %s", type(sub).__name__)
-            return True
+        else:
+            continue
+        log.info("activation checkpointing on in %s", type(sub).__name__)
+        return True
     if hasattr(model, "enable_activation_checkpointing"):
         model.enable_activation_checkpointing()
         return True
@@ -139,10 +145,14 @@ def segment_rows_fn(model: nn.Module):
 
 
 def model_context(model: nn.Module) -> int | None:
-    """The longest sequence (in rows) the model accepts, or None if it has no limit."""
-    cfg = getattr(model, "config", None)
+    """The longest sequence (in rows) the model accepts: ``max_len`` of the built-in backbone,
+    ``max_position_embeddings`` of an HF one; None if it states no limit."""
     if hasattr(model, "max_sequence_len"):
         return int(model.max_sequence_len())
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "backbone", "builtin") != "builtin":
+        hf = getattr(getattr(model, "backbone", None), "config", None)
+        return getattr(hf, "max_position_embeddings", None)
     return getattr(cfg, "max_len", None)
 
 

@@ -166,9 +166,10 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
                 avg[k] += v.double()
     first = load_file(str(paths[0] / "model.safetensors"))
     avg = {k: (v / len(paths)).to(first[k].dtype) if v.is_floating_point() else v for k, v in avg.items()}
-    for f in paths[0].iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "optimizer.pt", MARKER, "trainer_state.json"):
-            shutil.copy2(f, tmp / f.name)
+    for f in paths[0].iterdir():  # config.yaml, token_list.json, hf_backbone/ ...
+        if f.name in ("model.safetensors", "optimizer.pt", MARKER, "trainer_state.json", "rng"):
+            continue
+        (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
     save_file(avg, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     write_json(tmp / "averaged_from.json", {"checkpoints": [str(p) for p in paths]})
     write_json(tmp / MARKER, {"averaged": len(paths)})
@@ -179,5 +180,17 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     return out
 
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "read_state", "load_rng",
+def final_model_dir(exp_dir: str | os.PathLike) -> Path:
+    """The model dir a finished run hands on (to ``pack`` / ``decode``): ``checkpoints/average``
+    when averaging ran, else the best checkpoint by validation loss, else the newest."""
+    root = Path(exp_dir) / "checkpoints"
+    if is_complete(root / "average"):
+        return root / "average"
+    best = best_checkpoints(root, 1) or list_checkpoints(root)[-1:]
+    if not best:
+        raise FileNotFoundError(f"no complete checkpoint in {root} (train with `speechlm train --out-dir {exp_dir}`)")
+    return best[0]
+
+
+__all__ = ["save_checkpoint", "final_model_dir", "latest_checkpoint", "list_checkpoints", "read_state", "load_rng",
            "best_checkpoints", "prune_checkpoints", "average_checkpoints", "step_dir", "is_complete"]

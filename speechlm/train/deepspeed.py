@@ -60,8 +60,6 @@ class DeepSpeedStrategy(Strategy):
 
     def model_state_dict(self, module) -> dict[str, torch.Tensor]:
         if hasattr(module, "zero_optimization_stage") and module.zero_optimization_stage() == 3:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: F401
-
             return {k: v.cpu() for k, v in module._zero3_consolidated_16bit_state_dict().items()}
         return {k: v.detach().cpu() for k, v in module.module.state_dict().items()}
 

@@ -58,6 +58,8 @@ def init_distributed(device: str = "auto", threads: int = 0) -> DistEnv:
     else:
         dev = torch.device("cpu")
     n = set_threads(threads if threads > 0 else None, jobs=local_world)
+    if rank != 0:  # one copy of the info log; warnings and errors from every rank
+        logging.getLogger("speechlm").setLevel(max(logging.WARNING, logging.getLogger("speechlm").level))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),

@@ -52,8 +52,9 @@ class StepStats:
         self.sums: dict[str, float] = defaultdict(float)
 
     def add(self, name: str, value: float | torch.Tensor, count: float | torch.Tensor) -> None:
-        self.sums[f"{name}/sum"] += float(value)
-        self.sums[f"{name}/count"] += float(count)
+        """Accumulate (tensors stay on their device until :meth:`reduce`: no sync per batch)."""
+        for key, v in ((f"{name}/sum", value), (f"{name}/count", count)):
+            self.sums[key] = self.sums[key] + (v.detach().double() if torch.is_tensor(v) else float(v))
 
     def add_output(self, out, tasks: list[str] | None = None, prefix: str = "") -> None:
         """Add a ``ModelOutput``: its loss and stats (as ``name`` and, for one-task batches,
@@ -68,7 +69,7 @@ class StepStats:
     def reduce(self, names: list[str] | None = None) -> dict[str, float]:
         """Means ``sum / count`` over all ranks; ``names`` fixes the key order on every rank."""
         keys = sorted(self.sums) if names is None else names
-        t = all_reduce_sum(torch.tensor([self.sums.get(k, 0.0) for k in keys], dtype=torch.float64))
+        t = all_reduce_sum(torch.tensor([float(self.sums.get(k, 0.0)) for k in keys], dtype=torch.float64))
         sums = dict(zip(keys, t.tolist()))
         out = {}
         for k in keys:

@@ -7,14 +7,19 @@
 A step takes ``grad_accum`` micro-batches on each rank from the shared batch stream (see
 :mod:`speechlm.data.sampler`) and normalizes the loss exactly over all of them
 (:mod:`speechlm.train.numerics`), so the update does not depend on how the global batch is split
-over ranks and accumulation steps. A non-finite loss stops the run before the optimizer step,
-naming the example ids of the step; the last checkpoint stays the newest good one.
+over ranks and accumulation steps. A non-finite loss (or gradient norm) stops the run before
+the optimizer step, naming the example ids of the step; the last checkpoint stays the newest
+good one. SIGTERM / SIGINT / SIGUSR1 finish the current step, save a checkpoint and stop; the
+same command resumes, continuing the same data order (see ``docs`` of
+:mod:`speechlm.train.checkpoint` for the run dir layout).
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,7 @@ from speechlm.train import build
 from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, latest_checkpoint, load_rng,
                                        prune_checkpoints, read_state, save_checkpoint)
 from speechlm.train.config import TrainConfig
-from speechlm.train.distributed import barrier, init_distributed, make_strategy, unwrap
+from speechlm.train.distributed import barrier, init_distributed, make_strategy
 from speechlm.train.model_io import load_model_weights, write_model_dir
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
@@ -62,6 +67,7 @@ class Trainer:
         self.stop_after_steps = stop_after_steps  # testing: leave as if killed after this step
         self.step = self.tokens = self.next_batch = 0
         self.last_valid: dict[str, float] = {}
+        self._signal, self._stop_requested = 0, False
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -82,15 +88,7 @@ class Trainer:
                              "boundaries of batch.meta['doc_ids']; this model does not, so packed examples "
                              "would attend to each other. Use pack: false (bucketing keeps padding low)")
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
-        rows = build.segment_rows_fn(self.model)
-        ctx = build.model_context(self.model)
-        n_streams = self.model.n_streams
-        self.train_data = MultiTaskData(self.train_specs, self.vocab, n_streams, ctx, cfg.seed, rows)
-        self.valid_data = (MultiTaskData(self.valid_specs, self.vocab, n_streams, ctx, cfg.seed, rows)
-                           if self.valid_specs else None)
-        self.sampler = BucketSampler(self.train_data.lengths(), [s.weight for s in self.train_specs],
-                                     cfg.batch_tokens, cfg.max_batch_size, cfg.pool_size, cfg.seed, cfg.pack)
-        self.mix = MixMeter([s.key for s in self.train_specs], [s.weight for s in self.train_specs])
+        self._setup_data()
         self.strategy = make_strategy(cfg.strategy, env, **({"config_path": cfg.deepspeed_config,
                                       "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip}
                                       if cfg.strategy == "deepspeed" else {}))
@@ -114,6 +112,24 @@ class Trainer:
                  self.amp or "fp32", len(self.train_data),
                  f", {len(self.valid_data)} valid" if self.valid_data else "")
         return self
+
+    def _setup_data(self) -> None:
+        """Index train/valid entries against the model's context; build the batch stream."""
+        cfg = self.cfg
+        rows, ctx = build.segment_rows_fn(self.model), build.model_context(self.model)
+        n_streams = self.model.n_streams
+        self.train_data = MultiTaskData(self.train_specs, self.vocab, n_streams, ctx, cfg.seed, rows)
+        self.valid_data = None
+        if self.valid_specs:
+            try:
+                self.valid_data = MultiTaskData(self.valid_specs, self.vocab, n_streams, ctx, cfg.seed, rows,
+                                                drop_empty=True)
+            except ValueError as e:
+                log.warning("no validation: %s", e)
+        weights = [s.weight for s in self.train_specs]
+        self.sampler = BucketSampler(self.train_data.lengths(), weights, cfg.batch_tokens, cfg.max_batch_size,
+                                     cfg.pool_size, cfg.seed, cfg.pack)
+        self.mix = MixMeter([s.key for s in self.train_specs], weights)
 
     # ---- budget and schedule -----------------------------------------------------------------
     def finished(self) -> bool:
@@ -141,6 +157,8 @@ class Trainer:
                                      cfg.num_workers, self.vocab.pad_id, self._pack_len()))
         interval = StepStats()
         saved_at = validated_at = self.step
+        self._signal = 0
+        handlers = self._catch_signals()
         try:
             while not self.finished():
                 micro = [next(batches) for _ in range(self.A)]
@@ -163,6 +181,12 @@ class Trainer:
                 if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
                     log.warning("stopping after step %d as asked (--stop-after-steps)", self.step)
                     return self.last_valid
+                if self._stop_requested:
+                    if saved_at != self.step:
+                        self.save()
+                    log.warning("stopped by signal %d after step %d, checkpoint saved; run the same command "
+                                "to resume", self._signal, self.step)
+                    return self.last_valid
             if self.valid_data is not None and validated_at != self.step:
                 self.validate()
             if saved_at != self.step:
@@ -176,8 +200,26 @@ class Trainer:
                 log.info("training done: %d steps, %d tokens; mix observed (examples): %s", self.step,
                          self.tokens, mix.report())
         finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
             self.monitor.close()
         return self.last_valid
+
+    def _catch_signals(self) -> dict:
+        """SIGTERM / SIGINT / SIGUSR1 (cluster preemption, Ctrl-C): finish the step, save, stop."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            if self._signal:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._signal = signum
+            log.warning("signal %d: stopping after this step (send it again to stop at once)", signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            old[sig] = signal.signal(sig, handler)
+        return old
 
     def _pack_len(self) -> int | None:
         return (build.model_context(self.model) or self.cfg.batch_tokens) if self.cfg.pack else None
@@ -190,7 +232,7 @@ class Trainer:
         local = torch.tensor([sum(float(b.loss_weight.sum()) for b in micro)])
         est = float(all_reduce_sum(local)[0])
         scale = micro_loss_scale(est, self.W)
-        sums = torch.zeros(3, dtype=torch.float64)
+        acc = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss_sum, weight_sum, positions
         self.module.train()
         for a, batch in enumerate(micro):
             self.mix.update(batch)
@@ -203,11 +245,12 @@ class Trainer:
             if self.scaler is not None:
                 loss = self.scaler.scale(loss)
             self.strategy.backward(self.module, loss, last=a == len(micro) - 1)
-            sums += torch.tensor([float(out.loss_sum), float(out.weight_sum), float(batch.lengths.sum())],
-                                 dtype=torch.float64)
+            acc += torch.stack([out.loss_sum.double(), out.weight_sum.double(), batch.lengths.sum().double()])
             if interval is not None:
                 interval.add_output(out, batch.tasks)
-        loss_sum, weight_sum, positions = all_reduce_sum(sums).tolist()
+        stop = torch.tensor([float(bool(self._signal))], dtype=torch.float64)  # any rank signalled: all stop
+        loss_sum, weight_sum, positions, stop = all_reduce_sum(torch.cat([acc.cpu(), stop])).tolist()
+        self._stop_requested = stop > 0
         mean = loss_sum / weight_sum if weight_sum else float("nan")
         if not math.isfinite(mean):
             self._diverged(micro, mean)
@@ -216,16 +259,18 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             rescale_gradients(self.module.parameters(), est / weight_sum)
         self.grad_norm = self.strategy.clip(self.module, cfg.grad_clip)
+        if self.scaler is None and self.strategy.name != "deepspeed" and not math.isfinite(self.grad_norm):
+            self._diverged(micro, mean, what=f"gradient norm is {self.grad_norm}")
         self.strategy.optimizer_step(self.module, self.optimizer, self.scaler)
         self.step += 1
         self.tokens += int(positions)
         self.next_batch += self.A * self.W
         return mean
 
-    def _diverged(self, micro: list, loss: float) -> None:
+    def _diverged(self, micro: list, loss: float, what: str | None = None) -> None:
         ids = [i for rank_ids in _gather_objects([i for b in micro for i in b.ids]) for i in rank_ids]
         self.optimizer.zero_grad(set_to_none=True)
-        msg = (f"loss is {loss} at step {self.step + 1}; examples of this step: {', '.join(ids)}. "
+        msg = (f"{what or f'loss is {loss}'} at step {self.step + 1}; examples of this step: {', '.join(ids)}. "
                f"Stopped without updating; the newest checkpoint in {self.ckpt_dir} is the last good one")
         log.error(msg)
         raise TrainingDiverged(msg)
@@ -330,4 +375,4 @@ class Trainer:
                  self.next_batch)
 
 
-__all__ = ["Trainer", "TrainingDiverged", "unwrap"]
+__all__ = ["Trainer", "TrainingDiverged"]

@@ -51,13 +51,13 @@ kmeans_feature=mfcc       # features for k-means when no ssl_model_dir is given
 ssl_model_dir=            # local Hugging Face SSL model (HuBERT/WavLM) for k-means features
 train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
 valid_data=               # validation data, same format (default: tasks on valid_set)
-train_config=conf/train.yaml # speechlm train options (YAML)
+train_config=conf/train.yaml # training settings (speechlm train --train-config YAML)
 model_config=             # model preset YAML; overrides the one named in train_config
 train_args=               # extra flags for speechlm train, e.g. "--max-steps 100"
 tag=                      # experiment name: exp/<tag> (default: train_config name + data_name)
 init_from=                # packed model or exp dir to start from; its vocabulary is extended
-decode_tasks=             # tasks decoded on test_sets (default: tasks)
-decode_config=            # speechlm decode options (YAML)
+decode_tasks=             # tasks decoded on test_sets with the packed model (default: tasks)
+decode_config=            # decoding settings (speechlm decode --decode-config YAML)
 decode_args=              # extra flags for speechlm decode
 score_metrics=            # metrics for speechlm score, space separated (default: the task's own)
 hub_repo=                 # model hub repo id named in the stage 12 export (nothing is uploaded)
@@ -138,12 +138,13 @@ bpe_dir=${dumpdir}/bpe
 kmeans_dir=${dumpdir}/kmeans
 if (( ngpu == 0 )); then export CUDA_VISIBLE_DEVICES=""; fi
 
-# run_logged LAUNCHER_ARRAY_NAME LOG CMD ...: run through run.pl/slurm.pl; on failure show the log.
+# run_logged LAUNCHER_ARRAY_NAME GPUS LOG CMD ...: one job through run.pl/slurm.pl with its
+# output in LOG; on failure show the end of the log and stop.
 run_logged() {
   local -n _launcher=$1
-  local logfile=$2
-  shift 2
-  if ! "${_launcher[@]}" "${logfile}" "$@"; then
+  local gpus=$2 logfile=$3
+  shift 3
+  if ! "${_launcher[@]}" --gpu "${gpus}" "${logfile}" "$@"; then
     tail -n 30 "${logfile}" >&2 || true
     die "failed: $* (full log: ${logfile})"
   fi
@@ -238,12 +239,12 @@ fi
 if stage_on 6; then
   extend_opts=()
   if [[ -n ${init_from} ]]; then extend_opts=(--extend "${init_from}/token_list.json"); fi
-  log "Stage 6: vocabulary: ${tokenizers} + tasks {${spec_tasks[*]}} ${extend_opts[*]} -> ${token_list}"
+  log "Stage 6: vocabulary: ${tokenizers} + tasks {${spec_tasks[*]}}${init_from:+ + ${init_from}/token_list.json} -> ${token_list}"
   "${slm[@]}" vocab --tokenizers "${tokenizers}" --tasks "${spec_tasks[@]}" --out "${token_list}" "${extend_opts[@]}"
 fi
 
 if stage_on 7; then
-  log "Stage 7: length statistics: ${train_specs[*]} ${valid_specs[*]} -> <dumpdir>/stats"
+  log "Stage 7: length statistics: ${train_specs[*]} ${valid_specs[*]} -> <each dumpdir>/stats.json"
   for spec in "${train_specs[@]}" "${valid_specs[@]}"; do
     dir=${spec#*:*:}
     dir=${dir%:*}
@@ -262,70 +263,82 @@ if stage_on 8; then
     printf ' --stage 8 "$@"\n'
   } > "${exp}/rerun.sh"
   chmod +x "${exp}/rerun.sh"
-  train_opts=(--data "${train_specs[@]}" --valid-data "${valid_specs[@]}" --vocab "${token_list}"
-    --tokenizers "${tokenizers}" --out-dir "${exp}" --config "${train_config}")
+  train_opts=()
+  for spec in "${train_specs[@]}"; do train_opts+=(--data "${spec}"); done
+  for spec in "${valid_specs[@]}"; do train_opts+=(--valid-data "${spec}"); done
+  train_opts+=(--vocab "${token_list}" --tokenizers "${tokenizers}" --out-dir "${exp}" --train-config "${train_config}")
   if [[ -n ${model_config} ]]; then train_opts+=(--model-config "${model_config}"); fi
   if [[ -n ${init_from} ]]; then train_opts+=(--init-from "${init_from}"); fi
   read -ra extra_train_opts <<< "${train_args}"
   distributed=()
   if (( ngpu > 1 || num_nodes > 1 )); then
-    distributed=(torchrun --nnodes "${num_nodes}" --nproc_per_node "${ngpu}" --node_rank "${node_rank}"
-      --master_addr "${master_addr}" --master_port "${master_port}" --no-python)
+    distributed=(torchrun --nnodes "${num_nodes}" --nproc_per_node "$(( ngpu > 0 ? ngpu : 1 ))"
+      --node_rank "${node_rank}" --master_addr "${master_addr}" --master_port "${master_port}" --no-python)
   fi
-  run_logged train_launcher --gpu "${ngpu}" "${exp}/logs/train.log" \
+  run_logged train_launcher "${ngpu}" "${exp}/logs/train.log" \
     "${distributed[@]}" "${slm[@]}" train "${train_opts[@]}" "${extra_train_opts[@]}"
 fi
 
+# up_to_date MARKER PATH...: MARKER exists and nothing under PATH... is newer than it.
+up_to_date() {
+  local marker=$1
+  shift
+  [[ -f ${marker} ]] && [[ -z $(find "$@" -newer "${marker}" -print -quit 2> /dev/null) ]]
+}
+
 if stage_on 9; then
+  log "Stage 9: packing: ${exp} -> ${exp}/packed"
+  if up_to_date "${exp}/packed/.done" "${exp}/checkpoints"; then
+    log "Stage 9: ${exp}/packed is newer than every checkpoint, skipped"
+  else
+    "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed"
+    touch "${exp}/packed/.done"
+  fi
+fi
+
+if stage_on 10; then
   for s in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
       ddir=${exp}/decode_${s}_${t}
-      log "Stage 9: decoding: ${exp} + ${dumpdir}/${s}/${t} -> ${ddir} (log: ${ddir}/logs/decode.log)"
-      decode_opts=(--model-dir "${exp}" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
-      if [[ -n ${decode_config} ]]; then decode_opts+=(--config "${decode_config}"); fi
+      log "Stage 10: decoding: ${exp}/packed + ${dumpdir}/${s}/${t} -> ${ddir} (log: ${ddir}/logs/decode.log)"
+      if up_to_date "${ddir}/.done" "${exp}/packed/.done"; then
+        log "Stage 10: ${ddir} is complete, skipped"
+        continue
+      fi
+      decode_opts=(--model-dir "${exp}/packed" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
+      if [[ -n ${decode_config} ]]; then decode_opts+=(--decode-config "${decode_config}"); fi
       read -ra extra_decode_opts <<< "${decode_args}"
-      run_logged decode_launcher --gpu "$(( ngpu > 0 ? 1 : 0 ))" "${ddir}/logs/decode.log" \
+      run_logged decode_launcher "$(( ngpu > 0 ? 1 : 0 ))" "${ddir}/logs/decode.log" \
         "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}"
+      touch "${ddir}/.done"
     done
   done
 fi
 
-if stage_on 10; then
-  log "Stage 10: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
+if stage_on 11; then
+  log "Stage 11: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
   metric_opts=()
   if [[ -n ${score_metrics} ]]; then read -ra metric_opts <<< "--metrics ${score_metrics}"; fi
   for s in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
+      ddir=${exp}/decode_${s}_${t}
+      if up_to_date "${ddir}/.scored" "${ddir}/.done" && [[ -f ${exp}/RESULTS.md ]]; then
+        log "Stage 11: ${ddir} is scored, skipped"
+        continue
+      fi
       # score updates the table of this (test set, task) in RESULTS.md and keeps the others.
-      "${slm[@]}" score --decode-dir "${exp}/decode_${s}_${t}" --ref-dir "${dumpdir}/${s}/${t}" \
+      "${slm[@]}" score --decode-dir "${ddir}" --ref-dir "${dumpdir}/${s}/${t}" \
         --test-set "${s}" --task "${t}" --model "${tag}" "${metric_opts[@]}" --results "${exp}/RESULTS.md"
+      touch "${ddir}/.scored"
     done
   done
   cat "${exp}/RESULTS.md"
 fi
 
-if stage_on 11; then
-  log "Stage 11: packing: ${exp} -> ${exp}/packed"
-  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed"
-fi
-
 if stage_on 12; then
-  upload=${exp}/upload
-  log "Stage 12: upload-ready export: ${exp}/packed -> ${upload}"
-  [[ -f ${exp}/packed/README.md ]] || die "${exp}/packed/README.md not found: run stage 11 first"
-  rm -rf "${upload}.tmp"
-  cp -rL "${exp}/packed" "${upload}.tmp"
-  if [[ -f ${exp}/RESULTS.md ]]; then cp "${exp}/RESULTS.md" "${upload}.tmp/RESULTS.md"; fi
-  printf '*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n' \
-    > "${upload}.tmp/.gitattributes"
-  if [[ $(head -n 1 "${upload}.tmp/README.md") != "---" ]]; then  # model hub card metadata
-    { printf -- '---\nlibrary_name: speechlm\nlanguage: en\ntags: [speech, speech-language-model, %s]\n---\n\n' \
-        "${spec_tasks[*]// /, }"
-      cat "${exp}/packed/README.md"; } > "${upload}.tmp/README.md"
-  fi
-  rm -rf "${upload}"
-  mv "${upload}.tmp" "${upload}"
-  log "Stage 12: ready: upload with: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${upload} ."
+  log "Stage 12: upload-ready export: ${exp} + ${exp}/RESULTS.md -> ${exp}/upload"
+  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/upload" --export
+  log "Stage 12: to publish: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${exp}/upload ."
 fi
 
 log "Done: stages ${stage}..${stop_stage} of ${PWD##*/egs/}"

@@ -11,7 +11,8 @@
 # `--name value`, `--name=value` and `--na-me value` set the variable `name`. Only names declared
 # in the calling script's <options> block are accepted: anything else is an error that lists the
 # valid options. An option whose default is true/false only takes true/false. `--help` prints
-# `help_message` and one line per option generated from the block (name, current value, comment).
+# `help_message` (default: the comment block at the top of the script) and one line per option
+# generated from the block (name, current value, comment).
 # Arguments after the options are left in "$@" (this file shifts the caller's arguments).
 
 _po_script=${BASH_SOURCE[1]:-$0}
@@ -28,7 +29,12 @@ if [[ ${_po_names} == " " ]]; then
 fi
 
 _po_help() {
-  if [[ -n ${help_message:-} ]]; then printf '%s\n\n' "${help_message}"; fi
+  if [[ -n ${help_message:-} ]]; then
+    printf '%s\n\n' "${help_message}"
+  else  # the comment block at the top of the script
+    awk 'NR == 1 && /^#!/ { next } /^# shellcheck/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${_po_script}"
+    echo
+  fi
   echo "Options (--name value; the current value is shown in brackets):"
   local line name comment
   while IFS= read -r line; do

@@ -1,0 +1,119 @@
+"""The mini_espeak corpus (egs/mini_espeak/speechlm1/local/data.sh) on ~40 utterances."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MINI = ROOT / "egs" / "mini_espeak" / "speechlm1"
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                                reason="needs espeak-ng and sox")
+
+
+def recipe_copy(dst: Path) -> Path:
+    """The mini recipe in a temporary dir: its files linked, its outputs (data/) local."""
+    dst.mkdir(parents=True)
+    for name in ("speechlm.sh", "path.sh", "cmd.sh", "utils", "local", "conf", "run.sh"):
+        (dst / name).symlink_to(MINI / name)
+    return dst
+
+
+def data_sh(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    res = subprocess.run(["local/data.sh", *args], cwd=recipe, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def read_map(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split(" ", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    recipe = recipe_copy(tmp_path_factory.mktemp("mini") / "speechlm1")
+    data_sh(recipe, "--num_utts", "40", "--num_test", "6", "--utts_per_spk", "8", "--seed", "3")
+    return recipe
+
+
+def test_kaldi_dirs_are_valid(corpus):
+    import soundfile as sf
+
+    total = 0
+    for split in ("train", "dev", "test"):
+        d = corpus / "data" / split
+        files = {n: read_map(d / n) for n in ("wav.scp", "text", "utt2spk", "utt2num_samples")}
+        ids = [k for k, _ in files["wav.scp"]]
+        assert ids == sorted(ids, key=str.encode) and len(set(ids)) == len(ids), f"{split}: unsorted or duplicate ids"
+        for name, entries in files.items():
+            assert [k for k, _ in entries] == ids, f"{split}/{name} ids differ from wav.scp"
+        utt2spk = dict(files["utt2spk"])
+        spk2utt = {s: u.split() for s, u in read_map(d / "spk2utt")}
+        assert sorted(u for us in spk2utt.values() for u in us) == ids
+        assert all(utt2spk[u] == s for s, us in spk2utt.items() for u in us)
+        assert all(u.startswith(utt2spk[u] + "-") for u in ids), "utterance ids start with the speaker id"
+        for utt, text in files["text"]:
+            assert 3 <= len(text.split()) <= 12 and text == text.lower()
+        for (utt, wav), (_, n) in zip(files["wav.scp"], files["utt2num_samples"]):
+            audio, sr = sf.read(wav, dtype="int16")
+            assert sr == 16000 and audio.ndim == 1 and len(audio) == int(n) > 8000
+            assert sf.info(wav).subtype == "PCM_16"
+            assert abs(audio).max() > 1000, f"{utt}: silent audio"
+        total += len(ids)
+    assert total == 40
+    assert len(read_map(corpus / "data" / "test" / "text")) == 6
+
+
+def test_test_set_has_new_sentences_and_new_voices(corpus):
+    def split(name):
+        d = corpus / "data" / name
+        return {t for _, t in read_map(d / "text")}, {s for _, s in read_map(d / "utt2spk")}
+
+    train_text, train_spk = split("train")
+    dev_text, dev_spk = split("dev")
+    test_text, test_spk = split("test")
+    assert not (test_text & train_text) and not (dev_text & train_text) and not (dev_text & test_text)
+    assert not (test_spk & train_spk)
+    assert dev_spk <= train_spk  # dev: new sentences, known voices
+    variant = lambda spk: spk.split("_")[1]  # accent_variant_pPP_sRRR
+    assert not ({variant(s) for s in test_spk} & {variant(s) for s in train_spk | dev_spk})
+    assert len(train_spk) >= 3, "several training voices"
+
+
+def test_same_seed_same_corpus_and_rerun_resumes(corpus, tmp_path):
+    plan = corpus / "data" / "local" / "mini_espeak" / "plan.tsv"
+    before = plan.read_text()
+    wavs = sorted((corpus / "data" / "local" / "mini_espeak" / "wav").rglob("*.wav"))
+    mtimes = {w: w.stat().st_mtime_ns for w in wavs}
+    victim = wavs[0]
+    victim.unlink()  # as if the run had been killed before this file
+    data_sh(corpus, "--num_utts", "40", "--num_test", "6", "--utts_per_spk", "8", "--seed", "3")
+    assert plan.read_text() == before
+    assert victim.exists(), "the missing wav was synthesized again"
+    assert all(w.stat().st_mtime_ns == m for w, m in mtimes.items() if w != victim), "existing wavs were kept"
+    logs = (corpus / "data" / "local" / "mini_espeak" / "log").glob("synth.*.log")
+    assert "synthesized 1," in "".join(p.read_text() for p in logs)
+    # another seed gives another corpus
+    other = recipe_copy(tmp_path / "other")
+    data_sh(other, "--num_utts", "40", "--seed", "4")
+    assert (other / "data" / "train" / "text").read_text() != (corpus / "data" / "train" / "text").read_text()
+
+
+def test_too_few_utterances_is_a_clear_error(tmp_path):
+    recipe = recipe_copy(tmp_path / "r")
+    res = subprocess.run(["local/data.sh", "--num_utts", "5", "--num_dev", "2", "--num_test", "2"],
+                         cwd=recipe, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "--num_utts 5 leaves 1 training utterances" in res.stderr
+
+
+def test_speechlm_validate_data_accepts_the_dirs(corpus):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for split in ("train", "dev", "test"):
+        res = subprocess.run([sys.executable, "-m", "speechlm", "validate-data", str(corpus / "data" / split)],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
