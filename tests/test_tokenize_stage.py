@@ -44,7 +44,7 @@ def _make_corpus(root: Path, n_utts: int, n_sources: int = 12) -> Path:
 
 
 def _prepare(root: Path, data: Path, name: str, task: str = "tts") -> Path:
-    out = root / name
+    out = root / name / task  # like dump/<set>/<task>: archives are shared only within one <set>
     assert cli(["prepare", "--task", task, "--data-dir", str(data), "--out", str(out)]) == 0
     return out
 
@@ -129,12 +129,27 @@ def test_resumes_after_being_killed(corpus):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = sum(j.read_text().count("\n") for j in journals)
+    done_before = sum(j.read_text().count("\n") for j in journals if j.exists())
     assert 0 < done_before < N_UTTS and not (dump / "tokens" / "speech.scp").exists()
     assert cli(cmd[3:]) == 0
     assert (dump / "tokens" / "speech.ark").read_bytes() == (ref / "tokens" / "speech.ark").read_bytes()
     logs = "".join(p.read_text() for p in (dump / "tokens" / "log").glob("tokenize.*.log"))
     assert "resuming after" in logs
+
+
+def test_same_audio_in_another_task_is_linked_not_encoded(corpus, caplog):
+    root, data, ref = corpus
+    asr = _prepare(root, data, "shared", task="asr")
+    tts = _prepare(root, data, "shared", task="tts")
+    tok = ["--tokenizers", str(root / "tokenizers.yaml"), "--segments", "speech"]
+    assert cli(["tokenize", "--manifest-dir", str(asr), *tok]) == 0
+    with caplog.at_level(logging.INFO):
+        assert cli(["tokenize", "--manifest-dir", str(tts), *tok]) == 0
+    assert "linked its archive" in caplog.text
+    a, t = TokenReader(asr / "tokens" / "speech.scp"), TokenReader(tts / "tokens" / "speech.scp")
+    assert list(a) == list(t) and all(np.array_equal(a[u], t[u]) for u in a)
+    assert all(str(tts) in line for line in (tts / "tokens" / "speech.scp").read_text().splitlines())
+    assert (tts / "tokens" / "speech.lengths").read_text() == (asr / "tokens" / "speech.lengths").read_text()
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

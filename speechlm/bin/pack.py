@@ -14,17 +14,20 @@ log = logging.getLogger("speechlm.pack")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-dir", required=True, help="training run dir (exp/<tag>)")
     p.add_argument("--out-dir", required=True, help="model dir to write")
-    p.add_argument("--checkpoint", default="latest",
-                   help="'latest', 'average' (of the --average best checkpoints) or a checkpoint dir")
+    p.add_argument("--checkpoint", default="final",
+                   help="'final' (the run's average if it made one, else its best checkpoint by validation loss), "
+                        "'latest', 'average' (of the --average best checkpoints) or a checkpoint dir")
     p.add_argument("--average", type=int, default=3, help="checkpoints averaged with --checkpoint average")
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
 
 
 def pick_checkpoint(exp: Path, which: str, n_avg: int, out: Path) -> Path:
-    from speechlm.train.checkpoint import average_checkpoints, best_checkpoints, latest_checkpoint
+    from speechlm.train.checkpoint import average_checkpoints, best_checkpoints, final_model_dir, latest_checkpoint
 
-    if which == "latest":
+    if which == "final":
+        ckpt = final_model_dir(exp)
+    elif which == "latest":
         ckpt = latest_checkpoint(exp / "checkpoints")
     elif which == "average":
         best = best_checkpoints(exp / "checkpoints", n_avg) or [latest_checkpoint(exp / "checkpoints")]
@@ -62,13 +65,13 @@ def copy_tokenizers(exp: Path, out: Path) -> None:
     (out / "tokenizers.yaml").write_text(yaml.safe_dump(packed, sort_keys=False))
 
 
-def model_card(exp: Path, out: Path, ckpt: Path, export: bool) -> str:
+def model_card(exp: Path, out: Path, tasks: list[str], ckpt: Path, export: bool) -> str:
+    """README.md of a packed model: use, training data and command, results (hub front matter on export)."""
     import json
 
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
     cmd = (exp / "cmd.sh").read_text().strip() if (exp / "cmd.sh").is_file() else "(unknown)"
     results = (exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "No scoring results yet."
-    tasks = sorted(p.stem for p in (out / "tasks").glob("*.yaml"))
     state = ckpt / "trainer_state.json"
     step = json.loads(state.read_text()).get("step") if state.is_file() else None
     front = "---\nlibrary_name: speechlm\ntags: [speech, speechlm, " + ", ".join(tasks) + "]\n---\n\n" if export else ""
@@ -98,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
     shutil.rmtree(tmp / ".averaged", ignore_errors=True)
     shutil.copytree(exp / "tasks", tmp / "tasks")
     copy_tokenizers(exp, tmp)
-    (tmp / "README.md").write_text(model_card(exp, out, ckpt, args.export))
+    tasks = sorted(p.stem for p in (tmp / "tasks").glob("*.yaml"))
+    (tmp / "README.md").write_text(model_card(exp, out, tasks, ckpt, args.export))
     if args.export:
         (tmp / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n")
     shutil.rmtree(out, ignore_errors=True)

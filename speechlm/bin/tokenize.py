@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -88,8 +89,46 @@ def _plan(args: argparse.Namespace):
                 continue
             log.info("segment %s: tokenizer options or manifest changed since %s was written; redoing it",
                      seg.name, scp)
+        if _reuse(tok_dir, seg.name, fp):
+            continue
         todo.append((seg, spec, fp))
     return tok_dir, rows, todo
+
+
+def _reuse(tok_dir: Path, seg_name: str, fp: str) -> bool:
+    """Link an archive with the same fingerprint from a sibling task dir (e.g. the speech of the
+    ``asr`` and ``tts`` dumps of one set) instead of encoding the audio again."""
+    from speechlm.data.token_archive import read_lengths, write_lengths
+    from speechlm.utils.fileio import atomic_open, is_done, mark_done
+
+    for done in sorted(tok_dir.parent.parent.glob(f"*/tokens/{seg_name}.scp.done")):
+        src = done.parent
+        if src == tok_dir or not is_done(src / f"{seg_name}.scp"):
+            continue
+        info = json.loads(done.read_text())
+        if info.get("fingerprint") != fp:
+            continue
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        src_ark, dst_ark = src / f"{seg_name}.ark", tok_dir / f"{seg_name}.ark"
+        tmp = dst_ark.with_name(dst_ark.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src_ark, tmp)
+        except OSError:
+            shutil.copyfile(src_ark, tmp)
+        os.replace(tmp, dst_ark)
+        old, new = str(src_ark.resolve()), str(dst_ark.resolve())
+        with atomic_open(tok_dir / f"{seg_name}.scp") as f:
+            for line in (src / f"{seg_name}.scp").read_text(encoding="utf-8").splitlines():
+                utt, where = line.split(" ", 1)
+                f.write(f"{utt} {where.replace(old, new, 1)}\n")
+        write_lengths(tok_dir / f"{seg_name}.lengths", read_lengths(src / f"{seg_name}.lengths"))
+        if (src / f"{seg_name}.failed").is_file():
+            shutil.copyfile(src / f"{seg_name}.failed", tok_dir / f"{seg_name}.failed")
+        mark_done(tok_dir / f"{seg_name}.scp", {**info, "reused_from": str(src)})
+        log.info("segment %s: same tokenizer and audio as %s, linked its archive", seg_name, src)
+        return True
+    return False
 
 
 def _shard_rows(rows: list[dict], shard: int, nj: int) -> list[dict]:

@@ -129,41 +129,56 @@ class ShardWriter:
         return kaldiio.load_mat(f"{self.ark_path}:{self.entries[utt][0]}")
 
 
+def write_archive(
+    out_prefix: str | os.PathLike, items: Iterable[tuple[str, np.ndarray]]
+) -> int:
+    """Write ``(utt, array)`` pairs to ``OUT.ark`` / ``OUT.scp`` / ``OUT.lengths``; returns the count.
+
+    The outputs are written under temporary names and renamed, the ``.scp`` last, so a reader
+    never sees a half-written archive.
+    """
+    out = Path(out_prefix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ark, scp, lengths = (out.with_name(out.name + s) for s in (".ark", ".scp", ".lengths"))
+    scp_lines, len_lines = [], []
+    with atomic_open(ark, "wb") as f:
+        for utt, arr in items:
+            arr = check_tokens(arr, utt)
+            offset, _ = _write_entry(f, utt, arr)
+            scp_lines.append(f"{utt} {ark.resolve()}:{offset}\n")
+            len_lines.append(f"{utt} {arr.shape[0]}\n")
+    with atomic_open(lengths) as f:
+        f.writelines(len_lines)
+    with atomic_open(scp) as f:
+        f.writelines(scp_lines)
+    return len(scp_lines)
+
+
 def merge_shards(
     shards: list[ShardWriter], out_prefix: str | os.PathLike, order: Iterable[str]
 ) -> tuple[int, dict[str, str]]:
     """Copy the shards' arrays in ``order`` into ``OUT.ark`` / ``OUT.scp`` / ``OUT.lengths``.
 
     Ids missing from every shard are skipped; returns (number written, {failed utt: reason}).
-    The outputs are written under temporary names and renamed, the ``.scp`` last.
     """
-    out = Path(out_prefix)
-    ark, scp, lengths = (out.with_name(out.name + s) for s in (".ark", ".scp", ".lengths"))
     where = {u: s for s in shards for u in s.entries}
     failed = {u: r for s in shards for u, r in s.failed.items()}
     handles: dict[Path, object] = {}
-    n = 0
-    scp_lines, len_lines = [], []
+
+    def arrays() -> Iterator[tuple[str, np.ndarray]]:
+        for utt in order:
+            shard = where.get(utt)
+            if shard is None:
+                continue
+            fh = handles.get(shard.ark_path) or handles.setdefault(shard.ark_path, open(shard.ark_path, "rb"))
+            fh.seek(shard.entries[utt][0])
+            yield utt, read_kaldi(fh)
+
     try:
-        with atomic_open(ark, "wb") as f:
-            for utt in order:
-                shard = where.get(utt)
-                if shard is None:
-                    continue
-                fh = handles.get(shard.ark_path) or handles.setdefault(shard.ark_path, open(shard.ark_path, "rb"))
-                fh.seek(shard.entries[utt][0])
-                arr = read_kaldi(fh)
-                offset, _ = _write_entry(f, utt, arr)
-                scp_lines.append(f"{utt} {ark.resolve()}:{offset}\n")
-                len_lines.append(f"{utt} {arr.shape[0]}\n")
-                n += 1
+        n = write_archive(out_prefix, arrays())
     finally:
         for fh in handles.values():
             fh.close()
-    with atomic_open(lengths) as f:
-        f.writelines(len_lines)
-    with atomic_open(scp) as f:
-        f.writelines(scp_lines)
     return n, failed
 
 
@@ -207,9 +222,12 @@ class TokenReader(Mapping):
                     moved[path] = path if Path(path).exists() else str(self.scp.parent / Path(path).name)
                 self._index[parts[0]] = (moved[path], int(off))
         self._handles: dict[str, object] = {}
+        self._pid = os.getpid()
 
     def __getitem__(self, utt: str) -> np.ndarray:
         path, off = self._index[utt]
+        if self._pid != os.getpid():  # forked (DataLoader worker): a shared file offset would race
+            self._handles, self._pid = {}, os.getpid()
         fh = self._handles.get(path)
         if fh is None:
             fh = self._handles[path] = open(path, "rb")

@@ -4,7 +4,8 @@ Output dir::
 
     text                  utt hypothesis          (text targets)
     wav.scp, wav/*.wav    generated audio         (audio targets, at the tokenizer's rate)
-    tokens/<seg>.ark/scp  generated local tokens  [frames, streams]
+    tokens/<seg>.ark/scp  generated local tokens  [frames, streams] (+ .lengths)
+    decode.yaml           the resolved decoding options, model dir and manifest
     timing.json           real-time factor, tokens/s, wall time
     split<N>/<j>/results.jsonl + .done   per-shard results, appended per batch (resume point)
 """
@@ -25,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from speechlm.data.manifest import read_manifest
+from speechlm.data.token_archive import write_archive
 from speechlm.utils.fileio import atomic_open, is_done, mark_done, write_json
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,27 @@ def _shard_rows(rows: list[dict], nj: int, job: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i % nj == job]
 
 
+def task_options(options: dict, task: str) -> dict:
+    """Decoding options for ``task``: the top-level keys, updated by ``tasks: {<task>: {...}}``."""
+    options = dict(options)
+    per_task = options.pop("tasks", None) or {}
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise ValueError("decode config: 'tasks' must map task names to option dicts, e.g. tasks: {tts: {search: sample}}")
+    return {**options, **per_task.get(task, {})}
+
+
+def _decode_config(options: dict):
+    from speechlm.config import from_dict
+    from speechlm.infer.config import DecodeConfig
+
+    return from_dict(DecodeConfig, options, "decode_config").validate()
+
+
 def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job: int, decode_config: dict,
-                 batch_size: int, seed: int, limit: int | None = None) -> Path:
+                 limit: int | None = None) -> Path:
     """Decode shard ``job`` of ``nj``; appends one JSON line per utterance, skipping those already done."""
     import torch
 
-    from speechlm.config import from_dict
-    from speechlm.infer.generate import DecodeConfig
     from speechlm.infer.pipeline import Pipeline
 
     shard_dir = out_dir / f"split{nj}" / str(job)
@@ -76,8 +92,8 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
     mine = [r for r in _shard_rows(rows, nj, job) if r["id"] not in done]
     pipe = Pipeline.load(model_dir)
     pipe.templates.setdefault(template.name, template)
-    cfg = from_dict(DecodeConfig, {**decode_config, "seed": seed} if "seed" in
-                    DecodeConfig.__dataclass_fields__ else decode_config, "decode_config")
+    cfg = _decode_config(decode_config)
+    seed, batch_size = cfg.seed, cfg.batch_size
     target = template.targets[0]
     tok = pipe.tokenizers[target.tokenizer]
     is_audio = tok.modality == "audio"
@@ -124,8 +140,6 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
 
 def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     """Merge shard results into Kaldi-style files; returns the timing summary."""
-    import kaldiio
-
     recs = []
     for j in range(nj):
         with open(out_dir / f"split{nj}" / str(j) / "results.jsonl", encoding="utf-8") as f:
@@ -137,14 +151,8 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     if any("wav" in r for r in recs):
         with atomic_open(out_dir / "wav.scp") as f:
             f.writelines(f"{r['id']} {r['wav']}\n" for r in recs)
-    (out_dir / "tokens").mkdir(exist_ok=True)
-    ark, scp = out_dir / "tokens" / f"{target_name}.ark", out_dir / "tokens" / f"{target_name}.scp"
-    with kaldiio.WriteHelper(f"ark,scp:{ark}.tmp,{scp}.tmp") as w:
-        for r in recs:
-            w(r["id"], np.asarray(r["tokens"], dtype=np.int32).reshape(len(r["tokens"]), -1))
-    os.replace(f"{ark}.tmp", ark)
-    scp.write_text(Path(f"{scp}.tmp").read_text().replace(f"{ark}.tmp", str(ark)))
-    os.unlink(f"{scp}.tmp")
+    write_archive(out_dir / "tokens" / target_name,
+                  ((r["id"], np.asarray(r["tokens"], dtype=np.int32).reshape(len(r["tokens"]), -1)) for r in recs))
     wall = sum(r["seconds"] for r in recs)
     n_frames = sum(len(r["tokens"]) for r in recs)
     audio = sum(r.get("audio_s", 0) for r in recs) or sum(r.get("cond_audio_s", 0) for r in recs)
@@ -158,21 +166,33 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
 
 
 def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_config: dict | None = None,
-                    nj: int = 1, batch_size: int = 8, seed: int = 0, limit: int | None = None) -> dict:
-    """Decode every example of ``manifest_dir``; ``nj > 1`` runs shards as parallel processes."""
+                    nj: int = 1, limit: int | None = None) -> dict:
+    """Decode every example of ``manifest_dir``; ``nj > 1`` runs shards as parallel processes.
+
+    ``decode_config`` holds :class:`~speechlm.infer.config.DecodeConfig` options; the resolved
+    options, model and manifest are written to ``OUT/decode.yaml`` for scoring and reports.
+    """
+    import dataclasses
+
+    import yaml
+
     out = Path(out_dir)
     if is_done(out / "timing.json"):
         log.info("%s is complete, skipping", out)
         return json.loads((out / "timing.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    decode_config = decode_config or {}
+    template, _ = read_manifest(manifest_dir)
+    decode_config = dataclasses.asdict(_decode_config(task_options(decode_config or {}, template.name)))
+    with atomic_open(out / "decode.yaml") as f:
+        yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
+                        "nj": nj, "limit": limit, "decode": decode_config}, f, sort_keys=False)
     if nj == 1:
-        decode_shard(model_dir, manifest_dir, out, 1, 0, decode_config, batch_size, seed, limit)
+        decode_shard(model_dir, manifest_dir, out, 1, 0, decode_config, limit)
     else:
         procs = []
         for j in range(nj):
             cmd = [sys.executable, "-m", "speechlm.infer.runner", json.dumps(
-                [model_dir, manifest_dir, str(out), nj, j, decode_config, batch_size, seed, limit])]
+                [model_dir, manifest_dir, str(out), nj, j, decode_config, limit])]
             log_path = out / f"split{nj}" / f"decode.{j + 1}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -180,7 +200,6 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
         failed = [str(lp) for p, lp in procs if p.wait() != 0]
         if failed:
             raise RuntimeError(f"decoding job(s) failed, see {', '.join(failed)}")
-    template, _ = read_manifest(manifest_dir)
     timing = merge(out, nj, template.targets[0].name)
     mark_done(out / "timing.json")
     log.info("decoded %d utterances -> %s (%s frames/s, RTF %s)", timing["utterances"], out,
@@ -194,4 +213,4 @@ if __name__ == "__main__":  # one shard, launched by decode_manifest
 
     torch.set_num_threads(1)
     a = json.loads(sys.argv[1])
-    decode_shard(a[0], a[1], Path(a[2]), a[3], a[4], a[5], a[6], a[7], a[8])
+    decode_shard(a[0], a[1], Path(a[2]), a[3], a[4], a[5], a[6])

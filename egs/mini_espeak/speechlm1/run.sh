@@ -11,6 +11,6 @@ set -euo pipefail
   --tokenizers conf/tokenizers.yaml \
   --nbpe 256 \
   --nj 2 --inference_nj 2 \
-  --model_config ../../../conf/model/tiny.yaml --train_config conf/train.yaml \
+  --model_config conf/model.yaml --train_config conf/train.yaml \
   --decode_config conf/decode.yaml \
   "$@"

@@ -1,6 +1,6 @@
 """Benchmark the built-in audio tokenizers: speed and resynthesis quality on espeak-ng speech.
 
-    python bench/tokenize.py [--n-utts 120] [--work /tmp/bench_tokenize] [--asr whisper|none]
+    python bench/tokenize_speed.py [--n-utts 120] [--work /tmp/bench_tokenize] [--asr whisper|none]
                              [--hf-codec DIR ...] [--espnet-codec CONFIG,CHECKPOINT ...]
 
 Prints three tables:
@@ -18,21 +18,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file's name shadows the standard library's ``tokenize`` (used by linecache, inspect ...):
-# take bench/ off the import path before anything imports it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
 # Templated everyday sentences: natural enough for an ASR's language model, varied enough to test.
 TEMPLATES = ["please {verb} the {thing} in the {room}", "can you {verb} the {thing} before {time}",
