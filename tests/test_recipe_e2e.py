@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,50 +61,48 @@ def kill_when(recipe: Path, args: list[str], ready, timeout: float = 300) -> boo
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """Stages 1-12 on 90 utterances; training is killed after its first checkpoint and re-run."""
-    r = recipe_copy(tmp_path_factory.mktemp("e2e") / "speechlm1")
+    r = recipe_copy(tmp_path_factory.mktemp("e2e") / "mini_espeak" / "speechlm1")
     ckpts = r / TAG / "checkpoints"
 
     def first_checkpoint() -> bool:
         return any((p / "model.safetensors").is_file() for p in ckpts.glob("step*")) if ckpts.is_dir() else False
 
     killed = kill_when(r, ["--stop_stage", "8", *TRAIN], first_checkpoint)
-    r.killed = killed
-    r.rerun = run_sh(r, *TRAIN, *DECODE)
-    return r
+    return SimpleNamespace(path=r, killed=killed, rerun=run_sh(r, *TRAIN, *DECODE))
 
 
 def test_every_stage_ran_and_results_were_written(recipe):
-    results = (recipe / TAG / "RESULTS.md").read_text()
+    results = (recipe.path / TAG / "RESULTS.md").read_text()
     assert "asr" in results and "tts" in results
     assert "cer" in results.lower() and "wer" in results.lower()
     for task in ("asr", "tts"):
-        ddir = recipe / TAG / f"decode_test_{task}"
+        ddir = recipe.path / TAG / f"decode_test_{task}"
         timing = json.loads((ddir / "timing.json").read_text())
         assert timing["utterances"] == 3
         assert (ddir / "decode.yaml").is_file() and (ddir / "tokens" / f"{'text' if task == 'asr' else 'speech'}.scp").is_file()
-    assert len((recipe / TAG / "decode_test_asr" / "text").read_text().splitlines()) == 3
-    assert len((recipe / TAG / "decode_test_tts" / "wav.scp").read_text().splitlines()) == 3
-    packed = recipe / TAG / "packed"
+    assert len((recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines()) == 3
+    assert len((recipe.path / TAG / "decode_test_tts" / "wav.scp").read_text().splitlines()) == 3
+    packed = recipe.path / TAG / "packed"
     for f in ("config.yaml", "model.safetensors", "token_list.json", "tokenizers.yaml", "README.md",
               "tasks/asr.yaml", "tasks/tts.yaml"):
         assert (packed / f).exists(), f
     card = (packed / "README.md").read_text()
     assert "Tasks: asr, tts" in card and "speechlm.load" in card
-    upload = (recipe / TAG / "upload" / "README.md").read_text()
+    upload = (recipe.path / TAG / "upload" / "README.md").read_text()
     assert upload.startswith("---\nlibrary_name: speechlm") and "asr" in upload.split("---")[1]
     assert "Results" in upload and "cer" in upload.lower()
 
 
 def test_killed_training_resumes(recipe):
     assert recipe.killed, "the run ended before its first checkpoint could be seen"
-    log = (recipe / TAG / "logs" / "train.log").read_text()
+    log = (recipe.path / TAG / "logs" / "train.log").read_text()
     assert "resumed from" in log, log[-2000:]
-    state = json.loads(max((recipe / TAG / "checkpoints").glob("step*/trainer_state.json")).read_text())
+    state = json.loads(max((recipe.path / TAG / "checkpoints").glob("step*/trainer_state.json")).read_text())
     assert state["step"] == 40
 
 
 def test_rerun_skips_finished_stages(recipe):
-    res = run_sh(recipe, *TRAIN, *DECODE)
+    res = run_sh(recipe.path, *TRAIN, *DECODE)
     for stage in ("Stage 1: skipped", "Stage 9: ", "Stage 10: "):
         assert stage in res.stderr
     assert "is newer than every checkpoint, skipped" in res.stderr
@@ -112,9 +111,9 @@ def test_rerun_skips_finished_stages(recipe):
 
 def test_packed_model_transcribes_in_a_fresh_process(recipe):
     """speechlm.load in a new interpreter gives the same hypothesis as the decoding stage."""
-    packed = recipe / TAG / "packed"
-    hyp_utt, hyp = (recipe / TAG / "decode_test_asr" / "text").read_text().splitlines()[0].split(" ", 1)
-    wav = dict(line.split(" ", 1) for line in (recipe / "data" / "test" / "wav.scp").read_text().splitlines())[hyp_utt]
+    packed = recipe.path / TAG / "packed"
+    hyp_utt, hyp = (recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines()[0].split(" ", 1)
+    wav = dict(line.split(" ", 1) for line in (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines())[hyp_utt]
     code = ("import json, sys, speechlm\nlm = speechlm.load(sys.argv[1])\n"
             "print(json.dumps(lm.asr(sys.argv[2])))\n")
     out = subprocess.run([sys.executable, "-c", code, str(packed), wav], capture_output=True, text=True,
@@ -134,20 +133,20 @@ targets:
 
 
 def test_finetune_packed_model_on_a_new_task_template(recipe):
-    task_dir = recipe / "my_tasks"
+    task_dir = recipe.path / "my_tasks"
     task_dir.mkdir()
     (task_dir / "phone_asr.yaml").write_text(NEW_TASK)
-    packed = recipe / TAG / "packed"
-    res = run_sh(recipe, "--stage", "2", "--stop_stage", "10", "--nbpe", "0", "--tasks", "phone_asr", "--task_dir", str(task_dir),
+    packed = recipe.path / TAG / "packed"
+    res = run_sh(recipe.path, "--stage", "2", "--stop_stage", "10", "--nbpe", "0", "--tasks", "phone_asr", "--task_dir", str(task_dir),
                  "--init_from", str(packed), "--tag", "ft_phone_asr", "--dumpdir", "dump_ft",
                  "--train_args", "--max-steps 6 --save-every 6 --valid-every 6 --batch-tokens 1500 --threads 1",
                  "--decode_args", "--limit 2")
     old = json.loads((packed / "token_list.json").read_text())
-    new = json.loads((recipe / "dump_ft" / "token_list.json").read_text())
+    new = json.loads((recipe.path / "dump_ft" / "token_list.json").read_text())
     old_tokens, new_tokens = old["tokens"], new["tokens"]
     assert new_tokens[: len(old_tokens)] == old_tokens, "extending the vocabulary moved old ids"
     assert "<task:phone_asr>" in new_tokens[len(old_tokens):]
-    log = (recipe / "exp" / "ft_phone_asr" / "logs" / "train.log").read_text()
+    log = (recipe.path / "exp" / "ft_phone_asr" / "logs" / "train.log").read_text()
     assert "init" in log.lower() and str(packed) in log, log[-2000:]
-    hyps = (recipe / "exp" / "ft_phone_asr" / "decode_test_phone_asr" / "text").read_text().splitlines()
+    hyps = (recipe.path / "exp" / "ft_phone_asr" / "decode_test_phone_asr" / "text").read_text().splitlines()
     assert len(hyps) == 2, res.stderr[-2000:]

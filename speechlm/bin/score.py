@@ -93,6 +93,15 @@ def describe_decode_config(value: str | None, decode_dir: Path) -> str:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         return path.name
+    if isinstance(data.get("decode"), dict):  # the decode.yaml that `speechlm decode` writes: options that differ
+        import dataclasses
+
+        from speechlm.infer.config import DecodeConfig
+
+        defaults = {f.name: f.default for f in dataclasses.fields(DecodeConfig)}
+        data = {k: v for k, v in data["decode"].items() if defaults.get(k, object()) != v and k != "batch_size"}
+        if not data:
+            return "defaults"
 
     def flat(d: dict, prefix: str = "") -> list[str]:
         out = []

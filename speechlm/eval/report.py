@@ -55,7 +55,12 @@ def json_safe(obj: Any) -> Any:
 def slug(*parts: str) -> str:
     """A file-name-safe identifier from the given parts."""
     s = "_".join(p for p in parts if p)
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-") or "score"
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-") or "score"
+    if len(s) > 120:  # file-name limits: keep a readable head and a hash of the whole
+        import hashlib
+
+        s = f"{s[:100]}-{hashlib.sha1(s.encode()).hexdigest()[:10]}"
+    return s
 
 
 def write_per_utt(path: str | Path, results: dict[str, MetricResult]) -> None:

@@ -151,8 +151,10 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     if any("wav" in r for r in recs):
         with atomic_open(out_dir / "wav.scp") as f:
             f.writelines(f"{r['id']} {r['wav']}\n" for r in recs)
-    write_archive(out_dir / "tokens" / target_name,
-                  ((r["id"], np.asarray(r["tokens"], dtype=np.int32).reshape(len(r["tokens"]), -1)) for r in recs))
+    def frames(tokens: list) -> np.ndarray:  # an empty hypothesis is 0 frames of 1 stream
+        return np.asarray(tokens, dtype=np.int32).reshape(len(tokens), -1) if tokens else np.zeros((0, 1), np.int32)
+
+    write_archive(out_dir / "tokens" / target_name, ((r["id"], frames(r["tokens"])) for r in recs))
     wall = sum(r["seconds"] for r in recs)
     n_frames = sum(len(r["tokens"]) for r in recs)
     audio = sum(r.get("audio_s", 0) for r in recs) or sum(r.get("cond_audio_s", 0) for r in recs)

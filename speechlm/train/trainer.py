@@ -29,7 +29,7 @@ from speechlm.data.dataset import DataSpec, MultiTaskData
 from speechlm.data.loader import MixMeter, train_batches, valid_batches
 from speechlm.data.sampler import BucketSampler
 from speechlm.train import build
-from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, latest_checkpoint, load_rng,
+from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is_complete, latest_checkpoint, load_rng,
                                        prune_checkpoints, read_state, save_checkpoint)
 from speechlm.train.config import TrainConfig
 from speechlm.train.distributed import barrier, init_distributed, make_strategy
@@ -157,6 +157,9 @@ class Trainer:
                                      cfg.num_workers, self.vocab.pad_id, self._pack_len()))
         interval = StepStats()
         saved_at = validated_at = self.step
+        was_finished = self.finished()
+        if was_finished and env.is_main:
+            log.info("%s already trained %d steps: nothing to do", self.out_dir, self.step)
         self._signal = 0
         handlers = self._catch_signals()
         try:
@@ -191,7 +194,8 @@ class Trainer:
                 self.validate()
             if saved_at != self.step:
                 self.save()
-            if cfg.average_best > 0 and env.is_main:
+            averaged = was_finished and is_complete(self.ckpt_dir / "average")
+            if cfg.average_best > 0 and env.is_main and not averaged:
                 best = best_checkpoints(self.ckpt_dir, cfg.average_best)
                 if best:
                     average_checkpoints(best, self.ckpt_dir / "average")

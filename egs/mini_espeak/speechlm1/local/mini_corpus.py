@@ -264,8 +264,10 @@ def cmd_plan(args) -> None:
         speakers = test_spk if split == "test" else train_spk
         order = list(range(len(speakers)))
         rng.shuffle(order)  # dev's few utterances go to random training voices
+        # dev voices speak in pairs, so each dev utterance has another one of its voice as TTS prompt
+        per_voice = 2 if split == "dev" else 1
         for i, text in enumerate(split_text[split]):
-            accent, variant, pitch, rate = speakers[order[i % len(order)]]
+            accent, variant, pitch, rate = speakers[order[(i // per_voice) % len(order)]]
             spk = speaker_id(accent, variant, pitch, rate)
             amp = rng.choice(AMPLITUDES)
             voice = f"{accent}+{variant}"
