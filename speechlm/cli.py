@@ -32,6 +32,7 @@ _OPTIONAL_COMMANDS = {
     "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
     "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
     "stats": ("speechlm.bin.stats", "length statistics of a tokenized manifest dir"),
+    "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
 }
 
 

@@ -121,8 +121,8 @@ def test_metric_that_needs_audio_names_the_missing_file(asr_dirs, caplog):
 
 def test_default_metrics_follow_the_task(tmp_path):
     cases = {"asr": ["wer", "cer"], "mt": ["wer", "cer", "bleu", "chrf"], "st": ["wer", "cer", "bleu", "chrf"],
-             "plain_tts": ["intelligibility", "spk_sim", "dnsmos"],
-             "speech_enhancement": ["spk_sim", "stoi", "pesq", "mcd", "si_snr", "dnsmos"]}
+             "plain_tts": ["intelligibility", "duration", "spk_sim", "dnsmos"],
+             "speech_enhancement": ["duration", "spk_sim", "stoi", "pesq", "mcd", "si_snr", "dnsmos"]}
     values = {"text": "hello", "text.2": "hallo", "wav.scp": "a.wav", "wav.2.scp": "b.wav", "utt2spk": "s1"}
     for task, expected in cases.items():
         # A manifest dir as `speechlm prepare` writes it (docs/interfaces.md).

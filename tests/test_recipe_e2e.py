@@ -82,6 +82,10 @@ def test_every_stage_ran_and_results_were_written(recipe):
         assert (ddir / "decode.yaml").is_file() and (ddir / "tokens" / f"{'text' if task == 'asr' else 'speech'}.scp").is_file()
     assert len((recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines()) == 3
     assert len((recipe.path / TAG / "decode_test_tts" / "wav.scp").read_text().splitlines()) == 3
+    assert len((recipe.path / TAG / "decode_test_tts" / "stopped").read_text().splitlines()) == 3
+    # TTS is scored against the recognizer's floor on ground truth and on Codec 2 resynthesis
+    assert "ASR-WER % (codec)" in results and "dur 0.7-1.4x %" in results and "stopped %" in results
+    assert len((recipe.path / TAG / "resynth_test_tts" / "wav.scp").read_text().splitlines()) == 6
     packed = recipe.path / TAG / "packed"
     for f in ("config.yaml", "model.safetensors", "token_list.json", "tokenizers.yaml", "README.md",
               "tasks/asr.yaml", "tasks/tts.yaml"):

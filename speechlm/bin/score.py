@@ -148,7 +148,7 @@ def run_metrics(args: argparse.Namespace, hyp, refs, names: list[str]) -> tuple[
 
     options = dict(normalizer=args.normalizer, recognizer=args.recognizer, asr_model_dir=args.asr_model_dir,
                    asr_beam_size=args.asr_beam_size, pesq_mode=args.pesq_mode, mcd_align=args.mcd_align,
-                   device=args.device)
+                   device=args.device, decode_dir=args.decode_dir)
     results, floor = {}, {}
     for name in names:
         metric = build_metric(name, **options)

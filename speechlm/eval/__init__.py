@@ -25,7 +25,7 @@ Example:
 from speechlm.eval.base import METRICS, RECOGNIZERS, Metric, MetricResult, build_metric, common_ids
 
 # Importing a metric module registers its metrics (one registration line per metric).
-from speechlm.eval import asr, intelligibility, quality, recognizers, signal, speaker, textgen  # noqa: E402,F401
+from speechlm.eval import asr, duration, intelligibility, quality, recognizers, signal, speaker, textgen  # noqa: E402,F401
 from speechlm.eval.asr import normalize_text  # noqa: E402
 from speechlm.eval.intelligibility import intelligibility_floor  # noqa: E402
 

@@ -196,7 +196,7 @@ def default_metrics(hyp: Hypotheses, refs: References) -> list[str]:
         if refs.text is not None:
             metrics.append("intelligibility")
         if refs.wav is not None:
-            metrics.append("spk_sim")
+            metrics += ["duration", "spk_sim"]
             if conds and all(m == "audio" for m in conds):
                 metrics += ["stoi", "pesq", "mcd", "si_snr"]
         metrics.append("dnsmos")

@@ -6,6 +6,7 @@ Output dir::
     wav.scp, wav/*.wav    generated audio         (audio targets, at the tokenizer's rate)
     tokens/<seg>.ark/scp  generated local tokens  [frames, streams] (+ .lengths)
     decode.yaml           the resolved decoding options, model dir and manifest
+    stopped               utt 1|0: the end token came before max_len (0: cut at the limit)
     timing.json           real-time factor, tokens/s, wall time
     split<N>/<j>/results.jsonl + .done   per-shard results, appended per batch (resume point)
 """
@@ -123,6 +124,8 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
             elapsed = time.perf_counter() - t0
             for r, out, secs in zip(chunk, outs, cond_seconds):
                 rec = {"id": r["id"], "tokens": out.tolist(), "seconds": elapsed / len(chunk), "cond_audio_s": secs}
+                if cfg.max_len_ratio <= 0:  # ran into the length limit: the end token never came
+                    rec["stopped"] = len(out) < cfg.max_len
                 if is_audio:
                     from speechlm.data.audio import write_wav
 
@@ -148,6 +151,9 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     if any("text" in r for r in recs):
         with atomic_open(out_dir / "text") as f:
             f.writelines(f"{r['id']} {r['text']}\n" for r in recs)
+    if any("stopped" in r for r in recs):
+        with atomic_open(out_dir / "stopped") as f:
+            f.writelines(f"{r['id']} {int(r['stopped'])}\n" for r in recs if "stopped" in r)
     if any("wav" in r for r in recs):
         with atomic_open(out_dir / "wav.scp") as f:
             f.writelines(f"{r['id']} {r['wav']}\n" for r in recs)
@@ -159,7 +165,9 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     n_frames = sum(len(r["tokens"]) for r in recs)
     audio = sum(r.get("audio_s", 0) for r in recs) or sum(r.get("cond_audio_s", 0) for r in recs)
     timing = {
-        "utterances": len(recs), "decode_seconds": round(wall, 3), "frames": n_frames,
+        "utterances": len(recs),
+        "stopped": sum(bool(r.get("stopped")) for r in recs) if any("stopped" in r for r in recs) else None,
+        "decode_seconds": round(wall, 3), "frames": n_frames,
         "frames_per_second": round(n_frames / max(wall, 1e-9), 1),
         "audio_seconds": round(audio, 2), "rtf": round(wall / audio, 4) if audio else None,
     }

@@ -326,9 +326,17 @@ if stage_on 11; then
         log "Stage 11: ${ddir} is scored, skipped"
         continue
       fi
+      floor_opts=()
+      if [[ -f ${ddir}/wav.scp ]]; then
+        # the reference tokens decoded by the same tokenizer: the recognizer's floor for this codec
+        rdir=${exp}/resynth_${s}_${t}
+        "${slm[@]}" resynth --manifest-dir "${dumpdir}/${s}/${t}" --tokenizers "${tokenizers}" --out-dir "${rdir}"
+        floor_opts=(--floor-wav-scp "codec=${rdir}/wav.scp")
+      fi
       # score updates the table of this (test set, task) in RESULTS.md and keeps the others.
       "${slm[@]}" score --decode-dir "${ddir}" --ref-dir "${dumpdir}/${s}/${t}" \
-        --test-set "${s}" --task "${t}" --model "${tag}" "${metric_opts[@]}" --results "${exp}/RESULTS.md"
+        --test-set "${s}" --task "${t}" --model "${tag}" "${metric_opts[@]}" "${floor_opts[@]}" \
+        --results "${exp}/RESULTS.md"
       touch "${ddir}/.scored"
     done
   done

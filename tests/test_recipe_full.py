@@ -1,0 +1,52 @@
+"""The whole mini recipe as `make demo` runs it (slow: ~25 minutes on 2 CPU cores).
+
+CI runs it once (`make test-slow`). It checks that every stage produced its outputs and that the
+measured numbers stay where egs/mini_espeak/speechlm1/README.md says they are, so a change that
+makes the toolkit learn worse fails here. The issue's targets that the recipe does not reach yet
+are reported by the README and the closing notes, not asserted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_recipe_mini import MINI, pytestmark as _needs_espeak
+
+pytestmark = [pytest.mark.slow, _needs_espeak]
+
+# Regression bounds: the measured value (README) with room for run-to-run noise.
+MAX_ASR_CER = 60.0
+MIN_TTS_STOPPED = 50.0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    recipe = tmp_path_factory.mktemp("full") / "mini_espeak" / "speechlm1"
+    recipe.mkdir(parents=True)
+    for name in ("speechlm.sh", "path.sh", "cmd.sh", "utils", "local", "conf", "run.sh"):
+        (recipe / name).symlink_to(MINI / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(["./run.sh"], cwd=recipe, capture_output=True, text=True, env=env, timeout=3600)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert "## test / asr" in res.stdout and "## test / tts" in res.stdout  # the results table is printed
+    entries = json.loads((recipe / "exp/train_mini_espeak/RESULTS.json").read_text())["entries"]
+    return {e["task"]: e for e in entries}
+
+
+def test_asr_is_scored_on_the_whole_test_set(results):
+    asr = results["asr"]
+    assert asr["n_utts"] == 120
+    assert asr["metrics"]["cer"]["cer"] <= MAX_ASR_CER
+
+
+def test_tts_is_scored_with_both_recognizer_floors(results):
+    tts = results["tts"]
+    assert tts["n_utts"] == 120
+    assert {"ground truth", "codec"} <= set(tts["floor"])
+    assert tts["floor"]["codec"]["wer"] >= tts["floor"]["ground truth"]["wer"]  # Codec 2 loses something
+    assert tts["metrics"]["duration"]["stopped_pct"] >= MIN_TTS_STOPPED
