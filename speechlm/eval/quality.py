@@ -1,7 +1,7 @@
 """Reference-free speech quality: DNSMOS (P.835 SIG/BAK/OVRL and P.808 MOS) via ``speechmos``.
 
 The ONNX models ship inside the ``speechmos`` wheel and run offline with onnxruntime on CPU
-(one thread by default). Audio is resampled to 16 kHz; clips shorter than the model's 9.01 s
+(all cores by default). Audio is resampled to 16 kHz; clips shorter than the model's 9.01 s
 window are tiled to fill it (speechmos's convention). Scores are on a 1-5 scale.
 """
 from __future__ import annotations
@@ -64,8 +64,9 @@ class DNSMOS(Metric):
     ref_kind = None
     higher_is_better = True
 
-    def __init__(self, personalized: bool = False, threads: int = 1) -> None:
-        self.personalized, self.threads = bool(personalized), int(threads)
+    def __init__(self, personalized: bool = False, threads: int = 0) -> None:
+        # 0: every core this process may use
+        self.personalized, self.threads = bool(personalized), int(threads) or len(os.sched_getaffinity(0))
 
     def compute(self, ids: list[str], hyp: Mapping[str, Any], ref: Mapping[str, Any]) -> MetricResult:
         from tqdm import tqdm

