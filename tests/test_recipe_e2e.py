@@ -126,6 +126,22 @@ def test_packed_model_transcribes_in_a_fresh_process(recipe):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == hyp.strip()
 
 
+def test_decode_a_plain_wav_list_with_the_packed_model(recipe, tmp_path):
+    packed = recipe.path / TAG / "packed"
+    hyps = dict(line.split(" ", 1) for line in (recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines())
+    wavs = dict(line.split(" ", 1) for line in (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines())
+    utt = sorted(hyps)[1]
+    (tmp_path / "wav.scp").write_text(f"{utt} {wavs[utt]}\n")
+    cmd = [sys.executable, "-m", "speechlm", "decode", "--model-dir", str(packed), "--task", "asr",
+           "--input", str(tmp_path / "wav.scp"), "--out-dir", str(tmp_path / "out"),
+           "--decode-config", str(recipe.path / "conf" / "decode.yaml")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "out" / "text").read_text().split(" ", 1)[1].strip() == hyps[utt].strip()
+    bad = subprocess.run(cmd[:6] + ["--task", "tts"] + cmd[8:], capture_output=True, text=True, env=env(), timeout=300)
+    assert bad.returncode != 0 and "has 2 conditions" in bad.stderr
+
+
 NEW_TASK = """name: phone_asr
 description: phone recognition, speech in -> espeak-ng phones out
 prefix_lm: true

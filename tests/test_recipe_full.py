@@ -20,8 +20,8 @@ from test_recipe_mini import MINI, pytestmark as _needs_espeak
 pytestmark = [pytest.mark.slow, _needs_espeak]
 
 # Regression bounds: the measured value (README) with room for run-to-run noise.
-MAX_ASR_CER = 60.0
-MIN_TTS_STOPPED = 50.0
+MAX_ASR_CER = 85.0
+MIN_TTS_STOPPED = 85.0
 
 
 @pytest.fixture(scope="module")

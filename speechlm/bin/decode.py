@@ -1,16 +1,54 @@
-"""speechlm decode: decode a manifest with a model dir (packed, or a training run's export)."""
+"""speechlm decode: decode a manifest, or a plain list of inputs, with a model dir (packed, or a
+training run's checkpoint).
+
+    speechlm decode --model-dir exp/x/packed --manifest-dir dump/test/asr --out-dir exp/x/decode_test_asr
+    speechlm decode --model-dir exp/x/packed --task asr --input wav.scp --out-dir out/   # "utt wav" lines
+    speechlm decode --model-dir exp/x/packed --task plain_tts --input text --out-dir out/  # "utt text" lines
+"""
+from __future__ import annotations
+
 import argparse
+import json
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", required=True, help="model dir (speechlm pack output)")
-    p.add_argument("--manifest-dir", required=True, help="dir with manifest.jsonl + template.yaml")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest-dir", help="dir with manifest.jsonl + template.yaml (speechlm prepare)")
+    src.add_argument("--input", help="Kaldi-style 'utt value' file (a wav.scp or a text file) for the single "
+                                     "condition of --task")
+    p.add_argument("--task", help="task of the model to run on --input (one of the model dir's tasks/)")
     p.add_argument("--out-dir", required=True, help="where text / wav.scp / tokens / timing.json go")
     p.add_argument("--nj", type=int, default=1, help="parallel decoding jobs")
     p.add_argument("--decode-config", help="YAML of decoding options (DecodeConfig, see docs/interfaces.md)")
     p.add_argument("--batch-size", type=int, help="utterances decoded together (overrides the config)")
     p.add_argument("--seed", type=int, help="sampling seed (overrides the config)")
     p.add_argument("--limit", type=int, help="decode only the first N examples")
+
+
+def manifest_from_input(model_dir: str, task: str | None, input_file: str, out: Path) -> Path:
+    """Write ``out/manifest.jsonl`` + ``template.yaml`` for a one-condition task of the model."""
+    from speechlm.data.kaldi import read_file
+    from speechlm.data.manifest import MANIFEST, TEMPLATE
+    from speechlm.tasks.template import load_template_file
+    from speechlm.utils.fileio import atomic_open
+
+    tasks = sorted(p.stem for p in (Path(model_dir) / "tasks").glob("*.yaml"))
+    if task not in tasks:
+        raise ValueError(f"--input needs --task, one of the model's tasks: {', '.join(tasks)} (got {task!r})")
+    template = load_template_file(Path(model_dir) / "tasks" / f"{task}.yaml")
+    if len(template.conditions) != 1:
+        raise ValueError(f"task {task!r} has {len(template.conditions)} conditions "
+                         f"({', '.join(s.name for s in template.conditions)}): make a data dir and use "
+                         "`speechlm prepare` + --manifest-dir")
+    seg = template.conditions[0].name
+    out.mkdir(parents=True, exist_ok=True)
+    template.save(out / TEMPLATE)
+    with atomic_open(out / MANIFEST) as f:
+        for utt, value in read_file(input_file).items():
+            f.write(json.dumps({"id": utt, "spk": utt, "segments": {seg: value}}, ensure_ascii=False) + "\n")
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,5 +61,7 @@ def main(args: argparse.Namespace) -> int:
     for key in ("batch_size", "seed"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    decode_manifest(args.model_dir, args.manifest_dir, args.out_dir, cfg, args.nj, args.limit)
+    manifest_dir = args.manifest_dir or str(manifest_from_input(args.model_dir, args.task, args.input,
+                                                                Path(args.out_dir) / "input"))
+    decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit)
     return 0
