@@ -15,10 +15,11 @@ import pytest
 
 from test_recipe_mini import MINI, ROOT, pytestmark  # noqa: F401  (espeak-ng/sox skip)
 
+# conf/model/tiny.yaml plus the mini model's ASR options (its decode config uses the CTC head)
+TINY_MODEL = (ROOT / "conf" / "model" / "tiny.yaml").read_text() + "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\n"
 TINY = [
     "--local_data_opts", "--num_utts 90 --num_dev 6 --num_test 6 --utts_per_spk 10 --nj 2 --seed 4",
-    "--nbpe", "48", "--nj", "2", "--inference_nj", "2",
-    "--model_config", str(ROOT / "conf" / "model" / "tiny.yaml"),
+    "--nbpe", "48", "--nj", "2", "--inference_nj", "2", "--model_config", "tiny_model.yaml",
 ]
 TRAIN = ["--train_args", "--max-steps 40 --save-every 10 --valid-every 20 --batch-tokens 1500 --threads 1"]
 DECODE = ["--decode_args", "--limit 3"]
@@ -62,6 +63,7 @@ def kill_when(recipe: Path, args: list[str], ready, timeout: float = 300) -> boo
 def recipe(tmp_path_factory):
     """Stages 1-12 on 90 utterances; training is killed after its first checkpoint and re-run."""
     r = recipe_copy(tmp_path_factory.mktemp("e2e") / "mini_espeak" / "speechlm1")
+    (r / "tiny_model.yaml").write_text(TINY_MODEL)
     ckpts = r / TAG / "checkpoints"
 
     def first_checkpoint() -> bool:
@@ -113,31 +115,26 @@ def test_rerun_skips_finished_stages(recipe):
     assert "is complete, skipped" in res.stderr
 
 
-def test_packed_model_transcribes_in_a_fresh_process(recipe):
-    """speechlm.load in a new interpreter gives the same hypothesis as the decoding stage."""
+def test_packed_model_transcribes_in_a_fresh_process(recipe, tmp_path):
+    """speechlm.load in a new interpreter and `speechlm decode --input` (no manifest, no decode
+    config: both use the packed model's decode.yaml) give the same transcript of a test wav."""
     packed = recipe.path / TAG / "packed"
-    hyp_utt, hyp = (recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines()[0].split(" ", 1)
-    wav = dict(line.split(" ", 1) for line in (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines())[hyp_utt]
+    assert (packed / "decode.yaml").read_text() == (recipe.path / "conf" / "decode.yaml").read_text()
+    utt, wav = (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines()[1].split(" ", 1)
     code = ("import json, sys, speechlm\nlm = speechlm.load(sys.argv[1])\n"
-            "print(json.dumps(lm.asr(sys.argv[2])))\n")
+            "print(lm.decode_config('asr').search)\nprint(json.dumps(lm.asr(sys.argv[2])))\n")
     out = subprocess.run([sys.executable, "-c", code, str(packed), wav], capture_output=True, text=True,
                          env=env(), timeout=300, cwd="/")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == hyp.strip()
-
-
-def test_decode_a_plain_wav_list_with_the_packed_model(recipe, tmp_path):
-    packed = recipe.path / TAG / "packed"
-    hyps = dict(line.split(" ", 1) for line in (recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines())
-    wavs = dict(line.split(" ", 1) for line in (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines())
-    utt = sorted(hyps)[1]
-    (tmp_path / "wav.scp").write_text(f"{utt} {wavs[utt]}\n")
+    search, text = out.stdout.strip().splitlines()[-2:]
+    assert search == "beam"
+    (tmp_path / "wav.scp").write_text(f"{utt} {wav}\n")
     cmd = [sys.executable, "-m", "speechlm", "decode", "--model-dir", str(packed), "--task", "asr",
-           "--input", str(tmp_path / "wav.scp"), "--out-dir", str(tmp_path / "out"),
-           "--decode-config", str(recipe.path / "conf" / "decode.yaml")]
+           "--input", str(tmp_path / "wav.scp"), "--out-dir", str(tmp_path / "out")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (tmp_path / "out" / "text").read_text().split(" ", 1)[1].strip() == hyps[utt].strip()
+    assert (tmp_path / "out" / "text").read_text() == f"{utt} {json.loads(text)}\n"
+    assert "search: beam" in (tmp_path / "out" / "decode.yaml").read_text()
     bad = subprocess.run(cmd[:6] + ["--task", "tts"] + cmd[8:], capture_output=True, text=True, env=env(), timeout=300)
     assert bad.returncode != 0 and "has 2 conditions" in bad.stderr
 

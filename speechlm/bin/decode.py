@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task of the model to run on --input (one of the model dir's tasks/)")
     p.add_argument("--out-dir", required=True, help="where text / wav.scp / tokens / timing.json go")
     p.add_argument("--nj", type=int, default=1, help="parallel decoding jobs")
-    p.add_argument("--decode-config", help="YAML of decoding options (DecodeConfig, see docs/interfaces.md)")
+    p.add_argument("--decode-config", help="YAML of decoding options (DecodeConfig, see docs/interfaces.md); "
+                   "default: the model dir's decode.yaml, if it has one")
     p.add_argument("--batch-size", type=int, help="utterances decoded together (overrides the config)")
     p.add_argument("--seed", type=int, help="sampling seed (overrides the config)")
     p.add_argument("--limit", type=int, help="decode only the first N examples")
@@ -57,7 +58,10 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.utils.threads import set_threads
 
     set_threads(jobs=args.nj)
-    cfg = (load_yaml(args.decode_config) if args.decode_config else None) or {}
+    config_file = args.decode_config
+    if config_file is None and (Path(args.model_dir) / "decode.yaml").is_file():
+        config_file = str(Path(args.model_dir) / "decode.yaml")  # the model's own defaults (speechlm pack)
+    cfg = (load_yaml(config_file) if config_file else None) or {}
     for key in ("batch_size", "seed"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)

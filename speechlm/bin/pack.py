@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'final' (the run's average if it made one, else its best checkpoint by validation loss), "
                         "'latest', 'average' (of the --average best checkpoints) or a checkpoint dir")
     p.add_argument("--average", type=int, default=3, help="checkpoints averaged with --checkpoint average")
+    p.add_argument("--decode-config", help="decode YAML stored as the model's default decoding options "
+                   "(used by speechlm.load and by speechlm decode without --decode-config)")
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
 
@@ -101,6 +103,14 @@ def main(args: argparse.Namespace) -> int:
     shutil.rmtree(tmp / ".averaged", ignore_errors=True)
     shutil.copytree(exp / "tasks", tmp / "tasks")
     copy_tokenizers(exp, tmp)
+    if args.decode_config:
+        from speechlm.config import load_yaml
+        from speechlm.infer.config import decode_config_for
+
+        options = load_yaml(args.decode_config) or {}
+        for task in (p.stem for p in (tmp / "tasks").glob("*.yaml")):
+            decode_config_for(options, task)  # a bad key fails here, not at the user's first decode
+        shutil.copy2(args.decode_config, tmp / "decode.yaml")
     tasks = sorted(p.stem for p in (tmp / "tasks").glob("*.yaml"))
     (tmp / "README.md").write_text(model_card(exp, out, tasks, ckpt, args.export))
     if args.export:

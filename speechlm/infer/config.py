@@ -66,4 +66,20 @@ class DecodeConfig:
         return 0.0 if self.search == "greedy" else self.temperature
 
 
-__all__ = ["DecodeConfig", "SEARCHES"]
+def task_options(options: dict, task: str) -> dict:
+    """Decoding options for ``task``: the top-level keys, updated by ``tasks: {<task>: {...}}``."""
+    options = dict(options)
+    per_task = options.pop("tasks", None) or {}
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise ConfigError("decode config: 'tasks' must map task names to option dicts, e.g. tasks: {tts: {search: sample}}")
+    return {**options, **per_task.get(task, {})}
+
+
+def decode_config_for(options: dict | None, task: str) -> DecodeConfig:
+    """The validated :class:`DecodeConfig` of ``task`` from a decode YAML's contents."""
+    from speechlm.config import from_dict
+
+    return from_dict(DecodeConfig, task_options(options or {}, task), "decode_config").validate()
+
+
+__all__ = ["DecodeConfig", "SEARCHES", "task_options", "decode_config_for"]

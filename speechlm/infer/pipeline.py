@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
@@ -36,12 +37,13 @@ class Pipeline:
     """A SpeechLM with its tokenizers and task templates."""
 
     def __init__(self, model, tokenizers: dict[str, Tokenizer], templates: dict[str, TaskTemplate],
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, decode_options: dict | None = None) -> None:
         self.model = model.eval()
         self.vocab = model.vocab
         self.tokenizers = tokenizers
         self.templates = templates
         self.path = path
+        self.decode_options = decode_options or {}  # a decode YAML: defaults + ``tasks: {task: {...}}``
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Pipeline":
@@ -54,7 +56,14 @@ class Pipeline:
         model = SpeechLM.from_pretrained(path, map_location=device)
         tokenizers = load_tokenizers(path / "tokenizers.yaml", base_dir=path)
         templates = {p.stem: load_template_file(p) for p in sorted((path / "tasks").glob("*.yaml"))}
-        return cls(model, tokenizers, templates, path)
+        decode_options = yaml.safe_load((path / "decode.yaml").read_text()) if (path / "decode.yaml").is_file() else None
+        return cls(model, tokenizers, templates, path, decode_options)
+
+    def decode_config(self, task: str):
+        """The model dir's decoding options for ``task`` (its ``decode.yaml``), else the defaults."""
+        from speechlm.infer.config import decode_config_for
+
+        return decode_config_for(self.decode_options, task)
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +140,7 @@ class Pipeline:
     def generate(self, task: str, config=None, **inputs: Any) -> Any:
         """Run ``task`` on one set of inputs (segment name -> value); returns text or ``(wav, sr)``."""
         template = self.template(task)
+        config = config or self.decode_config(task)
         toks = self.generate_tokens(task, [self.condition_tokens(template, inputs)], config)[0]
         target = template.targets[0]
         out = self.detokenize(target.tokenizer, toks)

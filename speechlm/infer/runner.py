@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from speechlm.data.manifest import read_manifest
 from speechlm.data.token_archive import write_archive
+from speechlm.infer.config import decode_config_for
 from speechlm.utils.fileio import atomic_open, is_done, mark_done, write_json
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,6 @@ def prompt_utt(utt: str, spk: str, spk2utts: dict[str, list[str]], seed: int = 0
 
 def _shard_rows(rows: list[dict], nj: int, job: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i % nj == job]
-
-
-def task_options(options: dict, task: str) -> dict:
-    """Decoding options for ``task``: the top-level keys, updated by ``tasks: {<task>: {...}}``."""
-    options = dict(options)
-    per_task = options.pop("tasks", None) or {}
-    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
-        raise ValueError("decode config: 'tasks' must map task names to option dicts, e.g. tasks: {tts: {search: sample}}")
-    return {**options, **per_task.get(task, {})}
-
-
-def _decode_config(options: dict):
-    from speechlm.config import from_dict
-    from speechlm.infer.config import DecodeConfig
-
-    return from_dict(DecodeConfig, options, "decode_config").validate()
 
 
 def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job: int, decode_config: dict,
@@ -93,7 +78,7 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
     mine = [r for r in _shard_rows(rows, nj, job) if r["id"] not in done]
     pipe = Pipeline.load(model_dir)
     pipe.templates.setdefault(template.name, template)
-    cfg = _decode_config(decode_config)
+    cfg = decode_config_for(decode_config, template.name)
     seed, batch_size = cfg.seed, cfg.batch_size
     target = template.targets[0]
     tok = pipe.tokenizers[target.tokenizer]
@@ -192,7 +177,7 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
         return json.loads((out / "timing.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     template, _ = read_manifest(manifest_dir)
-    decode_config = dataclasses.asdict(_decode_config(task_options(decode_config or {}, template.name)))
+    decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name))
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
                         "nj": nj, "limit": limit, "decode": decode_config}, f, sort_keys=False)
@@ -207,9 +192,10 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             procs.append((subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env), log_path))
-        failed = [str(lp) for p, lp in procs if p.wait() != 0]
+        failed = [lp for p, lp in procs if p.wait() != 0]
         if failed:
-            raise RuntimeError(f"decoding job(s) failed, see {', '.join(failed)}")
+            last = failed[0].read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            raise RuntimeError(f"decoding job(s) failed, see {', '.join(map(str, failed))}; {failed[0].name}: {last[0]}")
     timing = merge(out, nj, template.targets[0].name)
     mark_done(out / "timing.json")
     log.info("decoded %d utterances -> %s (%s frames/s, RTF %s)", timing["utterances"], out,

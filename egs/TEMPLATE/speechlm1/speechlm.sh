@@ -296,7 +296,9 @@ if stage_on 9; then
   if up_to_date "${exp}/packed/.done" "${exp}/checkpoints"; then
     log "Stage 9: ${exp}/packed is newer than every checkpoint, skipped"
   else
-    "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed"
+    pack_opts=()
+    if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
+    "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed" "${pack_opts[@]}"
     touch "${exp}/packed/.done"
   fi
 fi
@@ -355,7 +357,9 @@ fi
 
 if stage_on 12; then
   log "Stage 12: upload-ready export: ${exp} + ${exp}/RESULTS.md -> ${exp}/upload"
-  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/upload" --export
+  pack_opts=()
+  if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
+  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/upload" --export "${pack_opts[@]}"
   log "Stage 12: to publish: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${exp}/upload ."
 fi
 
