@@ -9,8 +9,6 @@ the first batches of the training stream, and the row fill of sequence packing.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 
 import argparse

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         text, sets = make_sets(out, args.n)
         print(f"{len(text)} espeak-ng sentences (en-us), {sum(len(t.split()) for t in text.values())} words\n")
-        print(f"| recognizer | audio | WER % | CER % | s / utt |")
-        print(f"|---|---|---:|---:|---:|")
+        print("| recognizer | audio | WER % | CER % | s / utt |")
+        print("|---|---|---:|---:|---:|")
         for name in args.recognizers:
             metric = build_metric("intelligibility", recognizer=name, asr_beam_size=args.beam_size)
             metric.recognizer  # load the model outside the timing

@@ -8,7 +8,6 @@ and prints that process's RSS before and after, and the peak.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 

@@ -8,8 +8,6 @@ bf16 (avx512_bf16 / AMX), bf16 autocast; on a GPU, for fp32 / bf16 / fp16.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 
 import argparse

@@ -13,7 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from test_recipe_mini import MINI, ROOT, pytestmark  # noqa: F401  (espeak-ng/sox skip)
+from test_recipe_mini import MINI, ROOT
+from test_recipe_mini import pytestmark as _needs_espeak
+
+pytestmark = _needs_espeak
 
 # conf/model/tiny.yaml plus the mini model's ASR options (its decode config uses the CTC head)
 TINY_MODEL = (ROOT / "conf" / "model" / "tiny.yaml").read_text() + "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\n"
