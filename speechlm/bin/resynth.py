@@ -31,10 +31,9 @@ def main(args: argparse.Namespace) -> int:
 
     d, out = Path(args.manifest_dir), Path(args.out_dir)
     template = load_template_file(d / "template.yaml")
-    audio = [s for s in template.targets if s.modality == "audio"]
-    seg = next((s for s in template.segments if s.name == args.segment), None) if args.segment else \
-        (audio[0] if audio else None)
-    if seg is None or seg.modality != "audio":
+    pool = [s for s in template.segments if s.name == args.segment] if args.segment else template.targets
+    seg = next((s for s in pool if s.modality == "audio"), None)
+    if seg is None:
         raise ValueError(f"{d}: task {template.name!r} has no audio segment "
                          f"{args.segment or '(target)'} to resynthesize")
     scp = out / "wav.scp"

@@ -98,7 +98,6 @@ def _plan(args: argparse.Namespace):
 def _reuse(tok_dir: Path, seg_name: str, fp: str) -> bool:
     """Link an archive with the same fingerprint from a sibling task dir (e.g. the speech of the
     ``asr`` and ``tts`` dumps of one set) instead of encoding the audio again."""
-    from speechlm.data.token_archive import read_lengths, write_lengths
     from speechlm.utils.fileio import atomic_open, is_done, mark_done
 
     for done in sorted(tok_dir.parent.parent.glob(f"*/tokens/{seg_name}.scp.done")):
@@ -122,9 +121,9 @@ def _reuse(tok_dir: Path, seg_name: str, fp: str) -> bool:
             for line in (src / f"{seg_name}.scp").read_text(encoding="utf-8").splitlines():
                 utt, where = line.split(" ", 1)
                 f.write(f"{utt} {where.replace(old, new, 1)}\n")
-        write_lengths(tok_dir / f"{seg_name}.lengths", read_lengths(src / f"{seg_name}.lengths"))
-        if (src / f"{seg_name}.failed").is_file():
-            shutil.copyfile(src / f"{seg_name}.failed", tok_dir / f"{seg_name}.failed")
+        for suffix in (".lengths", ".failed"):  # ids and counts only: the same for both tasks
+            if (src / f"{seg_name}{suffix}").is_file():
+                shutil.copyfile(src / f"{seg_name}{suffix}", tok_dir / f"{seg_name}{suffix}")
         mark_done(tok_dir / f"{seg_name}.scp", {**info, "reused_from": str(src)})
         log.info("segment %s: same tokenizer and audio as %s, linked its archive", seg_name, src)
         return True
