@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from speechlm.eval import build_metric
 from speechlm.eval.audio import load_audio
@@ -120,3 +121,46 @@ def test_segment_and_pipe_specs(wavs):
     assert sr == 22050 and len(wav) == pytest.approx(0.5 * 22050, abs=2)
     piped, sr2 = load_audio(f"sox {wavs['a']} -t wav - |", 16000)
     assert sr2 == 16000 and len(piped) == pytest.approx(len(load_audio(wavs["a"])[0]) * 16000 / 22050, abs=4)
+
+
+class _LoudnessMOS(torch.nn.Module):
+    """A small real predictor: 1 + 4 * sigmoid(rms in dB / 10 + 3)."""
+
+    def forward(self, wav):
+        db = 10 * torch.log10(wav.pow(2).mean(-1) + 1e-10)
+        return 1 + 4 * torch.sigmoid(db / 10 + 3)
+
+
+@pytest.mark.parametrize("fmt", ["pt", "pt2"])
+def test_local_mos_model_torchscript_export_and_onnx(wavs, tmp_path, fmt):
+    import onnxruntime as ort
+    import speechmos.dnsmos as dn
+
+    example = torch.randn(1, 16000)
+    path = tmp_path / f"mos.{fmt}"
+    if fmt == "pt":
+        torch.jit.trace(_LoudnessMOS(), example).save(str(path))
+    else:
+        T = torch.export.Dim("T", min=2, max=10_000_000)
+        torch.export.save(torch.export.export(_LoudnessMOS(), (example,), dynamic_shapes=({1: T},)), str(path))
+    wav16, _ = load_audio(wavs["a"], 16000)
+    sf.write(tmp_path / "quiet.wav", 0.05 * wav16, 16000)
+    res = build_metric("mos", mos_model=str(path))({"loud": str(wavs["a"]), "quiet": str(tmp_path / "quiet.wav")})
+    expect = float(_LoudnessMOS()(torch.from_numpy(wav16)[None]))
+    assert res.per_utt["loud"]["mos"] == pytest.approx(expect, rel=1e-5)  # read at 16 kHz, as the model expects
+    assert res.per_utt["loud"]["mos"] > res.per_utt["quiet"]["mos"]
+    assert res.worst(1)[0][0] == "quiet"
+    if fmt == "pt2":
+        return
+    # an ONNX predictor: DNSMOS's own P.835 network on its 9.01 s input window
+    onnx = Path(dn.__file__).parent / "dnsmos_models" / "sig_bak_ovr.onnx"
+    clip = np.resize(wav16, 144160).astype(np.float32)
+    sf.write(tmp_path / "clip.wav", clip, 16000, subtype="FLOAT")
+    res = build_metric("mos", mos_model=str(onnx))({"clip": str(tmp_path / "clip.wav")})
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    direct = sess.run(None, {sess.get_inputs()[0].name: clip[None]})[0].reshape(-1)[0]
+    assert res.summary["mos"] == pytest.approx(float(direct), rel=1e-4)
+    with pytest.raises(ValueError, match="--mos-model"):
+        build_metric("mos")
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        build_metric("mos", mos_model=str(tmp_path / "nowhere.pt"))

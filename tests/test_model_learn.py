@@ -77,6 +77,23 @@ def test_condition_reduction_prefix_lm_and_ctc_learn():
     assert losses[-1] < 0.3
 
 
+def test_alignment_ctc_predicts_the_phones_from_the_generated_frames():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 4))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", align_ctc_weight=0.5, align_ctc_tokenizer="phone"), vocab)
+    out = model(batch)
+    # labels are the phone conditions of the TTS rows (kind 2), none from the ASR rows
+    tts = torch.tensor([t == "plain_tts" for t in batch.tasks])
+    assert float(out.stats["align_ctc"][1]) == float((batch.kinds[tts] == 2).sum())
+    first = float(out.stats["align_ctc"][0] / out.stats["align_ctc"][1])
+    train(model, batch, 150)
+    out = model(batch)
+    assert float(out.stats["align_ctc"][0] / out.stats["align_ctc"][1]) < first / 3
+    with pytest.raises(ConfigError, match="align_ctc_tokenizer"):
+        ModelConfig(align_ctc_weight=0.5).validate()
+
+
 def test_bf16_autocast_runs_and_stays_finite():
     vocab = toy_vocab(2)
     batch = collate(toy_examples(vocab, 2))

@@ -47,6 +47,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--no-floor", dict(action="store_true", help="skip the recognizer's score on ground-truth audio")),
     ("--floor-cache", dict(default=None, help="JSONL cache of floor transcripts (default: "
                                               "scores/asr_floor_cache.jsonl beside --results)")),
+    ("--mos-model", dict(default=None, help="metric 'mos': a local TorchScript or ONNX MOS predictor (e.g. UTMOS)")),
+    ("--mos-sample-rate", dict(type=int, default=None, help="sample rate the MOS model expects (default 16000)")),
     ("--pesq-mode", dict(default="wb", choices=["wb", "nb"], help="PESQ wide-band 16 kHz or narrow-band 8 kHz")),
     ("--mcd-align", dict(default="dtw", choices=["dtw", "none"], help="MCD frame alignment")),
     ("--worst", dict(type=int, default=10, help="number of worst utterances to list")),
@@ -148,7 +150,8 @@ def run_metrics(args: argparse.Namespace, hyp, refs, names: list[str]) -> tuple[
 
     options = dict(normalizer=args.normalizer, recognizer=args.recognizer, asr_model_dir=args.asr_model_dir,
                    asr_beam_size=args.asr_beam_size, pesq_mode=args.pesq_mode, mcd_align=args.mcd_align,
-                   device=args.device, decode_dir=args.decode_dir)
+                   device=args.device, decode_dir=args.decode_dir, mos_model=args.mos_model,
+                   mos_sample_rate=args.mos_sample_rate)
     results, floor = {}, {}
     for name in names:
         metric = build_metric(name, **options)
@@ -200,6 +203,8 @@ def main(args: argparse.Namespace) -> int:
     hyp = read_hypotheses(decode_dir)
     refs = read_references(args.ref_dir)
     names = args.metrics or default_metrics(hyp, refs)
+    if args.mos_model and "mos" not in names and hyp.wav is not None:
+        names = [*names, "mos"]  # a MOS model given on the command line is meant to be used
     test_set = args.test_set or refs.test_set
     task = args.task or refs.task or ("asr" if hyp.text is not None else "tts")
     model = args.model or decode_dir.resolve().parent.name

@@ -8,6 +8,7 @@ metric                  hypothesis  reference   what
 ``intelligibility``     audio       text        recognizer transcripts -> WER/CER
 ``spk_sim``             audio       audio       Resemblyzer speaker-embedding cosine
 ``dnsmos``              audio       (none)      DNSMOS P.835 / P.808 quality
+``mos``                 audio       (none)      a local MOS predictor (UTMOS ...), ``--mos-model``
 ``stoi``, ``pesq``      audio       audio       signal metrics for resynthesis
 ``mcd``, ``si_snr``     audio       audio       mel-cepstral distortion, scale-invariant SNR
 ======================  ==========  ==========  ============================================

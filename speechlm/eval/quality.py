@@ -85,3 +85,66 @@ class DNSMOS(Metric):
         summary["n_utts"] = len(ids)
         return MetricResult(self.name, summary, per_utt, key="ovrl", higher_is_better=True,
                             info={"personalized": self.personalized})
+
+
+def load_mos_model(path: str | os.PathLike, threads: int = 1):
+    """A local MOS predictor as a callable ``wav [1, T] float32 -> score``: ``torch.export`` program
+    (``.pt2``), TorchScript (other names; e.g. UTMOS exported with ``torch.jit.trace``) or ONNX
+    (``.onnx``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: MOS model file not found (--mos-model takes a TorchScript or ONNX file)")
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda wav: float(np.asarray(sess.run(None, {name: wav})[0]).reshape(-1)[0])
+    import torch
+
+    try:
+        model = torch.export.load(path).module() if path.endswith(".pt2") else torch.jit.load(path, map_location="cpu").eval()
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a TorchScript or torch.export model ({e.args[0].splitlines()[0]}); "
+                         f"export the predictor with torch.export (.pt2), torch.jit.trace or to ONNX") from None
+
+    def run(wav: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(model(torch.from_numpy(wav)).reshape(-1)[0])
+
+    return run
+
+
+@METRICS.register("mos")
+class LocalMOS(Metric):
+    """Predicted MOS from a model file the user has (UTMOS or any predictor exported to
+    TorchScript or ONNX that maps a mono waveform ``[1, T]`` at ``mos_sample_rate`` to a score)."""
+
+    name = "mos"
+    hyp_kind = "audio"
+    ref_kind = None
+    higher_is_better = True
+
+    def __init__(self, mos_model: str | None = None, mos_sample_rate: int = 16000, threads: int = 0) -> None:
+        if not mos_model:
+            raise ValueError("metric 'mos' needs a local model file: speechlm score --mos-model PATH "
+                             "(a TorchScript or ONNX MOS predictor, e.g. UTMOS)")
+        self.path, self.sample_rate = str(mos_model), int(mos_sample_rate)
+        self.model = load_mos_model(mos_model, int(threads) or len(os.sched_getaffinity(0)))
+
+    def compute(self, ids: list[str], hyp: Mapping[str, Any], ref: Mapping[str, Any]) -> MetricResult:
+        from tqdm import tqdm
+
+        per_utt: dict[str, dict[str, Any]] = {}
+        for utt in tqdm(ids, desc="mos", unit="utt", disable=len(ids) < 10):
+            wav, _ = load_audio(hyp[utt], self.sample_rate, utt)
+            if len(wav) == 0:
+                logger.warning("mos: utterance %r (%s): empty audio", utt, spec_name(hyp[utt]))
+                per_utt[utt] = {"mos": float("nan"), "error": "empty audio"}
+                continue
+            per_utt[utt] = {"mos": self.model(np.asarray(wav, np.float32)[None])}
+        summary = {"mos": mean([p["mos"] for p in per_utt.values()]), "n_utts": len(ids)}
+        return MetricResult(self.name, summary, per_utt, key="mos", higher_is_better=True,
+                            info={"model": self.path, "sample_rate": self.sample_rate})

@@ -33,6 +33,7 @@ COLUMNS: dict[str, list[tuple[str, str, int]]] = {
     "spk_sim": [("spk_sim", "SPK-SIM", 3)],
     "duration": [("stopped_pct", "stopped %", 1), ("in_range_pct", "dur 0.7-1.4x %", 1), ("ratio_median", "dur ratio", 2)],
     "dnsmos": [("ovrl", "DNSMOS OVRL", 2), ("sig", "SIG", 2), ("bak", "BAK", 2)],
+    "mos": [("mos", "MOS (local model)", 2)],
     "stoi": [("stoi", "STOI", 3)],
     "pesq": [("pesq", "PESQ", 2)],
     "mcd": [("mcd", "MCD dB", 2)],

@@ -17,6 +17,7 @@ import torch
 
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, SPECIAL, TEXT_COND, TEXT_TGT
+from speechlm.infer.align_stop import AlignStop
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
 from speechlm.infer.sampling import repetition_penalty, sample
@@ -149,12 +150,25 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     states = [RowState(model.config.strategy, t, model.vocab, model.n_streams, lo, hi)
               for t, (lo, hi) in zip(targets, limits)]
     guided = config.cfg_scale != 1.0
+    tracker = None
+    if config.align_stop > 0:
+        if getattr(model, "align_ctc_range", None) is None:
+            raise ValueError("decode.align_stop needs a model trained with an alignment CTC head "
+                             "(model.align_ctc_weight > 0)")
+        tracker = AlignStop(model, prompts, config.align_stop)
     with model.autocast(dev):
         run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         chooser = Chooser(model, config, gen)
         active = list(range(B))
+        first = True
         while active:
+            if tracker is not None:
+                if not first:  # h is the state after a generated frame (the first one follows the marker)
+                    tracker.update(h[: len(active)])
+                for i, ok in zip(active, tracker.ready()):
+                    states[i].ready = ok
+                first = False
             acts = [states[i].plan() for i in active]
             rows = choose_rows(model, h, acts, chooser)
             fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
@@ -164,6 +178,8 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
             if len(keep) < len(active):
                 sel = torch.tensor(keep, device=dev)
                 chooser.select(sel)
+                if tracker is not None:
+                    tracker.select(sel)
                 fed = [fed[n] for n in keep]
                 active = [active[n] for n in keep]
                 # with guidance the unconditional half of the batch sits after the conditional half

@@ -57,6 +57,9 @@ class ModelConfig:
     prefix_lm: bool = True  # honour Batch.prefix_lens (bidirectional attention over conditions)
     ctc_weight: float = 0.0  # auxiliary CTC over audio-conditioned text targets (0 = no CTC head)
     ctc_tokenizer: str | None = None  # text tokenizer the CTC head predicts (required if ctc_weight > 0)
+    # TTS alignment: CTC from the audio-target positions to the text conditions (0 = off)
+    align_ctc_weight: float = 0.0
+    align_ctc_tokenizer: str | None = None  # text tokenizer of the conditions it predicts, e.g. phone
     # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
     grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
@@ -78,6 +81,9 @@ class ModelConfig:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:
             raise ConfigError("model.ctc_tokenizer: ctc_weight > 0 needs the name of the text tokenizer to predict")
+        if self.align_ctc_weight > 0 and not self.align_ctc_tokenizer:
+            raise ConfigError("model.align_ctc_tokenizer: align_ctc_weight > 0 needs the name of the text "
+                              "tokenizer of the conditions to predict (e.g. phone)")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

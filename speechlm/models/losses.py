@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, TEXT_TGT
+from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, TEXT_COND, TEXT_TGT
 from speechlm.models.heads import OutputHead, weighted_ce
 
 
@@ -129,41 +129,55 @@ def nar_loss(model, prep, sw: list[float], stats: dict) -> tuple[torch.Tensor, t
     return loss_sum, weight_sum
 
 
-def ctc_frames(model, prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states of each row's audio-condition positions, left-aligned: ``[B, Tc, D]``, lengths ``[B]``."""
-    is_cond = prep.kinds == AUDIO_COND
-    n = is_cond.sum(1)
+def ctc_frames(model, prep, h: torch.Tensor, kind: int = AUDIO_COND) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of each row's ``kind`` positions (audio conditions by default), left-aligned:
+    ``[B, Tc, D]``, lengths ``[B]``."""
+    is_in = prep.kinds == kind
+    n = is_in.sum(1)
     Tc = max(1, int(n.max()))
-    order = torch.argsort((~is_cond).to(torch.int8), dim=1, stable=True)[:, :Tc]
+    order = torch.argsort((~is_in).to(torch.int8), dim=1, stable=True)[:, :Tc]
     return h.gather(1, order[..., None].expand(-1, -1, h.shape[-1])), n
 
 
-def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text-target ids of each row as CTC labels (1-based, 0 = blank), lengths, and usable rows."""
+def ctc_targets(prep, kind: int, token_range: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stream-0 ids of each row's ``kind`` rows as CTC labels (1-based, 0 = blank), lengths, and
+    usable rows (all such rows inside ``token_range``)."""
     lay = prep.layout
-    a, b = model.ctc_range
-    is_txt = lay.kinds == TEXT_TGT
+    a, b = token_range
+    is_lab = lay.kinds == kind
     tok = lay.tokens[..., 0]
     inside = (tok >= a) & (tok < b)
-    usable = is_txt.any(1) & ~(is_txt & ~inside).any(1)
-    n = is_txt.sum(1)
+    usable = is_lab.any(1) & ~(is_lab & ~inside).any(1)
+    n = is_lab.sum(1)
     L = max(1, int(n.max()))
-    order = torch.argsort((~is_txt).to(torch.int8), dim=1, stable=True)[:, :L]
+    order = torch.argsort((~is_lab).to(torch.int8), dim=1, stable=True)[:, :L]
     labels = (tok.gather(1, order) - a + 1).clamp(min=0)
     return labels, n, usable
 
 
-def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range."""
-    frames, n_in = ctc_frames(model, prep, h)
-    labels, n_out, usable = ctc_targets(model, prep)
+def _ctc(head: torch.nn.Module, frames, n_in, labels, n_out, usable, stats: dict, name: str) -> torch.Tensor:
     usable = usable & (n_in > 0)
     if not bool(usable.any()):
-        return h.new_zeros((), dtype=torch.float32)
-    logp = model.ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
+        return frames.new_zeros((), dtype=torch.float32)
+    logp = head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
     loss = F.ctc_loss(logp, labels[usable], n_in[usable], n_out[usable], blank=0, reduction="sum", zero_infinity=True)
-    _add(stats, "ctc", loss, n_out[usable].sum().float())
+    _add(stats, name, loss, n_out[usable].sum().float())
     return loss
 
 
-__all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "stream_slots_loss"]
+def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range (ASR)."""
+    frames, n_in = ctc_frames(model, prep, h)
+    return _ctc(model.ctc_head, frames, n_in, *ctc_targets(prep, TEXT_TGT, model.ctc_range), stats, "ctc")
+
+
+def align_ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed CTC from the hidden states of audio *target* rows to the text *conditions* (TTS):
+    every generated frame must know which phone it is saying, which teaches the attention to
+    walk through the text monotonically (alignment) without an external aligner."""
+    frames, n_in = ctc_frames(model, prep, h, AUDIO_TGT)
+    return _ctc(model.align_ctc_head, frames, n_in, *ctc_targets(prep, TEXT_COND, model.align_ctc_range),
+                stats, "align_ctc")
+
+
+__all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "align_ctc_loss", "ctc_frames", "stream_slots_loss"]

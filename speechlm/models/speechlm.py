@@ -21,7 +21,7 @@ from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig, autocast_enabled
 from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
-from speechlm.models.losses import ar_loss, ctc_loss, depth_loss, nar_loss
+from speechlm.models.losses import align_ctc_loss, ar_loss, ctc_loss, depth_loss, nar_loss
 from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
@@ -105,6 +105,10 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
+        self.align_ctc_range = None
+        if config.align_ctc_weight > 0:
+            self.align_ctc_range = vocab.stream_range(config.align_ctc_tokenizer, 0)
+            self.align_ctc_head = nn.Linear(D, self.align_ctc_range[1] - self.align_ctc_range[0] + 1)
         self._warned_reduction = False
         if config.grad_checkpointing:
             if config.backbone == "builtin":
@@ -242,6 +246,8 @@ class SpeechLM(nn.Module):
                 loss_sum, weight_sum = loss_sum + self.config.nar_weight * ls, weight_sum + ws
             if self.ctc_range is not None:
                 loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self, prep, h, stats)
+            if self.align_ctc_range is not None:
+                loss_sum = loss_sum + self.config.align_ctc_weight * align_ctc_loss(self, prep, h, stats)
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
 
