@@ -94,6 +94,40 @@ def test_alignment_ctc_predicts_the_phones_from_the_generated_frames():
         ModelConfig(align_ctc_weight=0.5).validate()
 
 
+def test_guided_attention_penalizes_off_diagonal_attention_and_learns():
+    from speechlm.data.sequence import AUDIO_TGT, TEXT_COND
+    from speechlm.models.losses import guided_attention_loss
+
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 4, tasks=("plain_tts",)))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("parallel", guided_attn_weight=1.0, guided_attn_layer=1), vocab)
+    assert model.guided_attn is model.backbone.layers[1].self_attn
+    prep = model.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+    # hand-made attention over the first row: diagonal reading of the text costs less than reading it backwards
+    T = prep.kinds.shape[1]
+    q = (prep.kinds[0] == AUDIO_TGT).nonzero()[:, 0]
+    k = (prep.kinds[0] == TEXT_COND).nonzero()[:, 0]
+    costs = []
+    for order in (k, k.flip(0)):
+        probs = torch.full((len(batch.tasks), T, T), 0.0)
+        for i, qi in enumerate(q):
+            probs[0, qi, order[min(len(order) - 1, i * len(order) // len(q))]] = 1.0
+        costs.append(float(guided_attention_loss(model, prep, probs, {})))
+    assert costs[0] < 0.2 * costs[1]
+    out = model(batch)
+    assert float(out.stats["guided_attn"][1]) == float((prep.kinds == AUDIO_TGT).sum())
+    first = float(out.stats["guided_attn"][0] / out.stats["guided_attn"][1])
+    train(model, batch, 100)
+    model.train()
+    out = model(batch)
+    assert float(out.stats["guided_attn"][0] / out.stats["guided_attn"][1]) < first
+    model.eval()
+    assert "guided_attn" not in model(batch).stats  # training-only: inference is unchanged
+    with pytest.raises(ConfigError, match="builtin"):
+        ModelConfig(guided_attn_weight=1.0, backbone="hf", hf_path="x").validate()
+
+
 def test_bf16_autocast_runs_and_stays_finite():
     vocab = toy_vocab(2)
     batch = collate(toy_examples(vocab, 2))

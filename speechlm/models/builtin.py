@@ -90,6 +90,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, n_kv_heads * self.hd, bias=False)
         self.o_proj = nn.Linear(n_heads * self.hd, dim, bias=False)
         self.dropout = dropout
+        self.record = False  # keep head 0's attention probabilities in .probs (guided attention loss)
+        self.probs: torch.Tensor | None = None
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -106,6 +108,10 @@ class Attention(nn.Module):
             qi = torch.arange(T, device=x.device)[:, None] + past
             mask = (torch.arange(past + T, device=x.device)[None, :] <= qi)[None, None]
         is_causal = mask is None and T > 1
+        if self.record:  # one head's probabilities, explicitly (SDPA does not return them)
+            scores = (q[:, 0].float() @ k[:, 0].float().transpose(1, 2)) / math.sqrt(self.hd)
+            allowed = mask[:, 0] if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            self.probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.kvh != self.h,

@@ -60,6 +60,10 @@ class ModelConfig:
     # TTS alignment: CTC from the audio-target positions to the text conditions (0 = off)
     align_ctc_weight: float = 0.0
     align_ctc_tokenizer: str | None = None  # text tokenizer of the conditions it predicts, e.g. phone
+    # TTS alignment: guided-attention loss on head 0 of one layer (audio targets -> text conditions)
+    guided_attn_weight: float = 0.0  # per generated frame, against ~30 for the frame's cross-entropy
+    guided_attn_layer: int = -1  # -1: the middle layer (builtin backbone only)
+    guided_attn_sigma: float = 0.2  # width of the diagonal band, as a share of the text/audio length
     # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
     grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
@@ -84,6 +88,17 @@ class ModelConfig:
         if self.align_ctc_weight > 0 and not self.align_ctc_tokenizer:
             raise ConfigError("model.align_ctc_tokenizer: align_ctc_weight > 0 needs the name of the text "
                               "tokenizer of the conditions to predict (e.g. phone)")
+        if self.guided_attn_weight > 0:
+            if self.backbone != "builtin":
+                raise ConfigError("model.guided_attn_weight: the guided-attention loss needs the builtin backbone")
+            if not -1 <= self.guided_attn_layer < self.n_layers:
+                raise ConfigError(f"model.guided_attn_layer {self.guided_attn_layer} is not a layer of "
+                                  f"{self.n_layers} (-1: the middle one)")
+            if self.grad_checkpointing:
+                raise ConfigError("model.guided_attn_weight does not work with grad_checkpointing (the "
+                                  "recomputed layer would not record its attention)")
+            if self.guided_attn_sigma <= 0:
+                raise ConfigError(f"model.guided_attn_sigma must be > 0, got {self.guided_attn_sigma}")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

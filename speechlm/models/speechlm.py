@@ -21,7 +21,7 @@ from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig, autocast_enabled
 from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
-from speechlm.models.losses import align_ctc_loss, ar_loss, ctc_loss, depth_loss, nar_loss
+from speechlm.models.losses import align_ctc_loss, ar_loss, ctc_loss, depth_loss, guided_attention_loss, nar_loss
 from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
@@ -109,6 +109,10 @@ class SpeechLM(nn.Module):
         if config.align_ctc_weight > 0:
             self.align_ctc_range = vocab.stream_range(config.align_ctc_tokenizer, 0)
             self.align_ctc_head = nn.Linear(D, self.align_ctc_range[1] - self.align_ctc_range[0] + 1)
+        self.guided_attn = None  # the attention module whose head 0 the guided-attention loss shapes
+        if config.guided_attn_weight > 0:
+            layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
+            self.guided_attn = self.backbone.layers[layer].self_attn
         self._warned_reduction = False
         if config.grad_checkpointing:
             if config.backbone == "builtin":
@@ -229,8 +233,15 @@ class SpeechLM(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Loss over the loss-weighted (position, stream) slots of ``batch``."""
+        guided = self.guided_attn is not None and self.training
+        if guided:
+            self.guided_attn.record = True
         with self.autocast(batch.tokens.device):
-            h, prep = self.hidden_states(batch)
+            try:
+                h, prep = self.hidden_states(batch)
+            finally:
+                if guided:
+                    self.guided_attn.record = False
             y, w = self.targets(prep)
             lay = prep.layout
             rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
@@ -248,6 +259,9 @@ class SpeechLM(nn.Module):
                 loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self, prep, h, stats)
             if self.align_ctc_range is not None:
                 loss_sum = loss_sum + self.config.align_ctc_weight * align_ctc_loss(self, prep, h, stats)
+            if guided:
+                probs, self.guided_attn.probs = self.guided_attn.probs, None
+                loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(self, prep, probs, stats)
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
 

@@ -61,6 +61,7 @@ decode_tasks=             # tasks decoded on test_sets with the packed model (de
 decode_config=            # decoding settings (speechlm decode --decode-config YAML)
 decode_args=              # extra flags for speechlm decode
 score_metrics=            # metrics for speechlm score, space separated; TASK:m1,m2 for one task (default: the task's own)
+score_args=               # extra flags for speechlm score, e.g. "--mos-model /models/utmos.pt2"
 hub_repo=                 # model hub repo id named in the stage 12 export (nothing is uploaded)
 # </options>
 
@@ -345,10 +346,11 @@ if stage_on 11; then
         "${slm[@]}" resynth --manifest-dir "${dumpdir}/${s}/${t}" --tokenizers "${tokenizers}" --out-dir "${rdir}"
         floor_opts=(--floor-wav-scp "codec=${rdir}/wav.scp")
       fi
+      read -ra extra_score_args <<< "${score_args}"
       # score updates the table of this (test set, task) in RESULTS.md and keeps the others.
       "${slm[@]}" score --decode-dir "${ddir}" --ref-dir "${dumpdir}/${s}/${t}" \
         --test-set "${s}" --task "${t}" --model "${tag}" "${metric_opts[@]}" "${floor_opts[@]}" \
-        --results "${exp}/RESULTS.md"
+        "${extra_score_args[@]}" --results "${exp}/RESULTS.md"
       touch "${ddir}/.scored"
     done
   done
