@@ -104,17 +104,21 @@ def test_guided_attention_penalizes_off_diagonal_attention_and_learns():
     model = SpeechLM(tiny_config("parallel", guided_attn_weight=1.0, guided_attn_layer=1), vocab)
     assert model.guided_attn is model.backbone.layers[1].self_attn
     prep = model.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
-    # hand-made attention over the first row: diagonal reading of the text costs less than reading it backwards
-    T = prep.kinds.shape[1]
-    q = (prep.kinds[0] == AUDIO_TGT).nonzero()[:, 0]
-    k = (prep.kinds[0] == TEXT_COND).nonzero()[:, 0]
+    # hand-made attention: reading the text in order costs less than reading it backwards, and
+    # attending to anything but the text costs the most (1 per frame)
+    B, T = prep.kinds.shape
     costs = []
-    for order in (k, k.flip(0)):
-        probs = torch.full((len(batch.tasks), T, T), 0.0)
-        for i, qi in enumerate(q):
-            probs[0, qi, order[min(len(order) - 1, i * len(order) // len(q))]] = 1.0
+    for how in ("forward", "backward", "elsewhere"):
+        probs = torch.zeros(B, T, T)
+        for b in range(B):
+            q = (prep.kinds[b] == AUDIO_TGT).nonzero()[:, 0]
+            k = (prep.kinds[b] == TEXT_COND).nonzero()[:, 0]
+            k = k.flip(0) if how == "backward" else k
+            for i, qi in enumerate(q):
+                probs[b, qi, k[i * len(k) // len(q)] if how != "elsewhere" else qi] = 1.0
         costs.append(float(guided_attention_loss(model, prep, probs, {})))
-    assert costs[0] < 0.2 * costs[1]
+    n_frames = float((prep.kinds == AUDIO_TGT).sum())
+    assert costs[0] < 0.3 * costs[1] and costs[2] == pytest.approx(n_frames)
     out = model(batch)
     assert float(out.stats["guided_attn"][1]) == float((prep.kinds == AUDIO_TGT).sum())
     first = float(out.stats["guided_attn"][0] / out.stats["guided_attn"][1])

@@ -47,6 +47,17 @@ def _shard_rows(rows: list[dict], nj: int, job: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i % nj == job]
 
 
+def _input_size(row: dict, template) -> int:
+    """A cheap size of a row's conditions: bytes of audio files, characters of text."""
+    size = 0
+    for seg in template.conditions:
+        value = row["segments"].get(seg.name)
+        if seg.modality == "spk_prompt" or not isinstance(value, str):
+            continue
+        size += os.path.getsize(value) if seg.modality == "audio" and os.path.isfile(value) else len(value)
+    return size
+
+
 def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job: int, decode_config: dict,
                  limit: int | None = None) -> Path:
     """Decode shard ``job`` of ``nj``; appends one JSON line per utterance, skipping those already done."""
@@ -87,7 +98,7 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
     wav_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     # Sort by input size so a batch holds similar lengths (less padding, fewer wasted steps).
-    mine.sort(key=lambda r: json.dumps(r["segments"]))
+    mine.sort(key=lambda r: (_input_size(r, template), r["id"]))
     with open(results, "a", encoding="utf-8") as f:
         for i in tqdm(range(0, len(mine), batch_size), desc=f"decode job {job + 1}/{nj}", disable=None):
             chunk = mine[i: i + batch_size]

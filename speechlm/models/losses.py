@@ -189,11 +189,11 @@ def _left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed guided-attention penalty (Tachibana et al., 2017) of the rows with audio targets and
-    text conditions: the attention of audio-target frame ``t`` (of ``T``) over text condition ``n``
-    (of ``N``), renormalized over the text, weighted by ``1 - exp(-(n/N - t/T)^2 / (2 g^2))``.
-    Attention far from the diagonal costs up to 1 per frame, so the head learns to read the text
-    in order; the model is unchanged at inference."""
+    """Summed guided-attention penalty (after Tachibana et al., 2017) of the rows with audio targets
+    and text conditions: per audio-target frame ``t`` (of ``T``), one minus the attention mass on
+    text conditions ``n`` (of ``N``) near the diagonal, ``sum_n a[t, n] exp(-(n/N - t/T)^2 / (2 g^2))``.
+    The head must read the text, in order (mass on anything else, prompt or past audio, costs as
+    much as reading the wrong phone); the model is unchanged at inference."""
     q_pos, q_ok, nq = _left_aligned(prep.kinds == AUDIO_TGT)
     k_pos, k_ok, nk = _left_aligned(prep.kinds == TEXT_COND)
     rows = (nq > 0) & (nk > 0)
@@ -201,13 +201,11 @@ def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torc
         return probs.new_zeros(())
     T = probs.shape[-1]
     a = probs.gather(1, q_pos[..., None].expand(-1, -1, T))
-    a = a.gather(2, k_pos[:, None, :].expand(-1, a.shape[1], -1))  # [B, Tq, N]
-    a = a * k_ok[:, None, :]
-    a = a / a.sum(-1, keepdim=True).clamp(min=1e-8)
-    t = torch.arange(a.shape[1], device=a.device)[None, :, None] / nq.clamp(min=1)[:, None, None]
-    n = torch.arange(a.shape[2], device=a.device)[None, None, :] / nk.clamp(min=1)[:, None, None]
-    w = 1 - torch.exp(-((n - t) ** 2) / (2 * model.config.guided_attn_sigma ** 2))
-    per_frame = (a * w).sum(-1) * q_ok * rows[:, None]
+    a = a.gather(2, k_pos[:, None, :].expand(-1, a.shape[1], -1)) * k_ok[:, None, :]  # [B, Tq, N]
+    t = (torch.arange(a.shape[1], device=a.device)[None, :, None] + 0.5) / nq.clamp(min=1)[:, None, None]
+    n = (torch.arange(a.shape[2], device=a.device)[None, None, :] + 0.5) / nk.clamp(min=1)[:, None, None]
+    band = torch.exp(-((n - t) ** 2) / (2 * model.config.guided_attn_sigma ** 2))
+    per_frame = (1 - (a * band).sum(-1)) * q_ok * rows[:, None]
     loss = per_frame.sum()
     _add(stats, "guided_attn", loss, (q_ok & rows[:, None]).sum().float())
     return loss
