@@ -108,9 +108,12 @@ class Attention(nn.Module):
             qi = torch.arange(T, device=x.device)[:, None] + past
             mask = (torch.arange(past + T, device=x.device)[None, :] <= qi)[None, None]
         is_causal = mask is None and T > 1
-        if self.record:  # one head's probabilities, explicitly (SDPA does not return them)
+        if self.record:  # one head's probabilities [B, T, keys], explicitly (SDPA does not return them)
             scores = (q[:, 0].float() @ k[:, 0].float().transpose(1, 2)) / math.sqrt(self.hd)
-            allowed = mask[:, 0] if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                allowed = mask[:, 0]
+            else:  # causal: new position i sees keys up to past + i
+                allowed = torch.arange(k.shape[2], device=x.device)[None] <= torch.arange(T, device=x.device)[:, None] + past
             self.probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,

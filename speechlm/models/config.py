@@ -57,9 +57,6 @@ class ModelConfig:
     prefix_lm: bool = True  # honour Batch.prefix_lens (bidirectional attention over conditions)
     ctc_weight: float = 0.0  # auxiliary CTC over audio-conditioned text targets (0 = no CTC head)
     ctc_tokenizer: str | None = None  # text tokenizer the CTC head predicts (required if ctc_weight > 0)
-    # TTS alignment: CTC from the audio-target positions to the text conditions (0 = off)
-    align_ctc_weight: float = 0.0
-    align_ctc_tokenizer: str | None = None  # text tokenizer of the conditions it predicts, e.g. phone
     # TTS alignment: guided-attention loss on head 0 of one layer (audio targets -> text conditions)
     guided_attn_weight: float = 0.0  # per generated frame, against ~30 for the frame's cross-entropy
     guided_attn_layer: int = -1  # -1: the middle layer (builtin backbone only)
@@ -85,9 +82,6 @@ class ModelConfig:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:
             raise ConfigError("model.ctc_tokenizer: ctc_weight > 0 needs the name of the text tokenizer to predict")
-        if self.align_ctc_weight > 0 and not self.align_ctc_tokenizer:
-            raise ConfigError("model.align_ctc_tokenizer: align_ctc_weight > 0 needs the name of the text "
-                              "tokenizer of the conditions to predict (e.g. phone)")
         if self.guided_attn_weight > 0:
             if self.backbone != "builtin":
                 raise ConfigError("model.guided_attn_weight: the guided-attention loss needs the builtin backbone")

@@ -171,15 +171,6 @@ def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
     return _ctc(model.ctc_head, frames, n_in, *ctc_targets(prep, TEXT_TGT, model.ctc_range), stats, "ctc")
 
 
-def align_ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed CTC from the hidden states of audio *target* rows to the text *conditions* (TTS):
-    every generated frame must know which phone it is saying, which teaches the attention to
-    walk through the text monotonically (alignment) without an external aligner."""
-    frames, n_in = ctc_frames(model, prep, h, AUDIO_TGT)
-    return _ctc(model.align_ctc_head, frames, n_in, *ctc_targets(prep, TEXT_COND, model.align_ctc_range),
-                stats, "align_ctc")
-
-
 def _left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Positions of the selected entries of each row, left-aligned ``[B, L]``, their validity and counts."""
     n = is_sel.sum(1)
@@ -211,4 +202,4 @@ def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torc
     return loss
 
 
-__all__ = ["guided_attention_loss", "ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "align_ctc_loss", "ctc_frames", "stream_slots_loss"]
+__all__ = ["guided_attention_loss", "ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "stream_slots_loss"]

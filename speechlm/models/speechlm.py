@@ -21,7 +21,7 @@ from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig, autocast_enabled
 from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
-from speechlm.models.losses import align_ctc_loss, ar_loss, ctc_loss, depth_loss, guided_attention_loss, nar_loss
+from speechlm.models.losses import ar_loss, ctc_loss, depth_loss, guided_attention_loss, nar_loss
 from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
@@ -105,14 +105,9 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
-        self.align_ctc_range = None
-        if config.align_ctc_weight > 0:
-            self.align_ctc_range = vocab.stream_range(config.align_ctc_tokenizer, 0)
-            self.align_ctc_head = nn.Linear(D, self.align_ctc_range[1] - self.align_ctc_range[0] + 1)
-        self.guided_attn = None  # the attention module whose head 0 the guided-attention loss shapes
+        self._guided_layer = None  # the layer whose attention head 0 the guided-attention loss shapes
         if config.guided_attn_weight > 0:
-            layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
-            self.guided_attn = self.backbone.layers[layer].self_attn
+            self._guided_layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
         self._warned_reduction = False
         if config.grad_checkpointing:
             if config.backbone == "builtin":
@@ -225,6 +220,12 @@ class SpeechLM(nn.Module):
                 self._warned_reduction = True
         return y, w
 
+    @property
+    def guided_attn(self):
+        """The attention module of the guided-attention loss (None without it); a property, so its
+        weights are not saved twice."""
+        return None if self._guided_layer is None else self.backbone.layers[self._guided_layer].self_attn
+
     # ---- training forward -----------------------------------------------------------------
     def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
         """Backbone output ``[B, T'', D]`` of a whole batch (teacher forcing) and its layout."""
@@ -257,8 +258,6 @@ class SpeechLM(nn.Module):
                 loss_sum, weight_sum = loss_sum + self.config.nar_weight * ls, weight_sum + ws
             if self.ctc_range is not None:
                 loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self, prep, h, stats)
-            if self.align_ctc_range is not None:
-                loss_sum = loss_sum + self.config.align_ctc_weight * align_ctc_loss(self, prep, h, stats)
             if guided:
                 probs, self.guided_attn.probs = self.guided_attn.probs, None
                 loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(self, prep, probs, stats)
