@@ -40,9 +40,6 @@ class DecodeConfig:
     max_len: int = 1000
     min_len_ratio: float = 0.0
     max_len_ratio: float = 0.0
-    # TTS: allow the end of audio only once the alignment head's focus reached this share of the
-    # text, and end it when the focus jumps back afterwards (0 = off; needs model.guided_attn_weight)
-    attn_stop: float = 0.0
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -60,8 +57,6 @@ class DecodeConfig:
             raise ConfigError(f"decode.nbest {self.nbest} > beam_size {self.beam_size}")
         if not 0 <= self.ctc_weight <= 1:
             raise ConfigError(f"decode.ctc_weight must be in [0, 1], got {self.ctc_weight}")
-        if not 0 <= self.attn_stop <= 1:
-            raise ConfigError(f"decode.attn_stop must be in [0, 1], got {self.attn_stop}")
         if self.max_len < 1:
             raise ConfigError(f"decode.max_len must be >= 1, got {self.max_len}")
         return self

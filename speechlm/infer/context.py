@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from speechlm.data.batch import Batch
-from speechlm.data.sequence import SPECIAL, TEXT_COND
+from speechlm.data.sequence import SPECIAL
 
 
 def unconditional(prompts: Batch) -> Batch:
@@ -54,7 +54,6 @@ class DecodeContext:
         self.next_pos = next_pos  # [B] RoPE position of the next token
         self.padded = padded  # any left padding (then every step needs a mask)
         self.history: tuple | None = None  # without a cache: (x, positions, prefill mask) of all steps
-        self.text_keys: torch.Tensor | None = None  # [B, Tk] bool: keys that are text conditions
 
     @classmethod
     def prefill(cls, model, prompts: Batch, use_cache: bool = True) -> tuple["DecodeContext", torch.Tensor]:
@@ -81,7 +80,6 @@ class DecodeContext:
         cache = model.new_cache(B) if use_cache else None
         h = model.backbone(x, positions, mask, cache)
         ctx = cls(model, cache, key_valid, prep.lengths.clone(), padded)
-        ctx.text_keys = (prep.kinds.gather(1, src) == TEXT_COND) & key_valid  # for attention-based stopping
         if not use_cache:
             full = mask if mask is not None else torch.ones(B, 1, T, T, dtype=torch.bool, device=dev).tril()
             ctx.history = (x, positions, full)
@@ -102,8 +100,6 @@ class DecodeContext:
         """Feed one new position ``x [B, 1, D]``; returns its hidden state ``[B, D]``."""
         B = x.shape[0]
         self.key_valid = torch.cat([self.key_valid, self.key_valid.new_ones(B, 1)], 1)
-        if self.text_keys is not None:
-            self.text_keys = torch.cat([self.text_keys, self.text_keys.new_zeros(B, 1)], 1)
         if self.history is not None:
             h = self._recompute(x)
             self.next_pos = self.next_pos + 1
@@ -120,8 +116,6 @@ class DecodeContext:
         if self.history is not None:
             self.history = tuple(t.index_select(0, rows) for t in self.history)
         self.key_valid = self.key_valid.index_select(0, rows)
-        if self.text_keys is not None:
-            self.text_keys = self.text_keys.index_select(0, rows)
         self.next_pos = self.next_pos.index_select(0, rows)
         self.padded = bool((~self.key_valid).any())
 

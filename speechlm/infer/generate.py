@@ -17,7 +17,6 @@ import torch
 
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, SPECIAL, TEXT_COND, TEXT_TGT
-from speechlm.infer.attn_stop import AttnStop
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
 from speechlm.infer.sampling import repetition_penalty, sample
@@ -150,45 +149,27 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     states = [RowState(model.config.strategy, t, model.vocab, model.n_streams, lo, hi)
               for t, (lo, hi) in zip(targets, limits)]
     guided = config.cfg_scale != 1.0
-    if config.attn_stop > 0 and getattr(model, "guided_attn", None) is None:
-        raise ValueError("decode.attn_stop needs a model trained with the guided-attention loss "
-                         "(model.guided_attn_weight > 0)")
     with model.autocast(dev):
         run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         chooser = Chooser(model, config, gen)
         active = list(range(B))
-        stopper = AttnStop(ctx.text_keys[:B], config.attn_stop) if config.attn_stop > 0 else None
-        try:
-            if stopper is not None:
-                model.guided_attn.record = True
-            while active:
-                if stopper is not None:
-                    for i, ok, end in zip(active, stopper.ready(), stopper.jumped_back()):
-                        states[i].ready, states[i].force_end = ok, end
-                acts = [states[i].plan() for i in active]
-                rows = choose_rows(model, h, acts, chooser)
-                fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
-                keep = [n for n, i in enumerate(active) if not states[i].done]
-                if not keep:
-                    break
-                if len(keep) < len(active):
-                    sel = torch.tensor(keep, device=dev)
-                    chooser.select(sel)
-                    if stopper is not None:
-                        stopper.select(sel)
-                    fed = [fed[n] for n in keep]
-                    active = [active[n] for n in keep]
-                    # with guidance the unconditional half of the batch sits after the conditional half
-                    ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
-                x = model.embed(torch.tensor(fed, device=dev)[:, None])
-                h = ctx.step(torch.cat([x, x]) if guided else x)
-                if stopper is not None:
-                    n = len(active)
-                    stopper.update(model.guided_attn.probs[:n], ctx.text_keys[:n])
-        finally:
-            if stopper is not None:
-                model.guided_attn.record = False
+        while active:
+            acts = [states[i].plan() for i in active]
+            rows = choose_rows(model, h, acts, chooser)
+            fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
+            keep = [n for n, i in enumerate(active) if not states[i].done]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=dev)
+                chooser.select(sel)
+                fed = [fed[n] for n in keep]
+                active = [active[n] for n in keep]
+                # with guidance the unconditional half of the batch sits after the conditional half
+                ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
+            x = model.embed(torch.tensor(fed, device=dev)[:, None])
+            h = ctx.step(torch.cat([x, x]) if guided else x)
         if model.config.strategy == "ar_nar" and model.n_streams > 1:
             nar_fill(model, prompts, states, config, gen)
     hyps = [s.hyp for s in states]

@@ -8,9 +8,8 @@ rows into frames when a segment ends. One place for every stream strategy's step
   ``n - 2`` tail rows finish the delayed streams (stream 0 forced to ``<pad>``);
 - flat: one token per step, cycling through the tokenizer's streams (end only at frame start).
 
-A segment ends when stream 0 emits ``<eos>`` or the next target's marker; ``min_len`` (and
-``ready``, set by :class:`~speechlm.infer.attn_stop.AttnStop`) forbids that before ``min_len``
-frames, ``max_len`` (and ``force_end``) forces it.
+A segment ends when stream 0 emits ``<eos>`` or the next target's marker; ``min_len`` forbids
+that before ``min_len`` frames and ``max_len`` forces it.
 """
 from __future__ import annotations
 
@@ -57,8 +56,6 @@ class RowState:
                  min_len: int, max_len: int) -> None:
         self.pattern, self.targets, self.vocab, self.S = pattern, targets, vocab, n_streams
         self.min_len, self.max_len = min_len, max_len
-        self.ready = True  # False while the attention focus has not reached the end of the text
-        self.force_end = False  # True: end the segment now (the focus jumped back after the text)
         self.seg = 0
         self.done = False
         self.hyp = Hypothesis()
@@ -79,9 +76,9 @@ class RowState:
         return 1 if self.pattern == "flat" else self.S
 
     def _s0(self, src: int, can_end: bool, frame: int) -> tuple:
-        if can_end and (frame >= self.max_len or self.force_end):
+        if can_end and frame >= self.max_len:
             return (FORCE, self.ends[0])
-        return (SAMPLE, (self.tok, src, self.ends if can_end and frame >= self.min_len and self.ready else ()))
+        return (SAMPLE, (self.tok, src, self.ends if can_end and frame >= self.min_len else ()))
 
     def plan(self) -> list[tuple]:
         """Per model stream: ``(SAMPLE, (tokenizer, tokenizer_stream, end_ids))`` or ``(FORCE, id)``."""

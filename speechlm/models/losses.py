@@ -129,46 +129,41 @@ def nar_loss(model, prep, sw: list[float], stats: dict) -> tuple[torch.Tensor, t
     return loss_sum, weight_sum
 
 
-def ctc_frames(model, prep, h: torch.Tensor, kind: int = AUDIO_COND) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states of each row's ``kind`` positions (audio conditions by default), left-aligned:
-    ``[B, Tc, D]``, lengths ``[B]``."""
-    is_in = prep.kinds == kind
-    n = is_in.sum(1)
+def ctc_frames(model, prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of each row's audio-condition positions, left-aligned: ``[B, Tc, D]``, lengths ``[B]``."""
+    is_cond = prep.kinds == AUDIO_COND
+    n = is_cond.sum(1)
     Tc = max(1, int(n.max()))
-    order = torch.argsort((~is_in).to(torch.int8), dim=1, stable=True)[:, :Tc]
+    order = torch.argsort((~is_cond).to(torch.int8), dim=1, stable=True)[:, :Tc]
     return h.gather(1, order[..., None].expand(-1, -1, h.shape[-1])), n
 
 
-def ctc_targets(prep, kind: int, token_range: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stream-0 ids of each row's ``kind`` rows as CTC labels (1-based, 0 = blank), lengths, and
-    usable rows (all such rows inside ``token_range``)."""
+def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-target ids of each row as CTC labels (1-based, 0 = blank), lengths, and usable rows."""
     lay = prep.layout
-    a, b = token_range
-    is_lab = lay.kinds == kind
+    a, b = model.ctc_range
+    is_txt = lay.kinds == TEXT_TGT
     tok = lay.tokens[..., 0]
     inside = (tok >= a) & (tok < b)
-    usable = is_lab.any(1) & ~(is_lab & ~inside).any(1)
-    n = is_lab.sum(1)
+    usable = is_txt.any(1) & ~(is_txt & ~inside).any(1)
+    n = is_txt.sum(1)
     L = max(1, int(n.max()))
-    order = torch.argsort((~is_lab).to(torch.int8), dim=1, stable=True)[:, :L]
+    order = torch.argsort((~is_txt).to(torch.int8), dim=1, stable=True)[:, :L]
     labels = (tok.gather(1, order) - a + 1).clamp(min=0)
     return labels, n, usable
 
 
-def _ctc(head: torch.nn.Module, frames, n_in, labels, n_out, usable, stats: dict, name: str) -> torch.Tensor:
+def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range."""
+    frames, n_in = ctc_frames(model, prep, h)
+    labels, n_out, usable = ctc_targets(model, prep)
     usable = usable & (n_in > 0)
     if not bool(usable.any()):
-        return frames.new_zeros((), dtype=torch.float32)
-    logp = head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
+        return h.new_zeros((), dtype=torch.float32)
+    logp = model.ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
     loss = F.ctc_loss(logp, labels[usable], n_in[usable], n_out[usable], blank=0, reduction="sum", zero_infinity=True)
-    _add(stats, name, loss, n_out[usable].sum().float())
+    _add(stats, "ctc", loss, n_out[usable].sum().float())
     return loss
-
-
-def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range (ASR)."""
-    frames, n_in = ctc_frames(model, prep, h)
-    return _ctc(model.ctc_head, frames, n_in, *ctc_targets(prep, TEXT_TGT, model.ctc_range), stats, "ctc")
 
 
 def _left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -202,4 +197,5 @@ def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torc
     return loss
 
 
-__all__ = ["guided_attention_loss", "ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "stream_slots_loss"]
+__all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "guided_attention_loss",
+           "stream_slots_loss"]
