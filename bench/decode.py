@@ -78,8 +78,8 @@ def kv_table(args) -> None:
 def batch_table(args) -> None:
     vocab = vocab_for(args.streams)
     N = 16
-    print(f"\n### Batch scaling ({N} prompts of {{cond}}..1.5x{{cond}} condition rows decoded in batches of B; "
-          f"{args.steps} steps per row; TTS frames at {args.frame_rate} Hz)\n")
+    print(f"\n### Batch scaling ({N} prompts of 1-1.5x 40 phones (TTS) or 150 frames (ASR) decoded in "
+          f"batches of B; {args.steps} steps per row; TTS frames at {args.frame_rate} Hz)\n")
     print("Every batch size decodes the same 16 prompts. Prefill is the prompts' forward pass (and, for "
           "ar_nar, the NAR passes): full-sequence matrix products whose cost per row does not shrink with "
           "the batch on a CPU, so it bounds the end-to-end speed-up (Amdahl); \"steps x\" is the speed-up "

@@ -12,6 +12,7 @@ import torch
 
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import SPECIAL
+from speechlm.models.builtin import KVCache
 
 
 def unconditional(prompts: Batch) -> Batch:
@@ -43,6 +44,29 @@ def concat_batches(a: Batch, b: Batch, pad_id: int = 0) -> Batch:
         torch.cat([pad(a.kinds, 0), pad(b.kinds, 0)]),
         torch.cat([a.lengths, b.lengths]), torch.cat([a.prefix_lens, b.prefix_lens]),
     )
+
+
+def _prefill_rows(model, x, positions, mask, shift, prefix, cache: KVCache) -> torch.Tensor:
+    """Prefill row by row into one left-padded cache; returns each row's last hidden state ``[B, D]``.
+
+    On a CPU a padded batch costs more than its rows alone (padding, and the attention mask
+    forces the general kernel over the padded length: flat-pattern ASR prompts of 600-900 rows
+    took 1.7x longer batched), while decoding steps still profit from the batch."""
+    B, T, D = x.shape
+    last = x.new_empty(B, D)
+    for b in range(B):
+        s = int(shift[b])
+        row = model.new_cache(1)
+        m = mask[b : b + 1, :, s:, s:] if int(prefix[b]) > 0 else None  # unpadded and causal: the fast path
+        last[b] = model.backbone(x[b : b + 1, s:], positions[b : b + 1, s:], m, row)[0, -1]
+        for layer, (k, v) in enumerate(zip(row.k, row.v)):
+            if cache.k[layer] is None:
+                cache.k[layer] = k.new_zeros(B, k.shape[1], T, k.shape[3])
+                cache.v[layer] = v.new_zeros(B, v.shape[1], T, v.shape[3])
+            cache.k[layer][b, :, s:] = k[0, :, : T - s]
+            cache.v[layer][b, :, s:] = v[0, :, : T - s]
+    cache.length = T
+    return last
 
 
 class DecodeContext:
@@ -78,12 +102,15 @@ class DecodeContext:
             mask = (key_valid[:, None, :] & (causal | prefix)) | torch.eye(T, dtype=torch.bool, device=dev)[None]
             mask = mask[:, None]
         cache = model.new_cache(B) if use_cache else None
-        h = model.backbone(x, positions, mask, cache)
+        if padded and dev.type == "cpu" and isinstance(cache, KVCache):
+            last = _prefill_rows(model, x, positions, mask, shift, prep.prefix, cache)
+        else:
+            last = model.backbone(x, positions, mask, cache)[:, -1]
         ctx = cls(model, cache, key_valid, prep.lengths.clone(), padded)
         if not use_cache:
             full = mask if mask is not None else torch.ones(B, 1, T, T, dtype=torch.bool, device=dev).tril()
             ctx.history = (x, positions, full)
-        return ctx, h[:, -1]
+        return ctx, last
 
     def _recompute(self, x: torch.Tensor) -> torch.Tensor:
         hx, hp, hm = self.history
