@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import yaml
 
+from speechlm.config import load_yaml
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
 from speechlm.tasks import TaskTemplate
@@ -56,7 +56,7 @@ class Pipeline:
         model = SpeechLM.from_pretrained(path, map_location=device)
         tokenizers = load_tokenizers(path / "tokenizers.yaml", base_dir=path)
         templates = {p.stem: load_template_file(p) for p in sorted((path / "tasks").glob("*.yaml"))}
-        decode_options = yaml.safe_load((path / "decode.yaml").read_text()) if (path / "decode.yaml").is_file() else None
+        decode_options = load_yaml(path / "decode.yaml") if (path / "decode.yaml").is_file() else None
         return cls(model, tokenizers, templates, path, decode_options)
 
     def decode_config(self, task: str):

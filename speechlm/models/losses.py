@@ -129,12 +129,17 @@ def nar_loss(model, prep, sw: list[float], stats: dict) -> tuple[torch.Tensor, t
     return loss_sum, weight_sum
 
 
+def left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of the selected entries of each row, left-aligned ``[B, L]``, their validity and counts."""
+    n = is_sel.sum(1)
+    L = max(1, int(n.max()))
+    order = torch.argsort((~is_sel).to(torch.int8), dim=1, stable=True)[:, :L]
+    return order, torch.arange(L, device=is_sel.device)[None] < n[:, None], n
+
+
 def ctc_frames(model, prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of each row's audio-condition positions, left-aligned: ``[B, Tc, D]``, lengths ``[B]``."""
-    is_cond = prep.kinds == AUDIO_COND
-    n = is_cond.sum(1)
-    Tc = max(1, int(n.max()))
-    order = torch.argsort((~is_cond).to(torch.int8), dim=1, stable=True)[:, :Tc]
+    order, _, n = left_aligned(prep.kinds == AUDIO_COND)
     return h.gather(1, order[..., None].expand(-1, -1, h.shape[-1])), n
 
 
@@ -146,9 +151,7 @@ def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     tok = lay.tokens[..., 0]
     inside = (tok >= a) & (tok < b)
     usable = is_txt.any(1) & ~(is_txt & ~inside).any(1)
-    n = is_txt.sum(1)
-    L = max(1, int(n.max()))
-    order = torch.argsort((~is_txt).to(torch.int8), dim=1, stable=True)[:, :L]
+    order, _, n = left_aligned(is_txt)
     labels = (tok.gather(1, order) - a + 1).clamp(min=0)
     return labels, n, usable
 
@@ -166,22 +169,14 @@ def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
     return loss
 
 
-def _left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions of the selected entries of each row, left-aligned ``[B, L]``, their validity and counts."""
-    n = is_sel.sum(1)
-    L = max(1, int(n.max()))
-    order = torch.argsort((~is_sel).to(torch.int8), dim=1, stable=True)[:, :L]
-    return order, torch.arange(L, device=is_sel.device)[None] < n[:, None], n
-
-
 def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torch.Tensor:
     """Summed guided-attention penalty (after Tachibana et al., 2017) of the rows with audio targets
     and text conditions: per audio-target frame ``t`` (of ``T``), one minus the attention mass on
     text conditions ``n`` (of ``N``) near the diagonal, ``sum_n a[t, n] exp(-(n/N - t/T)^2 / (2 g^2))``.
     The head must read the text, in order (mass on anything else, prompt or past audio, costs as
     much as reading the wrong phone); the model is unchanged at inference."""
-    q_pos, q_ok, nq = _left_aligned(prep.kinds == AUDIO_TGT)
-    k_pos, k_ok, nk = _left_aligned(prep.kinds == TEXT_COND)
+    q_pos, q_ok, nq = left_aligned(prep.kinds == AUDIO_TGT)
+    k_pos, k_ok, nk = left_aligned(prep.kinds == TEXT_COND)
     rows = (nq > 0) & (nk > 0)
     if not bool(rows.any()):
         return probs.new_zeros(())
