@@ -2,6 +2,8 @@
 penalty, vocabulary masks, seeds, length limits, n-best and guidance."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,20 +133,58 @@ def test_seed_fixes_samples_and_top_k_one_is_greedy(setup):
     assert all(np.array_equal(x, y) for x, y in zip(greedy, top1))
 
 
+def _eager(model, vocab, **kw):
+    """A copy of ``model`` whose logits all tie (zero final norm): greedy ends as soon as allowed."""
+    eager = SpeechLM(tiny_config("delay", **kw), vocab).eval()
+    eager.load_state_dict(model.state_dict(), strict=not kw)
+    with torch.no_grad():
+        eager.backbone.norm.weight.zero_()
+    return eager
+
+
 def test_length_limits(setup):
     model, vocab, prompts = setup
     outs = generate(model, prompts, DecodeConfig(max_len=7))
     assert all(len(o) <= 7 for o in outs)
-    # with a zero final norm every logit ties and greedy picks <eos> (id 1) as soon as it is allowed
-    eager = SpeechLM(tiny_config("delay"), vocab).eval()
-    eager.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        eager.backbone.norm.weight.zero_()
+    eager = _eager(model, vocab)  # greedy picks <eos> (id 1) as soon as it is allowed
     assert [len(o) for o in generate(eager, prompts, DecodeConfig(max_len=20))] == [0] * len(outs)
     assert [len(o) for o in generate(eager, prompts, DecodeConfig(min_len=4, max_len=20))] == [4] * len(outs)
     n_cond = ((prompts.kinds == 2) | (prompts.kinds == 3)).sum(1).tolist()
     rel = generate(eager, prompts, DecodeConfig(min_len_ratio=1.0, max_len=50))
     assert [len(o) for o in rel] == n_cond
+
+
+def test_end_threshold_ends_at_the_median_of_the_models_stopping_time(setup):
+    model, vocab, prompts = setup
+    eager = _eager(model, vocab)
+    # tied logits: every step where the end is allowed gives it p = 1 / (allowed columns); the row
+    # ends at the first step n where 1 - (1 - p)^n reaches the threshold, whatever is sampled
+    cols = {"asr": vocab.stream_range("text_bpe", 0), "plain_tts": vocab.stream_range("codec", 0)}
+    for thr in (0.5, 0.9):
+        outs = generate(eager, prompts, DecodeConfig(search="sample", temperature=1.0, end_threshold=thr, max_len=50, seed=3))
+        for task, out in zip(prompts.tasks, outs):
+            p = 1 / (cols[task][1] - cols[task][0] + 1)
+            assert len(out) == math.ceil(math.log(1 - thr) / math.log(1 - p)) - 1, (task, thr)
+    never = generate(eager, prompts, DecodeConfig(search="sample", end_threshold=1.0, max_len=9))
+    assert [len(o) for o in never] == [9] * len(never)
+    with pytest.raises(ConfigError, match="end_threshold"):
+        DecodeConfig(end_threshold=1.5).validate()
+
+
+def test_length_prior_bounds_lengths_by_the_length_head(setup):
+    model, vocab, prompts = setup
+    eager = _eager(model, vocab, length_weight=1.0)
+    with torch.no_grad():  # predict 2 target rows per text-condition row (per audio row for ASR)
+        eager.length_head.weight.zero_()
+        eager.length_head.bias.fill_(math.log(2.0))
+    text = (prompts.kinds == 2).sum(1)
+    units = torch.where(text > 0, text, (prompts.kinds == 3).sum(1)).tolist()
+    outs = generate(eager, prompts, DecodeConfig(min_len_prior=1.0, max_len=50))
+    assert [len(o) for o in outs] == [2 * u for u in units]
+    never = DecodeConfig(search="sample", end_threshold=1.0, max_len_prior=0.5, max_len=50)
+    assert [len(o) for o in generate(eager, prompts, never)] == units
+    with pytest.raises(ValueError, match="no length head"):
+        generate(model, prompts, DecodeConfig(min_len_prior=1.0))
 
 
 def test_repetition_penalty_reduces_repeats(setup):

@@ -124,6 +124,48 @@ def test_guided_attention_penalizes_off_diagonal_attention_and_learns(tmp_path):
         ModelConfig(guided_attn_weight=1.0, backbone="hf", hf_path="x").validate()
 
 
+def test_length_head_learns_target_rows_per_text_row(tmp_path):
+    """Toy TTS at two speaking rates (1 or 3 frames per phone, told by the first phone): the head
+    learns each example's length from the prompt, and decoding reads it from the prefill."""
+    import numpy as np
+
+    from speechlm.data.sequence import build_example
+    from speechlm.infer.context import DecodeContext
+    from speechlm.tasks import load_template
+
+    vocab = toy_vocab(2)
+    rng = np.random.default_rng(0)
+    full, prompts, n_frames = [], [], []
+    for i in range(8):
+        phones = rng.integers(0, 3, (3 + i % 4, 1))
+        rate = 1 + 2 * (i % 2)
+        phones[0, 0] = 3 + i % 2  # the "voice": phone 3 speaks 1 frame per phone, phone 4 three
+        frames = np.repeat(np.concatenate([phones, phones + 1], 1), rate, 0)
+        segs = {"phones": phones, "speech": frames}
+        full.append(build_example(f"u{i}", load_template("plain_tts"), segs, vocab, 2))
+        prompts.append(build_example(f"u{i}", load_template("plain_tts"), segs, vocab, 2, with_targets=False))
+        n_frames.append(len(frames))
+    batch = collate(full)
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", length_weight=1.0), vocab)
+    model.train()
+    before = model(batch).stats["length_err"]
+    train(model, batch, 300)
+    model.train()
+    after = model(batch).stats["length_err"]
+    model.eval()
+    assert float(after[1]) == len(full) and float(after[0] / after[1]) < 0.1 < float(before[0] / before[1])
+    model.save_pretrained(tmp_path / "m")
+    loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
+    p = collate(prompts)
+    with torch.no_grad():
+        _, h = DecodeContext.prefill(loaded, p)
+        pred = loaded.predict_length(h, p.kinds).tolist()
+    assert all(abs(a / b - 1) < 0.15 for a, b in zip(pred, n_frames)), (pred, n_frames)
+    with pytest.raises(ConfigError, match="length_weight"):
+        ModelConfig(length_weight=-1).validate()
+
+
 def test_bf16_autocast_runs_and_stays_finite():
     vocab = toy_vocab(2)
     batch = collate(toy_examples(vocab, 2))

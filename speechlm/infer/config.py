@@ -36,10 +36,17 @@ class DecodeConfig:
     length_penalty: float = 1.0  # beam: score / length ** length_penalty
     ctc_weight: float = 0.0  # beam: weight of CTC prefix scores in joint CTC/attention decoding
     cfg_scale: float = 1.0
+    # > 0: a segment ends when the model's probability of having ended it by now (temperature 1)
+    # reaches this, and never otherwise (0.5: the median stopping time, not one random draw)
+    end_threshold: float = 0.0
     min_len: int = 0
     max_len: int = 1000
     min_len_ratio: float = 0.0
     max_len_ratio: float = 0.0
+    # models with a length head: bound each target segment to these multiples of its predicted
+    # length (0 = unused); tightens min/max_len, never loosens them
+    min_len_prior: float = 0.0
+    max_len_prior: float = 0.0
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -57,6 +64,12 @@ class DecodeConfig:
             raise ConfigError(f"decode.nbest {self.nbest} > beam_size {self.beam_size}")
         if not 0 <= self.ctc_weight <= 1:
             raise ConfigError(f"decode.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if not 0 <= self.end_threshold <= 1:
+            raise ConfigError(f"decode.end_threshold must be in [0, 1], got {self.end_threshold}")
+        if self.min_len_prior < 0 or self.max_len_prior < 0 or (
+                self.max_len_prior and self.min_len_prior > self.max_len_prior):
+            raise ConfigError(f"decode: need 0 <= min_len_prior <= max_len_prior (or max_len_prior 0), got "
+                              f"{self.min_len_prior}, {self.max_len_prior}")
         if self.max_len < 1:
             raise ConfigError(f"decode.max_len must be >= 1, got {self.max_len}")
         return self

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -61,6 +62,18 @@ def length_limits(prompts: Batch, config: DecodeConfig) -> list[tuple[int, int]]
     return out
 
 
+def apply_length_prior(model, h: torch.Tensor, prompts: Batch, states: list[RowState], config: DecodeConfig) -> None:
+    """``min/max_len_prior``: bound each row's segment lengths by multiples of the length head's
+    prediction from the prompt's last hidden state ``h [B, D]``."""
+    if config.min_len_prior <= 0 and config.max_len_prior <= 0:
+        return
+    pred = model.predict_length(h, prompts.kinds).tolist()
+    for st, n in zip(states, pred):
+        if config.max_len_prior > 0:
+            st.max_len = min(st.max_len, max(1, math.ceil(config.max_len_prior * n)))
+        st.min_len = min(max(st.min_len, int(config.min_len_prior * n)), st.max_len)
+
+
 def repeat_rows(prompts: Batch, n: int) -> Batch:
     if n == 1:
         return prompts
@@ -77,6 +90,7 @@ class Chooser:
         self.model, self.cfg, self.gen = model, config, generator
         self.masker = Masker(model)
         self.seen: dict[int, torch.Tensor] = {}
+        self.rows: list[RowState] = []  # states of the active rows (end_threshold keeps its sums there)
 
     def __call__(self, k: int, h: torch.Tensor, acts: list[tuple]) -> torch.Tensor:
         """Tokens (global ids) of model stream ``k`` for rows with hidden states ``h``."""
@@ -98,6 +112,8 @@ class Chooser:
         if cols is None:
             masks = torch.stack([self.masker.mask(k, a[1] if a[0] != FORCE else None, dev) for a in acts])
             logits = logits.masked_fill(~masks, float("-inf"))
+        if k == 0 and self.cfg.end_threshold > 0:
+            logits = self.end_rule(logits, acts, cols)
         pen = self.cfg.repetition_penalty != 1.0
         if pen and k in self.seen:
             seen = self.seen[k] if cols is None else self.seen[k][:, cols]
@@ -110,6 +126,25 @@ class Chooser:
             sampled = forced < 0
             seen[sampled.nonzero()[:, 0], full[sampled]] = True
         return ids
+
+    def end_rule(self, logits: torch.Tensor, acts: list[tuple], cols: torch.Tensor | None) -> torch.Tensor:
+        """``end_threshold``: a row ends once the probability that the model would have ended it by
+        now (one minus the product of (1 - p_end) over its steps, temperature 1) reaches the
+        threshold, and never before: the median of the model's own stopping time at 0.5, instead
+        of one random draw from it."""
+        ends = [a[1][2] if a[0] != FORCE else () for a in acts]
+        if not any(ends):
+            return logits
+        glob = self.masker.to_global(0, cols if cols is not None else torch.arange(logits.shape[1], device=logits.device))
+        is_end = torch.stack([torch.isin(glob, torch.tensor(e, dtype=glob.dtype, device=glob.device)) for e in ends])
+        p_end = (logits.softmax(-1) * is_end).sum(-1).tolist()
+        stop = []
+        for st, p, e in zip(self.rows, p_end, ends):
+            if e:
+                st.survival *= 1.0 - p
+            stop.append(bool(e) and 1.0 - st.survival >= self.cfg.end_threshold)
+        stop_t = torch.tensor(stop, device=logits.device)[:, None]
+        return logits.masked_fill(torch.where(stop_t, ~is_end, is_end), float("-inf"))
 
     def select(self, rows: torch.Tensor) -> None:
         self.seen = {k: v.index_select(0, rows) for k, v in self.seen.items()}
@@ -152,10 +187,12 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     with model.autocast(dev):
         run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
+        apply_length_prior(model, h[:B], prompts, states, config)
         chooser = Chooser(model, config, gen)
         active = list(range(B))
         while active:
             acts = [states[i].plan() for i in active]
+            chooser.rows = [states[i] for i in active]
             rows = choose_rows(model, h, acts, chooser)
             fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
             keep = [n for n, i in enumerate(active) if not states[i].done]

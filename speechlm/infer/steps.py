@@ -66,6 +66,7 @@ class RowState:
         self.n = self.vocab.n_streams(self.tok)
         self.j = 0
         self.e: int | None = None
+        self.survival = 1.0  # probability the model would not have ended this segment yet
         self.end_tok = self.vocab.eos_id
         self.rows: list[list[int]] = []
         nxt = [self.vocab.marker_id(self.targets[self.seg + 1])] if self.seg + 1 < len(self.targets) else []

@@ -61,6 +61,9 @@ class ModelConfig:
     guided_attn_weight: float = 0.0  # per generated frame, against ~30 for the frame's cross-entropy
     guided_attn_layer: int = -1  # -1: the middle layer (builtin backbone only)
     guided_attn_sigma: float = 0.2  # width of the diagonal band, as a share of the text/audio length
+    # length head: predicts each example's target rows per text-condition row (per condition row
+    # when it has no text conditions) from the first target marker; decoding can bound lengths by it
+    length_weight: float = 0.0  # weight of its L1 loss on the log ratio, per target row (0 = no head)
     # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
     grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
@@ -93,6 +96,8 @@ class ModelConfig:
                                   "recomputed layer would not record its attention)")
             if self.guided_attn_sigma <= 0:
                 raise ConfigError(f"model.guided_attn_sigma must be > 0, got {self.guided_attn_sigma}")
+        if self.length_weight < 0:
+            raise ConfigError(f"model.length_weight must be >= 0, got {self.length_weight}")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

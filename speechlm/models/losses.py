@@ -192,5 +192,34 @@ def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torc
     return loss
 
 
+def length_units(kinds: torch.Tensor) -> torch.Tensor:
+    """Rows ``[B]`` the length head's ratio is relative to: text conditions, or all conditions
+    when a row has none (raw sequence ``kinds [B, T]``)."""
+    text = (kinds == TEXT_COND).sum(1)
+    return torch.where(text > 0, text, text + (kinds == AUDIO_COND).sum(1))
+
+
+def marker_hidden(prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden state ``[B, D]`` at each row's first target marker (the position before its first
+    target row: where decoding starts) and whether the row has targets."""
+    is_t = (prep.kinds == AUDIO_TGT) | (prep.kinds == TEXT_TGT)
+    first = is_t.to(torch.int64).argmax(1)
+    ok = is_t.any(1) & (first > 0)
+    return h[torch.arange(h.shape[0], device=h.device), (first - 1).clamp(min=0)], ok
+
+
+def length_loss(model, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed L1 error of the length head on log(target rows / :func:`length_units`), each row's
+    error counted once per target row (so it weighs like a per-frame loss)."""
+    n_tgt = ((kinds == AUDIO_TGT) | (kinds == TEXT_TGT)).sum(1)
+    units = length_units(kinds)
+    hm, ok = marker_hidden(prep, h)
+    ok = ok & (n_tgt > 0) & (units > 0)
+    target = torch.log(n_tgt.clamp(min=1).float() / units.clamp(min=1).float())
+    err = (model.length_head(hm).float()[:, 0] - target).abs() * ok
+    _add(stats, "length_err", err.sum(), ok.sum().float())
+    return (err * n_tgt).sum()
+
+
 __all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "guided_attention_loss",
-           "stream_slots_loss"]
+           "length_loss", "length_units", "marker_hidden", "stream_slots_loss"]

@@ -21,7 +21,9 @@ from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig, autocast_enabled
 from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
-from speechlm.models.losses import ar_loss, ctc_loss, depth_loss, guided_attention_loss, nar_loss
+from speechlm.models.losses import (
+    ar_loss, ctc_loss, depth_loss, guided_attention_loss, length_loss, length_units, nar_loss,
+)
 from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
@@ -105,6 +107,7 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
+        self.length_head = nn.Linear(D, 1) if config.length_weight > 0 else None
         self._guided_layer = None  # the layer whose attention head 0 the guided-attention loss shapes
         if config.guided_attn_weight > 0:
             self._guided_layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
@@ -261,8 +264,17 @@ class SpeechLM(nn.Module):
             if guided:
                 probs, self.guided_attn.probs = self.guided_attn.probs, None
                 loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(self, prep, probs, stats)
+            if self.length_head is not None:
+                loss_sum = loss_sum + self.config.length_weight * length_loss(self, prep, h, batch.kinds, stats)
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
+
+    def predict_length(self, h: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Predicted target rows ``[B]`` (float) from the hidden state at the first target marker
+        ``h [B, D]`` and the prompt's ``kinds [B, T]`` (models with ``length_weight > 0``)."""
+        if self.length_head is None:
+            raise ValueError("this model has no length head (train it with model.length_weight > 0)")
+        return self.length_head(h).float()[:, 0].exp() * length_units(kinds).float()
 
     def new_cache(self, batch_size: int = 1):
         return self.backbone.new_cache(batch_size)
