@@ -175,15 +175,15 @@ def test_length_prior_bounds_lengths_by_the_length_head(setup):
     model, vocab, prompts = setup
     eager = _eager(model, vocab, length_weight=1.0)
     with torch.no_grad():  # predict 2 target rows per text-condition row (per audio row for ASR)
-        eager.length_head.weight.zero_()
-        eager.length_head.bias.fill_(math.log(2.0))
+        eager.length_head[-1].weight.zero_()
+        eager.length_head[-1].bias.fill_(math.log(2.0))
     text = (prompts.kinds == 2).sum(1)
     units = torch.where(text > 0, text, (prompts.kinds == 3).sum(1)).tolist()
     outs = generate(eager, prompts, DecodeConfig(min_len_prior=1.0, max_len=50))
     assert [len(o) for o in outs] == [2 * u for u in units]
     never = DecodeConfig(search="sample", end_threshold=1.0, max_len_prior=0.5, max_len=50)
     assert [len(o) for o in generate(eager, prompts, never)] == units
-    with pytest.raises(ValueError, match="no length head"):
+    with pytest.raises(ValueError, match="length head"):
         generate(model, prompts, DecodeConfig(min_len_prior=1.0))
 
 

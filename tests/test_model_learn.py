@@ -159,8 +159,8 @@ def test_length_head_learns_target_rows_per_text_row(tmp_path):
     loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
     p = collate(prompts)
     with torch.no_grad():
-        _, h = DecodeContext.prefill(loaded, p)
-        pred = loaded.predict_length(h, p.kinds).tolist()
+        ctx, _ = DecodeContext.prefill(loaded, p)
+        pred = loaded.predict_length(ctx.length_features, p.kinds).tolist()
     assert all(abs(a / b - 1) < 0.15 for a, b in zip(pred, n_frames)), (pred, n_frames)
     with pytest.raises(ConfigError, match="length_weight"):
         ModelConfig(length_weight=-1).validate()

@@ -43,8 +43,9 @@ class DecodeConfig:
     max_len: int = 1000
     min_len_ratio: float = 0.0
     max_len_ratio: float = 0.0
-    # models with a length head: bound each target segment to these multiples of its predicted
-    # length (0 = unused); tightens min/max_len, never loosens them
+    # models with a length head: bound the target to these multiples of its predicted length (the
+    # head predicts all target rows: meant for one-segment targets such as TTS speech; 0 = unused);
+    # tightens min/max_len, never loosens them
     min_len_prior: float = 0.0
     max_len_prior: float = 0.0
     seed: int = 0

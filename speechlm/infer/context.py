@@ -13,6 +13,7 @@ import torch
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import SPECIAL
 from speechlm.models.builtin import KVCache
+from speechlm.models.losses import length_features
 
 
 def unconditional(prompts: Batch) -> Batch:
@@ -47,18 +48,19 @@ def concat_batches(a: Batch, b: Batch, pad_id: int = 0) -> Batch:
 
 
 def _prefill_rows(model, x, positions, mask, shift, prefix, cache: KVCache) -> torch.Tensor:
-    """Prefill row by row into one left-padded cache; returns each row's last hidden state ``[B, D]``.
+    """Prefill row by row into one left-padded cache; returns the hidden states ``[B, T, D]``
+    (left padded, zero over the padding).
 
     On a CPU a padded batch costs more than its rows alone (padding, and the attention mask
     forces the general kernel over the padded length: flat-pattern ASR prompts of 600-900 rows
     took 1.7x longer batched), while decoding steps still profit from the batch."""
     B, T, D = x.shape
-    last = x.new_empty(B, D)
+    out = x.new_zeros(B, T, D)
     for b in range(B):
         s = int(shift[b])
         row = model.new_cache(1)
         m = mask[b : b + 1, :, s:, s:] if int(prefix[b]) > 0 else None  # unpadded and causal: the fast path
-        last[b] = model.backbone(x[b : b + 1, s:], positions[b : b + 1, s:], m, row)[0, -1]
+        out[b, s:] = model.backbone(x[b : b + 1, s:], positions[b : b + 1, s:], m, row)[0]
         for layer, (k, v) in enumerate(zip(row.k, row.v)):
             if cache.k[layer] is None:
                 cache.k[layer] = k.new_zeros(B, k.shape[1], T, k.shape[3])
@@ -66,7 +68,7 @@ def _prefill_rows(model, x, positions, mask, shift, prefix, cache: KVCache) -> t
             cache.k[layer][b, :, s:] = k[0, :, : T - s]
             cache.v[layer][b, :, s:] = v[0, :, : T - s]
     cache.length = T
-    return last
+    return out
 
 
 class DecodeContext:
@@ -78,6 +80,7 @@ class DecodeContext:
         self.next_pos = next_pos  # [B] RoPE position of the next token
         self.padded = padded  # any left padding (then every step needs a mask)
         self.history: tuple | None = None  # without a cache: (x, positions, prefill mask) of all steps
+        self.length_features: torch.Tensor | None = None  # [B, 3 D] for models with a length head
 
     @classmethod
     def prefill(cls, model, prompts: Batch, use_cache: bool = True) -> tuple["DecodeContext", torch.Tensor]:
@@ -103,14 +106,17 @@ class DecodeContext:
             mask = mask[:, None]
         cache = model.new_cache(B) if use_cache else None
         if padded and dev.type == "cpu" and isinstance(cache, KVCache):
-            last = _prefill_rows(model, x, positions, mask, shift, prep.prefix, cache)
+            out = _prefill_rows(model, x, positions, mask, shift, prep.prefix, cache)
         else:
-            last = model.backbone(x, positions, mask, cache)[:, -1]
+            out = model.backbone(x, positions, mask, cache)
         ctx = cls(model, cache, key_valid, prep.lengths.clone(), padded)
+        if getattr(model, "length_head", None) is not None:  # what the length prior reads
+            kinds = prep.kinds.gather(1, src).masked_fill(~key_valid, -1)
+            ctx.length_features = length_features(out, kinds, torch.full((B,), T - 1, device=dev))
         if not use_cache:
             full = mask if mask is not None else torch.ones(B, 1, T, T, dtype=torch.bool, device=dev).tril()
             ctx.history = (x, positions, full)
-        return ctx, last
+        return ctx, out[:, -1]
 
     def _recompute(self, x: torch.Tensor) -> torch.Tensor:
         hx, hp, hm = self.history

@@ -62,12 +62,16 @@ def length_limits(prompts: Batch, config: DecodeConfig) -> list[tuple[int, int]]
     return out
 
 
-def apply_length_prior(model, h: torch.Tensor, prompts: Batch, states: list[RowState], config: DecodeConfig) -> None:
-    """``min/max_len_prior``: bound each row's segment lengths by multiples of the length head's
-    prediction from the prompt's last hidden state ``h [B, D]``."""
+def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[RowState], config: DecodeConfig) -> None:
+    """``min/max_len_prior``: bound each row's target length by multiples of the length head's
+    prediction from the prompt (its features kept by the prefill)."""
     if config.min_len_prior <= 0 and config.max_len_prior <= 0:
         return
-    pred = model.predict_length(h, prompts.kinds).tolist()
+    if ctx.length_features is None:
+        raise ValueError("decode: min_len_prior/max_len_prior need a model with a length head "
+                         "(train it with model.length_weight > 0)")
+    B = len(states)
+    pred = model.predict_length(ctx.length_features[:B], prompts.kinds).tolist()
     for st, n in zip(states, pred):
         if config.max_len_prior > 0:
             st.max_len = min(st.max_len, max(1, math.ceil(config.max_len_prior * n)))
@@ -187,7 +191,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     with model.autocast(dev):
         run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
-        apply_length_prior(model, h[:B], prompts, states, config)
+        apply_length_prior(model, ctx, prompts, states, config)
         chooser = Chooser(model, config, gen)
         active = list(range(B))
         while active:

@@ -62,8 +62,9 @@ class ModelConfig:
     guided_attn_layer: int = -1  # -1: the middle layer (builtin backbone only)
     guided_attn_sigma: float = 0.2  # width of the diagonal band, as a share of the text/audio length
     # length head: predicts each example's target rows per text-condition row (per condition row
-    # when it has no text conditions) from the first target marker; decoding can bound lengths by it
-    length_weight: float = 0.0  # weight of its L1 loss on the log ratio, per target row (0 = no head)
+    # when it has no text conditions) from the prompt's hidden states (detached: the backbone does
+    # not learn for it); decoding can bound lengths by it
+    length_weight: float = 0.0  # weight of its L1 loss on the log ratio, per example (0 = no head)
     # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
     grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass

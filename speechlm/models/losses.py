@@ -199,27 +199,32 @@ def length_units(kinds: torch.Tensor) -> torch.Tensor:
     return torch.where(text > 0, text, text + (kinds == AUDIO_COND).sum(1))
 
 
-def marker_hidden(prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden state ``[B, D]`` at each row's first target marker (the position before its first
-    target row: where decoding starts) and whether the row has targets."""
-    is_t = (prep.kinds == AUDIO_TGT) | (prep.kinds == TEXT_TGT)
-    first = is_t.to(torch.int64).argmax(1)
-    ok = is_t.any(1) & (first > 0)
-    return h[torch.arange(h.shape[0], device=h.device), (first - 1).clamp(min=0)], ok
+def length_features(h: torch.Tensor, kinds: torch.Tensor, marker: torch.Tensor) -> torch.Tensor:
+    """What the length head reads, ``[B, 3 D]``: the hidden state at the first target marker
+    (``marker [B]``), and the mean hidden state over the audio and over the text conditions."""
+    def mean(sel: torch.Tensor) -> torch.Tensor:
+        m = sel.to(h.dtype)[..., None]
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+    hm = h[torch.arange(h.shape[0], device=h.device), marker]
+    return torch.cat([hm, mean(kinds == AUDIO_COND), mean(kinds == TEXT_COND)], -1)
 
 
 def length_loss(model, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed L1 error of the length head on log(target rows / :func:`length_units`), each row's
-    error counted once per target row (so it weighs like a per-frame loss)."""
+    """Summed L1 error of the length head on log(target rows / :func:`length_units`). It reads
+    detached hidden states: the backbone is trained by the other losses only (a length loss that
+    reached the backbone cost ASR and TTS much of their accuracy in the mini recipe)."""
     n_tgt = ((kinds == AUDIO_TGT) | (kinds == TEXT_TGT)).sum(1)
     units = length_units(kinds)
-    hm, ok = marker_hidden(prep, h)
-    ok = ok & (n_tgt > 0) & (units > 0)
+    is_t = (prep.kinds == AUDIO_TGT) | (prep.kinds == TEXT_TGT)
+    first = is_t.to(torch.int64).argmax(1)
+    ok = is_t.any(1) & (first > 0) & (n_tgt > 0) & (units > 0)
+    feats = length_features(h.detach(), prep.kinds, (first - 1).clamp(min=0))
     target = torch.log(n_tgt.clamp(min=1).float() / units.clamp(min=1).float())
-    err = (model.length_head(hm).float()[:, 0] - target).abs() * ok
+    err = (model.length_head(feats).float()[:, 0] - target).abs() * ok
     _add(stats, "length_err", err.sum(), ok.sum().float())
-    return (err * n_tgt).sum()
+    return err.sum()
 
 
 __all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "guided_attention_loss",
-           "length_loss", "length_units", "marker_hidden", "stream_slots_loss"]
+           "length_features", "length_loss", "length_units", "stream_slots_loss"]

@@ -107,7 +107,9 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
-        self.length_head = nn.Linear(D, 1) if config.length_weight > 0 else None
+        self.length_head = (
+            nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
+        )
         self._guided_layer = None  # the layer whose attention head 0 the guided-attention loss shapes
         if config.guided_attn_weight > 0:
             self._guided_layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
@@ -269,12 +271,13 @@ class SpeechLM(nn.Module):
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
 
-    def predict_length(self, h: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-        """Predicted target rows ``[B]`` (float) from the hidden state at the first target marker
-        ``h [B, D]`` and the prompt's ``kinds [B, T]`` (models with ``length_weight > 0``)."""
+    def predict_length(self, feats: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Predicted target rows ``[B]`` (float) from the prompt's :func:`length_features` and its
+        ``kinds [B, T]`` (models with ``length_weight > 0``; decoding gets the features from
+        :meth:`DecodeContext.prefill`)."""
         if self.length_head is None:
             raise ValueError("this model has no length head (train it with model.length_weight > 0)")
-        return self.length_head(h).float()[:, 0].exp() * length_units(kinds).float()
+        return self.length_head(feats).float()[:, 0].exp() * length_units(kinds).float()
 
     def new_cache(self, batch_size: int = 1):
         return self.backbone.new_cache(batch_size)
