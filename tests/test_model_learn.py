@@ -148,6 +148,9 @@ def test_length_head_learns_target_rows_per_text_row(tmp_path):
     batch = collate(full)
     torch.manual_seed(0)
     model = SpeechLM(tiny_config("delay", length_weight=1.0), vocab)
+    torch.manual_seed(0)  # the head does not change how the rest of the model starts
+    plain = SpeechLM(tiny_config("delay"), vocab).state_dict()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in plain.items())
     model.train()
     before = model(batch).stats["length_err"]
     train(model, batch, 300)

@@ -107,9 +107,6 @@ class SpeechLM(nn.Module):
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
             self.ctc_head = nn.Linear(D, self.ctc_range[1] - self.ctc_range[0] + 1)  # column 0 = blank
-        self.length_head = (
-            nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
-        )
         self._guided_layer = None  # the layer whose attention head 0 the guided-attention loss shapes
         if config.guided_attn_weight > 0:
             self._guided_layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
@@ -128,6 +125,10 @@ class SpeechLM(nn.Module):
             self.backbone.init_weights(config.init_std)
         if hasattr(self.backbone, "pretrained_rows") and _backbone_dir is None:
             self._copy_pretrained_rows()
+        # made last, so that a model with the head starts from the same weights as one without
+        self.length_head = (
+            nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
+        )
 
     # ---- initialisation -----------------------------------------------------------------
     def _init_weights(self) -> None:
