@@ -165,8 +165,10 @@ def test_end_threshold_ends_at_the_median_of_the_models_stopping_time(setup):
         for task, out in zip(prompts.tasks, outs):
             p = 1 / (cols[task][1] - cols[task][0] + 1)
             assert len(out) == math.ceil(math.log(1 - thr) / math.log(1 - p)) - 1, (task, thr)
-    never = generate(eager, prompts, DecodeConfig(search="sample", end_threshold=1.0, max_len=9))
-    assert [len(o) for o in never] == [9] * len(never)
+    never = generate_nbest(eager, prompts, DecodeConfig(search="sample", end_threshold=1.0, max_len=9))
+    assert [len(h[0].frames(2)) for h in never] == [9] * len(never)
+    assert not any(h[0].stopped for h in never)  # the limit ended them: not counted as stopped
+    assert all(h[0].stopped for h in generate_nbest(eager, prompts, DecodeConfig(max_len=9)))
     with pytest.raises(ConfigError, match="end_threshold"):
         DecodeConfig(end_threshold=1.5).validate()
 

@@ -106,7 +106,13 @@ class Pipeline:
     def generate_tokens(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
                         ids: Sequence[str] | None = None) -> list[np.ndarray]:
         """Local target tokens ``[frames, streams]`` for each input dict of condition tokens."""
-        from speechlm.infer.generate import DecodeConfig, generate
+        return [toks for toks, _ in self.generate_hypotheses(task, batch_inputs, config, ids)]
+
+    def generate_hypotheses(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
+                            ids: Sequence[str] | None = None) -> list[tuple[np.ndarray, bool]]:
+        """(local target tokens, stopped) per input: ``stopped`` is False where a length limit, not
+        the model's end token, ended the output."""
+        from speechlm.infer.generate import DecodeConfig, generate_nbest
 
         template = self.template(task)
         target = template.targets[0]
@@ -116,8 +122,10 @@ class Pipeline:
             for u, segs in zip(ids, batch_inputs)
         ]
         with torch.inference_mode():
-            outs = generate(self.model, collate(examples, self.vocab.pad_id).to(self.device), config or DecodeConfig())
-        return [self.to_local(target.tokenizer, o) for o in outs]
+            hyps = generate_nbest(self.model, collate(examples, self.vocab.pad_id).to(self.device),
+                                  config or DecodeConfig())
+        S, pad = self.model.n_streams, self.vocab.pad_id
+        return [(self.to_local(target.tokenizer, h[0].frames(S, pad)), h[0].stopped) for h in hyps]
 
     def to_local(self, tokenizer: str, frames: np.ndarray) -> np.ndarray:
         """Global-id frames -> local ids of ``tokenizer`` (streams it does not use are dropped)."""

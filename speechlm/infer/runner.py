@@ -6,7 +6,7 @@ Output dir::
     wav.scp, wav/*.wav    generated audio         (audio targets, at the tokenizer's rate)
     tokens/<seg>.ark/scp  generated local tokens  [frames, streams] (+ .lengths)
     decode.yaml           the resolved decoding options, model dir and manifest
-    stopped               utt 1|0: the end token came before max_len (0: cut at the limit)
+    stopped               utt 1|0: the model's end token ended the output (0: a length limit did)
     timing.json           real-time factor, tokens/s, wall time
     split<N>/<j>/results.jsonl + .done   per-shard results, appended per batch (resume point)
 """
@@ -116,12 +116,12 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
                                         for s in template.conditions if s.modality == "audio"
                                         for t in [toks[s.name]]))
             t0 = time.perf_counter()
-            outs = pipe.generate_tokens(template.name, inputs, cfg, ids=[r["id"] for r in chunk])
+            outs = pipe.generate_hypotheses(template.name, inputs, cfg, ids=[r["id"] for r in chunk])
             elapsed = time.perf_counter() - t0
-            for r, out, secs in zip(chunk, outs, cond_seconds):
-                rec = {"id": r["id"], "tokens": out.tolist(), "seconds": elapsed / len(chunk), "cond_audio_s": secs}
-                if cfg.max_len_ratio <= 0:  # ran into the length limit: the end token never came
-                    rec["stopped"] = len(out) < cfg.max_len
+            for r, (out, stopped), secs in zip(chunk, outs, cond_seconds):
+                rec = {"id": r["id"], "tokens": out.tolist(), "seconds": elapsed / len(chunk), "cond_audio_s": secs,
+                       # beam searches do not mark a limit they ran into: a full-length output did not stop
+                       "stopped": stopped and len(out) < cfg.max_len}
                 if is_audio:
                     from speechlm.data.audio import write_wav
 

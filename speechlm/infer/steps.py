@@ -30,6 +30,7 @@ class Segment:
     tokenizer: str
     frames: np.ndarray
     end: int
+    forced: bool = False  # the length limit ended it, not the model
 
 
 @dataclass
@@ -38,6 +39,11 @@ class Hypothesis:
 
     segments: list[Segment] = field(default_factory=list)
     score: float = 0.0
+
+    @property
+    def stopped(self) -> bool:
+        """Every segment ended by the model's own end token (none cut at a length limit)."""
+        return not any(seg.forced for seg in self.segments)
 
     def frames(self, n_streams: int, pad_id: int = 0) -> np.ndarray:
         """All target frames ``[frames, n_streams]`` (global ids, pad in unused streams)."""
@@ -67,6 +73,7 @@ class RowState:
         self.j = 0
         self.e: int | None = None
         self.survival = 1.0  # probability the model would not have ended this segment yet
+        self.forced = False  # its end is forced by max_len
         self.end_tok = self.vocab.eos_id
         self.rows: list[list[int]] = []
         nxt = [self.vocab.marker_id(self.targets[self.seg + 1])] if self.seg + 1 < len(self.targets) else []
@@ -78,6 +85,7 @@ class RowState:
 
     def _s0(self, src: int, can_end: bool, frame: int) -> tuple:
         if can_end and frame >= self.max_len:
+            self.forced = True
             return (FORCE, self.ends[0])
         return (SAMPLE, (self.tok, src, self.ends if can_end and frame >= self.min_len else ()))
 
@@ -128,7 +136,7 @@ class RowState:
         return row
 
     def _finish(self, frames: np.ndarray, row: list[int]) -> list[int]:
-        self.hyp.segments.append(Segment(self.tok, frames.reshape(-1, self.n), self.end_tok))
+        self.hyp.segments.append(Segment(self.tok, frames.reshape(-1, self.n), self.end_tok, self.forced))
         if self.end_tok == self.vocab.eos_id or self.seg + 1 >= len(self.targets):
             self.done = True
         else:
