@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,9 @@ def test_every_stage_ran_and_results_were_written(recipe):
         assert (packed / f).exists(), f
     card = (packed / "README.md").read_text()
     assert "Tasks: asr, tts" in card and "speechlm.load" in card
+    # packing refits the length head on the frozen training features: its error falls
+    before, after = map(float, re.search(r"log length ratio ([0-9.]+) -> ([0-9]+\.[0-9]+)", card).groups())
+    assert after < before
     upload = (recipe.path / TAG / "upload" / "README.md").read_text()
     assert upload.startswith("---\nlibrary_name: speechlm") and "asr" in upload.split("---")[1]
     assert "Results" in upload and "cer" in upload.lower()

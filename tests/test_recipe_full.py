@@ -20,7 +20,7 @@ from test_recipe_mini import MINI, pytestmark as _needs_espeak
 pytestmark = [pytest.mark.slow, _needs_espeak]
 
 # Measured (README): CER 20.6% with the recipe's joint CTC/attention beam search; TTS ended by the
-# model for 92.5%, durations in 0.7-1.4x of the reference for 89.2% (targets 25%, 90%, 90%). The
+# model for 94.2%, durations in 0.7-1.4x of the reference for 88.3% (targets 25%, 90%, 90%). The
 # bounds leave room for run-to-run noise (other runs: CER 18.0-24.3%).
 MAX_ASR_CER = 30.0
 MIN_TTS_STOPPED = 85.0

@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--average", type=int, default=3, help="checkpoints averaged with --checkpoint average")
     p.add_argument("--decode-config", help="decode YAML stored as the model's default decoding options "
                    "(used by speechlm.load and by speechlm decode without --decode-config)")
+    p.add_argument("--length-refit-steps", type=int, default=1500,
+                   help="models with a length head: refit it on the frozen features of the training data "
+                        "for this many steps (0: keep the head as trained)")
+    p.add_argument("--length-refit-examples", type=int, default=1500,
+                   help="training examples per data entry the refit reads")
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
 
@@ -89,6 +94,25 @@ def model_card(exp: Path, out: Path, tasks: list[str], ckpt: Path, export: bool)
     )
 
 
+def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
+    """Refit the packed model's length head on the run's training data (a model-card line; '' when
+    the model has none)."""
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text()) or {}
+    if steps <= 0 or not (cfg.get("model") or cfg).get("length_weight"):
+        return ""
+    from speechlm.data.dataset import DataSpec
+    from speechlm.models import SpeechLM
+    from speechlm.train.length_refit import refit_length_head
+
+    run = yaml.safe_load((exp / "config.yaml").read_text()) or {}
+    specs = [DataSpec.parse(d) for d in run.get("data") or []]
+    model = SpeechLM.from_pretrained(model_dir)
+    r = refit_length_head(model, specs, steps, examples)
+    model.save_pretrained(model_dir)
+    return (f"Length head refit on {r['examples']} training examples ({steps} steps): mean absolute error "
+            f"of the log length ratio {r['error_before']:.3f} -> {r['error_after']:.3f}.\n")
+
+
 def main(args: argparse.Namespace) -> int:
     exp, out = Path(args.exp_dir), Path(args.out_dir)
     for name in ("tokenizers.yaml", "tasks"):
@@ -101,6 +125,7 @@ def main(args: argparse.Namespace) -> int:
     for f in ("config.yaml", "model.safetensors", "token_list.json"):
         shutil.copy2(ckpt / f, tmp / f)
     shutil.rmtree(tmp / ".averaged", ignore_errors=True)
+    refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
     shutil.copytree(exp / "tasks", tmp / "tasks")
     copy_tokenizers(exp, tmp)
     if args.decode_config:
@@ -112,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
             decode_config_for(options, task)  # a bad key fails here, not at the user's first decode
         shutil.copy2(args.decode_config, tmp / "decode.yaml")
     tasks = sorted(p.stem for p in (tmp / "tasks").glob("*.yaml"))
-    (tmp / "README.md").write_text(model_card(exp, out, tasks, ckpt, args.export))
+    (tmp / "README.md").write_text(model_card(exp, out, tasks, ckpt, args.export) + refit)
     if args.export:
         (tmp / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n")
     shutil.rmtree(out, ignore_errors=True)

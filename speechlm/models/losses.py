@@ -210,21 +210,27 @@ def length_features(h: torch.Tensor, kinds: torch.Tensor, marker: torch.Tensor) 
     return torch.cat([hm, mean(kinds == AUDIO_COND), mean(kinds == TEXT_COND)], -1)
 
 
-def length_loss(model, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed L1 error of the length head on log(target rows / :func:`length_units`). It reads
-    detached hidden states: the backbone is trained by the other losses only (a length loss that
-    reached the backbone cost ASR and TTS much of their accuracy in the mini recipe)."""
+def length_inputs(prep, h: torch.Tensor, kinds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the length head's features (detached), its target log(target rows /
+    :func:`length_units`) and whether the row has one (raw sequence ``kinds [B, T]``)."""
     n_tgt = ((kinds == AUDIO_TGT) | (kinds == TEXT_TGT)).sum(1)
     units = length_units(kinds)
     is_t = (prep.kinds == AUDIO_TGT) | (prep.kinds == TEXT_TGT)
     first = is_t.to(torch.int64).argmax(1)
     ok = is_t.any(1) & (first > 0) & (n_tgt > 0) & (units > 0)
     feats = length_features(h.detach(), prep.kinds, (first - 1).clamp(min=0))
-    target = torch.log(n_tgt.clamp(min=1).float() / units.clamp(min=1).float())
+    return feats, torch.log(n_tgt.clamp(min=1).float() / units.clamp(min=1).float()), ok
+
+
+def length_loss(model, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Summed L1 error of the length head (see :func:`length_inputs`). It reads detached hidden
+    states: the backbone is trained by the other losses only (a length loss that reached the
+    backbone cost ASR and TTS much of their accuracy in the mini recipe)."""
+    feats, target, ok = length_inputs(prep, h, kinds)
     err = (model.length_head(feats).float()[:, 0] - target).abs() * ok
     _add(stats, "length_err", err.sum(), ok.sum().float())
     return err.sum()
 
 
 __all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "guided_attention_loss",
-           "length_features", "length_loss", "length_units", "stream_slots_loss"]
+           "length_features", "length_inputs", "length_loss", "length_units", "stream_slots_loss"]
