@@ -62,6 +62,9 @@ def test_beam_search_on_text_targets():
     for h, ex in zip(hyps, full):
         assert len(h) == 3 and h[0].score >= h[1].score >= h[2].score
         assert np.array_equal(h[0].frames(2), targets_of(ex))
+    assert all(h[0].stopped for h in hyps)  # every best hypothesis ended with <eos>
+    cut = generate_nbest(model, batch, DecodeConfig(search="beam", beam_size=4, max_len=1))
+    assert not any(h[0].stopped for h in cut)  # the targets are longer than 1: the limit ended them
     with pytest.raises(ValueError, match="beam search is for text targets"):
         generate(model, collate(toy_examples(vocab, 1, with_targets=False)), DecodeConfig(search="beam"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from torch import equal as torch_equal
 
 from test_recipe_mini import MINI, ROOT
 from test_recipe_mini import pytestmark as _needs_espeak
@@ -102,6 +103,12 @@ def test_every_stage_ran_and_results_were_written(recipe):
     # packing refits the length head on the frozen training features: its error falls
     before, after = map(float, re.search(r"log length ratio ([0-9.]+) -> ([0-9]+\.[0-9]+)", card).groups())
     assert after < before
+    from safetensors.torch import load_file
+
+    trained = load_file(sorted((recipe.path / TAG / "checkpoints").glob("step_*/model.safetensors"))[-1])
+    refit = load_file(packed / "model.safetensors")
+    assert not torch_equal(trained["length_head.2.weight"], refit["length_head.2.weight"])
+    assert all(torch_equal(v, refit[k]) for k, v in trained.items() if not k.startswith("length_head"))
     upload = (recipe.path / TAG / "upload" / "README.md").read_text()
     assert upload.startswith("---\nlibrary_name: speechlm") and "asr" in upload.split("---")[1]
     assert "Results" in upload and "cer" in upload.lower()

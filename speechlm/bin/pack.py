@@ -97,8 +97,8 @@ def model_card(exp: Path, out: Path, tasks: list[str], ckpt: Path, export: bool)
 def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
     """Refit the packed model's length head on the run's training data (a model-card line; '' when
     the model has none)."""
-    cfg = yaml.safe_load((model_dir / "config.yaml").read_text()) or {}
-    if steps <= 0 or not (cfg.get("model") or cfg).get("length_weight"):
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text()) or {}  # the ModelConfig
+    if steps <= 0 or not cfg.get("length_weight"):
         return ""
     from speechlm.data.dataset import DataSpec
     from speechlm.models import SpeechLM

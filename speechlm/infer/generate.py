@@ -140,7 +140,8 @@ class Chooser:
         if not any(ends):
             return logits
         glob = self.masker.to_global(0, cols if cols is not None else torch.arange(logits.shape[1], device=logits.device))
-        is_end = torch.stack([torch.isin(glob, torch.tensor(e, dtype=glob.dtype, device=glob.device)) for e in ends])
+        by_ends = {e: torch.isin(glob, torch.tensor(e, dtype=glob.dtype, device=glob.device)) for e in set(ends)}
+        is_end = torch.stack([by_ends[e] for e in ends])
         p_end = (logits.softmax(-1) * is_end).sum(-1).tolist()
         stop = []
         for st, p, e in zip(self.rows, p_end, ends):

@@ -120,8 +120,7 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
             elapsed = time.perf_counter() - t0
             for r, (out, stopped), secs in zip(chunk, outs, cond_seconds):
                 rec = {"id": r["id"], "tokens": out.tolist(), "seconds": elapsed / len(chunk), "cond_audio_s": secs,
-                       # beam searches do not mark a limit they ran into: a full-length output did not stop
-                       "stopped": stopped and len(out) < cfg.max_len}
+                       "stopped": stopped}
                 if is_audio:
                     from speechlm.data.audio import write_wav
 

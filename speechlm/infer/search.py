@@ -180,7 +180,8 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
                     parent = i * W + w_
                     if tok == eos:
                         L = hist.shape[1] + 1
-                        finished[p].append((s / (L ** config.length_penalty), hist[parent].tolist()))
+                        forced = step >= lo_hi[i][1]  # the length limit ended it, not the model
+                        finished[p].append((s / (L ** config.length_penalty), hist[parent].tolist(), forced))
                         continue
                     best_alive = max(best_alive, s)
                     new_rows.append(parent)
@@ -215,8 +216,8 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
     out = []
     for b in range(B):
         best = sorted(finished[b], key=lambda x: -x[0])[: config.nbest]
-        out.append([Hypothesis([Segment(names[b], torch.tensor(t, dtype=torch.int64).numpy().reshape(-1, 1), eos)], s)
-                    for s, t in best] or [Hypothesis([Segment(names[b], torch.zeros(0, 1, dtype=torch.int64).numpy(), eos)], NEG)])
+        out.append([Hypothesis([Segment(names[b], torch.tensor(t, dtype=torch.int64).numpy().reshape(-1, 1), eos, f)], s)
+                    for s, t, f in best] or [Hypothesis([Segment(names[b], torch.zeros(0, 1, dtype=torch.int64).numpy(), eos)], NEG)])
     return out
 
 

@@ -53,7 +53,7 @@ def refit_length_head(model, specs: list[DataSpec], steps: int = 1500, max_examp
     if model.length_head is None:
         raise ValueError("length refit: the model has no length head (model.length_weight is 0)")
     x, y = length_data(model, specs, max_examples, seed=seed)
-    head = model.length_head.float()
+    head = model.length_head
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         before = float((head(x)[:, 0] - y).abs().mean())
