@@ -30,3 +30,17 @@ def test_without_a_stopped_file_the_stop_rate_is_not_claimed(tmp_path):
     hyp = {"a": _wav(tmp_path / "h.wav", 1.0)}
     res = build_metric("duration")(hyp, ref)
     assert "stopped_pct" not in res.summary and res.summary["in_range_pct"] == 100.0
+
+
+def test_speech_span_catches_silence_padding(tmp_path):
+    """Right length, half of it silence: the whole-file ratio passes, the speech-span ratio does not."""
+    sr = 8000
+    ref = {"a": _wav(tmp_path / "r.wav", 2.0)}
+    t = np.arange(sr) / sr
+    padded = np.concatenate([0.3 * np.sin(2 * np.pi * 220 * t), 1e-4 * np.random.default_rng(0).standard_normal(sr)])
+    sf.write(tmp_path / "h.wav", padded, sr)
+    res = build_metric("duration")({"a": str(tmp_path / "h.wav")}, ref)
+    row = res.per_utt["a"]
+    assert row["in_range"] and row["ratio"] == pytest.approx(1.0)
+    assert not row["speech_in_range"] and row["speech_ratio"] == pytest.approx(0.5, abs=0.02)
+    assert res.summary["speech_in_range_pct"] == 0.0

@@ -20,9 +20,10 @@ from test_recipe_mini import pytestmark as _needs_espeak
 
 pytestmark = _needs_espeak
 
-# conf/model/tiny.yaml plus the mini model's heads (its decode config uses the CTC and length heads)
+# conf/model/tiny.yaml plus the mini model's heads and inputs (its decode config uses the CTC and
+# length heads; TTS decoding feeds the progress input)
 TINY_MODEL = (ROOT / "conf" / "model" / "tiny.yaml").read_text() + (
-    "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nlength_weight: 1.0\n")
+    "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nlength_weight: 1.0\nprogress: true\n")
 TINY = [
     "--local_data_opts", "--num_utts 90 --num_dev 6 --num_test 6 --utts_per_spk 10 --nj 2 --seed 4",
     "--nbpe", "48", "--nj", "2", "--inference_nj", "2", "--model_config", "tiny_model.yaml",

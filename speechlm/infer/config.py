@@ -48,6 +48,9 @@ class DecodeConfig:
     # tightens min/max_len, never loosens them
     min_len_prior: float = 0.0
     max_len_prior: float = 0.0
+    # models with the progress input (model.progress): multiplies the predicted length they are
+    # given (speaking rate: 1.2 = 20% slower); the bounds above scale with it
+    length_scale: float = 1.0
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -71,6 +74,8 @@ class DecodeConfig:
                 self.max_len_prior and self.min_len_prior > self.max_len_prior):
             raise ConfigError(f"decode: need 0 <= min_len_prior <= max_len_prior (or max_len_prior 0), got "
                               f"{self.min_len_prior}, {self.max_len_prior}")
+        if self.length_scale <= 0:
+            raise ConfigError(f"decode.length_scale must be > 0, got {self.length_scale}")
         if self.max_len < 1:
             raise ConfigError(f"decode.max_len must be >= 1, got {self.max_len}")
         return self

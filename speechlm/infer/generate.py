@@ -63,16 +63,21 @@ def length_limits(prompts: Batch, config: DecodeConfig) -> list[tuple[int, int]]
 
 
 def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[RowState], config: DecodeConfig) -> None:
-    """``min/max_len_prior``: bound each row's target length by multiples of the length head's
-    prediction from the prompt (its features kept by the prefill)."""
-    if config.min_len_prior <= 0 and config.max_len_prior <= 0:
+    """Use the length head's prediction from the prompt (its features kept by the prefill):
+    ``min/max_len_prior`` bound each row's target length by multiples of it, and models with the
+    progress input get it (times ``length_scale``) as the length of a row's one audio target."""
+    bounds = config.min_len_prior > 0 or config.max_len_prior > 0
+    progress = getattr(model, "progress", None) is not None
+    if not bounds and not progress:
         return
     if ctx.length_features is None:
-        raise ValueError("decode: min_len_prior/max_len_prior need a model with a length head "
-                         "(train it with model.length_weight > 0)")
+        raise ValueError("decode: min_len_prior/max_len_prior and the progress input need a model with a "
+                         "length head (train it with model.length_weight > 0)")
     B = len(states)
-    pred = model.predict_length(ctx.length_features[:B], prompts.kinds).tolist()
+    pred = (model.predict_length(ctx.length_features[:B], prompts.kinds) * config.length_scale).tolist()
     for st, n in zip(states, pred):
+        if progress and len(st.targets) == 1 and model.vocab.n_streams(st.targets[0]) > 1:
+            st.progress_len = max(1, round(n))
         if config.max_len_prior > 0:
             st.max_len = min(st.max_len, max(1, math.ceil(config.max_len_prior * n)))
         st.min_len = min(max(st.min_len, int(config.min_len_prior * n)), st.max_len)
@@ -199,6 +204,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
             acts = [states[i].plan() for i in active]
             chooser.rows = [states[i] for i in active]
             rows = choose_rows(model, h, acts, chooser)
+            where = [states[i].progress_at(r) for i, r in zip(active, rows.tolist())]  # before advance
             fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
             keep = [n for n, i in enumerate(active) if not states[i].done]
             if not keep:
@@ -206,11 +212,14 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
             if len(keep) < len(active):
                 sel = torch.tensor(keep, device=dev)
                 chooser.select(sel)
-                fed = [fed[n] for n in keep]
+                fed, where = [fed[n] for n in keep], [where[n] for n in keep]
                 active = [active[n] for n in keep]
                 # with guidance the unconditional half of the batch sits after the conditional half
                 ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
             x = model.embed(torch.tensor(fed, device=dev)[:, None])
+            if model.progress is not None:
+                j, L = torch.tensor(where, device=dev).T
+                x = x + model.progress(j, L)[:, None].to(x.dtype)
             h = ctx.step(torch.cat([x, x]) if guided else x)
         if model.config.strategy == "ar_nar" and model.n_streams > 1:
             nar_fill(model, prompts, states, config, gen)

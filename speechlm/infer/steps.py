@@ -63,6 +63,7 @@ class RowState:
         self.pattern, self.targets, self.vocab, self.S = pattern, targets, vocab, n_streams
         self.min_len, self.max_len = min_len, max_len
         self.seg = 0
+        self.progress_len = 0  # frames of the one audio target, for models with the progress input
         self.done = False
         self.hyp = Hypothesis()
         self._start()
@@ -109,6 +110,14 @@ class RowState:
             for k in range(1, n):
                 acts[k] = (SAMPLE, (self.tok, k, ()))
         return acts
+
+    def progress_at(self, row: list[int]) -> tuple[int, int]:
+        """``(j, L)`` of the progress input for ``row`` before it is recorded (``L = 0``: none):
+        rows of the segment, and for the delay pattern its end and tail rows too (as in
+        :func:`speechlm.models.progress.layout_progress`)."""
+        if not self.progress_len or (row[0] in self.ends and not (self.pattern == "delay" and self.n > 1)):
+            return (0, 0)
+        return (self.j, self.progress_len)
 
     def advance(self, row: list[int]) -> list[int]:
         """Record the emitted row; returns the row to feed back (streams cleared after an end token)."""

@@ -65,6 +65,10 @@ class ModelConfig:
     # when it has no text conditions) from the prompt's hidden states (detached: the backbone does
     # not learn for it); decoding can bound lengths by it
     length_weight: float = 0.0  # weight of its L1 loss on the log ratio, per example (0 = no head)
+    # target progress input (speechlm/models/progress.py): rows of an audio target that is the whole
+    # target (TTS speech) are told the share done and the frames left; decoding takes the length
+    # from the length head (needs length_weight > 0)
+    progress: bool = False
     # numerics and memory
     autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
     grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
@@ -99,6 +103,10 @@ class ModelConfig:
                 raise ConfigError(f"model.guided_attn_sigma must be > 0, got {self.guided_attn_sigma}")
         if self.length_weight < 0:
             raise ConfigError(f"model.length_weight must be >= 0, got {self.length_weight}")
+        if self.progress and self.length_weight <= 0:
+            raise ConfigError("model.progress needs a length head to decode with (model.length_weight > 0)")
+        if self.progress and self.strategy == "flat":
+            raise ConfigError("model.progress needs one row per frame; the flat strategy has one per token")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

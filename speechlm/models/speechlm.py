@@ -25,6 +25,7 @@ from speechlm.models.losses import (
     ar_loss, ctc_loss, depth_loss, guided_attention_loss, length_loss, length_units, nar_loss,
 )
 from speechlm.models.patterns import PATTERNS, Layout
+from speechlm.models.progress import ProgressEmbedding, layout_progress
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
 
@@ -60,6 +61,7 @@ class Prepared:
     kinds: torch.Tensor
     last: torch.Tensor
     x: torch.Tensor | None = None
+    progress: tuple[torch.Tensor, torch.Tensor] | None = None  # (j, L) per layout row (models with it)
 
 
 class SpeechLM(nn.Module):
@@ -129,6 +131,7 @@ class SpeechLM(nn.Module):
         self.length_head = (
             nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
         )
+        self.progress = ProgressEmbedding(D) if config.progress else None  # zero at the start
 
     # ---- initialisation -----------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -173,6 +176,9 @@ class SpeechLM(nn.Module):
         """Lay out with the pattern, then map positions through the condition reduction."""
         layout = self.pattern.build(tokens, weight, kinds, lengths)
         B, T2 = layout.kinds.shape
+        progress = None
+        if self.progress is not None:
+            progress = layout_progress(self.config.strategy, tokens, kinds, lengths, layout.pos, T2, self.vocab)
         pre = torch.zeros(B, dtype=torch.int64, device=tokens.device)
         if self.config.prefix_lm and bool((prefix_lens > 0).any()):
             p = layout.pos.gather(1, prefix_lens.clamp(max=tokens.shape[1] - 1)[:, None])[:, 0]
@@ -180,14 +186,15 @@ class SpeechLM(nn.Module):
         if self.stacker is None:
             last = torch.arange(T2, device=tokens.device).expand(B, -1)
             last = torch.where(last < layout.lengths[:, None], last, torch.full_like(last, -1))
-            return Prepared(layout, None, layout.lengths, pre, layout.kinds, last)
+            return Prepared(layout, None, layout.lengths, pre, layout.kinds, last, progress=progress)
         red = reduction_map(layout.kinds, layout.lengths, self.config.cond_reduction)
         pre = torch.where(pre > 0, red.pos.gather(1, pre[:, None])[:, 0], pre)
-        return Prepared(layout, red, red.lengths, pre, red.kinds, red.last)
+        return Prepared(layout, red, red.lengths, pre, red.kinds, red.last, progress=progress)
 
     def embed_prepared(self, prep: Prepared, tokens: torch.Tensor | None = None,
                        extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings ``[B, T'', D]`` of the layout tokens (or ``tokens``), plus ``extra`` per row."""
+        """Embeddings ``[B, T'', D]`` of the layout tokens (or ``tokens``), plus ``extra`` and the
+        progress input per row."""
         tok = prep.layout.tokens if tokens is None else tokens
         if self.pattern.head == "ar_nar" and tokens is None:  # the AR pass sees stream 0 of audio targets
             tok = tok.clone()
@@ -195,6 +202,8 @@ class SpeechLM(nn.Module):
         x = self.embed(tok)
         if extra is not None:
             x = x + extra
+        if prep.progress is not None:
+            x = x + self.progress(*prep.progress).to(x.dtype)
         return self.stacker(x, prep.red) if self.stacker is not None else x
 
     @staticmethod
