@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
-from typing import Any, Mapping
 
 from speechlm.eval.audio import load_audio
 from speechlm.eval.base import METRICS, Metric, MetricResult, mean
@@ -77,10 +77,11 @@ class Duration(Metric):
         if stopped is not None:
             summary["stopped_pct"] = 100.0 * mean([float(bool(r["stopped"])) for r in per_utt.values()])
         summary["ratio_median"] = ratios[len(ratios) // 2] if ratios else float("nan")
-        summary["n_utts"] = len(ids)
         summary["ratio_mean"] = mean(ratios)
-        sp = sorted(r["speech_ratio"] for r in per_utt.values() if math.isfinite(r["speech_ratio"]))
-        summary["speech_ratio_median"] = sp[len(sp) // 2] if sp else float("nan")
+        spans = sorted(r["speech_ratio"] for r in per_utt.values() if math.isfinite(r["speech_ratio"]))
+        summary["speech_ratio_median"] = spans[len(spans) // 2] if spans else float("nan")
+        summary["n_utts"] = len(ids)
         return MetricResult(self.name, summary, per_utt, key="log_ratio_abs", higher_is_better=False,
-                            info={"range": f"{self.low}-{self.high}", "speech span": f"within {self.trim_db} dB of the loudest 20 ms",
+                            info={"range": f"{self.low}-{self.high}",
+                                  "speech span": f"20 ms frames within {self.trim_db} dB of the loudest",
                                   "stopped": "from decode dir" if stopped is not None else "unknown"})
