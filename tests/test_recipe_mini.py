@@ -91,10 +91,12 @@ def test_same_seed_same_corpus_and_rerun_resumes(corpus, tmp_path):
     wavs = sorted((corpus / "data" / "local" / "mini_espeak" / "wav").rglob("*.wav"))
     mtimes = {w: w.stat().st_mtime_ns for w in wavs}
     victim = wavs[0]
+    original = victim.read_bytes()
     victim.unlink()  # as if the run had been killed before this file
     data_sh(corpus, "--num_utts", "40", "--num_test", "6", "--utts_per_spk", "8", "--seed", "3")
     assert plan.read_text() == before
     assert victim.exists(), "the missing wav was synthesized again"
+    assert victim.read_bytes() == original, "the same plan gives the same audio (no random dither)"
     assert all(w.stat().st_mtime_ns == m for w, m in mtimes.items() if w != victim), "existing wavs were kept"
     logs = (corpus / "data" / "local" / "mini_espeak" / "log").glob("synth.*.log")
     assert "synthesized 1," in "".join(p.read_text() for p in logs)
