@@ -113,6 +113,9 @@ def test_every_stage_ran_and_results_were_written(recipe):
     upload = (recipe.path / TAG / "upload" / "README.md").read_text()
     assert upload.startswith("---\nlibrary_name: speechlm") and "asr" in upload.split("---")[1]
     assert "Results" in upload and "cer" in upload.lower()
+    # the export is the model that was decoded and scored (copied, not packed and refit again)
+    assert (recipe.path / TAG / "upload" / "model.safetensors").read_bytes() == (packed / "model.safetensors").read_bytes()
+    assert "Length head refit" in upload
 
 
 def test_killed_training_resumes(recipe):

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "for this many steps (0: keep the head as trained)")
     p.add_argument("--length-refit-examples", type=int, default=1500,
                    help="training examples per data entry the refit reads")
+    p.add_argument("--packed-dir",
+                   help="a model dir packed from this run to copy as it is (the one that was decoded and "
+                        "scored: no checkpoint choice, no refit), e.g. for --export")
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
 
@@ -121,13 +124,22 @@ def main(args: argparse.Namespace) -> int:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ckpt = pick_checkpoint(exp, args.checkpoint, args.average, tmp)
-    for f in ("config.yaml", "model.safetensors", "token_list.json"):
-        shutil.copy2(ckpt / f, tmp / f)
-    shutil.rmtree(tmp / ".averaged", ignore_errors=True)
-    refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
-    shutil.copytree(exp / "tasks", tmp / "tasks")
-    copy_tokenizers(exp, tmp)
+    if args.packed_dir:
+        src = Path(args.packed_dir)
+        if not (src / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{src} is not a packed model dir (no model.safetensors)")
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md", ".done"))
+        card = (src / "README.md").read_text() if (src / "README.md").is_file() else ""
+        refit = "".join(line + "\n" for line in card.splitlines() if line.startswith("Length head refit"))
+        ckpt = src
+    else:
+        ckpt = pick_checkpoint(exp, args.checkpoint, args.average, tmp)
+        for f in ("config.yaml", "model.safetensors", "token_list.json"):
+            shutil.copy2(ckpt / f, tmp / f)
+        shutil.rmtree(tmp / ".averaged", ignore_errors=True)
+        refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
+        shutil.copytree(exp / "tasks", tmp / "tasks")
+        copy_tokenizers(exp, tmp)
     if args.decode_config:
         from speechlm.config import load_yaml
         from speechlm.infer.config import decode_config_for

@@ -361,7 +361,8 @@ if stage_on 12; then
   log "Stage 12: upload-ready export: ${exp} + ${exp}/RESULTS.md -> ${exp}/upload"
   pack_opts=()
   if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
-  "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/upload" --export "${pack_opts[@]}"
+  # the packed model that stages 10-11 decoded and scored, with RESULTS.md in its card
+  "${slm[@]}" pack --exp-dir "${exp}" --packed-dir "${exp}/packed" --out-dir "${exp}/upload" --export "${pack_opts[@]}"
   log "Stage 12: to publish: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${exp}/upload ."
 fi
 
