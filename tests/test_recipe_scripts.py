@@ -254,7 +254,7 @@ def test_stage_script_command_lines(tmp_path):
     assert calls[6] == "pack --exp-dir exp/t1 --out-dir exp/t1/packed"
     assert calls[8] == "decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
     assert "--test-set test1 --task asr" in calls[9] and "--results exp/t1/RESULTS.md" in calls[9]
-    assert calls[11] == "pack --exp-dir exp/t1 --out-dir exp/t1/upload --export"
+    assert calls[11] == "pack --exp-dir exp/t1 --packed-dir exp/t1/packed --out-dir exp/t1/upload --export"
     assert "| set | metric |" in res.stdout  # the results table is printed
     # stage 8 leaves a script that repeats the run from training on
     rerun = (recipe / "exp" / "t1" / "rerun.sh").read_text()
