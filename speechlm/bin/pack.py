@@ -10,6 +10,9 @@ import yaml
 
 log = logging.getLogger("speechlm.pack")
 
+#: how the model card's refit line starts (an export from a packed dir carries it over)
+REFIT_LINE = "Length head refit"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp-dir", required=True, help="training run dir (exp/<tag>)")
@@ -112,7 +115,7 @@ def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
     model = SpeechLM.from_pretrained(model_dir)
     r = refit_length_head(model, specs, steps, examples)
     model.save_pretrained(model_dir)
-    return (f"Length head refit on {r['examples']} training examples ({steps} steps): mean absolute error "
+    return (f"{REFIT_LINE} on {r['examples']} training examples ({steps} steps): mean absolute error "
             f"of the log length ratio {r['error_before']:.3f} -> {r['error_after']:.3f}.\n")
 
 
@@ -130,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{src} is not a packed model dir (no model.safetensors)")
         shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md", ".done"))
         card = (src / "README.md").read_text() if (src / "README.md").is_file() else ""
-        refit = "".join(line + "\n" for line in card.splitlines() if line.startswith("Length head refit"))
+        refit = "".join(line + "\n" for line in card.splitlines() if line.startswith(REFIT_LINE))
         ckpt = src
     else:
         ckpt = pick_checkpoint(exp, args.checkpoint, args.average, tmp)

@@ -23,6 +23,7 @@ from speechlm.infer.context import DecodeContext, concat_batches, unconditional
 from speechlm.infer.sampling import repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 from speechlm.models.losses import nar_inputs
+from speechlm.models.progress import takes_progress
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[R
     ``min/max_len_prior`` bound each row's target length by multiples of it, and models with the
     progress input get it (times ``length_scale``) as the length of a row's one audio target."""
     bounds = config.min_len_prior > 0 or config.max_len_prior > 0
-    progress = getattr(model, "progress", None) is not None
+    progress = model.progress is not None
     if not bounds and not progress:
         return
     if ctx.length_features is None:

@@ -59,6 +59,12 @@ class ProgressEmbedding(nn.Module):
         return self.proj(progress_features(j, length).to(self.proj.weight.dtype)) * on
 
 
+def takes_progress(vocab, tokenizer: str) -> bool:
+    """Whether a whole target of ``tokenizer`` gets the progress input (multi-stream audio tokenizers:
+    codecs); training and decoding both ask this."""
+    return vocab.n_streams(tokenizer) > 1
+
+
 def layout_progress(strategy: str, tokens: torch.Tensor, kinds: torch.Tensor, lengths: torch.Tensor,
                     pos: torch.Tensor, rows: int, vocab) -> tuple[torch.Tensor, torch.Tensor]:
     """Per layout row ``[B, rows]``: its index ``j`` in its audio target segment and the segment's
@@ -75,7 +81,7 @@ def layout_progress(strategy: str, tokens: torch.Tensor, kinds: torch.Tensor, le
             if kind != AUDIO_TGT or e - a != n_tgt:
                 continue
             owner = vocab.tokenizer_of(int(tok_np[b, a, 0]))
-            if owner is None or vocab.n_streams(owner[0]) < 2:
+            if owner is None or not takes_progress(vocab, owner[0]):
                 continue
             L = e - a
             span = L
@@ -88,4 +94,4 @@ def layout_progress(strategy: str, tokens: torch.Tensor, kinds: torch.Tensor, le
     return torch.from_numpy(J).to(dev), torch.from_numpy(Ls).to(dev)
 
 
-__all__ = ["ProgressEmbedding", "progress_features", "layout_progress", "N_FEATURES"]
+__all__ = ["ProgressEmbedding", "progress_features", "layout_progress", "takes_progress", "N_FEATURES"]
