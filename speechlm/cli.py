@@ -33,6 +33,7 @@ _OPTIONAL_COMMANDS = {
     "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
     "stats": ("speechlm.bin.stats", "length statistics of a tokenized manifest dir"),
     "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
+    "agent": ("speechlm.bin.agent", "voice agents: episodes, spoken versions, the agent loop, scoring, forecasts"),
 }
 
 
@@ -45,27 +46,34 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv``; if ``--config`` is given, its keys become defaults that flags override."""
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
+    """Parse ``argv``; if ``--config`` is given, its keys become defaults that flags override.
+
+    A key of the file satisfies a required option (``speechlm prepare --config c.yaml`` with
+    ``task``, ``data_dir`` and ``out`` in it), so the file is read before the full parse."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
         from speechlm.config import load_yaml
 
-        data = load_yaml(args.config) or {}
+        data = load_yaml(known.config) or {}
         if not isinstance(data, dict):
-            parser.error(f"{args.config}: expected a mapping of option names to values")
-        dests = {a.dest for a in parser._actions}
+            parser.error(f"{known.config}: expected a mapping of option names to values")
+        actions = {a.dest: a for a in parser._actions}
+        valid = sorted(d for d in actions if d not in ("help", "config"))
         defaults = {}
         for key, value in data.items():
-            dest = key.replace("-", "_")
-            if dest not in dests or dest in ("help", "config"):
-                parser.error(
-                    f"{args.config}: unknown option {key!r}{suggest(dest, dests)}; "
-                    f"valid: {', '.join(sorted(d for d in dests if d not in ('help', 'config')))}"
-                )
+            dest = str(key).replace("-", "_")
+            if dest not in actions or dest in ("help", "config"):
+                parser.error(f"{known.config}: unknown option {key!r}{suggest(dest, valid)}; valid: {', '.join(valid)}")
             defaults[dest] = value
+            action = actions[dest]
+            if action.required:  # the file gives it: the command line no longer has to
+                action.required = False
+                if not action.option_strings and action.nargs is None:
+                    action.nargs = "?"  # a positional (e.g. fix-data's data dir) may now be omitted
         parser.set_defaults(**defaults)
-        args = parser.parse_args(argv)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     top = argparse.ArgumentParser(
         prog="speechlm",
+        allow_abbrev=False,  # `--forc` must not silently mean `--force`
         description="speechlm: build speech language models and voice agents.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in cmds.items())
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in cmds:
         top.error(f"unknown command {name!r}{suggest(name, cmds)}; valid: {', '.join(cmds)}")
     module = importlib.import_module(cmds[name][0])
-    parser = argparse.ArgumentParser(prog=f"speechlm {name}", description=cmds[name][1])
+    parser = argparse.ArgumentParser(prog=f"speechlm {name}", description=cmds[name][1], allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of option values (flags override it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     module.add_arguments(parser)

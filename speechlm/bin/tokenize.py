@@ -46,9 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- what to do ---------------------------------------------------------------------------------
-def _fingerprint(spec: dict, seg_name: str, rows: list[dict]) -> str:
-    """Hash of the tokenizer options and the segment's (id, value) pairs: outputs depend on nothing else."""
+def _fingerprint(spec: dict, seg_name: str, rows: list[dict], files: dict[str, str] | None = None) -> str:
+    """Hash of the tokenizer options, the contents of its files (``files``: option -> sha256; a
+    BPE model retrained at the same path changes the tokens) and the segment's (id, value)
+    pairs: outputs depend on nothing else."""
     h = hashlib.sha256(json.dumps({"segment": seg_name, "tokenizer": spec}, sort_keys=True).encode())
+    if files:  # only when there are files, so archives of file-less tokenizers (codec2, g2p) stay valid
+        h.update(json.dumps({"files": files}, sort_keys=True).encode())
     for r in rows:
         h.update(json.dumps([r["id"], r["segments"].get(seg_name)], sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
@@ -59,7 +63,7 @@ def _plan(args: argparse.Namespace):
     from speechlm.config import ConfigError
     from speechlm.data.manifest import read_manifest
     from speechlm.registry import suggest
-    from speechlm.tokenizers import load_tokenizer_specs
+    from speechlm.tokenizers import file_digests, load_tokenizer_specs
     from speechlm.utils.fileio import is_done
 
     template, examples = read_manifest(args.manifest_dir)
@@ -73,6 +77,7 @@ def _plan(args: argparse.Namespace):
                               f"{suggest(name, names)}; its segments: {', '.join(names)}")
     tok_dir = Path(args.manifest_dir) / "tokens"
     todo = []
+    digests: dict[str, dict[str, str]] = {}  # tokenizer -> its files' sha256, hashed once per run
     for seg in segs:
         if args.segments and seg.name not in args.segments:
             continue
@@ -80,15 +85,17 @@ def _plan(args: argparse.Namespace):
             raise ConfigError(f"{args.tokenizers}: no tokenizer named {seg.tokenizer!r} (segment {seg.name!r} of "
                               f"task {template.name!r}){suggest(seg.tokenizer, specs)}; it defines: {', '.join(specs)}")
         spec = dict(specs[seg.tokenizer])
-        fp = _fingerprint(spec, seg.name, rows)
+        if seg.tokenizer not in digests:
+            digests[seg.tokenizer] = file_digests(spec)
+        fp = _fingerprint(spec, seg.name, rows, digests[seg.tokenizer])
         scp = tok_dir / f"{seg.name}.scp"
         if is_done(scp):
             info = json.loads((tok_dir / f"{seg.name}.scp.done").read_text())
             if info.get("fingerprint") == fp:
                 log.info("segment %s: %s is complete, skipping", seg.name, scp)
                 continue
-            log.info("segment %s: tokenizer options or manifest changed since %s was written; redoing it",
-                     seg.name, scp)
+            log.info("segment %s: tokenizer options, tokenizer files or manifest changed since %s was written; "
+                     "redoing it", seg.name, scp)
         if _reuse(tok_dir, seg.name, fp):
             continue
         todo.append((seg, spec, fp))
@@ -196,6 +203,7 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args) 
                    unit="utt", mininterval=1.0, disable=None)  # no bar when stderr is not a terminal
         try:
             for i in range(0, len(pending), max(1, args.batch_size)):
+                _check_parent()
                 batch = pending[i:i + max(1, args.batch_size)]
                 _tokenize_batch(tok, seg, batch, writer)
                 bar.update(len(batch))
@@ -205,6 +213,36 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args) 
         mark_done(journal, {"entries": len(writer.entries), "failed": len(writer.failed)})
         log.info("shard %d/%d of segment %s: %d utterances, %d failed", shard, nj, seg.name,
                  len(writer.entries), len(writer.failed))
+
+
+_PARENT_ENV = "SPEECHLM_TOKENIZE_PARENT"  # pid of the run that spawned this shard job
+
+
+def _check_parent() -> None:
+    """A shard job spawned by a run stops when that run is gone: no orphan keeps writing shards
+    beside a re-run (the death signal set at spawn covers Linux; this covers the rest)."""
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        raise SystemExit(f"tokenize: the parent run (pid {parent}) is gone; stopping this shard job")
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn of a shard job: ask the kernel for SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
 
 
 def _init_params(spec: dict) -> list[str]:
@@ -276,7 +314,7 @@ def _spawn(args, todo, shards: list[int], nj: int, tok_dir: Path, total: int) ->
     from speechlm.utils.threads import available_cores
 
     threads = str(args.threads if args.threads > 0 else max(1, available_cores() // nj))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, _PARENT_ENV: str(os.getpid())}
     procs = []
     for shard in shards:
         cmd = [sys.executable, "-m", "speechlm", "tokenize", "--manifest-dir", str(args.manifest_dir),
@@ -285,7 +323,8 @@ def _spawn(args, todo, shards: list[int], nj: int, tok_dir: Path, total: int) ->
         if args.device:
             cmd += ["--device", args.device]
         logf = open(log_dir / f"tokenize.{shard}.log", "w", encoding="utf-8")
-        procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
+        procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                              preexec_fn=_die_with_parent(os.getpid())), logf))
     journals = [tok_dir / "shards" / f"{s}.{i}-of-{nj}.journal" for s in segs for i in range(1, nj + 1)]
     done_before = {j for j in journals if j.with_name(j.name + ".done").exists()}
     bar = tqdm(total=total, desc=f"tokenize ({nj} jobs)", unit="utt", mininterval=1.0)
@@ -335,12 +374,39 @@ def _merge(tok_dir: Path, rows: list[dict], seg, spec: dict, fp: str, nj: int) -
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlm.utils.threads import set_threads
-
     if args.nj < 1:
         raise ValueError(f"--nj must be >= 1, got {args.nj}")
     if args.shard is not None and not 1 <= args.shard <= args.nj:
         raise ValueError(f"--shard must be in 1..{args.nj} (--nj), got {args.shard}")
+    if not Path(args.manifest_dir, "manifest.jsonl").is_file():
+        raise FileNotFoundError(f"{args.manifest_dir}: no manifest.jsonl (make it with `speechlm prepare`)")
+    with _lock(args):
+        return _run(args)
+
+
+def _lock(args: argparse.Namespace):
+    """One run per manifest dir: a whole run locks ``tokens/tokenize.lock`` exclusively; a
+    ``--shard`` job shares it (other jobs of the same run) and locks its own shard, unless its
+    parent run holds the lock for it."""
+    import contextlib
+
+    from speechlm.utils.runlock import RunLock
+
+    tok_dir = Path(args.manifest_dir) / "tokens"
+    if args.shard is None:
+        return RunLock(tok_dir / "tokenize.lock", "tokenize")
+    parent = os.environ.get(_PARENT_ENV)
+    stack = contextlib.ExitStack()
+    shared = stack.enter_context(RunLock(tok_dir / "tokenize.lock", "tokenize", shared=True,
+                                         owner_ok=int(parent) if parent else None))
+    if shared.fd is not None:  # a job of run.pl/slurm.pl: two of the same shard must not run at once
+        stack.enter_context(RunLock(tok_dir / "shards" / f"job.{args.shard}-of-{args.nj}.lock", "tokenize"))
+    return stack
+
+
+def _run(args: argparse.Namespace) -> int:
+    from speechlm.utils.threads import set_threads
+
     tok_dir, rows, todo = _plan(args)
     if not todo:
         log.info("tokenize: nothing to do in %s", tok_dir)
@@ -374,6 +440,8 @@ def main(args: argparse.Namespace) -> int:
             log.warning(msg)
         else:
             log.info(msg)
+    for lock in (tok_dir / "shards").glob("job.*.lock"):  # free: this run holds the dir lock
+        lock.unlink()
     if (tok_dir / "shards").is_dir() and not any((tok_dir / "shards").iterdir()):
         (tok_dir / "shards").rmdir()
     log.info("tokenize: done in %.1f s%s", time.time() - start,

@@ -8,9 +8,26 @@ log = logging.getLogger("speechlm.vocab")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizers", required=True, help="tokenizers.yaml (all of its tokenizers are added)")
-    p.add_argument("--tasks", nargs="+", required=True, help="task names to add")
+    p.add_argument("--tasks", nargs="+", required=True,
+                   help="task names to add (built-in templates or ones in --task-dir)")
+    p.add_argument("--task-dir", action="append", default=[], help="extra dir of task templates (repeatable)")
     p.add_argument("--out", required=True, help="token_list.json to write")
     p.add_argument("--extend", help="an existing token_list.json to extend (its ids never move)")
+
+
+def check_tasks(tasks: list[str], task_dirs: list[str]) -> None:
+    """Every name must be a known task template: a typo or a path would get a task token that
+    no template (and so no training data) ever uses."""
+    from speechlm.config import ConfigError
+    from speechlm.registry import suggest
+    from speechlm.tasks import find_templates
+
+    found = find_templates(task_dirs)
+    for t in tasks:
+        if t not in found:
+            where = "built-in templates" + (f" and {', '.join(task_dirs)}" if task_dirs else "")
+            raise ConfigError(f"--tasks: unknown task {t!r}{suggest(t, found)}; the {where} define: "
+                              f"{', '.join(sorted(found))} (a template of your own: pass its dir with --task-dir)")
 
 
 def build_vocab(tokenizers_yaml: str, tasks: list[str], base=None):
@@ -29,6 +46,7 @@ def build_vocab(tokenizers_yaml: str, tasks: list[str], base=None):
 def main(args: argparse.Namespace) -> int:
     from speechlm.vocab import Vocabulary
 
+    check_tasks(args.tasks, args.task_dir)
     base = Vocabulary.load(args.extend) if args.extend else None
     old = len(base) if base else 0
     vocab = build_vocab(args.tokenizers, args.tasks, base)

@@ -84,11 +84,15 @@ def read_file(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+def format_file(mapping: dict[str, str]) -> str:
+    """The text of a data-dir file: ``id value`` lines sorted by id."""
+    return "".join(f"{k} {mapping[k]}\n" for k in sorted(mapping, key=_sort_key))
+
+
 def write_file(path: str | os.PathLike, mapping: dict[str, str]) -> None:
     """Write ``id value`` lines sorted by id, atomically."""
     with atomic_open(path) as f:
-        for k in sorted(mapping, key=_sort_key):
-            f.write(f"{k} {mapping[k]}\n")
+        f.write(format_file(mapping))
 
 
 def _sort_key(s: str) -> bytes:

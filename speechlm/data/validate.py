@@ -54,6 +54,32 @@ def _check_audio(d: Path, wav: dict[str, str], problems: list[Problem]) -> None:
             problems.append(Problem(str(d / "wav.scp"), lines.get(uid), uid, f"unreadable audio: {msg}"))
 
 
+def _spk2utt_problems(path: Path, spk2utt: dict[str, str], utt2spk: dict[str, str]) -> list[Problem]:
+    """One problem per speaker whose spk2utt line disagrees with utt2spk, naming the utterances."""
+    lines = {e.id: e.line for e in read_entries(path, [])}
+    expected = {s: set(v.split()) for s, v in spk2utt_from_utt2spk(utt2spk).items()}
+    given = {s: set(v.split()) for s, v in spk2utt.items()}
+    fix = "(run `speechlm fix-data` to rebuild spk2utt from utt2spk)"
+
+    def few(ids: set[str]) -> str:
+        ids_ = sorted(ids, key=_sort_key)
+        return ", ".join(ids_[:5]) + (f" and {len(ids_) - 5} more" if len(ids_) > 5 else "")
+
+    out = []
+    for spk in sorted(set(expected) | set(given), key=_sort_key):
+        want, have = expected.get(spk, set()), given.get(spk)
+        if have is None:
+            out.append(Problem(str(path), None, spk, f"speaker is in utt2spk ({few(want)}) but missing here {fix}"))
+        elif have != want:
+            parts = []
+            if have - want:
+                parts.append(f"lists {few(have - want)}, which utt2spk does not give to this speaker")
+            if want - have:
+                parts.append(f"misses {few(want - have)}, which utt2spk gives to this speaker")
+            out.append(Problem(str(path), lines.get(spk), spk, f"does not match utt2spk: {'; '.join(parts)} {fix}"))
+    return out
+
+
 def validate_dir(d: Path, check_audio: bool = True) -> list[Problem]:
     """Check files, ids and audio of data dir ``d``; returns every problem found."""
     if not d.is_dir():
@@ -99,10 +125,14 @@ def validate_dir(d: Path, check_audio: bool = True) -> list[Problem]:
         for uid, v in files["utt2num_samples"].items():
             if not v.isdigit():
                 problems.append(Problem(str(d / "utt2num_samples"), None, uid, f"not a sample count: {v!r}"))
+    if "utt2spk" not in files and ("wav.scp" in files or "segments" in files):
+        # Speaker prompts and per-speaker splits need it; Kaldi treats it as mandatory too.
+        problems.append(Problem(str(d / "utt2spk"), None, None,
+                                "missing: every speech data dir needs utt2spk ('utt speaker' lines; with no speaker "
+                                "labels, make each utterance its own speaker: `awk '{print $1, $1}' wav.scp`), "
+                                "then `speechlm fix-data` writes spk2utt"))
     if "spk2utt" in files and "utt2spk" in files:
-        expected = spk2utt_from_utt2spk(files["utt2spk"])
-        if {s: set(v.split()) for s, v in files["spk2utt"].items()} != {s: set(v.split()) for s, v in expected.items()}:
-            problems.append(Problem(str(d / "spk2utt"), None, None, "does not match utt2spk (run `speechlm fix-data` to rebuild it)"))
+        problems += _spk2utt_problems(d / "spk2utt", files["spk2utt"], files["utt2spk"])
     if check_audio and "wav.scp" in files:
         _check_audio(d, files["wav.scp"], problems)
     return problems
@@ -134,12 +164,21 @@ def _durations(d: Path, files: dict[str, dict[str, str]]) -> dict[str, float]:
     return out
 
 
+class DropLimitError(ValueError):
+    """fix-data would drop more utterances than allowed; nothing was written."""
+
+
 def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
-            min_duration: float | None = None, max_duration: float | None = None) -> list[str]:
+            min_duration: float | None = None, max_duration: float | None = None,
+            max_drop: float | None = None) -> list[str]:
     """Sort files and drop entries that are malformed, duplicated, inconsistent or unreadable,
     and (optionally) utterances shorter than ``min_duration`` or longer than ``max_duration`` seconds.
 
-    Writes the fixed dir to ``dst`` (default: in place) and returns one line per dropped entry.
+    Writes the fixed dir to ``dst`` (default: in place, keeping the files it changes in
+    ``src/.backup/``) and returns one line per dropped entry. With ``max_drop`` (a share, e.g.
+    0.1), raises :class:`DropLimitError` before writing anything when faults (not the duration
+    bounds, which are asked for) would drop more than that share of the utterances: audio that
+    cannot be read at all usually means relative paths or an unmounted disk, not bad data.
     """
     dst = dst or src
     problems = validate_dir(src, check_audio)
@@ -171,6 +210,9 @@ def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
         for uid in sorted(set(files[n]) - common, key=_sort_key):
             dropped.append(f"{src / n} [{uid}]: not present in every file ({', '.join(utt_files)})")
     keep = common - bad_utts
+    every = set().union(*(set(files[n]) for n in utt_files)) if utt_files else set()
+    if max_drop is not None and every and len(every - keep) > max_drop * len(every):
+        raise DropLimitError(_drop_refusal(src, every, keep, dropped, max_drop))
     if min_duration is not None or max_duration is not None:
         for u, secs in sorted(_durations(src, files).items()):
             if u in keep and ((min_duration is not None and secs < min_duration)
@@ -185,8 +227,59 @@ def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
         files["wav.scp"] = {r: v for r, v in files["wav.scp"].items() if r in used}
     if "utt2spk" in files:
         files["spk2utt"] = spk2utt_from_utt2spk(files["utt2spk"])
-    DataDir(dst, files).save()
+    if dst.resolve() == src.resolve():
+        _save_in_place(src, files)
+    else:
+        DataDir(dst, files).save()
     for line in dropped:
         log.warning("dropped: %s", line)
     log.info("fixed data dir %s -> %s: kept %d utterances, dropped %d entries", src, dst, len(keep), len(dropped))
     return dropped
+
+
+def _drop_refusal(src: Path, every: set[str], keep: set[str], dropped: list[str], max_drop: float) -> str:
+    """The message of a refused fix: how many, why (the commonest reasons), and what to do."""
+    import collections
+
+    gone = every - keep
+    reasons = collections.Counter()
+    for line in dropped:
+        msg = line.split("]: ", 1)[-1]
+        reasons["audio file not found" if "not found" in msg else msg.split(": ")[0].split(" (")[0]] += 1
+    top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+    hint = ""
+    wav = src / "wav.scp"
+    if wav.is_file() and any("not found" in line for line in dropped):
+        rel = [e.value for e in read_entries(wav, []) if not e.value.endswith("|") and not Path(e.value).is_absolute()]
+        if rel:
+            hint = (f" wav.scp has relative paths (e.g. {rel[0]}), read from the current directory {Path.cwd()}: "
+                    "run from the directory they are relative to.")
+    return (f"{src}: fixing would drop {len(gone)} of {len(every)} utterances ({len(gone) / len(every):.0%}), more "
+            f"than --max-drop {max_drop:.0%}; nothing was written. Reasons: {top}.{hint} If the drops are right, "
+            "pass --force (or a larger --max-drop).")
+
+
+def _save_in_place(d: Path, files: dict[str, dict[str, str]]) -> None:
+    """Rewrite the files of ``d`` that change, first copying their originals to ``d/.backup/``
+    (``.backup.2/``, ... when an earlier fix already left one: the first originals are never lost)."""
+    import shutil
+
+    from speechlm.data.kaldi import format_file
+    from speechlm.utils.fileio import write_text
+
+    changed = {n: format_file(m) for n, m in files.items()
+               if not (d / n).is_file() or (d / n).read_bytes() != format_file(m).encode("utf-8")}
+    if not changed:
+        log.info("%s: already fixed, nothing changed", d)
+        return
+    backup, i = d / ".backup", 1
+    while backup.exists():
+        i += 1
+        backup = d / f".backup.{i}"
+    backup.mkdir()
+    for n in changed:
+        if (d / n).is_file():
+            shutil.copy2(d / n, backup / n)
+    for n, text in changed.items():
+        write_text(d / n, text)
+    log.info("%s: originals of the changed files (%s) kept in %s", d, ", ".join(changed), backup)

@@ -9,12 +9,34 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` alone must set it to read it,
+    which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temp file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file 0600 whatever the umask: give it the mode a plain open() would
+    # (or, when replacing a file, that file's own mode) so outputs stay readable as before.
+    try:
+        mode_bits = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode_bits = 0o666 & ~current_umask()
+    os.fchmod(fd, mode_bits)
     os.close(fd)
     try:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:

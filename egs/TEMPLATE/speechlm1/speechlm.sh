@@ -246,7 +246,7 @@ if stage_on 6; then
   extend_opts=()
   if [[ -n ${init_from} ]]; then extend_opts=(--extend "${init_from}/token_list.json"); fi
   log "Stage 6: vocabulary: ${tokenizers} + tasks {${spec_tasks[*]}}${init_from:+ + ${init_from}/token_list.json} -> ${token_list}"
-  "${slm[@]}" vocab --tokenizers "${tokenizers}" --tasks "${spec_tasks[@]}" --out "${token_list}" "${extend_opts[@]}"
+  "${slm[@]}" vocab --tokenizers "${tokenizers}" --tasks "${spec_tasks[@]}" --out "${token_list}" "${extend_opts[@]}" "${task_dir_opts[@]}"
 fi
 
 if stage_on 7; then
