@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,14 +20,39 @@ class ConfigError(ValueError):
     """A config file or mapping does not match what the code expects."""
 
 
+class SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-3`` / ``5E4`` as floats (YAML 1.2 / JSON), not strings.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot, so ``lr: 1e-3`` (how most people
+    write a learning rate) would load as the string "1e-3" and fail type checks."""
+
+
+SafeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_loads(text: str) -> Any:
+    """Parse YAML text with :class:`SafeLoader` (safe; ``1e-3`` is a float)."""
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - SafeLoader subclass
+
+
 def load_yaml(path: str | os.PathLike) -> Any:
-    """Read a YAML file, with errors that name the file and line."""
+    """Read a YAML file, with errors that name the file and line (``1e-3`` reads as a float)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=SafeLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
 

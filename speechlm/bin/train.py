@@ -4,7 +4,10 @@ One process:      speechlm train --data asr:mini:dump/train/asr:1 --vocab token_
                       --model-config conf/model/tiny.yaml --train-config conf/train/tiny.yaml --out-dir exp/tiny
 Several (CPU or GPU):  torchrun --nproc_per_node 4 -m speechlm train ...   (or add --nproc 4)
 
-Re-running the same command resumes from the newest complete checkpoint in OUT_DIR/checkpoints.
+Re-running the same command resumes from the newest intact checkpoint in OUT_DIR/checkpoints
+(a damaged one is named and set aside as step_N.corrupt). Resuming keeps the run's original
+config.yaml: changed options are logged, and anything but the budget (--max-steps,
+--max-train-tokens) or logging/speed options needs --allow-config-change.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir or an HF causal LM dir")
     p.add_argument("--nproc", type=int, default=1,
                    help="launch this many local processes through torchrun (ignored under torchrun)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a run with options other than the ones it was started with (the differences are "
+                        "logged and appended to OUT_DIR/config_changes.jsonl; config.yaml keeps the original)")
     p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: leave as if killed
     for key, tp in OVERRIDES.items():
         p.add_argument("--" + key.replace("_", "-"), type=tp, default=None, help=f"override train config {key}")
@@ -72,7 +78,7 @@ def _relaunch(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    from speechlm.config import load_config, to_dict
+    from speechlm.config import load_config, to_dict, yaml_loads
     from speechlm.data.dataset import DataSpec
     from speechlm.models import ModelConfig
     from speechlm.train.build import apply_init_source, is_speechlm_dir
@@ -80,14 +86,12 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.train.trainer import Trainer
     from speechlm.vocab import Vocabulary
 
-    import yaml
-
     overrides = {}
     for item in args.train_set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--train-set {item!r}: expected KEY=VALUE, e.g. keep_best=5")
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = yaml_loads(value)  # lr=1e-3 is a float
     overrides.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     cfg = load_train_config(args.train_config, overrides)
     model_cfg_path = args.model_config
@@ -107,10 +111,15 @@ def main(args: argparse.Namespace) -> int:
     }
     trainer = Trainer(cfg, model_cfg, vocab, train, args.out_dir, valid, args.init_from,
                       run_files={"token_list.json": args.vocab, "tokenizers.yaml": args.tokenizers},
-                      config_dump=dump, stop_after_steps=args.stop_after_steps)
+                      config_dump=dump, stop_after_steps=args.stop_after_steps,
+                      allow_config_change=args.allow_config_change)
+    from speechlm.train.checkpoint import CheckpointSaveError
+
     try:
         trainer.setup()
         trainer.train()
+    except CheckpointSaveError:  # already logged with the path and the space it needed
+        return 1
     finally:
         from speechlm.train.distributed import cleanup
 

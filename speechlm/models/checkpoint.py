@@ -18,6 +18,31 @@ from speechlm.vocab import Vocabulary
 CONFIG, WEIGHTS, VOCAB, HF_DIR = "config.yaml", "model.safetensors", "token_list.json", "hf_backbone"
 
 
+class WeightsFileError(ValueError):
+    """A weights file is not a readable safetensors file; the message names it."""
+
+
+def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with errors that name the file and say what it seems to be."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        kind = ("a PyTorch zip/pickle file (torch.save), not safetensors" if head[:2] == b"PK"
+                or head[:1] == b"\x80" else "damaged or truncated, or not a safetensors file")
+        raise WeightsFileError(
+            f"{path}: cannot read the weights ({type(e).__name__}: {e}); the file looks {kind}. "
+            f"Re-save the model (save_pretrained / speechlm pack) or resume from another checkpoint"
+        ) from None
+
+
 def _tied_keys(model) -> set[str]:
     return {"head.weight"} if model.config.tie_embeddings else set()
 
@@ -83,8 +108,6 @@ def check_extension(old: Vocabulary, new: Vocabulary, where: str) -> None:
 def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", vocab: Vocabulary | None = None):
     """Load a model directory strictly; with ``vocab`` (an extension of the saved vocabulary) the
     embedding/head rows of existing ids are kept and new ids get fresh rows."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     for name in (CONFIG, WEIGHTS, VOCAB):
         if not (path / name).is_file():
@@ -99,7 +122,7 @@ def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = 
     if backbone_dir is not None and not (path / HF_DIR / "config.json").is_file():
         raise FileNotFoundError(f"model directory {path} has no {HF_DIR}/config.json for its {config.backbone} backbone")
     model = cls(config, vocab, _backbone_dir=backbone_dir) if backbone_dir else cls(config, vocab)
-    state = load_file(str(path / WEIGHTS), device=str(map_location))
+    state = read_safetensors(path / WEIGHTS, map_location)
     expected = model_state(model)
     if grow:
         n = len(saved_vocab)
@@ -113,4 +136,5 @@ def load_model(cls, path: str | os.PathLike, map_location: str | torch.device = 
     return model.to(map_location)
 
 
-__all__ = ["save_model", "load_model", "check_state", "check_extension", "model_state"]
+__all__ = ["save_model", "load_model", "check_state", "check_extension", "model_state", "read_safetensors",
+           "WeightsFileError"]

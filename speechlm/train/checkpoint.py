@@ -7,26 +7,32 @@ Layout (each checkpoint is also a model dir that ``SpeechLM.from_pretrained`` lo
         optimizer.pt                                      full optimizer state (AdamW moments)
         trainer_state.json                                step, tokens, schedule, sampler, metrics
         rng/rank_0.pt ...                                 Python/numpy/torch/CUDA RNG per rank
-        COMPLETE                                          written last, before the rename
+        COMPLETE                                          written last: the manifest (size + sha256
+                                                          of every other file), before the rename
 
 Everything goes into ``.step_00000100.tmp/`` first and is renamed when whole, so a run killed
-while saving leaves the previous checkpoint as the newest complete one.
+while saving leaves the previous checkpoint as the newest complete one. A save that fails (disk
+full) removes its ``.tmp`` dir and says how much space it needed; earlier checkpoints stay.
+Resuming verifies the newest checkpoint against its manifest; a damaged one is named, renamed to
+``step_N.corrupt`` and the newest intact one is used (:func:`resume_checkpoint`). ``.pt`` files
+are only read with ``torch.load(weights_only=True)`` (:mod:`speechlm.train.integrity`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from speechlm.train.distributed import DistEnv, barrier
+from speechlm.train.distributed import DistEnv, barrier, broadcast_object
+from speechlm.train.integrity import (FORMAT, CheckpointError, build_manifest, rng_state, safe_torch_load,
+                                      set_rng_state, verify_checkpoint)
 from speechlm.utils.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -39,43 +45,79 @@ def step_dir(root: str | os.PathLike, step: int) -> Path:
     return Path(root) / f"step_{step:08d}"
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (e.g. disk full); the partial dir is gone, earlier ones are kept."""
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _failed_ranks(failed: bool) -> int:
+    """How many ranks failed (collective, so no rank waits forever at a barrier of a failed save)."""
+    from speechlm.train.numerics import all_reduce_sum
+
+    return int(all_reduce_sum(torch.tensor([float(failed)]))[0])
+
+
+def _save_error(root: Path, final: Path, tmp: Path, error: OSError, needed: int) -> CheckpointSaveError:
+    free = shutil.disk_usage(root).free if root.exists() else None
+    kept = [p.name for p in list_checkpoints(root)]
+    what = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+    need = f"it needs about {needed / 1e6:.1f} MB" if needed else "its size is unknown"
+    free_s = f", {free / 1e6:.1f} MB are free there" if free is not None else ""
+    return CheckpointSaveError(
+        f"saving checkpoint {final} failed: {what} ({error.filename or tmp}: {error}); {need}{free_s}. "
+        f"The partial {tmp} was removed; earlier checkpoints are kept ({', '.join(kept) or 'none yet'}). "
+        f"Free some space (or lower keep_last / keep_best), then run the same command to resume")
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, env: DistEnv, write_model: Callable[[Path], None],
-                    optimizer_state: dict | None, trainer_state: dict) -> Path:
-    """Collective: every rank calls it (each writes its RNG state; rank 0 writes the rest)."""
+                    optimizer_state: dict | None, trainer_state: dict, size_hint: int = 0) -> Path:
+    """Collective: every rank calls it (each writes its RNG state; rank 0 writes the rest and the
+    manifest). ``size_hint``: bytes the save is expected to take (named when the disk is full)."""
+    root = Path(root)
     final = step_dir(root, step)
     tmp = final.with_name(f".{final.name}.tmp")
-    if env.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
-    barrier()
-    torch.save(rng_state(), tmp / "rng" / f"rank_{env.rank}.pt")
-    barrier()
-    if env.is_main:
-        write_model(tmp)
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        write_json(tmp / "trainer_state.json", trainer_state)
-        write_json(tmp / MARKER, {"step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        log.info("saved checkpoint %s", final)
+    error: OSError | None = None
+    try:
+        if env.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "rng").mkdir(parents=True)
+    except OSError as e:
+        error = e
+    if _failed_ranks(error is not None) == 0:
+        try:
+            torch.save(rng_state(), tmp / "rng" / f"rank_{env.rank}.pt")
+        except OSError as e:
+            error = e
+    if _failed_ranks(error is not None) == 0 and env.is_main:
+        try:
+            write_model(tmp)
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / "optimizer.pt")
+            write_json(tmp / "trainer_state.json", trainer_state)
+            # the marker is the manifest and is written last: a dir with it is whole and checkable
+            write_json(tmp / MARKER, {"step": step, "format": FORMAT, "files": build_manifest(tmp, (MARKER,))})
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            log.info("saved checkpoint %s", final)
+        except OSError as e:
+            error = e
+    failed = _failed_ranks(error is not None)
+    if failed:
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+        newest = list_checkpoints(root)
+        needed = size_hint or (_dir_size(newest[-1]) if newest else 0)
+        if error is None:  # another rank failed
+            error = OSError(errno.EIO, f"{failed} other rank(s) failed to write their files", str(tmp))
+        err = _save_error(root, final, tmp, error, needed)
+        log.error("%s", err)
+        raise err from error
     barrier()
     return final
 
@@ -109,20 +151,83 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def read_state(path: str | os.PathLike) -> dict:
-    with open(Path(path) / "trainer_state.json", encoding="utf-8") as f:
-        return json.load(f)
+    """``trainer_state.json`` of checkpoint ``path`` (errors name the file)."""
+    f = Path(path) / "trainer_state.json"
+    try:
+        with open(f, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: cannot read the trainer state ({e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f}: expected a JSON object, found {type(state).__name__}")
+    return state
 
 
 def load_rng(path: str | os.PathLike, rank: int) -> None:
+    """Restore this rank's RNG state (``weights_only`` loading; numpy arrays allowed for older files)."""
     f = Path(path) / "rng" / f"rank_{rank}.pt"
     if f.is_file():
-        set_rng_state(torch.load(f, weights_only=False))
+        state = safe_torch_load(f, "RNG state", legacy_numpy=True)
+        try:
+            set_rng_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{f}: not an RNG state this toolkit wrote ({type(e).__name__}: {e})") from e
     else:
         log.warning("%s: no RNG state for rank %d (the world size changed?); keeping fresh RNG", path, rank)
 
 
+def load_optimizer_state(path: str | os.PathLike) -> dict | None:
+    """The optimizer state of checkpoint ``path`` (``weights_only`` loading), or None without one."""
+    f = Path(path) / "optimizer.pt"
+    if not f.is_file():
+        return None
+    state = safe_torch_load(f, "optimizer state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f}: expected an optimizer state dict, found {type(state).__name__}")
+    return state
+
+
+#: files every checkpoint written by the trainer has (checked in older checkpoints without a manifest)
+REQUIRED = ("model.safetensors", "config.yaml", "token_list.json", "trainer_state.json")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint ``step_N`` to ``step_N.corrupt`` (``.corrupt1``, ... if taken)."""
+    dest, i = path.with_name(path.name + ".corrupt"), 0
+    while dest.exists():
+        i += 1
+        dest = path.with_name(f"{path.name}.corrupt{i}")
+    os.replace(path, dest)
+    return dest
+
+
+def resume_checkpoint(root: str | os.PathLike, env: DistEnv | None = None) -> Path | None:
+    """The newest intact checkpoint under ``root`` (collective; rank 0 decides).
+
+    Each candidate, newest first, is verified against its manifest (:func:`verify_checkpoint`); a
+    damaged one is named in a warning and renamed to ``step_N.corrupt`` so it is neither resumed
+    nor pruned as a good one, and the next older one is tried.
+    """
+    chosen = None
+    if env is None or env.is_main:
+        latest_checkpoint(root)  # warns about incomplete ones
+        for path in reversed(list_checkpoints(root)):
+            problems = verify_checkpoint(path, MARKER, REQUIRED)
+            if not problems:
+                chosen = str(path)
+                break
+            moved = set_aside(path)
+            log.warning("checkpoint %s is damaged, set aside as %s: %s", path, moved.name, "; ".join(problems))
+    chosen = broadcast_object(chosen)
+    return Path(chosen) if chosen else None
+
+
 def _score(path: Path) -> float | None:
-    v = read_state(path).get("valid", {}).get("loss")
+    try:
+        v = read_state(path).get("valid", {}).get("loss")
+    except CheckpointError as e:
+        log.warning("not ranking checkpoint %s: %s", path, e)
+        return None
     return None if v is None or v != v else float(v)
 
 
@@ -147,7 +252,9 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int, keep_best: int) -
 def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     """Average ``model.safetensors`` of ``paths`` (floating tensors; others from the first) into
     ``out_dir``, with the model files of the first checkpoint beside it."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from speechlm.models.checkpoint import read_safetensors as load_file
 
     if not paths:
         raise ValueError("no checkpoint to average")
@@ -158,13 +265,13 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     tmp.mkdir(parents=True)
     avg: dict[str, torch.Tensor] = {}
     for p in paths:
-        sd = load_file(str(p / "model.safetensors"))
+        sd = load_file(p / "model.safetensors")
         for k, v in sd.items():
             if k not in avg:
                 avg[k] = v.double() if v.is_floating_point() else v
             elif v.is_floating_point():
                 avg[k] += v.double()
-    first = load_file(str(paths[0] / "model.safetensors"))
+    first = load_file(paths[0] / "model.safetensors")
     avg = {k: (v / len(paths)).to(first[k].dtype) if v.is_floating_point() else v for k, v in avg.items()}
     for f in paths[0].iterdir():  # config.yaml, token_list.json, hf_backbone/ ...
         if f.name in ("model.safetensors", "optimizer.pt", MARKER, "trainer_state.json", "rng"):
@@ -172,7 +279,7 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
         (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
     save_file(avg, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     write_json(tmp / "averaged_from.json", {"checkpoints": [str(p) for p in paths]})
-    write_json(tmp / MARKER, {"averaged": len(paths)})
+    write_json(tmp / MARKER, {"averaged": len(paths), "format": FORMAT, "files": build_manifest(tmp, (MARKER,))})
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -193,4 +300,6 @@ def final_model_dir(exp_dir: str | os.PathLike) -> Path:
 
 
 __all__ = ["save_checkpoint", "final_model_dir", "latest_checkpoint", "list_checkpoints", "read_state", "load_rng",
-           "best_checkpoints", "prune_checkpoints", "average_checkpoints", "step_dir", "is_complete"]
+           "best_checkpoints", "prune_checkpoints", "average_checkpoints", "step_dir", "is_complete",
+           "resume_checkpoint", "load_optimizer_state", "set_aside", "CheckpointSaveError", "CheckpointError",
+           "rng_state", "set_rng_state"]

@@ -49,9 +49,9 @@ def write_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], out_d
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The full state dict of the model dir ``path`` (tied copies filled in), checked against
     ``model`` (missing / unexpected keys and shapes are errors naming them)."""
-    from safetensors.torch import load_file
+    from speechlm.models.checkpoint import read_safetensors
 
-    state = load_file(str(Path(path) / WEIGHTS))
+    state = read_safetensors(Path(path) / WEIGHTS)
     tied = aliases(model)
     expected = {k: v for k, v in model.state_dict().items() if k not in tied}
     check_state(expected, state, str(Path(path) / WEIGHTS))

@@ -29,10 +29,12 @@ from speechlm.data.dataset import DataSpec, MultiTaskData
 from speechlm.data.loader import MixMeter, train_batches, valid_batches
 from speechlm.data.sampler import BucketSampler
 from speechlm.train import build
-from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is_complete, latest_checkpoint, load_rng,
-                                       prune_checkpoints, read_state, save_checkpoint)
+from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is_complete, list_checkpoints,
+                                       load_optimizer_state, load_rng, prune_checkpoints, read_state,
+                                       resume_checkpoint, save_checkpoint)
 from speechlm.train.config import TrainConfig
-from speechlm.train.distributed import barrier, init_distributed, make_strategy
+from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_strategy
+from speechlm.train.integrity import tensor_bytes
 from speechlm.train.model_io import load_model_weights, write_model_dir
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
@@ -59,12 +61,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model_config, vocab: Vocabulary, train_data: list[DataSpec],
                  out_dir: str, valid_data: list[DataSpec] | None = None, init_from: str | None = None,
                  run_files: dict[str, str | None] | None = None, config_dump: dict | None = None,
-                 stop_after_steps: int | None = None) -> None:
+                 stop_after_steps: int | None = None, allow_config_change: bool = False) -> None:
         self.cfg, self.model_config, self.vocab = cfg, model_config, vocab
         self.train_specs, self.valid_specs = train_data, valid_data or []
         self.out_dir, self.ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
         self.init_from, self.run_files, self.config_dump = init_from, run_files or {}, config_dump or {}
         self.stop_after_steps = stop_after_steps  # testing: leave as if killed after this step
+        self.allow_config_change = allow_config_change  # resuming with other options than the run's
         self.step = self.tokens = self.next_batch = 0
         self.last_valid: dict[str, float] = {}
         self._signal, self._stop_requested = 0, False
@@ -74,6 +77,7 @@ class Trainer:
         cfg = self.cfg
         self.env = env = init_distributed(cfg.device, cfg.threads)
         self.W, self.A = env.world_size, cfg.grad_accum
+        self._check_resume_options()
         random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
         build.apply_init_source(self.model_config, self.init_from)
         from speechlm.models import SpeechLM
@@ -95,13 +99,13 @@ class Trainer:
         self.module, self.optimizer = self.strategy.setup(self.model, lambda m: build.make_optimizer(m, cfg))
         self.amp = build.resolve_precision(cfg.precision, env.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        if env.is_main:
+        if env.is_main and not self._resuming:  # a resumed run keeps the kit it started with
             from speechlm.train.rundir import write_run_dir
 
             templates = {e.spec.task: e.template for e in self.train_data.entries}
             write_run_dir(self.out_dir, self.config_dump, self.W, self.run_files, templates)
         barrier()
-        last = latest_checkpoint(self.ckpt_dir)
+        last = resume_checkpoint(self.ckpt_dir, env)  # verified; damaged ones are set aside
         if last is not None:
             self.load(last)
         self.monitor = Monitor(self.out_dir, env.is_main, cfg.max_steps, self.step, cfg.progress and env.is_main,
@@ -112,6 +116,25 @@ class Trainer:
                  self.amp or "fp32", len(self.train_data),
                  f", {len(self.valid_data)} valid" if self.valid_data else "")
         return self
+
+    def _check_resume_options(self) -> None:
+        """Resuming (the run dir has its config.yaml and a checkpoint): compare the options with
+        the original ones; other than budget changes need ``allow_config_change`` (collective)."""
+        error = None
+        if self.env.is_main:
+            self._resuming = (self.out_dir / "config.yaml").is_file() and bool(list_checkpoints(self.ckpt_dir))
+            if self._resuming:
+                from speechlm.train.rundir import check_resume_config
+
+                step = int(read_state(list_checkpoints(self.ckpt_dir)[-1]).get("step", 0))
+                try:
+                    check_resume_config(self.out_dir, self.config_dump, self.run_files, self.allow_config_change,
+                                        step)
+                except ValueError as e:
+                    error = e
+        self._resuming, error = broadcast_object((getattr(self, "_resuming", False), error))
+        if error is not None:
+            raise error
 
     def _setup_data(self) -> None:
         """Index train/valid entries against the model's context; build the batch stream."""
@@ -348,7 +371,8 @@ class Trainer:
         optim_state = self.strategy.optimizer_state_dict(self.module, self.optimizer)
         mix = [self._global_mix().examples[d] for d in range(len(self.train_specs))]
         path = save_checkpoint(self.ckpt_dir, self.step, self.env,
-                               lambda d: write_model_dir(self.model, model_state, d), optim_state, self.state(mix))
+                               lambda d: write_model_dir(self.model, model_state, d), optim_state, self.state(mix),
+                               size_hint=tensor_bytes(model_state) + tensor_bytes(optim_state))
         if self.env.is_main:
             prune_checkpoints(self.ckpt_dir, self.cfg.keep_last, self.cfg.keep_best)
         barrier()
@@ -359,10 +383,9 @@ class Trainer:
         path = Path(path)
         state = read_state(path)
         self.strategy.load_model_state_dict(self.module, load_model_weights(self.model, path))
-        optim = path / "optimizer.pt"
-        if optim.is_file():
-            self.strategy.load_optimizer_state_dict(self.module, self.optimizer,
-                                                    torch.load(optim, map_location="cpu", weights_only=False))
+        optim = load_optimizer_state(path)  # weights_only: a crafted pickle is refused, never run
+        if optim is not None:
+            self.strategy.load_optimizer_state_dict(self.module, self.optimizer, optim)
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.next_batch = self.sampler.load_state_dict(state["sampler"])
         self.last_valid = state.get("valid", {})
