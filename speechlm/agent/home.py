@@ -200,7 +200,7 @@ def home_state(seed: int | None = None) -> dict:
             "lights": {room: {"on": room in ("kitchen", "living room"), "color": "white", "brightness": 60,
                               "online": room != offline_light}
                        for room in ("kitchen", "living room", "bedroom", "bathroom", "hallway", "garage", "garden")},
-            "plugs": {name: {"on": False, "online": name != offline_plug, "place": place}
+            "plugs": {name: {"on": name == "television", "online": name != offline_plug, "place": place}
                       for name, place in (("kettle", "kitchen"), ("lamp", "living room"), ("fan", "bedroom"),
                                           ("heater", "bathroom"), ("television", "living room"))},
             "coffee_machine": {"online": True, "brewing": ""},
