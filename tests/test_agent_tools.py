@@ -252,3 +252,20 @@ def test_spoken_times_dates_numbers_round_trip():
     assert parse_date("next monday", today) == dt.date(2026, 3, 9)
     with pytest.raises(ValueError):
         parse_time("thirteen pm")
+
+
+def test_dict_calls_with_non_word_values_are_refused():
+    env = make_env()
+    before = env.snapshot()
+    with pytest.raises(ToolError, match="argument change_amount of volume must be words"):
+        env.execute({"name": "volume", "args": {"action": "set", "change_amount": 7}})
+    assert env.state == before
+
+
+def test_seeded_offline_devices_refuse():
+    seeds = [s for s in range(40) if not default_state(s)["devices"]["coffee_machine"]["online"]]
+    assert seeds, "some seeded homes have the coffee machine offline"
+    env = make_env(state=default_state(seeds[0]))
+    before = env.snapshot()
+    ok, text = env.respond("coffee coffee_type=latte")
+    assert not ok and text == "error: the coffee machine is offline" and env.state == before

@@ -54,9 +54,11 @@ class Call:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Call":
-        if not isinstance(d, dict) or set(d) - {"name", "args"} or "name" not in d:
+        if (not isinstance(d, dict) or set(d) - {"name", "args"} or not isinstance(d.get("name"), str)
+                or not isinstance(d.get("args", {}), dict)):
             raise ValueError(f"a call is {{'name': str, 'args': {{str: str}}}}, got {d!r}")
-        return cls(str(d["name"]), {str(k): str(v) for k, v in (d.get("args") or {}).items()})
+        # values keep their types: validate_args names a value that is not words
+        return cls(d["name"], dict(d.get("args") or {}))
 
     def __str__(self) -> str:
         return format_call(self)

@@ -245,6 +245,8 @@ def _vary(state: dict, rng: random.Random) -> None:
         menu["minutes"] = 5 * rng.randint(3, 12)
         menu["open"] = rng.random() > 0.2
     state["audio"]["volume"] = rng.randint(2, 8)
+    for device in ("coffee_machine", "vacuum"):
+        state["devices"][device]["online"] = rng.random() > 0.15
     for room in state["devices"]["lights"].values():
         room["on"] = rng.random() < 0.5
         room["brightness"] = 10 * rng.randint(2, 9)

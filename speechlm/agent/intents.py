@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from speechlm.agent.calls import Call, normalize_words
+from speechlm.agent.calls import RESERVED, Call, normalize_words
 from speechlm.agent.tools import TOOLS
 
 SCENARIOS = (
@@ -84,7 +84,7 @@ def intent_to_call(intent: str, slots: list[tuple[str, str]] | list[list[str]]) 
         while key in args:
             n += 1
             key = f"{slot_type}_{n}"
-        args[key] = normalize_words(value)
+        args[key] = normalize_words("".join(" " if c in RESERVED else c for c in value))
     return Call(name, args)
 
 

@@ -28,8 +28,8 @@ def _person(state: dict, args: dict, required: bool, tool: str) -> str | None:
 @register_tool(
     "email", "read or send emails",
     {"action": {"enum": ["query", "send"]},
-     **slots("person", "relation", "email_address", "email_folder", "date", "time", "event_name", "personal_info",
-             "business_name", "message")},
+     **slots("person", "relation", "email_address", "email_folder", "date", "time", "timeofday", "event_name",
+             "personal_info", "business_name", "message", "list_name")},
     required=["action"],
     intents={"email_query": {"action": "query"}, "email_sendemail": {"action": "send"}},
 )
@@ -57,7 +57,7 @@ def email(state: dict, args: dict) -> dict:
 
 @register_tool(
     "contact", "look up or add a contact's email and phone number",
-    {"action": {"enum": ["query", "add"]}, **slots("person", "relation", "email_address", "personal_info", "phone_number")},
+    {"action": {"enum": ["query", "add"]}, **slots("person", "relation", "email_address", "personal_info", "phone_number", "business_name")},
     required=["action"],
     intents={"email_querycontact": {"action": "query"}, "email_addcontact": {"action": "add"}},
 )
@@ -86,7 +86,8 @@ def contact(state: dict, args: dict) -> dict:
 
 @register_tool(
     "social", "post on social media or read what people posted",
-    {"action": {"enum": ["post", "query"]}, **slots("person", "media_type", "business_name", "message", "date")},
+    {"action": {"enum": ["post", "query"]}, **slots("person", "media_type", "business_name", "message", "date", "time", "relation", "event_name",
+                                                                   "place_name", "business_type")},
     required=["action"],
     intents={"social_post": {"action": "post"}, "social_query": {"action": "query"}},
 )

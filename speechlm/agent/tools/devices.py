@@ -50,7 +50,8 @@ def _rooms(state: dict, args: dict) -> list[str]:
 
 @register_tool(
     "lights", "switch, colour, brighten or dim the lights of a room (or all rooms)",
-    {"action": {"enum": ["on", "off", "change", "up", "dim"]}, **slots("house_place", "color_type", "change_amount", "device_type")},
+    {"action": {"enum": ["on", "off", "change", "up", "dim"]}, **slots("house_place", "color_type", "change_amount", "device_type", "time", "date", "timeofday",
+                                                                        "general_frequency")},
     required=["action"],
     intents={"iot_hue_lighton": {"action": "on"}, "iot_hue_lightoff": {"action": "off"},
              "iot_hue_lightchange": {"action": "change"}, "iot_hue_lightup": {"action": "up"},
@@ -87,7 +88,7 @@ def lights(state: dict, args: dict) -> dict:
 
 @register_tool(
     "plug", "switch a smart plug (kettle, lamp, fan, heater, television) on or off",
-    {"action": {"enum": ["on", "off"]}, **slots("device_type", "house_place")},
+    {"action": {"enum": ["on", "off"]}, **slots("device_type", "house_place", "time", "date", "timeofday")},
     required=["action", "device_type"],
     intents={"iot_wemo_on": {"action": "on"}, "iot_wemo_off": {"action": "off"}},
 )
@@ -101,7 +102,7 @@ def plug(state: dict, args: dict) -> dict:
 
 
 @register_tool(
-    "coffee", "make coffee", slots("coffee_type", "time", "timeofday", "date", "device_type"),
+    "coffee", "make coffee", slots("coffee_type", "time", "timeofday", "date", "device_type", "house_place", "general_frequency"),
     intents={"iot_coffee": {}},
 )
 def coffee(state: dict, args: dict) -> dict:
@@ -117,7 +118,7 @@ def coffee(state: dict, args: dict) -> dict:
 
 @register_tool(
     "vacuum", "start the robot vacuum cleaner, in a room or everywhere",
-    slots("house_place", "device_type", "time", "date"),
+    slots("house_place", "device_type", "time", "date", "timeofday", "general_frequency"),
     intents={"iot_cleaning": {}},
 )
 def vacuum(state: dict, args: dict) -> dict:
@@ -133,7 +134,7 @@ def vacuum(state: dict, args: dict) -> dict:
 
 @register_tool(
     "volume", "turn the volume up or down, mute it, or set it (zero to ten)",
-    {"action": {"enum": ["up", "down", "mute", "set"]}, **slots("change_amount", "device_type")},
+    {"action": {"enum": ["up", "down", "mute", "set"]}, **slots("change_amount", "device_type", "house_place", "media_type")},
     required=["action"],
     intents={"audio_volume_up": {"action": "up"}, "audio_volume_down": {"action": "down"},
              "audio_volume_mute": {"action": "mute"}, "audio_volume_other": {"action": "set"}},

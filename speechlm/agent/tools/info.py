@@ -16,7 +16,7 @@ WET = {"rain": ("rainy", "stormy"), "umbrella": ("rainy", "stormy"), "snow": ("s
 
 @register_tool(
     "weather", "the weather forecast for a place and day (this week)",
-    slots("place_name", "date", "time", "timeofday", "weather_descriptor"),
+    slots("place_name", "date", "time", "timeofday", "weather_descriptor", "general_frequency"),
     intents={"weather_query": {}},
 )
 def weather(state: dict, args: dict) -> dict:
@@ -72,7 +72,8 @@ def _currency(state: dict, name: str, arg: str) -> str:
     "qa", "answer a question: a fact, a definition, an exchange rate, a share price or a sum",
     {"action": {"enum": ["factoid", "definition", "currency", "stock", "maths"]},
      **slots("place_name", "person", "event_name", "business_name", "definition_word", "currency_name",
-             "currency_name_2", "change_amount", "expression", "date")},
+             "currency_name_2", "change_amount", "expression", "date", "time", "relation", "food_type", "device_type",
+             "media_type", "business_type", "general_frequency", "timeofday")},
     required=["action"],
     intents={"qa_factoid": {"action": "factoid"}, "qa_definition": {"action": "definition"},
              "qa_currency": {"action": "currency"}, "qa_stock": {"action": "stock"}, "qa_maths": {"action": "maths"}},
@@ -112,7 +113,7 @@ def qa(state: dict, args: dict) -> dict:
 
 @register_tool(
     "recipe", "find a recipe: its ingredients and cooking time",
-    slots("food_type", "cooking_type", "meal_type", "ingredient", "drink_type"),
+    slots("food_type", "cooking_type", "meal_type", "ingredient", "drink_type", "date", "time", "person"),
     intents={"cooking_recipe": {}},
 )
 def recipe(state: dict, args: dict) -> dict:
@@ -133,7 +134,8 @@ def recipe(state: dict, args: dict) -> dict:
 
 @register_tool(
     "news", "the latest headlines, by topic",
-    slots("news_topic", "place_name", "media_type", "date", "person", "business_name"),
+    slots("news_topic", "place_name", "media_type", "date", "time", "timeofday", "person", "business_name",
+          "event_name", "relation"),
     intents={"news_query": {}},
 )
 def news(state: dict, args: dict) -> dict:
@@ -144,7 +146,8 @@ def news(state: dict, args: dict) -> dict:
 
 @register_tool(
     "chat", "small talk: a greeting, a joke, or a reply to an odd request",
-    {"action": {"enum": ["greet", "joke", "quirky"]}, **slots("joke_type", "person", "message")},
+    {"action": {"enum": ["greet", "joke", "quirky"]}, **slots("joke_type", "person", "message", "relation", "place_name", "date", "time", "event_name",
+                                                                   "food_type", "business_name", "device_type", "media_type")},
     required=["action"],
     intents={"general_greet": {"action": "greet"}, "general_joke": {"action": "joke"}, "general_quirky": {"action": "quirky"}},
 )

@@ -7,7 +7,8 @@ from speechlm.agent.tools.common import clean, match, need
 
 PLAY_SLOTS = ("artist_name", "song_name", "music_genre", "playlist_name", "music_descriptor", "radio_name",
               "podcast_name", "podcast_descriptor", "audiobook_name", "audiobook_author", "game_name", "game_type",
-              "media_type", "player_setting", "device_type", "house_place")
+              "media_type", "player_setting", "device_type", "house_place", "app_name", "person", "relation",
+              "date", "time", "timeofday", "music_album", "place_name")
 SETTINGS = {"shuffle": ("shuffle", True), "shuffle on": ("shuffle", True), "shuffle off": ("shuffle", False),
             "repeat": ("repeat", True), "repeat on": ("repeat", True), "repeat off": ("repeat", False),
             "pause": ("paused", True), "stop": ("paused", True), "resume": ("paused", False), "play": ("paused", False),
@@ -71,7 +72,8 @@ def play(state: dict, args: dict) -> dict:
 @register_tool(
     "music", "like or dislike music, ask what is playing, or change player settings",
     {"action": {"enum": ["like", "dislike", "query", "settings"]},
-     **slots("artist_name", "song_name", "music_genre", "player_setting", "music_descriptor", "playlist_name")},
+     **slots("artist_name", "song_name", "music_genre", "player_setting", "music_descriptor", "playlist_name",
+             "media_type", "device_type", "music_album")},
     required=["action"],
     intents={"music_likeness": {"action": "like"}, "music_dislikeness": {"action": "dislike"},
              "music_query": {"action": "query"}, "music_settings": {"action": "settings"}},

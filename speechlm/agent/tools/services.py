@@ -13,7 +13,8 @@ MODES = {"train": "train", "trains": "train", "bus": "bus", "buses": "bus", "coa
 @register_tool(
     "recommend", "recommend events, places or movies",
     {"action": {"enum": ["events", "locations", "movies"]},
-     **slots("place_name", "date", "event_name", "business_type", "food_type", "movie_type", "movie_name", "timeofday")},
+     **slots("place_name", "date", "time", "event_name", "business_type", "business_name", "food_type", "movie_type",
+             "movie_name", "timeofday", "meal_type", "person", "relation")},
     required=["action"],
     intents={"recommendation_events": {"action": "events"}, "recommendation_locations": {"action": "locations"},
              "recommendation_movies": {"action": "movies"}},
@@ -57,7 +58,8 @@ def _restaurant(state: dict, args: dict, tool: str) -> str:
 
 @register_tool(
     "takeaway", "ask about a takeaway or order food from it",
-    {"action": {"enum": ["query", "order"]}, **slots("business_name", "food_type", "order_type", "date", "time", "business_type")},
+    {"action": {"enum": ["query", "order"]}, **slots("business_name", "food_type", "order_type", "date", "time", "business_type", "place_name",
+                                                                    "meal_type", "timeofday")},
     required=["action"],
     intents={"takeaway_query": {"action": "query"}, "takeaway_order": {"action": "order"}},
 )
@@ -91,7 +93,7 @@ def _mode(args: dict) -> str:
     "transport", "timetables, tickets, taxis and traffic",
     {"action": {"enum": ["query", "ticket", "taxi", "traffic"]},
      **slots("transport_type", "place_name", "place_name_2", "date", "time", "timeofday", "transport_agency",
-             "transport_name", "transport_descriptor", "business_name")},
+             "transport_name", "transport_descriptor", "business_name", "general_frequency", "person", "relation")},
     required=["action"],
     intents={"transport_query": {"action": "query"}, "transport_ticket": {"action": "ticket"},
              "transport_taxi": {"action": "taxi"}, "transport_traffic": {"action": "traffic"}},
@@ -126,29 +128,31 @@ def transport(state: dict, args: dict) -> dict:
 
 @register_tool(
     "lists", "read, add to, create or remove lists and their items",
-    {"action": {"enum": ["query", "remove", "add"]}, **slots("list_name", "item", "date")},
+    {"action": {"enum": ["query", "remove", "add"]},
+     **slots("list_name", "item", "food_type", "date", "time", "timeofday", "person", "relation", "event_name")},
     required=["action"],
     intents={"lists_query": {"action": "query"}, "lists_remove": {"action": "remove"}, "lists_createoradd": {"action": "add"}},
 )
 def lists(state: dict, args: dict) -> dict:
     table, action = state["lists"], args["action"]
+    item_key = "item" if "item" in args else "food_type" if "food_type" in args else None  # SLURP tags foods
     if action == "query" and "list_name" not in args:
         return {"text": f"your lists: {listing(sorted(table), 'none')}", "lists": sorted(table)}
     if action == "add":
         name = clean(need(args, "list_name", "lists", "add")).removesuffix(" list")
         name = match(name, table, "list", "list_name") if any(k == name or k == name.rstrip("s") for k in table) else name
         items = table.setdefault(name, [])
-        if "item" not in args:
+        if item_key is None:
             return {"text": f"created the {name} list", "list": name}
-        item = clean(args["item"])
+        item = clean(args[item_key])
         if item not in items:
             items.append(item)
         return {"text": f"added {item} to the {name} list", "list": name, "item": item}
     name = match(need(args, "list_name", "lists", action), table, "list", "list_name")
     if action == "query":
         return {"text": f"the {name} list has {listing(table[name], 'nothing')}", "items": table[name]}
-    if "item" in args:
-        item = match(args["item"], table[name], f"item on the {name} list", "item")
+    if item_key is not None:
+        item = match(args[item_key], table[name], f"item on the {name} list", item_key)
         table[name].remove(item)
         return {"text": f"removed {item} from the {name} list", "list": name, "item": item}
     del table[name]

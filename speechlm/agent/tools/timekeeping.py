@@ -19,7 +19,7 @@ def _default_day(state: dict, minutes: int) -> dt.date:
 
 @register_tool(
     "alarm", "set, list or remove alarms",
-    {"action": {"enum": ["set", "query", "remove"]}, **slots(*WHEN, "alarm_type", "event_name", "general_frequency")},
+    {"action": {"enum": ["set", "query", "remove"]}, **slots(*WHEN, "alarm_type", "event_name", "general_frequency", "person", "relation")},
     required=["action"],
     intents={"alarm_set": {"action": "set"}, "alarm_query": {"action": "query"}, "alarm_remove": {"action": "remove"}},
 )
@@ -55,7 +55,7 @@ def alarm(state: dict, args: dict) -> dict:
     "calendar", "add, look up or remove calendar events",
     {"action": {"enum": ["set", "query", "remove"]},
      **slots("event_name", *WHEN, "person", "relation", "place_name", "general_frequency", "meal_type",
-             "business_name")},
+             "business_name", "business_type", "list_name", "food_type")},
     required=["action"],
     intents={"calendar_set": {"action": "set"}, "calendar_query": {"action": "query"},
              "calendar_remove": {"action": "remove"}},
@@ -106,7 +106,8 @@ def _zone(state: dict, name: str, arg: str) -> tuple[str, int]:
 @register_tool(
     "clock", "tell the time or date, here or in a place, or convert a time between places",
     {"action": {"enum": ["query", "convert"]},
-     **slots("place_name", "place_name_2", "time_zone", "time_zone_2", "date", "time", "timeofday")},
+     **slots("place_name", "place_name_2", "time_zone", "time_zone_2", "date", "time", "timeofday", "event_name",
+             "general_frequency")},
     required=["action"],
     intents={"datetime_query": {"action": "query"}, "datetime_convert": {"action": "convert"}},
 )
@@ -121,7 +122,7 @@ def clock(state: dict, args: dict) -> dict:
             return {"text": f"{args['date']} is {full}", "date": d.isoformat()}
         place, offset = _zone(state, named[0][1], named[0][0]) if named else (home, state["world"]["timezones"][home])
         local = t + dt.timedelta(hours=offset - state["world"]["timezones"][home])
-        day = local.strftime("%A").lower()
+        day = f"{local.strftime('%A').lower()} {MONTHS[local.month - 1]} {ordinal_words(local.day)}"
         text = f"it is {format_time(local.hour * 60 + local.minute)} on {day} in {place}"
         return {"text": text, "time": local.strftime("%H:%M"), "place": place}
     minutes = get_time(args, required=True, tool="clock convert")
