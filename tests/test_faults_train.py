@@ -169,6 +169,18 @@ def test_case12_disk_full_while_saving_keeps_earlier_checkpoints(dumps, tmp_path
     assert verify_checkpoint(root / "step_00000002") == []
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     assert _trainer(dumps, out).step == 2  # the same command resumes
+    # torch.save reports a full disk as a RuntimeError from its zip writer: handled the same way
+    from speechlm.train.checkpoint import save_checkpoint
+    from speechlm.train.distributed import DistEnv
+
+    def zip_writer_fails(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    with pytest.raises(CheckpointSaveError, match="disk is full") as err:
+        save_checkpoint(root, 8, DistEnv(), lambda d: None, {"opt": 1}, {"step": 8}, size_hint=10**6)
+    assert "step_00000008" in str(err.value) and not (root / ".step_00000008.tmp").exists()
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002"]
 
 
 # ---- case 14: resuming with changed options ------------------------------------------------------

@@ -60,14 +60,21 @@ def _failed_ranks(failed: bool) -> int:
     return int(all_reduce_sum(torch.tensor([float(failed)]))[0])
 
 
-def _save_error(root: Path, final: Path, tmp: Path, error: OSError, needed: int) -> CheckpointSaveError:
+#: how a full disk shows in errors that are not OSError (safetensors' Rust IoError, torch's zip writer)
+_DISK_FULL_TEXT = ("No space left", "StorageFull", "Disk quota", "file write failed")
+
+
+def _save_error(root: Path, final: Path, tmp: Path, error: Exception, needed: int) -> CheckpointSaveError:
     free = shutil.disk_usage(root).free if root.exists() else None
     kept = [p.name for p in list_checkpoints(root)]
-    what = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+    full = (getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or any(t in str(error) for t in _DISK_FULL_TEXT) or (free is not None and needed and free < needed))
+    what = "the disk is full" if full else f"{type(error).__name__}"
+    where = getattr(error, "filename", None) or tmp
     need = f"it needs about {needed / 1e6:.1f} MB" if needed else "its size is unknown"
     free_s = f", {free / 1e6:.1f} MB are free there" if free is not None else ""
     return CheckpointSaveError(
-        f"saving checkpoint {final} failed: {what} ({error.filename or tmp}: {error}); {need}{free_s}. "
+        f"saving checkpoint {final} failed: {what} ({where}: {error}); {need}{free_s}. "
         f"The partial {tmp} was removed; earlier checkpoints are kept ({', '.join(kept) or 'none yet'}). "
         f"Free some space (or lower keep_last / keep_best), then run the same command to resume")
 
@@ -79,7 +86,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, env: DistEnv, write_mode
     root = Path(root)
     final = step_dir(root, step)
     tmp = final.with_name(f".{final.name}.tmp")
-    error: OSError | None = None
+    # a full disk surfaces as OSError, or as RuntimeError from torch.save / safetensors' writers
+    error: Exception | None = None
     try:
         if env.is_main:
             if tmp.exists():
@@ -90,7 +98,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, env: DistEnv, write_mode
     if _failed_ranks(error is not None) == 0:
         try:
             torch.save(rng_state(), tmp / "rng" / f"rank_{env.rank}.pt")
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             error = e
     if _failed_ranks(error is not None) == 0 and env.is_main:
         try:
@@ -104,7 +112,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, env: DistEnv, write_mode
                 shutil.rmtree(final)
             os.replace(tmp, final)
             log.info("saved checkpoint %s", final)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the partial dir must go
             error = e
     failed = _failed_ranks(error is not None)
     if failed:
@@ -176,12 +184,13 @@ def load_rng(path: str | os.PathLike, rank: int) -> None:
         log.warning("%s: no RNG state for rank %d (the world size changed?); keeping fresh RNG", path, rank)
 
 
-def load_optimizer_state(path: str | os.PathLike) -> dict | None:
-    """The optimizer state of checkpoint ``path`` (``weights_only`` loading), or None without one."""
+def load_optimizer_state(path: str | os.PathLike, allowed: list | tuple = ()) -> dict | None:
+    """The optimizer state of checkpoint ``path`` (``weights_only`` loading; ``allowed``: classes
+    the strategy's optimizer stores), or None without one."""
     f = Path(path) / "optimizer.pt"
     if not f.is_file():
         return None
-    state = safe_torch_load(f, "optimizer state")
+    state = safe_torch_load(f, "optimizer state", allowed=allowed)
     if not isinstance(state, dict):
         raise CheckpointError(f"{f}: expected an optimizer state dict, found {type(state).__name__}")
     return state
@@ -218,6 +227,9 @@ def resume_checkpoint(root: str | os.PathLike, env: DistEnv | None = None) -> Pa
                 break
             moved = set_aside(path)
             log.warning("checkpoint %s is damaged, set aside as %s: %s", path, moved.name, "; ".join(problems))
+        else:
+            if Path(root).is_dir() and any(".corrupt" in p.name for p in Path(root).iterdir()):
+                log.warning("no intact checkpoint left in %s: training starts from the beginning", root)
     chosen = broadcast_object(chosen)
     return Path(chosen) if chosen else None
 

@@ -7,6 +7,7 @@ comes from ``gradient_clipping`` in the JSON, or from ``grad_clip``. The optimiz
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 
@@ -71,6 +72,21 @@ class DeepSpeedStrategy(Strategy):
 
     def load_optimizer_state_dict(self, module, optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
+
+    def checkpoint_safe_globals(self) -> list:
+        """Classes DeepSpeed's ZeRO optimizer puts into its state dict (loss scaler, stage enum,
+        fragment addresses): allowed, besides tensors and plain data, when ``optimizer.pt`` is read
+        with ``torch.load(weights_only=True)``. (Not exercised in the test suite: no deepspeed there.)"""
+        found = []
+        for mod, names in (("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                           ("deepspeed.runtime.zero.config", ("ZeroStageEnum",)),
+                           ("deepspeed.utils.tensor_fragment", ("fragment_address",))):
+            try:
+                m = importlib.import_module(mod)
+            except ImportError:
+                continue
+            found += [getattr(m, n) for n in names if hasattr(m, n)]
+        return found
 
 
 __all__ = ["DeepSpeedStrategy"]

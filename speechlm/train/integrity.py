@@ -121,17 +121,20 @@ def _numpy_globals() -> list:
     return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint file", legacy_numpy: bool = False):
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint file", legacy_numpy: bool = False,
+                    allowed: list | tuple = ()):
     """``torch.load(path, weights_only=True)`` on CPU with errors that name the file.
 
     A pickle asking for any other global (a crafted file, or an object this project never stores)
     raises :class:`UnsafeCheckpointError` without running it; a damaged file raises
-    :class:`CheckpointError`. ``legacy_numpy`` also allows numpy arrays (RNG files of older runs).
+    :class:`CheckpointError`. ``legacy_numpy`` also allows numpy arrays (RNG files of older runs);
+    ``allowed``: further classes the code (never the file) vouches for, e.g. a strategy's own.
     """
     path = Path(path)
+    extra = [*(_numpy_globals() if legacy_numpy else []), *allowed]
     try:
-        if legacy_numpy:
-            with torch.serialization.safe_globals(_numpy_globals()):
+        if extra:
+            with torch.serialization.safe_globals(extra):
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -231,7 +231,7 @@ def _file_changes(run: Path, files: dict[str, str | None]) -> dict[str, tuple]:
 
 
 def check_resume_config(run_dir: str | os.PathLike, config: dict, files: dict[str, str | None],
-                        allow_change: bool, step: int, argv: list[str] | None = None) -> dict[str, tuple]:
+                        allow_change: bool, step: int | None, argv: list[str] | None = None) -> dict[str, tuple]:
     """Compare the options of a resumed run with its stored ``config.yaml``: differences are
     logged; any outside :data:`FREE_TO_CHANGE` raises :class:`ConfigChangeError` unless
     ``allow_change``; accepted ones are appended to ``config_changes.jsonl``. Returns them."""

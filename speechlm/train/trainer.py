@@ -34,7 +34,7 @@ from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is
                                        resume_checkpoint, save_checkpoint)
 from speechlm.train.config import TrainConfig
 from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_strategy
-from speechlm.train.integrity import tensor_bytes
+from speechlm.train.integrity import CheckpointError, tensor_bytes
 from speechlm.train.model_io import load_model_weights, write_model_dir
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
@@ -126,7 +126,10 @@ class Trainer:
             if self._resuming:
                 from speechlm.train.rundir import check_resume_config
 
-                step = int(read_state(list_checkpoints(self.ckpt_dir)[-1]).get("step", 0))
+                try:
+                    step = int(read_state(list_checkpoints(self.ckpt_dir)[-1]).get("step", 0))
+                except (CheckpointError, TypeError, ValueError):  # damaged: set aside when resuming
+                    step = None
                 try:
                     check_resume_config(self.out_dir, self.config_dump, self.run_files, self.allow_config_change,
                                         step)
@@ -383,7 +386,8 @@ class Trainer:
         path = Path(path)
         state = read_state(path)
         self.strategy.load_model_state_dict(self.module, load_model_weights(self.model, path))
-        optim = load_optimizer_state(path)  # weights_only: a crafted pickle is refused, never run
+        # weights_only: a crafted pickle is refused, never run
+        optim = load_optimizer_state(path, getattr(self.strategy, "checkpoint_safe_globals", list)())
         if optim is not None:
             self.strategy.load_optimizer_state_dict(self.module, self.optimizer, optim)
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
