@@ -53,6 +53,9 @@ def manifest_from_input(model_dir: str, task: str | None, input_file: str, out: 
 
 
 def main(args: argparse.Namespace) -> int:
+    """Exit status 0 when every utterance was decoded; 1 when some failed (listed in OUT/failed)."""
+    import logging
+
     from speechlm.config import load_yaml
     from speechlm.infer.runner import decode_manifest
     from speechlm.utils.threads import set_threads
@@ -67,5 +70,11 @@ def main(args: argparse.Namespace) -> int:
             cfg[key] = getattr(args, key)
     manifest_dir = args.manifest_dir or str(manifest_from_input(args.model_dir, args.task, args.input,
                                                                 Path(args.out_dir) / "input"))
-    decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit)
+    timing = decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit, config_file)
+    if timing.get("failed"):
+        logging.getLogger("speechlm.decode").error(
+            "%d of %d utterances FAILED (reasons in %s); the other %d were decoded. Fix the inputs and run the "
+            "same command again to decode only those", timing["failed"], timing["failed"] + timing["utterances"],
+            Path(args.out_dir) / "failed", timing["utterances"])
+        return 1
     return 0

@@ -14,10 +14,13 @@ class AudioError(IOError):
     """An audio entry could not be read; the message names the entry."""
 
 
-def read_audio(value: Any, utt_id: str | None = None) -> tuple[np.ndarray, int]:
+def read_audio(value: Any, utt_id: str | None = None, allow_pipes: bool = True) -> tuple[np.ndarray, int]:
     """Read one ``wav.scp`` value: a path, a ``cmd |`` pipe, or ``{"path", "start", "end"}`` (seconds).
 
     Returns float32 ``[samples]`` (mono) or ``[samples, channels]`` and the sample rate.
+    ``allow_pipes``: run a value ending in ``|`` through the shell (the wav.scp convention of the
+    recipes' own data dirs). Code that takes paths from users or the network passes False: such a
+    value is then an ordinary file name, and a missing one says that pipes are off.
     """
     who = f"utterance {utt_id}: " if utt_id else ""
     start = end = None
@@ -26,7 +29,7 @@ def read_audio(value: Any, utt_id: str | None = None) -> tuple[np.ndarray, int]:
         value = value["path"]
     value = str(value).strip()
     try:
-        if value.endswith("|"):
+        if value.endswith("|") and allow_pipes:
             proc = subprocess.run(value[:-1], shell=True, capture_output=True, check=False)
             if proc.returncode != 0:
                 err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -34,7 +37,8 @@ def read_audio(value: Any, utt_id: str | None = None) -> tuple[np.ndarray, int]:
             wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32")
         else:
             if not Path(value).is_file():
-                raise AudioError(f"{who}audio file not found: {value}")
+                hint = " (a `cmd |` pipe is run only with allow_pipes=True)" if value.endswith("|") else ""
+                raise AudioError(f"{who}audio file not found: {value}{hint}")
             if start is not None:
                 info = sf.info(value)
                 a = int(round(start * info.samplerate))
@@ -73,9 +77,10 @@ def resample(wav: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
     return (x.T if wav.ndim == 2 else x).numpy()
 
 
-def load_audio(value: Any, sample_rate: int | None = None, utt_id: str | None = None) -> np.ndarray:
-    """Mono float32 waveform, resampled to ``sample_rate`` when given."""
-    wav, sr = read_audio(value, utt_id)
+def load_audio(value: Any, sample_rate: int | None = None, utt_id: str | None = None,
+               allow_pipes: bool = True) -> np.ndarray:
+    """Mono float32 waveform, resampled to ``sample_rate`` when given (``allow_pipes``: see :func:`read_audio`)."""
+    wav, sr = read_audio(value, utt_id, allow_pipes)
     wav = to_mono(wav)
     return resample(wav, sr, sample_rate) if sample_rate else wav
 

@@ -30,7 +30,7 @@ import numpy as np
 from kaldiio.matio import read_kaldi
 
 from speechlm.data.manifest import read_manifest
-from speechlm.data.sequence import Example, build_example, segment_kind
+from speechlm.data.sequence import Example, build_example, drop_conditions, segment_kind
 from speechlm.tasks import TaskTemplate
 from speechlm.vocab import Vocabulary
 
@@ -210,8 +210,10 @@ class TaskData:
             lonely = keep & ~self._prompt.usable()
             self.n_no_prompt = int(lonely.sum())
             if self.n_no_prompt:
-                log.warning("%s: skipping %d examples whose speaker has no other utterance for a prompt",
-                            spec.key, self.n_no_prompt)
+                alone = sorted({self.speakers[k] for k in spk_arr[lonely]})
+                log.warning("%s: skipping %d examples whose speaker has no other utterance for a prompt (a "
+                            "prompt is never the utterance itself): speaker(s) %s", spec.key, self.n_no_prompt,
+                            ", ".join(alone[:10]) + (" ..." if len(alone) > 10 else ""))
             keep &= ~lonely
         self.n_too_long = 0
         if max_len is not None:
@@ -257,13 +259,13 @@ class TaskData:
             [self.seed, epoch, zlib.crc32(self.ids[row]), 2]).random() < t.condition_dropout
         segs: dict[str, np.ndarray] = {}
         for seg in t.segments:
-            if drop and any(seg is c for c in t.conditions):
-                segs[seg.name] = np.zeros((0, self.vocab.n_streams(seg.tokenizer)), dtype=np.int32)
-            elif seg.modality == "spk_prompt":
+            if seg.modality == "spk_prompt":
                 segs[seg.name] = self._prompt.prompt(row, seg, epoch)
             else:
                 segs[seg.name] = self.tokens(row, seg.name)
         ex = build_example(utt, t, segs, self.vocab, self.n_streams)
+        if drop:  # the same rule decoding uses for the unconditional branch of guidance
+            ex = drop_conditions(ex)
         ex.id = f"{self.spec.key}/{utt}"
         return ex
 

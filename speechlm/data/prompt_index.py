@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from speechlm.data.speaker_prompt import SpeakerPrompt
+from speechlm.data.speaker_prompt import SpeakerPrompt, prompt_source
 from speechlm.tasks import Segment
 
 log = logging.getLogger(__name__)
@@ -24,16 +24,8 @@ class SpeakerPrompts:
 
     def __init__(self, data) -> None:
         self.data = data
-        audio = [s for s in data.template.segments if s.modality == "audio"]
-        self.source: dict[str, str] = {}
-        for seg in data.template.segments:
-            if seg.modality != "spk_prompt":
-                continue
-            same = [a.name for a in audio if a.tokenizer == seg.tokenizer]
-            if not same:
-                raise ValueError(f"task {data.template.name!r}: speaker prompt {seg.name!r} uses tokenizer "
-                                 f"{seg.tokenizer!r} but no audio segment of the task does; cannot take prompts")
-            self.source[seg.name] = same[0]
+        self.source: dict[str, str] = {seg.name: prompt_source(data.template, seg)
+                                       for seg in data.template.segments if seg.modality == "spk_prompt"}
         self._order = np.argsort(data.ids, kind="stable")
         self._impl: dict[str, SpeakerPrompt] = {}
 

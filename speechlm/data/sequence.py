@@ -126,3 +126,18 @@ def _finish(utt_id, template, rows, weights, kinds, prefix_len) -> Example:
         kinds=np.concatenate(kinds),
         prefix_len=prefix_len,
     )
+
+
+def drop_conditions(ex: Example) -> Example:
+    """The unconditional sequence of ``ex`` for classifier-free guidance: every condition token
+    removed, the task token and every segment marker kept (``<task> <seg:a> <seg:b> <seg:tgt> ...``),
+    the prefix (prefix LM) shortened by the removed positions.
+
+    The one rule for both sides of guidance: training with a template's ``condition_dropout``
+    applies it to the full sequence, decoding applies it to the prompt
+    (:func:`speechlm.infer.context.unconditional`), so guidance subtracts a branch the model saw.
+    """
+    keep = (ex.kinds != TEXT_COND) & (ex.kinds != AUDIO_COND)
+    removed = int((~keep[: ex.prefix_len]).sum())  # conditions all sit before the targets
+    return Example(ex.id, ex.task, ex.tokens[keep], ex.loss_weight[keep], ex.kinds[keep],
+                   ex.prefix_len - removed if ex.prefix_len else 0)

@@ -6,6 +6,11 @@ utterance of the speaker (``utt2spk`` or the manifest's ``spk``), and a random w
 ``max_frames`` frames of it is used. Every choice is a pure function of (seed, epoch, utt), so
 workers, resumed runs and repeated calls agree.
 
+This is the one rule for training (:mod:`speechlm.data.prompt_index`) and decoding
+(:mod:`speechlm.infer.runner`): the same choice of utterance and window for the same seed, and
+never the utterance itself. A speaker with no other utterance gives no prompt (None): training
+drops such examples (counted, named in a warning), decoding lists them in its ``failed`` file.
+
 Example:
     >>> prompts = SpeakerPrompt({"a1": "A", "a2": "A"}, lambda u: np.zeros((400, 8), np.int32), max_frames=150)
     >>> prompts("a1").shape
@@ -72,8 +77,7 @@ class SpeakerPrompt:
         return cls(utt2spk, get_tokens, max_frames, **kwargs)
 
     def _rng(self, utt: str, epoch: int, purpose: int) -> np.random.Generator:
-        key = [self.seed & 0xFFFFFFFF, int(epoch), zlib.crc32(utt.encode("utf-8")), purpose]
-        return np.random.default_rng(key)
+        return prompt_rng(self.seed, utt, epoch, purpose)
 
     def choose(self, utt: str, epoch: int = 0) -> str | None:
         """The utterance whose tokens prompt ``utt`` (None if there is none)."""
@@ -102,6 +106,21 @@ class SpeakerPrompt:
         return tokens[start:start + self.max_frames]
 
 
+def prompt_rng(seed: int, utt: str, epoch: int, purpose: int) -> np.random.Generator:
+    """The generator of one choice (``purpose`` 0: which utterance, 1: which window) for ``utt``."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), zlib.crc32(utt.encode("utf-8")), purpose])
+
+
+def prompt_source(template, seg) -> str:
+    """The name of the audio segment of ``template`` whose tokens prompt spk_prompt segment ``seg``:
+    the first audio segment with the same tokenizer (for TTS: the target speech)."""
+    same = [a.name for a in template.segments if a.modality == "audio" and a.tokenizer == seg.tokenizer]
+    if not same:
+        raise ValueError(f"task {template.name!r}: speaker prompt {seg.name!r} uses tokenizer {seg.tokenizer!r} "
+                         f"but no audio segment of the task does; cannot take prompts")
+    return same[0]
+
+
 def speakers_with_one_utterance(utt2spk: Mapping[str, str]) -> list[str]:
     """Speakers that can only be prompted with the target itself (worth a warning in data checks)."""
     counts: dict[str, int] = {}
@@ -110,4 +129,4 @@ def speakers_with_one_utterance(utt2spk: Mapping[str, str]) -> list[str]:
     return sorted(s for s, n in counts.items() if n == 1)
 
 
-__all__ = ["SpeakerPrompt", "speakers_with_one_utterance"]
+__all__ = ["SpeakerPrompt", "speakers_with_one_utterance", "prompt_source", "prompt_rng"]

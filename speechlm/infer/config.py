@@ -9,6 +9,7 @@ Example ``conf/decode/tts.yaml``::
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from speechlm.config import ConfigError
@@ -55,29 +56,52 @@ class DecodeConfig:
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
 
-    def validate(self) -> "DecodeConfig":
+    def validate(self, where: str = "decode") -> "DecodeConfig":
+        """Check the values; errors name ``where`` (a file, or file and task) and the key."""
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"{where}: {msg}")
+
         if self.search not in SEARCHES:
-            raise ConfigError(f"decode.search: {self.search!r} is not one of {', '.join(SEARCHES)}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1 or self.top_k < 0:
-            raise ConfigError("decode: need temperature >= 0, 0 < top_p <= 1, 0 <= min_p < 1, top_k >= 0")
+            raise bad(f"search: {self.search!r} is not one of {', '.join(SEARCHES)}")
+        if self.temperature < 0:
+            raise bad(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise bad(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.top_k < 0:
+            raise bad(f"top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
-            raise ConfigError(f"decode.repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.nbest < 1 or self.beam_size < 1 or self.batch_size < 1:
-            raise ConfigError("decode: nbest, beam_size and batch_size must be >= 1")
+            raise bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for key in ("nbest", "beam_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.search == "beam" and self.nbest > self.beam_size:
-            raise ConfigError(f"decode.nbest {self.nbest} > beam_size {self.beam_size}")
+            raise bad(f"nbest {self.nbest} > beam_size {self.beam_size} (beam search keeps at most beam_size)")
+        if self.search in ("beam", "ctc_greedy"):
+            # options only the token-by-token sampler applies: refuse them rather than ignore them
+            for key, off in (("cfg_scale", 1.0), ("repetition_penalty", 1.0)):
+                if getattr(self, key) != off:
+                    raise bad(f"{key}: {getattr(self, key)} is not applied by search {self.search!r} (only greedy "
+                              f"and sample use it); remove it or set it to {off} for this task")
         if not 0 <= self.ctc_weight <= 1:
-            raise ConfigError(f"decode.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+            raise bad(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if not 0 <= self.end_threshold <= 1:
-            raise ConfigError(f"decode.end_threshold must be in [0, 1], got {self.end_threshold}")
+            raise bad(f"end_threshold must be in [0, 1], got {self.end_threshold}")
         if self.min_len_prior < 0 or self.max_len_prior < 0 or (
                 self.max_len_prior and self.min_len_prior > self.max_len_prior):
-            raise ConfigError(f"decode: need 0 <= min_len_prior <= max_len_prior (or max_len_prior 0), got "
-                              f"{self.min_len_prior}, {self.max_len_prior}")
+            raise bad(f"need 0 <= min_len_prior <= max_len_prior (or max_len_prior 0), got "
+                      f"{self.min_len_prior}, {self.max_len_prior}")
         if self.length_scale <= 0:
-            raise ConfigError(f"decode.length_scale must be > 0, got {self.length_scale}")
+            raise bad(f"length_scale must be > 0, got {self.length_scale}")
         if self.max_len < 1:
-            raise ConfigError(f"decode.max_len must be >= 1, got {self.max_len}")
+            raise bad(f"max_len must be >= 1, got {self.max_len}")
+        if self.min_len < 0 or self.min_len > self.max_len:
+            raise bad(f"min_len {self.min_len} must be in [0, max_len {self.max_len}]")
+        if self.min_len_ratio < 0 or self.max_len_ratio < 0 or (
+                self.max_len_ratio and self.min_len_ratio > self.max_len_ratio):
+            raise bad(f"need 0 <= min_len_ratio <= max_len_ratio (or max_len_ratio 0), got "
+                      f"{self.min_len_ratio}, {self.max_len_ratio}")
         return self
 
     @property
@@ -85,20 +109,45 @@ class DecodeConfig:
         return 0.0 if self.search == "greedy" else self.temperature
 
 
-def task_options(options: dict, task: str) -> dict:
+def task_options(options: dict, task: str, where: str = "decode config") -> dict:
     """Decoding options for ``task``: the top-level keys, updated by ``tasks: {<task>: {...}}``."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping of decoding options, got {type(options).__name__}")
     options = dict(options)
     per_task = options.pop("tasks", None) or {}
     if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
-        raise ConfigError("decode config: 'tasks' must map task names to option dicts, e.g. tasks: {tts: {search: sample}}")
+        raise ConfigError(f"{where}: 'tasks' must map task names to option dicts, e.g. tasks: {{tts: {{search: sample}}}}")
     return {**options, **per_task.get(task, {})}
 
 
-def decode_config_for(options: dict | None, task: str) -> DecodeConfig:
-    """The validated :class:`DecodeConfig` of ``task`` from a decode YAML's contents."""
+def check_decode_options(options: dict | None, where: str = "decode config",
+                         known_tasks: Collection[str] | None = None) -> None:
+    """Validate a whole decode YAML: the top-level keys and every ``tasks:`` entry (each merged over
+    the top level), naming ``where`` (the file) and the key; with ``known_tasks`` a task name under
+    ``tasks:`` outside them (a typo) is an error with the closest name suggested."""
+    from speechlm.config import from_dict
+    from speechlm.registry import suggest
+
+    options = options or {}
+    task_options(options, "", where)  # the shape of 'tasks'
+    top = {k: v for k, v in options.items() if k != "tasks"}
+    from_dict(DecodeConfig, top, where).validate(where)
+    for task, opts in (options.get("tasks") or {}).items():
+        if known_tasks is not None and task not in known_tasks:
+            raise ConfigError(f"{where}: tasks.{task}: unknown task {task!r}{suggest(str(task), list(known_tasks))}; "
+                              f"known tasks: {', '.join(sorted(known_tasks))}")
+        from_dict(DecodeConfig, opts, f"{where}: tasks.{task}")
+        decode_config_for(options, task, where)
+
+
+def decode_config_for(options: dict | None, task: str, where: str = "decode config") -> DecodeConfig:
+    """The validated :class:`DecodeConfig` of ``task`` from a decode YAML's contents (``where``: the
+    file, for error messages)."""
     from speechlm.config import from_dict
 
-    return from_dict(DecodeConfig, task_options(options or {}, task), "decode_config").validate()
+    per_task = task in ((options or {}).get("tasks") or {}) if isinstance(options, dict) else False
+    here = f"{where} (task {task}: top level + tasks.{task})" if per_task else where
+    return from_dict(DecodeConfig, task_options(options or {}, task, where), here).validate(here)
 
 
-__all__ = ["DecodeConfig", "SEARCHES", "task_options", "decode_config_for"]
+__all__ = ["DecodeConfig", "SEARCHES", "task_options", "decode_config_for", "check_decode_options"]

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from speechlm.data.batch import Batch
-from speechlm.data.sequence import SPECIAL
+from speechlm.data.batch import Batch, collate
+from speechlm.data.sequence import Example, drop_conditions
 from speechlm.models.builtin import KVCache
 from speechlm.models.losses import length_features
 
 
-def unconditional(prompts: Batch) -> Batch:
-    """The prompts with every condition removed: ``<task> <target marker>`` (for guidance)."""
-    B, _, S = prompts.tokens.shape
-    tok = torch.zeros(B, 2, S, dtype=prompts.tokens.dtype, device=prompts.tokens.device)
-    tok[:, 0] = prompts.tokens[:, 0]
-    tok[:, 1] = prompts.tokens[torch.arange(B), prompts.lengths - 1]
-    kinds = torch.full((B, 2), SPECIAL, dtype=prompts.kinds.dtype, device=tok.device)
-    zeros = torch.zeros(B, dtype=torch.int64, device=tok.device)
-    return Batch(list(prompts.ids), list(prompts.tasks), tok, torch.zeros(tok.shape, device=tok.device), kinds,
-                 zeros + 2, zeros)
+def unconditional(prompts: Batch, pad_id: int = 0) -> Batch:
+    """The prompts with every condition removed, for classifier-free guidance: the task token and
+    every segment marker kept (``<task> <seg:a> <seg:b> <seg:tgt>``), by
+    :func:`speechlm.data.sequence.drop_conditions`, the rule training's ``condition_dropout`` uses."""
+    examples = []
+    for b in range(len(prompts.lengths)):
+        n = int(prompts.lengths[b])
+        ex = Example(prompts.ids[b], prompts.tasks[b], prompts.tokens[b, :n].cpu().numpy(),
+                     prompts.loss_weight[b, :n].cpu().numpy(), prompts.kinds[b, :n].cpu().numpy(),
+                     int(prompts.prefix_lens[b]))
+        examples.append(drop_conditions(ex))
+    return collate(examples, pad_id).to(prompts.tokens.device)
 
 
 def concat_batches(a: Batch, b: Batch, pad_id: int = 0) -> Batch:

@@ -129,6 +129,11 @@ class Chooser:
             seen = self.seen[k] if cols is None else self.seen[k][:, cols]
             logits = repetition_penalty(logits, seen, self.cfg.repetition_penalty)
         idx = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
+        if len(self.rows) == B:  # a hypothesis' score: log-probability of its chosen tokens (temperature 1)
+            lp = logits.log_softmax(-1).gather(1, idx[:, None])[:, 0].tolist()
+            for st, v, f in zip(self.rows, lp, forced.tolist()):
+                if f < 0 and math.isfinite(v):
+                    st.hyp.score += v
         full = idx if cols is None else cols[idx]
         ids = torch.where(forced >= 0, forced, self.masker.to_global(k, full))
         if pen:
@@ -196,7 +201,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
               for t, (lo, hi) in zip(targets, limits)]
     guided = config.cfg_scale != 1.0
     with model.autocast(dev):
-        run = concat_batches(prompts, unconditional(prompts), model.vocab.pad_id) if guided else prompts
+        run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         apply_length_prior(model, ctx, prompts, states, config)
         chooser = Chooser(model, config, gen)

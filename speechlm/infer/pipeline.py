@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,23 +31,34 @@ from speechlm.tokenizers import AudioTokenizer, Tokenizer, load_tokenizers
 
 log = logging.getLogger(__name__)
 
-AudioValue = Any  # a path, a `cmd |` pipe, a {"path","start","end"} dict, or (waveform, sample_rate)
+AudioValue = Any  # a path, a {"path","start","end"} dict, (waveform, sample_rate), or a `cmd |` pipe (allow_pipes)
+
+
+class InputError(ValueError):
+    """One input cannot be decoded (no tokens, longer than the model's context, unreadable audio);
+    the message names the utterance and what would fix it."""
 
 
 class Pipeline:
-    """A SpeechLM with its tokenizers and task templates."""
+    """A SpeechLM with its tokenizers and task templates.
+
+    Audio inputs are plain paths, ``{"path", "start", "end"}`` dicts or ``(waveform, sample_rate)``;
+    a Kaldi ``cmd |`` pipe string runs through the shell only with ``allow_pipes=True`` (the decode
+    command sets it for recipe data dirs), so a string from a user or a server never runs a command.
+    """
 
     def __init__(self, model, tokenizers: dict[str, Tokenizer], templates: dict[str, TaskTemplate],
-                 path: Path | None = None, decode_options: dict | None = None) -> None:
+                 path: Path | None = None, decode_options: dict | None = None, allow_pipes: bool = False) -> None:
         self.model = model.eval()
         self.vocab = model.vocab
         self.tokenizers = tokenizers
         self.templates = templates
         self.path = path
         self.decode_options = decode_options or {}  # a decode YAML: defaults + ``tasks: {task: {...}}``
+        self.allow_pipes = allow_pipes
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Pipeline":
+    def load(cls, path: str | os.PathLike, device: str = "cpu", allow_pipes: bool = False) -> "Pipeline":
         from speechlm.models import SpeechLM
 
         path = Path(path)
@@ -56,14 +68,20 @@ class Pipeline:
         model = SpeechLM.from_pretrained(path, map_location=device)
         tokenizers = load_tokenizers(path / "tokenizers.yaml", base_dir=path)
         templates = {p.stem: load_template_file(p) for p in sorted((path / "tasks").glob("*.yaml"))}
-        decode_options = load_yaml(path / "decode.yaml") if (path / "decode.yaml").is_file() else None
-        return cls(model, tokenizers, templates, path, decode_options)
+        decode_options = None
+        if (path / "decode.yaml").is_file():
+            from speechlm.infer.config import check_decode_options
+
+            decode_options = load_yaml(path / "decode.yaml")
+            check_decode_options(decode_options, str(path / "decode.yaml"), known_tasks(templates))
+        return cls(model, tokenizers, templates, path, decode_options, allow_pipes)
 
     def decode_config(self, task: str):
         """The model dir's decoding options for ``task`` (its ``decode.yaml``), else the defaults."""
         from speechlm.infer.config import decode_config_for
 
-        return decode_config_for(self.decode_options, task)
+        where = str(self.path / "decode.yaml") if self.path is not None else "decode options"
+        return decode_config_for(self.decode_options, task, where)
 
     @property
     def device(self) -> torch.device:
@@ -75,8 +93,8 @@ class Pipeline:
             raise KeyError(f"task {task!r} is not in this model; it has: {', '.join(self.templates)}")
         return self.templates[task]
 
-    def encode_value(self, tokenizer: str, value: Any, utt: str = "input") -> np.ndarray:
-        """One segment value -> local tokens ``[frames, streams]``."""
+    def encode_value(self, tokenizer: str, value: Any, utt: str = "input", allow_pipes: bool | None = None) -> np.ndarray:
+        """One segment value -> local tokens ``[frames, streams]`` (``allow_pipes``: default the pipeline's)."""
         tok = self.tokenizers[tokenizer]
         if isinstance(tok, AudioTokenizer):
             if isinstance(value, tuple):
@@ -84,23 +102,61 @@ class Pipeline:
             else:
                 from speechlm.data.audio import load_audio
 
-                wav, sr = load_audio(value, tok.sample_rate, utt_id=utt), tok.sample_rate
+                pipes = self.allow_pipes if allow_pipes is None else allow_pipes
+                wav, sr = load_audio(value, tok.sample_rate, utt_id=utt, allow_pipes=pipes), tok.sample_rate
             return tok.encode(np.asarray(wav, dtype=np.float32), sr)
         return tok.encode(value)
 
-    def condition_tokens(self, template: TaskTemplate, inputs: dict[str, Any], utt: str = "input") -> dict[str, np.ndarray]:
-        """Tokenize the condition segments of ``template`` from ``inputs`` (values or ready tokens)."""
+    def condition_tokens(self, template: TaskTemplate, inputs: dict[str, Any], utt: str = "input",
+                         allow_pipes: bool | None = None) -> dict[str, np.ndarray]:
+        """Tokenize the condition segments of ``template`` from ``inputs`` (values or ready tokens).
+
+        A condition that gives no tokens (an empty text, or one of punctuation only, which a
+        phonemizer turns into zero phones) is an :class:`InputError` naming ``utt``: the model
+        would otherwise generate from nothing (e.g. 20 s of babble for TTS)."""
         out = {}
         for seg in template.conditions:
             if seg.name not in inputs:
                 raise KeyError(f"{utt}: task {template.name!r} needs input {seg.name!r} ({seg.modality}); "
                                f"inputs are: {', '.join(template_inputs(template))}")
             v = inputs[seg.name]
-            toks = v if isinstance(v, np.ndarray) and v.dtype.kind == "i" else self.encode_value(seg.tokenizer, v, utt)
+            toks = v if isinstance(v, np.ndarray) and v.dtype.kind == "i" else \
+                self.encode_value(seg.tokenizer, v, utt, allow_pipes)
+            if len(toks) == 0:
+                what = f" (the text {v!r} is empty or only punctuation)" if isinstance(v, str) else ""
+                raise InputError(f"{utt}: input {seg.name!r} of task {template.name!r} gives no {seg.tokenizer} "
+                                 f"tokens{what}; give it something to say")
             if seg.modality == "spk_prompt" and seg.max_frames:
                 toks = toks[: seg.max_frames]
             out[seg.name] = toks
         return out
+
+    @property
+    def context(self) -> int | None:
+        """The longest sequence (positions) the model was built for, None if it states none."""
+        from speechlm.train.build import model_context
+
+        return model_context(self.model)
+
+    def prompt_example(self, template: TaskTemplate, tokens: dict[str, np.ndarray], utt: str = "input"):
+        """The decoding prompt of one input (conditions + first target marker); an input whose prompt
+        alone fills the model's context is an :class:`InputError` naming ``utt`` and the limit
+        (training never showed the model such a sequence: it drops them)."""
+        ex = build_example(utt, template, tokens, self.vocab, self.model.n_streams, with_targets=False)
+        limit = self.context
+        if limit is not None:
+            n = self.prompt_positions(ex)
+            if n >= limit:
+                raise InputError(f"{utt}: the input takes {n} positions but the model's context is {limit} "
+                                 f"(max_len), with no room left for the output; shorten or split the input")
+        return ex
+
+    def prompt_positions(self, example) -> int:
+        """Positions ``example`` takes in the backbone (after the stream pattern's layout)."""
+        b = collate([example], self.vocab.pad_id)
+        with torch.no_grad():
+            prep = self.model.prepare(b.tokens, b.loss_weight, b.kinds, b.lengths, b.prefix_lens)
+        return int(prep.lengths[0])
 
     # ---- generation -----------------------------------------------------------------------
     def generate_tokens(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
@@ -112,20 +168,24 @@ class Pipeline:
                             ids: Sequence[str] | None = None) -> list[tuple[np.ndarray, bool]]:
         """(local target tokens, stopped) per input: ``stopped`` is False where a length limit, not
         the model's end token, ended the output."""
+        return [(h[0].tokens, h[0].stopped) for h in self.generate_outputs(task, batch_inputs, config, ids)]
+
+    def generate_outputs(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
+                         ids: Sequence[str] | None = None) -> list[list["Output"]]:
+        """The ``config.nbest`` hypotheses of each input (condition tokens), as :class:`Output`\ s:
+        beam search best first; samples in the order drawn."""
         from speechlm.infer.generate import DecodeConfig, generate_nbest
 
         template = self.template(task)
         target = template.targets[0]
         ids = list(ids or [f"input{i}" for i in range(len(batch_inputs))])
-        examples = [
-            build_example(u, template, segs, self.vocab, self.model.n_streams, with_targets=False)
-            for u, segs in zip(ids, batch_inputs)
-        ]
+        examples = [self.prompt_example(template, segs, u) for u, segs in zip(ids, batch_inputs)]
         with torch.inference_mode():
             hyps = generate_nbest(self.model, collate(examples, self.vocab.pad_id).to(self.device),
                                   config or DecodeConfig())
         S, pad = self.model.n_streams, self.vocab.pad_id
-        return [(self.to_local(target.tokenizer, h[0].frames(S, pad)), h[0].stopped) for h in hyps]
+        return [[Output(self.to_local(target.tokenizer, h.frames(S, pad)), h.stopped, float(h.score)) for h in hs]
+                for hs in hyps]
 
     def to_local(self, tokenizer: str, frames: np.ndarray) -> np.ndarray:
         """Global-id frames -> local ids of ``tokenizer`` (streams it does not use are dropped)."""
@@ -147,22 +207,52 @@ class Pipeline:
 
     def generate(self, task: str, config=None, **inputs: Any) -> Any:
         """Run ``task`` on one set of inputs (segment name -> value); returns text or ``(wav, sr)``."""
+        return self.generate_nbest(task, 1, config, **inputs)[0][0]
+
+    def generate_nbest(self, task: str, n: int | None = None, config=None, **inputs: Any) -> list[tuple[Any, float]]:
+        """The ``n`` best outputs of ``task`` on one set of inputs, as ``(output, score)`` pairs.
+
+        ``output`` is text (text targets) or ``(wav, sr)``; ``score`` is the hypothesis' log-probability
+        (beam: the search score, length-normalised by ``length_penalty``; greedy/sample: the sum
+        over its tokens at temperature 1). ``n`` (default: the config's ``nbest``) sets how many:
+        with ``search: beam`` (text targets) they are distinct hypotheses best first and the beam is
+        widened to ``n`` if needed; with ``search: sample`` they are ``n`` independent draws in draw
+        order. Greedy and CTC-greedy search give one hypothesis only.
+
+        Example (retry with the next-best hypothesis when the best is not a valid tool call)::
+
+            >>> cfg = lm.decode_config("spoken_command")                     # doctest: +SKIP
+            >>> for text, score in lm.generate_nbest("spoken_command", 4, cfg, speech="cmd.wav"):  # doctest: +SKIP
+            ...     if is_valid_call(text):
+            ...         break
+        """
+        import dataclasses
+
         template = self.template(task)
         config = config or self.decode_config(task)
-        toks = self.generate_tokens(task, [self.condition_tokens(template, inputs)], config)[0]
+        if n is not None and n != config.nbest:
+            if n > 1 and config.search in ("greedy", "ctc_greedy"):
+                raise ValueError(f"n={n}: search {config.search!r} gives one hypothesis; use search 'beam' "
+                                 "(text targets) or 'sample' for an n-best list")
+            config = dataclasses.replace(config, nbest=n, beam_size=max(config.beam_size, n))
+        outs = self.generate_outputs(task, [self.condition_tokens(template, inputs)], config.validate())[0]
         target = template.targets[0]
-        out = self.detokenize(target.tokenizer, toks)
         tok = self.tokenizers[target.tokenizer]
-        return (out, tok.sample_rate) if isinstance(tok, AudioTokenizer) else out
+        result = []
+        for o in outs:
+            value = self.detokenize(target.tokenizer, o.tokens)
+            result.append(((value, tok.sample_rate) if isinstance(tok, AudioTokenizer) else value, o.score))
+        return result
 
     def asr(self, wav: AudioValue, sample_rate: int | None = None, task: str = "asr", config=None) -> str:
-        """Transcribe a wav path or waveform."""
+        """Transcribe a wav path or waveform (a ``cmd |`` string only with ``allow_pipes``)."""
         value = (wav, sample_rate) if sample_rate else wav
         seg = self.template(task).conditions[0].name
         return self.generate(task, config, **{seg: value})
 
     def tts(self, text: str, speaker_prompt: AudioValue | None = None, task: str | None = None, config=None):
-        """Synthesize ``text``; with ``speaker_prompt`` (a wav of the target voice) uses the prompted task."""
+        """Synthesize ``text``; with ``speaker_prompt`` (a wav of the target voice) uses the prompted task.
+        Text that gives no phones (empty, punctuation only) is an :class:`InputError`."""
         task = task or ("tts" if speaker_prompt is not None else "plain_tts")
         template = self.template(task)
         inputs = {}
@@ -171,10 +261,31 @@ class Pipeline:
         return self.generate(task, config, **inputs)
 
 
+@dataclass
+class Output:
+    """One hypothesis: local target tokens ``[frames, streams]``, whether the model's end token
+    ended it (not a length limit), and its score (log-probability, see :meth:`Pipeline.generate_nbest`)."""
+
+    tokens: np.ndarray
+    stopped: bool
+    score: float
+
+
+def known_tasks(templates: dict[str, TaskTemplate]) -> set[str]:
+    """Task names a decode YAML may configure: the model's tasks and the built-in ones."""
+    from speechlm.config import ConfigError
+    from speechlm.tasks.template import find_templates
+
+    try:
+        return set(templates) | set(find_templates())
+    except ConfigError:  # no built-in task dir in this installation
+        return set(templates)
+
+
 def template_inputs(template: TaskTemplate) -> list[str]:
     return [f"{s.name} ({s.modality})" for s in template.conditions]
 
 
-def load(path: str | os.PathLike, device: str = "cpu") -> Pipeline:
-    """Load a packed or saved model dir; see :class:`Pipeline`."""
-    return Pipeline.load(path, device)
+def load(path: str | os.PathLike, device: str = "cpu", allow_pipes: bool = False) -> Pipeline:
+    """Load a packed or saved model dir; see :class:`Pipeline` (``allow_pipes``: run ``cmd |`` inputs)."""
+    return Pipeline.load(path, device, allow_pipes)

@@ -3,6 +3,10 @@
 Output dir::
 
     text                  utt hypothesis          (text targets)
+    text.nbest            utt rank score hypothesis, ``nbest`` lines per utterance (text targets)
+    failed                utt reason: utterances not decoded (unreadable or empty input, longer
+                          than the model's context, no speaker prompt); the others are decoded,
+                          and the output is marked complete only when this file is empty
     wav.scp, wav/*.wav    generated audio         (audio targets, at the tokenizer's rate)
     tokens/<seg>.ark/scp  generated local tokens  [frames, streams] (+ .lengths)
     decode.yaml           the resolved decoding options, model dir and manifest
@@ -15,32 +19,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import subprocess
 import sys
 import time
-import zlib
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from speechlm.data.audio import AudioError
 from speechlm.data.manifest import read_manifest
+from speechlm.data.speaker_prompt import SpeakerPrompt, prompt_source
 from speechlm.data.token_archive import write_archive
 from speechlm.infer.config import decode_config_for
+from speechlm.infer.pipeline import InputError
 from speechlm.utils.fileio import atomic_open, is_done, mark_done, write_json
 
 log = logging.getLogger(__name__)
-
-
-def prompt_utt(utt: str, spk: str, spk2utts: dict[str, list[str]], seed: int = 0) -> str:
-    """A different utterance of the same speaker, chosen deterministically (itself if it is alone)."""
-    others = [u for u in spk2utts.get(spk, []) if u != utt]
-    if not others:
-        return utt
-    rng = random.Random(zlib.crc32(f"{seed}:{utt}".encode()))
-    return rng.choice(sorted(others))
 
 
 def _shard_rows(rows: list[dict], nj: int, job: int) -> list[dict]:
@@ -58,9 +53,32 @@ def _input_size(row: dict, template) -> int:
     return size
 
 
+def _read_results(path: Path) -> dict[str, dict]:
+    """The last record of each utterance in a shard's ``results.jsonl`` (a retried utterance's new
+    record supersedes its old failure); a torn last line from a killed run is ignored."""
+    recs: dict[str, dict] = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    recs[rec["id"]] = rec
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break  # a torn last line from a killed run: that utterance is decoded again
+    return recs
+
+
+# what makes one utterance fail (it goes to the `failed` list) rather than the whole job
+INPUT_ERRORS = (InputError, AudioError, ValueError, KeyError, OSError)
+
+
 def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job: int, decode_config: dict,
                  limit: int | None = None) -> Path:
-    """Decode shard ``job`` of ``nj``; appends one JSON line per utterance, skipping those already done."""
+    """Decode shard ``job`` of ``nj``; appends one JSON line per utterance, skipping those already done.
+
+    An utterance whose input cannot be decoded (unreadable audio, no tokens, longer than the
+    model's context, no speaker prompt) gets a ``{"id", "failed": reason}`` line and the others are
+    decoded; the shard is marked done only when none failed, so a re-run retries the failed ones."""
     import torch
 
     from speechlm.infer.pipeline import Pipeline
@@ -70,82 +88,126 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
     if is_done(results):
         return results
     shard_dir.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if results.exists():
-        with open(results, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    done.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError):
-                    break  # a torn last line from a killed run: it is decoded again
+    done = {u for u, r in _read_results(results).items() if "failed" not in r}
     template, rows = read_manifest(manifest_dir)
     rows = list(rows)
+    by_id = {r["id"]: r for r in rows}  # every row can prompt another, whatever --limit keeps
     if limit:
         rows = rows[:limit]
-    by_id = {r["id"]: r for r in rows}
-    spk2utts: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        spk2utts[r.get("spk", r["id"])].append(r["id"])
     mine = [r for r in _shard_rows(rows, nj, job) if r["id"] not in done]
-    pipe = Pipeline.load(model_dir)
+    pipe = Pipeline.load(model_dir, allow_pipes=True)  # recipe data dirs keep the `cmd |` convention
     pipe.templates.setdefault(template.name, template)
     cfg = decode_config_for(decode_config, template.name)
     seed, batch_size = cfg.seed, cfg.batch_size
     target = template.targets[0]
     tok = pipe.tokenizers[target.tokenizer]
     is_audio = tok.modality == "audio"
+    prompts = _speaker_prompts(pipe, template, by_id, seed)
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     # Sort by input size so a batch holds similar lengths (less padding, fewer wasted steps).
     mine.sort(key=lambda r: (_input_size(r, template), r["id"]))
+    n_failed = 0
     with open(results, "a", encoding="utf-8") as f:
+        def write(rec: dict) -> None:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+
         for i in tqdm(range(0, len(mine), batch_size), desc=f"decode job {job + 1}/{nj}", disable=None):
-            chunk = mine[i: i + batch_size]
-            inputs, cond_seconds = [], []
-            for r in chunk:
-                values = dict(r["segments"])
-                for seg in template.conditions:
-                    if seg.modality == "spk_prompt":
-                        other = prompt_utt(r["id"], r.get("spk", r["id"]), spk2utts, seed)
-                        audio_seg = next(s for s in template.segments if s.source == "wav.scp")
-                        values[seg.name] = by_id[other]["segments"][audio_seg.name]
-                toks = pipe.condition_tokens(template, values, r["id"])
+            chunk, inputs, cond_seconds = [], [], []
+            for r in mine[i: i + batch_size]:
+                try:
+                    toks = _condition_tokens(pipe, template, r, prompts)
+                    pipe.prompt_example(template, toks, r["id"])  # refuses inputs beyond the context
+                except INPUT_ERRORS as e:
+                    reason = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+                    log.warning("%s: not decoded: %s", r["id"], reason)
+                    write({"id": r["id"], "failed": " ".join(reason.split())})
+                    n_failed += 1
+                    continue
+                chunk.append(r)
                 inputs.append(toks)
-                cond_seconds.append(sum(len(t) / pipe.tokenizers[s.tokenizer].frame_rate
-                                        for s in template.conditions if s.modality == "audio"
-                                        for t in [toks[s.name]]))
+                cond_seconds.append(sum(len(toks[s.name]) / pipe.tokenizers[s.tokenizer].frame_rate
+                                        for s in template.conditions if s.modality == "audio"))
+            if not chunk:
+                continue
             t0 = time.perf_counter()
-            outs = pipe.generate_hypotheses(template.name, inputs, cfg, ids=[r["id"] for r in chunk])
+            outs = pipe.generate_outputs(template.name, inputs, cfg, ids=[r["id"] for r in chunk])
             elapsed = time.perf_counter() - t0
-            for r, (out, stopped), secs in zip(chunk, outs, cond_seconds):
-                rec = {"id": r["id"], "tokens": out.tolist(), "seconds": elapsed / len(chunk), "cond_audio_s": secs,
-                       "stopped": stopped}
+            for r, hyps, secs in zip(chunk, outs, cond_seconds):
+                best = hyps[0]
+                rec = {"id": r["id"], "tokens": best.tokens.tolist(), "seconds": elapsed / len(chunk),
+                       "cond_audio_s": secs, "stopped": best.stopped, "score": best.score}
                 if is_audio:
                     from speechlm.data.audio import write_wav
 
                     path = wav_dir / f"{r['id']}.wav"
-                    wav = tok.decode(out) if len(out) else np.zeros(1, dtype=np.float32)
+                    wav = tok.decode(best.tokens) if len(best.tokens) else np.zeros(1, dtype=np.float32)
                     write_wav(path, wav, tok.sample_rate)
                     rec.update(wav=str(path.resolve()), audio_s=len(wav) / tok.sample_rate)
                 else:
-                    rec["text"] = pipe.detokenize(target.tokenizer, out)
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-    mark_done(results)
+                    rec["text"] = pipe.detokenize(target.tokenizer, best.tokens)
+                    rec["nbest"] = [[h.score, pipe.detokenize(target.tokenizer, h.tokens)] for h in hyps]
+                write(rec)
+    if n_failed == 0:
+        mark_done(results)
     return results
 
 
+def _speaker_prompts(pipe, template, by_id: dict[str, dict], seed: int) -> dict:
+    """spk_prompt segment name -> its :class:`SpeakerPrompt` over the manifest's utterances (the
+    rule training uses: another utterance of the speaker, a window of ``max_frames``)."""
+    out = {}
+    utt2spk = {u: r.get("spk", u) for u, r in by_id.items()}
+    for seg in template.conditions:
+        if seg.modality != "spk_prompt":
+            continue
+        src = prompt_source(template, seg)
+
+        def tokens(utt: str, src=src, seg=seg) -> np.ndarray:
+            value = by_id[utt]["segments"].get(src)
+            if value is None:
+                raise KeyError(f"{utt}: no {src!r} audio in the manifest to take a speaker prompt from")
+            try:
+                return pipe.encode_value(seg.tokenizer, value, utt)
+            except INPUT_ERRORS as e:
+                raise InputError(f"speaker prompt from {utt}: {e}") from e
+
+        out[seg.name] = SpeakerPrompt(utt2spk, tokens, max_frames=int(seg.max_frames or 10 ** 9), seed=seed)
+    return out
+
+
+def _condition_tokens(pipe, template, row: dict, prompts: dict) -> dict[str, np.ndarray]:
+    """Condition tokens of one manifest row, its speaker prompts taken by ``prompts``."""
+    values = dict(row["segments"])
+    for name, chooser in prompts.items():
+        tokens = chooser(row["id"])
+        if tokens is None:
+            spk = chooser.utt2spk[row["id"]]
+            raise InputError(f"{row['id']}: speaker {spk!r} has no other utterance in the manifest to take a "
+                             "speaker prompt from (a prompt is never the utterance itself)")
+        values[name] = np.asarray(tokens)
+    return pipe.condition_tokens(template, values, row["id"])
+
+
 def merge(out_dir: Path, nj: int, target_name: str) -> dict:
-    """Merge shard results into Kaldi-style files; returns the timing summary."""
-    recs = []
+    """Merge shard results into Kaldi-style files; returns the timing summary (``failed``: how
+    many utterances are listed in ``OUT/failed``)."""
+    latest: dict[str, dict] = {}
     for j in range(nj):
-        with open(out_dir / f"split{nj}" / str(j) / "results.jsonl", encoding="utf-8") as f:
-            recs += [json.loads(line) for line in f]
-    recs.sort(key=lambda r: r["id"])
+        latest.update(_read_results(out_dir / f"split{nj}" / str(j) / "results.jsonl"))
+    failed = sorted((r for r in latest.values() if "failed" in r), key=lambda r: r["id"])
+    recs = sorted((r for r in latest.values() if "failed" not in r), key=lambda r: r["id"])
+    with atomic_open(out_dir / "failed") as f:  # always written: a re-run that fixed them empties it
+        f.writelines(f"{r['id']} {r['failed']}\n" for r in failed)
     if any("text" in r for r in recs):
         with atomic_open(out_dir / "text") as f:
             f.writelines(f"{r['id']} {r['text']}\n" for r in recs)
+    if any("nbest" in r for r in recs):
+        with atomic_open(out_dir / "text.nbest") as f:
+            f.writelines(f"{r['id']} {k} {score:.4f} {text}\n"
+                         for r in recs for k, (score, text) in enumerate(r.get("nbest", []), 1))
     if any("stopped" in r for r in recs):
         with atomic_open(out_dir / "stopped") as f:
             f.writelines(f"{r['id']} {int(r['stopped'])}\n" for r in recs if "stopped" in r)
@@ -161,6 +223,7 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
     audio = sum(r.get("audio_s", 0) for r in recs) or sum(r.get("cond_audio_s", 0) for r in recs)
     timing = {
         "utterances": len(recs),
+        "failed": len(failed),
         "stopped": sum(bool(r.get("stopped")) for r in recs) if any("stopped" in r for r in recs) else None,
         "decode_seconds": round(wall, 3), "frames": n_frames,
         "frames_per_second": round(n_frames / max(wall, 1e-9), 1),
@@ -171,15 +234,22 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
 
 
 def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_config: dict | None = None,
-                    nj: int = 1, limit: int | None = None) -> dict:
+                    nj: int = 1, limit: int | None = None, config_file: str | None = None) -> dict:
     """Decode every example of ``manifest_dir``; ``nj > 1`` runs shards as parallel processes.
 
-    ``decode_config`` holds :class:`~speechlm.infer.config.DecodeConfig` options; the resolved
-    options, model and manifest are written to ``OUT/decode.yaml`` for scoring and reports.
+    ``decode_config`` holds :class:`~speechlm.infer.config.DecodeConfig` options (read from
+    ``config_file``, named in errors); the resolved options, model and manifest are written to
+    ``OUT/decode.yaml`` for scoring and reports. Utterances that could not be decoded are listed in
+    ``OUT/failed`` (``utt reason``) and counted in the returned ``failed``; the output is then not
+    marked complete, so running the same command again retries them.
     """
     import dataclasses
 
     import yaml
+
+    from speechlm.infer.config import check_decode_options
+    from speechlm.infer.pipeline import known_tasks
+    from speechlm.tasks.template import load_template_file
 
     out = Path(out_dir)
     if is_done(out / "timing.json"):
@@ -187,7 +257,10 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
         return json.loads((out / "timing.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     template, _ = read_manifest(manifest_dir)
-    decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name))
+    where = config_file or "decode options"
+    model_tasks = {p.stem: None for p in sorted((Path(model_dir) / "tasks").glob("*.yaml"))}
+    check_decode_options(decode_config, where, known_tasks(model_tasks) | {template.name})
+    decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name, where))
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
                         "nj": nj, "limit": limit, "decode": decode_config}, f, sort_keys=False)
@@ -207,6 +280,10 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
             last = failed[0].read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
             raise RuntimeError(f"decoding job(s) failed, see {', '.join(map(str, failed))}; {failed[0].name}: {last[0]}")
     timing = merge(out, nj, template.targets[0].name)
+    if timing["failed"]:
+        log.warning("decoded %d utterances -> %s; %d FAILED (listed with reasons in %s; run the same command "
+                    "again to retry them)", timing["utterances"], out, timing["failed"], out / "failed")
+        return timing
     mark_done(out / "timing.json")
     log.info("decoded %d utterances -> %s (%s frames/s, RTF %s)", timing["utterances"], out,
              timing["frames_per_second"], timing["rtf"])

@@ -166,6 +166,8 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
             else:
                 flat = cand_att.view(P, W * V)
             top = flat.topk(min(2 * W, flat.shape[1]), -1)
+            # every prompt appends exactly W rows below (live continuations, then dead padding), so
+            # prompt live[i]'s rows are always i*W..i*W+W-1, whichever prompts stop at this step
             new_rows, new_tok, new_att, new_psi, keep_prompts, parents_k = [], [], [], [], [], []
             for i, p in enumerate(live):
                 alive, best_alive = 0, NEG
@@ -193,9 +195,18 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
                     alive += 1
                     if alive == W:
                         break
+                # fewer than W live continuations (e.g. CTC allows no longer prefix of a short
+                # input): the beam narrows; the missing rows are dead (score NEG, never extended)
+                for _ in range(W - alive):
+                    new_rows.append(i * W)
+                    new_tok.append(int(hist[i * W, -1]) if hist.shape[1] else eos)
+                    new_att.append(NEG)
+                    if scorer is not None:
+                        new_psi.append(NEG)
+                        parents_k.append((i * W, 0))
                 # done when W hypotheses ended and no live one can still beat the worst of them
                 worst = sorted(f[0] for f in finished[p])[-W] if len(finished[p]) >= W else NEG
-                if alive == W and best_alive / ((hist.shape[1] + 1) ** config.length_penalty) > worst:
+                if alive > 0 and best_alive / ((hist.shape[1] + 1) ** config.length_penalty) > worst:
                     keep_prompts.append(i)
             if not keep_prompts:
                 break
