@@ -25,7 +25,8 @@ from speechlm.config import ConfigError, from_dict, load_yaml, to_dict
 MODALITIES = ("text", "audio", "spk_prompt")
 
 #: Data-dir files a segment may take its value from.
-SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wav.prev.scp")
+SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wav.prev.scp",
+           "history", "history.cascade", "response")  # the last three: voice-agent dialogue steps
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "conf" / "tasks"
 

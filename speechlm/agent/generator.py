@@ -1,0 +1,762 @@
+"""The voice-agent episode generator: requests from phrasing templates and slot values, with the
+expected calls, final state and answer facts computed by running the calls on the environment.
+
+Phrasings live in ``phrasings/train.yaml`` (author A: full, polite sentences) and
+``phrasings/test.yaml`` (author B, written independently: short, elliptic, chatty, fillers);
+slot values of open domains in ``phrasings/values.yaml`` (with held-out test values); values of
+closed domains come from the environment state and are split by a stable hash.
+
+Episode kinds (``generate_episodes(n, split, seed, mix=...)``):
+
+- ``atomic``: one request, one call, an answer that restates the tool's result;
+- ``compositional``: two or three requests joined by a connector (concatenation), or a request
+  whose second call needs the first's result (context transition: "when is my dentist
+  appointment, and set an alarm an hour before it");
+- ``recovery``: the first call fails and the agent recovers: a missing argument -> it asks back
+  and the user answers in a second turn; a value the tool does not know -> it corrects the
+  call (the error lists the valid values); an offline device or a missing item -> it tells the user.
+
+Each episode's ``meta["reference"]`` is its reference dialogue (user, assistant and tool turns
+in the text formats of :mod:`speechlm.agent.calls`), from which
+:mod:`speechlm.agent.datadir` builds one training utterance per assistant step.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from speechlm.agent.calls import Call, format_result, format_turn, normalize_words
+from speechlm.agent.env import Environment, default_state
+from speechlm.agent.episodes import Episode
+from speechlm.agent.intents import INTENTS, intent_to_call, tool_for
+from speechlm.agent.spoken import format_time, from_hhmm, number_to_words, parse_time
+from speechlm.agent.tools import TOOLS, ToolError
+
+log = logging.getLogger(__name__)
+
+PHRASING_DIR = Path(__file__).resolve().parent / "phrasings"
+SPLITS = ("train", "test")
+PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
+DEFAULT_MIX = {"atomic": 0.6, "compositional": 0.25, "recovery": 0.15}
+HELDOUT_RATE = 0.5  # share of test slot values drawn from the held-out values
+
+# ---------------------------------------------------------------------------------------------
+# Phrasings.
+_PHRASING_KEYS = {"style", "wake_words", "wake_rate", "openers", "opener_rate", "closers", "closer_rate",
+                  "connectors", "intents", "underspecified", "answers", "transitions", "corrections"}
+TRANSITIONS = ("calendar_alarm", "alarm_remove_first", "transport_calendar")
+
+
+@dataclass
+class Phrasings:
+    """One author's phrasings (one YAML file)."""
+
+    path: str
+    style: str
+    wake_words: list[str]
+    wake_rate: float
+    openers: list[str]
+    opener_rate: float
+    closers: list[str]
+    closer_rate: float
+    connectors: list[str]
+    intents: dict[str, list[str]]
+    underspecified: dict[str, list[str]] = field(default_factory=dict)
+    answers: list[str] = field(default_factory=list)
+    transitions: dict[str, list[str]] = field(default_factory=dict)
+    corrections: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def all_lines(self) -> list[str]:
+        """Every phrasing line (templates, transitions, underspecified, answers, wrappers)."""
+        out = [t for ts in self.intents.values() for t in ts]
+        out += [t for ts in self.underspecified.values() for t in ts]
+        out += [t for ts in self.transitions.values() for t in ts]
+        return out + list(self.answers) + self.wake_words + self.openers + self.closers + self.connectors
+
+
+def _check_template(where: str, intent: str, template: str, extra: tuple[str, ...] = ()) -> None:
+    if template != template.lower() or re.search(r"\d", template):
+        raise ValueError(f"{where}: {intent}: {template!r}: phrasings are lower case with numbers spelled out")
+    tool, fixed = tool_for(intent)
+    props = TOOLS.get(tool).arg_names
+    for slot in PLACEHOLDER.findall(template):
+        if slot in extra:
+            continue
+        if slot not in props or slot in fixed:
+            raise ValueError(f"{where}: {intent}: {template!r}: {{{slot}}} is not an argument of tool {tool} "
+                             f"(it takes {', '.join(p for p in props if p not in fixed)})")
+
+
+@lru_cache(maxsize=8)
+def load_phrasings(split_or_path: str) -> Phrasings:
+    """The phrasings of ``split`` (``train``/``test``) or of a YAML path, validated: every one of
+    the 59 intents has templates, every ``{slot}`` is an argument of the intent's tool."""
+    path = Path(split_or_path) if split_or_path not in SPLITS else PHRASING_DIR / f"{split_or_path}.yaml"
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    where = str(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping")
+    unknown = sorted(set(data) - _PHRASING_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_PHRASING_KEYS))}")
+    intents = data.get("intents") or {}
+    missing = [i for i in INTENTS if not intents.get(i)]
+    if missing:
+        raise ValueError(f"{where}: no phrasings for intent(s) {', '.join(missing)}")
+    bad = sorted(set(intents) - set(INTENTS))
+    if bad:
+        raise ValueError(f"{where}: unknown intent(s) {', '.join(bad)}")
+    for section in ("intents", "underspecified"):
+        for intent, templates in (data.get(section) or {}).items():
+            if intent not in INTENTS:
+                raise ValueError(f"{where}: {section}: unknown intent {intent!r}")
+            for t in templates:
+                _check_template(f"{where}: {section}", intent, str(t))
+    for name in data.get("transitions") or {}:
+        if name not in TRANSITIONS:
+            raise ValueError(f"{where}: transitions: unknown transition {name!r}; valid: {', '.join(TRANSITIONS)}")
+    ph = Phrasings(
+        path=where, style=str(data.get("style", "")), wake_words=list(data.get("wake_words") or []),
+        wake_rate=float(data.get("wake_rate", 0)), openers=list(data.get("openers") or []),
+        opener_rate=float(data.get("opener_rate", 0)), closers=list(data.get("closers") or []),
+        closer_rate=float(data.get("closer_rate", 0)), connectors=list(data.get("connectors") or ["and"]),
+        intents={k: [str(t) for t in v] for k, v in intents.items()},
+        underspecified={k: [str(t) for t in v] for k, v in (data.get("underspecified") or {}).items()},
+        answers=[str(a) for a in data.get("answers") or ["{value}"]],
+        transitions={k: [str(t) for t in v] for k, v in (data.get("transitions") or {}).items()},
+        corrections={k: dict(v) for k, v in (data.get("corrections") or {}).items()})
+    for line in ph.all_lines():
+        if line != line.lower() or re.search(r"\d", line):
+            raise ValueError(f"{where}: {line!r}: phrasings are lower case with numbers spelled out")
+    return ph
+
+
+@lru_cache(maxsize=1)
+def load_values() -> dict[str, dict[str, list[str]]]:
+    path = PHRASING_DIR / "values.yaml"
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    for slot, v in data.items():
+        if not isinstance(v, dict) or set(v) != {"train", "test"} or set(v["train"]) & set(v["test"]):
+            raise ValueError(f"{path}: {slot}: expected disjoint 'train' and 'test' lists")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Slot values.
+def heldout(value: str) -> bool:
+    """Whether a closed-domain value is held out for the test split (a stable hash, 1 in 4)."""
+    return int(hashlib.sha1(value.encode()).hexdigest(), 16) % 4 == 0
+
+
+def _pick(rng: random.Random, values: list[str], split: str) -> str:
+    """A value for ``split``: training never sees held-out values; the test split draws them
+    with probability HELDOUT_RATE (when there are any)."""
+    values = sorted(set(values))
+    train = [v for v in values if not heldout(v)] or values
+    test = [v for v in values if heldout(v)]
+    if split == "test" and test and rng.random() < HELDOUT_RATE:
+        return rng.choice(test)
+    return rng.choice(train)
+
+
+def _open(rng: random.Random, slot: str, split: str) -> str:
+    v = load_values()[slot]
+    if split == "test" and rng.random() < HELDOUT_RATE:
+        return rng.choice(v["test"])
+    return rng.choice(v["train"])
+
+
+TRAIN_MINUTES = (0, 15, 30, 45)
+TEST_MINUTES = (10, 20, 40, 50)
+
+
+def time_value(rng: random.Random, split: str) -> str:
+    """A clock time in words (``seven thirty pm``, ``half past six``...); the test split also
+    uses minutes training never hears."""
+    minutes = TEST_MINUTES if split == "test" and rng.random() < HELDOUT_RATE else TRAIN_MINUTES
+    hour, minute = rng.randint(6, 21), rng.choice(minutes)
+    form = rng.random()
+    if form < 0.15 and minute in (15, 30):
+        return f"{'half' if minute == 30 else 'quarter'} past {number_to_words(hour % 12 or 12)} " \
+               f"{'in the morning' if hour < 12 else 'in the evening'}"
+    return format_time(hour * 60 + minute)
+
+
+DATES_TRAIN = ["today", "tomorrow", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+DATES_TEST = ["the day after tomorrow", "this weekend", "next monday", "next friday"]
+
+
+def date_value(rng: random.Random, split: str) -> str:
+    if split == "test" and rng.random() < HELDOUT_RATE:
+        return rng.choice(DATES_TEST)
+    return rng.choice(DATES_TRAIN)
+
+
+def _facts_people(state: dict) -> list[str]:
+    return ["barack obama", "albert einstein", "shakespeare"]
+
+
+# (intent, slot) or slot -> values from the state. Closed domains only.
+def _state_values(state: dict, intent: str, slot: str) -> Optional[list[str]]:
+    w = state["world"]
+    table: dict[tuple[str, str] | str, Callable[[], list[str]]] = {
+        ("weather_query", "place_name"): lambda: list(w["weather"]),
+        ("datetime_query", "place_name"): lambda: [p for p in w["timezones"] if p in w["weather"]],
+        ("datetime_convert", "place_name"): lambda: [p for p in w["timezones"] if p in w["weather"] and p != state["clock"]["place"]],
+        ("qa_factoid", "place_name"): lambda: [k for k in w["facts"] if k not in _facts_people(state)],
+        ("qa_factoid", "person"): lambda: _facts_people(state),
+        ("recommendation_events", "place_name"): lambda: sorted({e["place"] for e in w["events"]}),
+        ("recommendation_locations", "place_name"): lambda: sorted({x["place"] for x in w["locations"]}),
+        ("transport_query", "place_name"): lambda: sorted({d for t in w["transport"].values() for d in t}),
+        ("transport_ticket", "place_name"): lambda: sorted({d for t in w["transport"].values() for d in t}),
+        ("transport_taxi", "place_name"): lambda: ["the airport", "the station", "the city centre", "the hospital",
+                                                    "the office", "the museum", "the hotel", "the stadium"],
+        ("transport_traffic", "place_name"): lambda: list(w["traffic"]),
+        ("cooking_recipe", "food_type"): lambda: list(w["recipes"]),
+        ("takeaway_order", "food_type"): lambda: sorted({m["food"] for m in w["menus"].values()}),
+        ("takeaway_query", "food_type"): lambda: sorted({m["food"] for m in w["menus"].values()}),
+        ("qa_stock", "business_name"): lambda: list(w["stocks"]),
+        ("takeaway_query", "business_name"): lambda: list(w["menus"]),
+        ("takeaway_order", "business_name"): lambda: list(w["menus"]),
+        ("email_addcontact", "person"): lambda: load_values()["person"]["train"] + load_values()["person"]["test"],
+        ("social_query", "person"): lambda: sorted({p["person"] for p in state["social"]["feed"]}),
+        "house_place": lambda: list(state["devices"]["lights"]),
+        "device_type": lambda: list(state["devices"]["plugs"]),
+        "color_type": lambda: ["red", "orange", "yellow", "green", "blue", "purple", "pink", "cyan", "warm white"],
+        "person": lambda: list(state["contacts"]),
+        "relation": lambda: [c["relation"] for c in state["contacts"].values() if c["relation"]],
+        "event_name": lambda: [e["event"] for e in state["calendar"]],
+        "list_name": lambda: list(state["lists"]),
+        "definition_word": lambda: list(w["definitions"]),
+        "currency_name": lambda: [c for c in w["currencies"] if c != "dollar"],
+        "artist_name": lambda: sorted({s["artist"] for s in w["songs"]}),
+        "song_name": lambda: [s["title"] for s in w["songs"]],
+        "music_genre": lambda: sorted({s["genre"] for s in w["songs"]}),
+        "radio_name": lambda: list(w["radio"]),
+        "podcast_name": lambda: list(w["podcasts"]),
+        "audiobook_name": lambda: [b["title"] for b in w["audiobooks"]],
+        "game_name": lambda: list(w["games"]),
+        "news_topic": lambda: list(w["news"]),
+        "media_type": lambda: ["facebook", "twitter", "instagram", "linkedin"],
+        "business_type": lambda: sorted({x["type"] for x in w["locations"]}),
+        "movie_type": lambda: sorted({m["genre"] for m in w["movies"]}),
+        "transport_type": lambda: ["train", "bus", "plane"],
+        "place_name": lambda: list(w["weather"]),
+    }
+    fn = table.get((intent, slot)) or table.get(slot)
+    return fn() if fn else None
+
+
+def slot_value(rng: random.Random, state: dict, intent: str, slot: str, split: str) -> str:
+    """A value of ``slot`` for ``intent`` that the environment can act on."""
+    if slot == "time":
+        return time_value(rng, split)
+    if slot == "date":
+        return date_value(rng, split)
+    if slot == "expression":
+        hi = 20 if split == "train" else 60
+        a, b = rng.randint(2, hi), rng.randint(2, 12)
+        return f"{number_to_words(a)} {rng.choice(['plus', 'minus', 'times'])} {number_to_words(b)}"
+    if slot == "email_address":
+        return f"{rng.choice(['me', 'hello', 'info', 'home'])} at {_open(rng, 'email_domain', split)}"
+    if slot == "phone_number":
+        return " ".join(number_to_words(rng.randint(0, 9)) for _ in range(7))
+    if intent == "lists_createoradd" and slot == "list_name" and rng.random() < 0.4:
+        return _open(rng, "new_list_name", split)
+    if intent == "calendar_set" and slot == "event_name":
+        return _open(rng, "event_name", split)
+    if slot in ("item", "message", "coffee_type", "weather_descriptor", "player_setting", "change_amount"):
+        return _open(rng, slot, split)
+    values = _state_values(state, intent, slot)
+    if not values:
+        raise ValueError(f"no values for slot {slot!r} of intent {intent} (add them to {PHRASING_DIR / 'values.yaml'})")
+    return _pick(rng, values, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# States: the items a query or remove request names are added to the initial state, so the
+# test split can name held-out events, contacts, lists and alarms.
+def augment_state(rng: random.Random, state: dict, intent: str, split: str) -> bool:
+    """Add an item the request can name; True when the state changed."""
+    today = dt.date.fromisoformat(state["clock"]["now"][:10])
+    if intent in ("calendar_query", "calendar_remove"):
+        name = _open(rng, "event_name", split)
+        if any(e["event"] == name for e in state["calendar"]):
+            return False
+        day = today + dt.timedelta(days=rng.randint(0, 6))
+        state["calendar"].append({"event": name, "date": day.isoformat(),
+                                  "time": f"{rng.randint(8, 19):02d}:{rng.choice(TRAIN_MINUTES):02d}",
+                                  "person": "", "place": ""})
+        state["calendar"].sort(key=lambda e: (e["date"], e["time"], e["event"]))
+        return True
+    if intent in ("alarm_query", "alarm_remove"):
+        day = today + dt.timedelta(days=rng.randint(1, 3))
+        t = parse_time(time_value(rng, split))
+        entry = {"time": f"{t // 60:02d}:{t % 60:02d}", "date": day.isoformat(), "label": "", "repeat": ""}
+        if any(a["time"] == entry["time"] for a in state["alarms"]):
+            return False
+        state["alarms"].append(entry)
+        state["alarms"].sort(key=lambda a: (a["date"], a["time"]))
+        return True
+    if intent in ("email_querycontact",) and rng.random() < 0.5:
+        name = _open(rng, "person", split)
+        if name in state["contacts"]:
+            return False
+        state["contacts"][name] = {"email": f"{name} at {_open(rng, 'email_domain', split)}",
+                                   "phone": " ".join(number_to_words(rng.randint(0, 9)) for _ in range(7)),
+                                   "relation": ""}
+        return True
+    if intent in ("lists_query", "lists_remove") and rng.random() < 0.5:
+        name = _open(rng, "new_list_name", split)
+        if name in state["lists"]:
+            return False
+        state["lists"][name] = [_open(rng, "item", split) for _ in range(2)]
+        return True
+    return False
+
+
+def _names_in_state(state: dict, intent: str, slot: str, added_before: dict) -> Optional[list[str]]:
+    """For a request about an item just added to the state: that item's name."""
+    if intent in ("calendar_query", "calendar_remove") and slot == "event_name":
+        return [e["event"] for e in state["calendar"] if e["event"] not in {x["event"] for x in added_before["calendar"]}]
+    if intent == "alarm_remove" and slot == "time":
+        return [format_time(from_hhmm(a["time"])) for a in state["alarms"]
+                if a not in added_before["alarms"]]
+    if intent == "email_querycontact" and slot == "person":
+        return [n for n in state["contacts"] if n not in added_before["contacts"]]
+    if intent in ("lists_query", "lists_remove") and slot == "list_name":
+        return [n for n in state["lists"] if n not in added_before["lists"]]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests.
+@dataclass
+class Request:
+    """One filled template: its words, intent and slots (in order of appearance)."""
+
+    text: str
+    intent: str
+    slots: list[tuple[str, str]]
+    template: str
+
+    @property
+    def call(self) -> Call:
+        return intent_to_call(self.intent, self.slots)
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    return " ".join(PLACEHOLDER.sub(lambda m: values[m.group(1)], template).split())
+
+
+def make_request(rng: random.Random, state: dict, intent: str, template: str, split: str,
+                 fixed: Optional[dict[str, str]] = None) -> Request:
+    """Fill ``template`` of ``intent`` with values (``fixed`` first)."""
+    values: dict[str, str] = {}
+    for slot in PLACEHOLDER.findall(template):
+        if slot in values:
+            continue
+        if fixed and slot in fixed:
+            values[slot] = fixed[slot]
+        else:
+            values[slot] = slot_value(rng, state, intent, slot, split)
+    order = sorted(values, key=lambda s: template.index("{" + s + "}"))
+    return Request(fill(template, values), intent, [(s, values[s]) for s in order], template)
+
+
+def wrap(rng: random.Random, text: str, ph: Phrasings) -> str:
+    """Add a wake word, an opener and a closer (each with its file's probability)."""
+    parts = []
+    if ph.wake_words and rng.random() < ph.wake_rate:
+        parts.append(rng.choice(ph.wake_words) + ",")
+    if ph.openers and rng.random() < ph.opener_rate:
+        parts.append(rng.choice(ph.openers))
+    parts.append(text)
+    if ph.closers and rng.random() < ph.closer_rate:
+        parts[-1] += ","
+        parts.append(rng.choice(ph.closers))
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running calls and the reference dialogue.
+STATE_KEYS_SKIPPED = ("world",)  # read-only tables: never compared, never stored in expected_state
+
+
+def expected_state_of(state: dict) -> dict:
+    return {k: copy.deepcopy(v) for k, v in state.items() if k not in STATE_KEYS_SKIPPED}
+
+
+def reference_answer(results: list[dict]) -> str:
+    """The answer the agent should give after its calls: the tools' result texts, joined.
+
+    Deterministic from the results, so a model that reads them can say it; the answer facts
+    of query results are these texts."""
+    texts = [normalize_words(r.get("text", "done")) for r in results]
+    return " and ".join(t for t in texts if t) or "done"
+
+
+def error_answer(err: ToolError) -> str:
+    return "sorry, " + normalize_words(str(err))
+
+
+ASK = {"time": "what time should it be", "date": "which day do you mean", "color_type": "which colour would you like",
+       "device_type": "which device do you mean", "event_name": "what is the event called",
+       "person": "who do you mean", "email_address": "what is the email address", "house_place": "which room",
+       "list_name": "which list do you mean", "food_type": "which dish do you mean",
+       "message": "what should the post say", "radio_name": "which station would you like",
+       "place_name": "where to", "expression": "what should i work out", "business_name": "which restaurant",
+       "audiobook_name": "which book would you like", "definition_word": "which word",
+       "currency_name": "which currency", "phone_number": "what is the phone number"}
+
+
+def ask_back(arg: str) -> str:
+    return ASK.get(arg, f"which {arg.replace('_', ' ')} do you mean")
+
+
+def is_query(before: dict, after: dict) -> bool:
+    return expected_state_of(before) == expected_state_of(after)
+
+
+class Dialogue:
+    """A reference dialogue under construction, run on an environment as it is built."""
+
+    def __init__(self, state: dict) -> None:
+        self.env = Environment(state)
+        self.turns: list[dict] = []
+        self.results: list[dict] = []
+        self.facts: list[str] = []
+        self.calls: list[dict] = []
+
+    def user(self, text: str) -> None:
+        self.turns.append({"role": "user", "text": text})
+
+    def call(self, call: Call, expect_error: bool = False) -> Optional[dict]:
+        """Run ``call``; record it; return the result (None after a ToolError)."""
+        before = self.env.snapshot()
+        self.turns.append({"role": "assistant", "text": format_turn("call", call)})
+        try:
+            result = self.env.execute(call)
+        except ToolError as e:
+            self.turns.append({"role": "tool", "text": format_result(e)})
+            if not expect_error:
+                raise
+            self.error = e
+            return None
+        if expect_error:
+            raise ValueError(f"call {call} was expected to fail")
+        self.turns.append({"role": "tool", "text": format_result(result)})
+        self.results.append(result)
+        self.calls.append(call.to_dict())
+        if is_query(before, self.env.state):
+            self.facts.append(normalize_words(result.get("text", "")))
+        return result
+
+    def say(self, text: str) -> None:
+        self.turns.append({"role": "assistant", "text": format_turn("answer", text)})
+
+
+def reference_dialogue(episode: Episode) -> list[dict]:
+    """A reference dialogue for an episode made elsewhere (e.g. imported from SLURP): its
+    expected calls run in order on its initial state, then the answer (or, when a call fails,
+    the error told to the user). Only single-user-turn episodes."""
+    if len(episode.turns) != 1:
+        raise ValueError(f"episode {episode.id}: a reference dialogue can only be made for one user turn; "
+                         f"give meta.reference for multi-turn episodes")
+    d = Dialogue(episode.initial_state if episode.initial_state is not None else default_state())
+    d.user(episode.turns[0]["text"])
+    for c in episode.expected_calls:
+        if d.call(Call.from_dict(c), expect_error=False) is None:
+            break
+    d.say(reference_answer(d.results))
+    return d.turns
+
+
+# ---------------------------------------------------------------------------------------------
+# Episode makers. Each returns (turns of the user, dialogue, intent, slots, meta) or raises
+# ToolError / ValueError when the sampled values do not fit (the caller draws again).
+@dataclass
+class Made:
+    user_turns: list[str]
+    dialogue: Dialogue
+    initial_state: Optional[dict]
+    intent: str
+    slots: list[tuple[str, str]]
+    kind: str
+    meta: dict
+
+
+def _initial(rng: random.Random, intent: str, split: str) -> tuple[dict, bool]:
+    state = default_state()
+    changed = augment_state(rng, state, intent, split)
+    return state, changed
+
+
+def make_atomic(rng: random.Random, ph: Phrasings, split: str, intent: Optional[str] = None) -> Made:
+    intent = intent or rng.choice(INTENTS)
+    state, changed = _initial(rng, intent, split)
+    start = copy.deepcopy(state)
+    template = rng.choice(ph.intents[intent])
+    fixed = {}
+    if changed:
+        for slot in PLACEHOLDER.findall(template):
+            names = _names_in_state(state, intent, slot, default_state())
+            if names:
+                fixed[slot] = rng.choice(names)
+    req = make_request(rng, state, intent, template, split, fixed)
+    d = Dialogue(state)
+    d.user(wrap(rng, req.text, ph))
+    d.call(req.call)
+    d.say(reference_answer(d.results))
+    return Made([d.turns[0]["text"]], d, start if changed else None, intent, req.slots, "atomic",
+                {"template": template})
+
+
+COMPOSABLE = [i for i in INTENTS if not i.startswith("general_") and i not in ("music_query",)]
+
+
+def make_concatenation(rng: random.Random, ph: Phrasings, split: str) -> Made:
+    k = 2 if rng.random() < 0.75 else 3
+    intents: list[str] = []
+    while len(intents) < k:
+        i = rng.choice(COMPOSABLE)
+        if all(i.split("_")[0] != j.split("_")[0] for j in intents):  # different scenarios
+            intents.append(i)
+    state = default_state()
+    reqs = [make_request(rng, state, i, rng.choice(ph.intents[i]), split) for i in intents]
+    text = reqs[0].text
+    for r in reqs[1:]:
+        text += f" {rng.choice(ph.connectors)} {r.text}"
+    d = Dialogue(state)
+    d.user(wrap(rng, text, ph))
+    for r in reqs:
+        d.call(r.call)
+    d.say(reference_answer(d.results))
+    return Made([d.turns[0]["text"]], d, None, intents[0], reqs[0].slots, "compositional",
+                {"composition": "concatenation", "intents": intents, "templates": [r.template for r in reqs]})
+
+
+OFFSETS = {"an hour": 60, "two hours": 120, "half an hour": 30, "thirty minutes": 30, "fifteen minutes": 15,
+           "forty five minutes": 45, "three hours": 180}
+
+
+def make_transition(rng: random.Random, ph: Phrasings, split: str) -> Made:
+    """The second call needs the first call's result."""
+    choices = [t for t in TRANSITIONS if ph.transitions.get(t)]
+    if not choices:
+        raise ValueError(f"{ph.path}: no transitions")
+    kind = rng.choice(choices)
+    template = rng.choice(ph.transitions[kind])
+    state = default_state()
+    if kind == "calendar_alarm":
+        augment_state(rng, state, "calendar_query", split)
+        event = rng.choice(state["calendar"])
+        if not event["time"] or from_hhmm(event["time"]) < 9 * 60:
+            raise ValueError("event too early for an alarm before it")
+        offset = _open(rng, "offset", split)
+        text = fill(template, {"event_name": event["event"], "offset": offset})
+        d = Dialogue(state)
+        d.user(wrap(rng, text, ph))
+        first = Call("calendar", {"action": "query", "event_name": event["event"]})
+        res = d.call(first)
+        if len(res["events"]) != 1:
+            raise ValueError("ambiguous event")
+        ev = res["events"][0]
+        from speechlm.agent.tools.common import say_date
+
+        alarm_time = format_time(from_hhmm(ev["time"]) - OFFSETS[offset])
+        d.call(Call("alarm", {"action": "set", "time": alarm_time, "date": say_date(state, ev["date"])}))
+        intent, slots = "calendar_query", [("event_name", event["event"])]
+        meta = {"composition": "transition", "transition": kind, "intents": ["calendar_query", "alarm_set"]}
+    elif kind == "alarm_remove_first":
+        state["alarms"] = []  # two fresh alarms, so the first one is not always the default one
+        while len(state["alarms"]) < 2:
+            augment_state(rng, state, "alarm_query", split)
+        d = Dialogue(state)
+        d.user(wrap(rng, fill(template, {}), ph))
+        res = d.call(Call("alarm", {"action": "query"}))
+        first = res["alarms"][0]
+        from speechlm.agent.tools.common import say_date
+
+        d.call(Call("alarm", {"action": "remove", "time": format_time(from_hhmm(first["time"])),
+                              "date": say_date(state, first["date"])}))
+        intent, slots = "alarm_query", []
+        meta = {"composition": "transition", "transition": kind, "intents": ["alarm_query", "alarm_remove"]}
+    else:  # transport_calendar
+        mode = rng.choice(sorted(state["world"]["transport"]))
+        dest = _pick(rng, list(state["world"]["transport"][mode]), split)
+        text = fill(template, {"transport_type": mode, "place_name": dest})
+        d = Dialogue(state)
+        d.user(wrap(rng, text, ph))
+        res = d.call(Call("transport", {"action": "query", "transport_type": mode, "place_name": dest}))
+        d.call(Call("calendar", {"action": "set", "event_name": f"{mode} to {dest}", "date": "today",
+                                 "time": format_time(res["depart"])}))
+        intent, slots = "transport_query", [("transport_type", mode), ("place_name", dest)]
+        meta = {"composition": "transition", "transition": kind, "intents": ["transport_query", "calendar_set"]}
+    d.say(reference_answer(d.results))
+    return Made([d.turns[0]["text"]], d, None, intent, slots, "compositional", {**meta, "template": template})
+
+
+def make_ask_back(rng: random.Random, ph: Phrasings, split: str) -> Made:
+    """A request without a required argument -> error -> the agent asks -> the user answers."""
+    intent = rng.choice(sorted(ph.underspecified))
+    template = rng.choice(ph.underspecified[intent])
+    state = default_state()
+    req = make_request(rng, state, intent, template, split)
+    d = Dialogue(state)
+    d.user(wrap(rng, req.text, ph))
+    d.call(req.call, expect_error=True)
+    err = d.error
+    if err.kind != "missing" or not err.arg:
+        raise ValueError(f"{ph.path}: underspecified {intent}: {template!r} fails with {err.kind}: {err}")
+    value = slot_value(rng, state, intent, err.arg, split)
+    d.say(ask_back(err.arg))
+    d.user(fill(rng.choice(ph.answers), {"value": value}))
+    slots = req.slots + [(err.arg, value)]
+    d.call(intent_to_call(intent, slots))
+    d.say(reference_answer(d.results))
+    return Made([d.turns[0]["text"], d.turns[4]["text"]], d, None, intent, slots, "recovery",
+                {"recovery": "ask_back", "template": template, "missing": err.arg})
+
+
+def make_correction(rng: random.Random, ph: Phrasings, split: str) -> Made:
+    """A value the tool does not know (a synonym) -> error listing the valid ones -> corrected call."""
+    slot = rng.choice(sorted(ph.corrections))
+    said, meant = rng.choice(sorted(ph.corrections[slot].items()))
+    intents = [i for i in INTENTS if any("{" + slot + "}" in t for t in ph.intents[i])]
+    intent = rng.choice(intents)
+    template = rng.choice([t for t in ph.intents[intent] if "{" + slot + "}" in t])
+    state = default_state()
+    req = make_request(rng, state, intent, template, split, {slot: said})
+    d = Dialogue(state)
+    d.user(wrap(rng, req.text, ph))
+    d.call(req.call, expect_error=True)
+    if d.error.arg != slot:
+        raise ValueError(f"correction {said} -> {meant}: the error is about {d.error.arg}")
+    slots = [(s, meant if s == slot else v) for s, v in req.slots]
+    d.call(intent_to_call(intent, slots))
+    d.say(reference_answer(d.results))
+    return Made([d.turns[0]["text"]], d, None, intent, slots, "recovery",
+                {"recovery": "correction", "template": template, "said": said, "meant": meant})
+
+
+def make_inform(rng: random.Random, ph: Phrasings, split: str) -> Made:
+    """An offline device or a missing item -> the agent tells the user (state unchanged)."""
+    state = default_state()
+    choice = rng.choice(["light", "plug", "coffee", "vacuum", "alarm"])
+    if choice == "light":
+        intent = rng.choice(["iot_hue_lighton", "iot_hue_lightoff", "iot_hue_lightup", "iot_hue_lightdim"])
+        room = _pick(rng, list(state["devices"]["lights"]), split)
+        state["devices"]["lights"][room]["online"] = False
+        fixed = {"house_place": room}
+    elif choice == "plug":
+        intent = rng.choice(["iot_wemo_on", "iot_wemo_off"])
+        dev = _pick(rng, list(state["devices"]["plugs"]), split)
+        state["devices"]["plugs"][dev]["online"] = False
+        fixed = {"device_type": dev}
+    elif choice in ("coffee", "vacuum"):
+        intent = "iot_coffee" if choice == "coffee" else "iot_cleaning"
+        state["devices"]["coffee_machine" if choice == "coffee" else "vacuum"]["online"] = False
+        fixed = {}
+    else:
+        intent = "alarm_remove"
+        fixed = {"time": time_value(rng, split)}
+        if any(format_time(from_hhmm(a["time"])) == fixed["time"] for a in state["alarms"]):
+            raise ValueError("the alarm exists")
+    templates = [t for t in ph.intents[intent] if all("{" + s + "}" in t for s in fixed)]
+    template = rng.choice(templates)
+    start = copy.deepcopy(state)
+    req = make_request(rng, state, intent, template, split, fixed)
+    d = Dialogue(state)
+    d.user(wrap(rng, req.text, ph))
+    d.call(req.call, expect_error=True)
+    d.say(error_answer(d.error))
+    d.calls.append(req.call.to_dict())
+    d.facts.append(normalize_words(str(d.error)))
+    return Made([d.turns[0]["text"]], d, start if start != default_state() else None, intent, req.slots,
+                "recovery", {"recovery": "inform", "error": d.error.kind, "template": template})
+
+
+def _make(rng: random.Random, kind: str, ph: Phrasings, split: str, intent: Optional[str] = None) -> Made:
+    if kind == "atomic":
+        return make_atomic(rng, ph, split, intent)
+    if kind == "compositional":
+        return make_transition(rng, ph, split) if rng.random() < 0.4 else make_concatenation(rng, ph, split)
+    r = rng.random()
+    if r < 0.45 and ph.underspecified:
+        return make_ask_back(rng, ph, split)
+    if r < 0.7 and ph.corrections:
+        return make_correction(rng, ph, split)
+    return make_inform(rng, ph, split)
+
+
+def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional[dict[str, float]] = None,
+                      phrasings: Optional[str] = None, id_prefix: Optional[str] = None,
+                      max_tries: int = 50) -> list[Episode]:
+    """``n`` episodes of ``split`` (``train`` or ``test``: its phrasings and held-out values),
+    deterministic under ``seed``. ``mix`` gives the share of each kind (default
+    :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    mix = dict(DEFAULT_MIX if mix is None else mix)
+    bad = sorted(set(mix) - set(DEFAULT_MIX))
+    if bad or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"mix: shares of {', '.join(DEFAULT_MIX)} (non-negative, not all zero), got {mix}")
+    ph = load_phrasings(phrasings or split)
+    rng = random.Random(f"{seed}-{split}")
+    total = sum(mix.values())
+    counts = {k: int(n * v / total) for k, v in mix.items()}
+    counts["atomic" if mix.get("atomic") else max(mix, key=mix.get)] += n - sum(counts.values())
+    kinds = [k for k, c in counts.items() for _ in range(c)]
+    rng.shuffle(kinds)
+    intent_cycle = list(INTENTS)
+    rng.shuffle(intent_cycle)
+    prefix = id_prefix or split
+    episodes: list[Episode] = []
+    failures: dict[str, int] = {}
+    seen_text: set[tuple] = set()
+    n_atomic = 0
+    for i, kind in enumerate(kinds):
+        intent = None
+        if kind == "atomic":
+            intent = intent_cycle[n_atomic % len(intent_cycle)]
+            n_atomic += 1
+        for attempt in range(max_tries):
+            try:
+                made = _make(rng, kind, ph, split, intent)
+            except (ToolError, ValueError, KeyError, IndexError) as e:
+                key = f"{kind}: {type(e).__name__}: {str(e)[:80]}"
+                failures[key] = failures.get(key, 0) + 1
+                continue
+            key = tuple(made.user_turns)
+            if key in seen_text and attempt < max_tries // 2:
+                continue  # prefer distinct requests
+            seen_text.add(key)
+            break
+        else:
+            raise RuntimeError(f"could not make a {kind} episode in {max_tries} tries; last problems: "
+                               + "; ".join(list(failures)[-3:]))
+        d = made.dialogue
+        episodes.append(Episode(
+            id=f"{prefix}-{i:06d}", turns=[{"text": t, "audio": None} for t in made.user_turns],
+            initial_state=made.initial_state, expected_calls=list(d.calls),
+            expected_state=expected_state_of(d.env.state), answer_facts=list(dict.fromkeys(f for f in d.facts if f)),
+            intent=made.intent, slots=[list(s) for s in made.slots], kind=made.kind, split=split,
+            meta={**made.meta, "seed": seed, "reference": d.turns}))
+    if failures:
+        log.debug("draws that did not fit (drawn again): %s", failures)
+    log.info("generated %d %s episodes: %s", len(episodes), split,
+             ", ".join(f"{k} {sum(e.kind == k for e in episodes)}" for k in DEFAULT_MIX))
+    return episodes
