@@ -269,3 +269,14 @@ def test_seeded_offline_devices_refuse():
     before = env.snapshot()
     ok, text = env.respond("coffee coffee_type=latte")
     assert not ok and text == "error: the coffee machine is offline" and env.state == before
+
+
+def test_relative_times_use_the_clock():
+    env = make_env()  # the clock says 08:30 on 2026-03-02
+    env.execute("alarm action=set ; time=in twenty minutes")
+    env.execute("alarm action=set ; time=an hour")
+    assert {(a["date"], a["time"]) for a in env.state["alarms"]} >= {("2026-03-02", "08:50"), ("2026-03-02", "09:30")}
+    env.set_clock("2026-03-02T23:50")
+    env.execute("alarm action=set ; time=in half an hour")  # past midnight: tomorrow
+    assert ("2026-03-03", "00:20") in {(a["date"], a["time"]) for a in env.state["alarms"]}
+    assert parse_time("a quarter past seven") == 7 * 60 + 15 and parse_time("half seven") == 7 * 60 + 30

@@ -133,6 +133,10 @@ def parse_time(text: str, timeofday: str | None = None) -> int:
     the time does not. ValueError when the words are not a time."""
     t = " ".join(text.lower().replace("o'clock", "").replace("oclock", "").split())
     t = re.sub(r"^(at|for|by|around|about) ", "", t)
+    t = re.sub(r"^a (quarter|half) ", r"\1 ", t)
+    half = re.fullmatch(r"half ([a-z]+)", t)  # british "half seven" = seven thirty
+    if half and half.group(1) in _WORD_VALUES:
+        t = f"{half.group(1)} thirty"
     if t in ("noon", "midday", "twelve noon"):
         return 720
     if t in ("midnight", "twelve midnight"):

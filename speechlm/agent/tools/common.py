@@ -6,7 +6,7 @@ import difflib
 import re
 from typing import Iterable
 
-from speechlm.agent.spoken import format_date, format_time, from_hhmm, parse_date, parse_iso, parse_time
+from speechlm.agent.spoken import format_date, format_time, from_hhmm, parse_date, parse_iso, parse_time, words_to_number
 from speechlm.agent.tools.base import ToolError
 
 FILLERS = re.compile(r"^(the|my|a|an|our|some|this|that) ")
@@ -30,8 +30,13 @@ def get_date(state: dict, args: dict, key: str = "date", default: dt.date | None
         raise ToolError(f"cannot read the {key} {args[key]}; say a day like tomorrow or friday", "invalid", key) from None
 
 
-def get_time(args: dict, key: str = "time", required: bool = False, tool: str = "") -> int | None:
-    """Minutes after midnight from ``args[key]`` (with ``timeofday`` deciding am/pm)."""
+RELATIVE_RE = re.compile(r"(?:in )?(.+?) (minute|minutes|hour|hours)(?: from now)?")
+
+
+def get_time(args: dict, key: str = "time", required: bool = False, tool: str = "",
+             state: dict | None = None) -> int | None:
+    """Minutes after midnight from ``args[key]`` (with ``timeofday`` deciding am/pm); with
+    ``state``, a time relative to the clock too (``in twenty minutes``, ``an hour``)."""
     if key not in args:
         if required:
             raise ToolError(f"missing argument {key}{' for ' + tool if tool else ''}", "missing", key)
@@ -39,7 +44,17 @@ def get_time(args: dict, key: str = "time", required: bool = False, tool: str = 
     try:
         return parse_time(args[key], args.get("timeofday"))
     except ValueError:
-        raise ToolError(f"cannot read the {key} {args[key]}; say a time like seven thirty am", "invalid", key) from None
+        pass
+    m = RELATIVE_RE.fullmatch(" ".join(args[key].lower().split()))
+    if state is not None and m:
+        try:
+            amount = words_to_number(m.group(1).replace("half an", "point five").replace("a half", "point five"))
+        except ValueError:
+            amount = None
+        if amount is not None and 0 < amount <= 24 * 60:
+            t = now(state)
+            return int(t.hour * 60 + t.minute + amount * (60 if m.group(2).startswith("hour") else 1)) % 1440
+    raise ToolError(f"cannot read the {key} {args[key]}; say a time like seven thirty am", "invalid", key)
 
 
 def need(args: dict, key: str, tool: str, action: str = "") -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from speechlm.agent.spoken import number_to_words, words_to_number
+from speechlm.agent.spoken import format_time, number_to_words, words_to_number
 from speechlm.agent.tools.base import ToolError, register_tool, slots
 from speechlm.agent.tools.common import clean, get_time, match, need
 
@@ -110,9 +110,9 @@ def coffee(state: dict, args: dict) -> dict:
     if not machine["online"]:
         raise ToolError("the coffee machine is offline", "offline", "device_type")
     kind = clean(args.get("coffee_type", "coffee"))
-    minutes = get_time(args)
+    minutes = get_time(args, state=state)
     machine["brewing"] = kind
-    when = "" if minutes is None else " at " + args["time"]
+    when = "" if minutes is None else " at " + format_time(minutes)
     return {"text": f"making {kind}{when}", "coffee": kind}
 
 

@@ -106,7 +106,7 @@ def transport(state: dict, args: dict) -> dict:
         return {"text": f"traffic to {place} is {w['traffic'][place]}", "traffic": w["traffic"][place]}
     if action == "taxi":
         dest = clean(need(args, "place_name", "transport", "taxi") if dest_key == "place_name" else args[dest_key])
-        minutes = get_time(args)
+        minutes = get_time(args, state=state)
         ride = {"to": dest, "time": "now" if minutes is None else format_time(minutes)}
         state["rides"].append(ride)
         return {"text": f"taxi booked to {dest} {'now, arriving in ten minutes' if minutes is None else 'for ' + ride['time']}",

@@ -26,7 +26,7 @@ def _default_day(state: dict, minutes: int) -> dt.date:
 def alarm(state: dict, args: dict) -> dict:
     alarms = state["alarms"]
     action = args["action"]
-    minutes = get_time(args, required=action == "set", tool="alarm set")
+    minutes = get_time(args, required=action == "set", tool="alarm set", state=state if action == "set" else None)
     day = get_date(state, args)
     if action == "set":
         day = day or _default_day(state, minutes)
@@ -63,7 +63,7 @@ def alarm(state: dict, args: dict) -> dict:
 def calendar(state: dict, args: dict) -> dict:
     events = state["calendar"]
     action = args["action"]
-    minutes = get_time(args)
+    minutes = get_time(args, state=state if action == "set" else None)
     day = get_date(state, args)
     person = args.get("person", args.get("relation", ""))
     if action == "set":
