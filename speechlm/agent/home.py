@@ -21,6 +21,7 @@ PLACES = ("london", "paris", "new york", "tokyo", "berlin", "madrid", "sydney", 
 TIMEZONES = {"london": 0, "dublin": 0, "edinburgh": 0, "paris": 1, "berlin": 1, "madrid": 1, "rome": 1,
              "new york": -5, "boston": -5, "chicago": -6, "tokyo": 9, "sydney": 11,
              "gmt": 0, "utc": 0, "eastern time": -5, "central time": -6, "pacific time": -8, "india": 5}
+FORECAST_DAYS = 10
 CONDITIONS = ("sunny", "cloudy", "rainy", "windy", "snowy", "foggy", "partly cloudy", "stormy")
 
 FACTS = {
@@ -154,7 +155,7 @@ def _weather(rng: random.Random | None, today: dt.date) -> dict:
     table = {}
     for i, place in enumerate(PLACES):
         days = {}
-        for d in range(7):
+        for d in range(FORECAST_DAYS):
             if rng is None:
                 cond, high = CONDITIONS[(i * 3 + d) % len(CONDITIONS)], 8 + (i * 5 + d * 3) % 20
             else:

@@ -15,7 +15,7 @@ WET = {"rain": ("rainy", "stormy"), "umbrella": ("rainy", "stormy"), "snow": ("s
 
 
 @register_tool(
-    "weather", "the weather forecast for a place and day (this week)",
+    "weather", "the weather forecast for a place and day (the next ten days)",
     slots("place_name", "date", "time", "timeofday", "weather_descriptor", "general_frequency"),
     intents={"weather_query": {}},
 )
@@ -25,7 +25,7 @@ def weather(state: dict, args: dict) -> dict:
     day = get_date(state, args, default=today(state))
     key = day.isoformat()
     if key not in table[place]:
-        raise ToolError(f"no forecast for {args.get('date', key)}; forecasts cover the next seven days", "invalid", "date")
+        raise ToolError(f"no forecast for {args.get('date', key)}; forecasts cover the next ten days", "invalid", "date")
     f = table[place][key]
     when = say_date(state, key)
     text = f"weather in {place} {when}: {f['condition']}, high of {number_to_words(f['high'])} degrees, low of {number_to_words(f['low'])}"
