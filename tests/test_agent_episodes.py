@@ -145,3 +145,10 @@ def test_success_checks_state_and_answer_facts():
     assert not success(ep, env.state, "ok, your alarm is set")  # the fact is missing
     assert not fact_in_answer("seven am", "at seventy amps")  # whole words only
     assert fact_in_answer("luigi's", "try Luigi's, an italian restaurant")
+
+
+def test_slurp_style_values_always_format():
+    call = intent_to_call("transport_query", [("place_name", "London"), ("place_name", "paris|nice"),
+                                              ("place_name", "a=b;c")])
+    assert call.args == {"action": "query", "place_name": "london", "place_name_2": "paris nice", "place_name_3": "a b c"}
+    assert parse_call(format_call(call)) == call

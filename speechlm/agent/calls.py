@@ -38,6 +38,7 @@ class CallSyntaxError(ValueError):
 
     def __init__(self, message: str, text: str, pos: int) -> None:
         super().__init__(f"{message} at character {pos} of {text!r}")
+        self.message = message
         self.text = text
         self.pos = pos
 
@@ -168,7 +169,7 @@ def parse_turn(text: str) -> tuple[str, Union[Call, str]]:
         try:
             return "call", parse_call(stripped[len(CALL_PREFIX):])
         except CallSyntaxError as e:  # report the position in the whole turn
-            raise CallSyntaxError(str(e).split(" at character ")[0], text, lead + len(CALL_PREFIX) + e.pos) from None
+            raise CallSyntaxError(e.message, text, lead + len(CALL_PREFIX) + e.pos) from None
     if stripped.startswith(ANSWER_PREFIX) or stripped.strip() == ANSWER_PREFIX.strip():
         return "answer", format_answer(stripped[len(ANSWER_PREFIX):])
     raise CallSyntaxError("an assistant turn starts with 'call ' or 'say '", text, lead)

@@ -135,10 +135,14 @@ def write_episodes(path: str | os.PathLike, episodes: Iterable[Episode]) -> None
             f.write(json.dumps(ep.to_dict(), ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def _plain_words(text: str) -> str:
+    """`` words `` without punctuation (apostrophes kept), padded so whole words can be searched."""
+    return " " + " ".join("".join(c if c.isalnum() or c == "'" else " " for c in normalize_words(text)).split()) + " "
+
+
 def fact_in_answer(fact: str, answer: str) -> bool:
     """Whether ``fact`` occurs in ``answer`` as whole words (case, space and punctuation normalised)."""
-    norm = lambda s: " " + " ".join("".join(c if c.isalnum() or c == "'" else " " for c in normalize_words(s)).split()) + " "
-    return norm(fact) in norm(answer)
+    return _plain_words(fact) in _plain_words(answer)
 
 
 def state_matches(expected: Optional[dict], final: dict) -> bool:
