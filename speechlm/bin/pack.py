@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "scored: no checkpoint choice, no refit), e.g. for --export")
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
+    p.add_argument("--base-dir",
+                   help="resolve the run's relative tokenizer paths against this dir (default: the dir the run "
+                        "was started in, as the run recorded it); the files are still checked against the "
+                        "fingerprints taken at training time")
 
 
 def pick_checkpoint(exp: Path, which: str, n_avg: int, out: Path) -> Path:
@@ -52,12 +56,58 @@ def pick_checkpoint(exp: Path, which: str, n_avg: int, out: Path) -> Path:
     return ckpt
 
 
-def copy_tokenizers(exp: Path, out: Path) -> None:
-    """Copy each tokenizer's files into ``out/tokenizers/<name>/`` and rewrite tokenizers.yaml to them."""
+def run_base_dir(exp: Path) -> tuple[Path, str]:
+    """The directory ``exp`` was trained from (its relative tokenizer paths are relative to it)
+    and where that came from: the tokenizer fingerprints, env.json, the cwd line of cmd.sh, or
+    (a run that recorded none) the current directory."""
+    import json
+
+    from speechlm.train.rundir import tokenizer_fingerprints
+
+    stored = tokenizer_fingerprints(exp)
+    if stored.get("base_dir"):
+        return Path(stored["base_dir"]), f"{exp}/tokenizer_files.json"
+    env = exp / "env.json"
+    if env.is_file():
+        try:
+            cwd = json.loads(env.read_text(encoding="utf-8")).get("cwd")
+        except ValueError:
+            cwd = None
+        if cwd:
+            return Path(cwd), str(env)
+    cmd = exp / "cmd.sh"
+    if cmd.is_file():
+        for line in cmd.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# cwd: "):
+                return Path(line[len("# cwd: "):]), str(cmd)
+    return Path.cwd(), "the current directory (the run recorded no start directory)"
+
+
+def check_tokenizers(exp: Path, base: Path) -> None:
+    """Refuse to pack tokenizer files other than the ones the run was trained with (a file of the
+    same name in another recipe, a model retrained since); warn when the run has no fingerprints."""
+    from speechlm.train.rundir import check_tokenizer_files, tokenizer_fingerprints
+
+    if not tokenizer_fingerprints(exp):
+        log.warning("%s has no tokenizer fingerprints (tokenizer_files.json; trained by an older speechlm): the "
+                    "tokenizer files under %s are packed unchecked; make sure they are the ones it was trained with",
+                    exp, base)
+        return
+    problems = check_tokenizer_files(exp, base)
+    if problems:
+        raise ValueError(
+            f"{exp}: the tokenizer files are not the ones the run was trained with: " + "; ".join(problems)
+            + ". Restore them (or pass --base-dir with the dir that holds them); packing them would give a "
+            "model that turns text into the wrong ids")
+
+
+def copy_tokenizers(exp: Path, out: Path, base: Path | None = None) -> None:
+    """Copy each tokenizer's files into ``out/tokenizers/<name>/`` and rewrite tokenizers.yaml to
+    them; relative paths of the run resolve against ``base`` (default: the current directory)."""
     from speechlm.tokenizers import TOKENIZERS, load_tokenizer_specs, load_tokenizers
 
     specs = load_tokenizer_specs(exp / "tokenizers.yaml")
-    toks = load_tokenizers(exp / "tokenizers.yaml")
+    toks = load_tokenizers(exp / "tokenizers.yaml", base_dir=base, confine=False)
     packed = {}
     for name, spec in specs.items():
         spec = dict(spec)
@@ -65,7 +115,7 @@ def copy_tokenizers(exp: Path, out: Path) -> None:
         for key in getattr(cls, "path_options", ()):
             if key not in spec:
                 continue
-            src = Path(spec[key])
+            src = Path(spec[key]) if base is None or Path(spec[key]).is_absolute() else base / spec[key]
             dst = out / "tokenizers" / name / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree(src, dst, dirs_exist_ok=True) if src.is_dir() else shutil.copy2(src, dst))
@@ -124,6 +174,10 @@ def main(args: argparse.Namespace) -> int:
     for name in ("tokenizers.yaml", "tasks"):
         if not (exp / name).exists():
             raise FileNotFoundError(f"{exp / name} is missing: is {exp} a `speechlm train` run dir?")
+    if not args.packed_dir:  # check before any work: a refit takes minutes
+        base, where = (Path(args.base_dir), "--base-dir") if args.base_dir else run_base_dir(exp)
+        log.info("tokenizer paths of %s resolve against %s (from %s)", exp, base, where)
+        check_tokenizers(exp, base)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -142,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp / ".averaged", ignore_errors=True)
         refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
         shutil.copytree(exp / "tasks", tmp / "tasks")
-        copy_tokenizers(exp, tmp)
+        copy_tokenizers(exp, tmp, base)
     if args.decode_config:
         from speechlm.config import load_yaml
         from speechlm.infer.config import decode_config_for

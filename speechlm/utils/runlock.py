@@ -93,8 +93,8 @@ class RunLock:
             else:
                 who = f"other `speechlm {self.what} --shard` jobs"
             raise LockedError(
-                f"{self.path.parent}: another `speechlm {self.what}` is running here ({who}); wait for it to "
-                f"finish (or stop it) and run again. Lock file: {self.path}", owner) from None
+                f"{self.path.parent.absolute()}: another `speechlm {self.what}` is running here ({who}); wait for "
+                f"it to finish (or stop it) and run again. Lock file: {self.path.absolute()}", owner) from None
         if not self.shared:
             old = read_owner(self.path)
             if old and old.get("pid") != os.getpid():
