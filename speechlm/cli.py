@@ -54,9 +54,12 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        from speechlm.config import load_yaml
+        from speechlm.config import ConfigError, load_yaml
 
-        data = load_yaml(known.config) or {}
+        try:
+            data = load_yaml(known.config) or {}
+        except ConfigError as e:  # a missing or malformed file: one line, not a traceback
+            parser.error(str(e))
         if not isinstance(data, dict):
             parser.error(f"{known.config}: expected a mapping of option names to values")
         actions = {a.dest: a for a in parser._actions}
