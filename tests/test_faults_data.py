@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -126,8 +127,6 @@ def test_case2_pack_uses_the_run_start_dir_and_checks_fingerprints(run, tmp_path
     assert not (tmp_path / "p2").exists()
     # a run dir from before fingerprints: packed with a warning, not refused
     old = tmp_path / "old_run"
-    import shutil
-
     shutil.copytree(exp, old)
     (old / "tokenizer_files.json").unlink()
     caplog.clear()
@@ -136,21 +135,16 @@ def test_case2_pack_uses_the_run_start_dir_and_checks_fingerprints(run, tmp_path
     assert "no tokenizer fingerprints" in caplog.text
 
 
-def test_case2_pack_refuses_a_retrained_tokenizer(run, tmp_path, caplog):
+def test_case2_pack_refuses_a_retrained_tokenizer(run, tmp_path, monkeypatch, caplog):
     a, _ = run
     exp = tmp_path / "run_copy"
-    import shutil
-
     shutil.copytree(a / "exp" / "run", exp)
     model = a / "bpe" / "bpe.model"
     saved = model.read_bytes()
     try:
-        cwd = os.getcwd()
-        os.chdir(a)
-        try:
-            _bpe(a, TEXT_B)  # retrained at the same path
-        finally:
-            os.chdir(cwd)
+        monkeypatch.chdir(a)
+        _bpe(a, TEXT_B)  # retrained at the same path
+        monkeypatch.chdir(tmp_path)
         assert model.read_bytes() != saved
         assert _pack(exp, tmp_path / "packed") == 1
         assert "not the ones the run was trained with" in caplog.text and str(model) in caplog.text
@@ -165,12 +159,7 @@ def test_case10_packed_tokenizer_paths_stay_inside_the_model_dir(run, tmp_path):
 
     a, _ = run
     packed = tmp_path / "packed"
-    cwd = os.getcwd()
-    os.chdir(a)
-    try:
-        assert _pack(a / "exp" / "run", packed) == 0
-    finally:
-        os.chdir(cwd)
+    assert _pack(a / "exp" / "run", packed) == 0
     lm = speechlm.load(packed)  # the packed model loads
     assert "text_bpe" in lm.tokenizers
     outside = tmp_path / "outside.model"
