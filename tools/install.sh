@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install speechlm into a virtual env (default: .venv at the repo root) in editable mode,
-# plus the Debian packages the toolkit uses (espeak-ng, sox) when run as root.
+# plus the Debian packages the toolkit uses (espeak-ng, sox, flite, festival) when run as root.
 # Usage: tools/install.sh [--venv DIR] [--python PYTHON] [--no-apt]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,9 +17,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-debs=(espeak-ng sox libsndfile1)
+# flite and festival (with its English voices) speak the voice-agent episodes in voices and
+# engines other than espeak-ng's (speechlm agent synth; Debian bookworm package names).
+debs=(espeak-ng sox libsndfile1 flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 missing=()
-for cmd in espeak-ng sox; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+for cmd in espeak-ng sox flite festival; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if $apt && [ "$(id -u)" = 0 ]; then
     echo "install.sh: installing Debian packages: ${debs[*]}"

@@ -230,7 +230,6 @@ def _state_values(state: dict, intent: str, slot: str) -> Optional[list[str]]:
         ("qa_stock", "business_name"): lambda: list(w["stocks"]),
         ("takeaway_query", "business_name"): lambda: list(w["menus"]),
         ("takeaway_order", "business_name"): lambda: list(w["menus"]),
-        ("email_addcontact", "person"): lambda: load_values()["person"]["train"] + load_values()["person"]["test"],
         ("social_query", "person"): lambda: sorted({p["person"] for p in state["social"]["feed"]}),
         "house_place": lambda: list(state["devices"]["lights"]),
         "device_type": lambda: list(state["devices"]["plugs"]),
@@ -275,6 +274,8 @@ def slot_value(rng: random.Random, state: dict, intent: str, slot: str, split: s
         return " ".join(number_to_words(rng.randint(0, 9)) for _ in range(7))
     if intent == "lists_createoradd" and slot == "list_name" and rng.random() < 0.4:
         return _open(rng, "new_list_name", split)
+    if intent == "email_addcontact" and slot == "person":
+        return _open(rng, "person", split)
     if intent == "calendar_set" and slot == "event_name":
         return _open(rng, "event_name", split)
     if slot in ("item", "message", "coffee_type", "weather_descriptor", "player_setting", "change_amount"):
@@ -443,15 +444,16 @@ class Dialogue:
     def user(self, text: str) -> None:
         self.turns.append({"role": "user", "text": text})
 
-    def call(self, call: Call, expect_error: bool = False) -> Optional[dict]:
-        """Run ``call``; record it; return the result (None after a ToolError)."""
+    def call(self, call: Call, expect_error: bool = False, allow_error: bool = False) -> Optional[dict]:
+        """Run ``call``; record it; return the result (None after a ToolError, which raises
+        unless the error is expected or allowed)."""
         before = self.env.snapshot()
         self.turns.append({"role": "assistant", "text": format_turn("call", call)})
         try:
             result = self.env.execute(call)
         except ToolError as e:
             self.turns.append({"role": "tool", "text": format_result(e)})
-            if not expect_error:
+            if not (expect_error or allow_error):
                 raise
             self.error = e
             return None
@@ -478,8 +480,9 @@ def reference_dialogue(episode: Episode) -> list[dict]:
     d = Dialogue(episode.initial_state if episode.initial_state is not None else default_state())
     d.user(episode.turns[0]["text"])
     for c in episode.expected_calls:
-        if d.call(Call.from_dict(c), expect_error=False) is None:
-            break
+        if d.call(Call.from_dict(c), allow_error=True) is None:
+            d.say(error_answer(d.error))
+            return d.turns
     d.say(reference_answer(d.results))
     return d.turns
 
@@ -496,6 +499,11 @@ class Made:
     slots: list[tuple[str, str]]
     kind: str
     meta: dict
+
+
+def _changed(state: dict) -> Optional[dict]:
+    """``state`` when it differs from the default state (stored in the episode), else None."""
+    return None if state == default_state() else state
 
 
 def _initial(rng: random.Random, intent: str, split: str) -> tuple[dict, bool]:
@@ -606,7 +614,7 @@ def make_transition(rng: random.Random, ph: Phrasings, split: str) -> Made:
         intent, slots = "transport_query", [("transport_type", mode), ("place_name", dest)]
         meta = {"composition": "transition", "transition": kind, "intents": ["transport_query", "calendar_set"]}
     d.say(reference_answer(d.results))
-    return Made([d.turns[0]["text"]], d, None, intent, slots, "compositional", {**meta, "template": template})
+    return Made([d.turns[0]["text"]], d, _changed(state), intent, slots, "compositional", {**meta, "template": template})
 
 
 def make_ask_back(rng: random.Random, ph: Phrasings, split: str) -> Made:
@@ -717,8 +725,10 @@ def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional
     ph = load_phrasings(phrasings or split)
     rng = random.Random(f"{seed}-{split}")
     total = sum(mix.values())
-    counts = {k: int(n * v / total) for k, v in mix.items()}
-    counts["atomic" if mix.get("atomic") else max(mix, key=mix.get)] += n - sum(counts.values())
+    counts = {k: int(round(n * v / total)) for k, v in mix.items()}
+    while sum(counts.values()) != n:  # rounding: adjust the largest share
+        big = max(counts, key=lambda k: (mix[k], k))
+        counts[big] += 1 if sum(counts.values()) < n else -1
     kinds = [k for k, c in counts.items() for _ in range(c)]
     rng.shuffle(kinds)
     intent_cycle = list(INTENTS)

@@ -1,0 +1,175 @@
+"""The episode generator: phrasings (two styles, disjoint), determinism, kinds, held-out values,
+and episodes whose reference dialogue replays to their expected state and answer facts."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from speechlm.agent.calls import parse_turn
+from speechlm.agent.env import make_env
+from speechlm.agent.episodes import read_episodes, success, write_episodes
+from speechlm.agent.generator import (DEFAULT_MIX, PLACEHOLDER, generate_episodes, heldout, load_phrasings,
+                                      load_values)
+from speechlm.agent.intents import INTENTS, call_to_intent
+from speechlm.agent.calls import Call
+
+
+@pytest.fixture(scope="module")
+def train_eps():
+    return generate_episodes(150, "train", seed=7)
+
+
+@pytest.fixture(scope="module")
+def test_eps():
+    return generate_episodes(150, "test", seed=7)
+
+
+def test_phrasings_cover_every_intent_in_two_disjoint_styles():
+    train, test = load_phrasings("train"), load_phrasings("test")
+    for ph in (train, test):
+        assert set(ph.intents) == set(INTENTS)
+        assert ph.underspecified and ph.transitions and ph.corrections and ph.answers
+    assert sum(map(len, train.intents.values())) >= 6 * len(INTENTS)
+    # no test line (template, wrapper, connector, answer) is a training line
+    assert not set(train.all_lines()) & set(test.all_lines())
+    # the test style is shorter: fewer words per template on average
+    words = lambda ph: sum(len(t.split()) for ts in ph.intents.values() for t in ts) / sum(map(len, ph.intents.values()))
+    assert words(test) < 0.8 * words(train)
+    values = load_values()
+    for slot, v in values.items():
+        assert not set(v["train"]) & set(v["test"]), slot
+
+
+def test_load_phrasings_names_a_bad_slot(tmp_path):
+    text = (load_phrasings("train").path and open(load_phrasings("train").path).read())
+    bad = text.replace("set an alarm for {time}\n", "set an alarm for {colour}\n", 1)
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    with pytest.raises(ValueError, match=r"alarm_set.*\{colour\} is not an argument of tool alarm"):
+        load_phrasings(str(path))
+    path.write_text(text.replace("set an alarm for {time}\n", "set an alarm for 7\n", 1))
+    with pytest.raises(ValueError, match="numbers spelled out"):
+        load_phrasings(str(path))
+
+
+def test_generation_is_deterministic_and_covers_kinds(train_eps):
+    again = generate_episodes(150, "train", seed=7)
+    assert [e.to_dict() for e in again] == [e.to_dict() for e in train_eps]
+    other = generate_episodes(150, "train", seed=8)
+    assert [e.text for e in other] != [e.text for e in train_eps]
+    kinds = Counter(e.kind for e in train_eps)
+    assert kinds == {k: round(150 * v) for k, v in DEFAULT_MIX.items()}
+    # atomic episodes cycle through the intents: 90 atomic episodes cover all 59
+    assert {e.intent for e in train_eps if e.kind == "atomic"} == set(INTENTS)
+    sub = Counter(e.meta.get("recovery") or e.meta.get("composition") for e in train_eps if e.kind != "atomic")
+    assert set(sub) == {"ask_back", "correction", "inform", "concatenation", "transition"}
+
+
+def test_text_is_lower_case_words(train_eps, test_eps):
+    for e in train_eps + test_eps:
+        for t in e.turns:
+            assert t["text"] == t["text"].lower() and not re.search(r"\d|\{", t["text"]), t["text"]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_reference_dialogue_replays_to_the_expected_state_and_answer(split, train_eps, test_eps):
+    """Running each episode's reference calls on its initial state gives its expected state, its
+    expected calls (the successful ones) and an answer holding every answer fact; a wrong
+    answer fails an episode with facts."""
+    eps = train_eps if split == "train" else test_eps
+    for ep in eps:
+        env = make_env("home", ep.initial_state)
+        answer, calls = None, []
+        ref = ep.meta["reference"]
+        assert ref[0]["role"] == "user" and ref[-1]["role"] == "assistant"
+        assert [t["text"] for t in ref if t["role"] == "user"] == [t["text"] for t in ep.turns]
+        for i, turn in enumerate(ref):
+            if turn["role"] != "assistant":
+                continue
+            kind, payload = parse_turn(turn["text"])
+            if kind == "call":
+                ok, result = env.respond(payload)
+                assert ref[i + 1] == {"role": "tool", "text": result}
+                if ok:
+                    calls.append(payload.to_dict())
+            else:
+                answer = payload
+        assert answer is not None
+        assert success(ep, env.state, answer), ep.id
+        if ep.meta.get("recovery") != "inform":
+            assert calls == ep.expected_calls
+        if ep.answer_facts:
+            assert not success(ep, env.state, "i do not know"), ep.id
+        # the intent and slots are those of the first expected call
+        if ep.kind == "atomic" or ep.meta.get("recovery") in ("ask_back", "correction"):
+            intent, slots = call_to_intent(Call.from_dict(ep.expected_calls[0]))
+            assert intent == ep.intent
+            assert sorted(map(tuple, ep.slots)) == sorted(slots)
+
+
+def test_recovery_episodes(train_eps):
+    asks = [e for e in train_eps if e.meta.get("recovery") == "ask_back"]
+    assert asks
+    for e in asks:
+        assert len(e.turns) == 2
+        roles = [t["role"] for t in e.meta["reference"]]
+        assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant", "tool", "assistant"]
+        assert e.meta["reference"][2]["text"].startswith("error: missing argument")
+        assert e.meta["reference"][3]["text"].startswith("say ")
+    informs = [e for e in train_eps if e.meta.get("recovery") == "inform"]
+    for e in informs:
+        assert e.meta["reference"][-1]["text"].startswith("say sorry,")
+        assert e.answer_facts and e.meta["reference"][-2]["text"].startswith("error:")
+    for e in (x for x in train_eps if x.meta.get("recovery") == "correction"):
+        said, meant = e.meta["said"], e.meta["meant"]
+        assert said in e.turns[0]["text"] and [meant] == [v for _, v in e.slots if v in (said, meant)]
+
+
+def test_transitions_use_the_first_result(train_eps):
+    trans = [e for e in train_eps if e.meta.get("composition") == "transition"]
+    assert trans
+    for e in trans:
+        assert len(e.expected_calls) == 2
+        first_result = e.meta["reference"][2]["text"]
+        second = e.expected_calls[1]["args"]
+        # a value of the second call (a date, or the event's time) comes from the first result
+        assert any(v in first_result for k, v in second.items() if k in ("date", "time")) or \
+            e.meta["transition"] == "calendar_alarm"
+
+
+def test_test_split_uses_held_out_phrasings_and_values(train_eps, test_eps):
+    train_ph, test_ph = load_phrasings("train"), load_phrasings("test")
+    train_templates = {t for ts in train_ph.intents.values() for t in ts}
+    test_templates = {t for ts in test_ph.intents.values() for t in ts}
+    for e in test_eps:
+        if "template" in e.meta and e.kind == "atomic":
+            assert e.meta["template"] in test_templates and e.meta["template"] not in train_templates
+    train_values = {v for e in train_eps for _, v in e.slots}
+    test_values = {v for e in test_eps for _, v in e.slots}
+    # held-out values: from values.yaml's test lists, or closed-domain values the hash holds out
+    held = set().union(*(set(v["test"]) for v in load_values().values()))
+    assert {v for v in test_values if v in held or heldout(v)} - train_values
+    assert not {v for v in train_values if v in held}
+    assert not {v for e in train_eps for s, v in e.slots if s == "house_place" and heldout(v)}
+
+
+def test_episodes_round_trip(tmp_path, train_eps):
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, train_eps[:20])
+    back = read_episodes(path)
+    assert [e.to_dict() for e in back] == [e.to_dict() for e in train_eps[:20]]
+    assert json.loads(path.read_text().splitlines()[0])["meta"]["reference"]
+
+
+def test_generate_command(tmp_path):
+    from speechlm.cli import main
+
+    out = tmp_path / "e.jsonl"
+    assert main(["agent", "generate", "--out", str(out), "--n", "12", "--split", "test", "--seed", "2",
+                 "--mix", "atomic=1"]) == 0
+    eps = read_episodes(out)
+    assert len(eps) == 12 and {e.kind for e in eps} == {"atomic"} and {e.split for e in eps} == {"test"}
+    assert main(["agent", "generate", "--out", str(out), "--n", "3", "--mix", "atomic"]) == 1  # bad --mix
