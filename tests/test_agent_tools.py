@@ -280,3 +280,31 @@ def test_relative_times_use_the_clock():
     env.execute("alarm action=set ; time=in half an hour")  # past midnight: tomorrow
     assert ("2026-03-03", "00:20") in {(a["date"], a["time"]) for a in env.state["alarms"]}
     assert parse_time("a quarter past seven") == 7 * 60 + 15 and parse_time("half seven") == 7 * 60 + 30
+
+
+FUZZ_VALUES = ["seven am", "tomorrow", "friday", "blue", "kitchen", "the bedroom", "paris", "twenty percent", "to five",
+               "zero", "john", "my brother", "milk", "shopping", "pizza", "train", "oxford", "dollars", "apple",
+               "twelve divided by zero", "the", "next week", "in ten minutes", "noon", "shuffle", "adele", "x",
+               "minus three", "march thirty second", "evening", "facebook", "phone number", "9:75", "25:00"]
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2])
+def test_random_calls_give_a_result_or_a_tool_error_never_a_crash(seed):
+    import random
+
+    rng = random.Random(seed or 0)
+    env = make_env(state=default_state(seed))
+    for name in TOOLS.names():
+        tool = TOOLS.get(name)
+        props, required = tool.parameters["properties"], tool.parameters["required"]
+        for _ in range(15):
+            args = {k: rng.choice(spec.get("enum") or FUZZ_VALUES) for k, spec in props.items()
+                    if (k in required and rng.random() < 0.95) or rng.random() < 0.25}
+            before = env.snapshot()
+            try:
+                result = env.execute(Call(name, args))
+            except ToolError as e:
+                assert str(e) and env.state == before
+            else:
+                assert isinstance(result["text"], str) and result["text"].strip()
+                json.dumps(env.state)
