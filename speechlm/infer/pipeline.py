@@ -172,8 +172,9 @@ class Pipeline:
 
     def generate_outputs(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
                          ids: Sequence[str] | None = None) -> list[list["Output"]]:
-        """The ``config.nbest`` hypotheses of each input (condition tokens), as :class:`Output`\ s:
-        beam search best first; samples in the order drawn."""
+        """The ``config.nbest`` hypotheses (:class:`Output`) of each input (condition tokens): beam
+        search best first, samples in the order drawn. Inputs beyond the model's context are an
+        :class:`InputError` naming the input's id (``ids``, default ``input0``, ``input1``, ...)."""
         from speechlm.infer.generate import DecodeConfig, generate_nbest
 
         template = self.template(task)
@@ -235,7 +236,7 @@ class Pipeline:
                 raise ValueError(f"n={n}: search {config.search!r} gives one hypothesis; use search 'beam' "
                                  "(text targets) or 'sample' for an n-best list")
             config = dataclasses.replace(config, nbest=n, beam_size=max(config.beam_size, n))
-        outs = self.generate_outputs(task, [self.condition_tokens(template, inputs)], config.validate())[0]
+        outs = self.generate_outputs(task, [self.condition_tokens(template, inputs)], config.validate(), ["input"])[0]
         target = template.targets[0]
         tok = self.tokenizers[target.tokenizer]
         result = []

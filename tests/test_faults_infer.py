@@ -1,0 +1,302 @@
+"""Planted faults in decoding (issue 14): each test names its case and fails on the code before the fix.
+
+Real parts only: tiny models saved as model dirs (Codec 2, a character tokenizer, espeak-ng phones)
+and loaded by ``speechlm.load``; espeak-ng recordings; the ``speechlm decode`` command.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import speechlm
+from speechlm.cli import main as cli
+from speechlm.config import ConfigError
+from speechlm.data.batch import collate
+from speechlm.data.sequence import build_example
+from speechlm.infer import DecodeConfig, generate_nbest
+from speechlm.models import SpeechLM
+from speechlm.tasks import load_template
+from speechlm.tasks.template import BUILTIN_DIR
+from speechlm.vocab import Vocabulary
+from conftest import synth
+from test_model_helpers import tiny_config, toy_vocab
+
+CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz'"]
+TASKS = ("asr", "plain_tts", "tts")
+CONTEXT = 96  # the model's max_len: a 0.5 s word fits (codec 2: 50 frames/s), a 3 s sentence does not
+
+
+# ---- shared setup -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny model dir as `speechlm pack` writes it (outputs are garbage, which is fine:
+    these tests are about what reaches the model and what comes back, not about accuracy)."""
+    from speechlm.tokenizers import load_tokenizers
+
+    root = tmp_path_factory.mktemp("infer") / "model"
+    (root / "tokenizers").mkdir(parents=True)
+    (root / "tokenizers" / "chars.txt").write_text("\n".join(CHARS) + "\n")
+    (root / "tokenizers.yaml").write_text(yaml.safe_dump({
+        "codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/chars.txt"},
+        "phone": {"type": "g2p"}}))
+    (root / "tasks").mkdir()
+    for t in TASKS:
+        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
+    (root / "decode.yaml").write_text("search: greedy\nmax_len: 12\n")
+    toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
+    vocab = Vocabulary()
+    for name in ("codec", "text_bpe", "phone"):
+        vocab.add_tokenizer(name, toks[name].codebook_sizes)
+    for t in TASKS:
+        vocab.add_task(t)
+    torch.manual_seed(0)
+    SpeechLM(tiny_config("delay", max_len=CONTEXT), vocab).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("wavs")
+    words = {"a1": "yes", "a2": "no", "a3": "stop", "b1": "go",
+             "long": "please turn on all of the lights in the kitchen and the living room now"}
+    return {u: synth(d / f"{u}.wav", w, voice="en-us" if u[0] != "b" else "en+f2") for u, w in words.items()}
+
+
+def scp(path: Path, entries: dict[str, str]) -> Path:
+    path.write_text("".join(f"{u} {v}\n" for u, v in entries.items()))
+    return path
+
+
+def decode(model_dir: Path, out: Path, *args: str) -> int:
+    return cli(["decode", "--model-dir", str(model_dir), "--out-dir", str(out), *args])
+
+
+def kaldi_file(path: Path) -> dict[str, str]:
+    return dict(line.split(maxsplit=1) if " " in line else (line, "")
+                for line in path.read_text().splitlines() if line.strip())
+
+
+# ---- case 0 --------------------------------------------------------------------------------------
+def asr_prompt(vocab, utt: str, frames: int, seed: int):
+    speech = np.random.default_rng(seed).integers(0, 8, (frames, 2))
+    return build_example(utt, load_template("asr"), {"speech": speech}, vocab, 2, with_targets=False)
+
+
+def test_case0_batched_joint_beam_equals_one_by_one_with_short_inputs():
+    """A 2-frame input leaves CTC no continuation after two tokens, so its prompt stops with fewer
+    than beam_size live rows while the long prompts after it in the batch go on: each must keep
+    reading its own rows (the old bookkeeping shifted them: wrong hypotheses or an IndexError)."""
+    torch.manual_seed(0)
+    vocab = toy_vocab(2)
+    model = SpeechLM(tiny_config("delay", ctc_weight=0.5, ctc_tokenizer="text_bpe"), vocab).eval()
+    prompts = [asr_prompt(vocab, "short1", 2, 0), asr_prompt(vocab, "long1", 14, 1),
+               asr_prompt(vocab, "short2", 1, 2), asr_prompt(vocab, "long2", 12, 3), asr_prompt(vocab, "long3", 16, 4)]
+    cfg = DecodeConfig(search="beam", beam_size=4, nbest=2, ctc_weight=0.5, max_len=8)
+    batched = generate_nbest(model, collate(prompts), cfg)
+    for p, hyps in zip(prompts, batched):
+        alone = generate_nbest(model, collate([p]), cfg)[0]
+        assert [h.frames(2).tolist() for h in hyps] == [h.frames(2).tolist() for h in alone], p.id
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-3), p.id
+    # the CTC term bounds each hypothesis by its input: at most one token per frame here
+    assert all(len(h.frames(2)) <= 2 for h in batched[0]) and all(len(h.frames(2)) <= 1 for h in batched[2])
+    assert any(len(h[0].frames(2)) > 2 for h in batched[1::2]), "the long prompts should search beyond that"
+
+
+# ---- case 6 --------------------------------------------------------------------------------------
+def test_case6_guidance_prompt_is_the_training_dropout_sequence_and_beam_rejects_unused_options(tmp_path):
+    """Training with condition_dropout and decoding with cfg_scale build the same unconditional
+    sequence (<task> <seg:codec> <seg:phone> <seg:codec>, prefix 3 for TTS); beam and CTC-greedy
+    search refuse cfg_scale / repetition_penalty instead of ignoring them."""
+    from speechlm.data.dataset import DataSpec, MultiTaskData
+    from speechlm.data.synthetic import make_dump, synthetic_vocab
+    from speechlm.infer.context import unconditional
+
+    dump = make_dump(tmp_path / "tts", "tts", 6, seed=0, n_speakers=2)
+    tpl = yaml.safe_load((dump / "template.yaml").read_text())
+    tpl["condition_dropout"] = 0.9
+    (dump / "template.yaml").write_text(yaml.safe_dump(tpl))
+    vocab = synthetic_vocab(["tts"])
+    entry = MultiTaskData([DataSpec.parse(f"tts:t:{dump}")], vocab, n_streams=4).entries[0]
+    template = entry.template
+    checked = 0
+    for i in range(len(entry)):
+        for epoch in range(3):
+            ex = entry.example(i, epoch)
+            row = int(entry.rows[i])
+            segs = {s.name: entry._prompt.prompt(row, s, epoch) if s.modality == "spk_prompt" else entry.tokens(row, s.name)
+                    for s in template.conditions}
+            prompt = build_example(entry.utt_id(i), template, segs, vocab, 4, with_targets=False)
+            if len(ex) >= len(prompt):
+                continue  # conditions kept in this epoch
+            un = unconditional(collate([prompt], vocab.pad_id))
+            n = int(un.lengths[0])
+            assert n == 4 and int(un.prefix_lens[0]) == ex.prefix_len == 3
+            np.testing.assert_array_equal(un.tokens[0, :n].numpy(), ex.tokens[:n])  # the same sequence
+            np.testing.assert_array_equal(un.kinds[0, :n].numpy(), ex.kinds[:n])
+            checked += 1
+    assert checked >= 3, "condition_dropout 0.9 should drop the conditions of several examples"
+    for search in ("beam", "ctc_greedy"):
+        for key, value in (("cfg_scale", 2.0), ("repetition_penalty", 1.3)):
+            with pytest.raises(ConfigError, match=f"{key}.*{search}"):
+                DecodeConfig(search=search, **{key: value}).validate()
+    DecodeConfig(search="sample", cfg_scale=2.0, repetition_penalty=1.3).validate()  # applied there
+
+
+# ---- case 7 --------------------------------------------------------------------------------------
+def test_case7_speaker_prompt_is_never_the_utterance_itself(model_dir, wavs, tmp_path):
+    """Decoding takes a speaker prompt by the training rule (SpeakerPrompt: another utterance of the
+    speaker, the same window for the same seed); a speaker with one utterance is listed in
+    `failed` (not prompted with itself) and the others are decoded."""
+    from speechlm.data.audio import load_audio
+    from speechlm.data.manifest import prepare_manifest, read_manifest
+    from speechlm.data.speaker_prompt import SpeakerPrompt
+    from speechlm.infer.pipeline import Pipeline
+
+    data = tmp_path / "data"
+    data.mkdir()
+    utts = ("a1", "a2", "a3", "b1")
+    scp(data / "wav.scp", {u: str(wavs[u]) for u in utts})
+    scp(data / "text", {"a1": "yes", "a2": "no", "a3": "stop", "b1": "go"})
+    scp(data / "utt2spk", {u: u[0] for u in utts})
+    scp(data / "spk2utt", {"a": "a1 a2 a3", "b": "b1"})
+    prepare_manifest(load_template("tts"), data, tmp_path / "dump")
+    out = tmp_path / "out"
+    assert decode(model_dir, out, "--manifest-dir", str(tmp_path / "dump")) == 1
+    failed = kaldi_file(out / "failed")
+    assert list(failed) == ["b1"] and "no other utterance" in failed["b1"]
+    assert sorted(kaldi_file(out / "wav.scp")) == ["a1", "a2", "a3"]
+    # the prompt decoding used is the one training's SpeakerPrompt picks, never the target itself
+    from speechlm.infer.runner import _condition_tokens, _speaker_prompts
+
+    pipe = Pipeline.load(model_dir)
+    template, rows = read_manifest(tmp_path / "dump")
+    by_id = {r["id"]: r for r in rows}
+    codec = pipe.tokenizers["codec"]
+    tokens = {u: codec.encode(load_audio(str(wavs[u]), codec.sample_rate), codec.sample_rate) for u in utts}
+    rule = SpeakerPrompt({u: u[0] for u in utts}, tokens.__getitem__, max_frames=150, seed=0)
+    prompts = _speaker_prompts(pipe, template, by_id, seed=0)
+    for u in ("a1", "a2", "a3"):
+        used = _condition_tokens(pipe, template, by_id[u], prompts)["prompt"]
+        assert rule.choose(u) != u
+        np.testing.assert_array_equal(used, rule(u))
+        assert not np.array_equal(used, tokens[u][: len(used)])
+
+
+# ---- case 9 --------------------------------------------------------------------------------------
+def test_case9_api_never_runs_pipes_unless_allowed(model_dir, wavs, tmp_path):
+    marker = tmp_path / "ran"
+    pipe_cmd = f"touch {marker}; cat {wavs['a1']} |"
+    lm = speechlm.load(model_dir)
+    with pytest.raises(OSError, match="allow_pipes"):
+        lm.asr(pipe_cmd)
+    with pytest.raises(OSError):
+        lm.asr({"path": pipe_cmd, "start": 0.0, "end": 0.2})
+    assert not marker.exists(), "the Python API ran a shell command"
+    assert isinstance(speechlm.load(model_dir, allow_pipes=True).asr(pipe_cmd), str)
+    assert marker.exists()
+    marker.unlink()
+    # recipe data (a wav.scp given to `speechlm decode`) keeps the Kaldi pipe convention
+    out = tmp_path / "out"
+    assert decode(model_dir, out, "--task", "asr", "--input", str(scp(tmp_path / "wav.scp", {"p1": pipe_cmd}))) == 0
+    assert marker.exists() and list(kaldi_file(out / "text")) == ["p1"]
+
+
+# ---- case 13 -------------------------------------------------------------------------------------
+def test_case13_missing_wav_is_listed_and_the_rest_decoded(model_dir, wavs, tmp_path, caplog):
+    out = tmp_path / "out"
+    wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"], "gone": tmp_path / "nowhere.wav", "a2": wavs["a2"]})
+    with caplog.at_level(logging.ERROR):
+        assert decode(model_dir, out, "--task", "asr", "--input", str(wav_scp)) == 1
+    assert "1 of 3 utterances FAILED" in caplog.text
+    failed = kaldi_file(out / "failed")
+    assert list(failed) == ["gone"] and "not found" in failed["gone"]
+    assert sorted(kaldi_file(out / "text")) == ["a1", "a2"]
+    assert json.loads((out / "timing.json").read_text())["failed"] == 1
+    # once the wav exists, the same command decodes only it and the output is complete
+    shutil.copy(wavs["a3"], tmp_path / "nowhere.wav")
+    assert decode(model_dir, out, "--task", "asr", "--input", str(wav_scp)) == 0
+    assert (out / "failed").read_text() == "" and sorted(kaldi_file(out / "text")) == ["a1", "a2", "gone"]
+
+
+# ---- case 16 -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("options, words", [
+    ({"search": "greedy", "tasks": {"asrr": {"search": "beam"}}}, ["tasks.asrr", "did you mean 'asr'"]),
+    ({"min_len": 50, "max_len": 10}, ["min_len 50", "max_len 10"]),
+    ({"tasks": {"asr": {"beam_size": 0}}}, ["task asr", "beam_size"]),
+    ({"tasks": {"asr": {"beamsize": 4}}}, ["tasks.asr", "'beamsize'", "did you mean 'beam_size'"]),
+])
+def test_case16_decode_yaml_errors_name_file_and_key(model_dir, wavs, tmp_path, caplog, options, words):
+    conf = tmp_path / "my_decode.yaml"
+    conf.write_text(yaml.safe_dump(options))
+    wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"]})
+    with caplog.at_level(logging.ERROR):
+        assert decode(model_dir, tmp_path / "out", "--task", "asr", "--input", str(wav_scp),
+                      "--decode-config", str(conf)) == 1
+    assert str(conf) in caplog.text, caplog.text
+    for w in words:
+        assert w in caplog.text, caplog.text
+    assert not (tmp_path / "out" / "text").exists()
+
+
+# ---- case 20 -------------------------------------------------------------------------------------
+def test_case20_text_without_phones_is_rejected_by_utterance(model_dir, tmp_path):
+    lm = speechlm.load(model_dir)
+    for text in ("", "?!... --"):
+        with pytest.raises(ValueError, match="input: .*no phone tokens"):  # an InputError
+            lm.tts(text)
+    wav, sr = lm.tts("hello")
+    assert sr == 8000 and len(wav) > 0
+    out = tmp_path / "out"
+    texts = scp(tmp_path / "text", {"u1": "hello there", "u2": "?!", "u3": "good bye"})
+    assert decode(model_dir, out, "--task", "plain_tts", "--input", str(texts)) == 1
+    failed = kaldi_file(out / "failed")
+    assert list(failed) == ["u2"] and "no phone tokens" in failed["u2"] and "'?!'" in failed["u2"]
+    assert sorted(kaldi_file(out / "wav.scp")) == ["u1", "u3"]
+
+
+# ---- case 21 -------------------------------------------------------------------------------------
+def test_case21_input_beyond_the_context_is_refused_with_the_limit(model_dir, wavs, tmp_path):
+    lm = speechlm.load(model_dir)
+    assert isinstance(lm.asr(str(wavs["a1"])), str)  # a short word fits
+    with pytest.raises(ValueError, match=rf"input: .* positions .* context is {CONTEXT}"):
+        lm.asr(str(wavs["long"]))
+    out = tmp_path / "out"
+    assert decode(model_dir, out, "--task", "asr", "--input",
+                  str(scp(tmp_path / "wav.scp", {"a1": wavs["a1"], "long": wavs["long"]}))) == 1
+    failed = kaldi_file(out / "failed")
+    assert list(failed) == ["long"] and f"context is {CONTEXT}" in failed["long"]
+    assert list(kaldi_file(out / "text")) == ["a1"]
+
+
+# ---- case 24 -------------------------------------------------------------------------------------
+def test_case24_nbest_lists_are_written_and_returned(model_dir, wavs, tmp_path):
+    conf = tmp_path / "beam.yaml"
+    conf.write_text("search: beam\nbeam_size: 4\nnbest: 3\nmax_len: 6\n")
+    out = tmp_path / "out"
+    wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"], "a2": wavs["a2"]})
+    assert decode(model_dir, out, "--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)) == 0
+    best = kaldi_file(out / "text")
+    lines = [line.split(" ", 3) for line in (out / "text.nbest").read_text().splitlines()]
+    for utt in ("a1", "a2"):
+        mine = [ln for ln in lines if ln[0] == utt]
+        assert [int(ln[1]) for ln in mine] == [1, 2, 3]
+        scores = [float(ln[2]) for ln in mine]
+        assert scores == sorted(scores, reverse=True)
+        assert (mine[0][3] if len(mine[0]) > 3 else "") == best[utt]
+        assert len({ln[3] if len(ln) > 3 else "" for ln in mine}) == 3  # distinct hypotheses
+    # the Python API: (text, score) pairs, best first; the first is what asr() gives
+    lm = speechlm.load(model_dir)
+    cfg = DecodeConfig(search="beam", beam_size=2, max_len=6)
+    nbest = lm.generate_nbest("asr", 3, cfg, speech=str(wavs["a1"]))
+    assert len(nbest) == 3 and all(isinstance(t, str) and isinstance(s, float) for t, s in nbest)
+    assert [s for _, s in nbest] == sorted((s for _, s in nbest), reverse=True)
+    assert nbest[0][0] == lm.asr(str(wavs["a1"]), config=DecodeConfig(search="beam", beam_size=3, max_len=6))
+    with pytest.raises(ValueError, match="one hypothesis"):
+        lm.generate_nbest("asr", 2, DecodeConfig(search="greedy"), speech=str(wavs["a1"]))
