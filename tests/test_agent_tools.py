@@ -308,3 +308,21 @@ def test_random_calls_give_a_result_or_a_tool_error_never_a_crash(seed):
             else:
                 assert isinstance(result["text"], str) and result["text"].strip()
                 json.dumps(env.state)
+
+
+def test_a_new_tool_is_one_registration():
+    from speechlm.agent.tools import register_tool
+
+    @register_tool("echo_test", "say the words back", {"words": {}}, required=["words"])
+    def echo(state, args):
+        state.setdefault("echoes", []).append(args["words"])
+        return {"text": args["words"]}
+
+    try:
+        env = make_env()
+        assert env.respond("echo_test words=hello there") == (True, "ok: hello there")
+        assert env.state["echoes"] == ["hello there"]
+        assert env.respond("echo_test") == (False, "error: missing argument words for echo_test")
+        assert "echo_test" not in {t for t, _ in intent_table().values()}
+    finally:
+        TOOLS._items.pop("echo_test")

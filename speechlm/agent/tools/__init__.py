@@ -1,10 +1,16 @@
 """Tools for voice agents: the Tool type, the TOOLS registry and the home-assistant tool groups.
 
-Adding a tool = one file here that calls ``register_tool`` + one import line below.
+Adding a tool = one file in this package whose function is decorated with ``register_tool``:
+every module here is imported when the package is, so its tools register themselves.
 """
+import importlib
+import pkgutil
+
 from speechlm.agent.tools.base import TOOLS, Tool, ToolError, get_tool, register_tool, schema, validate_args
 
-# the home-assistant tool groups (each registers its tools on import)
-from speechlm.agent.tools import comms, devices, info, media, services, timekeeping  # noqa: E402,F401
+_HELPERS = {"base", "common"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _HELPERS:
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["TOOLS", "Tool", "ToolError", "get_tool", "register_tool", "schema", "validate_args"]
