@@ -1,0 +1,546 @@
+"""The agent loop: a spoken request -> the model's next assistant turn -> a tool call, checked and
+run on the environment -> its result fed back -> ... -> an answer (in text, optionally spoken).
+
+Modes (what turns the user's speech into the model's input):
+
+- ``e2e``: the model's ``spoken_dialogue`` task reads the user turn's speech and the history text;
+- ``cascade``: the model's ``asr`` task transcribes the turn, its text-only ``command`` task
+  reads the transcript and the history;
+- ``cascade-whisper``: the bundled Whisper tiny.en transcribes instead of the model's ASR;
+- ``text``: the episode's reference text goes to the ``command`` task (the cascade's ceiling).
+
+One step decodes the next assistant turn (``call <tool> k=v ; ...`` or ``say <words>``, see
+:mod:`speechlm.agent.calls`). A turn that does not parse, names an unknown tool or an argument
+the tool does not take is an *invalid call*: it is recorded and the step is retried once with
+the next hypothesis (the second of a beam, else a sample at ``retry_temperature``); a second
+invalid turn ends the episode. A call with a missing or bad argument value is a real call: the
+environment refuses it (state unchanged) and the error goes back to the model, which may
+correct it or ask back (the recovery episodes). An answer ends the user turn: the episode goes
+on with the next user turn when it has one (a reply to an ask-back), else it ends. At most
+``max_turns`` assistant steps per user turn.
+
+Steps of many episodes are decoded together (one batch per step across episodes), so a few
+hundred episodes run in minutes on a CPU; the decoding time of a batch counts for every episode
+in it (the latency a user of that batch would see).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from speechlm.agent.calls import (Call, CallSyntaxError, format_call, format_result, format_turn, normalize_words,
+                                  parse_turn, render_history)
+from speechlm.agent.env import make_env
+from speechlm.agent.episodes import Episode
+from speechlm.agent.tools import ToolError, get_tool, validate_args
+
+log = logging.getLogger(__name__)
+
+MODES = ("e2e", "cascade", "cascade-whisper", "text")
+STRUCTURAL = ("unknown_tool", "unknown")  # ToolError kinds that make a call invalid (not the env's business)
+
+
+@dataclass
+class LoopConfig:
+    """Options of :func:`run_agent` (the ``speechlm agent run`` flags)."""
+
+    mode: str = "e2e"
+    max_turns: int = 4  # assistant steps per user turn
+    batch_size: int = 16
+    max_len: int = 200  # target tokens per assistant turn (caps the model dir's decode max_len)
+    retry: bool = True
+    retry_temperature: float = 0.7
+    ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
+    speak: bool = False
+    dialogue_task: str = "spoken_dialogue"
+    command_task: str = "command"
+    asr_task: str = "asr"
+    env: str = "home"
+    seed: int = 0
+
+    def validate(self) -> "LoopConfig":
+        if self.mode not in MODES:
+            raise ValueError(f"agent mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.max_turns < 1 or self.batch_size < 1 or self.max_len < 1:
+            raise ValueError("agent: max_turns, batch_size and max_len must be >= 1")
+        return self
+
+
+@dataclass
+class EpisodeRun:
+    """The state of one episode while the loop runs it."""
+
+    ep: Episode
+    env: Any
+    user: int = 0  # current user turn
+    steps_this_turn: int = 0
+    history: list[dict] = field(default_factory=list)  # user / assistant / tool turns so far
+    steps: list[dict] = field(default_factory=list)  # every decoded hypothesis: text, kind, retry
+    calls: list[dict] = field(default_factory=list)  # calls run on the environment (ok or refused)
+    invalid: list[dict] = field(default_factory=list)
+    answer: Optional[str] = None
+    ended: Optional[str] = None  # answer | max_turns | invalid
+    transcripts: list[str] = field(default_factory=list)
+    timing: dict = field(default_factory=lambda: {"asr": 0.0, "decode": 0.0, "tool": 0.0, "ttft": None,
+                                                  "first_call": None})
+    audio_seconds: float = 0.0
+    cache: dict = field(default_factory=dict)  # user turn -> audio tokens
+    speech: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.ended is not None
+
+    @property
+    def elapsed(self) -> float:
+        t = self.timing
+        return t["asr"] + t["decode"] + t["tool"]
+
+
+# ---- text ----------------------------------------------------------------------------------------
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
+        "seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """``42`` -> ``forty two`` (0 <= n < 1e6)."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + number_words(n % 100))
+    if n < 1_000_000:
+        return number_words(n // 1000) + " thousand" + ("" if n % 1000 == 0 else " " + number_words(n % 1000))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def spoken_form(text: str) -> str:
+    """A recognizer's written text in the spoken, lower-case word form the models read
+    (``Wake me at 7:30 a.m.!`` -> ``wake me at seven thirty am``): numbers spelled out, times
+    split at the colon, punctuation dropped (apostrophes kept)."""
+    t = text.lower().replace("a.m.", "am").replace("p.m.", "pm").replace("%", " percent")
+
+    def time_words(m: re.Match) -> str:
+        h, mnt = int(m.group(1)), int(m.group(2))
+        return number_words(h) + ("" if mnt == 0 else (" oh " if mnt < 10 else " ") + number_words(mnt))
+
+    t = re.sub(r"\b(\d{1,2}):(\d{2})\b", time_words, t)
+    t = re.sub(r"(\d+)(st|nd|rd|th)\b", lambda m: m.group(1), t)
+    t = re.sub(r"\d+", lambda m: " " + number_words(int(m.group(0))) + " ", t)
+    t = re.sub(r"[^a-z' ]+", " ", t)
+    return normalize_words(t)
+
+
+def classify_turn(text: str) -> tuple[str, Any, Optional[str]]:
+    """``(kind, payload, error)``: ``("call", Call, None)``, ``("answer", str, None)`` or
+    ``("invalid", text, why)`` for text that does not parse, an unknown tool or an argument the
+    tool does not take (missing or bad values are left to the environment)."""
+    try:
+        kind, payload = parse_turn(text)
+    except CallSyntaxError as e:
+        return "invalid", text, str(e)
+    if kind == "call":
+        try:
+            validate_args(get_tool(payload.name), payload.args)
+        except ToolError as e:
+            if e.kind in STRUCTURAL:
+                return "invalid", text, str(e)
+    return kind, payload, None
+
+
+# ---- model inputs ----------------------------------------------------------------------------------
+def history_text(run: EpisodeRun) -> str:
+    """The history condition: the dialogue before the current user turn's request, and the
+    assistant and tool turns after it (the request itself is the speech / request condition)."""
+    turns = [t for t in run.history if not (t["role"] == "user" and (t.get("current") or t.get("hidden")))]
+    return render_history([{"role": t["role"], "text": t["text"]} for t in turns])
+
+
+def resolve_audio(path: str, base: Optional[Path]) -> str:
+    p = Path(path)
+    if p.is_absolute() or p.exists() or base is None or path.rstrip().endswith("|"):
+        return path
+    return str(base / p)
+
+
+def audio_seconds(path: str) -> float:
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        return info.frames / float(info.samplerate)
+    except Exception:  # pipes and segments: read it
+        from speechlm.data.audio import read_audio
+
+        wav, sr = read_audio(path)
+        return len(wav) / float(sr)
+
+
+class Decoder:
+    """Batched text decoding of one task of a :class:`~speechlm.infer.pipeline.Pipeline`, n-best."""
+
+    def __init__(self, pipe, task: str, max_len: int) -> None:
+        self.pipe, self.task = pipe, task
+        self.template = pipe.template(task)
+        target = self.template.targets[0]
+        if target.modality != "text":
+            raise ValueError(f"task {task!r}: the agent needs a text target, its first target is {target.modality}")
+        self.tokenizer = target.tokenizer
+        self.config = pipe.decode_config(task)
+        self.config.max_len = min(self.config.max_len, max_len)
+
+    def encode(self, inputs: dict[str, Any], utt: str) -> dict[str, np.ndarray]:
+        return self.pipe.condition_tokens(self.template, inputs, utt)
+
+    def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None) -> list[list[str]]:
+        """Hypothesis texts (best first) of each prompt."""
+        import torch
+
+        from speechlm.data.batch import collate
+        from speechlm.data.sequence import build_example
+        from speechlm.infer.generate import generate_nbest
+
+        pipe, cfg = self.pipe, config or self.config
+        examples = [build_example(u, self.template, segs, pipe.vocab, pipe.model.n_streams, with_targets=False)
+                    for u, segs in zip(ids, inputs)]
+        with torch.inference_mode():
+            hyps = generate_nbest(pipe.model, collate(examples, pipe.vocab.pad_id).to(pipe.device), cfg)
+        S, pad = pipe.model.n_streams, pipe.vocab.pad_id
+        return [[str(pipe.detokenize(self.tokenizer, pipe.to_local(self.tokenizer, h.frames(S, pad)))) for h in row]
+                for row in hyps]
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+class AgentLoop:
+    """Runs episodes through a model dir's pipeline (see the module docstring)."""
+
+    def __init__(self, pipe, config: LoopConfig, audio_base: Optional[Path] = None) -> None:
+        self.pipe, self.cfg, self.audio_base = pipe, config.validate(), audio_base
+        task = config.dialogue_task if config.mode == "e2e" else config.command_task
+        self.decoder = Decoder(pipe, task, config.max_len)
+        self.asr = Decoder(pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
+        self.whisper = None
+        if config.mode == "cascade-whisper":
+            from speechlm.eval.recognizers import build_recognizer
+
+            self.whisper = build_recognizer("whisper")
+        self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        tpl = self.decoder.template
+        audio = [s for s in tpl.conditions if s.is_audio]
+        text = [s for s in tpl.conditions if not s.is_audio]
+        if self.cfg.mode == "e2e" and (len(audio) != 1 or len(text) > 1):
+            raise ValueError(f"task {tpl.name!r}: the e2e agent needs one audio condition (the user's speech) "
+                             f"and at most one text condition (the history)")
+        if self.cfg.mode != "e2e" and (audio or not 1 <= len(text) <= 2):
+            raise ValueError(f"task {tpl.name!r}: the cascade needs text conditions only: the request "
+                             f"(and the history)")
+
+    # -- inputs
+    def request_audio(self, run: EpisodeRun) -> str:
+        turn = run.ep.turns[run.user]
+        if not turn.get("audio"):
+            raise ValueError(f"episode {run.ep.id}: user turn {run.user} has no audio; synthesize the episodes "
+                             f"(speechlm agent synth) or use --mode text")
+        return resolve_audio(turn["audio"], self.audio_base)
+
+    def step_inputs(self, run: EpisodeRun) -> dict[str, Any]:
+        """Condition values (ready tokens for the cached audio) of the next step of ``run``."""
+        tpl, hist = self.decoder.template, history_text(run)
+        out: dict[str, Any] = {}
+        if self.cfg.mode == "e2e":
+            for seg in tpl.conditions:
+                if seg.is_audio:
+                    if run.user not in run.cache:
+                        run.cache[run.user] = self.pipe.encode_value(seg.tokenizer, self.request_audio(run), run.ep.id)
+                    out[seg.name] = run.cache[run.user]
+                else:
+                    out[seg.name] = hist
+            return out
+        text_segs = [s for s in tpl.conditions if not s.is_audio]
+        # the request segment reads the data dir's ``text``; the other one the history
+        request = next((s for s in text_segs if s.source == "text"), text_segs[0])
+        for seg in text_segs:
+            out[seg.name] = run.transcripts[run.user] if seg is request else hist
+        return out
+
+    def transcribe(self, runs: list[EpisodeRun]) -> None:
+        """Fill the current user turn's transcript of each run that lacks one (cascade modes)."""
+        todo = [r for r in runs if len(r.transcripts) <= r.user]
+        if not todo:
+            return
+        if self.cfg.mode == "text":
+            for r in todo:
+                r.transcripts.append(normalize_words(r.ep.turns[r.user]["text"]))
+            return
+        if self.whisper is not None:
+            from speechlm.data.audio import load_audio
+
+            for r in todo:
+                t0 = time.perf_counter()
+                wav = load_audio(self.request_audio(r), 16000, r.ep.id)
+                r.transcripts.append(spoken_form(self.whisper.transcribe(wav)))
+                r.timing["asr"] += time.perf_counter() - t0
+            return
+        seg = self.asr.template.conditions[0]
+        for i in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[i : i + self.cfg.batch_size]
+            t0 = time.perf_counter()
+            inputs = [self.asr.encode({seg.name: self.request_audio(r)}, r.ep.id) for r in chunk]
+            texts = self.asr(inputs, [r.ep.id for r in chunk])
+            dt = time.perf_counter() - t0
+            for r, hyps in zip(chunk, texts):
+                r.transcripts.append(spoken_form(hyps[0]))
+                r.timing["asr"] += dt
+
+    # -- one step
+    def start(self, ep: Episode) -> EpisodeRun:
+        run = EpisodeRun(ep, make_env(self.cfg.env, ep.initial_state))
+        self._begin_user_turn(run)
+        return run
+
+    def _begin_user_turn(self, run: EpisodeRun) -> None:
+        for t in run.history:
+            t.pop("current", None)
+        turn = run.ep.turns[run.user]
+        if turn.get("audio") and self.cfg.mode != "text":
+            run.audio_seconds += audio_seconds(resolve_audio(turn["audio"], self.audio_base))
+        # The e2e model never reads the text of what the user said (its request is speech), so its
+        # history keeps only assistant and tool turns; the cascades' user turns get their
+        # transcript once it is known and later steps read them as ``user <words>``.
+        run.history.append({"role": "user", "text": "", "current": True, "hidden": self.cfg.mode == "e2e"})
+        run.steps_this_turn = 0
+
+    def apply(self, run: EpisodeRun, text: str, retry: bool) -> str:
+        """Apply one hypothesis to ``run``; returns its kind (``call``, ``answer`` or ``invalid``)."""
+        kind, payload, err = classify_turn(text)
+        run.steps.append({"user": run.user, "text": text, "kind": kind, "retry": retry})
+        if kind == "invalid":
+            run.invalid.append({"user": run.user, "step": run.steps_this_turn, "text": text, "error": err,
+                                "retry": retry})
+            return kind
+        run.steps_this_turn += 1
+        if kind == "answer":
+            run.history.append({"role": "assistant", "text": format_turn("answer", payload)})
+            run.answer = payload
+            if run.user + 1 < len(run.ep.turns):
+                run.user += 1
+                self._begin_user_turn(run)
+            else:
+                run.ended = "answer"
+            return kind
+        call: Call = payload
+        if run.timing["first_call"] is None:
+            run.timing["first_call"] = run.elapsed
+        t0 = time.perf_counter()
+        try:
+            result, ok = format_result(run.env.execute(call)), True
+        except ToolError as e:
+            result, ok = format_result(e), False
+        run.timing["tool"] += time.perf_counter() - t0
+        run.calls.append({**call.to_dict(), "ok": ok, "result": result, "user": run.user})
+        run.history.append({"role": "assistant", "text": format_turn("call", call)})
+        run.history.append({"role": "tool", "text": result})
+        if run.steps_this_turn >= self.cfg.max_turns:
+            run.ended = "max_turns"
+        return kind
+
+    def retry_config(self, step: int):
+        import copy
+
+        cfg = copy.copy(self.decoder.config)
+        cfg.search, cfg.nbest = "sample", 1
+        cfg.temperature, cfg.top_k, cfg.top_p = self.cfg.retry_temperature, 0, 1.0
+        cfg.seed = self.cfg.seed + 1000 + step
+        return cfg.validate()
+
+    def step(self, runs: list[EpisodeRun], wave: int) -> None:
+        """Decode and apply one assistant step of every run (all not done)."""
+        if self.cfg.mode != "e2e":
+            self.transcribe(runs)
+            for r in runs:
+                entry = next(t for t in reversed(r.history) if t["role"] == "user")
+                entry["text"] = r.transcripts[r.user]
+        cfg = self.decoder.config
+        beam2 = self.cfg.retry and cfg.search == "beam" and cfg.beam_size >= 2
+        if beam2:
+            import copy
+
+            cfg = copy.copy(cfg)
+            cfg.nbest = max(cfg.nbest, 2)
+        B = self.cfg.batch_size
+        retry: list[EpisodeRun] = []
+        for i in range(0, len(runs), B):
+            chunk = runs[i : i + B]
+            ids = [f"{r.ep.id}/{wave}" for r in chunk]
+            inputs = [self.decoder.encode(self.step_inputs(r), r.ep.id) for r in chunk]
+            if self.cfg.ttft and wave == 0:
+                import copy
+
+                one = copy.copy(cfg)
+                one.max_len, one.min_len = 1, 0
+                t0 = time.perf_counter()
+                self.decoder(inputs, ids, one)
+                dt = time.perf_counter() - t0
+                for r in chunk:
+                    r.timing["ttft"] = r.elapsed + dt
+            t0 = time.perf_counter()
+            hyps = self.decoder(inputs, ids, cfg)
+            dt = time.perf_counter() - t0
+            for r, h in zip(chunk, hyps):
+                r.timing["decode"] += dt
+                if self.apply(r, h[0], retry=False) == "invalid":
+                    if beam2 and len(h) > 1:
+                        if self.apply(r, h[1], retry=True) == "invalid":
+                            r.ended = "invalid"
+                    elif self.cfg.retry:
+                        retry.append(r)
+                    else:
+                        r.ended = "invalid"
+        for i in range(0, len(retry), B):
+            chunk = retry[i : i + B]
+            ids = [f"{r.ep.id}/{wave}/retry" for r in chunk]
+            t0 = time.perf_counter()
+            inputs = [self.decoder.encode(self.step_inputs(r), r.ep.id) for r in chunk]
+            hyps = self.decoder(inputs, ids, self.retry_config(wave))
+            dt = time.perf_counter() - t0
+            for r, h in zip(chunk, hyps):
+                r.timing["decode"] += dt
+                if self.apply(r, h[0], retry=True) == "invalid":
+                    r.ended = "invalid"
+
+    def run(self, episodes: list[Episode], progress: Optional[Callable[[int], None]] = None) -> list[EpisodeRun]:
+        """Run ``episodes`` to the end, decoding their steps together."""
+        runs = [self.start(ep) for ep in episodes]
+        active = list(runs)
+        wave = 0
+        while active:
+            self.step(active, wave)
+            wave += 1
+            finished = [r for r in active if r.done]
+            active = [r for r in active if not r.done]
+            if progress and finished:
+                progress(len(finished))
+        return runs
+
+    # -- outputs
+    def speak(self, run: EpisodeRun, out_dir: Path) -> None:
+        """Write the answer's speech: the model's TTS task when it has one, else espeak-ng."""
+        if not run.answer:
+            return
+        from speechlm.data.audio import write_wav
+
+        path = out_dir / "wav" / f"{run.ep.id}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        task = next((t for t in ("plain_tts", "tts") if t in self.pipe.templates
+                     and not any(s.modality == "spk_prompt" for s in self.pipe.templates[t].conditions)), None)
+        if task is not None:
+            wav, sr = self.pipe.tts(run.answer, task=task)
+            write_wav(path, np.asarray(wav, dtype=np.float32), sr)
+        else:
+            import shutil
+            import subprocess
+
+            if shutil.which("espeak-ng") is None:
+                raise FileNotFoundError("--speak: the model has no plain_tts task and espeak-ng is not installed "
+                                        "(apt-get install espeak-ng)")
+            tmp = path.with_suffix(".tmp.wav")
+            subprocess.run(["espeak-ng", "-w", str(tmp), run.answer], check=True, capture_output=True)
+            tmp.replace(path)
+        run.speech = str(path)
+
+    def prediction(self, run: EpisodeRun) -> dict:
+        """The ``predictions.jsonl`` record of a finished run."""
+        from speechlm.agent.intents import call_to_intent
+
+        intent, ents = None, []
+        if run.calls:
+            first = Call(run.calls[0]["name"], run.calls[0]["args"])
+            try:
+                intent, slots = call_to_intent(first)
+                ents = [{"type": t, "filler": v} for t, v in slots]
+            except ValueError:
+                pass
+        t = run.timing
+        return {
+            "id": run.ep.id, "slurp_id": run.ep.meta.get("slurp_id"), "mode": self.cfg.mode,
+            "intent": intent, "entities": ents, "calls": run.calls, "answer": run.answer, "ended": run.ended,
+            "turns": [{"role": h["role"], "text": h["text"]} for h in run.history if not h.get("hidden")],
+            "steps": run.steps, "invalid_calls": run.invalid, "transcripts": run.transcripts,
+            "n_steps": sum(1 for s in run.steps if s["kind"] != "invalid"),
+            "timings": {"ttft": t["ttft"], "first_call": t["first_call"], "total": run.elapsed,
+                        "asr": t["asr"], "decode": t["decode"], "tool": t["tool"]},
+            "audio_duration": run.audio_seconds or None, "speech": run.speech,
+        }
+
+
+# ---- files ----------------------------------------------------------------------------------------------
+def read_jsonl_ids(path: Path) -> dict[str, dict]:
+    """Records of a JSONL file by id; a torn last line (a killed run) is dropped."""
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "id" in rec:
+            out[rec["id"]] = rec
+    return out
+
+
+def run_agent(pipe, episodes: list[Episode], out_dir: str | Path, config: LoopConfig,
+              audio_base: Optional[Path] = None, chunk: int = 0) -> dict[str, int]:
+    """Run the loop over ``episodes`` into ``out_dir`` (``predictions.jsonl``, ``final_states.jsonl``,
+    ``wav/`` with ``speak``). Resumable: episodes already in both files are skipped; results are
+    appended chunk by chunk (``chunk`` episodes, default 4 batches), so a killed run loses at most one."""
+    from tqdm import tqdm
+
+    from speechlm.utils.fileio import atomic_open
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path, state_path = out / "predictions.jsonl", out / "final_states.jsonl"
+    preds, states = read_jsonl_ids(pred_path), read_jsonl_ids(state_path)
+    done = set(preds) & set(states)
+    # rewrite both files with the complete records only (drops a half-written chunk)
+    for path, recs in ((pred_path, preds), (state_path, states)):
+        with atomic_open(path) as f:
+            for k, rec in recs.items():
+                if k in done:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    todo = [ep for ep in episodes if ep.id not in done]
+    if done:
+        log.info("%s: %d of %d episodes already done, %d to run", out, len(episodes) - len(todo), len(episodes),
+                 len(todo))
+    loop = AgentLoop(pipe, config, audio_base)
+    chunk = chunk or 4 * config.batch_size
+    bar = tqdm(total=len(todo), desc=f"agent {config.mode}", unit="episode", disable=None)
+    for i in range(0, len(todo), chunk):
+        runs = loop.run(todo[i : i + chunk], progress=bar.update)
+        if config.speak:
+            for r in runs:
+                loop.speak(r, out)
+        with open(pred_path, "a", encoding="utf-8") as fp, open(state_path, "a", encoding="utf-8") as fs:
+            for r in runs:
+                fs.write(json.dumps({"id": r.ep.id, "state": r.env.snapshot()}, ensure_ascii=False) + "\n")
+            fs.flush()
+            for r in runs:
+                fp.write(json.dumps(loop.prediction(r), ensure_ascii=False) + "\n")
+    bar.close()
+    return {"episodes": len(episodes), "ran": len(todo), "skipped": len(episodes) - len(todo)}
+
+
+__all__ = ["LoopConfig", "AgentLoop", "EpisodeRun", "run_agent", "classify_turn", "spoken_form", "number_words",
+           "history_text", "MODES"]
