@@ -203,7 +203,8 @@ def home_state(seed: int | None = None) -> dict:
                        for room in ("kitchen", "living room", "bedroom", "bathroom", "hallway", "garage", "garden")},
             "plugs": {name: {"on": name == "television", "online": name != offline_plug, "place": place}
                       for name, place in (("kettle", "kitchen"), ("lamp", "living room"), ("fan", "bedroom"),
-                                          ("heater", "bathroom"), ("television", "living room"))},
+                                          ("heater", "bathroom"), ("television", "living room"),
+                                          ("plug", "hallway"))},
             "coffee_machine": {"online": True, "brewing": ""},
             "vacuum": {"online": True, "cleaning": ""},
         },

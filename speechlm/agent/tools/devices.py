@@ -12,6 +12,8 @@ from speechlm.agent.tools.base import ToolError, register_tool, slots
 from speechlm.agent.tools.common import clean, get_time, match, need
 
 COLORS = ("white", "warm white", "red", "orange", "yellow", "green", "blue", "purple", "pink", "cyan")
+PLUG_ALIASES = {"tv": "television", "telly": "television", "socket": "plug", "smart plug": "plug", "wemo": "plug",
+                "wemo plug": "plug", "smart socket": "plug", "outlet": "plug", "power socket": "plug", "wemo socket": "plug"}
 ALL_ROOMS = ("house", "home", "all", "everywhere", "all rooms", "the whole house", "whole house")
 
 
@@ -94,7 +96,7 @@ def lights(state: dict, args: dict) -> dict:
 )
 def plug(state: dict, args: dict) -> dict:
     plugs = state["devices"]["plugs"]
-    name = match(args["device_type"], plugs, "plug", "device_type")
+    name = match(PLUG_ALIASES.get(clean(args["device_type"]), args["device_type"]), plugs, "plug", "device_type")
     if not plugs[name]["online"]:
         raise ToolError(f"the {name} plug is offline", "offline", "device_type")
     plugs[name]["on"] = args["action"] == "on"
