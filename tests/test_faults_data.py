@@ -223,7 +223,7 @@ def test_case5_second_run_refused_and_jobs_die_with_their_parent(tmp_path, caplo
 
     if not any(Path(p, "sox").exists() for p in os.environ["PATH"].split(os.pathsep)):
         pytest.skip("sox is not installed")
-    data = _make_corpus(tmp_path, 240)
+    data = _make_corpus(tmp_path, 120)
     (tmp_path / "tok.yaml").write_text("codec: {type: codec2}\nphone: {type: g2p}\n")
     dump = _prepare(tmp_path, data, "dump")
     args = ["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(tmp_path / "tok.yaml"),
@@ -260,7 +260,7 @@ def test_case5_second_run_refused_and_jobs_die_with_their_parent(tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         assert cli(args) == 0
     assert f"taking over the stale lock of pid {parent.pid}" in caplog.text
-    assert len((dump / "tokens" / "speech.lengths").read_text().splitlines()) == 240
+    assert len((dump / "tokens" / "speech.lengths").read_text().splitlines()) == 120
 
 
 def test_case5_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, monkeypatch, caplog):
