@@ -326,3 +326,8 @@ def test_a_new_tool_is_one_registration():
         assert "echo_test" not in {t for t, _ in intent_table().values()}
     finally:
         TOOLS._items.pop("echo_test")
+
+
+def test_tool_signatures_for_help_texts():
+    assert get_tool("plug").signature() == "plug action=on|off ; device_type ; [house_place] ; [time] ; [date] ; [timeofday]"
+    assert all(get_tool(n).signature().startswith(n) for n in TOOLS)

@@ -49,6 +49,12 @@ class Tool:
     def arg_names(self) -> list[str]:
         return list(self.parameters.get("properties", {}))
 
+    def signature(self) -> str:
+        """One line for help texts: ``lights action=on|off|... ; [house_place] ; [color_type] ...``."""
+        props, required = self.parameters.get("properties", {}), set(self.parameters.get("required", []))
+        parts = [f"{k}={'|'.join(v['enum'])}" if "enum" in v else (k if k in required else f"[{k}]") for k, v in props.items()]
+        return self.name + (" " + " ; ".join(parts) if parts else "")
+
 
 TOOLS: Registry[Tool] = Registry("tool")
 
