@@ -1,6 +1,9 @@
 """SLU-F1 on hand-made cases with known answers, and the agent scorer on a run dir written by hand."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from speechlm.agent.slu_f1 import SLUF1, char_distance, levenshtein, slu_f1, word_distance
@@ -70,3 +73,122 @@ def test_distances_match_jiwer_and_the_normalised_levenshtein():
 def test_entities_without_type_or_filler_are_named_errors():
     with pytest.raises(ValueError, match="type"):
         slu_f1([([E("date", "today")], [{"filler": "today"}])])
+
+
+# ---- the scorer on a run dir written by hand ---------------------------------------------------------
+def _episode_and_state(ep_id, calls, kind, facts, engine, snr, intent, slots, done_calls=None):
+    """An episode whose expected state is ``calls`` run on the home environment, and the final state
+    of the calls a run made (``done_calls``, default the same)."""
+    from speechlm.agent.calls import Call
+    from speechlm.agent.env import make_env
+    from speechlm.agent.episodes import Episode
+
+    def run(cs):
+        env = make_env()
+        for c in cs:
+            env.execute(Call.from_dict(c))
+        return env.snapshot()
+
+    ep = Episode(id=ep_id, turns=[{"text": "x", "audio": None}], expected_calls=calls, expected_state=run(calls),
+                 answer_facts=facts, intent=intent, slots=slots, kind=kind, split="test",
+                 meta={"engine": engine, "snr": snr})
+    return ep, run(done_calls if done_calls is not None else calls)
+
+
+def _write_run(run_dir, rows):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "predictions.jsonl", "w") as fp, open(run_dir / "final_states.jsonl", "w") as fs:
+        for pred, state in rows:
+            fp.write(json.dumps(pred) + "\n")
+            fs.write(json.dumps({"id": pred["id"], "state": state}) + "\n")
+
+
+def _pred(ep_id, calls, answer, intent, entities, total, invalid=0, errors=0):
+    made = [{"name": "lights", "args": {"action": "on", "house_place": "attic"}, "ok": False, "result": "error: x"}] * errors
+    made += [{**c, "ok": True, "result": "ok: done"} for c in calls]
+    steps = [{"kind": "invalid"}] * invalid + [{"kind": "call"}] * len(made) + [{"kind": "answer"}]
+    return {"id": ep_id, "mode": "e2e", "intent": intent, "entities": entities, "calls": made, "answer": answer,
+            "steps": steps, "invalid_calls": [{"text": "zz"}] * invalid, "n_steps": len(made) + 1,
+            "timings": {"ttft": None, "first_call": total / 2, "total": total}, "audio_duration": 2.0}
+
+
+@pytest.fixture
+def scored_run(tmp_path):
+    off = {"name": "lights", "args": {"action": "off", "house_place": "kitchen"}}
+    alarm7 = {"name": "alarm", "args": {"action": "set", "time": "seven am"}}
+    alarm8 = {"name": "alarm", "args": {"action": "set", "time": "eight am"}}
+    e1, s1 = _episode_and_state("e1", [off], "atomic", ["off"], "espeak-ng", None, "iot_hue_lightoff",
+                                [["house_place", "kitchen"]])
+    e2, s2 = _episode_and_state("e2", [alarm7], "atomic", [], "flite", 10, "alarm_set", [["time", "seven am"]],
+                                done_calls=[alarm8])
+    e3, s3 = _episode_and_state("e3", [off, alarm7], "compositional", [], "flite", 10, "iot_hue_lightoff",
+                                [["house_place", "kitchen"]], done_calls=[off])
+    e4, s4 = _episode_and_state("e4", [alarm7], "recovery", [], "festival", 0, "alarm_set", [["time", "seven am"]])
+    rows = [
+        (_pred("e1", [off], "the kitchen lights are off", "iot_hue_lightoff", [E("house_place", "kitchen")], 1.0), s1),
+        (_pred("e2", [alarm8], "done", "alarm_set", [E("time", "eight am")], 2.0, invalid=1), s2),
+        (_pred("e3", [off], "done", "iot_hue_lightoff", [E("house_place", "kitchen")], 3.0), s3),
+        (_pred("e4", [alarm7], "done", "alarm_set", [E("time", "seven am")], 4.0, errors=1), s4),
+    ]
+    _write_run(tmp_path / "run", rows)
+    return tmp_path / "run", [e1, e2, e3, e4]
+
+
+def test_agent_metrics_of_a_run(scored_run):
+    from speechlm.agent.score import score_run
+
+    run, eps = scored_run
+    s = score_run(run, eps, "e2e", "unit")
+    assert s["success"] == 50.0 and s["success_atomic"] == 50.0 and s["success_compositional"] == 0.0
+    assert s["gap"] == 50.0 and s["success_recovery"] == 100.0
+    assert s["n_tool_error"] == 1 and s["recovery_rate"] == 100.0
+    assert s["call_em"] == 50.0 and s["intent_acc"] == 100.0
+    # SLU-F1 over the 4 first calls: one of 4 fillers off by one word of two ("eight am")
+    assert s["slu_f1"] == pytest.approx(100 * slu_f1([
+        ([E("house_place", "kitchen")], [E("house_place", "kitchen")]), ([E("time", "seven am")], [E("time", "eight am")]),
+        ([E("house_place", "kitchen")], [E("house_place", "kitchen")]), ([E("time", "seven am")], [E("time", "seven am")]),
+    ])["slu_f1"])
+    assert s["slu_f1"] == pytest.approx(100 * 8 / (8 + 0.5 + 0.625))  # tp 4+4, fp = fn = WER 1/2 + chars 5/8
+    assert s["invalid_rate"] == pytest.approx(100 * 1 / 10)  # 1 invalid of 10 decoded turns (2+3+2+3)
+    assert s["turns"] == pytest.approx((2 + 2 + 2 + 3) / 4)
+    assert s["total_median"] == pytest.approx(2.5) and s["first_call_median"] == pytest.approx(1.25)
+    assert s["rtf"] == pytest.approx(10.0 / 8.0)
+    assert s["by_engine"]["flite"] == {"n": 2, "success": 0.0} and s["engine_gap"] == 100.0
+    assert s["by_snr"]["clean"]["success"] == 100.0 and s["by_snr"]["10"]["success"] == 0.0
+    assert (run / "success_vs_snr.png").stat().st_size > 1000
+    scored = [json.loads(line) for line in (run / "scored.jsonl").read_text().splitlines()]
+    assert [r["success"] for r in scored] == [True, False, False, True]
+
+
+def test_missing_predictions_fail_and_foreign_ones_are_errors(scored_run):
+    from speechlm.agent.score import score_run
+
+    run, eps = scored_run
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    (run / "predictions.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    s = score_run(run, eps, "e2e", "unit")
+    assert s["n_missing"] == 1 and s["success"] == 25.0
+    with pytest.raises(ValueError, match="not in the episode file"):
+        score_run(run, eps[2:], "e2e", "unit")
+
+
+def test_runs_side_by_side_in_results_md_and_a_rerun_replaces_its_row(scored_run, tmp_path):
+    from speechlm.agent.episodes import write_episodes
+    from speechlm.cli import main
+
+    run, eps = scored_run
+    ep_file = tmp_path / "test_heldout.jsonl"
+    write_episodes(ep_file, eps)
+    results = tmp_path / "RESULTS.md"
+    other = tmp_path / "cascade_run"
+    shutil.copytree(run, other)
+    for name, d in (("e2e", run), ("cascade", other), ("e2e", run)):
+        assert main(["agent", "score", "--run-dir", str(d), "--episodes", str(ep_file), "--name", name,
+                     "--results", str(results)]) == 0
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| e2e ") or line.startswith("| cascade ")]
+    assert len(rows) == 2, text
+    assert "## test_heldout / agent" in text and "success %" in text and "SLU-F1 %" in text
+    assert rows[0].split("|")[3].strip() == "50.0"  # success % after model and episode count
+    assert "success by engine: espeak-ng: 100.0% of 1" in text
+    assert (tmp_path / "success_vs_snr_test_heldout.png").is_file()

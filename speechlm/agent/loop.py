@@ -86,13 +86,14 @@ class EpisodeRun:
     calls: list[dict] = field(default_factory=list)  # calls run on the environment (ok or refused)
     invalid: list[dict] = field(default_factory=list)
     answer: Optional[str] = None
-    ended: Optional[str] = None  # answer | max_turns | invalid
+    ended: Optional[str] = None  # answer | max_turns | invalid | input_error
     transcripts: list[str] = field(default_factory=list)
     timing: dict = field(default_factory=lambda: {"asr": 0.0, "decode": 0.0, "tool": 0.0, "ttft": None,
                                                   "first_call": None})
     audio_seconds: float = 0.0
     cache: dict = field(default_factory=dict)  # user turn -> audio tokens
     speech: Optional[str] = None
+    error: Optional[str] = None  # why an input could not be decoded (ended == "input_error")
 
     @property
     def done(self) -> bool:
@@ -199,24 +200,16 @@ class Decoder:
         self.config.max_len = min(self.config.max_len, max_len)
 
     def encode(self, inputs: dict[str, Any], utt: str) -> dict[str, np.ndarray]:
-        return self.pipe.condition_tokens(self.template, inputs, utt)
+        """Condition tokens of one prompt; an input that cannot be decoded (no tokens, longer than
+        the model's context, unreadable audio) is an ``InputError`` naming ``utt``."""
+        toks = self.pipe.condition_tokens(self.template, inputs, utt)
+        self.pipe.prompt_example(self.template, toks, utt)
+        return toks
 
     def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None) -> list[list[str]]:
         """Hypothesis texts (best first) of each prompt."""
-        import torch
-
-        from speechlm.data.batch import collate
-        from speechlm.data.sequence import build_example
-        from speechlm.infer.generate import generate_nbest
-
-        pipe, cfg = self.pipe, config or self.config
-        examples = [build_example(u, self.template, segs, pipe.vocab, pipe.model.n_streams, with_targets=False)
-                    for u, segs in zip(ids, inputs)]
-        with torch.inference_mode():
-            hyps = generate_nbest(pipe.model, collate(examples, pipe.vocab.pad_id).to(pipe.device), cfg)
-        S, pad = pipe.model.n_streams, pipe.vocab.pad_id
-        return [[str(pipe.detokenize(self.tokenizer, pipe.to_local(self.tokenizer, h.frames(S, pad)))) for h in row]
-                for row in hyps]
+        outs = self.pipe.generate_outputs(self.task, inputs, config or self.config, ids)
+        return [[str(self.pipe.detokenize(self.tokenizer, o.tokens)) for o in row] for row in outs]
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -364,6 +357,23 @@ class AgentLoop:
         cfg.seed = self.cfg.seed + 1000 + step
         return cfg.validate()
 
+    def encode_all(self, runs: list[EpisodeRun]) -> tuple[list[EpisodeRun], list[dict[str, np.ndarray]]]:
+        """The runs whose next prompt can be decoded and their condition tokens; a run whose input
+        cannot be (an empty transcript, a prompt longer than the model's context, unreadable audio)
+        ends with ``ended = "input_error"`` and the message in ``error``."""
+        from speechlm.data.audio import AudioError
+        from speechlm.infer.pipeline import InputError
+
+        ok, inputs = [], []
+        for r in runs:
+            try:
+                inputs.append(self.decoder.encode(self.step_inputs(r), r.ep.id))
+                ok.append(r)
+            except (InputError, AudioError) as e:
+                log.warning("episode %s: %s", r.ep.id, e)
+                r.ended, r.error = "input_error", str(e)
+        return ok, inputs
+
     def step(self, runs: list[EpisodeRun], wave: int) -> None:
         """Decode and apply one assistant step of every run (all not done)."""
         if self.cfg.mode != "e2e":
@@ -381,9 +391,10 @@ class AgentLoop:
         B = self.cfg.batch_size
         retry: list[EpisodeRun] = []
         for i in range(0, len(runs), B):
-            chunk = runs[i : i + B]
+            chunk, inputs = self.encode_all(runs[i : i + B])
+            if not chunk:
+                continue
             ids = [f"{r.ep.id}/{wave}" for r in chunk]
-            inputs = [self.decoder.encode(self.step_inputs(r), r.ep.id) for r in chunk]
             if self.cfg.ttft and wave == 0:
                 import copy
 
@@ -408,10 +419,9 @@ class AgentLoop:
                     else:
                         r.ended = "invalid"
         for i in range(0, len(retry), B):
-            chunk = retry[i : i + B]
-            ids = [f"{r.ep.id}/{wave}/retry" for r in chunk]
             t0 = time.perf_counter()
-            inputs = [self.decoder.encode(self.step_inputs(r), r.ep.id) for r in chunk]
+            chunk, inputs = self.encode_all(retry[i : i + B])
+            ids = [f"{r.ep.id}/{wave}/retry" for r in chunk]
             hyps = self.decoder(inputs, ids, self.retry_config(wave))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
@@ -475,6 +485,7 @@ class AgentLoop:
         return {
             "id": run.ep.id, "slurp_id": run.ep.meta.get("slurp_id"), "mode": self.cfg.mode,
             "intent": intent, "entities": ents, "calls": run.calls, "answer": run.answer, "ended": run.ended,
+            "error": run.error,
             "turns": [{"role": h["role"], "text": h["text"]} for h in run.history if not h.get("hidden")],
             "steps": run.steps, "invalid_calls": run.invalid, "transcripts": run.transcripts,
             "n_steps": sum(1 for s in run.steps if s["kind"] != "invalid"),
