@@ -244,7 +244,7 @@ def test_stage_script_command_lines(tmp_path):
     calls = log.read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["vocab", "stats", "stats", "stats", "stats", "train", "pack",
                                              "decode", "decode", "score", "score", "pack"]
-    assert calls[0] == f"vocab --tokenizers conf/tokenizers.yaml --tasks asr tts --out dump/token_list.json --extend {init}/token_list.json"
+    assert calls[0] == f"vocab --tokenizers conf/tokenizers.yaml --tasks asr tts --out dump/token_list.json --extend {init}/token_list.json --task-dir conf/tasks"
     assert calls[1] == "stats --manifest-dir dump/train/asr" and calls[2] == "stats --manifest-dir /x/dump/train/tts"
     train = calls[5]
     assert "--data asr:a:dump/train/asr:1.0 --data tts:b:/x/dump/train/tts:0.5 --valid-data" in train
