@@ -104,3 +104,18 @@ def test_fix_data_length_filter(data_dir, tmp_path):
     assert cli(["fix-data", str(data_dir), "--out", str(tmp_path / "f"), "--min-duration", str(cut)]) == 0
     kept = set(read_file(tmp_path / "f" / "wav.scp"))
     assert kept == {u for u, d in durs.items() if d >= cut} and len(kept) == 4
+
+
+def test_fix_data_carries_extra_utterance_files(data_dir, tmp_path):
+    """Per-utterance files a task template reads (text.2, history, ...) survive fix-data, filtered
+    to the kept utterances; a file not keyed by utterances is not carried."""
+    utts = list(read_file(data_dir / "text"))
+    (data_dir / "history").write_text("".join(f"{u} call lights action=on\n" for u in reversed(utts)))
+    _corrupt(data_dir)
+    (data_dir / "notes").write_text("not-an-utt something\n")
+    out = tmp_path / "fixed"
+    fix_dir(data_dir, out)
+    kept = DataDir.load(out).utt_ids
+    history = read_file(out / "history")
+    assert list(history) == kept and set(history.values()) == {"call lights action=on"}
+    assert not (out / "notes").exists()

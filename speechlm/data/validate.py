@@ -222,6 +222,8 @@ def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
                                f"[{min_duration or 0}, {max_duration or 'inf'}]")
     for n in utt_files:
         files[n] = {u: v for u, v in files[n].items() if u in keep}
+    for n, mapping in _extra_utt_files(src, every).items():
+        files[n] = {u: v for u, v in mapping.items() if u in keep}
     if "segments" in files:
         used = {v.split()[0] for v in files["segments"].values()}
         files["wav.scp"] = {r: v for r, v in files["wav.scp"].items() if r in used}
@@ -235,6 +237,25 @@ def fix_dir(src: Path, dst: Path | None = None, check_audio: bool = True,
         log.warning("dropped: %s", line)
     log.info("fixed data dir %s -> %s: kept %d utterances, dropped %d entries", src, dst, len(keep), len(dropped))
     return dropped
+
+
+def _extra_utt_files(src: Path, utts: set[str]) -> dict[str, dict[str, str]]:
+    """Other per-utterance files of ``src`` (e.g. ``text.2``, ``history``, ``response``: every id is an
+    utterance), so that task templates reading them still find them in the fixed dir."""
+    extra = {}
+    for f in sorted(src.iterdir()):
+        if f.name in KNOWN_FILES or f.name.startswith(".") or not f.is_file():
+            continue
+        try:
+            entries = read_entries(f, [])
+        except UnicodeDecodeError:
+            continue
+        mapping = {e.id: e.value for e in entries if e.id}
+        if mapping and set(mapping) <= utts:
+            extra[f.name] = mapping
+        else:
+            log.warning("%s: not keyed by the utterances of %s, not carried over", f, src)
+    return extra
 
 
 def _drop_refusal(src: Path, every: set[str], keep: set[str], dropped: list[str], max_drop: float) -> str:
