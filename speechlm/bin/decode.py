@@ -4,6 +4,10 @@ training run's checkpoint).
     speechlm decode --model-dir exp/x/packed --manifest-dir dump/test/asr --out-dir exp/x/decode_test_asr
     speechlm decode --model-dir exp/x/packed --task asr --input wav.scp --out-dir out/   # "utt wav" lines
     speechlm decode --model-dir exp/x/packed --task plain_tts --input text --out-dir out/  # "utt text" lines
+
+Inputs that cannot be decoded (a missing wav, text without phones, longer than the model's
+context, no speaker prompt) are listed in ``OUT/failed`` with the reason; the others are decoded
+and the exit status is 1. Running the same command again decodes only the failed ones.
 """
 from __future__ import annotations
 

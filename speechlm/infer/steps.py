@@ -35,7 +35,9 @@ class Segment:
 
 @dataclass
 class Hypothesis:
-    """A finished generation: its segments and score (sum of log-probs where known)."""
+    """A finished generation: its segments and score: the beam search's (length-normalised) joint
+    score; for greedy/sample the log-probability of its sampled tokens at temperature 1 (after
+    masks and guidance); CTC-greedy: the best path's."""
 
     segments: list[Segment] = field(default_factory=list)
     score: float = 0.0
