@@ -173,3 +173,30 @@ def test_generate_command(tmp_path):
     eps = read_episodes(out)
     assert len(eps) == 12 and {e.kind for e in eps} == {"atomic"} and {e.split for e in eps} == {"test"}
     assert main(["agent", "generate", "--out", str(out), "--n", "3", "--mix", "atomic"]) == 1  # bad --mix
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_template_can_make_an_episode(split):
+    from speechlm.agent.generator import template_yield
+
+    never = [k for k, v in template_yield(split, tries=4, seed=0).items() if v == 0]
+    assert not never, f"templates whose values the tools never accept: {never}"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_corrections_fail_then_succeed(split):
+    """Every correction word is refused by its tool with an error about its slot, and the
+    meant value is accepted (else the generator would draw it in vain)."""
+    from speechlm.agent.intents import intent_to_call
+    from speechlm.agent.tools import ToolError
+
+    use = {"house_place": ("iot_hue_lighton", {}), "device_type": ("iot_wemo_on", {}),
+           "color_type": ("iot_hue_lightchange", {"house_place": "kitchen"})}
+    for slot, table in load_phrasings(split).corrections.items():
+        intent, extra = use[slot]
+        for said, meant in table.items():
+            env = make_env("home")
+            with pytest.raises(ToolError) as err:
+                env.execute(intent_to_call(intent, [(slot, said), *extra.items()]))
+            assert err.value.arg == slot, (said, str(err.value))
+            env.execute(intent_to_call(intent, [(slot, meant), *extra.items()]))
