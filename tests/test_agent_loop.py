@@ -234,3 +234,33 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert "assistant: call lights action=off ; house_place=kitchen" in out
     assert "tool: ok:" in out and "assistant: say the kitchen lights are off" in out
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
+
+
+@pytest.mark.parametrize("mode", ["e2e", "text"])
+def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
+    """Each generated episode's reference assistant turns, played through the loop, see the
+    data-dir writer's history at every step (e2e and cascade forms), move on to the next user
+    turn after an ask-back, and end with success, exact calls and the episode's intent and slots."""
+    from speechlm.agent.datadir import dialogue_steps
+    from speechlm.agent.generator import generate_episodes
+    from speechlm.agent.loop import AgentLoop
+    from speechlm.agent.score import summarize
+
+    eps = generate_episodes(45, "test", seed=3)
+    assert {e.kind for e in eps} == {"atomic", "compositional", "recovery"}
+    assert any(len(e.turns) > 1 for e in eps)  # ask-back episodes
+    loop = AgentLoop(speechlm.load(untrained_dir), LoopConfig(mode=mode))
+    preds, states = {}, {}
+    for ep in eps:
+        run = loop.start(ep)
+        for step in dialogue_steps(ep):
+            assert not run.done and run.user == step.user
+            loop.prepare([run])
+            assert history_text(run) == (step.history if mode == "e2e" else step.history_cascade), ep.id
+            assert loop.apply(run, step.target, retry=False) in ("call", "answer")
+        assert run.ended == "answer", ep.id
+        preds[ep.id], states[ep.id] = loop.prediction(run), {"state": run.env.snapshot()}
+    s, records = summarize(eps, preds, states)
+    assert [r["id"] for r in records if not r["success"]] == []
+    assert s["success"] == s["call_em"] == s["intent_acc"] == s["slu_f1"] == 100.0
+    assert s["invalid_rate"] == 0.0 and s["n_tool_error"] > 0 and s["recovery_rate"] == 100.0

@@ -374,13 +374,17 @@ class AgentLoop:
                 r.ended, r.error = "input_error", str(e)
         return ok, inputs
 
-    def step(self, runs: list[EpisodeRun], wave: int) -> None:
-        """Decode and apply one assistant step of every run (all not done)."""
+    def prepare(self, runs: list[EpisodeRun]) -> None:
+        """Before a step: the cascades transcribe new user turns; the words go into the history."""
         if self.cfg.mode != "e2e":
             self.transcribe(runs)
             for r in runs:
                 entry = next(t for t in reversed(r.history) if t["role"] == "user")
                 entry["text"] = r.transcripts[r.user]
+
+    def step(self, runs: list[EpisodeRun], wave: int) -> None:
+        """Decode and apply one assistant step of every run (all not done)."""
+        self.prepare(runs)
         cfg = self.decoder.config
         beam2 = self.cfg.retry and cfg.search == "beam" and cfg.beam_size >= 2
         if beam2:
@@ -475,7 +479,10 @@ class AgentLoop:
 
         intent, ents = None, []
         if run.calls:
-            first = Call(run.calls[0]["name"], run.calls[0]["args"])
+            # the request's intent and slots: the first call the environment accepted (after an
+            # ask-back or a correction it holds the user's whole request), else the first call
+            made = next((c for c in run.calls if c["ok"]), run.calls[0])
+            first = Call(made["name"], made["args"])
             try:
                 intent, slots = call_to_intent(first)
                 ents = [{"type": t, "filler": v} for t, v in slots]

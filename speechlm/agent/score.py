@@ -1,9 +1,9 @@
 """Scoring an agent run (``predictions.jsonl`` + ``final_states.jsonl``) against its episodes.
 
 Per episode: task success (:func:`speechlm.agent.episodes.success`: the final state matches the
-expected one and the answer holds every answer fact), call exact match (the calls the
-environment accepted, as a multiset of canonical call texts, equal the expected calls), intent
-and entities (SLURP's SLU-F1 over the first call's slots), invalid calls, steps, latency.
+expected one and the answer holds every answer fact), call exact match (:func:`calls_match`),
+intent and entities (SLURP's SLU-F1 over the slots of the first call the environment accepted,
+as the loop's ``predictions.jsonl`` gives them), invalid calls, steps, latency.
 
 Summary (percentages unless said otherwise):
 
@@ -54,6 +54,34 @@ def call_key(c: dict) -> str:
         return json.dumps({"name": c["name"], "args": {k: normalize_words(v) for k, v in sorted(c["args"].items())}})
 
 
+def expected_outcomes(ep: Episode) -> tuple[list[dict], list[dict]]:
+    """The episode's expected calls split into those the environment accepts and those it refuses,
+    by replaying them in order on the initial state (an episode about an offline device expects
+    the refused call)."""
+    from speechlm.agent.env import make_env
+    from speechlm.agent.tools import ToolError
+
+    env = make_env("home", ep.initial_state)
+    ok, refused = [], []
+    for c in ep.expected_calls:
+        try:
+            env.execute(Call.from_dict(c))
+            ok.append(c)
+        except (ToolError, ValueError):
+            refused.append(c)
+    return ok, refused
+
+
+def calls_match(ep: Episode, calls: list[dict]) -> bool:
+    """Call exact match: the calls the environment accepted are the expected ones that it accepts
+    (a multiset of canonical call texts), and every expected call it refuses was made too."""
+    ok, refused = expected_outcomes(ep)
+    accepted = [c for c in calls if c.get("ok", True)]
+    made = Counter(call_key(c) for c in calls if not c.get("ok", True))
+    return (Counter(call_key(c) for c in accepted) == Counter(call_key(c) for c in ok)
+            and all(made[call_key(c)] > 0 for c in refused))
+
+
 def read_jsonl(path: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     with open(path, encoding="utf-8") as f:
@@ -88,10 +116,9 @@ def score_episode(ep: Episode, pred: Optional[dict], state: Optional[dict]) -> d
                    tool_error=False, pred_intent=None)
         return rec
     calls = pred.get("calls") or []
-    accepted = [c for c in calls if c.get("ok", True)]
     rec.update(
         success=bool(success(ep, state, pred.get("answer") or "")),
-        call_em=Counter(call_key(c) for c in accepted) == Counter(call_key(c) for c in ep.expected_calls),
+        call_em=calls_match(ep, calls),
         intent_ok=bool(ep.intent) and pred.get("intent") == ep.intent,
         pred_intent=pred.get("intent"),
         n_invalid=len(pred.get("invalid_calls") or []),
