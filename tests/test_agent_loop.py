@@ -192,8 +192,11 @@ def test_trained_model_calls_the_tool_reads_the_result_and_answers(trained_dir, 
     pipe = speechlm.load(trained_dir)
     eps = read_episodes(episodes_file)
     out = tmp_path / "run"
-    run_agent(pipe, eps, out, LoopConfig(), audio_base=episodes_file.parent)
+    run_agent(pipe, eps, out, LoopConfig(speak=True, ttft=True), audio_base=episodes_file.parent)
     preds = {json.loads(line)["id"]: json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()}
+    for p in preds.values():  # spoken with espeak-ng (the model has no plain_tts task), first token timed
+        assert p["speech"] == str(out / "wav" / f"{p['id']}.wav") and Path(p["speech"]).stat().st_size > 1000
+        assert p["timings"]["ttft"] > 0
     for ep in eps:
         p = preds[ep.id]
         assert p["invalid_calls"] == [] and p["ended"] == "answer", p
