@@ -76,6 +76,9 @@ class DecodeConfig:
         for key in ("nbest", "beam_size", "batch_size"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.nbest > 1 and self.search in ("greedy", "ctc_greedy"):
+            raise bad(f"nbest {self.nbest}: search {self.search!r} gives one hypothesis; use search 'beam' (text "
+                      "targets) or 'sample' for an n-best list")
         if self.search == "beam" and self.nbest > self.beam_size:
             raise bad(f"nbest {self.nbest} > beam_size {self.beam_size} (beam search keeps at most beam_size)")
         if self.search in ("beam", "ctc_greedy"):

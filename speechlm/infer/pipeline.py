@@ -231,10 +231,7 @@ class Pipeline:
 
         template = self.template(task)
         config = config or self.decode_config(task)
-        if n is not None and n != config.nbest:
-            if n > 1 and config.search in ("greedy", "ctc_greedy"):
-                raise ValueError(f"n={n}: search {config.search!r} gives one hypothesis; use search 'beam' "
-                                 "(text targets) or 'sample' for an n-best list")
+        if n is not None and n != config.nbest:  # greedy searches refuse n > 1 (DecodeConfig.validate)
             config = dataclasses.replace(config, nbest=n, beam_size=max(config.beam_size, n))
         outs = self.generate_outputs(task, [self.condition_tokens(template, inputs)], config.validate(), ["input"])[0]
         target = template.targets[0]
