@@ -153,7 +153,13 @@ def test_test_split_uses_held_out_phrasings_and_values(train_eps, test_eps):
     held = set().union(*(set(v["test"]) for v in load_values().values()))
     assert {v for v in test_values if v in held or heldout(v)} - train_values
     assert not {v for v in train_values if v in held}
-    assert not {v for e in train_eps for s, v in e.slots if s == "house_place" and heldout(v)}
+    closed = {"house_place", "device_type", "color_type", "definition_word", "currency_name", "radio_name",
+              "news_topic", "movie_type", "transport_type", "artist_name", "song_name", "game_name", "business_name"}
+    train_more = generate_episodes(400, "train", seed=9)
+    leaks = {(s, v) for e in train_eps + train_more for s, v in e.slots if s in closed and heldout(v)}
+    leaks |= {(k, v) for e in train_eps + train_more for c in e.expected_calls for k, v in c["args"].items()
+              if k in closed and heldout(v)}
+    assert not leaks
 
 
 def test_episodes_round_trip(tmp_path, train_eps):

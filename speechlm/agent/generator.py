@@ -367,15 +367,16 @@ def _joint_values(rng: random.Random, state: dict, intent: str, slots: set[str],
     person who posted on that service)."""
     w = state["world"]
     if intent in ("transport_query", "transport_ticket") and {"transport_type", "place_name"} <= slots:
-        mode = rng.choice(sorted(w["transport"]))
+        mode = _pick(rng, list(w["transport"]), split)
         return {"transport_type": mode, "place_name": _pick(rng, list(w["transport"][mode]), split)}
     if intent in ("takeaway_order", "takeaway_query") and {"food_type", "business_name"} & slots:
         names = [n for n, m in w["menus"].items() if intent == "takeaway_query" or (m["open"] and m["delivery"])]
         name = _pick(rng, names, split)
         return {"business_name": name, "food_type": w["menus"][name]["food"]}
     if intent == "social_query" and {"person", "media_type"} <= slots:
-        post = rng.choice(state["social"]["feed"])
-        return {"person": post["person"], "media_type": post["service"]}
+        person = _pick(rng, [p["person"] for p in state["social"]["feed"]], split)
+        post = rng.choice([p for p in state["social"]["feed"] if p["person"] == person])
+        return {"person": person, "media_type": post["service"]}
     return {}
 
 
@@ -601,7 +602,8 @@ def make_transition(rng: random.Random, ph: Phrasings, split: str) -> Made:
     state = fresh_state()
     if kind == "calendar_alarm":
         augment_state(rng, state, "calendar_query", split)
-        event = rng.choice(state["calendar"])
+        name = _pick(rng, [e["event"] for e in state["calendar"]], split)
+        event = next(e for e in state["calendar"] if e["event"] == name)
         if not event["time"] or from_hhmm(event["time"]) < 9 * 60:
             raise ValueError("event too early for an alarm before it")
         offset = _open(rng, "offset", split)
@@ -634,7 +636,7 @@ def make_transition(rng: random.Random, ph: Phrasings, split: str) -> Made:
         intent, slots = "alarm_query", []
         meta = {"composition": "transition", "transition": kind, "intents": ["alarm_query", "alarm_remove"]}
     else:  # transport_calendar
-        mode = rng.choice(sorted(state["world"]["transport"]))
+        mode = _pick(rng, list(state["world"]["transport"]), split)
         dest = _pick(rng, list(state["world"]["transport"][mode]), split)
         text = fill(template, {"transport_type": mode, "place_name": dest})
         d = Dialogue(state)
