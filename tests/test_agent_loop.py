@@ -267,3 +267,17 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
     assert [r["id"] for r in records if not r["success"]] == []
     assert s["success"] == s["call_em"] == s["intent_acc"] == s["slu_f1"] == 100.0
     assert s["invalid_rate"] == 0.0 and s["n_tool_error"] > 0 and s["recovery_rate"] == 100.0
+
+
+def test_run_command_with_two_jobs_merges_their_shards(untrained_dir, episodes_file, tmp_path):
+    from speechlm.cli import main
+
+    out = tmp_path / "run"
+    args = ["agent", "run", "--model-dir", str(untrained_dir), "--episodes", str(episodes_file), "--out-dir",
+            str(out), "--max-len", "20", "--nj", "2"]
+    assert main(args) == 0
+    ids = [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert ids == ["ep-lights", "ep-alarm"]  # episode order, one from each job
+    assert [json.loads(line)["id"] for line in (out / "final_states.jsonl").read_text().splitlines()] == ids
+    for shard in ("1", "2"):
+        assert len((out / "shards" / shard / "predictions.jsonl").read_text().splitlines()) == 1

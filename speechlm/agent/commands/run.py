@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,8 +34,88 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dialogue-task", default=d.dialogue_task, help="the e2e task")
     p.add_argument("--command-task", default=d.command_task, help="the cascade's text task")
     p.add_argument("--asr-task", default=d.asr_task, help="the cascade's ASR task")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per job (0: the cores divided by --nj; small decoding batches on a busy "
+                        "machine are fastest with 1)")
+    p.add_argument("--nj", type=int, default=1,
+                   help="parallel jobs, each over every NJ-th episode (OUT_DIR/shards/I/), merged at the end")
+    p.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)  # a child job of --nj (1-based)
     p.add_argument("--seed", type=int, default=d.seed)
+
+
+def _loop_config(args: argparse.Namespace):
+    from speechlm.agent.loop import LoopConfig
+
+    return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
+                      retry=not args.no_retry, retry_temperature=args.retry_temperature, ttft=args.ttft,
+                      speak=args.speak, dialogue_task=args.dialogue_task, command_task=args.command_task,
+                      asr_task=args.asr_task, seed=args.seed).validate()
+
+
+def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "speechlm", "agent", "run", "--model-dir", str(args.model_dir), "--episodes",
+           str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
+           "--threads", str(threads)]
+    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "dialogue_task",
+                 "command_task", "asr_task", "seed"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    for flag in ("no_retry", "ttft", "speak"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
+    return cmd
+
+
+def _run_jobs(args: argparse.Namespace, out: Path) -> None:
+    """Run the ``--nj`` shards as child processes, then merge their files into ``out``."""
+    import os
+    import subprocess
+
+    from speechlm.utils.threads import available_cores
+
+    threads = args.threads or max(1, available_cores() // args.nj)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    (out / "log").mkdir(parents=True, exist_ok=True)
+    procs = []
+    for shard in range(1, args.nj + 1):
+        logf = open(out / "log" / f"run.{shard}.log", "w", encoding="utf-8")
+        procs.append((shard, subprocess.Popen(_child_command(args, shard, threads), stdout=logf,
+                                              stderr=subprocess.STDOUT, env=env), logf))
+    try:
+        for _, p, _ in procs:
+            p.wait()
+    except BaseException:
+        for _, p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        for _, _, f in procs:
+            f.close()
+    bad = [(s, p.returncode) for s, p, _ in procs if p.returncode != 0]
+    if bad:
+        s, rc = bad[0]
+        tail = (out / "log" / f"run.{s}.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise ValueError(f"agent run job {s}/{args.nj} failed (exit {rc}); see {out}/log/run.{s}.log:\n"
+                         + "\n".join(tail))
+
+
+def _merge(out: Path, nj: int, ids: list[str]) -> int:
+    """Concatenate the shards' records in episode order into ``out`` (atomically); returns the count."""
+    import json
+
+    from speechlm.agent.loop import read_jsonl_ids
+    from speechlm.utils.fileio import atomic_open
+
+    n = 0
+    for name in ("predictions.jsonl", "final_states.jsonl"):
+        recs: dict[str, dict] = {}
+        for shard in range(1, nj + 1):
+            recs.update(read_jsonl_ids(out / "shards" / str(shard) / name))
+        with atomic_open(out / name) as f:
+            for i in ids:
+                if i in recs:
+                    f.write(json.dumps(recs[i], ensure_ascii=False) + "\n")
+        n = sum(i in recs for i in ids)
+    return n
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,26 +123,33 @@ def main(args: argparse.Namespace) -> int:
 
     import speechlm
     from speechlm.agent.episodes import read_episodes
-    from speechlm.agent.loop import LoopConfig, run_agent
+    from speechlm.agent.loop import run_agent
     from speechlm.utils.fileio import write_text
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    if args.nj < 1 or (args.shard is not None and not 1 <= args.shard <= args.nj):
+        raise ValueError(f"--nj must be >= 1 and --shard in 1..{args.nj}")
+    cfg = _loop_config(args)
     episodes = read_episodes(args.episodes)
     if args.limit:
         episodes = episodes[: args.limit]
-    cfg = LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
-                     retry=not args.no_retry, retry_temperature=args.retry_temperature, ttft=args.ttft,
-                     speak=args.speak, dialogue_task=args.dialogue_task, command_task=args.command_task,
-                     asr_task=args.asr_task, seed=args.seed).validate()
-    pipe = speechlm.load(args.model_dir)
-    t0 = time.perf_counter()
     out = Path(args.out_dir)
-    stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent)
+    t0 = time.perf_counter()
+    if args.nj > 1 and args.shard is None:
+        _run_jobs(args, out)
+        n = _merge(out, args.nj, [ep.id for ep in episodes])
+        stats = {"episodes": len(episodes), "ran": n, "skipped": 0}
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        if args.shard is not None:
+            episodes = episodes[args.shard - 1 :: args.nj]
+            out = out / "shards" / str(args.shard)
+        pipe = speechlm.load(args.model_dir)
+        stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent)
     wall = time.perf_counter() - t0
     write_text(out / "run.info", f"model_dir {args.model_dir}\nepisodes {args.episodes}\nmode {args.mode}\n"
-                                 f"ran {stats['ran']}\nskipped {stats['skipped']}\nwall_s {wall:.1f}\n")
+                                 f"nj {args.nj}\nran {stats['ran']}\nskipped {stats['skipped']}\nwall_s {wall:.1f}\n")
     log.info("agent run (%s): %d episodes (%d run now, %d done before) in %.1f s -> %s", args.mode,
              stats["episodes"], stats["ran"], stats["skipped"], wall, out / "predictions.jsonl")
     return 0
