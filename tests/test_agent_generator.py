@@ -71,7 +71,11 @@ def test_generation_is_deterministic_and_covers_kinds(train_eps):
 def test_text_is_lower_case_words(train_eps, test_eps):
     for e in train_eps + test_eps:
         for t in e.turns:
-            assert t["text"] == t["text"].lower() and not re.search(r"\d|\{", t["text"]), t["text"]
+            assert t["text"] == t["text"].lower() and not re.search(r"[\d{},.?!]", t["text"]), t["text"]
+    # the punctuated form (pauses for the synthesizers) is kept beside the transcript
+    spoken = [e for e in train_eps + test_eps if "spoken" in e.meta]
+    assert spoken and all(len(e.meta["spoken"]) == len(e.turns) for e in spoken)
+    assert any("," in x for e in spoken for x in e.meta["spoken"])
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -86,6 +86,10 @@ def test_synthesize_episodes_resumes_and_writes_data_dirs(tmp_path):
     assert {e.meta["engine"] for e in eps if e.split == "train"} == {"espeak-ng"}
     noisy = [e for e in eps if e.meta["snr"] is not None]
     assert noisy and all(e.turns[0]["audio"].endswith(f"_snr{e.meta['snr']:g}.wav") for e in noisy)
+    # the punctuated form is what was spoken (the transcript has no commas)
+    ep = next(e for e in eps if "spoken" in e.meta)
+    expected = S.wav_name(ep.meta["spoken"][0], S.episode_voice(ep.id, ep.split, cfg))[:-4]
+    assert ep.turns[0]["audio"].startswith(str(tmp_path / "wav" / expected))
     # one voice per episode, for all its turns
     asks = [e for e in eps if len(e.turns) == 2]
     assert asks and all(e.turns[0]["audio"].split("/")[-2] == e.turns[1]["audio"].split("/")[-2] for e in asks)

@@ -451,6 +451,14 @@ def is_query(before: dict, after: dict) -> bool:
     return expected_state_of(before) == expected_state_of(after)
 
 
+_PUNCT = re.compile(r"[,.;:!?\"]")
+
+
+def transcript_form(text: str) -> str:
+    """``hey computer, lights off.`` -> ``hey computer lights off`` (apostrophes stay)."""
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
 class Dialogue:
     """A reference dialogue under construction, run on an environment as it is built."""
 
@@ -460,9 +468,13 @@ class Dialogue:
         self.results: list[dict] = []
         self.facts: list[str] = []
         self.calls: list[dict] = []
+        self.spoken: list[str] = []
 
     def user(self, text: str) -> None:
-        self.turns.append({"role": "user", "text": text})
+        """A user turn: its words without punctuation (what a transcript holds, as in SLURP);
+        the punctuated form, which gives the synthesizers their pauses, is kept in ``spoken``."""
+        self.spoken.append(text)
+        self.turns.append({"role": "user", "text": transcript_form(text)})
 
     def call(self, call: Call, expect_error: bool = False, allow_error: bool = False) -> Optional[dict]:
         """Run ``call``; record it; return the result (None after a ToolError, which raises
@@ -816,7 +828,8 @@ def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional
             initial_state=made.initial_state, expected_calls=list(d.calls),
             expected_state=expected_state_of(d.env.state), answer_facts=list(dict.fromkeys(f for f in d.facts if f)),
             intent=made.intent, slots=[list(s) for s in made.slots], kind=made.kind, split=split,
-            meta={**made.meta, "seed": seed, "reference": d.turns}))
+            meta={**made.meta, "seed": seed, "reference": d.turns,
+                  **({"spoken": d.spoken} if d.spoken != made.user_turns else {})}))
     if failures:
         log.debug("draws that did not fit (drawn again): %s", failures)
     log.info("generated %d %s episodes: %s", len(episodes), split,

@@ -438,7 +438,10 @@ def synthesize_episodes(episodes: list, wav_dir: str | os.PathLike, config: Synt
         if not overwrite_audio and all(t.get("audio") for t in ep.turns) and "voice" not in ep.meta:
             continue  # real recordings stay
         voice = episode_voice(ep.id, ep.split, config)
-        ep_jobs = plan_turn_jobs([t["text"] for t in ep.turns], voice, config, ep.id)
+        # the generator keeps a punctuated form of each turn for the synthesizers' pauses
+        spoken = ep.meta.get("spoken")
+        texts = spoken if isinstance(spoken, list) and len(spoken) == len(ep.turns) else [t["text"] for t in ep.turns]
+        ep_jobs = plan_turn_jobs(texts, voice, config, ep.id)
         jobs += ep_jobs
         placed += [(ep, i, j) for i, j in enumerate(ep_jobs)]
     counts = run_jobs(jobs, wav_dir, nj, config.fs)
