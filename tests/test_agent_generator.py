@@ -151,6 +151,7 @@ def test_test_split_uses_held_out_phrasings_and_values(train_eps, test_eps):
     for e in test_eps:
         if "template" in e.meta and e.kind == "atomic":
             assert e.meta["template"] in test_templates and e.meta["template"] not in train_templates
+    assert not {t["text"] for e in test_eps for t in e.turns} & {t["text"] for e in train_eps for t in e.turns}
     train_values = {v for e in train_eps for _, v in e.slots}
     test_values = {v for e in test_eps for _, v in e.slots}
     # held-out values: from values.yaml's test lists, or closed-domain values the hash holds out
@@ -210,3 +211,14 @@ def test_corrections_fail_then_succeed(split):
                 env.execute(intent_to_call(intent, [(slot, said), *extra.items()]))
             assert err.value.arg == slot, (said, str(err.value))
             env.execute(intent_to_call(intent, [(slot, meant), *extra.items()]))
+
+
+def test_heldout_rate():
+    values = load_values()
+    held = {v for k in ("event_name", "person", "item", "message", "coffee_type") for v in values[k]["test"]}
+    count = lambda eps: sum(v in held for e in eps for _, v in e.slots)
+    none = generate_episodes(120, "test", seed=3, mix={"atomic": 1}, heldout_rate=0.0)
+    every = generate_episodes(120, "test", seed=3, mix={"atomic": 1}, heldout_rate=1.0)
+    assert count(none) == 0 and count(every) > 5
+    with pytest.raises(ValueError, match="heldout_rate"):
+        generate_episodes(3, "test", heldout_rate=2)

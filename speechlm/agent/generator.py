@@ -22,6 +22,7 @@ in the text formats of :mod:`speechlm.agent.calls`), from which
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -48,7 +49,8 @@ PHRASING_DIR = Path(__file__).resolve().parent / "phrasings"
 SPLITS = ("train", "test")
 PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
 DEFAULT_MIX = {"atomic": 0.6, "compositional": 0.25, "recovery": 0.15}
-HELDOUT_RATE = 0.5  # share of test slot values drawn from the held-out values
+HELDOUT_RATE = 0.5  # default share of test slot values drawn from the held-out values
+_HELDOUT: contextvars.ContextVar[float] = contextvars.ContextVar("heldout_rate", default=HELDOUT_RATE)
 
 # ---------------------------------------------------------------------------------------------
 # Phrasings.
@@ -166,14 +168,14 @@ def _pick(rng: random.Random, values: list[str], split: str) -> str:
     values = sorted(set(values))
     train = [v for v in values if not heldout(v)] or values
     test = [v for v in values if heldout(v)]
-    if split == "test" and test and rng.random() < HELDOUT_RATE:
+    if split == "test" and test and rng.random() < _HELDOUT.get():
         return rng.choice(test)
     return rng.choice(train)
 
 
 def _open(rng: random.Random, slot: str, split: str) -> str:
     v = load_values()[slot]
-    if split == "test" and rng.random() < HELDOUT_RATE:
+    if split == "test" and rng.random() < _HELDOUT.get():
         return rng.choice(v["test"])
     return rng.choice(v["train"])
 
@@ -185,7 +187,7 @@ TEST_MINUTES = (10, 20, 40, 50)
 def time_value(rng: random.Random, split: str) -> str:
     """A clock time in words (``seven thirty pm``, ``half past six``...); the test split also
     uses minutes training never hears."""
-    minutes = TEST_MINUTES if split == "test" and rng.random() < HELDOUT_RATE else TRAIN_MINUTES
+    minutes = TEST_MINUTES if split == "test" and rng.random() < _HELDOUT.get() else TRAIN_MINUTES
     hour, minute = rng.randint(6, 21), rng.choice(minutes)
     form = rng.random()
     if form < 0.15 and minute in (15, 30):
@@ -199,7 +201,7 @@ DATES_TEST = ["the day after tomorrow", "this weekend", "next monday", "next fri
 
 
 def date_value(rng: random.Random, split: str) -> str:
-    if split == "test" and rng.random() < HELDOUT_RATE:
+    if split == "test" and rng.random() < _HELDOUT.get():
         return rng.choice(DATES_TEST)
     return rng.choice(DATES_TRAIN)
 
@@ -776,10 +778,22 @@ def _make(rng: random.Random, kind: str, ph: Phrasings, split: str, intent: Opti
 
 def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional[dict[str, float]] = None,
                       phrasings: Optional[str] = None, id_prefix: Optional[str] = None,
-                      max_tries: int = 50) -> list[Episode]:
+                      max_tries: int = 50, heldout_rate: float = HELDOUT_RATE) -> list[Episode]:
     """``n`` episodes of ``split`` (``train`` or ``test``: its phrasings and held-out values),
     deterministic under ``seed``. ``mix`` gives the share of each kind (default
-    :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered."""
+    :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered.
+    ``heldout_rate``: the share of the test split's slot values drawn from the held-out values."""
+    if not 0 <= heldout_rate <= 1:
+        raise ValueError(f"heldout_rate must be in [0, 1], got {heldout_rate}")
+    token = _HELDOUT.set(heldout_rate)
+    try:
+        return _generate(n, split, seed, mix, phrasings, id_prefix, max_tries)
+    finally:
+        _HELDOUT.reset(token)
+
+
+def _generate(n: int, split: str, seed: int, mix: Optional[dict[str, float]], phrasings: Optional[str],
+              id_prefix: Optional[str], max_tries: int) -> list[Episode]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     mix = dict(DEFAULT_MIX if mix is None else mix)

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shares of the episode kinds, e.g. atomic=0.6,compositional=0.25,recovery=0.15 (the default)")
     p.add_argument("--phrasings", default=None, help="a phrasing YAML of your own instead of the split's")
     p.add_argument("--id-prefix", default=None, help="episode id prefix (default: the split)")
+    p.add_argument("--heldout-rate", type=float, default=0.5,
+                   help="test split: share of slot values drawn from the held-out values (the rest from training's)")
 
 
 def parse_mix(text: str | None) -> dict[str, float] | None:
@@ -40,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n <= 0:
         raise ValueError(f"--n must be positive, got {args.n}")
-    episodes = generate_episodes(args.n, args.split, args.seed, parse_mix(args.mix), args.phrasings, args.id_prefix)
+    episodes = generate_episodes(args.n, args.split, args.seed, parse_mix(args.mix), args.phrasings, args.id_prefix,
+                                 heldout_rate=args.heldout_rate)
     write_episodes(args.out, episodes)
     log.info("wrote %d %s episodes to %s", len(episodes), args.split, args.out)
     return 0
