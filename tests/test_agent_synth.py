@@ -49,6 +49,10 @@ def test_test_split_voices_are_held_out():
     train_voices = [S.sample_voice(rng, "train", cfg) for _ in range(300)]
     assert "flite" not in {v.engine for v in train_voices}
     assert not {v.name.split("+")[-1] for v in train_voices if v.engine == "espeak-ng"} & set(S.ESPEAK_TEST)
+    heavy = S.SynthConfig(train_engines=["espeak-ng", "festival"], engine_weights={"festival": 0.0})
+    assert {S.sample_voice(rng, "train", heavy).engine for _ in range(50)} == {"espeak-ng"}
+    with pytest.raises(ValueError, match="engine weights"):
+        S.SynthConfig(engine_weights={"say": 1.0}).validate()
     with pytest.raises(ValueError, match="unknown or no engines"):
         S.SynthConfig(train_engines=["say"]).validate()
 

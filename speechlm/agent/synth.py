@@ -91,6 +91,7 @@ class SynthConfig:
     snrs: list[float] = field(default_factory=list)  # dB; empty = clean only
     noise_rate: float = 1.0  # share of user turns that get noise when snrs is given
     noise_kinds: list[str] = field(default_factory=lambda: ["white", "babble"])
+    engine_weights: dict[str, float] = field(default_factory=dict)  # engine -> weight (default 1 each)
     seed: int = 0
     fs: int = FS
 
@@ -105,6 +106,9 @@ class SynthConfig:
         bad = [k for k in self.noise_kinds if k not in ("white", "babble")]
         if bad or not self.noise_kinds:
             raise ValueError(f"noise kinds {bad}: valid kinds are white and babble")
+        bad = {e: w for e, w in self.engine_weights.items() if e not in ENGINES or w < 0}
+        if bad:
+            raise ValueError(f"engine weights {bad}: engines are {', '.join(ENGINES)}, weights >= 0")
         if not 0 <= self.noise_rate <= 1:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
         return self
@@ -150,11 +154,13 @@ def voice_names(engine: str, split: str, train_engines: Sequence[str]) -> list[s
 
 
 def sample_voice(rng: random.Random, split: str, config: SynthConfig) -> Voice:
-    """One voice setting for ``split``: an engine (uniform), then a voice, rate and pitch."""
-    engines = [e for e in config.engines(split) if voice_names(e, split, config.train_engines)]
+    """One voice setting for ``split``: an engine (by ``engine_weights``, uniform by default),
+    then a voice, rate and pitch."""
+    engines = [e for e in config.engines(split) if voice_names(e, split, config.train_engines)
+               and config.engine_weights.get(e, 1.0) > 0]
     if not engines:
         raise FileNotFoundError(f"no installed voice for the {split} split among {config.engines(split)}")
-    engine = rng.choice(engines)
+    engine = rng.choices(engines, weights=[config.engine_weights.get(e, 1.0) for e in engines])[0]
     name = rng.choice(voice_names(engine, split, config.train_engines))
     if engine == "espeak-ng":
         return Voice(engine, f"{rng.choice(ESPEAK_ACCENTS)}+{name}", rng.choice(ESPEAK_RATES), rng.choice(ESPEAK_PITCHES))

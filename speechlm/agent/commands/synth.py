@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-engines", default="espeak-ng,festival", help="engines of non-test episodes")
     p.add_argument("--test-engines", default="espeak-ng,festival,flite",
                    help="engines of test episodes (held-out voices of the training engines, all voices of the others)")
+    p.add_argument("--engine-weights", default="",
+                   help="relative share of each engine, e.g. espeak-ng=2,festival=1 (default: equal)")
     p.add_argument("--snr", default="", help="comma-separated SNRs in dB, e.g. 20,10,5 (empty: clean speech)")
     p.add_argument("--noise", default="white,babble", help="noise kinds to draw from: white, babble")
     p.add_argument("--noise-rate", type=float, default=1.0, help="share of episodes that get noise when --snr is given")
@@ -42,8 +44,16 @@ def main(args: argparse.Namespace) -> int:
         snrs = [float(x) for x in _list(args.snr)]
     except ValueError:
         raise ValueError(f"--snr: expected numbers like 20,10,5, got {args.snr!r}") from None
+    weights = {}
+    for part in _list(args.engine_weights):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--engine-weights: expected engine=weight pairs, got {part!r}") from None
     config = SynthConfig(train_engines=_list(args.train_engines), test_engines=_list(args.test_engines), snrs=snrs,
-                         noise_rate=args.noise_rate, noise_kinds=_list(args.noise), seed=args.seed).validate()
+                         noise_rate=args.noise_rate, noise_kinds=_list(args.noise), engine_weights=weights,
+                         seed=args.seed).validate()
     episodes = read_episodes(args.episodes)
     out_dir = Path(args.out_dir)
     start = time.perf_counter()
