@@ -202,6 +202,7 @@ def test_trained_model_calls_the_tool_reads_the_result_and_answers(trained_dir, 
         assert p["invalid_calls"] == [] and p["ended"] == "answer", p
         assert [{"name": c["name"], "args": c["args"]} for c in p["calls"]] == ep.expected_calls
         assert p["calls"][0]["ok"] and p["intent"] == ep.intent
+        assert f'{p["scenario"]}_{p["action"]}' == ep.intent and p["file"] == f"{ep.id}.wav"
         assert p["entities"] == [{"type": t, "filler": v} for t, v in ep.slots]
         assert p["answer"] == ep.meta["reference"][-1]["text"][len("say "):]
         assert [t["role"] for t in p["turns"]] == ["assistant", "tool", "assistant"]  # e2e: no user words

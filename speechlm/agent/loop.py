@@ -489,8 +489,12 @@ class AgentLoop:
             except ValueError:
                 pass
         t = run.timing
+        audio = run.ep.turns[0].get("audio")
+        scenario, _, action = (intent or "").partition("_")
         return {
             "id": run.ep.id, "slurp_id": run.ep.meta.get("slurp_id"), "mode": self.cfg.mode,
+            # SLURP's prediction fields (its evaluation tool reads file, scenario, action, entities)
+            "file": Path(audio).name if audio else None, "scenario": scenario or None, "action": action or None,
             "intent": intent, "entities": ents, "calls": run.calls, "answer": run.answer, "ended": run.ended,
             "error": run.error,
             "turns": [{"role": h["role"], "text": h["text"]} for h in run.history if not h.get("hidden")],
