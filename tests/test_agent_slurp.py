@@ -16,7 +16,7 @@ ROWS = [
      "intent": "alarm_set", "scenario": "alarm", "action": "set",
      "recordings": [{"file": "audio-1.flac"}, {"file": "audio-2.flac"}]},
     # the intent field is malformed: the importer must build alarm_query from scenario and action
-    {"slurp_id": 102, "sentence": "what alarms do i have", "sentence_annotation": "what alarms do i have",
+    {"slurp_id": 102, "sentence": "What alarms do I have?", "sentence_annotation": "what alarms do i have",
      "intent": "alarm_queryy", "scenario": "alarm", "action": "query", "recordings": [{"file": "audio-3.flac"}]},
     {"slurp_id": 103, "sentence": "turn the lights in the kitchen blue",
      "sentence_annotation": "turn the lights in the [house_place : kitchen] [ color_type :  blue ]",
@@ -55,6 +55,7 @@ def test_import_maps_intents_and_slots(slurp_file):
     assert eps["101"].slots == [["time", "five am"], ["date", "this week"]]
     assert eps["103"].slots == [["house_place", "kitchen"], ["color_type", "blue"]]
     assert eps["101"].text == "wake me up at five am this week"
+    assert eps["102"].text == "what alarms do i have"  # lower case, no punctuation (as generated episodes)
     for e in eps.values():
         assert len(e.expected_calls) == 1 and e.kind == "atomic" and e.split == "test"
         intent, slots = call_to_intent(Call.from_dict(e.expected_calls[0]))

@@ -85,6 +85,7 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
     With ``wav_scp``, rows whose id and recordings are all missing from it are skipped (logged).
     ``check_calls`` runs each expected call on the default home state and records a tool error
     in ``meta["tool_error"]`` (a slot type the tool does not take, a value it cannot read)."""
+    from speechlm.agent.generator import transcript_form
     from speechlm.agent.intents import INTENTS, intent_to_call
 
     scp = read_scp(wav_scp) if wav_scp else None
@@ -112,7 +113,8 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
             if intent not in INTENTS:
                 raise ValueError(f"{where}: intent {intent!r} (scenario_action) is not one of SLURP's 59 intents")
             text, slots = parse_annotation(str(row["sentence_annotation"]), f"{where}: sentence_annotation")
-            sentence = normalize_words(row.get("sentence") or text)
+            # a transcript's words as the generator writes them: lower case, no punctuation but apostrophes
+            sentence = transcript_form(normalize_words(row.get("sentence") or text))
             call = intent_to_call(intent, slots)
             sid = str(row["slurp_id"])
             meta = {"slurp_id": sid, "scenario": row["scenario"], "action": row["action"], "source": str(slurp_jsonl)}
