@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Stages 10-12 of the voice-agent recipe: run the packed model as an agent on the held-out episodes
+# (end to end, and as cascades), score the runs side by side, and forecast task success from
+# teacher-forced token statistics of every checkpoint. Each stage skips work whose outputs are
+# newer than the packed model. Run from the recipe dir (run.sh calls it).
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/agent_eval.sh) $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+[[ -f path.sh && -d local ]] || die "run me from the recipe dir (egs/voice_agent/speechlm1)"
+# shellcheck disable=SC1091
+. ./path.sh
+
+# <options>
+stage=10                       # first stage to run (10..12)
+stop_stage=12                  # last stage to run
+exp=exp/voice_agent            # the experiment dir (its packed/ model is run)
+episodes_dir=data/local/agent  # <set>/episodes.jsonl: the spoken episodes of local/data.sh
+test_sets="test test_noisy"    # episode sets to run the agent on
+modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
+nj=2                           # parallel agent jobs
+forecast_set=test              # held-out episodes of the checkpoint forecasts
+forecast_limit=100             # episodes per checkpoint run in the forecast (0: all)
+# </options>
+# shellcheck disable=SC1091
+. utils/parse_options.sh
+(( $# == 0 )) || die "unexpected argument(s): $*"
+[[ -f ${exp}/packed/.done ]] || die "${exp}/packed is not complete: run stages 1-9 first"
+stage_on() { (( stage <= $1 && stop_stage >= $1 )); }
+slm=(python3 -m speechlm)
+read -ra sets <<< "${test_sets}"
+read -ra mode_list <<< "${modes}"
+newer() { [[ -f $1 && $1 -nt ${exp}/packed/.done ]]; }
+
+if stage_on 10; then
+  for s in "${sets[@]}"; do
+    eps=${episodes_dir}/${s}/episodes.jsonl
+    [[ -s ${eps} ]] || die "${eps} not found (local/data.sh makes it)"
+    for m in "${mode_list[@]}"; do
+      # the noisy copy tests the audio front end: the text ceiling does not hear it
+      if [[ ${s} == *noisy* && ${m} == text ]]; then continue; fi
+      out=${exp}/agent_${s}_${m}
+      log "Stage 10: agent run (${m}): ${exp}/packed + ${eps} -> ${out}"
+      if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
+      "${slm[@]}" agent run --model-dir "${exp}/packed" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}"
+      touch "${out}/.done"
+    done
+  done
+fi
+
+if stage_on 11; then
+  log "Stage 11: scoring: ${exp}/agent_* -> ${exp}/RESULTS.md"
+  for s in "${sets[@]}"; do
+    for m in "${mode_list[@]}"; do
+      out=${exp}/agent_${s}_${m}
+      [[ -f ${out}/.done ]] || continue
+      "${slm[@]}" agent score --run-dir "${out}" --episodes "${episodes_dir}/${s}/episodes.jsonl" \
+        --name "${m}" --test-set "${s}" --results "${exp}/RESULTS.md"
+    done
+  done
+  cat "${exp}/RESULTS.md"
+fi
+
+if stage_on 12; then
+  out=${exp}/forecast
+  log "Stage 12: forecasts: every checkpoint of ${exp} on ${forecast_set} (${forecast_limit} episodes) -> ${out}/forecast.md"
+  if newer "${out}/.done"; then
+    log "Stage 12: ${out} is complete, skipped"
+  else
+    "${slm[@]}" agent forecast --exp-dir "${exp}" --episodes "${episodes_dir}/${forecast_set}/episodes.jsonl" \
+      --data "spoken_dialogue:${forecast_set}:dump/${forecast_set}/spoken_dialogue" \
+      --run-agent --mode e2e --agent-limit "${forecast_limit}" --out-dir "${out}"
+    touch "${out}/.done"
+  fi
+  cat "${out}/forecast.md"
+fi
+
+log "Done: stages ${stage}..${stop_stage}"
