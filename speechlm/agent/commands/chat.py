@@ -30,6 +30,9 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.agent.episodes import Episode
     from speechlm.agent.loop import AgentLoop, LoopConfig
 
+    import torch
+
+    torch.set_num_threads(1)  # one user's small decoding steps: one thread is fastest (see agent run --threads)
     pipe = speechlm.load(args.model_dir)
     loop = AgentLoop(pipe, LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=1, speak=args.speak))
     wav_dir = Path(args.wav_dir or tempfile.mkdtemp(prefix="speechlm-chat-"))

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-limit", type=int, default=0, help="episodes per checkpoint run (0: all)")
     p.add_argument("--decode-config", default=None, help="decode YAML for --run-agent (default: the run's decode.yaml)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,6 +40,10 @@ def main(args: argparse.Namespace) -> int:
                                          token_stats)
     from speechlm.utils.fileio import write_json, write_text
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     exp = Path(args.exp_dir)
     out = Path(args.out_dir or exp / "forecast")
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
