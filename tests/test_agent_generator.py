@@ -11,7 +11,7 @@ import pytest
 from speechlm.agent.calls import parse_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import read_episodes, success, write_episodes
-from speechlm.agent.generator import (DEFAULT_MIX, PLACEHOLDER, generate_episodes, heldout, load_phrasings,
+from speechlm.agent.generator import (DEFAULT_MIX, generate_episodes, heldout, load_phrasings,
                                       load_values)
 from speechlm.agent.intents import INTENTS, call_to_intent
 from speechlm.agent.calls import Call
