@@ -67,6 +67,10 @@ def test_import_maps_intents_and_slots(slurp_file):
     # a slot type the tool does not take is kept (so SLU-F1 sees it) and the tool error recorded
     assert "time_zone" in eps["105"].expected_calls[0]["args"] and "unknown argument" in eps["105"].meta["tool_error"]
     assert "tool_error" not in eps["103"].meta
+    # an accepted call gives the expected state (the kitchen light is blue) or, for a query, the answer fact
+    assert eps["103"].expected_state["devices"]["lights"]["kitchen"]["color"] == "blue" and not eps["103"].answer_facts
+    assert eps["102"].answer_facts and eps["102"].answer_facts[0].startswith("you have")
+    assert eps["105"].expected_state is None and eps["105"].answer_facts == []
 
 
 def test_wav_scp_by_slurp_id_or_recording(slurp_file, tmp_path):

@@ -83,8 +83,10 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
     the expected call from :func:`speechlm.agent.intents.intent_to_call`.
 
     With ``wav_scp``, rows whose id and recordings are all missing from it are skipped (logged).
-    ``check_calls`` runs each expected call on the default home state and records a tool error
-    in ``meta["tool_error"]`` (a slot type the tool does not take, a value it cannot read)."""
+    ``check_calls`` runs each expected call on the default home state: when the tools accept it,
+    the episode gets the state it leaves (``expected_state``) and, for a query, its result text
+    as the answer fact; when they refuse it (a slot type the tool does not take, a value it
+    cannot read), ``meta["tool_error"]`` says why and only the call, intent and slots are scored."""
     from speechlm.agent.generator import transcript_form
     from speechlm.agent.intents import INTENTS, intent_to_call
 
@@ -118,14 +120,20 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
             call = intent_to_call(intent, slots)
             sid = str(row["slurp_id"])
             meta = {"slurp_id": sid, "scenario": row["scenario"], "action": row["action"], "source": str(slurp_jsonl)}
+            expected_state, facts = None, []
             if env is not None:
+                from speechlm.agent.generator import expected_state_of
                 from speechlm.agent.tools import ToolError
 
                 env.reset(start)
                 try:
-                    env.execute(call)
+                    result = env.execute(call)
                 except ToolError as e:
                     meta["tool_error"] = str(e)
+                else:  # as for generated episodes: the state it leaves, the result of a query
+                    expected_state = expected_state_of(env.state)
+                    if expected_state == expected_state_of(start):
+                        facts = [normalize_words(result.get("text", ""))]
             audios: list[tuple[str, str | None, dict]] = []
             if scp is None:
                 audios.append((f"slurp-{sid}", None, {}))
@@ -142,7 +150,7 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
             for eid, audio, extra in audios:
                 episodes.append(Episode(
                     id=eid, turns=[{"text": sentence, "audio": audio}], initial_state=None,
-                    expected_calls=[call.to_dict()], expected_state=None, answer_facts=[], intent=intent,
+                    expected_calls=[call.to_dict()], expected_state=expected_state, answer_facts=facts, intent=intent,
                     slots=[list(s) for s in slots], kind="atomic", split=split, meta={**meta, **extra}))
     if skipped_audio:
         log.warning("%s: %d rows have no audio in %s (neither slurp_id nor a recording file is a key); skipped",
