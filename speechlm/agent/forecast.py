@@ -227,7 +227,7 @@ def checkpoint_step(path: Path) -> Optional[int]:
 
 def pipeline_for(ckpt: Path, exp_dir: Path, decode_config: Optional[str] = None):
     """A Pipeline of checkpoint ``ckpt`` with the run's tokenizers and tasks (decode options from
-    ``decode_config``, else the run's ``decode.yaml`` if it has one)."""
+    ``decode_config``, else the run's ``decode.yaml`` or its packed model's, if there is one)."""
     from speechlm.config import load_yaml
     from speechlm.infer.pipeline import Pipeline
     from speechlm.models import SpeechLM
@@ -237,7 +237,8 @@ def pipeline_for(ckpt: Path, exp_dir: Path, decode_config: Optional[str] = None)
     model = SpeechLM.from_pretrained(ckpt)
     tokenizers = load_tokenizers(exp_dir / "tokenizers.yaml")
     templates = {p.stem: load_template_file(p) for p in sorted((exp_dir / "tasks").glob("*.yaml"))}
-    dc = decode_config or (exp_dir / "decode.yaml" if (exp_dir / "decode.yaml").is_file() else None)
+    dc = decode_config or next((p for p in (exp_dir / "decode.yaml", exp_dir / "packed" / "decode.yaml")
+                                if p.is_file()), None)
     return Pipeline(model, tokenizers, templates, ckpt, load_yaml(dc) if dc else None)
 
 

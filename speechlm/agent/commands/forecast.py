@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the agent with every checkpoint on the episodes and score it (success column)")
     p.add_argument("--mode", default="e2e", help="agent mode of --run-agent")
     p.add_argument("--agent-limit", type=int, default=0, help="episodes per checkpoint run (0: all)")
-    p.add_argument("--decode-config", default=None, help="decode YAML for --run-agent (default: the run's decode.yaml)")
+    p.add_argument("--decode-config", default=None,
+                   help="decode YAML for --run-agent (default: EXP/decode.yaml, else EXP/packed/decode.yaml)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
 
