@@ -88,8 +88,8 @@ class EpisodeRun:
     answer: Optional[str] = None
     ended: Optional[str] = None  # answer | max_turns | invalid | input_error
     transcripts: list[str] = field(default_factory=list)
-    timing: dict = field(default_factory=lambda: {"asr": 0.0, "decode": 0.0, "tool": 0.0, "ttft": None,
-                                                  "first_call": None})
+    timing: dict = field(default_factory=lambda: {"asr": 0.0, "encode": 0.0, "decode": 0.0, "tool": 0.0,
+                                                  "ttft": None, "first_call": None})
     audio_seconds: float = 0.0
     cache: dict = field(default_factory=dict)  # user turn -> audio tokens
     speech: Optional[str] = None
@@ -102,7 +102,7 @@ class EpisodeRun:
     @property
     def elapsed(self) -> float:
         t = self.timing
-        return t["asr"] + t["decode"] + t["tool"]
+        return t["asr"] + t["encode"] + t["decode"] + t["tool"]
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -366,12 +366,14 @@ class AgentLoop:
 
         ok, inputs = [], []
         for r in runs:
+            t0 = time.perf_counter()
             try:
                 inputs.append(self.decoder.encode(self.step_inputs(r), r.ep.id))
                 ok.append(r)
             except (InputError, AudioError) as e:
                 log.warning("episode %s: %s", r.ep.id, e)
                 r.ended, r.error = "input_error", str(e)
+            r.timing["encode"] += time.perf_counter() - t0
         return ok, inputs
 
     def prepare(self, runs: list[EpisodeRun]) -> None:
@@ -394,10 +396,11 @@ class AgentLoop:
             cfg.nbest = max(cfg.nbest, 2)
         B = self.cfg.batch_size
         retry: list[EpisodeRun] = []
-        for i in range(0, len(runs), B):
-            chunk, inputs = self.encode_all(runs[i : i + B])
-            if not chunk:
-                continue
+        ready, prompts = self.encode_all(runs)
+        # prompts of similar length decode together (less padding in every step of a batch)
+        order = sorted(range(len(ready)), key=lambda k: sum(len(v) for v in prompts[k].values()))
+        for i in range(0, len(order), B):
+            chunk, inputs = [ready[k] for k in order[i : i + B]], [prompts[k] for k in order[i : i + B]]
             ids = [f"{r.ep.id}/{wave}" for r in chunk]
             if self.cfg.ttft and wave == 0:
                 import copy
@@ -423,9 +426,9 @@ class AgentLoop:
                     else:
                         r.ended = "invalid"
         for i in range(0, len(retry), B):
-            t0 = time.perf_counter()
             chunk, inputs = self.encode_all(retry[i : i + B])
             ids = [f"{r.ep.id}/{wave}/retry" for r in chunk]
+            t0 = time.perf_counter()
             hyps = self.decoder(inputs, ids, self.retry_config(wave))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
@@ -501,7 +504,7 @@ class AgentLoop:
             "steps": run.steps, "invalid_calls": run.invalid, "transcripts": run.transcripts,
             "n_steps": sum(1 for s in run.steps if s["kind"] != "invalid"),
             "timings": {"ttft": t["ttft"], "first_call": t["first_call"], "total": run.elapsed,
-                        "asr": t["asr"], "decode": t["decode"], "tool": t["tool"]},
+                        "asr": t["asr"], "encode": t["encode"], "decode": t["decode"], "tool": t["tool"]},
             "audio_duration": run.audio_seconds or None, "speech": run.speech,
         }
 
