@@ -192,3 +192,13 @@ def test_runs_side_by_side_in_results_md_and_a_rerun_replaces_its_row(scored_run
     assert rows[0].split("|")[3].strip() == "50.0"  # success % after model and episode count
     assert "success by engine: espeak-ng: 100.0% of 1" in text
     assert (tmp_path / "success_vs_snr_test_heldout.png").is_file()
+
+
+def test_episodes_without_a_success_check_are_left_out_of_success(scored_run):
+    from speechlm.agent.score import score_run
+
+    run, eps = scored_run
+    eps[1].expected_state, eps[1].answer_facts = None, []  # e2 (a failure) can no longer be checked
+    s = score_run(run, eps, "e2e", "unit")
+    assert s["n_unchecked"] == 1 and s["success"] == pytest.approx(200 / 3) and s["success_atomic"] == 100.0
+    assert s["intent_acc"] == 100.0 and s["n_episodes"] == 4  # the other metrics still count it

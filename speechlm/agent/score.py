@@ -107,17 +107,20 @@ def pct(num: float, den: float) -> Optional[float]:
 
 
 def score_episode(ep: Episode, pred: Optional[dict], state: Optional[dict]) -> dict:
-    """The per-episode record (a missing prediction fails everything)."""
+    """The per-episode record (a missing prediction fails everything). Task success is None for an
+    episode with neither an expected state nor answer facts (e.g. a SLURP row whose call the home
+    tools refuse): nothing tells success from failure, so it is left out of the success rates."""
     meta = ep.meta or {}
     rec: dict[str, Any] = {"id": ep.id, "kind": ep.kind, "split": ep.split, "engine": meta.get("engine"),
                            "voice": meta.get("voice"), "snr": meta.get("snr"), "missing": pred is None}
     if pred is None or state is None:
-        rec.update(success=False, call_em=False, intent_ok=False, n_invalid=0, n_decoded=0, n_steps=0,
+        rec.update(success=False if ep.expected_state is not None or ep.answer_facts else None, call_em=False, intent_ok=False, n_invalid=0, n_decoded=0, n_steps=0,
                    tool_error=False, pred_intent=None)
         return rec
     calls = pred.get("calls") or []
+    checkable = ep.expected_state is not None or bool(ep.answer_facts)
     rec.update(
-        success=bool(success(ep, state, pred.get("answer") or "")),
+        success=bool(success(ep, state, pred.get("answer") or "")) if checkable else None,
         call_em=calls_match(ep, calls),
         intent_ok=bool(ep.intent) and pred.get("intent") == ep.intent,
         pred_intent=pred.get("intent"),
@@ -139,7 +142,13 @@ def group_success(records: list[dict], key: str) -> dict[str, dict]:
     for r in records:
         v = r.get(key)
         groups["clean" if key == "snr" and v is None else str(v)].append(r)
-    return {k: {"n": len(v), "success": pct(sum(r["success"] for r in v), len(v))} for k, v in sorted(groups.items())}
+    return {k: {"n": len(v), "success": success_rate(v)} for k, v in sorted(groups.items())}
+
+
+def success_rate(records: list[dict]) -> Optional[float]:
+    """Task success % over the records whose success can be checked (see :func:`score_episode`)."""
+    checked = [r for r in records if r["success"] is not None]
+    return pct(sum(r["success"] for r in checked), len(checked))
 
 
 def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str, dict]) -> tuple[dict, list[dict]]:
@@ -147,16 +156,17 @@ def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str,
     records = [score_episode(ep, preds.get(ep.id), (states.get(ep.id) or {}).get("state")) for ep in episodes]
     n = len(records)
     s: dict[str, Any] = {"n_episodes": n, "n_missing": sum(r["missing"] for r in records)}
-    s["success"] = pct(sum(r["success"] for r in records), n)
+    s["n_unchecked"] = sum(r["success"] is None for r in records)
+    s["success"] = success_rate(records)
     for kind in ("atomic", "compositional", "recovery"):
         sub = [r for r in records if r["kind"] == kind]
         s[f"n_{kind}"] = len(sub)
-        s[f"success_{kind}"] = pct(sum(r["success"] for r in sub), len(sub))
+        s[f"success_{kind}"] = success_rate(sub)
     a, c = s["success_atomic"], s["success_compositional"]
     s["gap"] = a - c if a is not None and c is not None else None
     err = [r for r in records if r["tool_error"]]
     s["n_tool_error"] = len(err)
-    s["recovery_rate"] = pct(sum(r["success"] for r in err), len(err))
+    s["recovery_rate"] = success_rate(err)
     s["call_em"] = pct(sum(r["call_em"] for r in records), n)
     with_intent = [r for r, ep in zip(records, episodes) if ep.intent]
     s["intent_acc"] = pct(sum(r["intent_ok"] for r in with_intent), len(with_intent))
@@ -288,7 +298,8 @@ def score_run(run_dir: str | Path, episodes: list[Episode], name: str, test_set:
         "info": {"agent": {
             "episodes": f"{summary['n_atomic']} atomic, {summary['n_compositional']} compositional, "
                         f"{summary['n_recovery']} recovery; {summary['n_tool_error']} with a refused call; "
-                        f"{summary['n_missing']} missing",
+                        f"{summary['n_missing']} missing; {summary['n_unchecked']} without a success check "
+                        f"(no expected state or answer facts: left out of the success rates)",
             "success by engine": _fmt_groups(summary["by_engine"]),
             "success by SNR": _fmt_groups(summary["by_snr"]),
             "success by split": _fmt_groups(summary["by_split"]),
