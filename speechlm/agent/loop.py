@@ -225,7 +225,10 @@ class AgentLoop:
         if config.mode == "cascade-whisper":
             from speechlm.eval.recognizers import build_recognizer
 
-            self.whisper = build_recognizer("whisper")
+            import torch
+
+            # as many threads as the loop's torch (agent run: 1 per job) so --nj jobs do not oversubscribe
+            self.whisper = build_recognizer("whisper", threads=torch.get_num_threads())
         self._check_inputs()
 
     def _check_inputs(self) -> None:
