@@ -108,6 +108,7 @@ def _pred(ep_id, calls, answer, intent, entities, total, invalid=0, errors=0):
     made += [{**c, "ok": True, "result": "ok: done"} for c in calls]
     steps = [{"kind": "invalid"}] * invalid + [{"kind": "call"}] * len(made) + [{"kind": "answer"}]
     return {"id": ep_id, "mode": "e2e", "intent": intent, "entities": entities, "calls": made, "answer": answer,
+            "ended": "answer",
             "steps": steps, "invalid_calls": [{"text": "zz"}] * invalid, "n_steps": len(made) + 1,
             "timings": {"ttft": None, "first_call": total / 2, "total": total}, "audio_duration": 2.0}
 
@@ -190,7 +191,7 @@ def test_runs_side_by_side_in_results_md_and_a_rerun_replaces_its_row(scored_run
     assert len(rows) == 2, text
     assert "## test_heldout / agent" in text and "success %" in text and "SLU-F1 %" in text
     assert rows[0].split("|")[3].strip() == "50.0"  # success % after model and episode count
-    assert "success by engine: espeak-ng: 100.0% of 1" in text
+    assert "success by engine: espeak-ng: 100.0% of 1" in text and "how episodes ended: answer 4" in text
     assert (tmp_path / "success_vs_snr_test_heldout.png").is_file()
 
 

@@ -157,6 +157,7 @@ def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str,
     n = len(records)
     s: dict[str, Any] = {"n_episodes": n, "n_missing": sum(r["missing"] for r in records)}
     s["n_unchecked"] = sum(r["success"] is None for r in records)
+    s["ended"] = dict(sorted(Counter(str(r.get("ended")) for r in records if not r["missing"]).items()))
     s["success"] = success_rate(records)
     for kind in ("atomic", "compositional", "recovery"):
         sub = [r for r in records if r["kind"] == kind]
@@ -300,6 +301,7 @@ def score_run(run_dir: str | Path, episodes: list[Episode], name: str, test_set:
                         f"{summary['n_recovery']} recovery; {summary['n_tool_error']} with a refused call; "
                         f"{summary['n_missing']} missing; {summary['n_unchecked']} without a success check "
                         f"(no expected state or answer facts: left out of the success rates)",
+            "how episodes ended": ", ".join(f"{k} {v}" for k, v in summary["ended"].items()),
             "success by engine": _fmt_groups(summary["by_engine"]),
             "success by SNR": _fmt_groups(summary["by_snr"]),
             "success by split": _fmt_groups(summary["by_split"]),
