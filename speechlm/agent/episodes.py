@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
 from speechlm.agent.calls import normalize_words
-from speechlm.utils.fileio import atomic_open
+from speechlm.utils.fileio import atomic_open, iter_jsonl
 
 KINDS = ("atomic", "compositional", "recovery")
 
@@ -108,20 +108,12 @@ class Episode:
 def read_episodes(path: str | os.PathLike) -> list[Episode]:
     """Read and validate a JSONL file; errors name file:line; duplicate ids are errors."""
     episodes, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            ep = Episode.from_dict(d, where)
-            if ep.id in seen:
-                raise ValueError(f"{where}: duplicate episode id {ep.id!r} (first on line {seen[ep.id]})")
-            seen[ep.id] = lineno
-            episodes.append(ep)
+    for where, d in iter_jsonl(path):
+        ep = Episode.from_dict(d, where)
+        if ep.id in seen:
+            raise ValueError(f"{where}: duplicate episode id {ep.id!r} (first on line {seen[ep.id]})")
+        seen[ep.id] = where.rsplit(":", 1)[1]
+        episodes.append(ep)
     return episodes
 
 

@@ -31,11 +31,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from speechlm.agent.calls import (Call, CallSyntaxError, format_call, format_result, format_turn, normalize_words,
+from speechlm.agent.calls import (Call, CallSyntaxError, format_result, format_turn, normalize_words,
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode

@@ -32,6 +32,7 @@ import numpy as np
 from speechlm.agent.calls import Call, format_call, normalize_words
 from speechlm.agent.episodes import Episode, success
 from speechlm.agent.slu_f1 import SLUF1
+from speechlm.utils.fileio import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +84,8 @@ def calls_match(ep: Episode, calls: list[dict]) -> bool:
 
 
 def read_jsonl(path: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); rerun `speechlm agent run` "
-                                 f"(it drops torn lines)") from None
-            out[rec["id"]] = rec
-    return out
+    hint = "; rerun `speechlm agent run` (it drops torn lines)"
+    return {rec["id"]: rec for _, rec in iter_jsonl(path, hint)}
 
 
 def percentile(values: list[float], q: float) -> Optional[float]:

@@ -15,7 +15,6 @@ Users bring SLURP's files; this toolkit never ships them (and never trains on de
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from speechlm.agent.calls import normalize_words
 from speechlm.agent.episodes import Episode
+from speechlm.utils.fileio import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -99,59 +99,51 @@ def import_slurp(slurp_jsonl: str | os.PathLike, wav_scp: str | os.PathLike | No
 
         env = make_env("home")
         start = env.snapshot()
-    with open(slurp_jsonl, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{slurp_jsonl}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            for key in ("slurp_id", "sentence_annotation", "scenario", "action"):
-                if key not in row:
-                    raise ValueError(f"{where}: SLURP row lacks {key!r} (has {', '.join(sorted(row))})")
-            intent = f"{str(row['scenario']).strip().lower()}_{str(row['action']).strip().lower()}"
-            if intent not in INTENTS:
-                raise ValueError(f"{where}: intent {intent!r} (scenario_action) is not one of SLURP's 59 intents")
-            text, slots = parse_annotation(str(row["sentence_annotation"]), f"{where}: sentence_annotation")
-            # a transcript's words as the generator writes them: lower case, no punctuation but apostrophes
-            sentence = transcript_form(normalize_words(row.get("sentence") or text))
-            call = intent_to_call(intent, slots)
-            sid = str(row["slurp_id"])
-            meta = {"slurp_id": sid, "scenario": row["scenario"], "action": row["action"], "source": str(slurp_jsonl)}
-            expected_state, facts = None, []
-            if env is not None:
-                from speechlm.agent.generator import expected_state_of
-                from speechlm.agent.tools import ToolError
+    for where, row in iter_jsonl(slurp_jsonl):
+        for key in ("slurp_id", "sentence_annotation", "scenario", "action"):
+            if key not in row:
+                raise ValueError(f"{where}: SLURP row lacks {key!r} (has {', '.join(sorted(row))})")
+        intent = f"{str(row['scenario']).strip().lower()}_{str(row['action']).strip().lower()}"
+        if intent not in INTENTS:
+            raise ValueError(f"{where}: intent {intent!r} (scenario_action) is not one of SLURP's 59 intents")
+        text, slots = parse_annotation(str(row["sentence_annotation"]), f"{where}: sentence_annotation")
+        # a transcript's words as the generator writes them: lower case, no punctuation but apostrophes
+        sentence = transcript_form(normalize_words(row.get("sentence") or text))
+        call = intent_to_call(intent, slots)
+        sid = str(row["slurp_id"])
+        meta = {"slurp_id": sid, "scenario": row["scenario"], "action": row["action"], "source": str(slurp_jsonl)}
+        expected_state, facts = None, []
+        if env is not None:
+            from speechlm.agent.generator import expected_state_of
+            from speechlm.agent.tools import ToolError
 
-                env.reset(start)
-                try:
-                    result = env.execute(call)
-                except ToolError as e:
-                    meta["tool_error"] = str(e)
-                else:  # as for generated episodes: the state it leaves, the result of a query
-                    expected_state = expected_state_of(env.state)
-                    if expected_state == expected_state_of(start):
-                        facts = [normalize_words(result.get("text", ""))]
-            audios: list[tuple[str, str | None, dict]] = []
-            if scp is None:
-                audios.append((f"slurp-{sid}", None, {}))
-            elif sid in scp:
-                audios.append((f"slurp-{sid}", scp[sid], {}))
-            else:
-                for i, rec in enumerate(row.get("recordings") or []):
-                    key = next((k for k in _recording_keys(rec) if k in scp), None)
-                    if key is not None:
-                        audios.append((f"slurp-{sid}-{i}", scp[key], {"recording": rec.get("file")}))
-            if not audios:
-                skipped_audio += 1
-                continue
-            for eid, audio, extra in audios:
-                episodes.append(Episode(
-                    id=eid, turns=[{"text": sentence, "audio": audio}], initial_state=None,
-                    expected_calls=[call.to_dict()], expected_state=expected_state, answer_facts=facts, intent=intent,
-                    slots=[list(s) for s in slots], kind="atomic", split=split, meta={**meta, **extra}))
+            env.reset(start)
+            try:
+                result = env.execute(call)
+            except ToolError as e:
+                meta["tool_error"] = str(e)
+            else:  # as for generated episodes: the state it leaves, the result of a query
+                expected_state = expected_state_of(env.state)
+                if expected_state == expected_state_of(start):
+                    facts = [normalize_words(result.get("text", ""))]
+        audios: list[tuple[str, str | None, dict]] = []
+        if scp is None:
+            audios.append((f"slurp-{sid}", None, {}))
+        elif sid in scp:
+            audios.append((f"slurp-{sid}", scp[sid], {}))
+        else:
+            for i, rec in enumerate(row.get("recordings") or []):
+                key = next((k for k in _recording_keys(rec) if k in scp), None)
+                if key is not None:
+                    audios.append((f"slurp-{sid}-{i}", scp[key], {"recording": rec.get("file")}))
+        if not audios:
+            skipped_audio += 1
+            continue
+        for eid, audio, extra in audios:
+            episodes.append(Episode(
+                id=eid, turns=[{"text": sentence, "audio": audio}], initial_state=None,
+                expected_calls=[call.to_dict()], expected_state=expected_state, answer_facts=facts, intent=intent,
+                slots=[list(s) for s in slots], kind="atomic", split=split, meta={**meta, **extra}))
     if skipped_audio:
         log.warning("%s: %d rows have no audio in %s (neither slurp_id nor a recording file is a key); skipped",
                     slurp_jsonl, skipped_audio, wav_scp)

@@ -73,3 +73,20 @@ def is_done(path: str | os.PathLike) -> bool:
 
 def mark_done(path: str | os.PathLike, info: dict | None = None) -> None:
     write_json(done_marker(path), info or {})
+
+
+def iter_jsonl(path: str | os.PathLike, hint: str = "") -> Iterator[tuple[str, dict]]:
+    """``(where, record)`` for each non-empty line of a JSONL file; ``where`` is ``path:line`` for
+    the caller's own errors. Invalid JSON is a ValueError naming the line (plus ``hint``)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+            yield where, rec
