@@ -41,6 +41,7 @@ def test_call_format_is_canonical_and_lenient_on_spaces():
     ("lights action=on ; action=off", "given twice", 18),
     ("lights action=", "has no value", 14),
     ("lights action=on | off", "'|' inside a value", 17),
+    ("weather date=sather date=sday", "'=' inside a value", 24),  # a model's missing ';' (it crashed the loop)
     ("lights(action=on)", "expected a space after the tool name", 6),
 ])
 def test_call_syntax_errors_say_where(text, message, pos):

@@ -114,8 +114,9 @@ def parse_call(text: str) -> Call:
             key_s = key.strip()
             if not NAME_RE.fullmatch(key_s):
                 raise CallSyntaxError(f"bad argument name {key_s!r}", src, offset)
-            if "|" in value:
-                raise CallSyntaxError("'|' inside a value", src, offset + len(key) + 1 + value.index("|"))
+            for c in "|=":  # '=' in a value: a model that forgot the ';' between two arguments
+                if c in value:
+                    raise CallSyntaxError(f"{c!r} inside a value", src, offset + len(key) + 1 + value.index(c))
             value_s = normalize_words(value)
             if not value_s:
                 raise CallSyntaxError(f"argument {key_s} has no value", src, offset + len(key) + 1)

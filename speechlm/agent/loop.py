@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from speechlm.agent.calls import (Call, CallSyntaxError, format_result, format_turn, normalize_words,
+from speechlm.agent.calls import (Call, format_result, format_turn, normalize_words,
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
@@ -147,7 +147,7 @@ def classify_turn(text: str) -> tuple[str, Any, Optional[str]]:
     tool does not take (missing or bad values are left to the environment)."""
     try:
         kind, payload = parse_turn(text)
-    except CallSyntaxError as e:
+    except ValueError as e:  # CallSyntaxError, or any other malformed model output: never end the run
         return "invalid", text, str(e)
     if kind == "call":
         try:
