@@ -3,6 +3,7 @@
 # home-assistant environment (speechlm agent generate), spoken by several engines and voices
 # (speechlm agent synth), and written as Kaldi data dirs with one utterance per assistant step.
 #   train: training phrasings and slot values, training voices of espeak-ng and festival
+#   train_text: more training episodes, text only (the text command task: cheap, many phrasings)
 #   dev:   training phrasings, other episodes (validation loss only)
 #   test:  held-out phrasings (another author's style) and slot values, held-out voices, and an
 #          engine (flite) that training never hears
@@ -17,7 +18,8 @@ die() { log "ERROR: $*"; exit 1; }
 . ./path.sh
 
 # <options>
-num_train=1500                 # training episodes
+num_train=1500                 # training episodes (spoken)
+num_train_text=5000            # text-only training episodes (0: none)
 num_dev=100                    # validation episodes
 num_test=300                   # held-out test episodes
 mix=atomic=0.6,compositional=0.25,recovery=0.15 # shares of the episode kinds
@@ -42,6 +44,10 @@ gen() {  # gen SET SPLIT N SEED
 gen train train "${num_train}" "${seed}"
 gen dev train "${num_dev}" $(( seed + 1000 ))
 gen test test "${num_test}" $(( seed + 2000 ))
+if (( num_train_text > 0 )); then
+  gen train_text train "${num_train_text}" $(( seed + 3000 ))
+  "${slm[@]}" agent datadir --episodes "${workdir}/train_text.jsonl" --out data/train_text --text-only
+fi
 
 synth() {  # synth SET [extra synth options]
   local set=$1
@@ -55,4 +61,4 @@ synth train
 synth dev
 synth test
 if [[ -n ${test_snrs} ]]; then synth test_noisy --snr "${test_snrs}" --noise-rate 1.0; fi
-log "done: data/{train,dev,test${test_snrs:+,test_noisy}}, episodes in ${workdir}/<set>/episodes.jsonl"
+log "done: data/{train,train_text,dev,test,test_noisy} (as asked), episodes in ${workdir}/<set>/episodes.jsonl"
