@@ -21,7 +21,7 @@ while (( $# > 0 )); do
 done
 
 opts=(
-  --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 300 --nj 2 --seed 1"
+  --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 200 --nj 2 --seed 1"
   --train_set train --valid_set dev --test_sets "test"
   --tasks "spoken_dialogue command asr"
   --train_data "spoken_dialogue:va:dump/train/spoken_dialogue:2 command:va:dump/train/command:1 command:va_text:dump/train_text/command:2 asr:va:dump/train/asr:1"

@@ -18,9 +18,10 @@ exp=exp/voice_agent            # the experiment dir (its packed/ model is run)
 episodes_dir=data/local/agent  # <set>/episodes.jsonl: the spoken episodes of local/data.sh
 test_sets="test test_noisy"    # episode sets to run the agent on
 modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
+noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
 nj=2                           # parallel agent jobs
 forecast_set=test              # held-out episodes of the checkpoint forecasts
-forecast_limit=100             # episodes per checkpoint run in the forecast (0: all)
+forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
 # shellcheck disable=SC1091
 . utils/parse_options.sh
@@ -30,15 +31,16 @@ stage_on() { (( stage <= $1 && stop_stage >= $1 )); }
 slm=(python3 -m speechlm)
 read -ra sets <<< "${test_sets}"
 read -ra mode_list <<< "${modes}"
+read -ra noisy_mode_list <<< "${noisy_modes}"
 newer() { [[ -f $1 && $1 -nt ${exp}/packed/.done ]]; }
 
 if stage_on 10; then
   for s in "${sets[@]}"; do
     eps=${episodes_dir}/${s}/episodes.jsonl
     [[ -s ${eps} ]] || die "${eps} not found (local/data.sh makes it)"
-    for m in "${mode_list[@]}"; do
-      # the noisy copy tests the audio front end: the text ceiling does not hear it
-      if [[ ${s} == *noisy* && ${m} == text ]]; then continue; fi
+    set_modes=("${mode_list[@]}")
+    if [[ ${s} == *noisy* ]]; then set_modes=("${noisy_mode_list[@]}"); fi
+    for m in "${set_modes[@]}"; do
       out=${exp}/agent_${s}_${m}
       log "Stage 10: agent run (${m}): ${exp}/packed + ${eps} -> ${out}"
       if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi

@@ -21,7 +21,7 @@ die() { log "ERROR: $*"; exit 1; }
 num_train=1500                 # training episodes (spoken)
 num_train_text=5000            # text-only training episodes (0: none)
 num_dev=100                    # validation episodes
-num_test=300                   # held-out test episodes
+num_test=200                   # held-out test episodes
 mix=atomic=0.6,compositional=0.25,recovery=0.15 # shares of the episode kinds
 seed=1                         # the same seed gives the same task sets
 nj=2                           # parallel synthesis jobs
