@@ -25,9 +25,12 @@ pytestmark = [
                        reason="needs espeak-ng, sox, flite and festival (tools/install.sh installs them)"),
 ]
 
-# Floors below the README's measured numbers (set from the measured run, with room for noise).
-MIN_TEXT_INTENT_ACC = 0.0
-MIN_E2E_INTENT_ACC = 0.0
+# Floors below the README's measured numbers (2026-12-03: intent accuracy 26.0% for the text
+# parser on held-out phrasings, 16.0% for the Whisper cascade; the end-to-end agent's 3.5% is not
+# yet above chance level, so for it the test checks that it makes well-formed calls).
+MIN_TEXT_INTENT_ACC = 15.0
+MIN_WHISPER_INTENT_ACC = 8.0
+MAX_E2E_INVALID = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,8 @@ def test_every_mode_is_run_and_scored(recipe):
 def test_the_agent_understands_held_out_requests(recipe):
     got = entries(recipe)
     assert got[("test", "text")]["intent_acc"] >= MIN_TEXT_INTENT_ACC
-    assert got[("test", "e2e")]["intent_acc"] >= MIN_E2E_INTENT_ACC
+    assert got[("test", "cascade-whisper")]["intent_acc"] >= MIN_WHISPER_INTENT_ACC
+    assert got[("test", "e2e")]["invalid_rate"] <= MAX_E2E_INVALID and got[("test", "e2e")]["turns"] >= 1.5
     for key in ("success_atomic", "success_compositional", "recovery_rate", "slu_f1"):
         assert got[("test", "e2e")][key] is not None, key
 
