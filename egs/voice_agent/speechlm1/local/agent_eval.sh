@@ -20,7 +20,7 @@ test_sets="test test_noisy"    # episode sets to run the agent on
 modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
 noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
 nj=2                           # parallel agent jobs
-forecast_set=test              # held-out episodes of the checkpoint forecasts
+forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
 # shellcheck disable=SC1091
