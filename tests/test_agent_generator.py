@@ -11,8 +11,8 @@ import pytest
 from speechlm.agent.calls import parse_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import read_episodes, success, write_episodes
-from speechlm.agent.generator import (DEFAULT_MIX, generate_episodes, heldout, load_phrasings,
-                                      load_values)
+from speechlm.agent.generator import DEFAULT_MIX, generate_episodes
+from speechlm.agent.requests import heldout, load_phrasings, load_values
 from speechlm.agent.intents import INTENTS, call_to_intent
 from speechlm.agent.calls import Call
 
