@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 import speechlm
-from speechlm.agent.episodes import Episode, write_episodes
 from speechlm.agent.forecast import TokenStats, rankdata, spearman, token_stats
-from conftest import synth
-from test_agent_loop import REQUESTS, TASKS, make_model_dir, reference, reference_examples
+from test_agent_loop import TASKS, make_model_dir, reference_examples, write_request_episodes
 from test_model_helpers import train
 
 
@@ -44,20 +41,14 @@ def test_token_stats_known_answers():
 def run(tmp_path_factory):
     """A training run dir (tokenizers.yaml, tasks/, checkpoints/step_N written by save_checkpoint) of
     the tiny agent model at 4 points of a short training, and its episodes."""
+    from speechlm.agent.episodes import read_episodes
     from speechlm.data.batch import collate
     from speechlm.train.checkpoint import save_checkpoint
     from speechlm.train.distributed import DistEnv
 
     root = tmp_path_factory.mktemp("forecast")
-    eps = []
-    for ep_id, request, intent, slots, answer in REQUESTS:
-        wav = synth(root / f"{ep_id}.wav", request)
-        call, ref, state = reference(ep_id, request, intent, slots, answer)
-        eps.append(Episode(id=ep_id, turns=[{"text": request, "audio": wav.name}], expected_calls=[call],
-                           expected_state=state, answer_facts=[answer.split()[-1]], intent=intent, slots=slots,
-                           kind="atomic", split="test", meta={"reference": ref}))
-    episodes = root / "episodes.jsonl"
-    write_episodes(episodes, eps)
+    episodes = write_request_episodes(root)
+    eps = read_episodes(episodes)
     model_dir = make_model_dir(root / "init")
     exp = root / "exp"
     (exp / "tasks").mkdir(parents=True)

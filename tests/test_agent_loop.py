@@ -74,20 +74,25 @@ def reference(ep_id: str, request: str, intent: str, slots: list, answer: str) -
     return call.to_dict(), ref, env.snapshot()
 
 
-@pytest.fixture(scope="module")
-def episodes_file(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("episodes")
+def write_request_episodes(root: Path, tagged: bool = False) -> Path:
+    """``root/episodes.jsonl``: one spoken atomic episode per REQUESTS entry (espeak-ng wavs beside
+    it), with its reference dialogue; ``tagged`` adds the engine and a SLURP id to its meta."""
     eps = []
     for ep_id, request, intent, slots, answer in REQUESTS:
         wav = synth(root / f"{ep_id}.wav", request)
         call, ref, state = reference(ep_id, request, intent, slots, answer)
         eps.append(Episode(id=ep_id, turns=[{"text": request, "audio": wav.name}], expected_calls=[call],
                            expected_state=state, answer_facts=[answer.split()[-1]], intent=intent, slots=slots,
-                           kind="atomic", split="test", meta={"reference": ref, "engine": "espeak-ng",
-                                                              "slurp_id": ep_id.upper()}))
+                           kind="atomic", split="test", meta={"reference": ref, **(
+                               {"engine": "espeak-ng", "slurp_id": ep_id.upper()} if tagged else {})}))
     path = root / "episodes.jsonl"
     write_episodes(path, eps)
     return path
+
+
+@pytest.fixture(scope="module")
+def episodes_file(tmp_path_factory) -> Path:
+    return write_request_episodes(tmp_path_factory.mktemp("episodes"), tagged=True)
 
 
 @pytest.fixture(scope="module")

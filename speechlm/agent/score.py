@@ -211,8 +211,6 @@ def plot_snr(path: Path, runs: dict[str, dict], title: str = "") -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from speechlm.utils.fileio import atomic_open
-
     clean_x = (xs[-1] + 10 if xs else 0.0)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, pts in sorted(series.items()):
@@ -228,10 +226,9 @@ def plot_snr(path: Path, runs: dict[str, dict], title: str = "") -> bool:
     ax.set_title(title or "task success vs SNR")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    from speechlm.eval.report import save_figure
+
+    save_figure(fig, path)
     return True
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from speechlm.utils.jobs import die_with_parent
+
 log = logging.getLogger("speechlm.tokenize")
 
 
@@ -226,25 +228,6 @@ def _check_parent() -> None:
         raise SystemExit(f"tokenize: the parent run (pid {parent}) is gone; stopping this shard job")
 
 
-def _die_with_parent(parent: int):
-    """preexec_fn of a shard job: ask the kernel for SIGTERM when the parent dies (Linux prctl)."""
-    import ctypes
-    import signal
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        prctl = None
-
-    def preexec() -> None:
-        if prctl is not None:
-            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return preexec
-
-
 def _init_params(spec: dict) -> list[str]:
     import inspect
 
@@ -324,7 +307,7 @@ def _spawn(args, todo, shards: list[int], nj: int, tok_dir: Path, total: int) ->
             cmd += ["--device", args.device]
         logf = open(log_dir / f"tokenize.{shard}.log", "w", encoding="utf-8")
         procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                              preexec_fn=_die_with_parent(os.getpid())), logf))
+                                              preexec_fn=die_with_parent(os.getpid())), logf))
     journals = [tok_dir / "shards" / f"{s}.{i}-of-{nj}.journal" for s in segs for i in range(1, nj + 1)]
     done_before = {j for j in journals if j.with_name(j.name + ".done").exists()}
     bar = tqdm(total=total, desc=f"tokenize ({nj} jobs)", unit="utt", mininterval=1.0)

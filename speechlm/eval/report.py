@@ -100,11 +100,18 @@ def plot_histogram(path: str | Path, res: MetricResult, label: str = "") -> bool
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(f"{res.name}{f' ({label})' if label else ''}: {len(values)} utterances")
     ax.legend()
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
     plt.close(fig)
-    return True
 
 
 def entry_key(entry: dict[str, Any]) -> tuple:

@@ -23,7 +23,6 @@ from speechlm.infer.context import DecodeContext, concat_batches, unconditional
 from speechlm.infer.sampling import repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 from speechlm.models.losses import nar_inputs
-from speechlm.models.progress import takes_progress
 
 log = logging.getLogger(__name__)
 

@@ -249,7 +249,6 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
 
     from speechlm.infer.config import check_decode_options
     from speechlm.infer.pipeline import known_tasks
-    from speechlm.tasks.template import load_template_file
 
     out = Path(out_dir)
     if is_done(out / "timing.json"):

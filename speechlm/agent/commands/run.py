@@ -71,6 +71,7 @@ def _run_jobs(args: argparse.Namespace, out: Path) -> None:
     import os
     import subprocess
 
+    from speechlm.utils.jobs import die_with_parent
     from speechlm.utils.threads import available_cores
 
     threads = args.threads or max(1, available_cores() // args.nj)
@@ -80,7 +81,8 @@ def _run_jobs(args: argparse.Namespace, out: Path) -> None:
     for shard in range(1, args.nj + 1):
         logf = open(out / "log" / f"run.{shard}.log", "w", encoding="utf-8")
         procs.append((shard, subprocess.Popen(_child_command(args, shard, threads), stdout=logf,
-                                              stderr=subprocess.STDOUT, env=env), logf))
+                                              stderr=subprocess.STDOUT, env=env,
+                                              preexec_fn=die_with_parent(os.getpid())), logf))
     try:
         for _, p, _ in procs:
             p.wait()
