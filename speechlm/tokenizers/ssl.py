@@ -1,4 +1,5 @@
-"""Discrete units: k-means cluster ids of frame features (HuBERT/WavLM/wav2vec2 layers, or MFCC).
+"""Discrete units: k-means cluster ids of frame features (HuBERT/WavLM/wav2vec2 layers, the Whisper
+encoder, or MFCC).
 
 Train the k-means model first (``speechlm train-kmeans``), then point the tokenizer at its dir;
 the feature settings come from the dir, so encoding always matches training::
@@ -73,9 +74,9 @@ class SSLUnitTokenizer(AudioTokenizer):
         """Units -> waveform through the centroid spectra (``mfcc``/``logmel`` features only)."""
         import torch
 
-        if self.features.feature == "hf":
+        if self.features.feature in ("hf", "whisper"):
             raise NotImplementedError(
-                f"ssl: units of an SSL model ({self.features.model_dir}) cannot be turned back into audio "
+                f"ssl: units of an SSL or Whisper model ({self.features.model_dir or 'bundled'}) cannot be turned back into audio "
                 f"without a unit vocoder; use a codec_ssl tokenizer, whose codec streams decode")
         ids = np.asarray(tokens).reshape(len(tokens), -1)[:, 0]
         feats = self.km.centroids[ids] * self.km.std + self.km.mean  # [frames, dim]
