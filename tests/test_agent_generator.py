@@ -222,3 +222,30 @@ def test_heldout_rate():
     assert count(none) == 0 and count(every) > 5
     with pytest.raises(ValueError, match="heldout_rate"):
         generate_episodes(3, "test", heldout_rate=2)
+
+
+def test_casual_variants_keep_every_slot_and_only_the_training_split_has_them():
+    import random
+
+    from speechlm.agent.requests import PLACEHOLDER, Casual
+
+    casual = load_phrasings("train").casual
+    assert casual is not None and 0 < casual.rate < 1 and load_phrasings("test").casual is None
+    always = Casual(1.0, casual.fillers, casual.drop_words, casual.front_words)
+    template = "could you please turn off the lights in the {house_place} at {time}"
+    rng = random.Random(0)
+    said = [always.apply(rng, template) for _ in range(200)]
+    for s in said:
+        assert sorted(PLACEHOLDER.findall(s)) == ["house_place", "time"], s
+    assert any(s.startswith("{") for s in said)  # a slot said first
+    assert any(len(s.split()) <= 6 for s in said)  # elliptic: function words dropped
+    assert any(set(s.split()) & set(casual.fillers) for s in said)
+    assert len(set(said)) > 50
+    # rate 0 leaves the template and the random stream alone (the test split stays the same)
+    r1, r2 = random.Random(3), random.Random(3)
+    assert Casual(0.0, [], frozenset(), frozenset()).apply(r1, template) == template and r1.random() == r2.random()
+    eps = generate_episodes(200, "train", seed=11, mix={"atomic": 1})
+    casual_share = sum(e.turns[0]["text"] != e.meta["template"] and not e.meta["template"].startswith("{")
+                       and e.turns[0]["text"].split()[0] in {v for _, v in e.slots} | set(casual.fillers)
+                       for e in eps) / len(eps)
+    assert casual_share > 0.1

@@ -201,7 +201,7 @@ def make_atomic(rng: random.Random, ph: Phrasings, split: str, intent: Optional[
             names = names_in_state(state, intent, slot, fresh_state())
             if names:
                 fixed[slot] = rng.choice(names)
-    req = make_request(rng, state, intent, template, split, fixed)
+    req = make_request(rng, state, intent, template, split, fixed, casual=ph.casual)
     d = Dialogue(state)
     d.user(wrap(rng, req.text, ph))
     d.call(req.call)
@@ -221,7 +221,7 @@ def make_concatenation(rng: random.Random, ph: Phrasings, split: str) -> Made:
         if all(i.split("_")[0] != j.split("_")[0] for j in intents):  # different scenarios
             intents.append(i)
     state = fresh_state()
-    reqs = [make_request(rng, state, i, rng.choice(ph.intents[i]), split) for i in intents]
+    reqs = [make_request(rng, state, i, rng.choice(ph.intents[i]), split, casual=ph.casual) for i in intents]
     text = reqs[0].text
     for r in reqs[1:]:
         text += f" {rng.choice(ph.connectors)} {r.text}"
@@ -301,7 +301,7 @@ def make_ask_back(rng: random.Random, ph: Phrasings, split: str) -> Made:
     intent = rng.choice(sorted(ph.underspecified))
     template = rng.choice(ph.underspecified[intent])
     state = fresh_state()
-    req = make_request(rng, state, intent, template, split)
+    req = make_request(rng, state, intent, template, split, casual=ph.casual)
     d = Dialogue(state)
     d.user(wrap(rng, req.text, ph))
     d.call(req.call, expect_error=True)
@@ -326,7 +326,7 @@ def make_correction(rng: random.Random, ph: Phrasings, split: str) -> Made:
     intent = rng.choice(intents)
     template = rng.choice([t for t in ph.intents[intent] if "{" + slot + "}" in t])
     state = fresh_state()
-    req = make_request(rng, state, intent, template, split, {slot: said})
+    req = make_request(rng, state, intent, template, split, {slot: said}, casual=ph.casual)
     d = Dialogue(state)
     d.user(wrap(rng, req.text, ph))
     d.call(req.call, expect_error=True)
@@ -365,7 +365,7 @@ def make_inform(rng: random.Random, ph: Phrasings, split: str) -> Made:
     templates = [t for t in ph.intents[intent] if all("{" + s + "}" in t for s in fixed)]
     template = rng.choice(templates)
     start = _changed(json.loads(json.dumps(state)))
-    req = make_request(rng, state, intent, template, split, fixed)
+    req = make_request(rng, state, intent, template, split, fixed, casual=ph.casual)
     d = Dialogue(state)
     d.user(wrap(rng, req.text, ph))
     d.call(req.call, expect_error=True)

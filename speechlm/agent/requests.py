@@ -36,8 +36,55 @@ HELDOUT_VAR: contextvars.ContextVar[float] = contextvars.ContextVar("heldout_rat
 # ---------------------------------------------------------------------------------------------
 # Phrasings.
 _PHRASING_KEYS = {"style", "wake_words", "wake_rate", "openers", "opener_rate", "closers", "closer_rate",
-                  "connectors", "intents", "underspecified", "answers", "transitions", "corrections"}
+                  "connectors", "intents", "underspecified", "answers", "transitions", "corrections", "casual"}
+_CASUAL_KEYS = {"rate", "fillers", "drop_words", "front_words"}
 TRANSITIONS = ("calendar_alarm", "alarm_remove_first", "transport_calendar")
+
+
+@dataclass
+class Casual:
+    """Casual variants of a file's own templates (its ``casual:`` section): a share ``rate`` of the
+    requests is said with some of ``drop_words`` left out, one slot moved to the front (with the
+    ``front_words`` before it dropped) and fillers added. Slot values are never touched."""
+
+    rate: float
+    fillers: list[str]
+    drop_words: frozenset[str]
+    front_words: frozenset[str]
+
+    def apply(self, rng: random.Random, template: str) -> str:
+        """``template`` said casually, or as written (with probability ``1 - rate``)."""
+        if self.rate <= 0 or rng.random() >= self.rate:
+            return template
+        words = template.split()
+        ops = [op for op in ("drop", "front", "filler") if rng.random() < 0.5] or [rng.choice(("drop", "front", "filler"))]
+        if "drop" in ops:
+            kept = [w for w in words if PLACEHOLDER.search(w) or w.strip(",") not in self.drop_words or rng.random() < 0.3]
+            if any(not PLACEHOLDER.search(w) for w in kept):  # something besides the slots is left
+                words = kept
+        slots = [i for i, w in enumerate(words) if PLACEHOLDER.fullmatch(w)]
+        if "front" in ops and slots:
+            i = rng.choice(slots)
+            j = i
+            while j > 0 and words[j - 1].strip(",") in self.front_words:
+                j -= 1
+            words = [words[i]] + words[:j] + words[i + 1:]
+        if "filler" in ops and self.fillers:
+            for _ in range(rng.randint(1, 2)):
+                words.insert(rng.randint(0, len(words)), rng.choice(self.fillers))
+        return " ".join(w for w in words if w != ",").strip(" ,")
+
+
+def _load_casual(where: str, data: object) -> Optional[Casual]:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - _CASUAL_KEYS:
+        raise ValueError(f"{where}: casual: expected a mapping with keys {', '.join(sorted(_CASUAL_KEYS))}")
+    rate = float(data.get("rate", 0))
+    if not 0 <= rate <= 1:
+        raise ValueError(f"{where}: casual: rate must be in [0, 1], got {rate}")
+    return Casual(rate, [str(f) for f in data.get("fillers") or []], frozenset(data.get("drop_words") or []),
+                  frozenset(data.get("front_words") or []))
 
 
 @dataclass
@@ -58,13 +105,15 @@ class Phrasings:
     answers: list[str] = field(default_factory=list)
     transitions: dict[str, list[str]] = field(default_factory=dict)
     corrections: dict[str, dict[str, str]] = field(default_factory=dict)
+    casual: Optional["Casual"] = None
 
     def all_lines(self) -> list[str]:
         """Every phrasing line (templates, transitions, underspecified, answers, wrappers)."""
         out = [t for ts in self.intents.values() for t in ts]
         out += [t for ts in self.underspecified.values() for t in ts]
         out += [t for ts in self.transitions.values() for t in ts]
-        return out + list(self.answers) + self.wake_words + self.openers + self.closers + self.connectors
+        out += list(self.answers) + self.wake_words + self.openers + self.closers + self.connectors
+        return out + (self.casual.fillers if self.casual else [])
 
 
 def _check_template(where: str, intent: str, template: str, extra: tuple[str, ...] = ()) -> None:
@@ -118,7 +167,8 @@ def load_phrasings(split_or_path: str) -> Phrasings:
         underspecified={k: [str(t) for t in v] for k, v in (data.get("underspecified") or {}).items()},
         answers=[str(a) for a in data.get("answers") or ["{value}"]],
         transitions={k: [str(t) for t in v] for k, v in (data.get("transitions") or {}).items()},
-        corrections={k: dict(v) for k, v in (data.get("corrections") or {}).items()})
+        corrections={k: dict(v) for k, v in (data.get("corrections") or {}).items()},
+        casual=_load_casual(where, data.get("casual")))
     for line in ph.all_lines():
         if line != line.lower() or re.search(r"\d", line):
             raise ValueError(f"{where}: {line!r}: phrasings are lower case with numbers spelled out")
@@ -364,8 +414,10 @@ def _joint_values(rng: random.Random, state: dict, intent: str, slots: set[str],
 
 
 def make_request(rng: random.Random, state: dict, intent: str, template: str, split: str,
-                 fixed: Optional[dict[str, str]] = None) -> Request:
-    """Fill ``template`` of ``intent`` with values (``fixed`` first)."""
+                 fixed: Optional[dict[str, str]] = None, casual: Optional[Casual] = None) -> Request:
+    """Fill ``template`` of ``intent`` with values (``fixed`` first), said casually when ``casual``
+    says so (the slots keep the template's order)."""
+    said = casual.apply(rng, template) if casual else template
     wanted = set(PLACEHOLDER.findall(template))
     values = {k: v for k, v in _joint_values(rng, state, intent, wanted, split).items() if k in wanted}
     for slot in PLACEHOLDER.findall(template):
@@ -376,7 +428,7 @@ def make_request(rng: random.Random, state: dict, intent: str, template: str, sp
         else:
             values[slot] = slot_value(rng, state, intent, slot, split)
     order = sorted(values, key=lambda s: template.index("{" + s + "}"))
-    return Request(fill(template, values), intent, [(s, values[s]) for s in order], template)
+    return Request(fill(said, values), intent, [(s, values[s]) for s in order], template)
 
 
 def wrap(rng: random.Random, text: str, ph: Phrasings) -> str:
