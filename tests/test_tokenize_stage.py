@@ -196,3 +196,30 @@ def test_changed_options_redo_and_bad_names_are_errors(tmp_path, caplog):
     tok.write_text(f"codec: {{type: hf_codec, model_dir: {tmp_path / 'nowhere'}}}\ntext_bpe: {{type: g2p}}\n")
     assert cli(args + ["--nj", "2"]) == 1
     assert "shard 1/2 failed" in caplog.text and "no config.json" in caplog.text
+
+
+def test_a_recording_shared_by_several_rows_is_encoded_once(tmp_path, monkeypatch):
+    """The steps of a spoken dialogue share its request recording: encoded once, the same tokens for each row."""
+    from speechlm.tokenizers.codec2 import Codec2Tokenizer
+
+    d = tmp_path / "data"
+    (d / "wav").mkdir(parents=True)
+    a = synth(d / "wav" / "a.wav", SENTENCES[0])
+    b = synth(d / "wav" / "b.wav", SENTENCES[1], voice="en+f2")
+    rows = {"ep1-00": a, "ep1-01": a, "ep1-02": a, "ep2-00": b, "ep2-01": b}
+    (d / "wav.scp").write_text("".join(f"{u} {p}\n" for u, p in rows.items()))
+    (d / "text").write_text("".join(f"{u} {SENTENCES[0] if p == a else SENTENCES[1]}\n" for u, p in rows.items()))
+    (d / "utt2spk").write_text("".join(f"{u} {u[:3]}\n" for u in rows))
+    (tmp_path / "tokenizers.yaml").write_text("codec: {type: codec2}\nphone: {type: g2p}\n")
+    encoded = []
+    real = Codec2Tokenizer.encode
+    monkeypatch.setattr(Codec2Tokenizer, "encode", lambda self, wav, sr=None: encoded.append(len(wav)) or real(self, wav, sr))
+    out = _prepare(tmp_path, d, "dump")
+    assert cli(["tokenize", "--manifest-dir", str(out), "--tokenizers", str(tmp_path / "tokenizers.yaml"),
+                "--nj", "1", "--batch-size", "1"]) == 0
+    assert len(encoded) == 2  # two recordings, five rows
+    toks = dict(TokenReader(out / "tokens" / "speech.scp").items())
+    ref = build_tokenizer({"type": "codec2"})
+    for u, p in rows.items():
+        np.testing.assert_array_equal(toks[u], toks["ep1-00" if p == a else "ep2-00"])
+    assert not np.array_equal(toks["ep1-00"][:10], toks["ep2-00"][:10]) and ref.n_streams == toks["ep1-00"].shape[1]

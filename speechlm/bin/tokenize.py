@@ -200,6 +200,7 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args) 
             tokenizers[seg.tokenizer] = build_tokenizer(spec, where=f"{args.tokenizers}:{seg.tokenizer}")
         tok = tokenizers[seg.tokenizer]
         writer = ShardWriter(prefix)
+        memo: dict[str, object] | None = {} if seg.is_audio else None  # one encoding per recording
         pending = [r for r in mine if r["id"] not in writer]
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{seg.name} {shard}/{nj}",
                    unit="utt", mininterval=1.0, disable=None)  # no bar when stderr is not a terminal
@@ -207,7 +208,7 @@ def run_shard(tok_dir: Path, rows: list[dict], todo, shard: int, nj: int, args) 
             for i in range(0, len(pending), max(1, args.batch_size)):
                 _check_parent()
                 batch = pending[i:i + max(1, args.batch_size)]
-                _tokenize_batch(tok, seg, batch, writer)
+                _tokenize_batch(tok, seg, batch, writer, memo)
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -237,8 +238,47 @@ def _init_params(spec: dict) -> list[str]:
     return list(inspect.signature(TOKENIZERS.get(spec["type"]).__init__).parameters)
 
 
-def _tokenize_batch(tok, seg, batch: list[dict], writer) -> None:
-    """Encode a batch (``encode_batch`` for audio when it has several items); bad items are journaled as failures."""
+class _Remember:
+    """A shard writer that also keeps each new utterance's tokens under its recording's key."""
+
+    def __init__(self, writer, keys: dict[str, str], memo: dict) -> None:
+        self.writer, self.keys, self.memo = writer, keys, memo
+
+    def add(self, utt: str, arr) -> None:
+        self.writer.add(utt, arr)
+        self.memo[self.keys[utt]] = arr
+
+    def __contains__(self, utt: str) -> bool:
+        return utt in self.writer
+
+    def __getattr__(self, name: str):
+        return getattr(self.writer, name)
+
+
+def _tokenize_batch(tok, seg, batch: list[dict], writer, memo: dict | None = None) -> None:
+    """Encode a batch (``encode_batch`` for audio when it has several items); bad items are journaled as failures.
+
+    With ``memo``, rows that name a recording already encoded (the steps of one spoken dialogue
+    share its request) get those tokens without encoding it again."""
+    if memo is not None and seg.is_audio:
+        keys = {r["id"]: json.dumps(r["segments"].get(seg.name), sort_keys=True) for r in batch}
+        first: dict[str, dict] = {}
+        later = []
+        for r in batch:
+            key = keys[r["id"]]
+            if key in memo:
+                writer.add(r["id"], memo[key])
+            elif key in first:
+                later.append(r)
+            else:
+                first[key] = r
+        _tokenize_batch(tok, seg, list(first.values()), _Remember(writer, keys, memo))
+        for r in later:  # a recording that failed is tried (and reported) again for each of its rows
+            if keys[r["id"]] in memo:
+                writer.add(r["id"], memo[keys[r["id"]]])
+            else:
+                _tokenize_batch(tok, seg, [r], writer)
+        return
     from speechlm.data.audio import read_audio, to_mono
 
     if len(batch) > 1 and seg.is_audio:

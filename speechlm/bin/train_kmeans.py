@@ -8,6 +8,7 @@ A finished dir with the same options is left alone.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -47,7 +48,12 @@ def collect_frames(features, data_dir: str | Path, max_frames: int, max_utts: in
     if "wav.scp" not in data.files:
         raise FileNotFoundError(f"{data_dir}: no wav.scp")
     rng = np.random.default_rng(seed)
-    utts = list(data.utt_ids)
+    utts, seen = [], set()
+    for utt in data.utt_ids:  # a recording listed under several utterance ids is read once
+        key = json.dumps(data.audio_value(utt), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            utts.append(utt)
     rng.shuffle(utts)
     utts = utts[: max_utts or len(utts)]
     per_utt = max(1, -(-max_frames // max(1, len(utts))))
