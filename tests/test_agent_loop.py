@@ -27,7 +27,7 @@ from conftest import synth
 from test_model_helpers import tiny_config, train
 
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz0123456789_=;|:'?.,-"]
-TASKS = ("spoken_dialogue", "command", "asr")
+TASKS = ("spoken_dialogue", "command", "asr", "spoken_dialogue_monologue")
 
 # (id, request, intent, slots, answer)
 REQUESTS = [
@@ -245,11 +245,12 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
 
 
-@pytest.mark.parametrize("mode", ["e2e", "text"])
+@pytest.mark.parametrize("mode", ["e2e", "text", "monologue"])
 def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
     """Each generated episode's reference assistant turns, played through the loop, see the
-    data-dir writer's history at every step (e2e and cascade forms), move on to the next user
-    turn after an ask-back, and end with success, exact calls and the episode's intent and slots."""
+    data-dir writer's history at every step (e2e, cascade and monologue forms), move on to the
+    next user turn after an ask-back, and end with success, exact calls and the episode's intent
+    and slots; a monologue's words become the transcript and the user turn of later steps."""
     from speechlm.agent.datadir import dialogue_steps
     from speechlm.agent.generator import generate_episodes
     from speechlm.agent.loop import AgentLoop
@@ -258,16 +259,23 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
     eps = generate_episodes(45, "test", seed=3)
     assert {e.kind for e in eps} == {"atomic", "compositional", "recovery"}
     assert any(len(e.turns) > 1 for e in eps)  # ask-back episodes
-    loop = AgentLoop(speechlm.load(untrained_dir), LoopConfig(mode=mode))
+    config = LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue") if mode == "monologue" else LoopConfig(mode=mode)
+    loop = AgentLoop(speechlm.load(untrained_dir), config)
+    assert loop.monologue == (mode == "monologue")
     preds, states = {}, {}
     for ep in eps:
         run = loop.start(ep)
         for step in dialogue_steps(ep):
             assert not run.done and run.user == step.user
             loop.prepare([run])
-            assert history_text(run) == (step.history if mode == "e2e" else step.history_cascade), ep.id
-            assert loop.apply(run, step.target, retry=False) in ("call", "answer")
+            want = {"e2e": step.history, "text": step.history_cascade, "monologue": step.history_monologue}[mode]
+            assert history_text(run) == want, ep.id
+            target = step.target_monologue if mode == "monologue" else step.target
+            assert target.startswith("user ") == (mode == "monologue" and step.first)
+            assert loop.apply(run, target, retry=False) in ("call", "answer")
         assert run.ended == "answer", ep.id
+        if mode == "monologue":
+            assert run.transcripts == [" ".join(t["text"].split()) for t in ep.turns]
         preds[ep.id], states[ep.id] = loop.prediction(run), {"state": run.env.snapshot()}
     s, records = summarize(eps, preds, states)
     assert [r["id"] for r in records if not r["success"]] == []

@@ -9,11 +9,15 @@ the user turn it answers, the dialogue before it as text, and the assistant turn
                                                                       the e2e model only hears them)
     history.cascade  <utt> <earlier user turns too, as "user ...">  (command: the cascade's parser)
     response         <utt> <call ... | say ...>                     (the target turn)
+    history.monologue  <utt> <the cascade form, plus the current user turn once it was written>
+    response.monologue <utt> <"user <words> | " + the target turn on a user turn's first step,
+                              the target turn on later steps>  (spoken_dialogue_monologue: the e2e
+                              model writes what it heard before it acts, an inner monologue)
     text.2           <utt> <tool call>       (first step of a user turn that calls a tool: spoken_command)
     utt2spk, spk2utt (speaker = the episode's voice), utt2num_samples
 
-The two history forms are what :func:`speechlm.agent.loop.history_text` gives the model at run
-time in the e2e and the cascade modes (``none`` when empty). Utterance ids are
+The history forms are what :func:`speechlm.agent.loop.history_text` gives the model at run
+time in the e2e (with or without a monologue) and the cascade modes (``none`` when empty). Utterance ids are
 ``<speaker>-<episode id>-<step>`` so that files sorted by id group a speaker's utterances.
 
 A second writer makes an ``asr`` data dir with one utterance per user turn (not per step).
@@ -26,7 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechlm.agent.calls import CALL_PREFIX, render_history
+from speechlm.agent.calls import CALL_PREFIX, TURN_SEP, USER_PREFIX, render_history
 from speechlm.agent.episodes import Episode
 from speechlm.data.kaldi import spk2utt_from_utt2spk, write_file
 
@@ -44,6 +48,8 @@ class Step:
     history_cascade: str  # cascade form
     target: str  # "call ..." or "say ..."
     first: bool  # the first step after its user turn
+    history_monologue: str = ""  # e2e with an inner monologue
+    target_monologue: str = ""  # "user <words> | <target>" on a first step, else the target
 
 
 def reference_of(episode: Episode) -> list[dict]:
@@ -77,7 +83,13 @@ def dialogue_steps(episode: Episode) -> list[Step]:
             current = max(j for j, t in enumerate(done) if t["role"] == "user")
             e2e = [t for t in done if t["role"] != "user"]
             cascade = [t for j, t in enumerate(done) if j != current]
-            steps.append(Step(user, render_history(e2e), render_history(cascade), turn["text"], first))
+            if first:
+                words = " ".join(episode.turns[user]["text"].split())
+                mono_history, mono_target = render_history(cascade), f"{USER_PREFIX}{words}{TURN_SEP}{turn['text']}"
+            else:
+                mono_history, mono_target = render_history(done), turn["text"]
+            steps.append(Step(user, render_history(e2e), render_history(cascade), turn["text"], first,
+                              mono_history, mono_target))
             first = False
         done.append(turn)
     if user + 1 != len(episode.turns):
@@ -107,7 +119,8 @@ def write_dialogue_dir(episodes: list[Episode], out: str | os.PathLike, require_
     first); else they are written without ``wav.scp`` (a text-only ``command`` data dir)."""
     out = Path(out)
     files: dict[str, dict[str, str]] = {k: {} for k in ("wav.scp", "text", "history", "history.cascade", "response",
-                                                         "text.2", "utt2spk", "utt2num_samples")}
+                                                         "history.monologue", "response.monologue", "text.2",
+                                                         "utt2spk", "utt2num_samples")}
     missing_audio = [ep.id for ep in episodes if not all(t.get("audio") for t in ep.turns)]
     if missing_audio and require_audio:
         raise ValueError(f"{len(missing_audio)} episode(s) have user turns without audio (e.g. "
@@ -125,6 +138,8 @@ def write_dialogue_dir(episodes: list[Episode], out: str | os.PathLike, require_
             files["history"][utt] = step.history
             files["history.cascade"][utt] = step.history_cascade
             files["response"][utt] = step.target
+            files["history.monologue"][utt] = step.history_monologue
+            files["response.monologue"][utt] = step.target_monologue
             files["utt2spk"][utt] = spk
             if step.first and step.target.startswith(CALL_PREFIX) and step.history == "none":
                 files["text.2"][utt] = step.target[len(CALL_PREFIX):]

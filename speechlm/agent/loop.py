@@ -4,6 +4,9 @@ run on the environment -> its result fed back -> ... -> an answer (in text, opti
 Modes (what turns the user's speech into the model's input):
 
 - ``e2e``: the model's ``spoken_dialogue`` task reads the user turn's speech and the history text;
+  with a task whose target is ``response.monologue`` (``spoken_dialogue_monologue``) the model
+  first writes what it heard (``user <words> | <turn>``, an inner monologue): the words join the
+  history as the user's turn, like a cascade's transcript, and the turn is applied;
 - ``cascade``: the model's ``asr`` task transcribes the turn, its text-only ``command`` task
   reads the transcript and the history;
 - ``cascade-whisper``: the bundled Whisper tiny.en transcribes instead of the model's ASR;
@@ -35,7 +38,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from speechlm.agent.calls import (Call, format_result, format_turn, normalize_words,
+from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, format_turn, normalize_words,
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
@@ -162,7 +165,8 @@ def classify_turn(text: str) -> tuple[str, Any, Optional[str]]:
 def history_text(run: EpisodeRun) -> str:
     """The history condition: the dialogue before the current user turn's request, and the
     assistant and tool turns after it (the request itself is the speech / request condition)."""
-    turns = [t for t in run.history if not (t["role"] == "user" and (t.get("current") or t.get("hidden")))]
+    turns = [t for t in run.history
+             if not (t["role"] == "user" and (t.get("current") or t.get("hidden") or not t["text"]))]
     return render_history([{"role": t["role"], "text": t["text"]} for t in turns])
 
 
@@ -220,6 +224,8 @@ class AgentLoop:
         self.pipe, self.cfg, self.audio_base = pipe, config.validate(), audio_base
         task = config.dialogue_task if config.mode == "e2e" else config.command_task
         self.decoder = Decoder(pipe, task, config.max_len)
+        # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
+        self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
         self.asr = Decoder(pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
         self.whisper = None
         if config.mode == "cascade-whisper":
@@ -314,12 +320,26 @@ class AgentLoop:
         # The e2e model never reads the text of what the user said (its request is speech), so its
         # history keeps only assistant and tool turns; the cascades' user turns get their
         # transcript once it is known and later steps read them as ``user <words>``.
-        run.history.append({"role": "user", "text": "", "current": True, "hidden": self.cfg.mode == "e2e"})
+        run.history.append({"role": "user", "text": "", "current": True,
+                            "hidden": self.cfg.mode == "e2e" and not self.monologue})
         run.steps_this_turn = 0
+
+    def heard(self, run: EpisodeRun, text: str) -> str:
+        """A monologue's ``user <words> | <turn>``: the words become the current user turn's text
+        (read by later steps, reported as the transcript); returns the turn."""
+        stripped = text.strip()
+        if not (self.monologue and stripped.startswith(USER_PREFIX)):
+            return text
+        words, sep, turn = stripped[len(USER_PREFIX):].partition(TURN_SEP.strip())
+        entry = next(t for t in reversed(run.history) if t["role"] == "user")
+        entry["text"] = normalize_words(words)
+        entry.pop("current", None)  # written down: later steps read it
+        run.transcripts = (run.transcripts + [""] * run.user)[: run.user] + [entry["text"]]
+        return turn if sep else ""
 
     def apply(self, run: EpisodeRun, text: str, retry: bool) -> str:
         """Apply one hypothesis to ``run``; returns its kind (``call``, ``answer`` or ``invalid``)."""
-        kind, payload, err = classify_turn(text)
+        kind, payload, err = classify_turn(self.heard(run, text))
         run.steps.append({"user": run.user, "text": text, "kind": kind, "retry": retry})
         if kind == "invalid":
             run.invalid.append({"user": run.user, "step": run.steps_this_turn, "text": text, "error": err,

@@ -43,36 +43,50 @@ TRANSITIONS = ("calendar_alarm", "alarm_remove_first", "transport_calendar")
 
 @dataclass
 class Casual:
-    """Casual variants of a file's own templates (its ``casual:`` section): a share ``rate`` of the
-    requests is said with some of ``drop_words`` left out, one slot moved to the front (with the
-    ``front_words`` before it dropped) and fillers added. Slot values are never touched."""
+    """Casual, noisy variants of a file's own templates (its ``casual:`` section), for robustness
+    to phrasings training never sees (in the spirit of EDA, Wei and Zou 2019). A share ``rate`` of
+    the requests gets some of: ``drop_words`` (and now and then any other word) left out; one slot
+    moved to the front (the ``front_words`` before it dropped); two neighbouring words swapped;
+    one or two words inserted (a filler, or a made-up word, so that an unknown word does not derail
+    the parser). Slot values are never touched."""
 
     rate: float
     fillers: list[str]
     drop_words: frozenset[str]
     front_words: frozenset[str]
 
+    def _noise_word(self, rng: random.Random) -> str:
+        if rng.random() < 0.4 and self.fillers:
+            return rng.choice(self.fillers)
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
+
     def apply(self, rng: random.Random, template: str) -> str:
         """``template`` said casually, or as written (with probability ``1 - rate``)."""
         if self.rate <= 0 or rng.random() >= self.rate:
             return template
-        words = template.split()
-        ops = [op for op in ("drop", "front", "filler") if rng.random() < 0.5] or [rng.choice(("drop", "front", "filler"))]
+        words = template.replace(",", " ").split()
+        ops = [op for op in ("drop", "front", "swap", "insert") if rng.random() < 0.5]
+        ops = ops or [rng.choice(("drop", "front", "swap", "insert"))]
         if "drop" in ops:
-            kept = [w for w in words if PLACEHOLDER.search(w) or w.strip(",") not in self.drop_words or rng.random() < 0.3]
+            kept = [w for w in words if PLACEHOLDER.search(w)
+                    or rng.random() < (0.3 if w in self.drop_words else 0.9)]
             if any(not PLACEHOLDER.search(w) for w in kept):  # something besides the slots is left
                 words = kept
         slots = [i for i, w in enumerate(words) if PLACEHOLDER.fullmatch(w)]
         if "front" in ops and slots:
             i = rng.choice(slots)
             j = i
-            while j > 0 and words[j - 1].strip(",") in self.front_words:
+            while j > 0 and words[j - 1] in self.front_words:
                 j -= 1
             words = [words[i]] + words[:j] + words[i + 1:]
-        if "filler" in ops and self.fillers:
+        if "swap" in ops and len(words) > 2:
+            i = rng.randrange(len(words) - 1)
+            if not (PLACEHOLDER.search(words[i]) or PLACEHOLDER.search(words[i + 1])):
+                words[i], words[i + 1] = words[i + 1], words[i]
+        if "insert" in ops:
             for _ in range(rng.randint(1, 2)):
-                words.insert(rng.randint(0, len(words)), rng.choice(self.fillers))
-        return " ".join(w for w in words if w != ",").strip(" ,")
+                words.insert(rng.randint(0, len(words)), self._noise_word(rng))
+        return " ".join(words)
 
 
 def _load_casual(where: str, data: object) -> Optional[Casual]:

@@ -26,7 +26,8 @@ MODALITIES = ("text", "audio", "spk_prompt")
 
 #: Data-dir files a segment may take its value from.
 SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wav.prev.scp",
-           "history", "history.cascade", "response")  # the last three: voice-agent dialogue steps
+           "history", "history.cascade", "response",  # the voice-agent dialogue steps (speechlm/agent/datadir.py)
+           "history.monologue", "response.monologue")
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "conf" / "tasks"
 

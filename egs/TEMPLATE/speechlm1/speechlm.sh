@@ -48,6 +48,7 @@ bpe_user_symbols=         # extra symbols kept whole by the BPE model, space sep
 bpe_train_text=           # Kaldi text file(s) for BPE training (default: the training set's text)
 kmeans_clusters=0         # k-means units to train in stage 4 (0: no audio tokenizer training)
 kmeans_feature=mfcc       # k-means features without --ssl_model_dir: mfcc, logmel or whisper (Whisper tiny.en encoder)
+kmeans_args=               # extra flags for speechlm train-kmeans, e.g. "--max-frames 100000"
 ssl_model_dir=            # local Hugging Face SSL model (HuBERT/WavLM) for k-means features
 task_weights=             # share of training examples per task, e.g. "asr:2 tts:1" (default: 1 each)
 train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
@@ -223,8 +224,9 @@ if stage_on 4; then
     else
       feature_opts=(--feature "${kmeans_feature}")
       if [[ -n ${ssl_model_dir} ]]; then feature_opts=(--model-dir "${ssl_model_dir}"); fi
+      read -ra extra_kmeans_opts <<< "${kmeans_args}"
       "${slm[@]}" train-kmeans --data-dir "${dumpdir}/data/${train_set}" --out-dir "${kmeans_dir}" \
-        --n-clusters "${kmeans_clusters}" "${feature_opts[@]}"
+        --n-clusters "${kmeans_clusters}" "${feature_opts[@]}" "${extra_kmeans_opts[@]}"
       touch "${kmeans_dir}/.done"
     fi
   else
