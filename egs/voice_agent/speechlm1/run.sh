@@ -23,10 +23,10 @@ done
 opts=(
   --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 200 --nj 2 --seed 1"
   --train_set train --valid_set dev --test_sets "test"
-  --tasks "spoken_dialogue command asr"
-  --train_data "spoken_dialogue:va:dump/train/spoken_dialogue:2 command:va:dump/train/command:1 command:va_text:dump/train_text/command:2 asr:va:dump/train/asr:1"
+  --tasks "spoken_dialogue_monologue command asr"
+  --train_data "spoken_dialogue_monologue:va:dump/train/spoken_dialogue_monologue:2 command:va:dump/train/command:1 command:va_text:dump/train_text/command:2 asr:va:dump/train/asr:1"
   --tokenizers conf/tokenizers.yaml
-  --kmeans_clusters 500 --kmeans_feature whisper
+  --kmeans_clusters 500 --kmeans_feature whisper --kmeans_args "--max-frames 100000 --iters 25"
   --nbpe 400 --bpe_train_text "data/train/text data/train/response data/train/history data/train_text/text"
   --nj 2 --inference_nj 2
   --model_config conf/model.yaml --train_config conf/train.yaml
@@ -45,5 +45,5 @@ fi
 if (( stop_stage >= 6 && stage <= 9 )); then run_stages "$(( stage > 6 ? stage : 6 ))" "$(( stop_stage < 9 ? stop_stage : 9 ))"; fi
 if (( stop_stage >= 10 )); then
   local/agent_eval.sh --stage "$(( stage > 10 ? stage : 10 ))" --stop_stage "${stop_stage}" \
-    --exp exp/voice_agent --test_sets "test test_noisy"
+    --exp exp/voice_agent --test_sets "test test_noisy" --dialogue_task spoken_dialogue_monologue
 fi

@@ -75,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
             from speechlm.agent.score import score_run
 
             eps = episodes[: args.agent_limit] if args.agent_limit else episodes
-            run_agent(pipe, eps, run_dir, LoopConfig(mode=args.mode, batch_size=args.batch_size), audio_base)
+            task = {"dialogue_task": args.task} if args.mode == "e2e" else {}  # the scored task is the one run
+            run_agent(pipe, eps, run_dir, LoopConfig(mode=args.mode, batch_size=args.batch_size, **task), audio_base)
             row["success"] = score_run(run_dir, eps, ckpt.name, Path(args.episodes).stem)["success"]
         elif (run_dir / "scores.json").is_file():
             row["success"] = json.loads((run_dir / "scores.json").read_text())["summary"]["success"]

@@ -20,6 +20,7 @@ test_sets="test test_noisy"    # episode sets to run the agent on
 modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
 noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
 nj=2                           # parallel agent jobs
+dialogue_task=spoken_dialogue  # the e2e task (spoken_dialogue_monologue: the model writes what it heard first)
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
@@ -44,7 +45,8 @@ if stage_on 10; then
       out=${exp}/agent_${s}_${m}
       log "Stage 10: agent run (${m}): ${exp}/packed + ${eps} -> ${out}"
       if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
-      "${slm[@]}" agent run --model-dir "${exp}/packed" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}"
+      "${slm[@]}" agent run --model-dir "${exp}/packed" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}" \
+        --dialogue-task "${dialogue_task}"
       touch "${out}/.done"
     done
   done
@@ -70,7 +72,7 @@ if stage_on 12; then
     log "Stage 12: ${out} is complete, skipped"
   else
     "${slm[@]}" agent forecast --exp-dir "${exp}" --episodes "${episodes_dir}/${forecast_set}/episodes.jsonl" \
-      --data "spoken_dialogue:${forecast_set}:dump/${forecast_set}/spoken_dialogue" \
+      --task "${dialogue_task}" --data "${dialogue_task}:${forecast_set}:dump/${forecast_set}/${dialogue_task}" \
       --run-agent --mode e2e --agent-limit "${forecast_limit}" --out-dir "${out}"
     touch "${out}/.done"
   fi
