@@ -240,6 +240,10 @@ def test_casual_variants_keep_every_slot_and_only_the_training_split_has_them():
     assert any(s.startswith("{") for s in said)  # a slot said first
     assert any(len(s.split()) <= 6 for s in said)  # elliptic: function words dropped
     assert any(set(s.split()) & set(casual.fillers) for s in said)
+    known = set(template.split()) | {w for f in casual.fillers for w in f.split()}
+    assert any(set(s.split()) - known for s in said)  # a made-up word
+    order = [w for w in template.split() if "{" not in w]
+    assert any([w for w in s.split() if w in order] not in (order, [w for w in order if w in s.split()]) for s in said)  # a swap
     assert len(set(said)) > 50
     # rate 0 leaves the template and the random stream alone (the test split stays the same)
     r1, r2 = random.Random(3), random.Random(3)
