@@ -1,0 +1,350 @@
+"""Concurrent requests share batches: a worker thread decodes the requests of one (task, decode
+config) that arrive close together as one batch of the batched decoder.
+
+A request goes through three places:
+
+1. ``submit*`` checks the task and the decode config in the caller's thread (a bad one fails at
+   once) and hands the inputs to a small encoder pool, so reading and tokenizing audio neither
+   blocks an event loop nor the decoding of the running batch;
+2. the encoded prompt waits in the queue; the worker takes the oldest request's group (same
+   task and config) once the group is full (``max_batch``) or the oldest has waited
+   ``window_s``; requests that arrive while a batch decodes have waited already, so they form
+   the next batch the moment the running one ends;
+3. the worker decodes the group (rows of different lengths decode together, finished rows leave
+   the batch), detokenizes each request's hypotheses and resolves its future.
+
+A request whose input cannot be decoded (unreadable audio, no tokens, too long for the model's
+context, a missing input) fails alone with a :class:`RequestError`; if a whole batch fails, its
+requests are decoded one by one so that only the culprit fails. A cancelled request (its
+``asyncio`` task cancelled, a client that went away) is dropped before its batch forms. Greedy
+and beam search give each request what decoding it alone gives; sampling draws the rows of a
+batch from one generator (seeded by the config), so a sample depends on its batch mates.
+
+Example:
+    >>> pipe = speechlm.load("exp/agent/packed")                          # doctest: +SKIP
+    >>> with BatchScheduler(pipe, max_batch=16, window_s=0.01) as sched:  # doctest: +SKIP
+    ...     texts = sched.submit_sync("asr", {"speech": "hello.wav"})    # n-best texts, best first
+    ...     texts = await sched.submit("asr", {"speech": (wav, 16000)})   # from a coroutine
+    ...     sched.stats()["mean_batch"]
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from speechlm.config import ConfigError
+from speechlm.data.audio import AudioError
+from speechlm.infer.config import DecodeConfig
+from speechlm.infer.pipeline import InputError
+from speechlm.tokenizers import AudioTokenizer
+
+log = logging.getLogger(__name__)
+
+# what makes one request's input undecodable (the client's fault, a 4xx), as the decode command has it
+INPUT_ERRORS = (InputError, AudioError, ConfigError, ValueError, KeyError, OSError)
+
+
+class RequestError(ValueError):
+    """A request cannot be decoded: unknown task, bad decode config or an input that gives no
+    prompt; the message names the request and what would fix it (a server answers 4xx)."""
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was closed before this request was decoded."""
+
+
+class QueueFull(RuntimeError):
+    """More than ``max_queue`` requests are waiting; the caller should retry later (a 503)."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One submitted request while it waits and decodes."""
+
+    id: str
+    task: str
+    inputs: dict[str, Any]
+    config: DecodeConfig
+    key: tuple  # (task, decode config values): requests of one key share batches
+    future: concurrent.futures.Future
+    submitted: float = field(default_factory=time.monotonic)
+    queued: float = 0.0  # when its prompt was ready
+    example: Any = None  # the decoding prompt (speechlm.data.sequence.Example)
+
+
+class BatchScheduler:
+    """Decodes concurrent requests of a :class:`~speechlm.infer.pipeline.Pipeline` in shared batches.
+
+    ``max_batch``: requests per batch (1 = one at a time, the baseline); ``window_s``: how long
+    the oldest waiting request waits for batch mates; ``max_queue``: waiting requests beyond
+    this are refused (:class:`QueueFull`); ``encode_threads``: threads that read and tokenize
+    inputs beside the decoding worker.
+    """
+
+    def __init__(self, pipe, max_batch: int = 16, window_s: float = 0.01, max_queue: int = 1024,
+                 encode_threads: int = 2) -> None:
+        if max_batch < 1 or window_s < 0 or max_queue < 1 or encode_threads < 1:
+            raise ValueError(f"BatchScheduler: max_batch ({max_batch}), max_queue ({max_queue}) and encode_threads "
+                             f"({encode_threads}) must be >= 1 and window_s ({window_s}) >= 0")
+        self.pipe, self.max_batch, self.window_s, self.max_queue = pipe, max_batch, window_s, max_queue
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Request] = collections.deque()
+        self._encoding: set[Request] = set()  # submitted, prompt not ready yet (they count toward max_queue)
+        self._closed = False
+        self._ids = itertools.count()
+        self._configs: dict[str, DecodeConfig] = {}
+        self._stats = collections.Counter()
+        self._sizes = collections.Counter()  # batch size -> number of batches
+        self._pool = concurrent.futures.ThreadPoolExecutor(encode_threads, thread_name_prefix="speechlm-encode")
+        self._worker = threading.Thread(target=self._run, name="speechlm-batch", daemon=True)
+        self._worker.start()
+
+    # ---- submitting ------------------------------------------------------------------------------
+    def submit_future(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None,
+                      request_id: Optional[str] = None) -> concurrent.futures.Future:
+        """Queue one request; its future gives the n-best outputs (best first): texts for text
+        targets, ``(wav, sample_rate)`` for audio targets. Cancel the future to drop the request."""
+        rid = request_id or f"req{next(self._ids)}"
+        config = self._config(task, config, rid)
+        if not isinstance(inputs, dict):
+            raise RequestError(f"{rid}: inputs must be a dict of segment name -> value, got {type(inputs).__name__}")
+        req = Request(rid, task, dict(inputs), config, (task, dataclasses.astuple(config)), concurrent.futures.Future())
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the scheduler is closed; no new requests are taken")
+            if len(self._queue) + len(self._encoding) >= self.max_queue:
+                self._stats["refused"] += 1
+                raise QueueFull(f"{self.max_queue} requests are waiting already; retry later")
+            self._encoding.add(req)
+            self._stats["submitted"] += 1
+            # under the lock: close() shuts the pool down only after it has set _closed
+            self._pool.submit(self._encode, req)
+        return req.future
+
+    def submit_sync(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None,
+                    timeout: Optional[float] = None) -> list[Any]:
+        """:meth:`submit_future` and wait (from a thread); a timeout cancels the request."""
+        fut = self.submit_future(task, inputs, config)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    async def submit(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None) -> list[Any]:
+        """:meth:`submit_future` from a coroutine; cancelling the awaiting task drops the request.
+        (The future is resolved on the event loop's thread: ``asyncio.wrap_future`` hands the
+        worker's result over with ``loop.call_soon_threadsafe``.)"""
+        fut = self.submit_future(task, inputs, config)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    def _config(self, task: str, config: Optional[DecodeConfig], rid: str) -> DecodeConfig:
+        """A private copy of the request's config (the caller may change its own afterwards)."""
+        try:
+            self.pipe.template(task)
+            if config is None:
+                if task not in self._configs:
+                    self._configs[task] = self.pipe.decode_config(task)
+                config = self._configs[task]
+            elif not isinstance(config, DecodeConfig):
+                raise ConfigError(f"config must be a DecodeConfig, got {type(config).__name__}")
+            return dataclasses.replace(config).validate(f"{rid}: decode config")
+        except (KeyError, ConfigError) as e:
+            raise RequestError(f"{rid}: {e.args[0] if e.args else e}") from e
+
+    # ---- encoding (pool threads) --------------------------------------------------------------------
+    def _encode(self, req: Request) -> None:
+        error: Optional[BaseException] = None
+        try:
+            if not req.future.cancelled():
+                template = self.pipe.template(req.task)
+                toks = self.pipe.condition_tokens(template, req.inputs, req.id)
+                req.example = self.pipe.prompt_example(template, toks, req.id)
+                req.inputs = {}  # the raw audio is not needed any more: free it while the request waits
+        except INPUT_ERRORS as e:
+            error = RequestError(f"{req.id}: {e}")
+            error.__cause__ = e
+        except Exception as e:  # noqa: BLE001 - a server error of this request only
+            log.exception("%s: encoding failed", req.id)
+            error = e
+        # leaving the encoding set and joining the queue in one step: a closing worker waits for both
+        with self._cond:
+            self._encoding.discard(req)
+            if error is None:
+                req.queued = time.monotonic()
+                self._queue.append(req)  # a cancelled one is dropped (and counted) by the worker
+                self._cond.notify()
+        if error is not None:
+            self._fail(req, error)
+
+    # ---- the worker ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._decode(batch)
+            except Exception as e:  # noqa: BLE001 - never let the worker die: fail what is left
+                log.exception("batch decoding failed")
+                for r in batch:
+                    self._fail(r, e)
+
+    def _next_batch(self) -> Optional[list[Request]]:
+        """The next group to decode (None once closed and drained): the oldest request's group, when
+        it is full or the oldest has waited ``window_s``."""
+        with self._cond:
+            while True:
+                for r in [r for r in self._queue if r.future.cancelled()]:
+                    self._queue.remove(r)
+                    self._stats["cancelled"] += 1
+                if not self._queue:
+                    if self._closed and not self._encoding:
+                        return None
+                    self._cond.wait()
+                    continue
+                first = self._queue[0]
+                group = [r for r in self._queue if r.key == first.key][: self.max_batch]
+                wait = first.queued + self.window_s - time.monotonic()
+                if len(group) >= self.max_batch or wait <= 0 or self._closed:
+                    for r in group:
+                        self._queue.remove(r)
+                    return group
+                self._cond.wait(wait)
+
+    def _decode(self, batch: list[Request]) -> None:
+        t0 = time.monotonic()
+        try:
+            outs = self._generate(batch)
+        except Exception as e:  # noqa: BLE001
+            if len(batch) == 1:
+                r = batch[0]
+                if isinstance(e, INPUT_ERRORS):
+                    self._fail(r, RequestError(f"{r.id}: {e}"), e)
+                else:
+                    log.exception("%s: decoding failed", r.id)
+                    self._fail(r, e)
+                return
+            log.warning("a batch of %d failed (%s); decoding its requests one by one", len(batch), e)
+            for r in batch:
+                self._decode([r])
+            return
+        dt = time.monotonic() - t0
+        with self._cond:
+            self._stats["batches"] += 1
+            self._stats["batched_requests"] += len(batch)
+            self._sizes[len(batch)] += 1
+            self._stats["decode_ms"] += int(1000 * dt)
+        for r, hyps in zip(batch, outs):
+            try:
+                value = [self._detokenize(r.task, h) for h in hyps]
+            except Exception as e:  # noqa: BLE001 - a codec that cannot decode these tokens
+                log.exception("%s: detokenizing failed", r.id)
+                self._fail(r, e)
+                continue
+            self._resolve(r, value)
+
+    def _generate(self, batch: list[Request]) -> list[list[Any]]:
+        """Hypotheses (local target tokens) of each request, decoded as one batch."""
+        from speechlm.data.batch import collate
+        from speechlm.infer.generate import generate_nbest
+
+        pipe = self.pipe
+        target = pipe.template(batch[0].task).targets[0]
+        S, pad = pipe.model.n_streams, pipe.vocab.pad_id
+        with torch.inference_mode():
+            hyps = generate_nbest(pipe.model, collate([r.example for r in batch], pad).to(pipe.device),
+                                  batch[0].config)
+        return [[pipe.to_local(target.tokenizer, h.frames(S, pad)) for h in hs] for hs in hyps]
+
+    def _detokenize(self, task: str, tokens) -> Any:
+        """Text, or ``(wav, sample_rate)`` for an audio target (as ``Pipeline.generate`` gives)."""
+        name = self.pipe.template(task).targets[0].tokenizer
+        value = self.pipe.detokenize(name, tokens)
+        tok = self.pipe.tokenizers[name]
+        return (value, tok.sample_rate) if isinstance(tok, AudioTokenizer) else str(value)
+
+    # ---- futures -----------------------------------------------------------------------------------
+    def _resolve(self, req: Request, value: list[Any]) -> None:
+        try:
+            req.future.set_result(value)
+        except concurrent.futures.InvalidStateError:  # cancelled while it decoded
+            self._count("cancelled")
+            return
+        with self._cond:
+            self._stats["completed"] += 1
+            self._stats["latency_ms"] += int(1000 * (time.monotonic() - req.submitted))
+
+    def _fail(self, req: Request, error: BaseException, cause: Optional[BaseException] = None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        try:
+            req.future.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            self._count("cancelled")
+            return
+        self._count("failed")
+
+    def _count(self, what: str) -> None:
+        with self._cond:
+            self._stats[what] += 1
+
+    # ---- the rest ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters: submitted, completed, failed, cancelled, refused, batches, mean_batch (requests
+        per decoded batch), max_batch_seen, batch_sizes ({size: batches}), queued (waiting now),
+        mean_latency_ms (submit -> result of completed requests), decode_ms (total)."""
+        with self._cond:
+            s = self._stats
+            return {
+                "submitted": s["submitted"], "completed": s["completed"], "failed": s["failed"],
+                "cancelled": s["cancelled"], "refused": s["refused"], "batches": s["batches"],
+                "mean_batch": s["batched_requests"] / s["batches"] if s["batches"] else 0.0,
+                "max_batch_seen": max(self._sizes, default=0), "batch_sizes": dict(sorted(self._sizes.items())),
+                "queued": len(self._queue) + len(self._encoding), "decode_ms": s["decode_ms"],
+                "mean_latency_ms": s["latency_ms"] / s["completed"] if s["completed"] else 0.0,
+                "max_batch": self.max_batch, "window_ms": 1000 * self.window_s,
+            }
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking requests; ``wait``: decode those already submitted first, else fail them
+        with :class:`SchedulerClosed`."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            dropped = [] if wait else list(self._queue)
+            if not wait:
+                self._queue.clear()
+            self._cond.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=not wait)
+        with self._cond:
+            never = list(self._encoding)  # encode jobs the pool dropped (wait=False) never ran
+            self._encoding.clear()
+            self._cond.notify_all()
+        for r in dropped + never:
+            self._fail(r, SchedulerClosed(f"{r.id}: the scheduler was closed before it was decoded"))
+        self._worker.join()
+
+    def __enter__(self) -> "BatchScheduler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["BatchScheduler", "RequestError", "SchedulerClosed", "QueueFull"]
