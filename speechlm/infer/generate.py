@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 from speechlm.models.losses import nar_inputs
 
 log = logging.getLogger(__name__)
+
+#: ``on_step(active row indices, all row states)``, called by :func:`sample_decode` after each step.
+StepHook = Callable[[list[int], list[RowState]], None]
 
 
 def target_tokenizers(model, prompts: Batch, templates: dict | None) -> list[list[str]]:
@@ -186,8 +190,17 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
 
 
 @torch.no_grad()
-def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None) -> list[list[Hypothesis]]:
-    """Greedy / sampling decoding of every prompt (``config.nbest`` samples each)."""
+def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None,
+                  on_step: StepHook | None = None) -> list[list[Hypothesis]]:
+    """Greedy / sampling decoding of every prompt (``config.nbest`` samples each).
+
+    ``on_step(active, states)``, when given, is called after every decoding step with the indices
+    of the rows that took the step (rows that ended in it included) and every row's
+    :class:`RowState` (its emitted rows and finished segments): streaming reads the frames that
+    became final there (:mod:`speechlm.infer.stream`). It must not change the states; an exception
+    it raises stops the decoding (a closed stream). Prompt ``p``'s sample ``s`` is row
+    ``p * nbest + s``. ar_nar fills streams 1.. after the last step, so they are not final there.
+    """
     config.validate()
     model.eval()
     dev = next(model.parameters()).device
@@ -211,6 +224,8 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
             rows = choose_rows(model, h, acts, chooser)
             where = [states[i].progress_at(r) for i, r in zip(active, rows.tolist())]  # before advance
             fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
+            if on_step is not None:
+                on_step(active, states)
             keep = [n for n, i in enumerate(active) if not states[i].done]
             if not keep:
                 break

@@ -251,12 +251,56 @@ class Pipeline:
     def tts(self, text: str, speaker_prompt: AudioValue | None = None, task: str | None = None, config=None):
         """Synthesize ``text``; with ``speaker_prompt`` (a wav of the target voice) uses the prompted task.
         Text that gives no phones (empty, punctuation only) is an :class:`InputError`."""
+        task, inputs = self.tts_inputs(text, speaker_prompt, task)
+        return self.generate(task, config, **inputs)
+
+    def tts_inputs(self, text: str, speaker_prompt: AudioValue | None = None,
+                   task: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The TTS task (``tts`` with a speaker prompt, else ``plain_tts``) and its inputs."""
         task = task or ("tts" if speaker_prompt is not None else "plain_tts")
         template = self.template(task)
         inputs = {}
         for seg in template.conditions:
             inputs[seg.name] = speaker_prompt if seg.modality == "spk_prompt" else text
-        return self.generate(task, config, **inputs)
+        return task, inputs
+
+    # ---- streaming (speechlm/infer/stream.py) --------------------------------------------------
+    def generate_stream(self, task: str, config=None, **inputs: Any):
+        """Text pieces of ``task``'s (text) output as they are decoded (whole words; see
+        :class:`speechlm.infer.stream.TextStream`): ``"".join`` of them is :meth:`generate`'s text.
+        Greedy or sample search only (else :class:`~speechlm.infer.stream.StreamError`); input
+        errors raise here, before the first piece. ``close()`` the stream to stop decoding early."""
+        from speechlm.infer.stream import stream_text
+
+        return stream_text(self, task, inputs, config)
+
+    def tts_stream(self, text: str, speaker_prompt: AudioValue | None = None, task: str | None = None,
+                   config=None, chunk_frames: int = 8):
+        """Float32 mono chunks of :meth:`tts`'s audio as its frames become final, about
+        ``chunk_frames`` frames each, at the stream's ``sample_rate`` (the target tokenizer's,
+        :meth:`sample_rate_of`). With Codec 2 the chunks concatenated are :meth:`tts`'s waveform
+        (same tokens, one decoder state). An ``ar_nar`` model yields every chunk at the end (its NAR
+        levels need the whole AR pass). Input and option errors raise here; ``close()`` stops decoding.
+
+        Example::
+
+            >>> stream = lm.tts_stream("hello world")              # doctest: +SKIP
+            >>> for chunk in stream:                               # doctest: +SKIP
+            ...     speaker.write(chunk, stream.sample_rate)
+        """
+        from speechlm.infer.stream import stream_audio
+
+        task, inputs = self.tts_inputs(text, speaker_prompt, task)
+        return stream_audio(self, task, inputs, config, chunk_frames)
+
+    def sample_rate_of(self, name: str) -> int:
+        """Sample rate of an audio tokenizer, or of the audio output of the task ``name``."""
+        if name not in self.tokenizers:
+            name = self.template(name).targets[0].tokenizer
+        tok = self.tokenizers[name]
+        if not isinstance(tok, AudioTokenizer):
+            raise ValueError(f"{name!r} is a text tokenizer: it has no sample rate")
+        return int(tok.sample_rate)
 
 
 @dataclass

@@ -205,18 +205,50 @@ class Codec2Tokenizer(AudioTokenizer):
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """``[frames, streams]`` -> float32 waveform at 8 kHz (``frames * 160`` samples)."""
+        dec = self.stream_decoder()  # one code path with streaming: chunks concatenated == this
+        y = dec.push(tokens)
+        return np.concatenate([y, dec.flush()])
+
+    def stream_decoder(self) -> "Codec2StreamDecoder":
+        """A decoder fed a few frames at a time (streaming TTS); see :class:`Codec2StreamDecoder`."""
+        return Codec2StreamDecoder(self)
+
+
+class Codec2StreamDecoder:
+    """Decodes frames as they arrive with one Codec 2 decoder state, so the pieces of
+    ``push(a)``, ``push(b)``, ..., ``flush()`` concatenated are :meth:`Codec2Tokenizer.decode` of
+    all frames (up to libcodec2's process-wide random phases of unvoiced harmonics).
+
+    The 3200 bit/s decoder lags one frame: the first push returns 160 samples fewer than it was
+    given frames for, and ``flush`` returns the last 20 ms (silence, as ``decode`` gives them).
+    """
+
+    def __init__(self, tok: Codec2Tokenizer) -> None:
+        self.tok = tok
+        self.c2 = tok._codec2(tok.mode)
+        self.skip = DECODER_DELAY_3200 if tok.mode == 3200 else 0  # lag samples still to drop
+        self.frames = 0
+
+    def push(self, tokens: np.ndarray) -> np.ndarray:
+        """``[frames, streams]`` new frames -> float32 samples at 8 kHz that are now final."""
+        tok = self.tok
         tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] != self.n_streams:
-            raise ValueError(f"codec2 ({self.layout}): expected tokens [frames, {self.n_streams}], got {tokens.shape}")
-        sizes = np.asarray(self.codebook_sizes)
+        if tokens.ndim != 2 or tokens.shape[1] != tok.n_streams:
+            raise ValueError(f"codec2 ({tok.layout}): expected tokens [frames, {tok.n_streams}], got {tokens.shape}")
+        sizes = np.asarray(tok.codebook_sizes)
         if tokens.size and ((tokens < 0).any() or (tokens >= sizes).any()):
-            raise ValueError(f"codec2 ({self.layout}): token ids out of range for codebook sizes {self.codebook_sizes}")
-        frames = self._words_to_frames(self.tokens_to_words(tokens))
-        c2 = self._codec2(self.mode)
-        pcm = [c2.decode(f.tobytes()) for f in frames]
-        if not pcm:
+            raise ValueError(f"codec2 ({tok.layout}): token ids out of range for codebook sizes {tok.codebook_sizes}")
+        if not len(tokens):
             return np.zeros(0, dtype=np.float32)
-        y = np.concatenate(pcm).astype(np.float32) / 32768.0
-        if self.mode == 3200:  # remove the decoder lag; the last 20 ms come out as silence
-            y = np.concatenate([y[DECODER_DELAY_3200:], np.zeros(DECODER_DELAY_3200, np.float32)])
-        return y
+        frames = tok._words_to_frames(tok.tokens_to_words(tokens))
+        y = np.concatenate([self.c2.decode(f.tobytes()) for f in frames]).astype(np.float32) / 32768.0
+        self.frames += len(frames)
+        drop = min(self.skip, len(y))  # remove the decoder lag
+        self.skip -= drop
+        return y[drop:]
+
+    def flush(self) -> np.ndarray:
+        """The samples still held back by the decoder lag (as silence), once all frames are in."""
+        if self.tok.mode != 3200 or not self.frames:
+            return np.zeros(0, dtype=np.float32)
+        return np.zeros(DECODER_DELAY_3200, np.float32)  # the last 20 ms come out as silence
