@@ -18,10 +18,14 @@ while [ $# -gt 0 ]; do
 done
 
 # flite and festival (with its English voices) speak the voice-agent episodes in voices and
-# engines other than espeak-ng's (speechlm agent synth; Debian bookworm package names).
-debs=(espeak-ng sox libsndfile1 flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
+# engines other than espeak-ng's (speechlm agent synth; Debian bookworm package names);
+# chromium and chromium-driver run the browser demo's test (tests/test_serve_browser.py).
+debs=(espeak-ng sox libsndfile1 flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+      chromium chromium-driver)
 missing=()
-for cmd in espeak-ng sox flite festival; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+for cmd in espeak-ng sox flite festival chromium chromedriver; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if $apt && [ "$(id -u)" = 0 ]; then
     echo "install.sh: installing Debian packages: ${debs[*]}"

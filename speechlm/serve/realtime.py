@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
+import hmac
 import json
 import logging
 import shutil
 import subprocess
-import uuid
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,17 +185,6 @@ class Segmenter:
         return pcm or None
 
 
-def pcm16_to_wav_bytes(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """A RIFF wav (PCM16 mono) around raw samples: the form ``run_agent_turn`` reads."""
-    import io
-
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.frombuffer(pcm, dtype="<i2"), sample_rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 # ---- the spoken answer ---------------------------------------------------------------------------------
 def tts_task(pipe) -> Optional[str]:
     """The model's TTS task that needs no speaker prompt (as the agent loop's ``speak``), or None."""
@@ -268,28 +257,8 @@ def espeak_chunks(text: str, chunk_s: float = AUDIO_CHUNK_S) -> Iterator[tuple[b
 
 
 # ---- the agent turn ------------------------------------------------------------------------------------
-def turn_events(result: dict) -> list[dict]:
-    """The events of one agent turn's result (``run_agent_turn``'s dict), before the audio."""
-    events: list[dict] = []
-    if result.get("transcript"):
-        events.append({"type": "transcript", "text": result["transcript"]})
-    for c in result.get("calls") or []:
-        args = c.get("arguments", c.get("args", {}))
-        events.append({"type": "tool_call", "name": c.get("name"), "arguments": args,
-                       "result": c.get("result"), "ok": c.get("ok", True)})
-    if result.get("answer") is not None:
-        events.append({"type": "answer", "text": result["answer"]})
-    if result.get("state") is not None:
-        events.append({"type": "state", "state": result["state"]})
-    return events
-
-
 def _pipe_of(state: Any):
     return getattr(state, "pipe", None) or getattr(state, "pipeline", None)
-
-
-def _api_key_of(state: Any) -> Optional[str]:
-    return getattr(state, "api_key", None)
 
 
 def _max_audio_s(state: Any) -> float:
@@ -297,12 +266,18 @@ def _max_audio_s(state: Any) -> float:
     return float(getattr(limits, "max_audio_s", 60.0) or 60.0)
 
 
-async def _call_agent(state: Any, session_id: str, request: bytes | str) -> dict:
-    from speechlm.serve.app import run_agent_turn
+def session_state(state: Any, session_id: str) -> Optional[dict]:
+    """The environment state a turn of ``session_id`` starts from: the session's, or the
+    environment's initial state for a new session (None when the model has no agent)."""
+    agent = getattr(state, "agent", None)
+    if agent is None:
+        return None
+    sess = agent.sessions.get(session_id)
+    if sess is not None and sess.run is not None:
+        return sess.run.env.snapshot()
+    from speechlm.agent.env import make_env
 
-    if inspect.iscoroutinefunction(run_agent_turn):
-        return await run_agent_turn(state, session_id, request)
-    return await asyncio.to_thread(run_agent_turn, state, session_id, request)
+    return make_env(agent.cfg.env).snapshot()
 
 
 class RealtimeConnection:
@@ -313,6 +288,7 @@ class RealtimeConnection:
         self.seg = Segmenter(VadConfig(max_s=_max_audio_s(state)))
         self.speak = True
         self.busy: Optional[asyncio.Task] = None
+        self.cancel = threading.Event()  # set when the client leaves: the agent stops between steps
         self._send_lock = asyncio.Lock()
 
     async def send(self, event: dict) -> None:
@@ -325,19 +301,46 @@ class RealtimeConnection:
     def start_turn(self, request: bytes | str) -> None:
         self.busy = asyncio.create_task(self.turn(request))
 
+    async def _in_worker(self, fn, *args):
+        """Run blocking work on the app's agent threads (or asyncio's default ones)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(getattr(self.state, "agent_executor", None), fn, *args)
+
     async def turn(self, request: bytes | str) -> None:
-        """Run the agent on one request, send its events and the spoken answer, then ``done``."""
+        """Run the agent on one request (events sent as the agent makes them), speak the answer,
+        then send ``done``."""
+        from speechlm.serve.agent_session import run_agent_turn
+
+        loop = asyncio.get_running_loop()
+
+        def on_event(ev: dict) -> None:  # from the agent's thread: hand the event to the event loop
+            if ev.get("type") not in ("transcript", "tool_call", "answer") or self.cancel.is_set():
+                return  # the state goes out after the turn, with its changes
+            try:
+                asyncio.run_coroutine_threadsafe(self.send(ev), loop).result(timeout=30)
+            except Exception:  # the client is gone: let the agent stop after this step
+                self.cancel.set()
+
         try:
-            if isinstance(request, bytes):
-                request = pcm16_to_wav_bytes(request)
-            result = await _call_agent(self.state, self.session_id, request)
-            for ev in turn_events(result):
-                await self.send(ev)
+            if isinstance(request, bytes):  # PCM16 at 16 kHz -> the waveform the agent reads
+                audio = (np.frombuffer(request, dtype="<i2").astype(np.float32) / 32768.0, SAMPLE_RATE)
+                result = await self._in_worker(
+                    lambda: run_agent_turn(self.state, self.session_id, audio=audio, on_event=on_event,
+                                           cancel=self.cancel))
+            else:
+                result = await self._in_worker(
+                    lambda: run_agent_turn(self.state, self.session_id, text=request, on_event=on_event,
+                                           cancel=self.cancel))
+            if result.get("ended") not in ("answer", None):
+                why = result.get("error") or {"invalid": "the model's turn was not a valid call or answer",
+                                              "max_turns": "too many steps without an answer"}.get(result["ended"])
+                await self.send({"type": "error", "message": f"no answer ({result['ended']}): {why}"})
+            await self.send({"type": "state", "state": result.get("state"), "changes": result.get("changes", [])})
             answer = result.get("answer")
             if self.speak and answer:
                 it = speech_chunks(_pipe_of(self.state), answer)
                 while True:  # each chunk is made in a worker thread; the event loop stays free
-                    item = await asyncio.to_thread(next, it, None)
+                    item = await self._in_worker(next, it, None)
                     if item is None:
                         break
                     pcm, sr = item
@@ -346,9 +349,10 @@ class RealtimeConnection:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a failed turn is reported, never a traceback to the client
-            log.exception("realtime session %s: the turn failed", self.session_id)
-            status = getattr(e, "status_code", None)
-            msg = getattr(e, "detail", None) or str(e) or type(e).__name__
+            status = getattr(e, "status", None)  # an APIError: the client's request was at fault
+            if status is None:
+                log.exception("realtime session %s: the turn failed", self.session_id)
+            msg = getattr(e, "message", None) or str(e) or type(e).__name__
             await self.error(f"the turn failed: {msg}" if status is None else str(msg))
         finally:
             self.seg.clear()  # what was said meanwhile is not a request (half duplex)
@@ -436,15 +440,22 @@ def add_realtime_routes(app, state: Any) -> None:
 
     @app.websocket("/v1/realtime")
     async def realtime(ws: WebSocket) -> None:
+        from speechlm.serve.agent_session import check_session_id
+        from speechlm.serve.openai_format import APIError
+
         key = _api_key_of(state)
-        if key:
+        if key:  # browsers cannot set headers on a WebSocket: ?api_key= as well as Authorization
             auth = ws.headers.get("authorization", "")
             given = ws.query_params.get("api_key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
-            if given != key:
-                await ws.close(code=1008, reason="invalid or missing API key")
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                await ws.close(code=1008, reason="invalid or missing API key (?api_key= or Authorization: Bearer)")
                 return
+        try:
+            session_id = check_session_id(ws.query_params.get("session_id"))
+        except APIError as e:
+            await ws.close(code=1008, reason=e.message[:120])
+            return
         await ws.accept()
-        session_id = ws.query_params.get("session_id") or uuid.uuid4().hex
         conn = RealtimeConnection(ws, state, session_id)
         try:
             await conn.send({"type": "ready", "session_id": session_id, "sample_rate": SAMPLE_RATE,
@@ -460,19 +471,14 @@ def add_realtime_routes(app, state: Any) -> None:
         except WebSocketDisconnect:
             pass
         finally:
+            conn.cancel.set()  # the client left: its turn stops after the current step (frees its slot)
             if conn.busy is not None and not conn.busy.done():
-                conn.busy.cancel()  # the client left: stop its turn (frees its decoding slot)
+                conn.busy.cancel()
 
 
-def session_state(state: Any, session_id: str) -> Optional[dict]:
-    """The environment state of ``session_id`` as the app keeps it (None when it has none yet)."""
-    sessions = getattr(state, "sessions", None)
-    getter = getattr(sessions, "state_of", None)
-    try:
-        return getter(session_id) if getter is not None else None
-    except KeyError:
-        return None
+def _api_key_of(state: Any) -> Optional[str]:
+    return getattr(state, "api_key", None)
 
 
-__all__ = ["add_realtime_routes", "Segmenter", "VadConfig", "speech_chunks", "espeak_chunks", "turn_events",
-           "pcm16_to_wav_bytes", "SAMPLE_RATE"]
+__all__ = ["add_realtime_routes", "Segmenter", "VadConfig", "speech_chunks", "espeak_chunks", "session_state",
+           "SAMPLE_RATE"]

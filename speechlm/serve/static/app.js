@@ -68,7 +68,7 @@ function onEvent(ev) {
       sessionStorage.setItem("speechlm-session", ev.session_id);
       $("session").textContent = `session ${ev.session_id.slice(0, 8)}`;
       $("talk").disabled = false;
-      if (ev.state) showState(ev.state, false);
+      if (ev.state) showState(ev.state, null);
       setStatus("ready: press Talk and say a request");
       break;
     case "speech_started":
@@ -89,7 +89,7 @@ function onEvent(ev) {
       setText("answer", ev.text);
       break;
     case "state":
-      showState(ev.state, true);
+      showState(ev.state, ev.changes);
       break;
     case "audio":
       playChunk(ev.data, ev.sample_rate);
@@ -142,9 +142,13 @@ function flatten(obj, prefix = "", out = {}) {
   return out;
 }
 
-function showState(state, diff) {
+function showState(state, changes) {
+  // changes: the server's list ("path: old -> new"); else computed here against the last state
   const list = $("changes");
-  if (diff && demo.state) {
+  if (Array.isArray(changes)) {
+    list.replaceChildren(...changes.map((c) => Object.assign(document.createElement("li"), { textContent: c })));
+    if (!changes.length) list.innerHTML = "<li class='muted'>no change</li>";
+  } else if (changes && demo.state) {
     const before = flatten(demo.state);
     const after = flatten(state);
     const keys = new Set([...Object.keys(before), ...Object.keys(after)]);

@@ -1,0 +1,102 @@
+"""The browser demo in a real headless Chromium (Debian's chromium + chromium-driver, driven by
+Selenium): Chromium's fake-media flags feed a spoken request (espeak-ng) as the microphone; the
+page streams it to /v1/realtime, shows the tool call, the environment's change and the answer,
+and plays the spoken answer. A screenshot is saved to tests/artifacts/serve_browser.png (or
+$SPEECHLM_TEST_ARTIFACTS). Skipped when chromium or chromedriver is not installed
+(tools/install.sh installs them)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_agent_loop import episodes_file, trained_dir, untrained_dir  # noqa: F401  (module fixtures)
+from test_serve_realtime import request_pcm, running_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                                reason="chromium and chromium-driver are not installed (tools/install.sh, Debian)")
+webdriver = pytest.importorskip("selenium.webdriver")
+
+ARTIFACTS = Path(os.environ.get("SPEECHLM_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
+
+
+def microphone_wav(request_wav: Path, out: Path) -> Path:
+    """The fake microphone's file: the request at 16 kHz with silence around it (the capture may
+    start a little late; the silence after it lets the page's detector hear the end)."""
+    import soundfile as sf
+
+    pcm = np.frombuffer(request_pcm(request_wav, lead_s=1.0, tail_s=2.0), dtype="<i2")
+    sf.write(str(out), pcm, 16000, subtype="PCM_16")
+    return out
+
+
+@pytest.fixture
+def browser(tmp_path, episodes_file):  # noqa: F811
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    mic = microphone_wav(episodes_file.parent / "ep-lights.wav", tmp_path / "mic.wav")
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={mic}%noloop", "--autoplay-policy=no-user-gesture-required",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_spoken_request_in_the_browser_shows_the_tool_call_and_plays_the_answer(browser, trained_dir):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from speechlm.serve.app import create_app
+
+    def wait(cond, timeout=240):
+        return WebDriverWait(browser, timeout, poll_frequency=0.2).until(cond)
+
+    with running_server(create_app(trained_dir)) as addr:
+        browser.get(f"http://{addr}/")
+        assert "speechlm" in browser.title
+        talk = wait(EC.element_to_be_clickable((By.ID, "talk")), 60)  # enabled once the server said ready
+        talk.click()
+        try:
+            wait(lambda d: d.execute_script("return window.demo.events.some(e => e.type === 'done')"))
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "serve_browser.png"
+            browser.save_screenshot(str(shot))
+            print(f"screenshot: {shot}")
+            for entry in browser.get_log("browser"):
+                print("browser console:", entry.get("level"), entry.get("message"))
+        kinds = browser.execute_script("return window.demo.events.map(e => e.type)")
+        assert "error" not in kinds, browser.execute_script("return window.demo.events")
+        assert kinds.index("speech_started") < kinds.index("speech_stopped") < kinds.index("tool_call")
+
+        calls = browser.find_elements(By.CSS_SELECTOR, "#calls li")
+        assert len(calls) == 1, [c.text for c in calls]
+        assert calls[0].find_element(By.TAG_NAME, "code").text == "lights(action=off, house_place=kitchen)"
+        assert calls[0].get_attribute("class") == "ok" and "ok" in calls[0].find_element(By.CLASS_NAME, "result").text
+        assert browser.find_element(By.ID, "answer").text == "the kitchen lights are off"
+        changes = browser.find_element(By.ID, "changes").text
+        assert "devices.lights.kitchen.on: true -> false" in changes, changes
+
+        # the spoken answer: every chunk received was scheduled and has finished playing
+        wait(lambda d: d.execute_script("const a = window.demo.audio; return a.received > 0 && a.played === a.received"),
+             60)
+        audio = browser.execute_script("return window.demo.audio")
+        assert audio["seconds"] > 0.8, audio
+        status = browser.find_element(By.ID, "audio-status")
+        assert int(status.get_attribute("data-played")) == audio["received"]
+        browser.save_screenshot(str(ARTIFACTS / "serve_browser.png"))  # the finished page
