@@ -15,7 +15,8 @@ Client -> server
 
 Server -> client (JSON text frames)
     ``{"type": "ready", "session_id", "sample_rate": 16000, "state"}``  once, after connecting
-    ``{"type": "speech_started"}`` / ``{"type": "speech_stopped", "duration"}``  voice activity
+    ``{"type": "speech_started"}`` / ``{"type": "speech_stopped", "duration", "request"}``  voice
+                        activity; ``request: false`` = too little voice (a click), still listening
     ``{"type": "transcript", "text"}``   what the agent heard (monologue words or ASR)
     ``{"type": "tool_call", "name", "arguments", "result", "ok"}``  one per call run
     ``{"type": "answer", "text"}``
@@ -369,7 +370,8 @@ class RealtimeConnection:
                 await self.send({"type": "speech_started"})
             else:
                 dur = len(utt) / 2 / SAMPLE_RATE if utt else 0.0
-                await self.send({"type": "speech_stopped", "duration": round(dur, 3)})
+                # request false: too little voice to be one (a click): listening goes on
+                await self.send({"type": "speech_stopped", "duration": round(dur, 3), "request": utt is not None})
                 if utt:
                     self.start_turn(utt)
                     return
@@ -412,7 +414,8 @@ class RealtimeConnection:
             if utt is None:
                 await self.error("commit: no speech since the last request")
                 return
-            await self.send({"type": "speech_stopped", "duration": round(len(utt) / 2 / SAMPLE_RATE, 3)})
+            await self.send({"type": "speech_stopped", "duration": round(len(utt) / 2 / SAMPLE_RATE, 3),
+                             "request": True})
             self.start_turn(utt)
         elif kind == "text":
             words = msg.get("text")

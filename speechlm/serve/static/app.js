@@ -75,6 +75,10 @@ function onEvent(ev) {
       setStatus("listening... (speech)");
       break;
     case "speech_stopped":
+      if (ev.request === false) {
+        setStatus("listening... (that was too short for a request)");
+        break;
+      }
       stopMic();
       newTurn();
       setStatus("thinking...");
