@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -302,10 +303,28 @@ class RealtimeConnection:
     def start_turn(self, request: bytes | str) -> None:
         self.busy = asyncio.create_task(self.turn(request))
 
-    async def _in_worker(self, fn, *args):
-        """Run blocking work on the app's agent threads (or asyncio's default ones)."""
+    async def _in_worker(self, fn, *args, executor: str = "agent_executor"):
+        """Run blocking work on the app's agent (or audio) threads, else asyncio's default ones."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(getattr(self.state, "agent_executor", None), fn, *args)
+        return await loop.run_in_executor(getattr(self.state, executor, None), fn, *args)
+
+    async def speak_answer(self, answer: str) -> None:
+        """Send the spoken answer as ``audio`` events, each chunk as soon as it is made (within
+        the app's limit of audio streams made at once)."""
+        slots = getattr(self.state, "stream_slots", None) or contextlib.nullcontext()
+        async with slots:
+            it = speech_chunks(_pipe_of(self.state), answer)
+            try:
+                while True:
+                    item = await self._in_worker(next, it, None, executor="stream_executor")
+                    if item is None:
+                        break
+                    pcm, sr = item
+                    await self.send({"type": "audio", "data": base64.b64encode(pcm).decode("ascii"),
+                                     "sample_rate": sr})
+            finally:
+                with contextlib.suppress(ValueError):  # still running in its thread: it ends on its own
+                    await self._in_worker(it.close, executor="stream_executor")  # stops espeak-ng / the decoder
 
     async def turn(self, request: bytes | str) -> None:
         """Run the agent on one request (events sent as the agent makes them), speak the answer,
@@ -339,14 +358,7 @@ class RealtimeConnection:
             await self.send({"type": "state", "state": result.get("state"), "changes": result.get("changes", [])})
             answer = result.get("answer")
             if self.speak and answer:
-                it = speech_chunks(_pipe_of(self.state), answer)
-                while True:  # each chunk is made in a worker thread; the event loop stays free
-                    item = await self._in_worker(next, it, None)
-                    if item is None:
-                        break
-                    pcm, sr = item
-                    await self.send({"type": "audio", "data": base64.b64encode(pcm).decode("ascii"),
-                                     "sample_rate": sr})
+                await self.speak_answer(answer)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a failed turn is reported, never a traceback to the client
