@@ -183,12 +183,26 @@ class _Worker:
             self.put(_END)
         except _Closed:
             log.debug("stream closed by its reader after %d decoding steps", self.steps)
+            self.wake_reader()
         except BaseException as e:  # handed to the reader, who raises it
             self.finished = True
             try:
                 self.put(e)
             except _Closed:
-                pass
+                self.wake_reader()
+
+    def wake_reader(self) -> None:
+        """After a close: leave the end mark in the queue, so a reader blocked in another thread
+        (a server's iterating thread while its event loop closed the stream) wakes up."""
+        while True:
+            try:
+                self.queue.put_nowait(_END)
+                return
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
 
 
 class TokenStream:
