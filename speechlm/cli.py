@@ -34,6 +34,7 @@ _OPTIONAL_COMMANDS = {
     "stats": ("speechlm.bin.stats", "length statistics of a tokenized manifest dir"),
     "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
     "agent": ("speechlm.bin.agent", "voice agents: episodes, spoken versions, the agent loop, scoring, forecasts"),
+    "serve": ("speechlm.bin.serve", "an OpenAI-compatible HTTP server of a packed model (FastAPI + uvicorn)"),
 }
 
 
