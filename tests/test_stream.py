@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import shutil
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_tts_stream_audio_is_the_whole_decode_sample_for_sample(tmp_path):
     d = model_dir("delay")
     for mode in ("whole", "stream"):
         subprocess.run([sys.executable, str(script), str(d), mode, str(tmp_path / f"{mode}.npy")], check=True,
-                       cwd=Path(__file__).parent, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                       cwd=Path(__file__).parent, env={**os.environ, "OMP_NUM_THREADS": "1",
                                                        "PYTHONPATH": str(Path(__file__).parents[1])})
     whole, streamed = np.load(tmp_path / "whole.npy"), np.load(tmp_path / "stream.npy")
     sizes = np.load(tmp_path / "stream_sizes.npy")
@@ -294,6 +295,28 @@ def test_close_stops_decoding_and_frees_the_thread():
     abandoned = pipe.tts_stream("hello there", config=cfg, chunk_frames=2)
     next(abandoned)
     del abandoned
+    assert wait_no_stream_threads()
+
+
+def test_close_from_another_thread_wakes_the_reader():
+    """A server iterates in a worker thread and closes from its event loop when the client leaves:
+    the reader blocked waiting for the next chunk must end, not hang."""
+    pipe = pipe_for("delay")
+    stream = pipe.tts_stream("hello there", config=DecodeConfig(min_len=400, max_len=400), chunk_frames=2)
+    got, first = [], threading.Event()
+
+    def read():
+        for chunk in stream:
+            got.append(chunk)
+            first.set()
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first.wait(60)
+    stream.close(wait=False)
+    reader.join(60)
+    assert not reader.is_alive() and 0 < len(got) < 200
     assert wait_no_stream_threads()
 
 
