@@ -269,14 +269,17 @@ class AgentService:
             sess.lock.release()
 
 
-def run_agent_turn(state, session_id: Optional[str], request: Union[AudioInput, str],
-                   on_event: Optional[EventSink] = None, cancel: Optional[threading.Event] = None) -> dict:
+def run_agent_turn(state, session_id: Optional[str], request: Union[AudioInput, str, None] = None,
+                   on_event: Optional[EventSink] = None, cancel: Optional[threading.Event] = None, *,
+                   audio: Optional[AudioInput] = None, text: Optional[str] = None) -> dict:
     """One user turn of the voice agent on the server ``state`` (``app.state.speechlm``).
 
     ``request``: the user's speech as WAV/FLAC/OGG bytes or ``(mono float32 waveform,
-    sample_rate)``, or typed text (a ``str``; spoken with espeak-ng for an e2e model).
-    ``session_id``: the session to continue or start (None or "": a new one, returned). Blocking (decoding goes through the scheduler): call it
-    from a worker thread (``state.agent_executor``). ``on_event`` gets, from that thread, the events
+    sample_rate)``, or typed text (a ``str``; spoken with espeak-ng for an e2e model); or give
+    them by keyword, ``audio=`` or ``text=``.
+    ``session_id``: the session to continue or start (None or "": a new one, returned).
+    Blocking (decoding goes through the scheduler): call it from a worker thread
+    (``state.agent_executor``). ``on_event`` gets, from that thread, the events
     ``{"type": "transcript", "text"}``, ``{"type": "tool_call", "id", "name", "arguments", "ok",
     "result"}`` (each as soon as the environment ran it), ``{"type": "answer", "text"}`` and
     ``{"type": "state", "state"}``. ``cancel`` set: stop after the current step (``ended: cancelled``).
@@ -290,9 +293,11 @@ def run_agent_turn(state, session_id: Optional[str], request: Union[AudioInput, 
     """
     if state.agent is None:
         raise APIError(404, f"this model has no voice-agent task ({state.agent_error})")
-    if isinstance(request, str):
-        return state.agent.turn(session_id or "", None, request, on_event, cancel)
-    return state.agent.turn(session_id or "", request, None, on_event, cancel)
+    if request is not None:
+        if audio is not None or text is not None:
+            raise TypeError("run_agent_turn: give the user's turn once (request, audio= or text=)")
+        audio, text = (None, request) if isinstance(request, str) else (request, None)
+    return state.agent.turn(session_id or "", audio, text, on_event, cancel)
 
 
 def new_session_id() -> str:
