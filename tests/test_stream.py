@@ -5,7 +5,7 @@ whose NAR pass needs the whole AR pass), streamed Codec 2 audio is the whole dec
 sample, streamed text joins to ``generate``'s text, and what cannot stream says so."""
 from __future__ import annotations
 
-import functools
+import dataclasses
 import gc
 import os
 import shutil
@@ -70,17 +70,29 @@ def vocab_of(root: Path) -> Vocabulary:
     return vocab
 
 
-@functools.lru_cache(maxsize=None)
-def model_dir(strategy: str) -> Path:
-    import tempfile
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """``dirs(strategy)``: an untrained model dir of that strategy, made once per module."""
+    made: dict[str, Path] = {}
 
-    torch.manual_seed(0)
-    return write_dir(Path(tempfile.mkdtemp(prefix=f"stream-{strategy}-")) / "model", strategy=strategy)
+    def get(strategy: str) -> Path:
+        if strategy not in made:
+            torch.manual_seed(0)
+            made[strategy] = write_dir(tmp_path_factory.mktemp(f"stream-{strategy}") / "model", strategy=strategy)
+        return made[strategy]
+    return get
 
 
-@functools.lru_cache(maxsize=None)
-def pipe_for(strategy: str):
-    return speechlm.load(model_dir(strategy))
+@pytest.fixture(scope="module")
+def pipes(dirs):
+    """``pipes(strategy)``: the loaded Pipeline of ``dirs(strategy)``."""
+    made: dict = {}
+
+    def get(strategy: str):
+        if strategy not in made:
+            made[strategy] = speechlm.load(dirs(strategy))
+        return made[strategy]
+    return get
 
 
 def speech_tokens(seed: int) -> np.ndarray:
@@ -93,7 +105,7 @@ def speech_tokens(seed: int) -> np.ndarray:
 def asr_dir(tmp_path_factory) -> Path:
     """A tiny delay model trained for seconds to write TEXTS[t] for speech_tokens(seed)."""
     root = tmp_path_factory.mktemp("asr") / "model"
-    write_dir(root, SpeechLM(tiny_config("delay"), vocab_of(root)))  # files first: the char tokenizer
+    write_dir(root)  # an untrained model first: the tokenizers and templates to build the examples with
     pipe = speechlm.load(root)
     tpl, vocab = pipe.template("asr"), pipe.vocab
     exs = [build_example(f"u{s}", tpl, {"speech": speech_tokens(s), "text": pipe.tokenizers["text_bpe"].encode(t)},
@@ -123,11 +135,11 @@ def wait_no_stream_threads(limit_s: float = 20.0) -> bool:
 
 
 # ---- the step hook ----------------------------------------------------------------------------
-def test_on_step_is_called_once_per_step_and_changes_nothing():
+def test_on_step_is_called_once_per_step_and_changes_nothing(pipes):
     """Delay pattern, 8 Codec 2 streams, length forced to FRAMES: FRAMES frame steps, the end token's
     step, then 6 tail steps finish the delayed streams; the hook sees every one and the tokens do
     not change."""
-    pipe = pipe_for("delay")
+    pipe = pipes("delay")
     tpl = pipe.template("plain_tts")
     ex = pipe.prompt_example(tpl, pipe.condition_tokens(tpl, {"phones": "hello there"}))
     prompts = collate([ex, ex], pipe.vocab.pad_id)
@@ -142,8 +154,8 @@ def test_on_step_is_called_once_per_step_and_changes_nothing():
 
 # ---- tokens, every strategy ------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_streamed_tokens_are_the_whole_decode(strategy):
-    pipe = pipe_for(strategy)
+def test_streamed_tokens_are_the_whole_decode(strategy, pipes):
+    pipe = pipes(strategy)
     inputs = {"phones": "hello there"}
     s = stream_tokens(pipe, "plain_tts", inputs, TTS_CFG, chunk_frames=4)
     blocks, steps_at, finished_at = [], [], []
@@ -163,11 +175,15 @@ def test_streamed_tokens_are_the_whole_decode(strategy):
         assert not finished_at[0]
 
 
-def test_sampled_stream_is_the_whole_sampled_decode():
-    pipe = pipe_for("delay")
+def test_sampled_stream_is_the_whole_sampled_decode(pipes):
+    pipe = pipes("delay")
     cfg = DecodeConfig(search="sample", temperature=1.0, top_k=20, seed=7, min_len=FRAMES, max_len=FRAMES)
     streamed = np.concatenate(list(stream_tokens(pipe, "plain_tts", {"phones": "good morning"}, cfg, chunk_frames=5)))
     assert np.array_equal(streamed, whole_tokens(pipe, "plain_tts", {"phones": "good morning"}, cfg))
+    # an n-best config streams what Pipeline.generate returns with it: one sample
+    four = dataclasses.replace(cfg, nbest=4)
+    again = np.concatenate(list(stream_tokens(pipe, "plain_tts", {"phones": "good morning"}, four, chunk_frames=5)))
+    assert np.array_equal(again, streamed)
 
 
 # ---- audio -----------------------------------------------------------------------------------
@@ -188,13 +204,13 @@ else:
 """
 
 
-def test_tts_stream_audio_is_the_whole_decode_sample_for_sample(tmp_path):
+def test_tts_stream_audio_is_the_whole_decode_sample_for_sample(tmp_path, dirs):
     """libcodec2 draws unvoiced phases from a process-wide random generator, so two decodes in one
     process differ; each fresh process starts it alike, and with one decoder state fed the same
     frames in the same order the streamed chunks concatenated equal ``tts``'s waveform exactly."""
     script = tmp_path / "speak.py"
     script.write_text(AUDIO_SCRIPT.format(n=FRAMES))
-    d = model_dir("delay")
+    d = dirs("delay")
     for mode in ("whole", "stream"):
         subprocess.run([sys.executable, str(script), str(d), mode, str(tmp_path / f"{mode}.npy")], check=True,
                        cwd=Path(__file__).parent, env={**os.environ, "OMP_NUM_THREADS": "1",
@@ -207,10 +223,10 @@ def test_tts_stream_audio_is_the_whole_decode_sample_for_sample(tmp_path):
     assert sizes.tolist() == [4 * 160 - 160] + [4 * 160] * (FRAMES // 4 - 1) + [160]
 
 
-def test_tts_stream_in_process_matches_tts_frame_by_frame():
+def test_tts_stream_in_process_matches_tts_frame_by_frame(pipes):
     """In one process the random unvoiced phases differ between decodes: same length, and the same
     per-frame loudness within Codec 2's phase noise."""
-    pipe = pipe_for("delay")
+    pipe = pipes("delay")
     chunks = list(pipe.tts_stream("hello there", config=TTS_CFG, chunk_frames=4))
     wav, sr = pipe.tts("hello there", config=TTS_CFG)
     streamed = np.concatenate(chunks)
@@ -220,8 +236,8 @@ def test_tts_stream_in_process_matches_tts_frame_by_frame():
     assert np.median(np.abs(db[:-1])) < 3.0, db
 
 
-def test_tts_stream_with_a_speaker_prompt(tmp_path):
-    pipe = pipe_for("parallel")
+def test_tts_stream_with_a_speaker_prompt(tmp_path, pipes):
+    pipe = pipes("parallel")
     ref = synth(tmp_path / "ref.wav", "this is my voice")
     stream = pipe.tts_stream("hello", speaker_prompt=str(ref), config=TTS_CFG, chunk_frames=6)
     chunks = list(stream)
@@ -272,16 +288,16 @@ def test_generate_stream_gives_words_that_join_to_generate(asr_dir):
         assert pieces == [words[0]] + [" " + w for w in words[1:]]
 
 
-def test_text_stream_of_an_untrained_model_joins_to_generate():
-    pipe = pipe_for("delay")
+def test_text_stream_of_an_untrained_model_joins_to_generate(pipes):
+    pipe = pipes("delay")
     cfg = DecodeConfig(min_len=30, max_len=30)
     inputs = {"speech": speech_tokens(3)}
     assert "".join(pipe.generate_stream("asr", cfg, **inputs)) == pipe.generate("asr", cfg, **inputs)
 
 
 # ---- closing, errors -------------------------------------------------------------------------
-def test_close_stops_decoding_and_frees_the_thread():
-    pipe = pipe_for("delay")
+def test_close_stops_decoding_and_frees_the_thread(pipes):
+    pipe = pipes("delay")
     cfg = DecodeConfig(min_len=200, max_len=200)
     stream = pipe.tts_stream("hello there", config=cfg, chunk_frames=2)
     first = next(stream)
@@ -298,10 +314,10 @@ def test_close_stops_decoding_and_frees_the_thread():
     assert wait_no_stream_threads()
 
 
-def test_close_from_another_thread_wakes_the_reader():
+def test_close_from_another_thread_wakes_the_reader(pipes):
     """A server iterates in a worker thread and closes from its event loop when the client leaves:
     the reader blocked waiting for the next chunk must end, not hang."""
-    pipe = pipe_for("delay")
+    pipe = pipes("delay")
     stream = pipe.tts_stream("hello there", config=DecodeConfig(min_len=400, max_len=400), chunk_frames=2)
     got, first = [], threading.Event()
 
@@ -320,12 +336,10 @@ def test_close_from_another_thread_wakes_the_reader():
     assert wait_no_stream_threads()
 
 
-def test_what_cannot_stream_says_so():
-    pipe = pipe_for("delay")
+def test_what_cannot_stream_says_so(pipes):
+    pipe = pipes("delay")
     with pytest.raises(StreamError, match="beam.*cannot stream"):
         pipe.generate_stream("asr", DecodeConfig(search="beam"), speech=speech_tokens(0))
-    with pytest.raises(StreamError, match="one hypothesis.*nbest"):
-        pipe.tts_stream("hello", config=DecodeConfig(search="sample", nbest=2))
     with pytest.raises(StreamError, match="audio, not text.*tts_stream"):
         pipe.generate_stream("plain_tts", TTS_CFG, phones="hello")
     with pytest.raises(StreamError, match="text, not audio.*generate_stream"):

@@ -31,9 +31,9 @@ next one starts, since detokenizers may still change it: sentencepiece byte piec
 punctuation); the rest comes when decoding ends, so ``"".join(pieces)`` is ``Pipeline.generate``'s
 text.
 
-Only ``search: greedy`` and ``search: sample`` with ``nbest: 1`` stream (a beam's best hypothesis
-is not known before the search ends; CTC greedy decoding is not left to right): other searches are
-a :class:`StreamError`.
+Only ``search: greedy`` and ``search: sample`` stream (a beam's best hypothesis is not known before
+the search ends; CTC greedy decoding is not left to right): other searches are a
+:class:`StreamError`. Like :meth:`Pipeline.generate`, a stream decodes one hypothesis (``nbest`` 1).
 
 Example:
     >>> lm = speechlm.load("exp/mini/packed")                             # doctest: +SKIP
@@ -45,6 +45,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -402,8 +403,8 @@ def stream_config(pipe, task: str, config: DecodeConfig | None) -> DecodeConfig:
         raise StreamError(f"task {task!r}: search {config.search!r} cannot stream (only "
                           f"{' and '.join(STREAM_SEARCHES)} decode left to right one hypothesis at a time); "
                           f"use search: greedy or sample, or Pipeline.generate for the whole output")
-    if config.nbest != 1:
-        raise StreamError(f"task {task!r}: streaming decodes one hypothesis, got nbest {config.nbest}; set nbest: 1")
+    if config.nbest != 1:  # as Pipeline.generate does: the one output it returns is a 1-best decode
+        config = dataclasses.replace(config, nbest=1)
     return config
 
 
