@@ -23,8 +23,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class AgentSession:
     """One client's dialogue and environment; ``lock`` keeps its turns in order."""
 
     id: str
-    run: Optional[EpisodeRun] = None
+    run: EpisodeRun | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
@@ -74,7 +75,7 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def get(self, sid: str) -> Optional[AgentSession]:
+    def get(self, sid: str) -> AgentSession | None:
         with self._lock:
             return self._sessions.get(sid)
 
@@ -117,7 +118,7 @@ class SessionStore:
                 "history": history, "state": None if run is None else run.env.snapshot()}
 
 
-def check_session_id(sid: Optional[str]) -> str:
+def check_session_id(sid: str | None) -> str:
     """A client's session id (letters, digits, ``_.:-``, up to 128), or a new one when None."""
     if sid is None or sid == "":
         return "s-" + uuid.uuid4().hex[:16]
@@ -169,7 +170,7 @@ class AgentService:
         toks = self.loop.asr.encode({seg.name: (wav, sr)}, sid)
         return spoken_form(self.loop.asr([toks], [sid])[0][0])
 
-    def _begin(self, sess: AgentSession, audio: Optional[AudioInput], text: Optional[str]) -> tuple[EpisodeRun, Optional[str]]:
+    def _begin(self, sess: AgentSession, audio: AudioInput | None, text: str | None) -> tuple[EpisodeRun, str | None]:
         """Append the user's turn to the session's run; returns the run and the transcript known
         before decoding (cascades, text mode)."""
         from speechlm.agent.episodes import Episode
@@ -217,8 +218,8 @@ class AgentService:
         del run.history[:cut]
 
     # -- one turn
-    def turn(self, sid: str, audio: Optional[AudioInput] = None, text: Optional[str] = None,
-             on_event: Optional[EventSink] = None, cancel: Optional[threading.Event] = None) -> dict:
+    def turn(self, sid: str, audio: AudioInput | None = None, text: str | None = None,
+             on_event: EventSink | None = None, cancel: threading.Event | None = None) -> dict:
         """Run one user turn of session ``sid`` (see :func:`run_agent_turn`)."""
         from speechlm.agent.env import Environment
 
@@ -269,9 +270,9 @@ class AgentService:
             sess.lock.release()
 
 
-def run_agent_turn(state, session_id: Optional[str], request: Union[AudioInput, str, None] = None,
-                   on_event: Optional[EventSink] = None, cancel: Optional[threading.Event] = None, *,
-                   audio: Optional[AudioInput] = None, text: Optional[str] = None) -> dict:
+def run_agent_turn(state, session_id: str | None, request: AudioInput | str | None = None,
+                   on_event: EventSink | None = None, cancel: threading.Event | None = None, *,
+                   audio: AudioInput | None = None, text: str | None = None) -> dict:
     """One user turn of the voice agent on the server ``state`` (``app.state.speechlm``).
 
     ``request``: the user's speech as WAV/FLAC/OGG bytes or ``(mono float32 waveform,
@@ -304,5 +305,12 @@ def new_session_id() -> str:
     return check_session_id(None)
 
 
-__all__ = ["AgentService", "AgentSession", "SessionStore", "ScheduledDecoder", "run_agent_turn", "check_session_id",
-           "new_session_id"]
+__all__ = [
+    "AgentService",
+    "AgentSession",
+    "ScheduledDecoder",
+    "SessionStore",
+    "check_session_id",
+    "new_session_id",
+    "run_agent_turn",
+]

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -39,17 +40,39 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
+from typing import Any
 
-import numpy as np
-
-from speechlm.serve.agent_session import (AgentService, SessionStore, check_session_id, run_agent_turn)
-from speechlm.serve.openai_format import (SPEECH_FORMATS, TRANSCRIPTION_FORMATS, APIError, ChatRequest,
-                                          SpeechRequest, VoiceRef, chat_chunk, chat_completion, error_body,
-                                          finish_reason, last_user_message, model_list, new_id, parse_body, sse,
-                                          speechlm_extra, tool_call, tools_list, transcription, user_turn_content)
+from speechlm.serve.agent_session import (
+    AgentService,
+    SessionStore,
+    check_session_id,
+    run_agent_turn,
+)
+from speechlm.serve.openai_format import (
+    SPEECH_FORMATS,
+    TRANSCRIPTION_FORMATS,
+    APIError,
+    ChatRequest,
+    SpeechRequest,
+    VoiceRef,
+    chat_chunk,
+    chat_completion,
+    error_body,
+    finish_reason,
+    last_user_message,
+    model_list,
+    new_id,
+    parse_body,
+    speechlm_extra,
+    sse,
+    tool_call,
+    tools_list,
+    transcription,
+    user_turn_content,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +93,7 @@ class Limits:
     session_ttl_s: float = 3600.0  # an idle session is dropped after this
     agent_workers: int = 16  # agent turns running at once (their decode steps share batches)
 
-    def validate(self) -> "Limits":
+    def validate(self) -> Limits:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) <= 0:
                 raise ValueError(f"serve limits: {f.name} must be > 0, got {getattr(self, f.name)}")
@@ -95,15 +118,16 @@ class ServerState:
     scheduler: Any
     sessions: SessionStore
     limits: Limits
-    api_key: Optional[str] = None
-    agent: Optional[AgentService] = None
-    agent_error: Optional[str] = None
+    api_key: str | None = None
+    agent: AgentService | None = None
+    agent_error: str | None = None
     voices: dict[str, Path] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     agent_executor: concurrent.futures.ThreadPoolExecutor = None  # type: ignore[assignment]
     stream_executor: concurrent.futures.ThreadPoolExecutor = None  # type: ignore[assignment]
     stream_slots: asyncio.Semaphore = None  # type: ignore[assignment]
     active_streams: int = 0
+    stream_counts: collections.Counter = field(default_factory=collections.Counter)  # completed/cancelled/failed
 
     @property
     def pipeline(self):
@@ -124,7 +148,7 @@ class BodyTooLarge(APIError):
 class GuardMiddleware:
     """API key (401) and body size (413) checks of HTTP requests; WebSockets check their own key."""
 
-    def __init__(self, app, api_key: Optional[str], max_bytes: int) -> None:
+    def __init__(self, app, api_key: str | None, max_bytes: int) -> None:
         self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
 
     async def __call__(self, scope, receive, send) -> None:
@@ -158,7 +182,7 @@ class GuardMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_json(send, status: int, body: dict, headers: Optional[dict] = None) -> None:
+async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
     data = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -179,7 +203,7 @@ class ClientGone(Exception):
     """The client disconnected before its response was ready."""
 
 
-async def until_disconnect(request, awaitable: Awaitable, cancel: Optional[threading.Event] = None,
+async def until_disconnect(request, awaitable: Awaitable, cancel: threading.Event | None = None,
                            poll_s: float = 0.25) -> Any:
     """Await ``awaitable`` unless the client goes away first: then cancel it (a scheduler request
     is dropped; an agent turn stops after its running step via ``cancel``) and raise ClientGone."""
@@ -199,7 +223,7 @@ async def until_disconnect(request, awaitable: Awaitable, cancel: Optional[threa
                 cancel.set()
 
 
-def scheduler_errors(e: BaseException) -> Optional[APIError]:
+def scheduler_errors(e: BaseException) -> APIError | None:
     """The client-facing error of a scheduler exception (None: a server error)."""
     from speechlm.serve.scheduler import QueueFull, RequestError, SchedulerClosed
 
@@ -212,14 +236,14 @@ def scheduler_errors(e: BaseException) -> Optional[APIError]:
     return None
 
 
-def find_voices(model_dir: Optional[Path]) -> dict[str, Path]:
+def find_voices(model_dir: Path | None) -> dict[str, Path]:
     """Named speaker prompts of a model dir: ``voices/<name>.wav`` (also .flac)."""
     if model_dir is None or not (model_dir / "voices").is_dir():
         return {}
     return {p.stem: p for p in sorted((model_dir / "voices").iterdir()) if p.suffix.lower() in (".wav", ".flac")}
 
 
-def tts_tasks(pipe) -> tuple[Optional[str], Optional[str]]:
+def tts_tasks(pipe) -> tuple[str | None, str | None]:
     """(prompt-free TTS task, speaker-prompted TTS task) of the model, None where it has none."""
     def has(name: str, prompted: bool) -> bool:
         t = pipe.templates.get(name)
@@ -229,10 +253,11 @@ def tts_tasks(pipe) -> tuple[Optional[str], Optional[str]]:
     return ("plain_tts" if has("plain_tts", False) else None), ("tts" if has("tts", True) else None)
 
 
-async def iterate_in_thread(executor, make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Items of a blocking generator made and run in ``executor``, passed to the event loop as
-    they come; closing this async iterator (a client that left) stops the generator after its
-    current item."""
+async def iterate_in_thread(executor, make: Callable[[], Iterator[Any]],
+                            on_close: Callable[[], None] | None = None) -> AsyncIterator[Any]:
+    """Items of a blocking iterator made and run in ``executor``, passed to the event loop as
+    they come; closing this async iterator (a client that left) calls ``on_close`` (e.g. a
+    stream's ``close``) and stops the iteration after its current item."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
@@ -270,19 +295,26 @@ async def iterate_in_thread(executor, make: Callable[[], Iterator[Any]]) -> Asyn
                 return
     finally:
         stop.set()
+        if on_close is not None:
+            on_close()
 
 
 # ---- the app ---------------------------------------------------------------------------------------------
-def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Limits] = None, max_batch: int = 16,
+def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None = None, max_batch: int = 16,
                window_s: float = 0.01, agent_mode: str = "e2e", dialogue_task: str = "spoken_dialogue",
-               max_agent_steps: int = 4, model_name: Optional[str] = None, device: str = "cpu",
+               max_agent_steps: int = 4, model_name: str | None = None, device: str = "cpu",
                realtime: bool = True):
     """The FastAPI app serving ``model_dir`` (a path, or a loaded Pipeline). ``agent_mode`` /
     ``dialogue_task``: how the agent hears the user (see :mod:`speechlm.agent.loop`); a model
     without that task serves the other endpoints and answers the agent's with 404."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.responses import (
+        JSONResponse,
+        PlainTextResponse,
+        Response,
+        StreamingResponse,
+    )
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     import speechlm
@@ -354,7 +386,8 @@ def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Lim
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id, "tasks": sorted(pipe.templates), "sessions": len(sessions),
-                "active_streams": state.active_streams, "agent": state.agent is not None,
+                "active_streams": state.active_streams,
+                "streams": dict(state.stream_counts), "agent": state.agent is not None,
                 "scheduler": scheduler.stats()}
 
     @app.get("/v1/models")
@@ -451,39 +484,37 @@ def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Lim
         if req.stream_format not in (None, "audio"):
             raise APIError(400, "stream_format: only 'audio' (the audio bytes, chunked) is supported", "stream_format")
         task, prompt = await asyncio.to_thread(tts_request, req)
-        template = pipe.template(task)
         config = dataclasses.replace(pipe.decode_config(task), length_scale=1.0 / req.speed)
-        inputs = {s.name: (prompt if s.modality == "spk_prompt" else req.input) for s in template.conditions}
 
-        def check() -> None:  # a text of no phones, a prompt too long for the context: 400 before streaming
-            pipe.prompt_example(template, pipe.condition_tokens(template, inputs, "speech"), "speech")
+        def open_stream():
+            """The model's audio stream (decoding starts at the first chunk); a text of no phones or a
+            prompt too long for the context raises here: a 400 before any audio."""
+            return pipe.tts_stream(req.input, speaker_prompt=prompt, task=task, config=config)
 
         try:
-            await asyncio.to_thread(check)
-        except (ValueError, OSError) as e:  # InputError, AudioError
+            stream = await asyncio.to_thread(open_stream)
+        except (ValueError, OSError) as e:  # InputError, StreamError, AudioError
             raise APIError(400, f"input: {e}", "input") from None
-        sr = pipe.tokenizers[template.targets[0].tokenizer].sample_rate
-
-        def chunks() -> Iterator[np.ndarray]:
-            if hasattr(pipe, "tts_stream"):  # frames leave as they become final
-                yield from pipe.tts_stream(req.input, speaker_prompt=prompt, task=task, config=config)
-            else:  # a pipeline without streaming: one chunk at the end
-                wav, _ = pipe.tts(req.input, speaker_prompt=prompt, task=task, config=config)
-                yield np.asarray(wav, dtype=np.float32)
+        sr = pipe.sample_rate_of(task)
 
         async def body() -> AsyncIterator[bytes]:
             async with state.stream_slots:  # released when done, failed or the client left
                 state.active_streams += 1
+                ended = "cancelled"  # until the last chunk is out
                 try:
                     if req.response_format == "wav":
                         yield wav_header(sr)
-                    async for chunk in iterate_in_thread(state.stream_executor, chunks):
+                    async for chunk in iterate_in_thread(state.stream_executor, lambda: stream,
+                                                         on_close=lambda: stream.close(wait=False)):
                         if len(chunk):
                             yield pcm16(chunk)
+                    ended = "completed"
                 except Exception:  # headers are out: log it and end the stream early
+                    ended = "failed"
                     log.exception("audio.speech: synthesis failed")
                 finally:
                     state.active_streams -= 1
+                    state.stream_counts[ended] += 1
 
         media = "audio/wav" if req.response_format == "wav" else "audio/pcm"
         return StreamingResponse(body(), media_type=media, headers={
@@ -520,7 +551,7 @@ def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Lim
             raise APIError(400, turn["error"] or "the input cannot be decoded")
         return JSONResponse(chat_completion(turn, model_id), headers=headers)
 
-    async def chat_stream(sid: str, value: Any, options: Optional[dict]) -> AsyncIterator[bytes]:
+    async def chat_stream(sid: str, value: Any, options: dict | None) -> AsyncIterator[bytes]:
         """``chat.completion.chunk`` events as the turn goes: the role, each tool call as the
         environment runs it (its result under ``speechlm``), the answer, the finish reason."""
         cid, created = new_id("chatcmpl"), int(time.time())
@@ -561,7 +592,7 @@ def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Lim
                     yield sse(chat_chunk(cid, created, model_id, {"content": ev["text"]}))
             try:
                 turn = fut.result()
-            except Exception as e:  # noqa: BLE001 - the status is sent: the error goes in the stream
+            except Exception as e:
                 err = e if isinstance(e, APIError) else scheduler_errors(e)
                 if err is None:
                     log.exception("chat.completions stream failed")
@@ -596,4 +627,4 @@ def create_app(model_dir, *, api_key: Optional[str] = None, limits: Optional[Lim
     return app
 
 
-__all__ = ["create_app", "Limits", "ServerState", "run_agent_turn", "GuardMiddleware"]
+__all__ = ["GuardMiddleware", "Limits", "ServerState", "create_app", "run_agent_turn"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -75,11 +75,11 @@ class SpeechRequest(_Lenient):
 
     model: str = ""
     input: str = Field(min_length=1)
-    voice: Union[str, VoiceRef] = "default"
+    voice: str | VoiceRef = "default"
     response_format: str = "wav"
     speed: float = Field(1.0, gt=0.0, le=4.0)
-    stream_format: Optional[str] = None
-    instructions: Optional[str] = None  # no speechlm model follows style instructions: ignored
+    stream_format: str | None = None
+    instructions: str | None = None  # no speechlm model follows style instructions: ignored
 
 
 class InputAudio(_Lenient):
@@ -89,18 +89,18 @@ class InputAudio(_Lenient):
 
 class ContentPart(_Lenient):
     type: str
-    text: Optional[str] = None
-    input_audio: Optional[InputAudio] = None
+    text: str | None = None
+    input_audio: InputAudio | None = None
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
-    name: Optional[str] = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
 
 
 class AudioOutput(_Lenient):
-    voice: Union[str, VoiceRef] = "default"
+    voice: str | VoiceRef = "default"
     format: str = "wav"
 
 
@@ -110,16 +110,16 @@ class ChatRequest(_Lenient):
     model: str = ""
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    user: Optional[str] = None
+    user: str | None = None
     n: int = Field(1, ge=1, le=1)
-    tools: Optional[list[dict]] = None  # the environment's tools are the ones used: see /v1/tools
+    tools: list[dict] | None = None  # the environment's tools are the ones used: see /v1/tools
     tool_choice: Any = None
-    modalities: Optional[list[str]] = None
-    audio: Optional[AudioOutput] = None
-    temperature: Optional[float] = None
-    max_tokens: Optional[int] = None
-    max_completion_tokens: Optional[int] = None
-    stream_options: Optional[dict] = None
+    modalities: list[str] | None = None
+    audio: AudioOutput | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream_options: dict | None = None
 
 
 def last_user_message(req: ChatRequest) -> ChatMessage:
@@ -133,7 +133,7 @@ def last_user_message(req: ChatRequest) -> ChatMessage:
     return msg
 
 
-def user_turn_content(msg: ChatMessage) -> tuple[Optional[str], Optional[InputAudio]]:
+def user_turn_content(msg: ChatMessage) -> tuple[str | None, InputAudio | None]:
     """(text, audio) of a user message: one ``input_audio`` part, or text (a string or text parts)."""
     if msg.content is None or (isinstance(msg.content, str) and not msg.content.strip()):
         raise APIError(400, "messages[-1].content: empty; send text or an input_audio part", "messages")
@@ -222,10 +222,10 @@ def chat_chunk(cid: str, created: int, model_id: str, delta: dict, finish: str |
 def sse(obj: Any) -> bytes:
     """One server-sent event carrying ``obj`` as JSON (``[DONE]`` as is)."""
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
-    return f"data: {data}\n\n".encode("utf-8")
+    return f"data: {data}\n\n".encode()
 
 
-def transcription(text: str, fmt: str, duration: float, language: str = "en") -> Union[dict, str]:
+def transcription(text: str, fmt: str, duration: float, language: str = "en") -> dict | str:
     """The transcription response in ``json`` / ``text`` / ``verbose_json`` form."""
     if fmt == "text":
         return text + "\n"
