@@ -216,6 +216,8 @@ class AgentService:
         starts = [i for i, t in enumerate(run.history) if t["role"] == "user" and i >= len(run.history) - self.max_history]
         cut = starts[0] if starts else len(run.history)
         del run.history[:cut]
+        for records in (run.steps, run.calls, run.invalid):  # bounded memory for a long session
+            del records[: max(0, len(records) - self.max_history)]
 
     # -- one turn
     def turn(self, sid: str, audio: AudioInput | None = None, text: str | None = None,

@@ -494,7 +494,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
         try:
             stream = await asyncio.to_thread(open_stream)
         except (ValueError, OSError) as e:  # InputError, StreamError, AudioError
-            raise APIError(400, f"input: {e}", "input") from None
+            raise APIError(400, str(e), "input") from None
         sr = pipe.sample_rate_of(task)
 
         async def body() -> AsyncIterator[bytes]:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect  # module level: FastAPI resolves the route's annotations here
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +444,6 @@ class RealtimeConnection:
 
 def add_realtime_routes(app, state: Any) -> None:
     """Add ``GET /`` (the demo page), ``/static`` and the WebSocket ``/v1/realtime`` to ``app``."""
-    from fastapi import WebSocket, WebSocketDisconnect
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
