@@ -101,6 +101,7 @@ class BatchScheduler:
         self._queue: collections.deque[Request] = collections.deque()
         self._encoding: set[Request] = set()  # submitted, prompt not ready yet (they count toward max_queue)
         self._closed = False
+        self._drain = True  # after close(): decode what was submitted (wait=True) or fail it
         self._ids = itertools.count()
         self._configs: dict[str, DecodeConfig] = {}
         self._stats = collections.Counter()
@@ -184,6 +185,8 @@ class BatchScheduler:
         # leaving the encoding set and joining the queue in one step: a closing worker waits for both
         with self._cond:
             self._encoding.discard(req)
+            if error is None and self._closed and not self._drain:
+                error = SchedulerClosed(f"{req.id}: the scheduler was closed before it was decoded")
             if error is None:
                 req.queued = time.monotonic()
                 self._queue.append(req)  # a cancelled one is dropped (and counted) by the worker
@@ -209,6 +212,8 @@ class BatchScheduler:
         it is full or the oldest has waited ``window_s``."""
         with self._cond:
             while True:
+                if self._closed and not self._drain:
+                    return None  # close() fails what is queued
                 for r in [r for r in self._queue if r.future.cancelled()]:
                     self._queue.remove(r)
                     self._stats["cancelled"] += 1
@@ -326,17 +331,17 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 return
-            self._closed = True
-            dropped = [] if wait else list(self._queue)
-            if not wait:
-                self._queue.clear()
+            self._closed, self._drain = True, wait
             self._cond.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=not wait)
         with self._cond:
             never = list(self._encoding)  # encode jobs the pool dropped (wait=False) never ran
             self._encoding.clear()
+            dropped = [] if wait else list(self._queue)
+            if not wait:
+                self._queue.clear()
             self._cond.notify_all()
-        for r in dropped + never:
+        for r in never + dropped:
             self._fail(r, SchedulerClosed(f"{r.id}: the scheduler was closed before it was decoded"))
         self._worker.join()
 
