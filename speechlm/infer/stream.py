@@ -272,26 +272,42 @@ class TokenStream:
 
 
 class ContextDecoder:
-    """Stream decoder for audio tokenizers without one of their own: decodes each block of new
-    frames after ``context`` frames of left context and keeps the new frames' share of samples.
-    Exact only for codecs whose output at a frame depends on at most ``context`` frames before it."""
+    """Stream decoder for audio tokenizers without one of their own: decodes the new frames with
+    ``context`` frames of left context and holds the last ``lookahead`` frames back until more
+    arrive (or ``flush``), keeping only the samples of frames it has both sides of. Exact for codecs
+    whose output at a frame depends on at most that many frames around it (Codec 2 through its
+    plain ``decode``: 1 frame of lag; neural codecs: use enough context)."""
 
-    def __init__(self, tok: AudioTokenizer, context: int = 8) -> None:
-        self.tok, self.context = tok, context
-        self.prev = np.zeros((0, tok.n_streams), dtype=np.int64)
+    def __init__(self, tok: AudioTokenizer, context: int = 8, lookahead: int = 2) -> None:
+        self.tok, self.context, self.lookahead = tok, context, lookahead
+        self.frames = np.zeros((0, tok.n_streams), dtype=np.int64)  # from frame `base` on
+        self.base = 0
+        self.out = 0  # frames whose samples were returned
+
+    def _decode(self, final: bool) -> np.ndarray:
+        end = self.base + len(self.frames)
+        stop = end if final else end - self.lookahead
+        if stop <= self.out:
+            return np.zeros(0, dtype=np.float32)
+        lo = max(self.base, self.out - self.context)
+        y = np.asarray(self.tok.decode(self.frames[lo - self.base:]), dtype=np.float32).reshape(-1)
+        per = len(y) / (end - lo)  # samples per frame
+        piece = y[round(per * (self.out - lo)): round(per * (stop - lo))]
+        self.out = stop
+        keep = max(0, self.out - self.context) - self.base  # frames no later decode needs
+        self.frames, self.base = self.frames[keep:], self.base + keep
+        return piece
 
     def push(self, tokens: np.ndarray) -> np.ndarray:
+        """New frames ``[frames, streams]`` -> the samples now final (may be empty)."""
         tokens = np.asarray(tokens)
-        if not len(tokens):
-            return np.zeros(0, dtype=np.float32)
-        both = np.concatenate([self.prev, tokens]) if len(self.prev) else tokens
-        y = np.asarray(self.tok.decode(both), dtype=np.float32).reshape(-1)
-        start = round(len(y) * len(self.prev) / len(both))  # the context frames' samples
-        self.prev = both[-self.context:] if self.context else both[:0]
-        return y[start:]
+        if len(tokens):
+            self.frames = np.concatenate([self.frames, tokens.astype(np.int64)])
+        return self._decode(final=False)
 
     def flush(self) -> np.ndarray:
-        return np.zeros(0, dtype=np.float32)
+        """The samples of the frames held back, once all frames are in."""
+        return self._decode(final=True)
 
 
 class AudioStream:
