@@ -1,6 +1,6 @@
 """Live audio over the WebSocket /v1/realtime: the voice-activity detector cuts a real spoken
 request (espeak-ng) out of a stream, and a uvicorn server on localhost with a tiny agent model
-(trained for seconds on the request, see test_agent_loop) answers it with the tool call, the
+(trained for seconds on the requests, see agent_model_dir) answers it with the tool call, the
 answer, the session's new environment state and the spoken answer as audio chunks."""
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from speechlm.serve.realtime import SAMPLE_RATE, Segmenter, VadConfig, espeak_chunks
-from test_agent_loop import REQUESTS, episodes_file, reference, trained_dir, untrained_dir  # noqa: F401  (fixtures)
+from speechlm.serve.realtime import SAMPLE_RATE, Segmenter, VadConfig, espeak_chunks, utterance_audio
+from conftest import synth
+from test_agent_loop import REQUESTS, make_model_dir, reference, reference_examples
+from test_model_helpers import train
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -79,16 +81,67 @@ def audio_seconds(events: list[dict]) -> tuple[float, float]:
     return len(pcm) / sr, float(np.sqrt(np.mean((pcm / 32768) ** 2)))
 
 
-@pytest.fixture(scope="module")
-def request_wav(episodes_file) -> Path:  # noqa: F811
-    return episodes_file.parent / "ep-lights.wav"  # "turn off the kitchen lights", what the model learnt
+def pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def as_from_a_browser(x16: np.ndarray) -> np.ndarray:
+    """16 kHz audio as the demo page sends it: played at 48 kHz, box-filtered back to 16 kHz."""
+    from speechlm.data.audio import resample
+
+    x48 = resample(x16, SAMPLE_RATE, 48000)
+    n = len(x48) // 3
+    return x48[: 3 * n].reshape(n, 3).mean(axis=1).astype(np.float32)
+
+
+def agent_model_dir(root: Path) -> Path:
+    """A tiny e2e agent model trained for seconds (as test_agent_loop's) on the two spoken
+    requests in the forms the server hands the agent: a streamed utterance as the detector and
+    :func:`utterance_audio` cut it (as is, and after a browser's 48 kHz round trip), and typed
+    words as the server speaks them."""
+    import soundfile as sf
+
+    import speechlm
+    from speechlm.agent.episodes import Episode, read_episodes, write_episodes
+    from speechlm.data.audio import load_audio
+    from speechlm.data.batch import collate
+    from speechlm.serve.audio_io import speak_words
+
+    eps = []
+    for ep_id, request, intent, slots, answer in REQUESTS:
+        x16 = load_audio(str(synth(root / f"{ep_id}.wav", request)), SAMPLE_RATE)
+        typed, typed_sr = speak_words(request)
+        forms = {"ws": (utterance_audio(pcm16(x16)), SAMPLE_RATE),
+                 "browser": (utterance_audio(pcm16(as_from_a_browser(x16))), SAMPLE_RATE), "typed": (typed, typed_sr)}
+        call, ref, state = reference(ep_id, request, intent, slots, answer)
+        for form, (wav, sr) in forms.items():
+            sf.write(str(root / f"{ep_id}-{form}.wav"), wav, sr, subtype="PCM_16")
+            eps.append(Episode(id=f"{ep_id}-{form}", turns=[{"text": request, "audio": f"{ep_id}-{form}.wav"}],
+                               expected_calls=[call], expected_state=state, answer_facts=[answer.split()[-1]],
+                               intent=intent, slots=slots, kind="atomic", split="test", meta={"reference": ref}))
+    write_episodes(root / "episodes.jsonl", eps)
+    pipe = speechlm.load(make_model_dir(root / "untrained"))
+    batch = collate(reference_examples(pipe, read_episodes(root / "episodes.jsonl"), root), pipe.vocab.pad_id)
+    losses = train(pipe.model, batch, steps=150, lr=5e-3)
+    assert losses[-1] < 0.05, losses[-1]
+    return make_model_dir(root / "model", pipe.model)
 
 
 @pytest.fixture(scope="module")
-def server(trained_dir) -> Iterator[str]:  # noqa: F811
+def agent_dir(tmp_path_factory) -> Path:
+    return agent_model_dir(tmp_path_factory.mktemp("realtime"))
+
+
+@pytest.fixture(scope="module")
+def request_wav(agent_dir) -> Path:
+    return agent_dir.parent / "ep-lights.wav"  # "turn off the kitchen lights" (espeak-ng, 22.05 kHz)
+
+
+@pytest.fixture(scope="module")
+def server(agent_dir) -> Iterator[str]:
     from speechlm.serve.app import create_app
 
-    with running_server(create_app(trained_dir)) as addr:
+    with running_server(create_app(agent_dir)) as addr:
         yield addr
 
 
@@ -159,8 +212,9 @@ def test_spoken_request_over_websocket_gives_the_tool_call_and_spoken_answer(ser
         assert again["state"]["devices"]["lights"]["kitchen"]["on"] is False
 
 
-def test_dropped_file_flow_and_typed_request(server, request_wav, episodes_file):  # noqa: F811
-    """vad off + commit (the page's dropped wav), then a typed request on the same connection."""
+def test_dropped_file_flow_and_typed_request(server, request_wav):
+    """vad off + commit (the page's dropped wav); a typed request (a new session: the tiny model
+    knows first requests only)."""
     with ws_client.connect(f"ws://{server}/v1/realtime") as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         ws.send(json.dumps({"type": "config", "vad": False, "speak": False}))
@@ -171,13 +225,15 @@ def test_dropped_file_flow_and_typed_request(server, request_wav, episodes_file)
         assert [c["name"] for c in events if c["type"] == "tool_call"] == ["lights"]
         assert not any(e["type"] == "audio" for e in events)  # speak: false
 
+    with ws_client.connect(f"ws://{server}/v1/realtime") as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         ws.send(json.dumps({"type": "text", "text": "wake me up at seven am"}))
         events = until_done(ws)
-        want = reference(*REQUESTS[1])[0]  # the alarm request's call
-        calls = [e for e in events if e["type"] == "tool_call"]
-        assert [{"name": c["name"], "args": c["arguments"]} for c in calls] == [want], events
-        state = next(e["state"] for e in events if e["type"] == "state")
-        assert state["devices"]["lights"]["kitchen"]["on"] is False  # the earlier turn of this session stays
+    want = reference(*REQUESTS[1])[0]  # the alarm request's call
+    calls = [e for e in events if e["type"] == "tool_call"]
+    assert [{"name": c["name"], "args": c["arguments"]} for c in calls] == [want], events
+    assert [e["text"] for e in events if e["type"] == "answer"] == ["alarm set for seven am"]
+    assert any(e["type"] == "audio" for e in events)
 
 
 def test_bad_messages_get_error_events_and_the_connection_stays(server):
@@ -187,18 +243,21 @@ def test_bad_messages_get_error_events_and_the_connection_stays(server):
                           (json.dumps({"type": "dance"}), "unknown message type"),
                           (json.dumps({"type": "config", "aggressiveness": 7}), "aggressiveness"),
                           (json.dumps({"type": "commit"}), "no speech"),
-                          (json.dumps({"type": "text", "text": "  "}), "text"), b"\x01\x02\x03"):
+                          (json.dumps({"type": "text", "text": "  "}), "text"), (b"\x01\x02\x03", "even number")):
             ws.send(bad)
             ev = json.loads(ws.recv(timeout=30))
-            assert ev["type"] == "error" and (says in ev["message"] if isinstance(bad, str) else "even" in ev["message"])
+            assert ev["type"] == "error" and says in ev["message"], (bad, ev)
+        ws.send(json.dumps({"type": "config", "speak": False}))  # still served after all that
+        ws.send(json.dumps({"type": "text", "text": "wake me up at seven am"}))
+        assert [e["type"] for e in until_done(ws)][-1] == "done"
 
 
-def test_api_key_is_required_when_set(trained_dir):  # noqa: F811
+def test_api_key_is_required_when_set(agent_dir):
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     from speechlm.serve.app import create_app
 
-    with running_server(create_app(trained_dir, api_key="sekrit")) as addr:
+    with running_server(create_app(agent_dir, api_key="sekrit")) as addr:
         with pytest.raises((ConnectionClosed, InvalidStatus)):
             with ws_client.connect(f"ws://{addr}/v1/realtime") as ws:
                 ws.recv(timeout=30)

@@ -188,6 +188,21 @@ class Segmenter:
         return pcm or None
 
 
+def utterance_audio(pcm: bytes, rel_db: float = -40.0, margin_ms: int = 20) -> np.ndarray:
+    """An utterance's PCM16 -> the float32 waveform the agent reads: cut to the span where the
+    signal comes within ``rel_db`` of its peak, plus ``margin_ms`` either side.
+
+    The detector's cut is only frame-exact (30 ms) and keeps pre-roll and tail silence; a model
+    hears silence and a shifted start as a different request, so the words are put in a fixed
+    place at the sample level (the same request spoken twice gives the same input)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    if len(x) == 0:
+        return x
+    loud = np.flatnonzero(np.abs(x) >= np.abs(x).max() * 10 ** (rel_db / 20))
+    margin = SAMPLE_RATE * margin_ms // 1000
+    return x[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
+
+
 # ---- the spoken answer ---------------------------------------------------------------------------------
 def tts_task(pipe) -> Optional[str]:
     """The model's TTS task that needs no speaker prompt (as the agent loop's ``speak``), or None."""
@@ -344,7 +359,7 @@ class RealtimeConnection:
 
         try:
             if isinstance(request, bytes):  # PCM16 at 16 kHz -> the waveform the agent reads
-                audio = (np.frombuffer(request, dtype="<i2").astype(np.float32) / 32768.0, SAMPLE_RATE)
+                audio = (utterance_audio(request), SAMPLE_RATE)
                 result = await self._in_worker(
                     lambda: run_agent_turn(self.state, self.session_id, audio=audio, on_event=on_event,
                                            cancel=self.cancel))
@@ -495,5 +510,5 @@ def _api_key_of(state: Any) -> Optional[str]:
     return getattr(state, "api_key", None)
 
 
-__all__ = ["add_realtime_routes", "Segmenter", "VadConfig", "speech_chunks", "espeak_chunks", "session_state",
+__all__ = ["add_realtime_routes", "Segmenter", "VadConfig", "utterance_audio", "speech_chunks", "espeak_chunks", "session_state",
            "SAMPLE_RATE"]
