@@ -221,3 +221,46 @@ def test_load_16_clients_x_20_requests(pipe, wavs):
     assert len(results) == 320 and all(got == want[i] for i, got in results)
     assert s["failed"] == 0 and s["completed"] == 16 * 23 and s["mean_batch"] > 2, s
     assert after - before < 300, (before, after)
+
+
+def test_load_over_http_16_clients_x_20_transcriptions(pipe, wavs):
+    """The same bounded load through the server (``create_app`` under uvicorn on localhost):
+    16 clients x 20 transcriptions, no error, each answer what that file gets alone, batches
+    formed, bounded memory growth."""
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    from speechlm.serve.app import create_app
+    from test_serve_api import Server
+
+    server = Server(create_app(pipe, max_batch=16, window_s=0.01))
+    try:
+        files = [w.read_bytes() for w in wavs]
+
+        def transcribe(http, i: int) -> str:
+            r = http.post(f"{server.url}/v1/audio/transcriptions", data={"model": "speechlm"},
+                          files={"file": (f"u{i}.wav", files[i], "audio/wav")}, timeout=300)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+        with httpx.Client() as http:
+            want = [transcribe(http, i) for i in range(len(files))]  # one at a time: nothing to batch with
+
+        def client(c: int, n: int) -> list[tuple[int, str]]:
+            with httpx.Client() as http:
+                return [((c + k) % len(files), transcribe(http, (c + k) % len(files))) for k in range(n)]
+
+        def load(n: int) -> list:
+            with concurrent.futures.ThreadPoolExecutor(16) as ex:
+                return [r for rs in ex.map(client, range(16), [n] * 16) for r in rs]
+
+        load(2)  # warm-up
+        before = rss_mb()
+        results = load(20)
+        after = rss_mb()
+        with httpx.Client() as http:
+            stats = http.get(f"{server.url}/health").json()["scheduler"]
+    finally:
+        server.close()
+    assert len(results) == 320 and all(text == want[i] for i, text in results)
+    assert stats["failed"] == 0 and stats["completed"] == len(files) + 16 * 22 and stats["mean_batch"] > 2, stats
+    assert after - before < 300, (before, after)
