@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_agent_loop import episodes_file, trained_dir, untrained_dir  # noqa: F401  (module fixtures)
-from test_serve_realtime import request_pcm, running_server
+from test_serve_realtime import agent_dir, request_pcm, request_wav, running_server  # noqa: F401  (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
@@ -36,11 +35,11 @@ def microphone_wav(request_wav: Path, out: Path) -> Path:
 
 
 @pytest.fixture
-def browser(tmp_path, episodes_file):  # noqa: F811
+def browser(tmp_path, request_wav):  # noqa: F811
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    mic = microphone_wav(episodes_file.parent / "ep-lights.wav", tmp_path / "mic.wav")
+    mic = microphone_wav(request_wav, tmp_path / "mic.wav")
     opts = Options()
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -56,7 +55,7 @@ def browser(tmp_path, episodes_file):  # noqa: F811
         driver.quit()
 
 
-def test_spoken_request_in_the_browser_shows_the_tool_call_and_plays_the_answer(browser, trained_dir):  # noqa: F811
+def test_spoken_request_in_the_browser_shows_the_tool_call_and_plays_the_answer(browser, agent_dir):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -66,7 +65,7 @@ def test_spoken_request_in_the_browser_shows_the_tool_call_and_plays_the_answer(
     def wait(cond, timeout=240):
         return WebDriverWait(browser, timeout, poll_frequency=0.2).until(cond)
 
-    with running_server(create_app(trained_dir)) as addr:
+    with running_server(create_app(agent_dir)) as addr:
         browser.get(f"http://{addr}/")
         assert "speechlm" in browser.title
         talk = wait(EC.element_to_be_clickable((By.ID, "talk")), 60)  # enabled once the server said ready
@@ -100,3 +99,39 @@ def test_spoken_request_in_the_browser_shows_the_tool_call_and_plays_the_answer(
         status = browser.find_element(By.ID, "audio-status")
         assert int(status.get_attribute("data-played")) == audio["received"]
         browser.save_screenshot(str(ARTIFACTS / "serve_browser.png"))  # the finished page
+
+
+def test_typed_request_and_chosen_wav_in_the_browser(browser, agent_dir, request_wav, tmp_path):  # noqa: F811
+    """The page's other inputs: typed words (the server speaks them for the e2e model) and a wav
+    chosen in the file field (decoded and resampled by the page, sent whole, then committed)."""
+    import soundfile as sf
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from speechlm.serve.app import create_app
+
+    def wait(cond, timeout=240):
+        return WebDriverWait(browser, timeout, poll_frequency=0.2).until(cond)
+
+    def turn_done():
+        wait(lambda d: d.execute_script("return window.demo.events.some(e => e.type === 'done')"))
+        assert "error" not in browser.execute_script("return window.demo.events.map(e => e.type)")
+        return browser.find_element(By.CSS_SELECTOR, "#calls li code").text, browser.find_element(By.ID, "answer").text
+
+    with running_server(create_app(agent_dir)) as addr:
+        # each request in a new session: the tiny model knows first requests only
+        browser.get(f"http://{addr}/?session_id=typed-1")
+        wait(EC.element_to_be_clickable((By.ID, "talk")), 60)
+        browser.find_element(By.ID, "text").send_keys("wake me up at seven am")
+        browser.find_element(By.CSS_SELECTOR, "#typed button").click()
+        assert turn_done() == ("alarm(action=set, time=seven am)", "alarm set for seven am")
+
+        wav = tmp_path / "request16k.wav"  # what a user might drop: the request, 16 kHz, some silence around
+        sf.write(str(wav), np.frombuffer(request_pcm(request_wav, 0.3, 0.5), dtype="<i2"), 16000, subtype="PCM_16")
+        browser.get(f"http://{addr}/?session_id=file-1")
+        wait(EC.element_to_be_clickable((By.ID, "talk")), 60)
+        browser.find_element(By.ID, "file").send_keys(str(wav))
+        assert turn_done() == ("lights(action=off, house_place=kitchen)", "the kitchen lights are off")
+        kinds = browser.execute_script("return window.demo.events.map(e => e.type)")
+        assert "speech_started" not in kinds and kinds[1] == "speech_stopped"  # the whole file, no detector

@@ -80,7 +80,7 @@ function onEvent(ev) {
         break;
       }
       stopMic();
-      newTurn();
+      newTurn(`(${ev.duration.toFixed(1)} s of speech)`);
       setStatus("thinking...");
       break;
     case "transcript":
@@ -99,6 +99,10 @@ function onEvent(ev) {
       playChunk(ev.data, ev.sample_rate);
       break;
     case "done":
+      if ($("transcript").classList.contains("muted")) {
+        // an e2e model acts on the speech without writing down what it heard
+        setText("transcript", `${heard} (this model does not write down what it heard)`, true);
+      }
       setStatus("done: press Talk for the next request");
       $("talk").disabled = false;
       break;
@@ -109,10 +113,13 @@ function onEvent(ev) {
   }
 }
 
-function newTurn() {
+let heard = "";
+
+function newTurn(what) {
+  heard = what;
   showError("");
   $("calls").replaceChildren();
-  setText("transcript", "(listening to the agent)", true);
+  setText("transcript", `${what}: waiting for the agent`, true);
   setText("answer", "(waiting)", true);
   $("talk").disabled = true;
 }
@@ -343,7 +350,7 @@ $("typed").addEventListener("submit", (e) => {
   const text = $("text").value.trim();
   if (!text) return;
   audioContext(); // a click: the answer may play
-  newTurn();
+  newTurn(`(typed: ${text})`);
   setStatus("thinking...");
   send({ type: "text", text });
   $("text").value = "";
