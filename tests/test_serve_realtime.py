@@ -179,6 +179,22 @@ def test_espeak_answer_streams_in_chunks():
     assert 0.8 < len(pcm) / chunks[0][1] < 4.0 and np.abs(pcm).max() > 3000
 
 
+def test_model_tts_answer_streams_the_models_audio(tmp_path):
+    """A model with a prompt-free TTS task speaks the answer itself, chunk by chunk as decoded."""
+    import speechlm
+    from speechlm.infer import DecodeConfig
+    from speechlm.serve.realtime import speech_chunks
+    from test_stream import write_dir
+
+    pipe = speechlm.load(write_dir(tmp_path / "tts"))
+    cfg = DecodeConfig(min_len=24, max_len=24)  # untrained: a fixed length
+    chunks = list(speech_chunks(pipe, "the kitchen lights are off", config=cfg))
+    wav, sr = pipe.tts("the kitchen lights are off", config=cfg)
+    assert len(chunks) > 1 and {r for _, r in chunks} == {sr}
+    whole = (np.clip(np.asarray(wav, dtype=np.float32), -1, 1) * 32767).astype("<i2")
+    np.testing.assert_array_equal(np.frombuffer(b"".join(c for c, _ in chunks), dtype="<i2"), whole)
+
+
 # ---- the WebSocket round trip ------------------------------------------------------------------------------
 def test_spoken_request_over_websocket_gives_the_tool_call_and_spoken_answer(server, request_wav):
     with ws_client.connect(f"ws://{server}/v1/realtime") as ws:

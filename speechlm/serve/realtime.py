@@ -214,17 +214,23 @@ def _to_pcm16(wav: np.ndarray) -> bytes:
     return (np.clip(np.asarray(wav, dtype=np.float32), -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def speech_chunks(pipe, text: str, chunk_s: float = AUDIO_CHUNK_S) -> Iterator[tuple[bytes, int]]:
+def speech_chunks(pipe, text: str, chunk_s: float = AUDIO_CHUNK_S, config=None) -> Iterator[tuple[bytes, int]]:
     """``(pcm16 bytes, sample_rate)`` chunks of ``text`` spoken as they are made: the model's TTS
-    task (its streaming decoder when the pipeline has one), else espeak-ng's output as it writes it."""
+    task (its streaming decoder when the pipeline has one; ``config``: its decode options, default
+    the model dir's), else espeak-ng's output as it writes it."""
     task = tts_task(pipe) if pipe is not None else None
     if task is not None:
         sr = pipe.tokenizers[pipe.template(task).targets[0].tokenizer].sample_rate
         if hasattr(pipe, "tts_stream"):
-            for chunk in pipe.tts_stream(text, task=task):
-                yield _to_pcm16(chunk), sr
+            stream = pipe.tts_stream(text, task=task, config=config)
+            try:
+                for chunk in stream:
+                    if len(chunk):
+                        yield _to_pcm16(chunk), sr
+            finally:
+                getattr(stream, "close", lambda: None)()  # stops decoding when the client left
             return
-        wav, sr = pipe.tts(text, task=task)
+        wav, sr = pipe.tts(text, task=task, config=config)
         pcm, step = _to_pcm16(wav), int(sr * chunk_s) * 2
         for i in range(0, len(pcm), step):
             yield pcm[i : i + step], sr
