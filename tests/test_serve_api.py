@@ -226,8 +226,22 @@ def test_transcription_errors(client):
 
 # ---- speech --------------------------------------------------------------------------------------------
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
-    wav, sr = sf.read(io.BytesIO(data), dtype="int16")
+    wav, sr = sf.read(io.BytesIO(data), dtype="float32")
     return wav, sr
+
+
+def frame_db(wav: np.ndarray) -> np.ndarray:
+    n = len(wav) // 160 * 160
+    return 10 * np.log10((np.asarray(wav[:n], np.float64).reshape(-1, 160) ** 2).mean(1) + 1e-8)
+
+
+def assert_same_speech(got: np.ndarray, expected: np.ndarray) -> None:
+    """The same Codec 2 tokens: Codec 2 gives unvoiced harmonics random phases, so two decodes of
+    one token sequence differ sample by sample but not in length or energy contour (measured:
+    below 1 dB apart per 20 ms frame on average; another text of this model: over 4 dB)."""
+    expected = np.frombuffer(pcm16(expected), "<i2").astype(np.float32) / 32768.0
+    assert len(got) == len(expected)
+    assert np.abs(frame_db(got) - frame_db(expected)).mean() < 2.0
 
 
 def test_speech_is_streamed_and_equals_the_pipeline(client, server, served, ref):
@@ -240,21 +254,22 @@ def test_speech_is_streamed_and_equals_the_pipeline(client, server, served, ref)
     wav, sr = read_wav(data)
     expected, esr = ref.tts(text, task="plain_tts")
     assert sr == esr == 8000 and len(wav) >= 12 * 160  # min_len frames of Codec 2
-    assert np.array_equal(wav, np.frombuffer(pcm16(expected), "<i2"))
+    assert_same_speech(wav, expected)
     # raw PCM: the same samples without the header
     pcm = client.audio.speech.create(model="m", voice="default", input=text, response_format="pcm").read()
-    assert pcm == data[44:]
+    assert len(pcm) == len(data) - 44 and data[:4] == b"RIFF" and pcm[:4] != b"RIFF"
+    assert_same_speech(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0, expected)
 
     # a named voice of the model dir (voices/alice.wav) and an uploaded one take the prompted task
     prompt = served["dir"] / "voices" / "alice.wav"
     with client.audio.speech.with_streaming_response.create(model="m", voice="alice", input=text) as r:
         assert r.headers["x-speechlm-task"] == "tts"
         named = read_wav(b"".join(r.iter_bytes()))[0]
-    assert np.array_equal(named, np.frombuffer(pcm16(ref.tts(text, speaker_prompt=str(prompt))[0]), "<i2"))
+    assert_same_speech(named, ref.tts(text, speaker_prompt=str(prompt))[0])
     url = "data:audio/wav;base64," + base64.b64encode(prompt.read_bytes()).decode()
     uploaded = read_wav(client.audio.speech.create(model="m", voice=url, input=text).read())[0]
     pw, psr = sf.read(str(prompt), dtype="float32")
-    assert np.array_equal(uploaded, np.frombuffer(pcm16(ref.tts(text, speaker_prompt=(pw, psr))[0]), "<i2"))
+    assert_same_speech(uploaded, ref.tts(text, speaker_prompt=(pw, psr))[0])
 
 
 def test_speech_errors(client):

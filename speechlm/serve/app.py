@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # module level: the endpoints' annotations are resolved against these globals
+
 from speechlm.serve.agent_session import (
     AgentService,
     SessionStore,
@@ -307,7 +309,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     """The FastAPI app serving ``model_dir`` (a path, or a loaded Pipeline). ``agent_mode`` /
     ``dialogue_task``: how the agent hears the user (see :mod:`speechlm.agent.loop`); a model
     without that task serves the other endpoints and answers the agent's with 404."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import (
         JSONResponse,
