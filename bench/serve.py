@@ -149,15 +149,20 @@ def load(client, n_clients: int, seconds: float, warmup: int) -> dict:
     lat: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    start = threading.Barrier(n_clients + 1)
-    stop_at = [0.0]
+    window = {}
+
+    def open_window() -> None:  # the barrier's action: runs once, before any client passes it
+        window["t0"] = time.monotonic()
+        window["stop"] = window["t0"] + seconds
+
+    start = threading.Barrier(n_clients + 1, action=open_window)
 
     def run(c: int) -> None:
         for k in range(warmup):
             client(c + k)
         start.wait()
         k = 0
-        while time.monotonic() < stop_at[0]:
+        while time.monotonic() < window["stop"]:
             t = time.monotonic()
             try:
                 client(c * 3 + k)
@@ -172,11 +177,9 @@ def load(client, n_clients: int, seconds: float, warmup: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(n_clients) as ex:
         futs = [ex.submit(run, c) for c in range(n_clients)]
         start.wait()
-        t0 = time.monotonic()
-        stop_at[0] = t0 + seconds
         for f in futs:
             f.result()
-        wall = time.monotonic() - t0  # includes the requests in flight when the window closed
+        wall = time.monotonic() - window["t0"]  # includes the requests in flight when the window closed
     a = np.array(lat) if lat else np.array([float("nan")])
     return {"rps": len(lat) / wall, "p50": 1000 * np.percentile(a, 50), "p95": 1000 * np.percentile(a, 95),
             "n": len(lat), "errors": errors}
