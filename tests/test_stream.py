@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import synth
+from test_model_helpers import tiny_config, train
 
 import speechlm
 from speechlm.data.batch import collate
@@ -32,8 +34,6 @@ from speechlm.tasks.template import BUILTIN_DIR
 from speechlm.tokenizers import load_tokenizers
 from speechlm.tokenizers.codec2 import Codec2Tokenizer
 from speechlm.vocab import Vocabulary
-from conftest import synth
-from test_model_helpers import tiny_config, train
 
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz'"]
 TASKS = ("asr", "plain_tts", "tts")

@@ -49,7 +49,8 @@ import dataclasses
 import logging
 import queue
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -185,7 +186,7 @@ class _Worker:
         except _Closed:
             log.debug("stream closed by its reader after %d decoding steps", self.steps)
             self.wake_reader()
-        except BaseException as e:  # handed to the reader, who raises it
+        except BaseException as e:  # noqa: BLE001  (handed to the reader, who raises it)
             self.finished = True
             try:
                 self.put(e)
@@ -233,7 +234,7 @@ class TokenStream:
     def closed(self) -> bool:
         return self._worker.cancel.is_set()
 
-    def __iter__(self) -> "TokenStream":
+    def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> np.ndarray:
@@ -259,7 +260,7 @@ class TokenStream:
         if wait and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
-    def __enter__(self) -> "TokenStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -347,7 +348,7 @@ class AudioStream:
         """Stop decoding (see :meth:`TokenStream.close`)."""
         self.tokens.close(wait)
 
-    def __enter__(self) -> "AudioStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -405,7 +406,7 @@ class TextStream:
         """Stop decoding (see :meth:`TokenStream.close`)."""
         self.tokens.close(wait)
 
-    def __enter__(self) -> "TextStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -464,5 +465,5 @@ def stream_text(pipe, task: str, inputs: dict[str, Any], config: DecodeConfig | 
     return TextStream(stream_tokens(pipe, task, inputs, config, chunk_frames=1))
 
 
-__all__ = ["StreamError", "FrameCutter", "TokenStream", "AudioStream", "TextStream", "ContextDecoder",
-           "stream_tokens", "stream_audio", "stream_text", "stream_config"]
+__all__ = ["AudioStream", "ContextDecoder", "FrameCutter", "StreamError", "TextStream", "TokenStream", "stream_audio",
+           "stream_config", "stream_text", "stream_tokens"]

@@ -209,7 +209,7 @@ class Codec2Tokenizer(AudioTokenizer):
         y = dec.push(tokens)
         return np.concatenate([y, dec.flush()])
 
-    def stream_decoder(self) -> "Codec2StreamDecoder":
+    def stream_decoder(self) -> Codec2StreamDecoder:
         """A decoder fed a few frames at a time (streaming TTS); see :class:`Codec2StreamDecoder`."""
         return Codec2StreamDecoder(self)
 
