@@ -24,18 +24,18 @@ webdriver = pytest.importorskip("selenium.webdriver")
 ARTIFACTS = Path(os.environ.get("SPEECHLM_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
-def microphone_wav(request_wav: Path, out: Path) -> Path:
+def microphone_wav(wav: Path, out: Path) -> Path:
     """The fake microphone's file: the request at 16 kHz with silence around it (the capture may
     start a little late; the silence after it lets the page's detector hear the end)."""
     import soundfile as sf
 
-    pcm = np.frombuffer(request_pcm(request_wav, lead_s=1.0, tail_s=2.0), dtype="<i2")
+    pcm = np.frombuffer(request_pcm(wav, lead_s=1.0, tail_s=2.0), dtype="<i2")
     sf.write(str(out), pcm, 16000, subtype="PCM_16")
     return out
 
 
 @pytest.fixture
-def browser(tmp_path, request_wav):  # noqa: F811
+def browser(tmp_path, request_wav):  # noqa: F811  (the imported fixture)
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 

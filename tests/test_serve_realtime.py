@@ -53,7 +53,7 @@ def running_server(app) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield "127.0.0.1:%d" % sock.getsockname()[1]
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(30)

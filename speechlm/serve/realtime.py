@@ -391,7 +391,8 @@ class RealtimeConnection:
             await self.error(f"the turn failed: {msg}" if status is None else str(msg))
         finally:
             self.seg.clear()  # what was said meanwhile is not a request (half duplex)
-        await self.send({"type": "done"})
+        with contextlib.suppress(Exception):  # the client may be gone
+            await self.send({"type": "done"})
 
     async def on_audio(self, pcm: bytes) -> None:
         if self.busy is not None and not self.busy.done():
