@@ -393,3 +393,4 @@ def test_speechlm_serve_command_binds_localhost_with_a_key(served):
     finally:
         proc.terminate()
         proc.wait(30)
+        proc.stdout.close()

@@ -426,25 +426,28 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
             raise
         except Exception as e:  # a malformed multipart body
             raise APIError(400, f"could not read the multipart body ({e})") from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise APIError(400, "the audio file goes in the multipart field 'file'", "file")
-        fmt = str(form.get("response_format") or "json")
-        if fmt not in TRANSCRIPTION_FORMATS:
-            raise APIError(400, f"response_format {fmt!r}: use one of {', '.join(TRANSCRIPTION_FORMATS)}",
-                           "response_format")
-        config = None
-        temperature = form.get("temperature")
-        if temperature not in (None, ""):
-            try:
-                t = float(str(temperature))
-            except ValueError:
-                raise APIError(400, f"temperature {temperature!r} is not a number", "temperature") from None
-            if not 0 <= t <= 2:
-                raise APIError(400, "temperature must be within [0, 2]", "temperature")
-            if t > 0:
-                config = dataclasses.replace(pipe.decode_config("asr"), search="sample", temperature=t, nbest=1)
-        data = await upload.read()
+        try:  # the form's spooled files are closed however this ends
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise APIError(400, "the audio file goes in the multipart field 'file'", "file")
+            fmt = str(form.get("response_format") or "json")
+            if fmt not in TRANSCRIPTION_FORMATS:
+                raise APIError(400, f"response_format {fmt!r}: use one of {', '.join(TRANSCRIPTION_FORMATS)}",
+                               "response_format")
+            config = None
+            temperature = form.get("temperature")
+            if temperature not in (None, ""):
+                try:
+                    t = float(str(temperature))
+                except ValueError:
+                    raise APIError(400, f"temperature {temperature!r} is not a number", "temperature") from None
+                if not 0 <= t <= 2:
+                    raise APIError(400, "temperature must be within [0, 2]", "temperature")
+                if t > 0:
+                    config = dataclasses.replace(pipe.decode_config("asr"), search="sample", temperature=t, nbest=1)
+            data = await upload.read()
+        finally:
+            await form.close()
         wav, sr = await asyncio.to_thread(decode_audio, data, limits.max_audio_s, "file")
         seg = pipe.template("asr").conditions[0].name
         texts = await until_disconnect(request, scheduler.submit("asr", {seg: (wav, sr)}, config))
