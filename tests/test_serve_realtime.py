@@ -252,6 +252,57 @@ def test_dropped_file_flow_and_typed_request(server, request_wav):
     assert any(e["type"] == "audio" for e in events)
 
 
+def test_concurrent_clients_are_each_answered(server, request_wav):
+    """Three microphones at once: each connection gets its own session's call and answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pcm = request_pcm(request_wav)
+
+    def client(_: int) -> tuple[str, list[dict]]:
+        with ws_client.connect(f"ws://{server}/v1/realtime") as ws:
+            sid = json.loads(ws.recv(timeout=30))["session_id"]
+            ws.send(json.dumps({"type": "config", "speak": False}))
+            for i in range(0, len(pcm), 3200):
+                ws.send(pcm[i : i + 3200])
+            return sid, until_done(ws)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(client, range(3)))
+    assert len({sid for sid, _ in results}) == 3
+    for _, events in results:
+        assert [(e["name"], e["arguments"]) for e in events if e["type"] == "tool_call"] == [
+            ("lights", {"action": "off", "house_place": "kitchen"})], events
+        assert [e["text"] for e in events if e["type"] == "answer"] == ["the kitchen lights are off"]
+
+
+def test_a_client_that_leaves_mid_turn_frees_its_session(agent_dir, request_wav):
+    """Hanging up while the agent works: the turn stops (or ends), the session is free again and
+    the server goes on serving."""
+    from speechlm.serve.app import create_app
+
+    app = create_app(agent_dir)
+    with running_server(app) as addr:
+        with ws_client.connect(f"ws://{addr}/v1/realtime?session_id=leaver") as ws:
+            json.loads(ws.recv(timeout=30))
+            ws.send(json.dumps({"type": "config", "vad": False}))
+            ws.send(request_pcm(request_wav, 0.1, 0.1))
+            ws.send(json.dumps({"type": "commit"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "speech_stopped"
+        # the connection is closed here, with the turn just started
+        sess = app.state.speechlm.agent.sessions.get("leaver")
+        deadline = time.monotonic() + 120
+        while sess is None or sess.lock.locked() or sess.run is None or not sess.run.done:
+            assert time.monotonic() < deadline, "the session stayed busy after its client left"
+            time.sleep(0.05)
+            sess = app.state.speechlm.agent.sessions.get("leaver")
+        assert sess.run.ended in ("cancelled", "answer")
+        with ws_client.connect(f"ws://{addr}/v1/realtime") as ws:
+            json.loads(ws.recv(timeout=30))
+            ws.send(json.dumps({"type": "config", "speak": False}))
+            ws.send(json.dumps({"type": "text", "text": "wake me up at seven am"}))
+            assert [e["name"] for e in until_done(ws) if e["type"] == "tool_call"] == ["alarm"]
+
+
 def test_bad_messages_get_error_events_and_the_connection_stays(server):
     with ws_client.connect(f"ws://{server}/v1/realtime") as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
