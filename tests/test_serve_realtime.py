@@ -320,14 +320,18 @@ def test_bad_messages_get_error_events_and_the_connection_stays(server):
 
 
 def test_api_key_is_required_when_set(agent_dir):
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.exceptions import ConnectionClosed
 
     from speechlm.serve.app import create_app
 
     with running_server(create_app(agent_dir, api_key="sekrit")) as addr:
-        with pytest.raises((ConnectionClosed, InvalidStatus)):
-            with ws_client.connect(f"ws://{addr}/v1/realtime") as ws:
-                ws.recv(timeout=30)
+        for bad in ("", "?api_key=wrong", "?session_id=no%20spaces"):
+            with ws_client.connect(f"ws://{addr}/v1/realtime{bad}" + ("&api_key=sekrit" if "session" in bad else "")) as ws:
+                ev = json.loads(ws.recv(timeout=30))
+                assert ev["type"] == "error" and ("API key" in ev["message"] or "session id" in ev["message"]), ev
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=30)
+                assert ws.close_code == 1008
         with ws_client.connect(f"ws://{addr}/v1/realtime?api_key=sekrit") as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         with ws_client.connect(f"ws://{addr}/v1/realtime", additional_headers={"Authorization": "Bearer sekrit"}) as ws:

@@ -485,12 +485,13 @@ def add_realtime_routes(app, state: Any) -> None:
             auth = ws.headers.get("authorization", "")
             given = ws.query_params.get("api_key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
             if not hmac.compare_digest(given.encode(), key.encode()):
-                await ws.close(code=1008, reason="invalid or missing API key (?api_key= or Authorization: Bearer)")
+                # accepted first so that a browser gets the reason (a refused handshake is a bare 403)
+                await _refuse(ws, "invalid or missing API key: add ?api_key=KEY to the URL (or Authorization: Bearer)")
                 return
         try:
             session_id = check_session_id(ws.query_params.get("session_id"))
         except APIError as e:
-            await ws.close(code=1008, reason=e.message[:120])
+            await _refuse(ws, e.message)
             return
         await ws.accept()
         conn = RealtimeConnection(ws, state, session_id)
@@ -511,6 +512,13 @@ def add_realtime_routes(app, state: Any) -> None:
             conn.cancel.set()  # the client left: its turn stops after the current step (frees its slot)
             if conn.busy is not None and not conn.busy.done():
                 conn.busy.cancel()
+
+
+async def _refuse(ws: WebSocket, message: str) -> None:
+    """Accept, send one error event, close with 1008 (policy violation)."""
+    await ws.accept()
+    await ws.send_text(json.dumps({"type": "error", "message": message}))
+    await ws.close(code=1008, reason=message[:120])
 
 
 def _api_key_of(state: Any) -> Optional[str]:
