@@ -355,6 +355,30 @@ def test_chat_stream_sends_the_tool_call_then_the_answer(client, served):
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["speechlm"]["state"] == state
 
 
+def test_chat_speaks_the_answer_when_asked(client, served, ref):
+    """``modalities: ["text", "audio"]``: the answer also as speech (the model's plain_tts), whole
+    (wav, base64) or, streamed, as PCM16 chunks after the text."""
+    _, answer, _ = expected_turn("ep-lights")
+    turn = [{"role": "user", "content": [audio_part(served["wavs"] / "ep-lights.wav")]}]
+    resp = client.chat.completions.create(model="m", messages=turn, modalities=["text", "audio"],
+                                          audio={"voice": "default", "format": "wav"})
+    audio = resp.choices[0].message.audio
+    assert resp.choices[0].message.content == answer and audio.transcript == answer
+    wav, sr = read_wav(base64.b64decode(audio.data))
+    assert_same_speech(wav, ref.tts(answer, task="plain_tts")[0])
+
+    chunks = list(client.chat.completions.create(model="m", messages=turn, stream=True, modalities=["text", "audio"],
+                                                 audio={"voice": "default", "format": "pcm16"}))
+    deltas = [c.choices[0].delta.audio for c in chunks if c.choices[0].delta.audio is not None]
+    pcm = b"".join(base64.b64decode(d.data) for d in deltas if d.data)
+    assert [d.transcript for d in deltas if d.transcript] == [answer] and deltas[-1].expires_at > time.time()
+    assert len({d.id for d in deltas}) == 1
+    assert_same_speech(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0, ref.tts(answer, task="plain_tts")[0])
+    with pytest.raises(openai.BadRequestError, match="pcm16 with stream"):
+        client.chat.completions.create(model="m", messages=turn, stream=True, modalities=["text", "audio"],
+                                       audio={"voice": "default", "format": "wav"})
+
+
 def test_chat_typed_text_and_bad_audio(client, server):
     # typed words reach the e2e model as espeak-ng speech; the reply has the chat shape
     resp = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "turn off the kitchen lights"}])

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import concurrent.futures
 import contextlib
@@ -45,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request  # module level: the endpoints' annotations are resolved against these globals
+import numpy as np
+from fastapi import (
+    Request,  # module level: the endpoints' annotations are resolved against these globals
+)
 
 from speechlm.serve.agent_session import (
     AgentService,
@@ -57,6 +61,7 @@ from speechlm.serve.openai_format import (
     SPEECH_FORMATS,
     TRANSCRIPTION_FORMATS,
     APIError,
+    AudioOutput,
     ChatRequest,
     SpeechRequest,
     VoiceRef,
@@ -455,11 +460,11 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
         return PlainTextResponse(out) if isinstance(out, str) else out
 
     # ---- speech
-    def tts_request(req: SpeechRequest) -> tuple[str, Any]:
-        """(task, speaker prompt value) of a speech request's voice."""
+    def resolve_voice(voice: str | VoiceRef) -> tuple[str, Any]:
+        """(TTS task, speaker prompt value) of a request's voice."""
         from speechlm.serve.audio_io import decode_audio, decode_base64
 
-        voice = req.voice.id if isinstance(req.voice, VoiceRef) else req.voice
+        voice = voice.id if isinstance(voice, VoiceRef) else voice
         known = ([DEFAULT_VOICE] if plain_task else []) + list(state.voices)
         if voice == DEFAULT_VOICE and plain_task:
             return plain_task, None
@@ -488,7 +493,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
                                 f"{' or '.join(SPEECH_FORMATS)}", "response_format")
         if req.stream_format not in (None, "audio"):
             raise APIError(400, "stream_format: only 'audio' (the audio bytes, chunked) is supported", "stream_format")
-        task, prompt = await asyncio.to_thread(tts_request, req)
+        task, prompt = await asyncio.to_thread(resolve_voice, req.voice)
         config = dataclasses.replace(pipe.decode_config(task), length_scale=1.0 / req.speed)
 
         def open_stream():
@@ -541,12 +546,40 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
             value = text
         return req, sid, value
 
+    async def spoken_chunks(text: str, task: str, prompt: Any) -> AsyncIterator[np.ndarray]:
+        """The answer spoken by the model's TTS, chunk by chunk (within the stream slots); an answer
+        that gives no phones is logged and left unspoken."""
+        async with state.stream_slots:
+            try:
+                stream = await asyncio.to_thread(pipe.tts_stream, text, speaker_prompt=prompt, task=task)
+            except ValueError as e:
+                log.warning("the answer %r is not spoken: %s", text, e)
+                return
+            async for chunk in iterate_in_thread(state.stream_executor, lambda: stream,
+                                                 on_close=lambda: stream.close(wait=False)):
+                yield chunk
+
+    async def audio_output(req: ChatRequest) -> tuple[str, Any, str] | None:
+        """(task, prompt, format) when the request asks for a spoken answer (``modalities`` with
+        ``audio``), checked before the turn runs."""
+        if not req.modalities or "audio" not in req.modalities:
+            return None
+        out = req.audio or AudioOutput()
+        fmt = "pcm16" if out.format == "pcm" else out.format
+        if fmt not in ("wav", "pcm16") or (req.stream and fmt != "pcm16"):
+            raise APIError(400, f"audio.format {out.format!r}: use wav or pcm16 (pcm16 with stream: true)", "audio")
+        task, prompt = await asyncio.to_thread(resolve_voice, out.voice)
+        return task, prompt, fmt
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        from speechlm.serve.audio_io import pcm16, wav_bytes
+
         req, sid, value = await agent_request(request)
+        speak = await audio_output(req)
         headers = {"X-Session-Id": sid}
         if req.stream:
-            return StreamingResponse(chat_stream(sid, value, req.stream_options), media_type="text/event-stream",
+            return StreamingResponse(chat_stream(sid, value, speak), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-store"})
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
@@ -554,11 +587,25 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
             state.agent_executor, functools.partial(run_agent_turn, state, sid, value, None, cancel)), cancel)
         if turn["ended"] == "input_error":
             raise APIError(400, turn["error"] or "the input cannot be decoded")
-        return JSONResponse(chat_completion(turn, model_id), headers=headers)
+        audio = None
+        if speak is not None and turn["answer"]:
+            task, prompt, fmt = speak
 
-    async def chat_stream(sid: str, value: Any, options: dict | None) -> AsyncIterator[bytes]:
+            async def collect() -> list[np.ndarray]:
+                return [c async for c in spoken_chunks(turn["answer"], task, prompt)]
+
+            chunks = await until_disconnect(request, collect())
+            if chunks:
+                wav = np.concatenate(chunks)
+                data = wav_bytes(wav, pipe.sample_rate_of(task)) if fmt == "wav" else pcm16(wav)
+                audio = {"id": new_id("audio"), "data": base64.b64encode(data).decode("ascii"),
+                         "expires_at": int(time.time()) + 3600, "transcript": turn["answer"]}
+        return JSONResponse(chat_completion(turn, model_id, audio), headers=headers)
+
+    async def chat_stream(sid: str, value: Any, speak: tuple | None) -> AsyncIterator[bytes]:
         """``chat.completion.chunk`` events as the turn goes: the role, each tool call as the
-        environment runs it (its result under ``speechlm``), the answer, the finish reason."""
+        environment runs it (its result under ``speechlm``), the answer (and its speech as
+        ``delta.audio`` PCM16 chunks when asked), the finish reason."""
         cid, created = new_id("chatcmpl"), int(time.time())
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -607,6 +654,19 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
                 return
             if turn["ended"] == "input_error":
                 yield sse(APIError(400, turn["error"] or "the input cannot be decoded").body())
+            if speak is not None and turn["answer"]:
+                from speechlm.serve.audio_io import pcm16
+
+                task, prompt, _ = speak
+                aid, sr = new_id("audio"), pipe.sample_rate_of(task)
+                async for chunk in spoken_chunks(turn["answer"], task, prompt):
+                    yield sse(chat_chunk(cid, created, model_id, {"audio": {
+                        "id": aid, "data": base64.b64encode(pcm16(chunk)).decode("ascii")}},
+                        extra={"type": "audio", "sample_rate": sr}))
+                # as OpenAI streams it: the transcript in an update, the expiry alone in the last one
+                yield sse(chat_chunk(cid, created, model_id, {"audio": {"id": aid, "transcript": turn["answer"]}}))
+                yield sse(chat_chunk(cid, created, model_id, {"audio": {"id": aid,
+                                                                         "expires_at": int(time.time()) + 3600}}))
             yield sse(chat_chunk(cid, created, model_id, {}, finish_reason(turn), extra=speechlm_extra(turn)))
             yield sse("[DONE]")
         finally:
