@@ -310,7 +310,8 @@ def test_bad_messages_get_error_events_and_the_connection_stays(server):
                           (json.dumps({"type": "dance"}), "unknown message type"),
                           (json.dumps({"type": "config", "aggressiveness": 7}), "aggressiveness"),
                           (json.dumps({"type": "commit"}), "no speech"),
-                          (json.dumps({"type": "text", "text": "  "}), "text"), (b"\x01\x02\x03", "even number")):
+                          (json.dumps({"type": "text", "text": "  "}), "text"),
+                          (json.dumps({"type": "text", "text": "x" * 5000}), "at most 4096"), (b"\x01\x02\x03", "even number")):
             ws.send(bad)
             ev = json.loads(ws.recv(timeout=30))
             assert ev["type"] == "error" and says in ev["message"], (bad, ev)

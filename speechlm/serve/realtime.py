@@ -18,9 +18,9 @@ Server -> client (JSON text frames)
     ``{"type": "speech_started"}`` / ``{"type": "speech_stopped", "duration", "request"}``  voice
                         activity; ``request: false`` = too little voice (a click), still listening
     ``{"type": "transcript", "text"}``   what the agent heard (monologue words or ASR)
-    ``{"type": "tool_call", "name", "arguments", "result", "ok"}``  one per call run
+    ``{"type": "tool_call", "id", "name", "arguments", "result", "ok"}``  one per call run
     ``{"type": "answer", "text"}``
-    ``{"type": "state", "state"}``       the session's environment after the turn
+    ``{"type": "state", "state", "changes"}``  the session's environment after the turn
     ``{"type": "audio", "data": base64 PCM16, "sample_rate"}``  the spoken answer, chunk by chunk
     ``{"type": "done"}``                 the turn is over (listening again)
     ``{"type": "error", "message"}``     a bad message or a failed turn; the connection stays open
@@ -454,8 +454,11 @@ class RealtimeConnection:
             self.start_turn(utt)
         elif kind == "text":
             words = msg.get("text")
+            most = int(getattr(getattr(self.state, "limits", None), "max_text_chars", 4096))
             if not isinstance(words, str) or not words.strip():
                 await self.error("text: give the request's words in 'text'")
+            elif len(words) > most:
+                await self.error(f"text: {len(words)} characters; at most {most}")
             elif not idle:
                 await self.error("a turn is running; wait for 'done'")
             else:
