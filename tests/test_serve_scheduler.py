@@ -191,6 +191,40 @@ def test_cancelled_requests_are_dropped_and_free_their_slot(pipe):
         sched.submit_future("command", REQUESTS[0])
 
 
+def test_short_requests_are_answered_early_and_cancelled_rows_leave_the_batch(pipe):
+    """In a batch of a long and a short request, the short one is answered while the long one
+    still decodes (with what it gets alone); long requests cancelled at that moment leave the
+    batch at the next step, so the batch ends far before their output length."""
+    # output length = half the condition rows: a few tokens for the short request, ~70 for the long
+    config = DecodeConfig(search="greedy", min_len_ratio=0.5, max_len_ratio=0.5, max_len=300)
+    long_req = {"request": "turn on the lights " * 7, "history": "none"}
+    short_req = {"request": "hi", "history": "none"}
+    want_long = alone(pipe, "command", long_req, config)
+    want_short = alone(pipe, "command", short_req, config)
+    assert len(want_long[0]) > 60 and len(want_short[0]) < 10
+
+    seen = {}
+    # one encoder thread: the batch keeps the submission order, so the long request's answer
+    # would come first if the short one waited for the batch to end
+    with BatchScheduler(pipe, max_batch=16, window_s=2.0, encode_threads=1) as sched:
+        long_fut = sched.submit_future("command", long_req, config)
+        short_fut = sched.submit_future("command", short_req, config)
+        short_fut.add_done_callback(lambda f: seen.setdefault("long done when short answered", long_fut.done()))
+        assert short_fut.result(timeout=120) == want_short and long_fut.result(timeout=120) == want_long
+    s = sched.stats()  # after close: the batch's step count is in
+    assert seen == {"long done when short answered": False}
+    assert s["batch_sizes"] == {2: 1} and s["steps"] > 60, s
+
+    with BatchScheduler(pipe, max_batch=16, window_s=2.0) as sched:
+        longs = [sched.submit_future("command", long_req, config) for _ in range(2)]
+        short_fut = sched.submit_future("command", short_req, config)
+        short_fut.add_done_callback(lambda f: [x.cancel() for x in longs])  # runs in the worker, mid-batch
+        assert short_fut.result(timeout=120) == want_short
+    s = sched.stats()
+    assert all(x.cancelled() for x in longs)
+    assert s["batch_sizes"] == {3: 1} and s["cancelled_decoding"] == 2 and s["steps"] < 10, s
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024

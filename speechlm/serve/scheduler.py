@@ -231,8 +231,13 @@ class BatchScheduler:
                     return group
                 self._cond.wait(wait)
 
-    def _decode(self, batch: list[Request]) -> None:
+    def _decode(self, batch: list[Request], retry: bool = False) -> None:
         t0 = time.monotonic()
+        if not retry:  # counted as it starts: its requests may be answered before it ends
+            with self._cond:
+                self._stats["batches"] += 1
+                self._stats["batched_requests"] += len(batch)
+                self._sizes[len(batch)] += 1
         try:
             outs = self._generate(batch)
         except Exception as e:  # noqa: BLE001
@@ -246,35 +251,47 @@ class BatchScheduler:
                 return
             log.warning("a batch of %d failed (%s); decoding its requests one by one", len(batch), e)
             for r in batch:
-                self._decode([r])
+                if not r.future.done():  # not answered early, not cancelled
+                    self._decode([r], retry=True)
             return
-        dt = time.monotonic() - t0
         with self._cond:
-            self._stats["batches"] += 1
-            self._stats["batched_requests"] += len(batch)
-            self._sizes[len(batch)] += 1
-            self._stats["decode_ms"] += int(1000 * dt)
+            self._stats["decode_ms"] += int(1000 * (time.monotonic() - t0))
         for r, hyps in zip(batch, outs):
-            try:
-                value = [self._detokenize(r.task, h) for h in hyps]
-            except Exception as e:  # noqa: BLE001 - a codec that cannot decode these tokens
-                log.exception("%s: detokenizing failed", r.id)
-                self._fail(r, e)
-                continue
-            self._resolve(r, value)
+            if hyps is not None:
+                self._answer(r, hyps)
 
-    def _generate(self, batch: list[Request]) -> list[list[Any]]:
-        """Hypotheses (local target tokens) of each request, decoded as one batch."""
+    def _answer(self, req: Request, hyps: list) -> None:
+        """Detokenize a request's hypotheses (local tokens) and resolve its future."""
+        try:
+            value = [self._detokenize(req.task, h) for h in hyps]
+        except Exception as e:  # noqa: BLE001 - a codec that cannot decode these tokens
+            log.exception("%s: detokenizing failed", req.id)
+            self._fail(req, e)
+            return
+        self._resolve(req, value)
+
+    def _generate(self, batch: list[Request]) -> list[Optional[list[Any]]]:
+        """Hypotheses (local target tokens) of each request, decoded as one batch; None for a
+        request already answered or dropped while the batch decoded (:class:`StepWatch`)."""
         from speechlm.data.batch import collate
-        from speechlm.infer.generate import generate_nbest
+        from speechlm.infer.generate import generate_nbest, sample_decode
 
         pipe = self.pipe
+        config = batch[0].config
         target = pipe.template(batch[0].task).targets[0]
         S, pad = pipe.model.n_streams, pipe.vocab.pad_id
+        prompts = collate([r.example for r in batch], pad).to(pipe.device)
+        watch = None
         with torch.inference_mode():
-            hyps = generate_nbest(pipe.model, collate([r.example for r in batch], pad).to(pipe.device),
-                                  batch[0].config)
-        return [[pipe.to_local(target.tokenizer, h.frames(S, pad)) for h in hs] for hs in hyps]
+            if config.search in ("greedy", "sample"):
+                watch = StepWatch(self, batch, config.nbest, target.tokenizer,
+                                  early=pipe.model.config.strategy != "ar_nar")
+                hyps = sample_decode(pipe.model, prompts, config, on_step=watch)
+                self._count("steps", watch.steps)
+            else:  # beam and CTC searches: no step hook
+                hyps = generate_nbest(pipe.model, prompts, config)
+        return [None if watch is not None and j in watch.handled else
+                [pipe.to_local(target.tokenizer, h.frames(S, pad)) for h in hs] for j, hs in enumerate(hyps)]
 
     def _detokenize(self, task: str, tokens) -> Any:
         """Text, or ``(wav, sample_rate)`` for an audio target (as ``Pipeline.generate`` gives)."""
@@ -304,20 +321,23 @@ class BatchScheduler:
             return
         self._count("failed")
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, n: int = 1) -> None:
         with self._cond:
-            self._stats[what] += 1
+            self._stats[what] += n
 
     # ---- the rest ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters: submitted, completed, failed, cancelled, refused, batches, mean_batch (requests
-        per decoded batch), max_batch_seen, batch_sizes ({size: batches}), queued (waiting now),
-        mean_latency_ms (submit -> result of completed requests), decode_ms (total)."""
+        """Counters: submitted, completed, failed, cancelled (of which cancelled_decoding: dropped
+        from a running batch), refused, batches, mean_batch (requests per decoded batch),
+        max_batch_seen, batch_sizes ({size: batches}), queued (waiting now), mean_latency_ms
+        (submit -> result of completed requests), decode_ms (total), steps (decoding steps of
+        greedy/sampling batches)."""
         with self._cond:
             s = self._stats
             return {
                 "submitted": s["submitted"], "completed": s["completed"], "failed": s["failed"],
-                "cancelled": s["cancelled"], "refused": s["refused"], "batches": s["batches"],
+                "cancelled": s["cancelled"], "cancelled_decoding": s["cancelled_decoding"], "refused": s["refused"],
+                "batches": s["batches"], "steps": s["steps"],
                 "mean_batch": s["batched_requests"] / s["batches"] if s["batches"] else 0.0,
                 "max_batch_seen": max(self._sizes, default=0), "batch_sizes": dict(sorted(self._sizes.items())),
                 "queued": len(self._queue) + len(self._encoding), "decode_ms": s["decode_ms"],
@@ -352,4 +372,37 @@ class BatchScheduler:
         self.close()
 
 
-__all__ = ["BatchScheduler", "RequestError", "SchedulerClosed", "QueueFull"]
+class StepWatch:
+    """The ``on_step`` hook of a batch's decoding: answers a request as soon as all its rows have
+    ended (a short request does not wait for the longest of its batch), and ends the rows of a
+    request cancelled mid-decoding (they leave the batch at this step, freeing its compute).
+
+    Ending a row sets its ``RowState.done``, the flag ``sample_decode`` reads right after the hook
+    to drop finished rows; the row's hypothesis is thrown away with its request. ar_nar models
+    fill streams 1.. after the last step, so ``early=False`` there (answers wait for the end)."""
+
+    def __init__(self, sched: BatchScheduler, batch: list[Request], nbest: int, tokenizer: str, early: bool) -> None:
+        self.sched, self.batch, self.nbest, self.tokenizer, self.early = sched, batch, nbest, tokenizer, early
+        self.handled: set[int] = set()  # requests answered or dropped
+        self.steps = 0
+
+    def __call__(self, active: list[int], states: list) -> None:
+        self.steps += 1
+        pipe, n = self.sched.pipe, self.nbest
+        S, pad = pipe.model.n_streams, pipe.vocab.pad_id
+        for j, req in enumerate(self.batch):
+            if j in self.handled:
+                continue
+            rows = states[j * n: (j + 1) * n]
+            if req.future.cancelled():
+                for st in rows:
+                    st.done = True
+                self.handled.add(j)
+                self.sched._count("cancelled")
+                self.sched._count("cancelled_decoding")
+            elif self.early and all(st.done for st in rows):
+                self.handled.add(j)
+                self.sched._answer(req, [pipe.to_local(self.tokenizer, st.hyp.frames(S, pad)) for st in rows])
+
+
+__all__ = ["BatchScheduler", "StepWatch", "RequestError", "SchedulerClosed", "QueueFull"]
