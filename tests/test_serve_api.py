@@ -393,6 +393,27 @@ def test_chat_typed_text_and_bad_audio(client, server):
                                        extra_headers={"X-Session-Id": "bad id!"})
 
 
+@pytest.mark.parametrize("mode", ["cascade", "text"])
+def test_cascade_and_text_agents_report_what_they_heard(served, ref, mode):
+    """The cascade transcribes the turn with the model's ASR (through the scheduler) and typed text
+    is its transcript as is; text mode refuses audio. (In-process client: no port needed.)"""
+    from fastapi.testclient import TestClient
+
+    from speechlm.agent.loop import spoken_form
+
+    with TestClient(create_app(served["dir"], agent_mode=mode, realtime=False)) as tc:
+        typed = tc.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Wake me at 7 am"}]})
+        assert typed.status_code == 200 and typed.json()["speechlm"]["transcript"] == "wake me at seven am"
+        wav_path = served["wavs"] / "ep-alarm.wav"
+        spoken = tc.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [audio_part(wav_path)]}]})
+        if mode == "text":
+            assert spoken.status_code == 400 and "text mode" in spoken.json()["error"]["message"]
+        else:
+            wav, sr = sf.read(str(wav_path), dtype="float32")
+            heard = spoken.json()["speechlm"]["transcript"]
+            assert spoken.status_code == 200 and heard == spoken_form(ref.asr(wav, sample_rate=sr))
+
+
 # ---- the command ---------------------------------------------------------------------------------------
 def test_speechlm_serve_command_binds_localhost_with_a_key(served):
     sock = free_socket()
