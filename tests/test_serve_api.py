@@ -365,6 +365,7 @@ def test_chat_speaks_the_answer_when_asked(client, served, ref):
     audio = resp.choices[0].message.audio
     assert resp.choices[0].message.content == answer and audio.transcript == answer
     wav, sr = read_wav(base64.b64decode(audio.data))
+    assert sr == ref.sample_rate_of("plain_tts")
     assert_same_speech(wav, ref.tts(answer, task="plain_tts")[0])
 
     chunks = list(client.chat.completions.create(model="m", messages=turn, stream=True, modalities=["text", "audio"],
@@ -412,6 +413,16 @@ def test_cascade_and_text_agents_report_what_they_heard(served, ref, mode):
             wav, sr = sf.read(str(wav_path), dtype="float32")
             heard = spoken.json()["speechlm"]["transcript"]
             assert spoken.status_code == 200 and heard == spoken_form(ref.asr(wav, sample_rate=sr))
+
+
+def test_a_model_with_the_monologue_task_alone_serves_it(served, tmp_path):
+    """The voice_agent recipe packs spoken_dialogue_monologue without spoken_dialogue: the agent uses it."""
+    mono = tmp_path / "mono"
+    shutil.copytree(served["dir"], mono)
+    (mono / "tasks" / "spoken_dialogue.yaml").unlink()
+    app = create_app(mono, realtime=False)
+    assert app.state.speechlm.agent.task == "spoken_dialogue_monologue" and app.state.speechlm.agent.loop.monologue
+    app.state.speechlm.close()
 
 
 # ---- the command ---------------------------------------------------------------------------------------

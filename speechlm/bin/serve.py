@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams", type=int, default=4, help="audio streams synthesized at once (others wait)")
     p.add_argument("--max-sessions", type=int, default=256, help="voice-agent sessions kept")
     p.add_argument("--agent-mode", default="e2e", choices=MODES, help="how the agent hears the user")
-    p.add_argument("--dialogue-task", default="spoken_dialogue",
-                   help="the e2e agent's task (spoken_dialogue_monologue: the model also writes what it heard)")
+    p.add_argument("--dialogue-task", default=None,
+                   help="the e2e agent's task (default: spoken_dialogue if the model has it, else "
+                        "spoken_dialogue_monologue, which also writes down what it heard)")
     p.add_argument("--max-agent-steps", type=int, default=4, help="assistant steps per user turn")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="torch device of the model")

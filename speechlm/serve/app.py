@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/", "/health", "/favicon.ico")  # no API key needed (the demo page asks for one itself)
 PUBLIC_PREFIXES = ("/static/",)
 DEFAULT_VOICE = "default"  # the model's prompt-free TTS task
+DIALOGUE_TASKS = ("spoken_dialogue", "spoken_dialogue_monologue")  # the e2e agent's task, first found
 
 
 @dataclass
@@ -308,12 +309,13 @@ async def iterate_in_thread(executor, make: Callable[[], Iterator[Any]],
 
 # ---- the app ---------------------------------------------------------------------------------------------
 def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None = None, max_batch: int = 16,
-               window_s: float = 0.01, agent_mode: str = "e2e", dialogue_task: str = "spoken_dialogue",
+               window_s: float = 0.01, agent_mode: str = "e2e", dialogue_task: str | None = None,
                max_agent_steps: int = 4, model_name: str | None = None, device: str = "cpu",
                realtime: bool = True):
     """The FastAPI app serving ``model_dir`` (a path, or a loaded Pipeline). ``agent_mode`` /
     ``dialogue_task``: how the agent hears the user (see :mod:`speechlm.agent.loop`); a model
-    without that task serves the other endpoints and answers the agent's with 404."""
+    without that task serves the other endpoints and answers the agent's with 404. ``dialogue_task``
+    None: ``spoken_dialogue`` if the model has it, else ``spoken_dialogue_monologue``."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import (
@@ -344,6 +346,8 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     state.stream_executor = concurrent.futures.ThreadPoolExecutor(limits.max_streams, thread_name_prefix="speechlm-tts")
     state.stream_slots = asyncio.Semaphore(limits.max_streams)
     try:
+        if dialogue_task is None:  # the voice_agent recipe packs the monologue task alone
+            dialogue_task = next((t for t in DIALOGUE_TASKS if t in pipe.templates), DIALOGUE_TASKS[0])
         cfg = LoopConfig(mode=agent_mode, max_turns=max_agent_steps, batch_size=1, dialogue_task=dialogue_task)
         state.agent = AgentService(pipe, scheduler.submit_sync, cfg, sessions, limits.max_audio_s)
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
