@@ -29,4 +29,6 @@ setup(
     extras_require={"test": requirements("test")},
     entry_points={"console_scripts": ["speechlm = speechlm.cli:main"]},
     include_package_data=True,
+    # files read at run time from inside the package (the rest of conf/ is the checkout's: issue 15)
+    package_data={"speechlm.serve": ["static/*"], "speechlm.agent": ["phrasings/*.yaml"]},
 )
