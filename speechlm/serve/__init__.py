@@ -5,6 +5,7 @@ batching scheduler, live audio over a WebSocket and a browser demo page.
 - :mod:`speechlm.serve.agent_session`: sessions of the voice agent, :func:`run_agent_turn`;
 - :mod:`speechlm.serve.openai_format`: the OpenAI JSON shapes and errors;
 - :mod:`speechlm.serve.audio_io`: uploaded audio in, streamed WAV/PCM out;
+- :mod:`speechlm.serve.asgi`: the API-key and body-size guard, disconnect-aware waiting;
 - :mod:`speechlm.serve.scheduler`: :class:`BatchScheduler` (concurrent requests share batches);
 - :mod:`speechlm.serve.realtime`: the ``/v1/realtime`` WebSocket and the demo page.
 

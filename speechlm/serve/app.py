@@ -36,55 +36,27 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import (
-    Request,  # module level: the endpoints' annotations are resolved against these globals
-)
+from fastapi import Request  # module level: the endpoints' annotations are resolved against these globals
 
-from speechlm.serve.agent_session import (
-    AgentService,
-    SessionStore,
-    check_session_id,
-    run_agent_turn,
-)
-from speechlm.serve.openai_format import (
-    SPEECH_FORMATS,
-    TRANSCRIPTION_FORMATS,
-    APIError,
-    AudioOutput,
-    ChatRequest,
-    SpeechRequest,
-    VoiceRef,
-    chat_chunk,
-    chat_completion,
-    error_body,
-    finish_reason,
-    last_user_message,
-    model_list,
-    new_id,
-    parse_body,
-    speechlm_extra,
-    sse,
-    tool_call,
-    tools_list,
-    transcription,
-    user_turn_content,
-)
+from speechlm.serve.agent_session import AgentService, SessionStore, check_session_id, run_agent_turn
+from speechlm.serve.asgi import ClientGone, GuardMiddleware, iterate_in_thread, read_json, until_disconnect
+from speechlm.serve.openai_format import (SPEECH_FORMATS, TRANSCRIPTION_FORMATS, APIError, AudioOutput, ChatRequest,
+                                          SpeechRequest, VoiceRef, chat_chunk, chat_completion, error_body,
+                                          finish_reason, last_user_message, model_list, new_id, parse_body, sse,
+                                          speechlm_extra, tool_call, tools_list, transcription, user_turn_content)
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/", "/health", "/favicon.ico")  # no API key needed (the demo page asks for one itself)
-PUBLIC_PREFIXES = ("/static/",)
 DEFAULT_VOICE = "default"  # the model's prompt-free TTS task
 DIALOGUE_TASKS = ("spoken_dialogue", "spoken_dialogue_monologue")  # the e2e agent's task, first found
 
@@ -147,90 +119,7 @@ class ServerState:
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
 
 
-# ---- middleware (plain ASGI: they run before routing, so they cover every path) ------------------------
-class BodyTooLarge(APIError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit / 2**20:g} MiB (--max-request-mb)")
-
-
-class GuardMiddleware:
-    """API key (401) and body size (413) checks of HTTP requests; WebSockets check their own key."""
-
-    def __init__(self, app, api_key: str | None, max_bytes: int) -> None:
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        path = scope.get("path", "")
-        if self.api_key and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
-            auth = headers.get("authorization", "")
-            given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                msg = "invalid API key" if given else "missing API key: send Authorization: Bearer <key>"
-                await _send_json(send, 401, error_body(401, msg), {"www-authenticate": "Bearer"})
-                return
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _send_json(send, 413, BodyTooLarge(self.max_bytes).body())
-            return
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # a chunked body without Content-Length
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
-    data = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
-
-
 # ---- helpers -----------------------------------------------------------------------------------------
-async def read_json(request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the body is not valid JSON ({e}); send Content-Type: application/json") from None
-
-
-class ClientGone(Exception):
-    """The client disconnected before its response was ready."""
-
-
-async def until_disconnect(request, awaitable: Awaitable, cancel: threading.Event | None = None,
-                           poll_s: float = 0.25) -> Any:
-    """Await ``awaitable`` unless the client goes away first: then cancel it (a scheduler request
-    is dropped; an agent turn stops after its running step via ``cancel``) and raise ClientGone."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll_s)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                log.info("%s %s: the client went away; its request is cancelled", request.method, request.url.path)
-                raise ClientGone()
-    finally:
-        if not task.done():
-            task.cancel()
-            if cancel is not None:
-                cancel.set()
-
-
 def scheduler_errors(e: BaseException) -> APIError | None:
     """The client-facing error of a scheduler exception (None: a server error)."""
     from speechlm.serve.scheduler import QueueFull, RequestError, SchedulerClosed
@@ -259,52 +148,6 @@ def tts_tasks(pipe) -> tuple[str | None, str | None]:
                 and any(s.modality == "spk_prompt" for s in t.conditions) == prompted)
 
     return ("plain_tts" if has("plain_tts", False) else None), ("tts" if has("tts", True) else None)
-
-
-async def iterate_in_thread(executor, make: Callable[[], Iterator[Any]],
-                            on_close: Callable[[], None] | None = None) -> AsyncIterator[Any]:
-    """Items of a blocking iterator made and run in ``executor``, passed to the event loop as
-    they come; closing this async iterator (a client that left) calls ``on_close`` (e.g. a
-    stream's ``close``) and stops the iteration after its current item."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(kind: str, item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop closed meanwhile
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
-
-    def work() -> None:
-        try:
-            gen = make()
-            try:
-                for item in gen:
-                    if stop.is_set():
-                        break
-                    put("item", item)
-            finally:
-                close = getattr(gen, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            put("error", e)
-        else:
-            put("end", None)
-
-    loop.run_in_executor(executor, work)
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "item":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
-    finally:
-        stop.set()
-        if on_close is not None:
-            on_close()
 
 
 # ---- the app ---------------------------------------------------------------------------------------------
