@@ -12,11 +12,12 @@ Modes: ``http`` starts ``speechlm serve`` (a subprocess on 127.0.0.1) and posts 
 in this process (no HTTP); ``auto`` (default): http when the ``serve`` command exists.
 
 Without ``--model-dir`` a model dir is built: Codec 2 speech in, characters out, a randomly
-initialised ``--dim``/``--layers`` model (speed does not depend on the weights); its decode.yaml
+initialised model shaped like the voice agent recipe's (``--dim`` 256, ``--layers`` 4, audio
+rows stacked ``--cond-reduction`` 4 to a position; speed does not depend on the weights); its decode.yaml
 fixes each output at 0.3 characters per condition row (about 15 characters per second of
 speech), so requests differ in length as real transcriptions do.
 
-    OMP_NUM_THREADS=2 python -P bench/serve.py --threads 2
+    python -P bench/serve.py                 # http when `speechlm serve` exists; --mode inproc: no HTTP
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ SENTENCES = [
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz0123456789_=;|:'?.,-"]
 
 
-def build_model_dir(root: Path, dim: int, layers: int, seed: int = 0) -> Path:
+def build_model_dir(root: Path, dim: int, layers: int, cond_reduction: int, seed: int = 0) -> Path:
     """A packed-style model dir (weights, vocabulary, tokenizers, tasks, decode options) for ASR."""
     import torch
     import yaml
@@ -78,7 +79,7 @@ def build_model_dir(root: Path, dim: int, layers: int, seed: int = 0) -> Path:
         vocab.add_task(t)
     torch.manual_seed(seed)
     model = SpeechLM(ModelConfig(strategy="delay", dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2,
-                                 prefix_lm=True, max_len=2048), vocab)
+                                 prefix_lm=True, max_len=2048, cond_reduction=cond_reduction), vocab)
     model.save_pretrained(root)
     return root
 
@@ -263,9 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed requests per client before the window")
     ap.add_argument("--max-batch", type=int, default=16, help="the batched server's max batch")
     ap.add_argument("--window-ms", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the server (1: at this size 2 were slower; the other core encodes and serves HTTP)")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--cond-reduction", type=int, default=4,
+                    help="audio condition rows stacked per backbone position (the voice agent recipe's model: 4)")
     ap.add_argument("--work", type=Path, help="keep the built model dir, wavs and server logs here")
     args = ap.parse_args(argv)
 
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_serve_"))
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = args.model_dir or build_model_dir(work / "model", args.dim, args.layers)
+    model_dir = args.model_dir or build_model_dir(work / "model", args.dim, args.layers, args.cond_reduction)
     wavs = synth_wavs(work)
     mode = args.mode if args.mode != "auto" else ("http" if has_serve_command() else "inproc")
     secs = [len(w.read_bytes()) / (2 * 22050) for w in wavs]  # espeak-ng: 22.05 kHz 16-bit mono
