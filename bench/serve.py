@@ -203,7 +203,8 @@ def free_port() -> int:
 
 
 def has_serve_command() -> bool:
-    r = subprocess.run([sys.executable, "-m", "speechlm", "serve", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "speechlm", "serve", "--help"], capture_output=True, text=True,
+                       check=False)
     return r.returncode == 0
 
 

@@ -11,16 +11,21 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import synth
+from test_agent_loop import make_model_dir
+from test_model_helpers import tiny_config, train
 
 import speechlm
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
 from speechlm.infer.config import DecodeConfig
 from speechlm.models import SpeechLM
-from speechlm.serve.scheduler import BatchScheduler, QueueFull, RequestError, SchedulerClosed
-from conftest import synth
-from test_agent_loop import make_model_dir
-from test_model_helpers import tiny_config, train
+from speechlm.serve.scheduler import (
+    BatchScheduler,
+    QueueFull,
+    RequestError,
+    SchedulerClosed,
+)
 
 # (request, history, response) of the `command` task: what the tiny model learns
 STEPS = [
@@ -105,14 +110,13 @@ def test_batches_form_and_max_batch_one_decodes_one_at_a_time(pipe):
     jobs = [REQUESTS[i % len(REQUESTS)] for i in range(8)]
     for max_batch in (16, 1):
         with BatchScheduler(pipe, max_batch=max_batch, window_s=0.05) as sched:
-            start = threading.Barrier(len(jobs))
-
-            def client(inputs):
-                start.wait()
+            def client(inputs, start, sched):
+                start.wait()  # all at once
                 return sched.submit_sync("command", inputs)
 
-            with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:
-                got = list(ex.map(client, jobs))
+            n = len(jobs)
+            with concurrent.futures.ThreadPoolExecutor(n) as ex:
+                got = list(ex.map(client, jobs, [threading.Barrier(n)] * n, [sched] * n))
             s = sched.stats()
         assert got == [alone(pipe, "command", j) for j in jobs]
         assert s["completed"] == 8
@@ -263,8 +267,9 @@ def test_load_over_http_16_clients_x_20_transcriptions(pipe, wavs):
     formed, bounded memory growth."""
     pytest.importorskip("uvicorn")
     httpx = pytest.importorskip("httpx")
-    from speechlm.serve.app import create_app
     from test_serve_api import Server
+
+    from speechlm.serve.app import create_app
 
     server = Server(create_app(pipe, max_batch=16, window_s=0.01))
     try:

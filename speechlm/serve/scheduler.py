@@ -11,12 +11,16 @@ A request goes through three places:
    ``window_s``; requests that arrive while a batch decodes have waited already, so they form
    the next batch the moment the running one ends;
 3. the worker decodes the group (rows of different lengths decode together, finished rows leave
-   the batch), detokenizes each request's hypotheses and resolves its future.
+   the batch), detokenizes each request's hypotheses and resolves its future; with greedy or
+   sampling search a request is answered at the step its rows end (:class:`StepWatch`), not
+   when the batch's longest row ends.
 
 A request whose input cannot be decoded (unreadable audio, no tokens, too long for the model's
 context, a missing input) fails alone with a :class:`RequestError`; if a whole batch fails, its
 requests are decoded one by one so that only the culprit fails. A cancelled request (its
-``asyncio`` task cancelled, a client that went away) is dropped before its batch forms. Greedy
+future or ``asyncio`` task cancelled, a client that went away) is dropped before its batch
+forms, or leaves a running greedy/sampling batch at the next step. New requests do not join a
+running batch: they form the next one (joining would merge KV caches mid-decoding). Greedy
 and beam search give each request what decoding it alone gives; sampling draws the rows of a
 batch from one generator (seeded by the config), so a sample depends on its batch mates.
 
@@ -38,7 +42,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -111,8 +115,8 @@ class BatchScheduler:
         self._worker.start()
 
     # ---- submitting ------------------------------------------------------------------------------
-    def submit_future(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None,
-                      request_id: Optional[str] = None) -> concurrent.futures.Future:
+    def submit_future(self, task: str, inputs: dict[str, Any], config: DecodeConfig | None = None,
+                      request_id: str | None = None) -> concurrent.futures.Future:
         """Queue one request; its future gives the n-best outputs (best first): texts for text
         targets, ``(wav, sample_rate)`` for audio targets. Cancel the future to drop the request."""
         rid = request_id or f"req{next(self._ids)}"
@@ -132,8 +136,8 @@ class BatchScheduler:
             self._pool.submit(self._encode, req)
         return req.future
 
-    def submit_sync(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None,
-                    timeout: Optional[float] = None) -> list[Any]:
+    def submit_sync(self, task: str, inputs: dict[str, Any], config: DecodeConfig | None = None,
+                    timeout: float | None = None) -> list[Any]:
         """:meth:`submit_future` and wait (from a thread); a timeout cancels the request."""
         fut = self.submit_future(task, inputs, config)
         try:
@@ -142,7 +146,7 @@ class BatchScheduler:
             fut.cancel()
             raise
 
-    async def submit(self, task: str, inputs: dict[str, Any], config: Optional[DecodeConfig] = None) -> list[Any]:
+    async def submit(self, task: str, inputs: dict[str, Any], config: DecodeConfig | None = None) -> list[Any]:
         """:meth:`submit_future` from a coroutine; cancelling the awaiting task drops the request.
         (The future is resolved on the event loop's thread: ``asyncio.wrap_future`` hands the
         worker's result over with ``loop.call_soon_threadsafe``.)"""
@@ -153,7 +157,7 @@ class BatchScheduler:
             fut.cancel()
             raise
 
-    def _config(self, task: str, config: Optional[DecodeConfig], rid: str) -> DecodeConfig:
+    def _config(self, task: str, config: DecodeConfig | None, rid: str) -> DecodeConfig:
         """A private copy of the request's config (the caller may change its own afterwards)."""
         try:
             self.pipe.template(task)
@@ -169,7 +173,7 @@ class BatchScheduler:
 
     # ---- encoding (pool threads) --------------------------------------------------------------------
     def _encode(self, req: Request) -> None:
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         try:
             if not req.future.cancelled():
                 template = self.pipe.template(req.task)
@@ -179,7 +183,7 @@ class BatchScheduler:
         except INPUT_ERRORS as e:
             error = RequestError(f"{req.id}: {e}")
             error.__cause__ = e
-        except Exception as e:  # noqa: BLE001 - a server error of this request only
+        except Exception as e:  # a server error of this request only
             log.exception("%s: encoding failed", req.id)
             error = e
         # leaving the encoding set and joining the queue in one step: a closing worker waits for both
@@ -202,12 +206,12 @@ class BatchScheduler:
                 return
             try:
                 self._decode(batch)
-            except Exception as e:  # noqa: BLE001 - never let the worker die: fail what is left
+            except Exception as e:  # never let the worker die: fail what is left
                 log.exception("batch decoding failed")
                 for r in batch:
                     self._fail(r, e)
 
-    def _next_batch(self) -> Optional[list[Request]]:
+    def _next_batch(self) -> list[Request] | None:
         """The next group to decode (None once closed and drained): the oldest request's group, when
         it is full or the oldest has waited ``window_s``."""
         with self._cond:
@@ -240,7 +244,7 @@ class BatchScheduler:
                 self._sizes[len(batch)] += 1
         try:
             outs = self._generate(batch)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if len(batch) == 1:
                 r = batch[0]
                 if isinstance(e, INPUT_ERRORS):
@@ -264,13 +268,13 @@ class BatchScheduler:
         """Detokenize a request's hypotheses (local tokens) and resolve its future."""
         try:
             value = [self._detokenize(req.task, h) for h in hyps]
-        except Exception as e:  # noqa: BLE001 - a codec that cannot decode these tokens
+        except Exception as e:  # a codec that cannot decode these tokens
             log.exception("%s: detokenizing failed", req.id)
             self._fail(req, e)
             return
         self._resolve(req, value)
 
-    def _generate(self, batch: list[Request]) -> list[Optional[list[Any]]]:
+    def _generate(self, batch: list[Request]) -> list[list[Any] | None]:
         """Hypotheses (local target tokens) of each request, decoded as one batch; None for a
         request already answered or dropped while the batch decoded (:class:`StepWatch`)."""
         from speechlm.data.batch import collate
@@ -311,7 +315,7 @@ class BatchScheduler:
             self._stats["completed"] += 1
             self._stats["latency_ms"] += int(1000 * (time.monotonic() - req.submitted))
 
-    def _fail(self, req: Request, error: BaseException, cause: Optional[BaseException] = None) -> None:
+    def _fail(self, req: Request, error: BaseException, cause: BaseException | None = None) -> None:
         if cause is not None:
             error.__cause__ = cause
         try:
@@ -365,7 +369,7 @@ class BatchScheduler:
             self._fail(r, SchedulerClosed(f"{r.id}: the scheduler was closed before it was decoded"))
         self._worker.join()
 
-    def __enter__(self) -> "BatchScheduler":
+    def __enter__(self) -> BatchScheduler:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -405,4 +409,4 @@ class StepWatch:
                 self.sched._answer(req, [pipe.to_local(self.tokenizer, st.hyp.frames(S, pad)) for st in rows])
 
 
-__all__ = ["BatchScheduler", "StepWatch", "RequestError", "SchedulerClosed", "QueueFull"]
+__all__ = ["BatchScheduler", "QueueFull", "RequestError", "SchedulerClosed", "StepWatch"]
