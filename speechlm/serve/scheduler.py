@@ -110,7 +110,8 @@ class BatchScheduler:
         self._configs: dict[str, DecodeConfig] = {}
         self._stats = collections.Counter()
         self._sizes = collections.Counter()  # batch size -> number of batches
-        self._pool = concurrent.futures.ThreadPoolExecutor(encode_threads, thread_name_prefix="speechlm-encode")
+        self._pool_prefix = f"speechlm-encode-{id(self):x}"
+        self._pool = concurrent.futures.ThreadPoolExecutor(encode_threads, thread_name_prefix=self._pool_prefix)
         self._worker = threading.Thread(target=self._run, name="speechlm-batch", daemon=True)
         self._worker.start()
 
@@ -357,7 +358,9 @@ class BatchScheduler:
                 return
             self._closed, self._drain = True, wait
             self._cond.notify_all()
-        self._pool.shutdown(wait=True, cancel_futures=not wait)
+        # an encoder thread (a failed request's callback) cannot wait for its own pool
+        in_pool = threading.current_thread().name.startswith(self._pool_prefix)
+        self._pool.shutdown(wait=not in_pool, cancel_futures=not wait)
         with self._cond:
             never = list(self._encoding)  # encode jobs the pool dropped (wait=False) never ran
             self._encoding.clear()
@@ -367,7 +370,8 @@ class BatchScheduler:
             self._cond.notify_all()
         for r in never + dropped:
             self._fail(r, SchedulerClosed(f"{r.id}: the scheduler was closed before it was decoded"))
-        self._worker.join()
+        if threading.current_thread() is not self._worker:  # a future's callback may close it
+            self._worker.join()
 
     def __enter__(self) -> BatchScheduler:
         return self
