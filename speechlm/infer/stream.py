@@ -311,7 +311,23 @@ class ContextDecoder:
         return self._decode(final=True)
 
 
-class AudioStream:
+class _OverTokens:
+    """A stream read from a :class:`TokenStream` (``self.tokens``): closing it closes that."""
+
+    tokens: TokenStream
+
+    def close(self, wait: bool = True) -> None:
+        """Stop decoding (see :meth:`TokenStream.close`)."""
+        self.tokens.close(wait)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AudioStream(_OverTokens):
     """Float32 mono audio chunks at :attr:`sample_rate` of one input's first (audio) target, as its
     frames become final (about ``chunk_frames`` frames each; the first one of Codec 2 is 20 ms
     shorter and its last 20 ms come as a chunk of their own). ``close()`` stops the decoding;
@@ -344,18 +360,9 @@ class AudioStream:
             if len(y):
                 return y
 
-    def close(self, wait: bool = True) -> None:
-        """Stop decoding (see :meth:`TokenStream.close`)."""
-        self.tokens.close(wait)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
-class TextStream:
+class TextStream(_OverTokens):
     """Text pieces of one input's first (text) target as its tokens are decoded: whole words (a
     word is held back until the next one starts), the rest at the end; ``"".join`` of the pieces
     is the whole text. ``close()`` stops the decoding."""
@@ -402,15 +409,6 @@ class TextStream:
                 return piece
         raise StopIteration
 
-    def close(self, wait: bool = True) -> None:
-        """Stop decoding (see :meth:`TokenStream.close`)."""
-        self.tokens.close(wait)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def stream_config(pipe, task: str, config: DecodeConfig | None) -> DecodeConfig:
