@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
 import speechlm
 from speechlm.agent.calls import Call, format_result, format_turn
@@ -21,10 +18,8 @@ from speechlm.agent.episodes import Episode, read_episodes, write_episodes
 from speechlm.agent.intents import intent_to_call
 from speechlm.agent.loop import LoopConfig, classify_turn, history_text, run_agent, spoken_form
 from speechlm.models import SpeechLM
-from speechlm.tasks.template import BUILTIN_DIR
-from speechlm.vocab import Vocabulary
 from conftest import synth
-from test_model_helpers import tiny_config, train
+from test_model_helpers import packed_model_dir, train
 
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz0123456789_=;|:'?.,-"]
 TASKS = ("spoken_dialogue", "command", "asr", "spoken_dialogue_monologue")
@@ -39,29 +34,8 @@ REQUESTS = [
 
 def make_model_dir(root: Path, model: SpeechLM | None = None, seed: int = 0) -> Path:
     """A model dir as `speechlm pack` writes it: weights, vocabulary, tokenizers, tasks, decode options."""
-    root.mkdir(parents=True, exist_ok=True)
-    tok_dir = root / "tokenizers" / "text_bpe"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    (tok_dir / "chars.txt").write_text("\n".join(CHARS) + "\n")
-    (root / "tokenizers.yaml").write_text(yaml.safe_dump(
-        {"codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/text_bpe/chars.txt"}}))
-    (root / "tasks").mkdir(exist_ok=True)
-    for t in TASKS:
-        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
-    (root / "decode.yaml").write_text("search: greedy\nmax_len: 80\n")
-    if model is None:
-        from speechlm.tokenizers import load_tokenizers
-
-        toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
-        vocab = Vocabulary()
-        vocab.add_tokenizer("codec", toks["codec"].codebook_sizes)
-        vocab.add_tokenizer("text_bpe", toks["text_bpe"].codebook_sizes)
-        for t in TASKS:
-            vocab.add_task(t)
-        torch.manual_seed(seed)
-        model = SpeechLM(tiny_config("delay", prefix_lm=True), vocab)
-    model.save_pretrained(root)
-    return root
+    return packed_model_dir(root, TASKS, CHARS, decode="search: greedy\nmax_len: 80\n", phone=False, model=model,
+                            seed=seed, prefix_lm=True)
 
 
 def reference(ep_id: str, request: str, intent: str, slots: list, answer: str) -> tuple[dict, list[dict], dict]:

@@ -23,10 +23,8 @@ from speechlm.data.sequence import build_example
 from speechlm.infer import DecodeConfig, generate_nbest
 from speechlm.models import SpeechLM
 from speechlm.tasks import load_template
-from speechlm.tasks.template import BUILTIN_DIR
-from speechlm.vocab import Vocabulary
 from conftest import synth
-from test_model_helpers import tiny_config, toy_vocab
+from test_model_helpers import packed_model_dir, tiny_config, toy_vocab
 
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz'"]
 TASKS = ("asr", "plain_tts", "tts")
@@ -38,27 +36,8 @@ CONTEXT = 96  # the model's max_len: a 0.5 s word fits (codec 2: 50 frames/s), a
 def model_dir(tmp_path_factory) -> Path:
     """An untrained tiny model dir as `speechlm pack` writes it (outputs are garbage, which is fine:
     these tests are about what reaches the model and what comes back, not about accuracy)."""
-    from speechlm.tokenizers import load_tokenizers
-
     root = tmp_path_factory.mktemp("infer") / "model"
-    (root / "tokenizers").mkdir(parents=True)
-    (root / "tokenizers" / "chars.txt").write_text("\n".join(CHARS) + "\n")
-    (root / "tokenizers.yaml").write_text(yaml.safe_dump({
-        "codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/chars.txt"},
-        "phone": {"type": "g2p"}}))
-    (root / "tasks").mkdir()
-    for t in TASKS:
-        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
-    (root / "decode.yaml").write_text("search: greedy\nmax_len: 12\n")
-    toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
-    vocab = Vocabulary()
-    for name in ("codec", "text_bpe", "phone"):
-        vocab.add_tokenizer(name, toks[name].codebook_sizes)
-    for t in TASKS:
-        vocab.add_task(t)
-    torch.manual_seed(0)
-    SpeechLM(tiny_config("delay", max_len=CONTEXT), vocab).save_pretrained(root)
-    return root
+    return packed_model_dir(root, TASKS, CHARS, decode="search: greedy\nmax_len: 12\n", max_len=CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import functools
+import shutil
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,6 +54,40 @@ def tiny_config(strategy: str, **kw) -> ModelConfig:
                 local_heads=2)
     base.update(kw)
     return ModelConfig(**base)
+
+
+def packed_model_dir(root: Path, tasks: Sequence[str], chars: Sequence[str], *, decode: str | dict = "search: greedy\nmax_len: 40\n",
+                     phone: bool = True, model: SpeechLM | None = None, seed: int = 0, strategy: str = "delay",
+                     **config) -> Path:
+    """A model dir as `speechlm pack` writes it: Codec 2, a char text tokenizer over ``chars``
+    (``tokenizers/text_bpe/chars.txt``), g2p phones (``phone``), the built-in ``tasks``, decode options and
+    ``model`` (default: an untrained tiny ``strategy`` model, ``config`` to :func:`tiny_config`)."""
+    import yaml
+
+    from speechlm.tasks.template import BUILTIN_DIR
+    from speechlm.tokenizers import load_tokenizers
+
+    (root / "tokenizers" / "text_bpe").mkdir(parents=True, exist_ok=True)
+    (root / "tokenizers" / "text_bpe" / "chars.txt").write_text("\n".join(chars) + "\n")
+    spec = {"codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/text_bpe/chars.txt"}}
+    if phone:
+        spec["phone"] = {"type": "g2p"}
+    (root / "tokenizers.yaml").write_text(yaml.safe_dump(spec))
+    (root / "tasks").mkdir(exist_ok=True)
+    for t in tasks:
+        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
+    (root / "decode.yaml").write_text(decode if isinstance(decode, str) else yaml.safe_dump(decode))
+    if model is None:
+        toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
+        vocab = Vocabulary()
+        for name in spec:
+            vocab.add_tokenizer(name, toks[name].codebook_sizes)
+        for t in tasks:
+            vocab.add_task(t)
+        torch.manual_seed(seed)
+        model = SpeechLM(tiny_config(strategy, **config), vocab)
+    model.save_pretrained(root)
+    return root
 
 
 def train(model: SpeechLM, batch, steps: int, lr: float = 3e-3, seed: int = 0) -> list[float]:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import yaml
 
 pytest.importorskip("fastapi")
@@ -34,15 +33,13 @@ from test_agent_loop import (
     reference_examples,
     write_request_episodes,
 )
-from test_model_helpers import tiny_config, train
+from test_model_helpers import packed_model_dir, train
 
 import speechlm
 from speechlm.agent.episodes import read_episodes
 from speechlm.models import SpeechLM
 from speechlm.serve.app import Limits, create_app
 from speechlm.serve.audio_io import pcm16
-from speechlm.tasks.template import BUILTIN_DIR
-from speechlm.vocab import Vocabulary
 
 TASKS = ("spoken_dialogue", "command", "asr", "spoken_dialogue_monologue", "plain_tts", "tts")
 KEY = "sk-test-123"
@@ -52,30 +49,9 @@ DECODE = {"search": "greedy", "max_len": 80, "tasks": {"plain_tts": {"min_len": 
 
 def serve_model_dir(root: Path, model: SpeechLM | None = None, decode: dict | None = None) -> Path:
     """A packed model dir with the agent tasks, ASR and both TTS tasks, and one named voice."""
-    from speechlm.tokenizers import load_tokenizers
-
-    (root / "tokenizers" / "text_bpe").mkdir(parents=True, exist_ok=True)
-    (root / "tokenizers" / "text_bpe" / "chars.txt").write_text("\n".join(CHARS) + "\n")
-    (root / "tokenizers.yaml").write_text(yaml.safe_dump({
-        "codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/text_bpe/chars.txt"},
-        "phone": {"type": "g2p"}}))
-    (root / "tasks").mkdir(exist_ok=True)
-    for t in TASKS:
-        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
-    (root / "decode.yaml").write_text(yaml.safe_dump(decode or DECODE))
-    (root / "voices").mkdir(exist_ok=True)
+    (root / "voices").mkdir(parents=True, exist_ok=True)
     synth(root / "voices" / "alice.wav", "hello there", voice="en+f2")
-    if model is None:
-        toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
-        vocab = Vocabulary()
-        for name in ("codec", "text_bpe", "phone"):
-            vocab.add_tokenizer(name, toks[name].codebook_sizes)
-        for t in TASKS:
-            vocab.add_task(t)
-        torch.manual_seed(0)
-        model = SpeechLM(tiny_config("delay", prefix_lm=True), vocab)
-    model.save_pretrained(root)
-    return root
+    return packed_model_dir(root, TASKS, CHARS, decode=decode or DECODE, model=model, prefix_lm=True)
 
 
 @pytest.fixture(scope="module")

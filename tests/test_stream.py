@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import synth
-from test_model_helpers import tiny_config, train
+from test_model_helpers import packed_model_dir, tiny_config, train
 
 import speechlm
 from speechlm.data.batch import collate
@@ -30,10 +28,7 @@ from speechlm.infer.generate import sample_decode
 from speechlm.infer.pipeline import InputError
 from speechlm.infer.stream import ContextDecoder, StreamError, stream_tokens
 from speechlm.models import SpeechLM
-from speechlm.tasks.template import BUILTIN_DIR
-from speechlm.tokenizers import load_tokenizers
 from speechlm.tokenizers.codec2 import Codec2Tokenizer
-from speechlm.vocab import Vocabulary
 
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz'"]
 TASKS = ("asr", "plain_tts", "tts")
@@ -45,29 +40,7 @@ TEXTS = {"turn on the kitchen lights": 0, "set a timer": 1}  # memorized ASR out
 
 def write_dir(root: Path, model: SpeechLM | None = None, strategy: str = "delay") -> Path:
     """A model dir as `speechlm pack` writes it (an untrained ``strategy`` model unless given one)."""
-    (root / "tokenizers").mkdir(parents=True, exist_ok=True)
-    (root / "tokenizers" / "chars.txt").write_text("\n".join(CHARS) + "\n")
-    (root / "tokenizers.yaml").write_text(yaml.safe_dump({
-        "codec": {"type": "codec2"}, "text_bpe": {"type": "char", "vocab": "tokenizers/chars.txt"},
-        "phone": {"type": "g2p"}}))
-    (root / "tasks").mkdir(exist_ok=True)
-    for t in TASKS:
-        shutil.copy(BUILTIN_DIR / f"{t}.yaml", root / "tasks" / f"{t}.yaml")
-    (root / "decode.yaml").write_text("search: greedy\nmax_len: 40\n")
-    if model is None:
-        model = SpeechLM(tiny_config(strategy), vocab_of(root))
-    model.save_pretrained(root)
-    return root
-
-
-def vocab_of(root: Path) -> Vocabulary:
-    toks = load_tokenizers(root / "tokenizers.yaml", base_dir=root)
-    vocab = Vocabulary()
-    for name in ("codec", "text_bpe", "phone"):
-        vocab.add_tokenizer(name, toks[name].codebook_sizes)
-    for t in TASKS:
-        vocab.add_task(t)
-    return vocab
+    return packed_model_dir(root, TASKS, CHARS, model=model, strategy=strategy)
 
 
 @pytest.fixture(scope="module")
