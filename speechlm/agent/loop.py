@@ -102,6 +102,10 @@ class EpisodeRun:
     def done(self) -> bool:
         return self.ended is not None
 
+    def set_transcript(self, text: str) -> None:
+        """The current user turn's transcript (earlier turns without one stay empty)."""
+        self.transcripts = (self.transcripts + [""] * self.user)[: self.user] + [text]
+
     @property
     def elapsed(self) -> float:
         t = self.timing
@@ -308,10 +312,12 @@ class AgentLoop:
     # -- one step
     def start(self, ep: Episode) -> EpisodeRun:
         run = EpisodeRun(ep, make_env(self.cfg.env, ep.initial_state))
-        self._begin_user_turn(run)
+        self.begin_user_turn(run)
         return run
 
-    def _begin_user_turn(self, run: EpisodeRun) -> None:
+    def begin_user_turn(self, run: EpisodeRun) -> None:
+        """Open user turn ``run.user`` (its history entry; ``speechlm agent chat`` and the server
+        call it after appending a turn to a running episode)."""
         for t in run.history:
             t.pop("current", None)
         turn = run.ep.turns[run.user]
@@ -334,7 +340,7 @@ class AgentLoop:
         entry = next(t for t in reversed(run.history) if t["role"] == "user")
         entry["text"] = normalize_words(words)
         entry.pop("current", None)  # written down: later steps read it
-        run.transcripts = (run.transcripts + [""] * run.user)[: run.user] + [entry["text"]]
+        run.set_transcript(entry["text"])
         return turn if sep else ""
 
     def apply(self, run: EpisodeRun, text: str, retry: bool) -> str:
@@ -351,7 +357,7 @@ class AgentLoop:
             run.answer = payload
             if run.user + 1 < len(run.ep.turns):
                 run.user += 1
-                self._begin_user_turn(run)
+                self.begin_user_turn(run)
             else:
                 run.ended = "answer"
             return kind

@@ -238,6 +238,9 @@ def _init_params(spec: dict) -> list[str]:
     return list(inspect.signature(TOKENIZERS.get(spec["type"]).__init__).parameters)
 
 
+MEMO_SIZE = 256  # recordings whose tokens a shard job keeps for rows that repeat them
+
+
 class _Remember:
     """A shard writer that also keeps each new utterance's tokens under its recording's key."""
 
@@ -247,6 +250,8 @@ class _Remember:
     def add(self, utt: str, arr) -> None:
         self.writer.add(utt, arr)
         self.memo[self.keys[utt]] = arr
+        if len(self.memo) > MEMO_SIZE:  # rows of one recording are neighbours: the newest suffice
+            del self.memo[next(iter(self.memo))]
 
     def __contains__(self, utt: str) -> bool:
         return utt in self.writer

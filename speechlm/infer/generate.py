@@ -197,8 +197,9 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     ``on_step(active, states)``, when given, is called after every decoding step with the indices
     of the rows that took the step (rows that ended in it included) and every row's
     :class:`RowState` (its emitted rows and finished segments): streaming reads the frames that
-    became final there (:mod:`speechlm.infer.stream`). It must not change the states; an exception
-    it raises stops the decoding (a closed stream). Prompt ``p``'s sample ``s`` is row
+    became final there (:mod:`speechlm.infer.stream`). It may end a row (``states[i].done = True``:
+    the row leaves the batch at this step, as the serving scheduler does for a cancelled request)
+    and must not change the states otherwise; an exception it raises stops the decoding (a closed stream). Prompt ``p``'s sample ``s`` is row
     ``p * nbest + s``. ar_nar fills streams 1.. after the last step, so they are not final there.
     """
     config.validate()

@@ -201,11 +201,11 @@ class AgentService:
             self._trim(run)
             run.ep.turns.append(turn)
             run.user, run.ended, run.error = len(run.ep.turns) - 1, None, None
-            self.loop._begin_user_turn(run)
+            self.loop.begin_user_turn(run)
         run.cache = {run.user: tokens} if tokens is not None else {}
         run.audio_seconds += seconds
         if transcript is not None:
-            run.transcripts = (run.transcripts + [""] * run.user)[: run.user] + [transcript]
+            run.set_transcript(transcript)
         return run, transcript
 
     def _trim(self, run: EpisodeRun) -> None:

@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             run.ep.turns.append(turn)
             run.user, run.ended = len(run.ep.turns) - 1, None
-            loop._begin_user_turn(run)
+            loop.begin_user_turn(run)
         wave = 0
         while not run.done:
             loop.step([run], wave)
