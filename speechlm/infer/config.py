@@ -1,11 +1,12 @@
 """``DecodeConfig``: every option of :func:`speechlm.infer.generate`, loadable from YAML.
 
-Example ``conf/decode/tts.yaml``::
+A decode YAML (a recipe's ``conf/decode.yaml``, a model dir's ``decode.yaml``, ``speechlm decode
+--decode-config``) holds these keys, then per-task changes under ``tasks:``::
 
-    search: sample
-    temperature: 0.8
-    top_k: 30
-    max_len_ratio: 20.0
+    search: greedy
+    max_len: 400
+    tasks:
+      tts: {search: sample, temperature: 0.8, top_k: 30}
 """
 from __future__ import annotations
 
