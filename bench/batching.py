@@ -5,7 +5,7 @@
         --vocab dump/token_list.json
 
 Prints, for several token budgets, the share of non-padding slots (target >= 90% bucketed) over
-the first batches of the training stream, and the row fill of sequence packing.
+the first batches of the training stream.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import numpy as np
 
 
 from speechlm.data.dataset import DataSpec, MultiTaskData  # noqa: E402
-from speechlm.data.packing import first_fit_decreasing  # noqa: E402
 from speechlm.data.sampler import BucketSampler  # noqa: E402
 from speechlm.data.synthetic import make_dump, synthetic_vocab  # noqa: E402
 from speechlm.vocab import Vocabulary  # noqa: E402
@@ -76,20 +75,14 @@ def main() -> None:
     print(f"data: {source}")
     print(f"examples: {len(all_lens)}, sequence length min/median/max: "
           f"{all_lens.min()}/{int(np.median(all_lens))}/{all_lens.max()}\n")
-    print(f"{'batch_tokens':>12} {'batches':>8} {'ex/batch':>8} {'bucketed':>9} {'random':>7} {'packed fill':>11}")
+    print(f"{'batch_tokens':>12} {'batches':>8} {'ex/batch':>8} {'bucketed':>9} {'random':>7}")
     for budget in (2000, 4000, 8000, 16000):
         budget = max(budget, int(all_lens.max()))
         s = BucketSampler(lengths, [sp.weight for sp in specs], budget, pool_size=args.pool_size, seed=0)
         batches = [[int(lengths[d][i % len(lengths[d])]) for d, i in s.batch(g)] for g in range(args.batches)]
         rnd = random_batches(all_lens, budget, args.batches)
-        sp = BucketSampler(lengths, [sp.weight for sp in specs], budget, pool_size=args.pool_size, seed=0, pack=True)
-        fills = []
-        for g in range(min(args.batches, 100)):
-            lens = [int(lengths[d][i % len(lengths[d])]) for d, i in sp.batch(g)]
-            rows = first_fit_decreasing(lens, int(all_lens.max()))
-            fills.append(sum(lens) / (len(rows) * max(sum(lens[j] for j in r) for r in rows)))
         print(f"{budget:>12} {len(batches):>8} {np.mean([len(b) for b in batches]):>8.1f} "
-              f"{ratio(batches):>9.1%} {ratio(rnd):>7.1%} {np.mean(fills):>11.1%}")
+              f"{ratio(batches):>9.1%} {ratio(rnd):>7.1%}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -1,4 +1,4 @@
-"""Bucketed, mixed, resumable, sharded batches; packing; validation batches."""
+"""Bucketed, mixed, resumable, sharded batches; validation batches."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,9 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from speechlm.data.packing import first_fit_decreasing, pack_examples
 from speechlm.data.sampler import BucketSampler, bucket_batches, fixed_batches
-from speechlm.data.sequence import Example
 
 
 def _lengths(seed=0, sizes=(500, 300, 200)):
@@ -23,8 +21,6 @@ def test_bucket_budget():
     for b in batches:
         assert len(b) <= 16
         assert len(b) == 1 or lens[b].max() * len(b) <= 400
-    packed = bucket_batches(lens, max_tokens=400, pack=True)
-    assert all(len(b) == 1 or lens[b].sum() <= 400 for b in packed)
     assert [b.tolist() for b in bucket_batches(np.array([900, 950]), 400)] == [[0], [1]]  # too long: alone
 
 
@@ -100,31 +96,6 @@ def test_ranks_partition_the_stream():
             g, b = next(it)
             got[g] = b
     assert [got[g] for g in range(10, 40)] == single
-
-
-def _ex(n, k):
-    return Example(id=f"e{k}", task="asr", tokens=np.full((n, 2), 100 + k), loss_weight=np.ones((n, 2), np.float32),
-                   kinds=np.ones(n, np.int8), prefix_len=0)
-
-
-def test_packing():
-    lens = [7, 3, 5, 2, 9, 4]
-    rows = first_fit_decreasing(lens, 10)
-    assert sorted(j for r in rows for j in r) == list(range(6))
-    assert all(sum(lens[j] for j in r) <= 10 for r in rows)
-    batch = pack_examples([_ex(n, k) for k, n in enumerate(lens)], 10)
-    assert batch.tokens.shape[0] == len(rows)
-    assert int(batch.lengths.sum()) == sum(lens)
-    non_pad = (batch.meta["doc_ids"] >= 0).sum().item()
-    assert non_pad == sum(lens)
-    # each example is contiguous, its positions restart at 0
-    for b in range(batch.tokens.shape[0]):
-        d, p = batch.meta["doc_ids"][b], batch.meta["positions"][b]
-        for k in set(d.tolist()) - {-1}:
-            where = (d == k).nonzero().flatten()
-            assert p[where].tolist() == list(range(len(where)))
-    with pytest.raises(ValueError, match="does not fit"):
-        first_fit_decreasing([11], 10)
 
 
 def test_fixed_batches_cover_once_one_task_each():

@@ -15,17 +15,16 @@ import torch
 
 from speechlm.data.batch import Batch, collate
 from speechlm.data.dataset import MultiTaskData
-from speechlm.data.packing import pack_examples
 from speechlm.data.sampler import BucketSampler, Key, fixed_batches
 
 log = logging.getLogger(__name__)
 
 
 class BatchReader(torch.utils.data.Dataset):
-    """Reads ``(g, [(entry, index), ...])`` into a Batch (packed rows of ``pack_len`` if given)."""
+    """Reads ``(g, [(entry, index), ...])`` into a right-padded Batch."""
 
-    def __init__(self, data: MultiTaskData, pad_id: int = 0, pack_len: int | None = None) -> None:
-        self.data, self.pad_id, self.pack_len = data, pad_id, pack_len
+    def __init__(self, data: MultiTaskData, pad_id: int = 0) -> None:
+        self.data, self.pad_id = data, pad_id
 
     def __len__(self) -> int:  # the stream is endless; DataLoader only needs the method
         return len(self.data)
@@ -33,10 +32,7 @@ class BatchReader(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, list[Key]]) -> Batch:
         g, keys = item
         examples = [self.data.example(d, i) for d, i in keys]
-        if self.pack_len:
-            batch = pack_examples(examples, self.pack_len, self.pad_id)
-        else:
-            batch = collate(examples, self.pad_id)
+        batch = collate(examples, self.pad_id)
         batch.meta["index"] = g
         batch.meta["entries"] = [d for d, _ in keys]
         batch.meta["example_lengths"] = [len(e) for e in examples]
@@ -60,9 +56,9 @@ def make_loader(reader: BatchReader, items: Iterable[tuple[int, list[Key]]], num
 
 
 def train_batches(data: MultiTaskData, sampler: BucketSampler, start: int, rank: int, world_size: int,
-                  num_workers: int = 0, pad_id: int = 0, pack_len: int | None = None) -> Iterator[Batch]:
+                  num_workers: int = 0, pad_id: int = 0) -> Iterator[Batch]:
     """This rank's endless training batches from global batch ``start`` on."""
-    reader = BatchReader(data, pad_id, pack_len)
+    reader = BatchReader(data, pad_id)
     yield from make_loader(reader, sampler.rank_batches(start, rank, world_size), num_workers)
 
 

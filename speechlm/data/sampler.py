@@ -32,25 +32,23 @@ log = logging.getLogger(__name__)
 Key = tuple[int, int]  # (entry, draw): example index = draw % len(entry), epoch = draw // len(entry)
 
 
-def bucket_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int | None = None,
-                   pack: bool = False) -> list[np.ndarray]:
+def bucket_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int | None = None) -> list[np.ndarray]:
     """Cut positions ``0..len-1`` into batches, shortest first (callers sort, this only cuts).
 
-    A batch grows while ``max(length) * count <= max_tokens`` (or ``sum(length)`` when
-    ``pack``), and ``count <= max_batch_size``. An example longer than the budget alone is a batch
-    of one (the context limit was checked when indexing).
+    A batch grows while ``max(length) * count <= max_tokens`` and ``count <= max_batch_size``. An
+    example longer than the budget alone is a batch of one (the context limit was checked when
+    indexing).
     """
     batches: list[np.ndarray] = []
-    start, longest, total = 0, 0, 0
+    start, longest = 0, 0
     for j, n in enumerate(lengths.tolist()):
         count = j - start + 1
-        new_longest, new_total = max(longest, n), total + n
-        cost = new_total if pack else new_longest * count
+        new_longest = max(longest, n)
         full = max_batch_size is not None and count > max_batch_size
-        if count > 1 and (cost > max_tokens or full):
+        if count > 1 and (new_longest * count > max_tokens or full):
             batches.append(np.arange(start, j))
-            start, new_longest, new_total = j, n, n
-        longest, total = new_longest, new_total
+            start, new_longest = j, n
+        longest = new_longest
     if start < len(lengths):
         batches.append(np.arange(start, len(lengths)))
     return batches
@@ -69,7 +67,7 @@ class BucketSampler:
 
     def __init__(self, lengths: list[np.ndarray], weights: list[float] | np.ndarray, max_tokens: int,
                  max_batch_size: int | None = None, pool_size: int = 2000, seed: int = 0,
-                 pack: bool = False, history: int = 16) -> None:
+                 history: int = 16) -> None:
         if len(lengths) != len(weights):
             raise ValueError(f"{len(lengths)} entries but {len(weights)} weights")
         if max_tokens <= 0:
@@ -80,7 +78,7 @@ class BucketSampler:
         w = np.asarray(weights, dtype=np.float64)
         self.weights = w / w.sum()
         self.max_tokens, self.max_batch_size = int(max_tokens), max_batch_size
-        self.pool_size, self.seed, self.pack, self.history = int(pool_size), int(seed), pack, history
+        self.pool_size, self.seed, self.history = int(pool_size), int(seed), history
         # pool -> (first global batch, per-entry draw counts at the pool start)
         self._starts: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
         self._starts[0] = (0, np.zeros(len(self.lengths), dtype=np.int64))
@@ -123,7 +121,7 @@ class BucketSampler:
             lens[where] = self.lengths[d][keys[where, 1] % len(self.lengths[d])]
             new_counts[d] += len(where)
         order = np.argsort(lens, kind="stable")
-        cuts = bucket_batches(lens[order], self.max_tokens, self.max_batch_size, self.pack)
+        cuts = bucket_batches(lens[order], self.max_tokens, self.max_batch_size)
         batches = [[(int(keys[j, 0]), int(keys[j, 1])) for j in order[c]] for c in cuts]
         perm = rng.permutation(len(batches))
         return [batches[k] for k in perm], new_counts

@@ -26,11 +26,10 @@ class TrainConfig:
     max_steps: int | None = 1000  # optimizer steps
     max_train_tokens: int | None = None  # loss-carrying positions seen, summed over ranks
     # --- batches ---
-    batch_tokens: int = 4000  # per micro-batch and rank: longest x count (sum when packing)
+    batch_tokens: int = 4000  # per micro-batch and rank: longest x count
     max_batch_size: int | None = None
     grad_accum: int = 1  # micro-batches per optimizer step and rank
     pool_size: int = 2000  # examples sorted together for length bucketing
-    pack: bool = False  # pack several examples per row (the model must read batch.meta doc_ids)
     num_workers: int = 0  # DataLoader processes reading token archives
     # --- optimizer and schedule ---
     lr: float = 1e-3

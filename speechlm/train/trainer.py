@@ -87,10 +87,6 @@ class Trainer:
             build.load_init_weights(self.model, self.init_from)
         if cfg.activation_checkpointing:
             build.enable_activation_checkpointing(self.model)
-        if cfg.pack and not getattr(self.model, "supports_packing", False):
-            raise ValueError("train config pack: true needs a model that restarts attention at the example "
-                             "boundaries of batch.meta['doc_ids']; this model does not, so packed examples "
-                             "would attend to each other. Use pack: false (bucketing keeps padding low)")
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
         self._setup_data()
         self.strategy = make_strategy(cfg.strategy, env, **({"config_path": cfg.deepspeed_config,
@@ -154,7 +150,7 @@ class Trainer:
                 log.warning("no validation: %s", e)
         weights = [s.weight for s in self.train_specs]
         self.sampler = BucketSampler(self.train_data.lengths(), weights, cfg.batch_tokens, cfg.max_batch_size,
-                                     cfg.pool_size, cfg.seed, cfg.pack)
+                                     cfg.pool_size, cfg.seed)
         self.mix = MixMeter([s.key for s in self.train_specs], weights)
 
     # ---- budget and schedule -----------------------------------------------------------------
@@ -180,7 +176,7 @@ class Trainer:
         """Run until the budget is used; returns the last validation metrics."""
         cfg, env = self.cfg, self.env
         batches = iter(train_batches(self.train_data, self.sampler, self.next_batch, env.rank, self.W,
-                                     cfg.num_workers, self.vocab.pad_id, self._pack_len()))
+                                     cfg.num_workers, self.vocab.pad_id))
         interval = StepStats()
         saved_at = validated_at = self.step
         was_finished = self.finished()
@@ -250,9 +246,6 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             old[sig] = signal.signal(sig, handler)
         return old
-
-    def _pack_len(self) -> int | None:
-        return (build.model_context(self.model) or self.cfg.batch_tokens) if self.cfg.pack else None
 
     def train_step(self, micro: list, interval: StepStats | None = None) -> float:
         """One optimizer step over this rank's micro-batches; returns the step's exact mean loss."""
