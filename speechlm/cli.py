@@ -31,7 +31,6 @@ _OPTIONAL_COMMANDS = {
     "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
     "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
     "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
-    "stats": ("speechlm.bin.stats", "length statistics of a tokenized manifest dir"),
     "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
     "agent": ("speechlm.bin.agent", "voice agents: episodes, spoken versions, the agent loop, scoring, forecasts"),
     "serve": ("speechlm.bin.serve", "an OpenAI-compatible HTTP server of a packed model (FastAPI + uvicorn)"),

@@ -224,8 +224,12 @@ class TaskData:
                             "longest is %d (never truncated)", spec.key, self.n_too_long, max_len, int(length.max()))
             keep &= ~too_long
         self.rows = np.flatnonzero(keep)  # example number -> row of the arrays above
-        log.info("%s: %d examples indexed from %s (%s)", spec.key, len(self), root,
-                 ", ".join(s.name for s in t.segments))
+        kept = length[self.rows]
+        # the length summary (what stage 7's stats.json held) where it is read: the training log
+        summary = (f"; sequence length min {kept.min()}, median {int(np.median(kept))}, p90 "
+                   f"{int(np.percentile(kept, 90))}, max {kept.max()}" if len(kept) else "")
+        log.info("%s: %d examples indexed from %s (%s)%s", spec.key, len(self), root,
+                 ", ".join(s.name for s in t.segments), summary)
 
     def __len__(self) -> int:
         return len(self.rows)

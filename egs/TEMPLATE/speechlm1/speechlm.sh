@@ -54,7 +54,7 @@ task_weights=             # share of training examples per task, e.g. "asr:2 tts
 train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
 valid_data=               # validation data, same format (default: tasks on valid_set)
 train_config=conf/train.yaml # training settings (speechlm train --train-config YAML)
-model_config=             # model preset YAML; overrides the one named in train_config
+model_config=             # model YAML, or a built-in preset's name: tiny, 30m, 360m, 1.7b
 train_args=               # extra flags for speechlm train, e.g. "--max-steps 100"
 tag=                      # experiment name: exp/<tag> (default: train_config name + data_name)
 init_from=                # packed model or exp dir to start from; its vocabulary is extended
@@ -251,13 +251,11 @@ if stage_on 6; then
   "${slm[@]}" vocab --tokenizers "${tokenizers}" --tasks "${spec_tasks[@]}" --out "${token_list}" "${extend_opts[@]}" "${task_dir_opts[@]}"
 fi
 
+# Stage 7 wrote length statistics (stats.json) that nothing read; training logs the sequence
+# lengths of its data instead. The stage stays, empty, so that stage numbers keep their meaning
+# (--stage 8 in scripts, docs and every exp/<tag>/rerun.sh).
 if stage_on 7; then
-  log "Stage 7: length statistics: ${train_specs[*]} ${valid_specs[*]} -> <each dumpdir>/stats.json"
-  for spec in "${train_specs[@]}" "${valid_specs[@]}"; do
-    dir=${spec#*:*:}
-    dir=${dir%:*}
-    "${slm[@]}" stats --manifest-dir "${dir}"
-  done
+  log "Stage 7: none (kept so stage numbers stay; stage 8 logs the sequence lengths of its data)"
 fi
 
 if stage_on 8; then
