@@ -20,17 +20,16 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from kaldiio.matio import read_kaldi
 
 from speechlm.data.manifest import read_manifest
 from speechlm.data.sequence import Example, build_example, drop_conditions, segment_kind
+from speechlm.data.token_archive import ArchiveIndex, read_lengths
 from speechlm.tasks import TaskTemplate
 from speechlm.vocab import Vocabulary
 
@@ -68,80 +67,6 @@ class DataSpec:
     @property
     def key(self) -> str:
         return f"{self.task}:{self.name}"
-
-
-def _read_two_columns(path: Path) -> tuple[np.ndarray, list[str]]:
-    """``key value`` lines -> (keys as a bytes array, values as a list)."""
-    keys, values = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split(maxsplit=1)
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{n}: expected 'utt value', got {line.strip()!r}")
-            keys.append(parts[0])
-            values.append(parts[1].strip())
-    return np.array(keys, dtype=np.bytes_), values
-
-
-def _align(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Position of each of ``ids`` in ``keys``, -1 where missing (vectorized, no dicts)."""
-    if len(keys) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    pos = np.searchsorted(keys[order], ids)
-    pos = np.minimum(pos, len(keys) - 1)
-    found = keys[order][pos] == ids
-    return np.where(found, order[pos], -1)
-
-
-class ArchiveIndex:
-    """Where each utterance of one segment lives: archive file number + byte offset.
-
-    Ark paths are those of the ``.scp``; an ark no longer at its path (a moved dump dir) is
-    looked up beside the ``.scp``, as :class:`speechlm.data.token_archive.TokenReader` does.
-    """
-
-    def __init__(self, scp: Path, ids: np.ndarray) -> None:
-        keys, locs = _read_two_columns(scp)
-        files: dict[str, int] = {}
-        file_no = np.empty(len(keys), dtype=np.int32)
-        offset = np.empty(len(keys), dtype=np.int64)
-        for j, loc in enumerate(locs):
-            path, sep, off = loc.rpartition(":")
-            if not sep or not off.isdigit():
-                raise ValueError(f"{scp}: entry {keys[j].decode()!r} is {loc!r}, expected 'file.ark:offset'")
-            file_no[j] = files.setdefault(path, len(files))
-            offset[j] = int(off)
-        pos = _align(ids, keys)
-        self.present = pos >= 0
-        self.file_no = np.where(self.present, file_no[np.maximum(pos, 0)], -1).astype(np.int32)
-        self.offset = np.where(self.present, offset[np.maximum(pos, 0)], -1)
-        self.files = [p if os.path.exists(p) else str(scp.parent / Path(p).name) for p in files]
-        self.scp = scp
-        self._handles: dict[int, object] = {}
-        self._pid = os.getpid()
-
-    def load(self, row: int) -> np.ndarray:
-        if self._pid != os.getpid():  # a forked worker must not share the parent's file offsets
-            self._handles, self._pid = {}, os.getpid()
-        k = int(self.file_no[row])
-        fh = self._handles.get(k)
-        if fh is None:
-            fh = self._handles[k] = open(self.files[k], "rb")
-        fh.seek(int(self.offset[row]))
-        return read_kaldi(fh)
-
-    def __getstate__(self) -> dict:  # picklable for DataLoader workers: handles reopen lazily
-        return {**self.__dict__, "_handles": {}}
-
-
-def _read_lengths(path: Path, ids: np.ndarray) -> np.ndarray:
-    keys, values = _read_two_columns(path)
-    lens = np.array([int(v) for v in values], dtype=np.int64)
-    pos = _align(ids, keys)
-    return np.where(pos >= 0, lens[np.maximum(pos, 0)], -1)
 
 
 #: ``rows(kind, frames, n_streams) -> rows``: how many model positions a segment of ``frames``
@@ -192,7 +117,7 @@ class TaskData:
                 if not f.is_file():
                     raise FileNotFoundError(f"{f} not found: run `speechlm tokenize --manifest-dir {root}` first")
             arch = ArchiveIndex(scp, ids_arr)
-            lens = _read_lengths(lens_file, ids_arr)
+            lens = read_lengths(lens_file, ids_arr)
             keep &= arch.present & (lens >= 0)
             length += 1 + rows(kind, np.maximum(lens, 0), n)
             self.archives[seg.name] = arch
@@ -319,4 +244,4 @@ class MultiTaskData:
         return sum(len(e) for e in self.entries)
 
 
-__all__ = ["DataSpec", "TaskData", "MultiTaskData", "ArchiveIndex"]
+__all__ = ["DataSpec", "TaskData", "MultiTaskData"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import kaldiio
@@ -187,58 +187,88 @@ def write_lengths(path: str | os.PathLike, lengths: Mapping[str, int]) -> None:
         f.writelines(f"{u} {n}\n" for u, n in lengths.items())
 
 
-def read_lengths(path: str | os.PathLike) -> dict[str, int]:
-    """``utt frames`` lines -> dict; errors name the file and line."""
-    out: dict[str, int] = {}
+def read_two_columns(path: str | os.PathLike, expected: str = "utt value",
+                     valid: Callable[[str], bool] | None = None) -> tuple[np.ndarray, list[str]]:
+    """``key value`` lines (blank lines skipped) -> (keys as a bytes array, values as a list);
+    a line that is not two columns, or whose value ``valid`` refuses, is an error naming it."""
+    keys, values = [], []
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ValueError(f"{path}:{i}: expected 'utt frames', got {line.rstrip()!r}")
-            out[parts[0]] = int(parts[1])
-    return out
+        for n, line in enumerate(f, 1):
+            parts = line.split(maxsplit=1)
+            if not parts:
+                continue
+            if len(parts) != 2 or (valid is not None and not valid(parts[1].strip())):
+                raise ValueError(f"{path}:{n}: expected '{expected}', got {line.strip()!r}")
+            keys.append(parts[0])
+            values.append(parts[1].strip())
+    return np.array(keys, dtype=np.bytes_), values
 
 
-class TokenReader(Mapping):
-    """Lazy ``utt -> int32 [frames, streams]`` over a token ``.scp``.
+def align(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position of each of ``ids`` in ``keys``, -1 where missing (vectorized, no dicts)."""
+    if len(keys) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.minimum(np.searchsorted(keys[order], ids), len(keys) - 1)
+    return np.where(keys[order][pos] == ids, order[pos], -1)
 
-    Ark paths are absolute when written; if the dump dir was moved, an ark that no longer
-    exists at its recorded path is looked up beside the ``.scp``.
+
+def read_lengths(path: str | os.PathLike, ids: np.ndarray | None = None) -> dict[str, int] | np.ndarray:
+    """A ``.lengths`` file (``utt frames`` lines; errors name the file and line): a dict, or with
+    ``ids`` (a bytes array) the frames of each id, -1 where missing."""
+    keys, values = read_two_columns(path, "utt frames", str.isdigit)
+    lens = np.array([int(v) for v in values], dtype=np.int64)
+    if ids is None:
+        return dict(zip((k.decode() for k in keys), lens.tolist()))
+    pos = align(ids, keys)
+    return np.where(pos >= 0, lens[np.maximum(pos, 0)], -1)
+
+
+class ArchiveIndex:
+    """The one reader of a token ``.scp``: where each utterance lives (ark file number + byte
+    offset, numpy arrays, no per-utterance objects) and :meth:`load` to read it.
+
+    With ``ids`` (a bytes array) row ``j`` is ``ids[j]`` and ``present`` says whether the ``.scp``
+    has it; without, the rows are the ``.scp``'s own entries. Ark paths are absolute when written;
+    an ark no longer at its path (a moved dump dir) is looked up beside the ``.scp``.
     """
 
-    def __init__(self, scp: str | os.PathLike) -> None:
+    def __init__(self, scp: str | os.PathLike, ids: np.ndarray | None = None) -> None:
         self.scp = Path(scp)
         if not self.scp.is_file():
             raise FileNotFoundError(f"token archive index not found: {self.scp} (run `speechlm tokenize`)")
-        self._index: dict[str, tuple[str, int]] = {}
-        moved: dict[str, str] = {}
-        with open(self.scp, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                parts = line.rstrip("\n").split(" ", 1)
-                if len(parts) != 2 or ":" not in parts[1]:
-                    raise ValueError(f"{self.scp}:{i}: expected 'utt path.ark:offset', got {line.rstrip()!r}")
-                path, off = parts[1].rsplit(":", 1)
-                if path not in moved:
-                    moved[path] = path if Path(path).exists() else str(self.scp.parent / Path(path).name)
-                self._index[parts[0]] = (moved[path], int(off))
-        self._handles: dict[str, object] = {}
+        keys, locs = read_two_columns(self.scp)
+        files: dict[str, int] = {}
+        file_no = np.empty(len(keys), dtype=np.int32)
+        offset = np.empty(len(keys), dtype=np.int64)
+        for j, loc in enumerate(locs):
+            path, sep, off = loc.rpartition(":")
+            if not sep or not off.isdigit():
+                raise ValueError(f"{self.scp}: entry {keys[j].decode()!r} is {loc!r}, expected 'file.ark:offset'")
+            file_no[j] = files.setdefault(path, len(files))
+            offset[j] = int(off)
+        if ids is None:
+            self.ids, self.present = keys, np.ones(len(keys), dtype=bool)
+        else:
+            pos = align(ids, keys)
+            self.ids, self.present = ids, pos >= 0
+            file_no = np.where(self.present, file_no[np.maximum(pos, 0)], -1).astype(np.int32)
+            offset = np.where(self.present, offset[np.maximum(pos, 0)], -1)
+        self.file_no, self.offset = file_no, offset
+        self.files = [p if os.path.exists(p) else str(self.scp.parent / Path(p).name) for p in files]
+        self._handles: dict[int, object] = {}
         self._pid = os.getpid()
 
-    def __getitem__(self, utt: str) -> np.ndarray:
-        path, off = self._index[utt]
+    def load(self, row: int) -> np.ndarray:
+        """The int32 ``[frames, streams]`` array of row ``row``."""
         if self._pid != os.getpid():  # forked (DataLoader worker): a shared file offset would race
             self._handles, self._pid = {}, os.getpid()
-        fh = self._handles.get(path)
+        k = int(self.file_no[row])
+        fh = self._handles.get(k)
         if fh is None:
-            fh = self._handles[path] = open(path, "rb")
-        fh.seek(off)
+            fh = self._handles[k] = open(self.files[k], "rb")
+        fh.seek(int(self.offset[row]))
         return read_kaldi(fh)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
 
     def close(self) -> None:
         for fh in self._handles.values():
@@ -247,3 +277,23 @@ class TokenReader(Mapping):
 
     def __getstate__(self) -> dict:  # picklable for DataLoader workers: handles reopen lazily
         return {**self.__dict__, "_handles": {}}
+
+
+class TokenReader(Mapping):
+    """Lazy ``utt -> int32 [frames, streams]`` over a token ``.scp`` (an :class:`ArchiveIndex`)."""
+
+    def __init__(self, scp: str | os.PathLike) -> None:
+        self.index = ArchiveIndex(scp)
+        self._rows = {u.decode(): j for j, u in enumerate(self.index.ids)}
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        return self.index.load(self._rows[utt])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def close(self) -> None:
+        self.index.close()
