@@ -1,6 +1,6 @@
 """Training throughput on this machine: tokens/s per precision (and thread count).
 
-    python bench/train_speed.py [--model-config conf/model/30m.yaml] [--steps 6] [--threads 1 2]
+    python bench/train_speed.py [--model-config 30m] [--steps 6] [--threads 1 2]
 
 Trains on a synthetic ASR+TTS corpus through the real Trainer (one process) and prints
 non-padding positions per second after a warm-up step, for fp32 and, where the CPU has native
@@ -20,6 +20,7 @@ from pathlib import Path
 def run(root: Path, model_config: str, precision: str, threads: int, steps: int, batch_tokens: int) -> float:
     import torch
 
+    from speechlm.conf import resolve_config
     from speechlm.config import load_config
     from speechlm.data.dataset import DataSpec
     from speechlm.data.synthetic import synthetic_vocab
@@ -30,7 +31,7 @@ def run(root: Path, model_config: str, precision: str, threads: int, steps: int,
     cfg = load_train_config(None, {"max_steps": steps + 1, "batch_tokens": batch_tokens, "precision": precision,
                                    "threads": threads, "valid_every": 0, "save_every": 0, "progress": False,
                                    "tensorboard": False, "plot": False, "warmup_steps": 1, "pool_size": 500})
-    mc = load_config(ModelConfig, model_config)
+    mc = load_config(ModelConfig, resolve_config("model", model_config))
     mc.autocast = "none"  # precision is the trainer's choice here, not the model config's
     tr = Trainer(cfg, mc, synthetic_vocab(["asr", "tts"]),
                  [DataSpec.parse(f"asr:s:{root / 'asr'}"), DataSpec.parse(f"tts:s:{root / 'tts'}")],
@@ -51,7 +52,7 @@ def run(root: Path, model_config: str, precision: str, threads: int, steps: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-config", default="conf/model/tiny.yaml")
+    p.add_argument("--model-config", default="tiny", help="model YAML or built-in preset name")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--batch-tokens", type=int, default=4000)

@@ -21,9 +21,8 @@ import pytest
 
 from speechlm.cli import main as cli
 from speechlm.data.kaldi import read_file, validate
+from speechlm.tasks.template import BUILTIN_DIR
 from tests.conftest import SENTENCES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Two different texts for two recipes' BPE models: the same vocabulary size, other pieces.
 TEXT_A = [s.upper() for s in SENTENCES] + [f"{a.upper()} {b.upper()}" for a, b in zip(SENTENCES, SENTENCES[1:])]
@@ -101,8 +100,8 @@ def run(tmp_path_factory):
         assert cli(["tokenize", "--manifest-dir", "dump/textlm", "--tokenizers", "tokenizers.yaml"]) == 0
         assert cli(["vocab", "--tokenizers", "tokenizers.yaml", "--tasks", "textlm", "--out", "token_list.json"]) == 0
         assert cli(["train", "--data", "textlm:a:dump/textlm:1", "--vocab", "token_list.json", "--tokenizers",
-                    "tokenizers.yaml", "--model-config", str(ROOT / "conf/model/tiny.yaml"), "--train-config",
-                    str(ROOT / "conf/train/tiny.yaml"), "--max-steps", "2", "--save-every", "2",
+                    "tokenizers.yaml", "--model-config", "tiny", "--train-config",
+                    "tiny", "--max-steps", "2", "--save-every", "2",
                     "--valid-every", "100", "--out-dir", "exp/run"]) == 0
     finally:
         os.chdir(cwd)
@@ -338,7 +337,7 @@ def test_case19_vocab_tasks_are_checked_and_task_dir_works(tmp_path, caplog):
     out = tmp_path / "v.json"
     assert cli(["vocab", "--tokenizers", str(toks), "--tasks", "txtlm", "--out", str(out)]) == 1
     assert "unknown task 'txtlm'" in caplog.text and "did you mean 'textlm'" in caplog.text
-    assert cli(["vocab", "--tokenizers", str(toks), "--tasks", "conf/tasks/asr.yaml", "--out", str(out)]) == 1
+    assert cli(["vocab", "--tokenizers", str(toks), "--tasks", str(BUILTIN_DIR / "asr.yaml"), "--out", str(out)]) == 1
     assert not out.exists()
     tasks = tmp_path / "tasks"
     tasks.mkdir()

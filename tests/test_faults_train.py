@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from speechlm.conf import resolve_config
 from speechlm.config import load_config
 from speechlm.data.dataset import DataSpec
 from speechlm.data.synthetic import TOKENIZERS, make_dump, synthetic_vocab
@@ -26,8 +27,8 @@ from speechlm.train.config import load_train_config
 from speechlm.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "conf/model/tiny.yaml")
-TRAIN = str(REPO / "conf/train/tiny.yaml")
+TINY = str(resolve_config("model", "tiny"))
+TRAIN = str(resolve_config("train", "tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """The SpeechLM learns with every strategy; loss bookkeeping, options, presets and strict save/load."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
+from speechlm.conf import builtin_dir
 from speechlm.config import ConfigError, load_config
 from speechlm.data.batch import collate
 from speechlm.models import PATTERNS, ModelConfig, SpeechLM
@@ -14,7 +13,7 @@ from speechlm.vocab import Vocabulary
 from test_model_helpers import cached_trained_model, tiny_config, toy_examples, toy_vocab, train
 
 STRATEGIES = ["flat", "parallel", "delay", "multiscale", "ar_nar"]
-PRESETS = Path(__file__).resolve().parents[1] / "conf" / "model"
+PRESETS = builtin_dir("model")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

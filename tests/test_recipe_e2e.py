@@ -15,14 +15,15 @@ from types import SimpleNamespace
 import pytest
 from torch import equal as torch_equal
 
-from test_recipe_mini import MINI, ROOT
+from speechlm.conf import resolve_config
+from test_recipe_mini import MINI
 from test_recipe_mini import pytestmark as _needs_espeak
 
 pytestmark = _needs_espeak
 
-# conf/model/tiny.yaml plus the mini model's heads and inputs (its decode config uses the CTC and
-# length heads; TTS decoding feeds the progress input)
-TINY_MODEL = (ROOT / "conf" / "model" / "tiny.yaml").read_text() + (
+# the tiny model preset (speechlm/conf/model/tiny.yaml) plus the mini model's heads and inputs (its
+# decode config uses the CTC and length heads; TTS decoding feeds the progress input)
+TINY_MODEL = resolve_config("model", "tiny").read_text() + (
     "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nlength_weight: 1.0\nprogress: true\n")
 TINY = [
     "--local_data_opts", "--num_utts 90 --num_dev 6 --num_test 6 --utts_per_spk 10 --nj 2 --seed 4",

@@ -331,9 +331,13 @@ def test_local_data_sh_help(corpus, option):
 
 
 def test_path_sh_finds_the_toolkit_from_a_recipe_anywhere(tmp_path):
+    """path.sh activates the checkout's .venv, where tools/install.sh installed speechlm (editable):
+    the package comes from the env, not from the checkout put on PYTHONPATH."""
     recipe = make_recipe(tmp_path)  # outside the repository: path.sh is a link into it
-    res = run(["bash", "-c", '. ./path.sh && echo "$SPEECHLM_ROOT" && python3 -c "import speechlm, sys; print(speechlm.__file__)"'],
-              cwd=recipe, env={"VIRTUAL_ENV": ""})
+    res = run(["bash", "-c", '. ./path.sh && echo "$SPEECHLM_ROOT" "${PYTHONPATH:-unset}" && '
+               'python3 -c "import speechlm, sys; print(speechlm.__file__)"'],
+              cwd=recipe, env={"VIRTUAL_ENV": "", "PYTHONPATH": ""})
     assert res.returncode == 0, res.stderr
-    root, module = res.stdout.split()
+    root, pythonpath, module = res.stdout.split()
     assert Path(root) == ROOT and Path(module).is_relative_to(ROOT)
+    assert pythonpath == "unset" and "cannot import" not in res.stderr

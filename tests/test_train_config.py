@@ -1,16 +1,15 @@
 """TrainConfig: strict YAML, shipped presets, flag overrides, precision choice."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from speechlm.conf import builtin_dir, resolve_config
 from speechlm.config import ConfigError
 from speechlm.train.build import resolve_precision
 from speechlm.train.config import TrainConfig, load_train_config
 
-PRESETS = sorted(Path("conf/train").glob("*.yaml"))
+PRESETS = sorted(builtin_dir("train").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
@@ -32,7 +31,7 @@ def test_strict_keys_types_and_overrides(tmp_path):
     bad.write_text("max_steps: null\n")
     with pytest.raises(ConfigError, match="budget"):
         load_train_config(bad)
-    cfg = load_train_config("conf/train/tiny.yaml", {"max_steps": 3, "lr": None})
+    cfg = load_train_config(resolve_config("train", "tiny"), {"max_steps": 3, "lr": None})
     assert cfg.max_steps == 3 and cfg.lr == 3e-3
     assert load_train_config(None, {"max_train_tokens": 10, "max_steps": None}).max_train_tokens == 10
 

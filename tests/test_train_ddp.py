@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from speechlm.conf import resolve_config
 from speechlm.data.synthetic import make_dump, synthetic_vocab
 from speechlm.train.checkpoint import latest_checkpoint, read_state
 
@@ -29,13 +30,13 @@ def _compare(tmp_path, strategy: str, data: list[str]) -> None:
     make_dump(tmp_path / "asr", "asr", 30, seed=0, frames=(10, 50))
     make_dump(tmp_path / "tts", "tts", 20, seed=1, prefix="t", frames=(10, 50), n_speakers=2)
     synthetic_vocab(["asr", "tts"]).save(tmp_path / "token_list.json")
-    cfg = yaml.safe_load(open("conf/train/tiny.yaml"))
+    cfg = yaml.safe_load(open(resolve_config("train", "tiny")))
     cfg.update(max_steps=3, batch_tokens=500, pool_size=40, valid_every=3, save_every=3, progress=False,
                log_example_ids=True, tensorboard=False, plot=False)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     common = ["train", *(a for d in data for a in ("--data", d.format(root=tmp_path))),
               *(a for d in data for a in ("--valid-data", d.format(root=tmp_path).rsplit(":", 1)[0])),
-              "--vocab", str(tmp_path / "token_list.json"), "--model-config", "conf/model/tiny.yaml",
+              "--vocab", str(tmp_path / "token_list.json"), "--model-config", "tiny",
               "--train-config", str(tmp_path / "train.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

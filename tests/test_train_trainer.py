@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from speechlm.conf import resolve_config
 from speechlm.config import load_config
 from speechlm.data.dataset import DataSpec
 from speechlm.data.synthetic import make_dump, synthetic_vocab
@@ -15,7 +16,8 @@ from speechlm.train.checkpoint import latest_checkpoint, list_checkpoints
 from speechlm.train.config import load_train_config
 from speechlm.train.trainer import Trainer, TrainingDiverged
 
-TINY = "conf/model/tiny.yaml"
+TINY = str(resolve_config("model", "tiny"))
+TRAIN = str(resolve_config("train", "tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def _specs(root):
 def _trainer(root, out, stop=None, **over):
     opts = {"max_steps": 6, "save_every": 2, "valid_every": 4, "batch_tokens": 600, "pool_size": 60,
             "progress": False, "log_every": 2, "log_example_ids": True, **over}
-    cfg = load_train_config("conf/train/tiny.yaml", opts)
+    cfg = load_train_config(TRAIN, opts)
     mc = load_config(ModelConfig, TINY)
     mc.dropout = 0.1  # the resumed run must restore the RNG too
     return Trainer(cfg, mc, synthetic_vocab(["asr", "tts"]), _specs(root), str(out),
@@ -113,8 +115,8 @@ def test_cli_and_init_from(dumps, tmp_path):
 
     out = tmp_path / "cli"
     args = ["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--valid-data", f"asr:a:{dumps / 'asr'}",
-            "--vocab", str(dumps / "token_list.json"), "--model-config", TINY, "--train-config",
-            "conf/train/tiny.yaml", "--out-dir", str(out), "--max-steps", "2", "--valid-every", "2",
+            "--vocab", str(dumps / "token_list.json"), "--model-config", "tiny", "--train-config",
+            "tiny", "--out-dir", str(out), "--max-steps", "2", "--valid-every", "2",
             "--save-every", "2"]
     assert main(args) == 0
     cfg = (out / "config.yaml").read_text()
@@ -125,7 +127,7 @@ def test_cli_and_init_from(dumps, tmp_path):
     bigger.save(tmp_path / "big.json")
     out2 = tmp_path / "ft"
     assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(tmp_path / "big.json"),
-                 "--train-config", "conf/train/tiny.yaml", "--out-dir", str(out2), "--init-from", str(first),
+                 "--train-config", TRAIN, "--out-dir", str(out2), "--init-from", str(first),
                  "--max-steps", "1", "--lr", "0"]) == 0
     old, new = _params(first)["embed.emb.weight" if "embed.emb.weight" in _params(first) else "embed.weight"], None
     new_sd = _params(latest_checkpoint(out2 / "checkpoints"))
@@ -147,7 +149,7 @@ def test_init_from_hf_causal_lm(dumps, tmp_path):
                                        num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
                                        max_position_embeddings=512))
     llm.save_pretrained(tmp_path / "llm")
-    (tmp_path / "train.yaml").write_text((open("conf/train/tiny.yaml").read()
+    (tmp_path / "train.yaml").write_text((open(TRAIN).read()
                                           + "activation_checkpointing: true\nprogress: false\n"))
     out = tmp_path / "hf"
     assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),

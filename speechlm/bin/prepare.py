@@ -3,7 +3,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="task template name (conf/tasks or --task-dir) or a YAML path")
+    p.add_argument("--task", required=True, help="task template name (built-in or --task-dir) or a YAML path")
     p.add_argument("--data-dir", required=True, help="Kaldi data dir")
     p.add_argument("--out", required=True, help="output dir for manifest.jsonl + template.yaml")
     p.add_argument("--task-dir", action="append", default=[], help="extra dir of task templates (repeatable)")

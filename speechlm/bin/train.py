@@ -1,7 +1,7 @@
 """speechlm train: train a SpeechLM on one or more task datasets (torchrun aware).
 
 One process:      speechlm train --data asr:mini:dump/train/asr:1 --vocab token_list.json \\
-                      --model-config conf/model/tiny.yaml --train-config conf/train/tiny.yaml --out-dir exp/tiny
+                      --model-config tiny --train-config tiny --out-dir exp/tiny
 Several (CPU or GPU):  torchrun --nproc_per_node 4 -m speechlm train ...   (or add --nproc 4)
 
 Re-running the same command resumes from the newest intact checkpoint in OUT_DIR/checkpoints
@@ -33,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a validation entry (repeat; loss/accuracy are reported per task)")
     p.add_argument("--vocab", required=True, help="token_list.json")
     p.add_argument("--tokenizers", help="tokenizers.yaml (copied into the run dir)")
-    p.add_argument("--model-config", help="model YAML (e.g. conf/model/tiny.yaml); default: the "
-                   "config of --init-from when it is a speechlm model dir")
-    p.add_argument("--train-config", help="train YAML (e.g. conf/train/tiny.yaml); default: TrainConfig defaults")
+    p.add_argument("--model-config", help="model YAML, or a built-in preset's name (tiny, 30m, 360m, 1.7b); "
+                   "default: the config of --init-from when it is a speechlm model dir")
+    p.add_argument("--train-config", help="train YAML, or a built-in preset's name (tiny, cpu_demo); "
+                   "default: TrainConfig defaults")
     p.add_argument("--out-dir", required=True, help="run dir (exp/<tag>); holds config, logs, checkpoints")
     p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir or an HF causal LM dir")
     p.add_argument("--nproc", type=int, default=1,
@@ -78,6 +79,7 @@ def _relaunch(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
+    from speechlm.conf import resolve_config
     from speechlm.config import load_config, to_dict, yaml_loads
     from speechlm.data.dataset import DataSpec
     from speechlm.models import ModelConfig
@@ -93,12 +95,14 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--train-set {item!r}: expected KEY=VALUE, e.g. keep_best=5")
         overrides[key.replace("-", "_")] = yaml_loads(value)  # lr=1e-3 is a float
     overrides.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
-    cfg = load_train_config(args.train_config, overrides)
+    cfg = load_train_config(args.train_config and resolve_config("train", args.train_config), overrides)
     model_cfg_path = args.model_config
     if model_cfg_path is None:
         if not (args.init_from and is_speechlm_dir(args.init_from)):
             raise ValueError("give --model-config (or --init-from a speechlm model dir to reuse its config)")
         model_cfg_path = os.path.join(args.init_from, "config.yaml")
+    else:
+        model_cfg_path = resolve_config("model", model_cfg_path)
     model_cfg = apply_init_source(load_config(ModelConfig, model_cfg_path), args.init_from)
     vocab = Vocabulary.load(args.vocab)
     train = [DataSpec.parse(d) for d in args.data]

@@ -7,8 +7,9 @@ A template says which data-dir files, tokenized by which tokenizer, make up one 
     targets:    [{name: text,   modality: text,  tokenizer: text_bpe, source: text}]
 
 The sequence is ``<task:asr> <seg:codec> speech... <seg:text_bpe> text... <eos>``.
-Built-in templates live in ``conf/tasks/``; users add tasks by dropping YAML files in a
-directory passed as ``task_dirs`` (later directories override earlier ones by name).
+Built-in templates ship inside the package (``speechlm/conf/tasks/``, found through
+``importlib.resources``); users add tasks by dropping YAML files in a directory passed as
+``task_dirs`` (later directories override earlier ones by name).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from speechlm.conf import builtin_dir
 from speechlm.config import ConfigError, from_dict, load_yaml, to_dict
 
 #: Modalities a segment can have. ``spk_prompt`` is audio of another utterance of the same
@@ -29,7 +31,8 @@ SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wa
            "history", "history.cascade", "response",  # the voice-agent dialogue steps (speechlm/agent/datadir.py)
            "history.monologue", "response.monologue")
 
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "conf" / "tasks"
+#: the built-in templates (inside the package, so an installed wheel has them too)
+BUILTIN_DIR = builtin_dir("tasks")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Training: the trainer, distributed strategies, checkpoints, numerics, monitoring.
 
 ``speechlm train`` (``speechlm/bin/train.py``) builds a :class:`speechlm.train.trainer.Trainer`
-from a :class:`speechlm.train.config.TrainConfig`; see ``conf/train/*.yaml``.
+from a :class:`speechlm.train.config.TrainConfig`; presets in ``speechlm/conf/train/*.yaml``.
 """

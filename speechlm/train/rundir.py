@@ -58,9 +58,18 @@ class ConfigChangeError(ValueError):
 
 
 def git_hash(path: str | os.PathLike | None = None) -> str | None:
-    """The commit of the speechlm checkout (``+dirty`` with local changes), or None."""
-    where = Path(path) if path else Path(__file__).resolve().parents[2]
+    """The commit of the speechlm checkout (``+dirty`` with local changes), or None.
+
+    Without ``path``: the checkout this package is imported from, None for an installed wheel
+    (even one installed into a virtual env inside some git work tree, whose commit is not ours)."""
+    package = Path(__file__).resolve().parents[1]
+    where = Path(path) if path else package
     try:
+        if path is None:
+            top = subprocess.run(["git", "-C", str(where), "rev-parse", "--show-toplevel"], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+            if Path(top).resolve() != package.parent:
+                return None
         head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],

@@ -37,7 +37,7 @@ set -euo pipefail
   --tasks "asr tts" \
   --train_set train --valid_set dev --test_sets "test" \
   --tokenizers conf/tokenizers.yaml \
-  --train_config conf/train.yaml \
+  --model_config tiny --train_config conf/train.yaml \
   "$@"
 RUN
   chmod +x "${target}/run.sh"
@@ -48,7 +48,7 @@ if [[ ! -e ${target}/conf/tokenizers.yaml ]]; then
 fi
 if [[ ! -e ${target}/conf/train.yaml ]]; then
   printf '%s\n' "# Options of \`speechlm train\` (keys as in speechlm train --help); flags in" \
-    "# --train_args win over these. Model presets: $(cd "${template}/../../.." && pwd)/conf/model/." \
+    "# --train_args win over these. Model presets by name (--model_config): tiny, 30m, 360m, 1.7b." \
     "{}" > "${target}/conf/train.yaml"
 fi
 if [[ ! -e ${target}/local/data.sh ]]; then

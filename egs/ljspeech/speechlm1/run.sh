@@ -3,7 +3,7 @@
 # Data sheet only: ./speechlm.sh does the work (./run.sh --help lists stages and options).
 # The unpacked corpus: LJSPEECH=/data/corpora ./run.sh (the dir holding LJSpeech-1.1/).
 # Audio tokens: Codec 2 by default; another codec with --tokenizers conf/tokenizers_<codec>.yaml.
-# Bigger model: --model_config ../../../conf/model/1.7b.yaml --train_config conf/train_1.7b.yaml
+# Bigger model: --model_config 1.7b --train_config conf/train_1.7b.yaml
 set -euo pipefail
 
 ./speechlm.sh \
@@ -12,5 +12,5 @@ set -euo pipefail
   --tasks "plain_tts" \
   --tokenizers conf/tokenizers.yaml \
   --ngpu 1 --nj 16 --inference_nj 4 \
-  --model_config ../../../conf/model/360m.yaml --train_config conf/train_360m.yaml \
+  --model_config 360m --train_config conf/train_360m.yaml \
   "$@"
