@@ -253,3 +253,52 @@ def test_doc_paths_exist_inside_the_repo(doc: Path) -> None:
         if not resolved.is_relative_to(ROOT) or not resolved.exists():
             missing.append(target)
     assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist in the repo: {missing}"
+
+
+# ---- command synopses in the prose ----------------------------------------------------------------
+def speechlm_help(path: tuple[str, ...]) -> str:
+    """``speechlm PATH --help`` (the real parser's text)."""
+    import speechlm.cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            speechlm.cli.main([*path, "--help"])
+        except SystemExit:
+            pass
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_inline_commands_name_real_options(doc: Path) -> None:
+    """Every `speechlm CMD ... --opt` written in the prose (and each `CMD --opt ...` synopsis of
+    interfaces.md's command list) names a command that exists and options that command has."""
+    import functools
+
+    helper = functools.lru_cache(maxsize=None)(speechlm_help)
+    commands = set(re.findall(r"^  ([a-z][\w-]+) ", helper(()), re.M))
+    assert {"train", "decode", "pack"} <= commands, "could not read the command list of `speechlm --help`"
+    text = doc.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # blocks: test_doc_block_runs
+    wrong = []
+    for m in re.finditer(r"`([^`]+)`", text):
+        words = m.group(1).split()
+        explicit = words[:1] == ["speechlm"] or words[:3] in (["python3", "-m", "speechlm"], ["python", "-m", "speechlm"])
+        if explicit:
+            words = words[3:] if words[0].startswith("python") else words[1:]
+        elif not (words and words[0] in commands and any(w.startswith("--") for w in words)):
+            continue
+        if not words or words[0].startswith("-") or words[0].isupper() or not re.match(r"^[a-z][\w-]*$", words[0]):
+            continue  # `speechlm --help`, `speechlm CMD --help`
+        if words[0] not in commands:
+            wrong.append(f"`{m.group(1)}`: no command {words[0]!r}")
+            continue
+        path = tuple(words[:2]) if words[0] == "agent" and len(words) > 1 and not words[1].startswith("-") else tuple(words[:1])
+        help_text = helper(path)
+        if not help_text:
+            wrong.append(f"`{m.group(1)}`: `speechlm {' '.join(path)} --help` prints nothing")
+            continue
+        for opt in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(1)):
+            if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", help_text):
+                wrong.append(f"`{m.group(1)[:60]}...`: `speechlm {' '.join(path)}` has no {opt}")
+    assert not wrong, f"{doc.relative_to(ROOT)}:\n" + "\n".join(wrong)
