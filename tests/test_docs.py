@@ -238,7 +238,7 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
 def test_doc_paths_exist_inside_the_repo(doc: Path) -> None:
-    """Repo paths the docs name in backticks exist, and relative links stay inside the repo."""
+    """Repo paths and test names the docs give in backticks exist, and relative links stay inside the repo."""
     text = doc.read_text(encoding="utf-8")
     missing = []
     for m in REPO_PATH.finditer(text):
@@ -252,7 +252,11 @@ def test_doc_paths_exist_inside_the_repo(doc: Path) -> None:
         resolved = (doc.parent / target).resolve()
         if not resolved.is_relative_to(ROOT) or not resolved.exists():
             missing.append(target)
-    assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist in the repo: {missing}"
+    tests = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
+    for name in set(re.findall(r"`(test_\w+)`", text)):  # regression tests the docs cite
+        if not re.search(rf"def {name}\(", tests):
+            missing.append(name)
+    assert not missing, f"{doc.relative_to(ROOT)} names paths or tests that do not exist in the repo: {missing}"
 
 
 # ---- command synopses in the prose ----------------------------------------------------------------
