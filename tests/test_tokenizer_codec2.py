@@ -126,3 +126,29 @@ def test_encode_resamples_and_is_deterministic(speech):
     assert b.shape == a.shape and (a == b).mean() > 0.5
     with pytest.raises(ValueError, match="out of range"):
         tok.decode(np.full((3, 8), 4096, dtype=np.int32))
+
+
+def test_one_resampler_keeps_each_callers_kernel(speech):
+    """data.audio.resample is the only resampler; its two kernel precisions reproduce exactly what
+    torchaudio's functional resample (most callers) and its Resample transform (the Codec 2 and SSL
+    tokenizers, whose archives were made with it) give, so no token or score moves."""
+    import torch
+    import torchaudio
+
+    from speechlm.data.audio import resample
+    from speechlm.tokenizers.ssl import SSLUnitTokenizer
+
+    wav = resample(np.tile(speech[0], 2), 8000, 22050)
+    x = torch.from_numpy(wav)
+    np.testing.assert_array_equal(resample(wav, 22050, 8000), torchaudio.functional.resample(x, 22050, 8000).numpy())
+    fine = torchaudio.transforms.Resample(22050, 8000)(x).numpy()
+    np.testing.assert_array_equal(resample(wav, 22050, 8000, "float64"), fine)
+    assert not np.array_equal(fine, resample(wav, 22050, 8000))  # the two kernels do differ
+    stereo = np.stack([wav, wav[::-1]], 1)
+    np.testing.assert_array_equal(resample(stereo, 22050, 8000)[:, 1], resample(wav[::-1].copy(), 22050, 8000))
+    tok = Codec2Tokenizer()
+    assert tok.resample_kernel == SSLUnitTokenizer.resample_kernel == "float64"
+    np.testing.assert_array_equal(tok.prepare(wav, 22050), fine)
+    assert len(resample(np.zeros(0, np.float32), 22050, 8000)) == 0
+    with pytest.raises(ValueError, match="kernel_dtype"):
+        resample(wav, 22050, 8000, "float16")

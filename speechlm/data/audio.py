@@ -1,6 +1,8 @@
-"""Audio reading (soundfile, ``cmd |`` pipes, segments) and resampling (torchaudio)."""
+"""The one audio reader (soundfile, ``cmd |`` pipes, segments) and resampler (torchaudio) of
+the toolkit: tokenizers, training, decoding and scoring all read audio through this module."""
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 from pathlib import Path
@@ -14,13 +16,20 @@ class AudioError(IOError):
     """An audio entry could not be read; the message names the entry."""
 
 
-def read_audio(value: Any, utt_id: str | None = None, allow_pipes: bool = True) -> tuple[np.ndarray, int]:
+class AudioNotFound(AudioError, FileNotFoundError):
+    """An audio file does not exist."""
+
+
+def read_audio(value: Any, utt_id: str | None = None, allow_pipes: bool = True,
+               allow_empty: bool = False) -> tuple[np.ndarray, int]:
     """Read one ``wav.scp`` value: a path, a ``cmd |`` pipe, or ``{"path", "start", "end"}`` (seconds).
 
     Returns float32 ``[samples]`` (mono) or ``[samples, channels]`` and the sample rate.
     ``allow_pipes``: run a value ending in ``|`` through the shell (the wav.scp convention of the
     recipes' own data dirs). Code that takes paths from users or the network passes False: such a
     value is then an ordinary file name, and a missing one says that pipes are off.
+    ``allow_empty``: empty audio is returned rather than an error (scoring: a decoder's empty
+    output is a failure of that utterance, not of the run).
     """
     who = f"utterance {utt_id}: " if utt_id else ""
     start = end = None
@@ -38,7 +47,7 @@ def read_audio(value: Any, utt_id: str | None = None, allow_pipes: bool = True) 
         else:
             if not Path(value).is_file():
                 hint = " (a `cmd |` pipe is run only with allow_pipes=True)" if value.endswith("|") else ""
-                raise AudioError(f"{who}audio file not found: {value}{hint}")
+                raise AudioNotFound(f"{who}audio file not found: {value}{hint}")
             if start is not None:
                 info = sf.info(value)
                 a = int(round(start * info.samplerate))
@@ -55,7 +64,7 @@ def read_audio(value: Any, utt_id: str | None = None, allow_pipes: bool = True) 
         a = int(round(start * sr))
         b = None if end is None or end < 0 else int(round(end * sr))
         wav = wav[a:b]
-    if wav.size == 0:
+    if wav.size == 0 and not allow_empty:
         raise AudioError(f"{who}audio {value!r} is empty")
     return wav, int(sr)
 
@@ -65,16 +74,37 @@ def to_mono(wav: np.ndarray) -> np.ndarray:
     return wav.mean(axis=1).astype(np.float32) if wav.ndim == 2 else wav
 
 
-def resample(wav: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """Resample a mono or ``[samples, channels]`` waveform with torchaudio (band-limited sinc)."""
-    if from_sr == to_sr:
+KERNEL_DTYPES = ("float32", "float64")
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(from_sr: int, to_sr: int, kernel_dtype: str):
+    import torch
+    import torchaudio
+
+    # float32: the kernel torchaudio.functional.resample builds for float32 audio; float64: built
+    # in float64, then rounded (torchaudio.transforms.Resample's default). Built once per rates.
+    return torchaudio.transforms.Resample(from_sr, to_sr, dtype=torch.float32 if kernel_dtype == "float32" else None)
+
+
+def resample(wav: np.ndarray, from_sr: int, to_sr: int, kernel_dtype: str = "float32") -> np.ndarray:
+    """Resample a mono or ``[samples, channels]`` float32 waveform with torchaudio (band-limited
+    sinc, Hann window, width 6, rolloff 0.99; the kernel is cached per pair of rates).
+
+    ``kernel_dtype`` is the precision the sinc kernel is computed in. The two give outputs that
+    differ in the last bits (about 1e-6), and each caller keeps the one its tokens and scores were
+    made with: ``"float64"`` for the Codec 2 and SSL tokenizers, ``"float32"`` everywhere else.
+    """
+    if kernel_dtype not in KERNEL_DTYPES:
+        raise ValueError(f"kernel_dtype must be one of {', '.join(KERNEL_DTYPES)}, got {kernel_dtype!r}")
+    if from_sr == to_sr or len(wav) == 0:
         return np.asarray(wav, dtype=np.float32)
     import torch
-    import torchaudio.functional as AF
 
     x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-    x = AF.resample(x.T if x.ndim == 2 else x, from_sr, to_sr)
-    return (x.T if wav.ndim == 2 else x).numpy()
+    with torch.inference_mode():
+        y = _resampler(int(from_sr), int(to_sr), kernel_dtype)(x.T if x.ndim == 2 else x)
+    return (y.T if wav.ndim == 2 else y).numpy()
 
 
 def load_audio(value: Any, sample_rate: int | None = None, utt_id: str | None = None,

@@ -7,13 +7,12 @@ An audio spec is one of:
 - a dict ``{"path": spec, "start": seconds, "end": seconds}`` (a segment of a recording),
   as written by ``speechlm prepare`` into manifests.
 
-Reading and resampling use :mod:`speechlm.data.audio` (soundfile, torchaudio); relative paths
+Reading and resampling are :mod:`speechlm.data.audio`'s (soundfile, torchaudio); relative paths
 are resolved by :mod:`speechlm.eval.sources` when a ``wav.scp`` or manifest is read.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -28,46 +27,26 @@ def spec_name(spec: Any) -> str:
     return str(spec)
 
 
-def read_audio(spec: Any, utt: str | None = None) -> tuple[np.ndarray, int]:
-    """Read an audio spec as a mono float32 array and its sample rate.
-
-    Uses :func:`speechlm.data.audio.read_audio` (paths, pipes, segments); an empty *file* gives
-    an empty array instead of an error, so a decoder's empty output scores as a failure of that
-    utterance rather than stopping the run.
-    """
-    from speechlm.data.audio import read_audio as _read, to_mono
-
-    if isinstance(spec, (str, os.PathLike)) and not str(spec).rstrip().endswith("|"):
-        path = str(spec).strip()
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{'utterance ' + utt + ': ' if utt else ''}audio file not found: {path}")
-        import soundfile as sf
-
-        try:
-            info = sf.info(path)
-        except Exception as e:
-            raise ValueError(f"{'utterance ' + utt + ': ' if utt else ''}cannot read audio {path}: {e}") from e
-        if info.frames == 0:
-            return np.zeros(0, dtype=np.float32), int(info.samplerate)
-    wav, sr = _read(spec, utt)
-    return np.ascontiguousarray(to_mono(wav), dtype=np.float32), int(sr)
-
-
-def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    """Resample a mono float32 array from ``sr`` to ``target_sr`` (torchaudio, band-limited sinc)."""
-    if sr == target_sr or len(wav) == 0:
-        return wav
-    from speechlm.data.audio import resample as _resample
-
-    return np.asarray(_resample(wav, int(sr), int(target_sr)), dtype=np.float32)
-
-
 def load_audio(spec: Any, target_sr: int | None = None, utt: str | None = None) -> tuple[np.ndarray, int]:
-    """:func:`read_audio`, then resample to ``target_sr`` if given; returns ``(wav, rate)``."""
-    wav, sr = read_audio(spec, utt)
+    """An audio spec as a mono float32 array at ``target_sr`` (when given) and its rate.
+
+    :func:`speechlm.data.audio.read_audio` and :func:`~speechlm.data.audio.resample` do the work;
+    for scoring, empty audio is an empty array (a decoder's empty output fails that utterance, not
+    the run), a missing file a ``FileNotFoundError`` and unreadable audio a ``ValueError``, which
+    the metrics count as that utterance's failure.
+    """
+    from speechlm.data.audio import AudioError, read_audio, resample, to_mono
+
+    try:
+        wav, sr = read_audio(spec, utt, allow_empty=True)
+    except AudioError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(str(e)) from e
+    wav = np.ascontiguousarray(to_mono(wav), dtype=np.float32)
     if target_sr is not None and sr != target_sr:
         wav, sr = resample(wav, sr, target_sr), target_sr
-    return wav, sr
+    return wav, int(sr)
 
 
 def align_lengths(a: np.ndarray, b: np.ndarray, utt: str = "", tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from speechlm.eval.audio import align_lengths, load_audio, resample, spec_name
+from speechlm.data.audio import resample
+from speechlm.eval.audio import align_lengths, load_audio, spec_name
 from speechlm.eval.base import METRICS, Metric, MetricResult, mean
 
 logger = logging.getLogger(__name__)

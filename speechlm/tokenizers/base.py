@@ -88,9 +88,13 @@ class AudioTokenizer(Tokenizer):
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """``[frames, streams]`` -> float32 waveform at :attr:`sample_rate`."""
 
+    #: precision of the resampling kernel (see :func:`speechlm.data.audio.resample`); a tokenizer
+    #: keeps the one its archives were made with, so its tokens do not move
+    resample_kernel: str = "float32"
+
     def prepare(self, wav: np.ndarray, sample_rate: int | None) -> np.ndarray:
         """Mono float32 at this tokenizer's rate (torchaudio resampling)."""
         from speechlm.data.audio import resample, to_mono
 
         wav = to_mono(np.asarray(wav, dtype=np.float32))
-        return resample(wav, sample_rate or self.sample_rate, self.sample_rate)
+        return resample(wav, sample_rate or self.sample_rate, self.sample_rate, self.resample_kernel)

@@ -33,7 +33,6 @@ Example:
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import numpy as np
@@ -62,23 +61,6 @@ _MODES = (3200, 2400, 1600, 1400, 1300, 1200)
 DECODER_DELAY_3200 = 160
 
 
-@functools.lru_cache(maxsize=16)
-def _resampler(from_sr: int, to_sr: int):
-    import torchaudio
-
-    return torchaudio.transforms.Resample(from_sr, to_sr)  # the sinc kernel is built once
-
-
-def fast_resample(wav: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """Mono resampling with a cached kernel: 10x faster than rebuilding it per call (22.05 -> 8 kHz)."""
-    import torch
-
-    if from_sr == to_sr:
-        return np.asarray(wav, dtype=np.float32)
-    with torch.inference_mode():
-        return _resampler(int(from_sr), int(to_sr))(torch.from_numpy(np.ascontiguousarray(wav, np.float32))).numpy()
-
-
 def gray_to_natural(g: np.ndarray) -> np.ndarray:
     """Inverse Gray code (elementwise, up to 64 bits)."""
     n = g.copy()
@@ -101,6 +83,7 @@ class Codec2Tokenizer(AudioTokenizer):
     """
 
     sample_rate = 8000
+    resample_kernel = "float64"  # what its archives were made with
 
     def __init__(self, mode: int = 3200, layout: str = "grouped") -> None:
         import pycodec2
@@ -185,13 +168,6 @@ class Codec2Tokenizer(AudioTokenizer):
         return words
 
     # -- the interface ----------------------------------------------------------------------
-    def prepare(self, wav: np.ndarray, sample_rate: int | None) -> np.ndarray:
-        """Mono float32 at 8 kHz (cached-kernel resampling: reading + resampling stay cheap)."""
-        from speechlm.data.audio import to_mono
-
-        wav = to_mono(np.asarray(wav, dtype=np.float32))
-        return fast_resample(wav, sample_rate or self.sample_rate, self.sample_rate)
-
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Mono waveform (any rate) -> int32 ``[ceil(seconds * 50), streams]``."""
         x = self.prepare(wav, sample_rate)

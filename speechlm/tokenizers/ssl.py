@@ -37,6 +37,7 @@ class SSLUnitTokenizer(AudioTokenizer):
     """
 
     path_options = ("kmeans", "model_dir")
+    resample_kernel = "float64"  # what its archives were made with
 
     def __init__(self, kmeans: str, model_dir: str | None = None, device: str = "cpu") -> None:
         self.kmeans_dir, self.device = str(kmeans), device
@@ -59,12 +60,6 @@ class SSLUnitTokenizer(AudioTokenizer):
     def frame_rate(self) -> float:
         return self.features.frame_rate
 
-    def prepare(self, wav: np.ndarray, sample_rate: int | None) -> np.ndarray:
-        from speechlm.data.audio import to_mono
-        from speechlm.tokenizers.codec2 import fast_resample
-
-        wav = to_mono(np.asarray(wav, dtype=np.float32))
-        return fast_resample(wav, sample_rate or self.sample_rate, self.sample_rate)
 
     def encode(self, wav: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         feats = self.features(self.prepare(wav, sample_rate))
