@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Install speechlm into a virtual env (default: .venv at the repo root) in editable mode,
-# plus the Debian packages the toolkit uses (espeak-ng, sox, flite, festival) when run as root.
-# Usage: tools/install.sh [--venv DIR] [--python PYTHON] [--no-apt]
+# Install speechlm into a virtual env (default: .venv at the repo root) in editable mode, with the
+# extras the recipes and tests use (pyproject.toml), plus the Debian packages the toolkit uses
+# (espeak-ng, sox, flite, festival) when run as root.
+# Usage: tools/install.sh [--venv DIR] [--python PYTHON] [--extras LIST] [--no-apt]
+#   --extras: comma-separated extras of pyproject.toml (default eval,espnet,dev; add deepspeed for it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 python=${PYTHON:-python3}
 apt=true
+extras=eval,espnet,dev
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) venv=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
+    --extras) extras=$2; shift 2 ;;
     --no-apt) apt=false; shift ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$venv/.speechlm-installed"
-reqs=$(cat "$root"/setup.py "$root"/tools/requirements/*.txt | sha1sum | cut -d' ' -f1)
+reqs=$( (cat "$root/pyproject.toml"; echo "$extras") | sha1sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ]; then
   echo "install.sh: $venv is up to date"
   exit 0
@@ -45,10 +49,18 @@ fi
 # pip 26 refuses espnet's dependency ci_sdr (a direct-URL extra); pip 23-24 install it fine.
 "$venv/bin/python" -m pip install -q "pip>=23.2,<25"
 start=$(date +%s)
-"$venv/bin/python" -m pip install -q -e "$root[test]"
-# Packages whose declared dependencies conflict with ours but work with them (e.g. resemblyzer).
-if [ -s "$root/tools/requirements/nodeps.txt" ]; then
-  "$venv/bin/python" -m pip install -q --no-deps -r "$root/tools/requirements/nodeps.txt"
+"$venv/bin/python" -m pip install -q -e "${root}[${extras}]"
+# Packages whose declared dependencies conflict with ours but work with them (e.g. resemblyzer):
+# [tool.speechlm] no-deps of pyproject.toml, per extra.
+nodeps=$("$venv/bin/python" - "$root/pyproject.toml" "$extras" <<'PY'
+import sys, tomllib
+table = tomllib.load(open(sys.argv[1], "rb"))["tool"]["speechlm"]["no-deps"]
+print(" ".join(r for extra in sys.argv[2].split(",") for r in table.get(extra.strip(), [])))
+PY
+)
+read -ra nodeps <<< "$nodeps"
+if [ ${#nodeps[@]} -gt 0 ]; then
+  "$venv/bin/python" -m pip install -q --no-deps "${nodeps[@]}"
 fi
 echo "$reqs" > "$stamp"
 echo "install.sh: installed speechlm into $venv in $(( $(date +%s) - start )) s ($(du -sh "$venv" | cut -f1))"
