@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from speechlm.cli import main as cli
@@ -101,7 +102,7 @@ def test_fix_data_length_filter(data_dir, tmp_path):
 
     durs = {u: sf.info(p).duration for u, p in read_file(data_dir / "wav.scp").items()}
     cut = sorted(durs.values())[2]
-    assert cli(["fix-data", str(data_dir), "--out", str(tmp_path / "f"), "--min-duration", str(cut)]) == 0
+    assert cli(["fix-data", str(data_dir), "--out-dir", str(tmp_path / "f"), "--min-duration", str(cut)]) == 0
     kept = set(read_file(tmp_path / "f" / "wav.scp"))
     assert kept == {u for u, d in durs.items() if d >= cut} and len(kept) == 4
 
@@ -119,3 +120,26 @@ def test_fix_data_carries_extra_utterance_files(data_dir, tmp_path):
     history = read_file(out / "history")
     assert list(history) == kept and set(history.values()) == {"call lights action=on"}
     assert not (out / "notes").exists()
+
+
+def test_write_data_dir_for_recipes(tmp_path, data_dir):
+    """A local/ script's data dir (speechlm.data.kaldi.write_data_dir): sorted, consistent, valid."""
+    from speechlm.data.kaldi import Utt, write_data_dir
+
+    src = DataDir.load(data_dir)
+    utts = [Utt(u, src.files["wav.scp"][u], f"  {src.files['text'][u]} ", src.files["utt2spk"][u], num_samples=7)
+            for u in reversed(src.utt_ids)]
+    out = write_data_dir(tmp_path / "d", utts)
+    assert validate(out) == []
+    got = DataDir.load(out)
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
+        assert got.files[name] == src.files[name], name
+    assert (out / "wav.scp").read_text() == (data_dir / "wav.scp").read_text()  # byte-order sorted
+    assert set(got.files["utt2num_samples"].values()) == {"7"}
+    utts[0].num_samples = None  # not every utterance has it: a stale file goes
+    write_data_dir(out, utts)
+    assert not (out / "utt2num_samples").exists()
+    with pytest.raises(ValueError, match="appears twice"):
+        write_data_dir(tmp_path / "e", utts + utts[:1])
+    with pytest.raises(ValueError, match="contains whitespace"):
+        write_data_dir(tmp_path / "e", [Utt("a b", "x.wav", "hi", "s")])

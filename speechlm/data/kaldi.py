@@ -3,6 +3,11 @@
 
 Every file is ``<id> <value>`` per line, sorted by id in byte order (``LC_ALL=C sort``).
 Validation reports every problem with file and line so one run shows everything to fix.
+
+A recipe's ``local/`` script writes its data dirs with :func:`write_data_dir`::
+
+    from speechlm.data.kaldi import Utt, write_data_dir
+    write_data_dir("data/train", [Utt("spk1-0001", "/abs/a.wav", "hello there", "spk1")])
 """
 from __future__ import annotations
 
@@ -139,6 +144,53 @@ class DataDir:
         out.mkdir(parents=True, exist_ok=True)
         for name, mapping in self.files.items():
             write_file(out / name, mapping)
+
+
+@dataclass
+class Utt:
+    """One utterance of a data dir to write."""
+
+    utt: str  # utterance id, no whitespace
+    wav: str  # path, or a command line ending in "|"
+    text: str  # transcript, one line
+    spk: str  # speaker id, no whitespace
+    num_samples: int | None = None
+
+
+def _check_utts(utts: list[Utt], where: str) -> None:
+    """Raise ValueError naming the first bad utterance (ids with spaces, duplicates, empty text)."""
+    seen: set[str] = set()
+    for u in utts:
+        for name, value in (("utterance id", u.utt), ("speaker id", u.spk)):
+            if not value or any(c.isspace() for c in value):
+                raise ValueError(f"{where}: {name} {value!r} is empty or contains whitespace")
+        if u.utt in seen:
+            raise ValueError(f"{where}: utterance id {u.utt} appears twice")
+        seen.add(u.utt)
+        if not u.text.strip() or "\n" in u.text:
+            raise ValueError(f"{where}: utterance {u.utt} has an empty or multi-line transcript")
+        if not u.wav or "\n" in u.wav:
+            raise ValueError(f"{where}: utterance {u.utt} has no audio path")
+
+
+def write_data_dir(out_dir: str | os.PathLike, utts: list[Utt]) -> Path:
+    """Write ``wav.scp``, ``text``, ``utt2spk``, ``spk2utt`` and, when every utterance has
+    ``num_samples``, ``utt2num_samples``: sorted, consistent, each file atomically. Returns the
+    dir; raises ValueError on bad entries."""
+    out = Path(out_dir)
+    _check_utts(utts, str(out))
+    if not utts:
+        raise ValueError(f"{out}: no utterances to write")
+    utt2spk = {u.utt: u.spk for u in utts}
+    files = {"wav.scp": {u.utt: u.wav for u in utts}, "text": {u.utt: u.text.strip() for u in utts},
+             "utt2spk": utt2spk, "spk2utt": spk2utt_from_utt2spk(utt2spk)}
+    if all(u.num_samples is not None for u in utts):
+        files["utt2num_samples"] = {u.utt: str(u.num_samples) for u in utts}
+    else:
+        (out / "utt2num_samples").unlink(missing_ok=True)  # a stale one from an earlier run would not match
+    DataDir(out, files).save()
+    log.info("wrote %s: %d utterances, %d speakers", out, len(utts), len(files["spk2utt"]))
+    return out
 
 
 def validate(path: str | os.PathLike, check_audio: bool = True) -> list[Problem]:

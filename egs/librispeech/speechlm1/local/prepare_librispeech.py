@@ -12,12 +12,12 @@ with ``--pipe``, a ``sox ... -t wav - |`` command that also resamples to ``--fs`
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "utils"))  # the recipe's utils/ link
-from data_dir import Utt, write_data_dir  # noqa: E402
+from speechlm.data.kaldi import Utt, write_data_dir
 
 
 def find_corpus(path: Path) -> Path:
@@ -74,6 +74,7 @@ def main(argv=None) -> None:
     p.add_argument("--pipe", action="store_true", help="wav.scp entries as sox pipes instead of paths")
     p.add_argument("--fs", type=int, default=16000, help="sampling rate of the sox pipes")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # write_data_dir's summary
     try:
         corpus = find_corpus(Path(args.corpus))
         utts = [u for s in args.subset for u in read_subset(corpus, s, args.pipe, args.fs)]

@@ -13,12 +13,11 @@ Audio is the wav path, or with ``--fs`` a ``sox ... -r FS -t wav - |`` resamplin
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "utils"))  # the recipe's utils/ link
-from data_dir import Utt, write_data_dir  # noqa: E402
+from speechlm.data.kaldi import Utt, write_data_dir
 
 
 def find_corpus(path: Path) -> Path:
@@ -61,6 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-test", type=int, default=250)
     p.add_argument("--fs", type=int, default=0, help="resample with a sox pipe to this rate (0: keep the wav path)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # write_data_dir's summary
     try:
         utts = read_metadata(find_corpus(Path(args.corpus)), args.fs or None)
         n_train = len(utts) - args.num_dev - args.num_test

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import random
 import subprocess
@@ -22,8 +23,7 @@ import sys
 import wave
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "utils"))  # the recipe's utils/ link
-from data_dir import Utt, write_data_dir  # noqa: E402
+from speechlm.data.kaldi import Utt, write_data_dir
 
 # ---------------------------------------------------------------------------------------------
 # Voices. Accents are espeak-ng English voices; variants change the timbre (m = male, f = female,
@@ -368,6 +368,7 @@ def main(argv=None) -> None:
     pw.add_argument("--wav-dir", required=True)
     pw.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # write_data_dir's summary
     try:
         {"plan": cmd_plan, "synth": cmd_synth, "write": cmd_write}[args.cmd](args)
     except ValueError as e:
