@@ -1,9 +1,10 @@
 """The SpeechLM learns with every strategy; loss bookkeeping, options, presets and strict save/load."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-import yaml
 
 from speechlm.conf import builtin_dir
 from speechlm.config import ConfigError, load_config
@@ -186,7 +187,8 @@ def test_save_and_load_round_trip(tmp_path, strategy):
     torch.manual_seed(0)
     model = SpeechLM(tiny_config(strategy, cond_reduction=2, ctc_weight=0.2, ctc_tokenizer="text_bpe"), vocab).eval()
     model.save_pretrained(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.yaml", "model.safetensors", "token_list.json"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "token_list.json",
+                                                            "llama_config.json"}
     loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
     torch.manual_seed(1)
     a = model(batch).loss
@@ -207,9 +209,9 @@ def test_strict_loading_names_missing_and_unexpected_keys(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(KeyError, match=r"missing keys: backbone\.layers\.0\.mlp\.up_proj\.weight.*unexpected keys: extra\.weight"):
         SpeechLM.from_pretrained(tmp_path)
-    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["dimm"] = 3
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="unknown key 'dimm'.*did you mean 'dim'"):
         SpeechLM.from_pretrained(tmp_path)
 

@@ -1,4 +1,6 @@
-"""speechlm pack: make a self-contained model dir (weights, vocabulary, tokenizers, tasks, model card)."""
+"""speechlm pack: make a self-contained model dir (weights, vocabulary, tokenizers, tasks, model card).
+
+The format is :mod:`speechlm.models.model_dir`'s; the card is :mod:`speechlm.models.model_card`'s."""
 from __future__ import annotations
 
 import argparse
@@ -32,28 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a model dir packed from this run to copy as it is (the one that was decoded and "
                         "scored: no checkpoint choice, no refit), e.g. for --export")
     p.add_argument("--export", action="store_true",
-                   help="make the dir upload-ready for a model hub (model card front matter, .gitattributes)")
+                   help="make the dir upload-ready for a model hub (.gitattributes for the large files)")
+    p.add_argument("--license", help="model card: the model's license (a Hugging Face license id, e.g. cc-by-4.0)")
+    p.add_argument("--language", action="append", default=[], help="model card: a language code (repeatable)")
+    p.add_argument("--base-model", help="model card: the hub id of the model this one was fine-tuned from")
+    p.add_argument("--dataset", action="append", default=[], help="model card: a hub dataset id (repeatable)")
+    p.add_argument("--repo-id", help="model card: the hub repo the model goes to (its usage example downloads it)")
     p.add_argument("--base-dir",
                    help="resolve the run's relative tokenizer paths against this dir (default: the dir the run "
                         "was started in, as the run recorded it); the files are still checked against the "
                         "fingerprints taken at training time")
-
-
-def pick_checkpoint(exp: Path, which: str, n_avg: int, out: Path) -> Path:
-    from speechlm.train.checkpoint import average_checkpoints, best_checkpoints, final_model_dir, latest_checkpoint
-
-    if which == "final":
-        ckpt = final_model_dir(exp)
-    elif which == "latest":
-        ckpt = latest_checkpoint(exp / "checkpoints")
-    elif which == "average":
-        best = best_checkpoints(exp / "checkpoints", n_avg) or [latest_checkpoint(exp / "checkpoints")]
-        ckpt = average_checkpoints([b for b in best if b], out / ".averaged") if best[0] else None
-    else:
-        ckpt = Path(which)
-    if ckpt is None or not (ckpt / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no complete checkpoint in {exp / 'checkpoints'} (train first, or pass --checkpoint DIR)")
-    return ckpt
 
 
 def run_base_dir(exp: Path) -> tuple[Path, str]:
@@ -128,33 +118,31 @@ def copy_tokenizers(exp: Path, out: Path, base: Path | None = None) -> None:
     (out / "tokenizers.yaml").write_text(yaml.safe_dump(packed, sort_keys=False))
 
 
-def model_card(exp: Path, out: Path, tasks: list[str], ckpt: Path, export: bool) -> str:
-    """README.md of a packed model: use, training data and command, results (hub front matter on export)."""
+def card_info(exp: Path, out: Path, ckpt: Path, args: argparse.Namespace, notes: list[str]):
+    """What the model card says about the run: checkpoint, data, command, results, pack flags."""
     import json
 
+    from speechlm.models.model_card import CardInfo
+
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
-    cmd = (exp / "cmd.sh").read_text().strip() if (exp / "cmd.sh").is_file() else "(unknown)"
-    results = (exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "No scoring results yet."
     state = ckpt / "trainer_state.json"
     step = json.loads(state.read_text()).get("step") if state.is_file() else None
-    front = "---\nlibrary_name: speechlm\ntags: [speech, speechlm, " + ", ".join(tasks) + "]\n---\n\n" if export else ""
     data = cfg.get("data", cfg.get("train", {}).get("data", "")) if isinstance(cfg, dict) else ""
-    return (
-        f"{front}# speechlm model: {exp.name}\n\n"
-        f"Tasks: {', '.join(tasks)}. Checkpoint: `{ckpt.name}`" + (f" (step {step})" if step else "") + ".\n\n"
-        "## Use\n\n```python\nimport speechlm\nlm = speechlm.load(\"" + str(out) + "\")\n"
-        "print(lm.asr(\"utt.wav\"))\n```\n\n"
-        f"or `speechlm decode --model-dir {out} --manifest-dir DUMP --out-dir OUT`.\n\n"
-        f"## Training data\n\n```\n{yaml.safe_dump(data) if data else '(see config.yaml)'}```\n\n"
-        f"## Training command\n\n```\n{cmd}\n```\n\n## Results\n\n{results}\n"
-    )
+    return CardInfo(
+        name=f"speechlm model: {exp.name}", license=args.license, language=args.language,
+        base_model=args.base_model, datasets=args.dataset, repo_id=args.repo_id, path=str(out),
+        checkpoint=f"`{ckpt.name}`" + (f" (step {step})" if step else ""),
+        training_data=yaml.safe_dump(data) if data else "",
+        command=(exp / "cmd.sh").read_text() if (exp / "cmd.sh").is_file() else "",
+        results=(exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "", notes=notes)
 
 
 def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
     """Refit the packed model's length head on the run's training data (a model-card line; '' when
     the model has none)."""
-    cfg = yaml.safe_load((model_dir / "config.yaml").read_text()) or {}  # the ModelConfig
-    if steps <= 0 or not cfg.get("length_weight"):
+    from speechlm.models.model_dir import read_config
+
+    if steps <= 0 or not read_config(model_dir).length_weight:
         return ""
     from speechlm.data.dataset import DataSpec
     from speechlm.models import SpeechLM
@@ -170,6 +158,10 @@ def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from speechlm.models.model_dir import LEGACY_CONFIG, MODEL_FILES, copy_model, is_model_dir
+    from speechlm.train.checkpoint import select_checkpoint
+    from speechlm.utils.fileio import write_text
+
     exp, out = Path(args.exp_dir), Path(args.out_dir)
     for name in ("tokenizers.yaml", "tasks"):
         if not (exp / name).exists():
@@ -183,16 +175,18 @@ def main(args: argparse.Namespace) -> int:
     tmp.mkdir(parents=True)
     if args.packed_dir:
         src = Path(args.packed_dir)
-        if not (src / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{src} is not a packed model dir (no model.safetensors)")
-        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md", ".done"))
+        if not is_model_dir(src):
+            raise FileNotFoundError(f"{src} is not a packed model dir (no model.safetensors + config.json)")
+        # the model part goes through copy_model (a packed dir of an older version is converted)
+        skip = shutil.ignore_patterns("README.md", ".done", LEGACY_CONFIG, *MODEL_FILES)
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=skip)
+        copy_model(src, tmp)
         card = (src / "README.md").read_text() if (src / "README.md").is_file() else ""
         refit = "".join(line + "\n" for line in card.splitlines() if line.startswith(REFIT_LINE))
         ckpt = src
     else:
-        ckpt = pick_checkpoint(exp, args.checkpoint, args.average, tmp)
-        for f in ("config.yaml", "model.safetensors", "token_list.json"):
-            shutil.copy2(ckpt / f, tmp / f)
+        ckpt = select_checkpoint(exp, args.checkpoint, args.average, tmp / ".averaged")
+        copy_model(ckpt, tmp)
         shutil.rmtree(tmp / ".averaged", ignore_errors=True)
         refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
         shutil.copytree(exp / "tasks", tmp / "tasks")
@@ -205,8 +199,12 @@ def main(args: argparse.Namespace) -> int:
         for task in (p.stem for p in (tmp / "tasks").glob("*.yaml")):
             decode_config_for(options, task)  # a bad key fails here, not at the user's first decode
         shutil.copy2(args.decode_config, tmp / "decode.yaml")
-    tasks = sorted(p.stem for p in (tmp / "tasks").glob("*.yaml"))
-    (tmp / "README.md").write_text(model_card(exp, out, tasks, ckpt, args.export) + refit)
+    from speechlm.models.model_card import build_card, model_description
+    from speechlm.tasks.template import load_template_file
+
+    templates = {p.stem: load_template_file(p) for p in sorted((tmp / "tasks").glob("*.yaml"))}
+    card = build_card(card_info(exp, out, ckpt, args, refit.splitlines()), templates, model_description(tmp))
+    write_text(tmp / "README.md", str(card))
     if args.export:
         (tmp / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n")
     shutil.rmtree(out, ignore_errors=True)

@@ -83,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.config import load_config, to_dict, yaml_loads
     from speechlm.data.dataset import DataSpec
     from speechlm.models import ModelConfig
-    from speechlm.train.build import apply_init_source, is_speechlm_dir
+    from speechlm.models.model_dir import is_model_dir, read_config
+    from speechlm.train.build import apply_init_source
     from speechlm.train.config import load_train_config
     from speechlm.train.trainer import Trainer
     from speechlm.vocab import Vocabulary
@@ -96,14 +97,13 @@ def main(args: argparse.Namespace) -> int:
         overrides[key.replace("-", "_")] = yaml_loads(value)  # lr=1e-3 is a float
     overrides.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
     cfg = load_train_config(args.train_config and resolve_config("train", args.train_config), overrides)
-    model_cfg_path = args.model_config
-    if model_cfg_path is None:
-        if not (args.init_from and is_speechlm_dir(args.init_from)):
+    if args.model_config is None:
+        if not (args.init_from and is_model_dir(args.init_from)):
             raise ValueError("give --model-config (or --init-from a speechlm model dir to reuse its config)")
-        model_cfg_path = os.path.join(args.init_from, "config.yaml")
+        model_cfg = read_config(args.init_from)
     else:
-        model_cfg_path = resolve_config("model", model_cfg_path)
-    model_cfg = apply_init_source(load_config(ModelConfig, model_cfg_path), args.init_from)
+        model_cfg = load_config(ModelConfig, resolve_config("model", args.model_config))
+    model_cfg = apply_init_source(model_cfg, args.init_from)
     vocab = Vocabulary.load(args.vocab)
     train = [DataSpec.parse(d) for d in args.data]
     valid = [DataSpec.parse(d) for d in args.valid_data]

@@ -1,8 +1,9 @@
 """Load a model dir and run tasks on raw inputs: ``speechlm.load(path).asr(wav)``.
 
-A model dir (packed by ``speechlm pack``, or written by ``SpeechLM.save_pretrained``) holds
-``config.yaml``, ``model.safetensors``, ``token_list.json``, ``tokenizers.yaml`` (paths relative
-to the dir) and ``tasks/*.yaml``.
+A model dir (packed by ``speechlm pack``; format: :mod:`speechlm.models.model_dir`) holds
+``config.json``, ``model.safetensors``, ``token_list.json``, ``tokenizers.yaml`` (paths relative
+to the dir), ``tasks/*.yaml`` and optionally ``decode.yaml``; dirs of older versions
+(``config.yaml``) load too.
 
 Example:
     >>> import speechlm
@@ -61,10 +62,12 @@ class Pipeline:
     def load(cls, path: str | os.PathLike, device: str = "cpu", allow_pipes: bool = False) -> "Pipeline":
         from speechlm.models import SpeechLM
 
-        path = Path(path)
-        for name in ("tokenizers.yaml", "token_list.json"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path} is not a speechlm model dir: {name} is missing (make one with `speechlm pack`)")
+        from speechlm.models.model_dir import check_model_dir
+
+        path = check_model_dir(path)
+        if not (path / "tokenizers.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a packed speechlm model dir: tokenizers.yaml is missing "
+                                    f"(make one with `speechlm pack`)")
         model = SpeechLM.from_pretrained(path, map_location=device)
         tokenizers = load_tokenizers(path / "tokenizers.yaml", base_dir=path)
         templates = {p.stem: load_template_file(p) for p in sorted((path / "tasks").glob("*.yaml"))}

@@ -294,16 +294,18 @@ class SpeechLM(nn.Module):
 
     # ---- save / load ----------------------------------------------------------------------
     def save_pretrained(self, out_dir) -> None:
-        from speechlm.models.checkpoint import save_model
+        """Write the model part of a model dir (``config.json``, ``model.safetensors``,
+        ``token_list.json``; :mod:`speechlm.models.model_dir`), as ``PyTorchModelHubMixin`` names it."""
+        from speechlm.models.model_dir import write_model
 
-        save_model(self, out_dir)
+        write_model(self, out_dir)
 
     @classmethod
     def from_pretrained(cls, path, map_location: str | torch.device = "cpu",
                         vocab: Vocabulary | None = None) -> "SpeechLM":
         """Load a saved model (strict). ``vocab``: an extended vocabulary to fine-tune with (old ids
         keep their rows, new ids get fresh ones)."""
-        from speechlm.models.checkpoint import load_model
+        from speechlm.models.model_dir import load_model
 
         return load_model(cls, path, map_location, vocab)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,102 +13,19 @@ from speechlm.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def is_speechlm_dir(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return (p / "model.safetensors").is_file() and (p / "config.yaml").is_file()
-
-
-def is_hf_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / "config.json").is_file() and not is_speechlm_dir(path)
-
-
 def apply_init_source(model_config, init_from: str | None):
     """An HF causal LM dir given as ``--init-from`` becomes the model's ``hf`` backbone."""
+    from speechlm.models.model_dir import is_hf_dir, is_model_dir
+
     if init_from and is_hf_dir(init_from):
         if model_config.backbone != "hf" or model_config.hf_path != str(init_from):
             log.info("--init-from %s is a Hugging Face causal LM: using it as the hf backbone", init_from)
         model_config.backbone, model_config.hf_path = "hf", str(init_from)
-    elif init_from and not is_speechlm_dir(init_from):
+    elif init_from and not is_model_dir(init_from):
         raise FileNotFoundError(
-            f"--init-from {init_from}: neither a speechlm model dir (config.yaml + model.safetensors) "
-            f"nor a Hugging Face causal LM dir (config.json)")
+            f"--init-from {init_from}: neither a speechlm model dir (config.json of model_type speechlm, or the "
+            f"config.yaml of older versions, + model.safetensors) nor a Hugging Face causal LM dir (config.json)")
     return model_config
-
-
-def vocab_id_map(old, new) -> torch.Tensor | None:
-    """For each id of ``new``, the id of the same token in ``old`` (-1: a token ``old`` lacks);
-    None when ``new`` keeps every id of ``old`` (equal, or extended by appending)."""
-    n = len(old.tokens)
-    if new.tokens[:n] == old.tokens:
-        return None
-    index = {t: i for i, t in enumerate(old.tokens)}
-    return torch.tensor([index.get(t, -1) for t in new.tokens], dtype=torch.int64)
-
-
-def _first_difference(old, new) -> str:
-    i = next((i for i, (a, b) in enumerate(zip(old.tokens, new.tokens)) if a != b), min(len(old), len(new)))
-    a = old.tokens[i] if i < len(old) else "nothing"
-    b = new.tokens[i] if i < len(new) else "nothing"
-    return f"id {i} is {a!r} in the model and {b!r} in --vocab"
-
-
-@torch.no_grad()
-def load_init_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Copy the weights of a packed/checkpoint model dir into ``model``.
-
-    Tensors must match by name. The token lists are compared: when ``model.vocab`` extends the
-    saved one (ids only appended) the embedding/head rows of the old ids are copied; when ids moved
-    (another order, tokens added or dropped in between), each row is copied from the old id of its
-    token, and tokens the saved model lacks keep fresh rows. Anything else that does not fit is an
-    error naming the tensor (or the first differing token).
-    """
-    from speechlm.models.checkpoint import VOCAB_ROWS, read_safetensors
-    from speechlm.train.model_io import aliases
-    from speechlm.vocab import Vocabulary
-
-    path = Path(path)
-    src = read_safetensors(path / "model.safetensors")
-    tied = aliases(model)
-    dst = {k: v for k, v in model.state_dict().items() if k not in tied}
-    missing = sorted(set(dst) - set(src))
-    unexpected = sorted(set(src) - set(dst))
-    if missing or unexpected:
-        raise KeyError(f"{path}: weights do not fit this model: missing {missing[:8]}, unexpected {unexpected[:8]} "
-                       f"(is --model-config the same architecture?)")
-    old_vocab = Vocabulary.load(path / "token_list.json") if (path / "token_list.json").is_file() else None
-    if old_vocab is None:
-        log.warning("%s has no token_list.json: cannot check that the token ids match --vocab", path)
-    id_map = vocab_id_map(old_vocab, model.vocab) if old_vocab is not None else None
-    if id_map is not None:
-        # every tensor with one row per old id must be one we know how to remap
-        rows = [k for k, v in src.items() if v.dim() >= 1 and v.shape[0] == len(old_vocab)]
-        unknown = [k for k in rows if k not in VOCAB_ROWS]
-        if unknown:
-            raise ValueError(f"{path}: the token ids differ from --vocab ({_first_difference(old_vocab, model.vocab)}) "
-                             f"and tensor {unknown[0]} has one row per id, which cannot be remapped; build the "
-                             f"vocabulary with `speechlm vocab --extend {path / 'token_list.json'}`")
-    grown, remapped = [], []
-    for k, v in src.items():
-        t = dst[k]
-        if id_map is not None and k in VOCAB_ROWS and v.shape[0] == len(old_vocab) and t.shape[1:] == v.shape[1:]:
-            keep = id_map >= 0
-            t[keep] = v[id_map[keep]].to(t.dtype)  # rows of new tokens stay freshly initialized
-            remapped.append(k)
-        elif t.shape == v.shape:
-            t.copy_(v)
-        elif id_map is None and t.dim() == v.dim() and t.shape[1:] == v.shape[1:] and t.shape[0] > v.shape[0]:
-            t[: v.shape[0]].copy_(v)
-            grown.append(k)
-        else:
-            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs {tuple(t.shape)}")
-    if remapped:
-        moved = int(((id_map >= 0) & (id_map != torch.arange(len(id_map)))).sum())
-        new = int((id_map < 0).sum())
-        dropped = len(old_vocab) - int((id_map >= 0).sum())
-        log.warning("--vocab orders tokens differently from %s (%s): remapped the rows of %s by token "
-                    "(%d ids moved, %d new tokens with fresh rows, %d tokens of the model not in --vocab)",
-                    path, _first_difference(old_vocab, model.vocab), ", ".join(remapped), moved, new, dropped)
-    log.info("initialized from %s%s", path, f" ({len(grown)} tensors grown with the vocabulary)" if grown else "")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -201,5 +116,5 @@ def model_context(model: nn.Module) -> int | None:
     return getattr(cfg, "max_len", None)
 
 
-__all__ = ["apply_init_source", "load_init_weights", "vocab_id_map", "resolve_precision", "autocast", "make_optimizer",
-           "enable_activation_checkpointing", "model_context", "segment_rows_fn", "is_speechlm_dir", "is_hf_dir"]
+__all__ = ["apply_init_source", "resolve_precision", "autocast", "make_optimizer",
+           "enable_activation_checkpointing", "model_context", "segment_rows_fn"]

@@ -3,7 +3,8 @@
 Layout (each checkpoint is also a model dir that ``SpeechLM.from_pretrained`` loads)::
 
     checkpoints/step_00000100/
-        config.yaml  model.safetensors  token_list.json   the model (written by the trainer)
+        config.json  model.safetensors  token_list.json   the model part of a model dir
+        llama_config.json (or hf_backbone/)               (speechlm/models/model_dir.py)
         optimizer.pt                                      full optimizer state (AdamW moments)
         trainer_state.json                                step, tokens, schedule, sampler, metrics
         rng/rank_0.pt ...                                 Python/numpy/torch/CUDA RNG per rank
@@ -264,9 +265,7 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int, keep_best: int) -
 def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     """Average ``model.safetensors`` of ``paths`` (floating tensors; others from the first) into
     ``out_dir``, with the model files of the first checkpoint beside it."""
-    from safetensors.torch import save_file
-
-    from speechlm.models.checkpoint import read_safetensors as load_file
+    from speechlm.models.model_dir import WEIGHTS, read_safetensors, write_weights
 
     if not paths:
         raise ValueError("no checkpoint to average")
@@ -277,19 +276,19 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     tmp.mkdir(parents=True)
     avg: dict[str, torch.Tensor] = {}
     for p in paths:
-        sd = load_file(p / "model.safetensors")
+        sd = read_safetensors(p / WEIGHTS)
         for k, v in sd.items():
             if k not in avg:
                 avg[k] = v.double() if v.is_floating_point() else v
             elif v.is_floating_point():
                 avg[k] += v.double()
-    first = load_file(paths[0] / "model.safetensors")
+    first = read_safetensors(paths[0] / WEIGHTS)
     avg = {k: (v / len(paths)).to(first[k].dtype) if v.is_floating_point() else v for k, v in avg.items()}
-    for f in paths[0].iterdir():  # config.yaml, token_list.json, hf_backbone/ ...
-        if f.name in ("model.safetensors", "optimizer.pt", MARKER, "trainer_state.json", "rng"):
+    for f in paths[0].iterdir():  # config.json, token_list.json, llama_config.json or hf_backbone/ ...
+        if f.name in (WEIGHTS, "optimizer.pt", MARKER, "trainer_state.json", "rng"):
             continue
         (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
-    save_file(avg, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    write_weights(avg, tmp / WEIGHTS)
     write_json(tmp / "averaged_from.json", {"checkpoints": [str(p) for p in paths]})
     write_json(tmp / MARKER, {"averaged": len(paths), "format": FORMAT, "files": build_manifest(tmp, (MARKER,))})
     if out.exists():
@@ -299,19 +298,47 @@ def average_checkpoints(paths: list[Path], out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def final_model_dir(exp_dir: str | os.PathLike) -> Path:
-    """The model dir a finished run hands on (to ``pack`` / ``decode``): ``checkpoints/average``
-    when averaging ran, else the best checkpoint by validation loss, else the newest."""
+def select_checkpoint(exp_dir: str | os.PathLike, which: str = "final", n_average: int = 3,
+                      scratch: str | os.PathLike | None = None) -> Path:
+    """The model dir of run ``exp_dir`` that ``which`` names (the one checkpoint choice of
+    ``pack``, ``decode`` and the scripts):
+
+    - ``final``: ``checkpoints/average`` when the run averaged, else its best checkpoint by
+      validation loss, else its newest;
+    - ``latest``: the newest complete checkpoint;
+    - ``average``: the mean of the ``n_average`` best (else of the newest), written to ``scratch``;
+    - anything else: the path of a checkpoint or model dir.
+    """
+    from speechlm.models.model_dir import is_model_dir
+
     root = Path(exp_dir) / "checkpoints"
-    if is_complete(root / "average"):
-        return root / "average"
-    best = best_checkpoints(root, 1) or list_checkpoints(root)[-1:]
-    if not best:
-        raise FileNotFoundError(f"no complete checkpoint in {root} (train with `speechlm train --out-dir {exp_dir}`)")
-    return best[0]
+    if which == "final" and is_complete(root / "average"):
+        ckpt: Path | None = root / "average"
+    elif which in ("final", "average"):
+        best = best_checkpoints(root, n_average if which == "average" else 1) or list_checkpoints(root)[-1:]
+        if which == "average" and best:
+            if scratch is None:
+                raise ValueError("select_checkpoint(which='average') needs a scratch dir for the average")
+            ckpt = average_checkpoints(best, scratch)
+        else:
+            ckpt = best[0] if best else None
+    elif which == "latest":
+        ckpt = latest_checkpoint(root)
+    else:
+        ckpt = Path(which)
+    if ckpt is None or not is_model_dir(ckpt):
+        where = root if ckpt is None else ckpt
+        raise FileNotFoundError(f"no complete checkpoint in {where} (train with `speechlm train --out-dir "
+                                f"{exp_dir}`, or name a checkpoint dir)")
+    return ckpt
 
 
-__all__ = ["save_checkpoint", "final_model_dir", "latest_checkpoint", "list_checkpoints", "read_state", "load_rng",
+def final_model_dir(exp_dir: str | os.PathLike) -> Path:
+    """The model dir a finished run hands on (to ``pack`` / ``decode``): ``select_checkpoint(exp_dir)``."""
+    return select_checkpoint(exp_dir, "final")
+
+
+__all__ = ["save_checkpoint", "select_checkpoint", "final_model_dir", "latest_checkpoint", "list_checkpoints", "read_state", "load_rng",
            "best_checkpoints", "prune_checkpoints", "average_checkpoints", "step_dir", "is_complete",
            "resume_checkpoint", "load_optimizer_state", "set_aside", "CheckpointSaveError", "CheckpointError",
            "rng_state", "set_rng_state"]

@@ -28,6 +28,7 @@ import torch
 from speechlm.data.dataset import DataSpec, MultiTaskData
 from speechlm.data.loader import MixMeter, train_batches, valid_batches
 from speechlm.data.sampler import BucketSampler
+from speechlm.models.model_dir import init_weights, is_model_dir, read_weights, write_model
 from speechlm.train import build
 from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is_complete, list_checkpoints,
                                        load_optimizer_state, load_rng, prune_checkpoints, read_state,
@@ -35,7 +36,6 @@ from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is
 from speechlm.train.config import TrainConfig
 from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_strategy
 from speechlm.train.integrity import CheckpointError, tensor_bytes
-from speechlm.train.model_io import load_model_weights, write_model_dir
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
 from speechlm.vocab import Vocabulary
@@ -83,8 +83,8 @@ class Trainer:
         from speechlm.models import SpeechLM
 
         self.model = SpeechLM(self.model_config, self.vocab)
-        if self.init_from and build.is_speechlm_dir(self.init_from):
-            build.load_init_weights(self.model, self.init_from)
+        if self.init_from and is_model_dir(self.init_from):
+            init_weights(self.model, self.init_from)
         if cfg.activation_checkpointing:
             build.enable_activation_checkpointing(self.model)
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
@@ -367,7 +367,7 @@ class Trainer:
         optim_state = self.strategy.optimizer_state_dict(self.module, self.optimizer)
         mix = [self._global_mix().examples[d] for d in range(len(self.train_specs))]
         path = save_checkpoint(self.ckpt_dir, self.step, self.env,
-                               lambda d: write_model_dir(self.model, model_state, d), optim_state, self.state(mix),
+                               lambda d: write_model(self.model, d, model_state), optim_state, self.state(mix),
                                size_hint=tensor_bytes(model_state) + tensor_bytes(optim_state))
         if self.env.is_main:
             prune_checkpoints(self.ckpt_dir, self.cfg.keep_last, self.cfg.keep_best)
@@ -378,7 +378,7 @@ class Trainer:
         """Resume from a checkpoint dir: model, optimizer, schedule, sampler position, RNG."""
         path = Path(path)
         state = read_state(path)
-        self.strategy.load_model_state_dict(self.module, load_model_weights(self.model, path))
+        self.strategy.load_model_state_dict(self.module, read_weights(self.model, path))
         # weights_only: a crafted pickle is refused, never run
         optim = load_optimizer_state(path, getattr(self.strategy, "checkpoint_safe_globals", list)())
         if optim is not None:

@@ -361,9 +361,11 @@ if stage_on 12; then
   log "Stage 12: upload-ready export: ${exp} + ${exp}/RESULTS.md -> ${exp}/upload"
   pack_opts=()
   if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
+  if [[ -n ${hub_repo} ]]; then pack_opts+=(--repo-id "${hub_repo}"); fi  # the card's usage downloads it
   # the packed model that stages 10-11 decoded and scored, with RESULTS.md in its card
   "${slm[@]}" pack --exp-dir "${exp}" --packed-dir "${exp}/packed" --out-dir "${exp}/upload" --export "${pack_opts[@]}"
-  log "Stage 12: to publish: huggingface-cli upload ${hub_repo:-<user>/<model-name>} ${exp}/upload ."
+  # `hf` is the command line huggingface_hub installs (it replaced the older CLI)
+  log "Stage 12: to publish: hf upload ${hub_repo:-<user>/<model-name>} ${exp}/upload ."
 fi
 
 log "Done: stages ${stage}..${stop_stage} of ${PWD##*/egs/}"
