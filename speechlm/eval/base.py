@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 Kind = Literal["text", "audio"]
 
 #: Metrics by name (``wer``, ``cer``, ``intelligibility``, ``spk_sim``, ``dnsmos``, ``stoi``, ...).
-METRICS: Registry[type["Metric"]] = Registry("metric")
+METRICS: Registry[type["Metric"]] = Registry("metric", entry_points="speechlm.metrics")
 #: Speech recognizers used to measure the intelligibility of generated speech.
 RECOGNIZERS: Registry[type] = Registry("recognizer")
 

@@ -22,7 +22,7 @@ import torch.utils.checkpoint
 
 from speechlm.registry import Registry
 
-BACKBONES: Registry = Registry("backbone")
+BACKBONES: Registry = Registry("backbone", entry_points="speechlm.backbones")
 
 
 class RMSNorm(nn.Module):

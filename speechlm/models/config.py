@@ -1,7 +1,8 @@
 """``ModelConfig``: every option of :class:`speechlm.models.SpeechLM`, loaded from YAML.
 
-Size presets live in ``conf/model/{tiny,30m,360m,1.7b}.yaml``; load one with
-``load_config(ModelConfig, "conf/model/tiny.yaml")``. Unknown keys are errors naming the key.
+Size presets ship in the package (``speechlm/conf/model/{tiny,30m,360m,1.7b}.yaml``); load one with
+``load_config(ModelConfig, resolve_config("model", "tiny"))`` (:mod:`speechlm.conf`). Unknown keys
+are errors naming the key.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import torch
 from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, PAD, SPECIAL
 from speechlm.registry import Registry
 
-PATTERNS: Registry[type["Pattern"]] = Registry("stream strategy")
+PATTERNS: Registry[type["Pattern"]] = Registry("stream strategy", entry_points="speechlm.strategies")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from speechlm.registry import Registry
 
-TOKENIZERS: Registry[type["Tokenizer"]] = Registry("tokenizer")
+TOKENIZERS: Registry[type["Tokenizer"]] = Registry("tokenizer", entry_points="speechlm.tokenizers")
 
 
 class Tokenizer(abc.ABC):

@@ -1,4 +1,4 @@
-"""The training config: one dataclass, loaded strictly from YAML (``conf/train/*.yaml``).
+"""The training config: one dataclass, loaded strictly from YAML (presets: ``speechlm/conf/train/*.yaml``).
 
 Unknown keys and wrong types are errors naming the key; ``speechlm train`` flags such as
 ``--max-steps`` override the file. Budgets are in optimizer steps and/or loss tokens (the run
