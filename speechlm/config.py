@@ -96,11 +96,17 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys fail with the closest valid key suggested."""
+    """Build dataclass ``cls`` from ``data``; unknown keys fail with the closest valid key suggested.
+
+    A class may define ``upgrade_keys(data, where) -> data`` (a classmethod) to handle the keys of
+    older versions: it raises for a renamed key (naming the new one) or converts it, with a warning."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade_keys", None)
+    if upgrade is not None:  # old spellings: renamed keys (an error naming the new one), dropped keys
+        data = upgrade(dict(data), where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:

@@ -41,7 +41,7 @@ def dumps(tmp_path_factory):
 
 def _trainer(root, out, vocab=None, stop=None, init_from=None, **over):
     opts = {"max_steps": 4, "save_every": 2, "valid_every": 0, "batch_tokens": 600, "pool_size": 60,
-            "progress": False, "log_every": 2, "tensorboard": False, "plot": False, **over}
+            "progress_bar": False, "log_every": 2, "tensorboard": False, "plot": False, **over}
     cfg = load_train_config(TRAIN, opts)
     return Trainer(cfg, load_config(ModelConfig, TINY), vocab or synthetic_vocab(["asr"]),
                    [DataSpec.parse(f"asr:a:{root / 'asr'}:1")], str(out), init_from=init_from,
@@ -53,8 +53,8 @@ def _cli(dumps, out, *extra):
 
     return main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),
                  "--model-config", TINY, "--train-config", TRAIN, "--out-dir", str(out), "--valid-every", "0",
-                 "--save-every", "2", "--train-set", "tensorboard=false", "--train-set", "plot=false",
-                 "--train-set", "progress=false", *extra])
+                 "--save-every", "2", "--set", "tensorboard=false", "--set", "plot=false",
+                 "--set", "progress_bar=false", *extra])
 
 
 def _reseal(ckpt: Path) -> None:
@@ -191,14 +191,14 @@ def test_case14_resume_with_changed_options_keeps_config(dumps, tmp_path, caplog
     original = (out / "config.yaml").read_text()
     with caplog.at_level(logging.WARNING):
         assert _cli(dumps, out, "--max-steps", "4", "--lr", "0.01") == 1
-    assert any("train.lr" in r.getMessage() and "--allow-config-change" in r.getMessage() for r in caplog.records)
+    assert any("train_config.lr" in r.getMessage() and "--allow-config-change" in r.getMessage() for r in caplog.records)
     assert (out / "config.yaml").read_text() == original
     assert latest_checkpoint(out / "checkpoints").name == "step_00000002"  # nothing trained
     assert _cli(dumps, out, "--max-steps", "4", "--lr", "0.01", "--allow-config-change") == 0
     assert (out / "config.yaml").read_text() == original  # the original options stay
     changes = [json.loads(x) for x in (out / "config_changes.jsonl").read_text().splitlines()]
-    assert changes[-1]["changes"]["train.lr"] == [0.003, 0.01] and changes[-1]["step"] == 2
-    assert "train.max_steps" in changes[-1]["changes"]
+    assert changes[-1]["changes"]["train_config.lr"] == [0.003, 0.01] and changes[-1]["step"] == 2
+    assert "train_config.max_steps" in changes[-1]["changes"]
     assert _cli(dumps, out, "--max-steps", "6") == 0  # the budget alone may change
     assert latest_checkpoint(out / "checkpoints").name == "step_00000006"
     assert json.loads((out / "config_changes.jsonl").read_text().splitlines()[-1])["allowed_by"] == "budget"
@@ -253,7 +253,7 @@ def test_case17_yaml_exponent_without_dot_is_a_float(tmp_path):
     cfg = load_train_config(f)
     assert cfg.lr == 0.001 and isinstance(cfg.lr, float) and cfg.eps == 1e-8 and cfg.min_lr_ratio == 0.5
     assert load_yaml(f)["lr"] == 0.001
-    from speechlm.config import yaml_loads  # what `--train-set lr=1e-3` goes through
+    from speechlm.config import yaml_loads  # what `--set lr=1e-3` goes through
 
     assert yaml_loads("a: 1e3\nb: 12\nc: v1e3\nd: '1e-3'") == {"a": 1000.0, "b": 12, "c": "v1e3", "d": "1e-3"}
 

@@ -10,6 +10,7 @@ from speechlm.conf import builtin_dir
 from speechlm.config import ConfigError, load_config
 from speechlm.data.batch import collate
 from speechlm.models import PATTERNS, ModelConfig, SpeechLM
+from speechlm.utils.precision import autocast
 from speechlm.vocab import Vocabulary
 from test_model_helpers import cached_trained_model, tiny_config, toy_examples, toy_vocab, train
 
@@ -173,8 +174,9 @@ def test_bf16_autocast_runs_and_stays_finite():
     vocab = toy_vocab(2)
     batch = collate(toy_examples(vocab, 2))
     torch.manual_seed(0)
-    model = SpeechLM(tiny_config("delay", autocast="bf16"), vocab)
-    out = model(batch)
+    model = SpeechLM(tiny_config("delay"), vocab)
+    with autocast("bf16", "cpu"):  # what the trainer does for precision: bf16
+        out = model(batch)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert out.loss.dtype == torch.float32
@@ -289,22 +291,6 @@ def test_loading_with_an_extended_vocabulary_keeps_old_rows(tmp_path):
     other.tokens[70] = "<changed>"
     with pytest.raises(ValueError, match="id 70"):
         SpeechLM.from_pretrained(tmp_path / "m", vocab=other)
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    vocab = toy_vocab(2)
-    batch = collate(toy_examples(vocab, 2))
-    grads = []
-    for ckpt in (False, True):
-        torch.manual_seed(0)
-        model = SpeechLM(tiny_config("delay", grad_checkpointing=ckpt, cond_reduction=2), vocab)
-        calls, layer = [], model.backbone.layers[0]
-        forward = layer.forward
-        layer.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
-        model(batch).loss.backward()
-        assert len(calls) == (2 if ckpt else 1), "a checkpointed layer runs again in the backward pass"
-        grads.append(model.backbone.layers[0].mlp.up_proj.weight.grad)
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("full", [False, True])

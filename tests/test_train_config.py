@@ -1,4 +1,4 @@
-"""TrainConfig: strict YAML, shipped presets, flag overrides, precision choice."""
+"""TrainConfig: strict YAML, shipped presets, flag overrides, precision choice, old keys."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 
 from speechlm.conf import builtin_dir, resolve_config
 from speechlm.config import ConfigError
-from speechlm.train.build import resolve_precision
-from speechlm.train.config import TrainConfig, load_train_config
+from speechlm.train.config import TrainConfig, load_train_config, upgrade_run_config
+from speechlm.utils.precision import autocast, autocast_dtype
 
 PRESETS = sorted(builtin_dir("train").glob("*.yaml"))
 
@@ -38,8 +38,49 @@ def test_strict_keys_types_and_overrides(tmp_path):
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is None
-    assert resolve_precision("bf16", cpu) == torch.bfloat16
-    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        resolve_precision("fp16", cpu)
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="fp8"):
+        autocast_dtype("fp8", cpu)
+    x = torch.randn(4, 4)
+    with autocast("bf16", cpu):
+        assert (x @ x).dtype == torch.bfloat16
+    with autocast("fp32", cpu):
+        assert (x @ x).dtype == torch.float32
+
+
+def test_renamed_keys_name_the_new_key(tmp_path):
+    """One word, one meaning: the DDP/FSDP/DeepSpeed choice is `distributed` ("strategy" is the
+    stream layout), the tqdm bar is `progress_bar` ("progress" is the model's input)."""
+    old = tmp_path / "old.yaml"
+    for key, value, new in (("strategy", "fsdp", "distributed"), ("progress", "false", "progress_bar")):
+        old.write_text(f"{key}: {value}\n")
+        with pytest.raises(ConfigError, match=f"'{key}' was renamed to '{new}'"):
+            load_train_config(old)
+        with pytest.raises(ConfigError, match=f"renamed to '{new}'"):
+            load_train_config(None, {key: value})
+    old.write_text("distributed: fsdp\nprogress_bar: false\n")
+    cfg = load_train_config(old)
+    assert cfg.distributed == "fsdp" and cfg.progress_bar is False
+    old.write_text("distributed: horovod\n")
+    with pytest.raises(ConfigError, match="distributed"):
+        load_train_config(old)
+
+
+def test_old_run_config_upgrades_to_the_new_layout():
+    """A run dir written by an older version (configs under train/model, old key names, dropped
+    keys) compares equal to the same options written now, so it resumes without a false change."""
+    from speechlm.config import to_dict
+    from speechlm.models.config import ModelConfig
+    from speechlm.train.rundir import config_changes
+
+    new = {"train_config": to_dict(TrainConfig()), "model_config": to_dict(ModelConfig()), "data": ["a:b:c:1"]}
+    old_train = {("strategy" if k == "distributed" else "progress" if k == "progress_bar" else k): v
+                 for k, v in new["train_config"].items()}
+    old = {"train": {**old_train, "pack": False},
+           "model": {**new["model_config"], "autocast": "auto", "grad_checkpointing": False}, "data": ["a:b:c:1"]}
+    assert config_changes(old, new)  # as stored, everything differs
+    assert config_changes(upgrade_run_config(old), new) == {}

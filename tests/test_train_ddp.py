@@ -26,12 +26,12 @@ def _ids(out, ranks):
     return dict(per_step)
 
 
-def _compare(tmp_path, strategy: str, data: list[str]) -> None:
+def _compare(tmp_path, distributed: str, data: list[str]) -> None:
     make_dump(tmp_path / "asr", "asr", 30, seed=0, frames=(10, 50))
     make_dump(tmp_path / "tts", "tts", 20, seed=1, prefix="t", frames=(10, 50), n_speakers=2)
     synthetic_vocab(["asr", "tts"]).save(tmp_path / "token_list.json")
     cfg = yaml.safe_load(open(resolve_config("train", "tiny")))
-    cfg.update(max_steps=3, batch_tokens=500, pool_size=40, valid_every=3, save_every=3, progress=False,
+    cfg.update(max_steps=3, batch_tokens=500, pool_size=40, valid_every=3, save_every=3, progress_bar=False,
                log_example_ids=True, tensorboard=False, plot=False)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     common = ["train", *(a for d in data for a in ("--data", d.format(root=tmp_path))),
@@ -42,7 +42,7 @@ def _compare(tmp_path, strategy: str, data: list[str]) -> None:
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "speechlm", *common, "--out-dir", str(tmp_path / "two"), "--strategy", strategy],
+                          "-m", "speechlm", *common, "--out-dir", str(tmp_path / "two"), "--distributed", distributed],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "on 2 process(es)" in two.stderr

@@ -36,7 +36,7 @@ def _specs(root):
 
 def _trainer(root, out, stop=None, **over):
     opts = {"max_steps": 6, "save_every": 2, "valid_every": 4, "batch_tokens": 600, "pool_size": 60,
-            "progress": False, "log_every": 2, "log_example_ids": True, **over}
+            "progress_bar": False, "log_every": 2, "log_example_ids": True, **over}
     cfg = load_train_config(TRAIN, opts)
     mc = load_config(ModelConfig, TINY)
     mc.dropout = 0.1  # the resumed run must restore the RNG too
@@ -150,7 +150,7 @@ def test_init_from_hf_causal_lm(dumps, tmp_path):
                                        max_position_embeddings=512))
     llm.save_pretrained(tmp_path / "llm")
     (tmp_path / "train.yaml").write_text((open(TRAIN).read()
-                                          + "activation_checkpointing: true\nprogress: false\n"))
+                                          + "activation_checkpointing: true\nprogress_bar: false\n"))
     out = tmp_path / "hf"
     assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),
                  "--model-config", TINY, "--train-config", str(tmp_path / "train.yaml"), "--out-dir", str(out),

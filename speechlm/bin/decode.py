@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default: the model dir's decode.yaml, if it has one")
     p.add_argument("--batch-size", type=int, help="utterances decoded together (overrides the config)")
     p.add_argument("--seed", type=int, help="sampling seed (overrides the config)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"),
+                   help="decoding precision (overrides the config's precision; default fp32)")
     p.add_argument("--limit", type=int, help="decode only the first N examples")
 
 
@@ -62,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
 
     from speechlm.config import load_yaml
     from speechlm.infer.runner import decode_manifest
+    from speechlm.models.config import legacy_decode_precision
     from speechlm.utils.threads import set_threads
 
     set_threads(jobs=args.nj)
@@ -69,7 +72,10 @@ def main(args: argparse.Namespace) -> int:
     if config_file is None and (Path(args.model_dir) / "decode.yaml").is_file():
         config_file = str(Path(args.model_dir) / "decode.yaml")  # the model's own defaults (speechlm pack)
     cfg = (load_yaml(config_file) if config_file else None) or {}
-    for key in ("batch_size", "seed"):
+    legacy = legacy_decode_precision(args.model_dir)  # an old model's autocast key: decode as it did
+    if legacy and "precision" not in cfg:
+        cfg["precision"] = legacy
+    for key in ("batch_size", "seed", "precision"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     manifest_dir = args.manifest_dir or str(manifest_from_input(args.model_dir, args.task, args.input,

@@ -8,6 +8,9 @@ Re-running the same command resumes from the newest intact checkpoint in OUT_DIR
 (a damaged one is named and set aside as step_N.corrupt). Resuming keeps the run's original
 config.yaml: changed options are logged, and anything but the budget (--max-steps,
 --max-train-tokens) or logging/speed options needs --allow-config-change.
+
+OUT_DIR/config.yaml holds this command's options as resolved (the train and model configs inline),
+so ``speechlm train --config exp/tiny/config.yaml --out-dir exp/tiny2`` trains the same run again.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ log = logging.getLogger("speechlm.train")
 # train-config keys that have a command-line flag (flag value wins over the YAML)
 OVERRIDES = {
     "max_steps": int, "max_train_tokens": int, "batch_tokens": int, "grad_accum": int, "lr": float,
-    "seed": int, "device": str, "precision": str, "strategy": str, "threads": int, "num_workers": int,
+    "seed": int, "device": str, "precision": str, "distributed": str, "threads": int, "num_workers": int,
     "valid_every": int, "save_every": int, "warmup_steps": int, "deepspeed_config": str,
 }
 
@@ -34,9 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", required=True, help="token_list.json")
     p.add_argument("--tokenizers", help="tokenizers.yaml (copied into the run dir)")
     p.add_argument("--model-config", help="model YAML, or a built-in preset's name (tiny, 30m, 360m, 1.7b); "
-                   "default: the config of --init-from when it is a speechlm model dir")
+                   "default: the config of --init-from when it is a speechlm model dir (in a --config file: "
+                   "also the options themselves, as a mapping)")
     p.add_argument("--train-config", help="train YAML, or a built-in preset's name (tiny, cpu_demo); "
-                   "default: TrainConfig defaults")
+                   "default: TrainConfig defaults (in a --config file: also a mapping)")
     p.add_argument("--out-dir", required=True, help="run dir (exp/<tag>); holds config, logs, checkpoints")
     p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir or an HF causal LM dir")
     p.add_argument("--nproc", type=int, default=1,
@@ -47,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: leave as if killed
     for key, tp in OVERRIDES.items():
         p.add_argument("--" + key.replace("_", "-"), type=tp, default=None, help=f"override train config {key}")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any train config key (YAML value), e.g. --train-set keep_best=5")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any train config key (YAML value), e.g. --set keep_best=5")
 
 
 def _relaunch(args: argparse.Namespace) -> int:
@@ -80,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from speechlm.conf import resolve_config
-    from speechlm.config import load_config, to_dict, yaml_loads
+    from speechlm.config import from_dict, load_config, to_dict, yaml_loads
     from speechlm.data.dataset import DataSpec
     from speechlm.models import ModelConfig
     from speechlm.models.model_dir import is_model_dir, read_config
@@ -90,14 +94,18 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.vocab import Vocabulary
 
     overrides = {}
-    for item in args.train_set:
+    for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--train-set {item!r}: expected KEY=VALUE, e.g. keep_best=5")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. keep_best=5")
         overrides[key.replace("-", "_")] = yaml_loads(value)  # lr=1e-3 is a float
     overrides.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
-    cfg = load_train_config(args.train_config and resolve_config("train", args.train_config), overrides)
-    if args.model_config is None:
+    train_cfg = args.train_config  # a path or preset name; a mapping when a --config file gives it
+    cfg = load_train_config(train_cfg if isinstance(train_cfg, dict) or train_cfg is None
+                            else resolve_config("train", train_cfg), overrides)
+    if isinstance(args.model_config, dict):  # a run's config.yaml fed back with --config
+        model_cfg = from_dict(ModelConfig, args.model_config, f"{args.config}: model_config")
+    elif args.model_config is None:
         if not (args.init_from and is_model_dir(args.init_from)):
             raise ValueError("give --model-config (or --init-from a speechlm model dir to reuse its config)")
         model_cfg = read_config(args.init_from)
@@ -107,8 +115,8 @@ def main(args: argparse.Namespace) -> int:
     vocab = Vocabulary.load(args.vocab)
     train = [DataSpec.parse(d) for d in args.data]
     valid = [DataSpec.parse(d) for d in args.valid_data]
-    dump = {
-        "train": to_dict(cfg), "model": to_dict(model_cfg),
+    dump = {  # the options of this command, as resolved: `speechlm train --config` reads it back
+        "train_config": to_dict(cfg), "model_config": to_dict(model_cfg),
         "data": [f"{s.task}:{s.name}:{s.path}:{s.weight}" for s in train],
         "valid_data": [f"{s.task}:{s.name}:{s.path}" for s in valid],
         "vocab": args.vocab, "tokenizers": args.tokenizers, "init_from": args.init_from,

@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from speechlm.config import ConfigError
+from speechlm.utils.precision import PRECISIONS
 
 SEARCHES = ("greedy", "sample", "beam", "ctc_greedy")
 
@@ -56,6 +57,9 @@ class DecodeConfig:
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
+    # decoding's one precision setting (training has the train config's): fp32 | bf16 | fp16 (GPU)
+    # | auto (bf16 on a GPU or CPU that has it, else fp16 on a GPU, fp32 on CPU)
+    precision: str = "fp32"
 
     def validate(self, where: str = "decode") -> "DecodeConfig":
         """Check the values; errors name ``where`` (a file, or file and task) and the key."""
@@ -64,6 +68,8 @@ class DecodeConfig:
 
         if self.search not in SEARCHES:
             raise bad(f"search: {self.search!r} is not one of {', '.join(SEARCHES)}")
+        if self.precision not in PRECISIONS:
+            raise bad(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.temperature < 0:
             raise bad(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -213,7 +213,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     states = [RowState(model.config.strategy, t, model.vocab, model.n_streams, lo, hi)
               for t, (lo, hi) in zip(targets, limits)]
     guided = config.cfg_scale != 1.0
-    with model.autocast(dev):
+    with model.autocast(dev, config.precision):
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         apply_length_prior(model, ctx, prompts, states, config)
@@ -310,7 +310,7 @@ def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict 
     if config.search == "ctc_greedy":
         from speechlm.infer.search import ctc_greedy
 
-        return ctc_greedy(model, prompts)
+        return ctc_greedy(model, prompts, config.precision)
     return sample_decode(model, prompts, config, templates)
 
 

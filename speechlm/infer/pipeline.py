@@ -77,6 +77,11 @@ class Pipeline:
 
             decode_options = load_yaml(path / "decode.yaml")
             check_decode_options(decode_options, str(path / "decode.yaml"), known_tasks(templates))
+        from speechlm.models.config import legacy_decode_precision
+
+        legacy = legacy_decode_precision(path)  # an old model's autocast key: decode as it did
+        if legacy and "precision" not in (decode_options or {}):
+            decode_options = {**(decode_options or {}), "precision": legacy}
         return cls(model, tokenizers, templates, path, decode_options, allow_pipes)
 
     def decode_config(self, task: str):

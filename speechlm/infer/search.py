@@ -31,11 +31,11 @@ def stream0_logits(model, h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ctc_log_probs(model, prompts: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def ctc_log_probs(model, prompts: Batch, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """CTC log-probabilities ``[B, T, C]`` over each prompt's audio-condition frames, and lengths."""
     if getattr(model, "ctc_range", None) is None:
         raise ValueError("this model has no CTC head (train it with ctc_weight > 0 and ctc_tokenizer)")
-    with model.autocast(prompts.tokens.device):
+    with model.autocast(prompts.tokens.device, precision):
         h, prep = model.hidden_states(prompts)
         frames, n = ctc_frames(model, prep, h)
         logp = model.ctc_head(frames).float().log_softmax(-1)
@@ -45,12 +45,12 @@ def ctc_log_probs(model, prompts: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def ctc_greedy(model, prompts: Batch) -> list[list[Hypothesis]]:
+def ctc_greedy(model, prompts: Batch, precision: str = "fp32") -> list[list[Hypothesis]]:
     """Best path of the CTC head: argmax per frame, repeats merged, blanks removed."""
     model.eval()
     dev = next(model.parameters()).device
     prompts = prompts.to(dev)
-    logp, n = ctc_log_probs(model, prompts)
+    logp, n = ctc_log_probs(model, prompts, precision)
     a = model.ctc_range[0]
     out = []
     for b in range(len(n)):
@@ -122,7 +122,7 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
     lam = config.ctc_weight
     scorer = None
     if lam > 0:
-        scorer = CTCPrefixScorer(*ctc_log_probs(model, prompts))
+        scorer = CTCPrefixScorer(*ctc_log_probs(model, prompts, config.precision))
         a_ctc = model.ctc_range[0]
         if any(vocab.stream_range(n, 0)[0] != a_ctc for n in names):
             raise ValueError(f"joint CTC scoring needs targets of the CTC tokenizer {model.config.ctc_tokenizer!r}")
@@ -131,7 +131,7 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
     for b, n in enumerate(names):
         allowed[b, slice(*vocab.stream_range(n, 0))] = True
     S2 = model.pattern.model_streams
-    with model.autocast(dev):
+    with model.autocast(dev, config.precision):
         ctx, h = DecodeContext.prefill(model, prompts)
         rows = torch.arange(B, device=dev).repeat_interleave(W)
         ctx.select(rows)

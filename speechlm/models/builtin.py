@@ -10,6 +10,8 @@ Every backbone takes input embeddings and returns final-normed hidden states::
 
 ``mask`` is True where a query may attend a key; ``None`` means causal. ``cache`` (from
 :meth:`new_cache`) holds keys and values of earlier calls for incremental decoding.
+``set_activation_checkpointing(True)`` makes training recompute each layer in the backward pass
+instead of keeping its activations (the train config's ``activation_checkpointing``).
 """
 from __future__ import annotations
 
@@ -177,7 +179,11 @@ class BuiltinDecoder(nn.Module):
         inv = 1.0 / (rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self.register_buffer("inv_freq", inv, persistent=False)
         self.max_len = max_len
-        self.grad_checkpointing = False
+        self.activation_checkpointing = False
+
+    def set_activation_checkpointing(self, on: bool = True) -> None:
+        """Recompute each layer in the backward pass (training only) instead of keeping its activations."""
+        self.activation_checkpointing = on
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # [B, T, hd/2]
@@ -196,9 +202,9 @@ class BuiltinDecoder(nn.Module):
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=x.device)[None].expand(B, -1)
         cos, sin = self.rope(positions, x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.float32)
-        ckpt = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        ckpt = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            if ckpt:
+            if ckpt:  # non-reentrant: works with unused inputs, nested autocast and keyword arguments
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache, i)

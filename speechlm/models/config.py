@@ -6,12 +6,21 @@ are errors naming the key.
 """
 from __future__ import annotations
 
-import platform
+import logging
 from dataclasses import dataclass, field
 
 from speechlm.config import ConfigError
 
-AUTOCAST_CHOICES = ("none", "bf16", "auto")
+log = logging.getLogger(__name__)
+
+#: keys of older versions, read (with a warning) and dropped: precision and activation checkpointing
+#: are set once, in the train config (``precision``, ``activation_checkpointing``) and, for decoding,
+#: in the decode config (``precision``)
+DROPPED_KEYS = {
+    "autocast": "the precision is the train config's `precision` when training and the decode config's "
+                "`precision` when decoding (autocast none = precision fp32)",
+    "grad_checkpointing": "activation checkpointing is the train config's `activation_checkpointing`",
+}
 
 
 @dataclass
@@ -70,9 +79,17 @@ class ModelConfig:
     # target (TTS speech) are told the share done and the frames left; decoding takes the length
     # from the length head (needs length_weight > 0)
     progress: bool = False
-    # numerics and memory
-    autocast: str = "none"  # none | bf16 | auto (bf16 where the CPU supports it, or on CUDA)
-    grad_checkpointing: bool = False  # recompute each backbone layer in the backward pass
+
+    @classmethod
+    def upgrade_keys(cls, data: dict, where: str) -> dict:
+        """Drop the keys of :data:`DROPPED_KEYS` (configs of models saved by older versions), with a
+        warning when the value asked for something (``autocast`` other than none, checkpointing on)."""
+        for key, instead in DROPPED_KEYS.items():
+            if key in data:
+                value = data.pop(key)
+                if value not in (None, False, "none"):
+                    log.warning("%s: model config key %s: %r is no longer read: %s", where, key, value, instead)
+        return data
 
     def validate(self) -> "ModelConfig":
         from speechlm.models.builtin import BACKBONES
@@ -85,8 +102,6 @@ class ModelConfig:
                 reg.get(getattr(self, key))
             except KeyError as e:
                 raise ConfigError(f"model.{key}: {e.args[0]}") from None
-        if self.autocast not in AUTOCAST_CHOICES:
-            raise ConfigError(f"model.autocast: {self.autocast!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
         if self.backbone == "hf" and not self.hf_path:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:
@@ -97,9 +112,6 @@ class ModelConfig:
             if not -1 <= self.guided_attn_layer < self.n_layers:
                 raise ConfigError(f"model.guided_attn_layer {self.guided_attn_layer} is not a layer of "
                                   f"{self.n_layers} (-1: the middle one)")
-            if self.grad_checkpointing:
-                raise ConfigError("model.guided_attn_weight does not work with grad_checkpointing (the "
-                                  "recomputed layer would not record its attention)")
             if self.guided_attn_sigma <= 0:
                 raise ConfigError(f"model.guided_attn_sigma must be > 0, got {self.guided_attn_sigma}")
         if self.length_weight < 0:
@@ -115,23 +127,17 @@ class ModelConfig:
         return self
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 matmul (avx512_bf16 or AMX)."""
-    if platform.system() != "Linux":
-        return False
+def legacy_decode_precision(model_dir) -> str | None:
+    """The decode precision that the dropped ``autocast`` key of an old model dir's config asked for
+    (``none`` -> fp32, ``bf16``, ``auto``), so that the model decodes as it did; None when the config
+    has no such key (a decode config's ``precision`` always wins over it)."""
+    from speechlm.models.model_dir import read_config_dict  # config.json, or an old dir's config.yaml
+
     try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        value = read_config_dict(model_dir).get("autocast")
+    except FileNotFoundError:
+        return None
+    return {"none": "fp32", "bf16": "bf16", "auto": "auto"}.get(value) if value is not None else None
 
 
-def autocast_enabled(mode: str, device_type: str) -> bool:
-    if mode == "bf16":
-        return True
-    if mode == "auto":
-        return device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16())
-    return False
-
-
-__all__ = ["ModelConfig", "autocast_enabled", "cpu_has_bf16"]
+__all__ = ["ModelConfig", "DROPPED_KEYS", "legacy_decode_precision"]

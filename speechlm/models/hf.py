@@ -86,6 +86,18 @@ class HFBackbone(nn.Module):
         rows, self._pretrained = self._pretrained, (None, None)
         return rows
 
+    def set_activation_checkpointing(self, on: bool = True) -> None:
+        """Recompute each layer in the backward pass (transformers' own checkpointing, non-reentrant)."""
+        if hasattr(self.body, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+            if on:
+                self.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.body.activation_checkpointing_disable()
+        elif on:
+            self.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.body.gradient_checkpointing_disable()
+
     def new_cache(self, batch_size: int = 1) -> HFCache:
         return HFCache(self.config)
 

@@ -9,7 +9,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ import torch.nn as nn
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
-from speechlm.models.config import ModelConfig, autocast_enabled
+from speechlm.models.config import ModelConfig
 from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
 from speechlm.models.losses import (
     ar_loss, ctc_loss, depth_loss, guided_attention_loss, length_loss, length_units, nar_loss,
@@ -113,15 +112,6 @@ class SpeechLM(nn.Module):
         if config.guided_attn_weight > 0:
             self._guided_layer = config.guided_attn_layer if config.guided_attn_layer >= 0 else config.n_layers // 2
         self._warned_reduction = False
-        if config.grad_checkpointing:
-            if config.backbone == "builtin":
-                self.backbone.grad_checkpointing = True
-            else:
-                body = self.backbone.body
-                if hasattr(body, "activation_checkpointing_enable"):  # transformers >= 5
-                    body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-                else:
-                    body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._init_weights()
         if config.backbone == "builtin" and _backbone_dir is None:
             self.backbone.init_weights(config.init_std)
@@ -167,10 +157,12 @@ class SpeechLM(nn.Module):
                 p.register_hook(lambda g, a=a, b=b: torch.cat([g[:a], torch.zeros_like(g[a:b]), g[b:]]))
 
     # ---- layout and embedding -----------------------------------------------------------
-    def autocast(self, device: torch.device):
-        if autocast_enabled(self.config.autocast, device.type):
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self, device: torch.device, precision: str = "fp32"):
+        """Context for inference in ``precision`` (the decode config's; training autocasts in the
+        trainer, by the train config's ``precision``)."""
+        from speechlm.utils.precision import autocast
+
+        return autocast(precision, device)
 
     def prepare(self, tokens, weight, kinds, lengths, prefix_lens) -> Prepared:
         """Lay out with the pattern, then map positions through the condition reduction."""

@@ -2,7 +2,6 @@
 data, precision, optimizer. Kept apart from the trainer so each piece is testable alone."""
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -28,29 +27,6 @@ def apply_init_source(model_config, init_from: str | None):
     return model_config
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32) for ``precision`` on ``device``."""
-    from speechlm.models.config import cpu_has_bf16
-
-    if precision == "fp32":
-        return None
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
-        if precision == "auto" and not cpu_has_bf16():
-            return None
-        return torch.bfloat16
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and 1-d parameters."""
     decay, no_decay = [], []
@@ -64,24 +40,14 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
 
 
-def enable_activation_checkpointing(model: nn.Module) -> bool:
-    """Turn on gradient checkpointing in the backbone when it offers it (HF models do)."""
-    for sub in model.modules():
-        if sub is model:
-            continue
-        if hasattr(sub, "activation_checkpointing_enable"):  # transformers >= 5
-            sub.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        elif hasattr(sub, "gradient_checkpointing_enable"):
-            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            continue
-        log.info("activation checkpointing on in %s", type(sub).__name__)
-        return True
-    if hasattr(model, "enable_activation_checkpointing"):
-        model.enable_activation_checkpointing()
-        return True
-    log.warning("activation_checkpointing: this backbone offers none; training without it")
-    return False
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each backbone layer in the backward pass (the train config's
+    ``activation_checkpointing``), with either backbone."""
+    if getattr(model, "guided_attn", None) is not None:
+        raise ValueError("train config activation_checkpointing does not work with model.guided_attn_weight > 0 "
+                         "(the recomputed layer would not record its attention); turn one of them off")
+    model.backbone.set_activation_checkpointing(True)
+    log.info("activation checkpointing on in the %s backbone", type(model.backbone).__name__)
 
 
 def segment_rows_fn(model: nn.Module):
@@ -107,8 +73,6 @@ def segment_rows_fn(model: nn.Module):
 def model_context(model: nn.Module) -> int | None:
     """The longest sequence (in rows) the model accepts: ``max_len`` of the built-in backbone,
     ``max_position_embeddings`` of an HF one; None if it states no limit."""
-    if hasattr(model, "max_sequence_len"):
-        return int(model.max_sequence_len())
     cfg = getattr(model, "config", None)
     if getattr(cfg, "backbone", "builtin") != "builtin":
         hf = getattr(getattr(model, "backbone", None), "config", None)
@@ -116,5 +80,5 @@ def model_context(model: nn.Module) -> int | None:
     return getattr(cfg, "max_len", None)
 
 
-__all__ = ["apply_init_source", "resolve_precision", "autocast", "make_optimizer",
+__all__ = ["apply_init_source", "make_optimizer",
            "enable_activation_checkpointing", "model_context", "segment_rows_fn"]

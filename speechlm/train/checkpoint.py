@@ -187,7 +187,7 @@ def load_rng(path: str | os.PathLike, rank: int) -> None:
 
 def load_optimizer_state(path: str | os.PathLike, allowed: list | tuple = ()) -> dict | None:
     """The optimizer state of checkpoint ``path`` (``weights_only`` loading; ``allowed``: classes
-    the strategy's optimizer stores), or None without one."""
+    the distributed engine's optimizer stores), or None without one."""
     f = Path(path) / "optimizer.pt"
     if not f.is_file():
         return None

@@ -14,12 +14,12 @@ import logging
 import torch
 from torch import nn
 
-from speechlm.train.distributed import DistEnv, Strategy
+from speechlm.train.distributed import Distributed, DistEnv
 
 log = logging.getLogger(__name__)
 
 
-class DeepSpeedStrategy(Strategy):
+class DeepSpeedDistributed(Distributed):
     name = "deepspeed"
 
     def __init__(self, env: DistEnv, config_path: str | None = None, grad_accum: int = 1,
@@ -28,7 +28,7 @@ class DeepSpeedStrategy(Strategy):
         try:
             import deepspeed  # noqa: F401
         except ImportError as e:
-            raise ImportError("strategy 'deepspeed' needs the deepspeed package: pip install deepspeed") from e
+            raise ImportError("distributed: deepspeed needs the deepspeed package: pip install deepspeed") from e
         self.config_path, self.grad_accum, self.grad_clip = config_path, grad_accum, grad_clip
 
     def setup(self, model: nn.Module, make_optimizer):
@@ -89,4 +89,4 @@ class DeepSpeedStrategy(Strategy):
         return found
 
 
-__all__ = ["DeepSpeedStrategy"]
+__all__ = ["DeepSpeedDistributed"]

@@ -1,13 +1,14 @@
-"""Process setup under torchrun, and the wrapping strategies (DDP, FSDP2, DeepSpeed).
+"""Process setup under torchrun, and the ways of training over processes (DDP, FSDP2, DeepSpeed).
 
 ``speechlm train`` reads ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (set by ``torchrun``); with more
-than one process it joins a process group: NCCL on GPU, gloo on CPU. A strategy object wraps the
-model and owns what differs between engines (gradient sync, backward, full state dicts)::
+than one process it joins a process group: NCCL on GPU, gloo on CPU. A :class:`Distributed` object
+(the train config's ``distributed`` key) wraps the model and owns what differs between engines
+(gradient sync, backward, full state dicts)::
 
-    strategy = make_strategy("ddp", env)
-    module = strategy.wrap(model)                 # forward through this
-    with strategy.no_sync(module, last=False): loss.backward()
-    state = strategy.model_state_dict(module)     # full, on CPU, on every rank
+    distributed = make_distributed("ddp", env)
+    module = distributed.wrap(model)                 # forward through this
+    with distributed.no_sync(module, last=False): loss.backward()
+    state = distributed.model_state_dict(module)     # full, on CPU, on every rank
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-class Strategy:
+class Distributed:
     """Single process or DDP (the default)."""
 
     name = "ddp"
@@ -174,7 +175,7 @@ def _touch_root_params(module: nn.Module, inputs, out):
     return out
 
 
-class FSDPStrategy(Strategy):
+class FSDPDistributed(Distributed):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): each repeated block, then the root."""
 
     name = "fsdp"
@@ -214,18 +215,18 @@ class FSDPStrategy(Strategy):
         return contextlib.nullcontext()
 
 
-def make_strategy(name: str, env: DistEnv, **deepspeed_options) -> Strategy:
+def make_distributed(name: str, env: DistEnv, **deepspeed_options) -> Distributed:
     """``ddp`` | ``fsdp`` | ``deepspeed`` (imported only when asked for)."""
     if name == "ddp":
-        return Strategy(env)
+        return Distributed(env)
     if name == "fsdp":
-        return FSDPStrategy(env)
+        return FSDPDistributed(env)
     if name == "deepspeed":
-        from speechlm.train.deepspeed import DeepSpeedStrategy
+        from speechlm.train.deepspeed import DeepSpeedDistributed
 
-        return DeepSpeedStrategy(env, **deepspeed_options)
-    raise ValueError(f"unknown strategy {name!r}; valid: ddp, fsdp, deepspeed")
+        return DeepSpeedDistributed(env, **deepspeed_options)
+    raise ValueError(f"unknown distributed {name!r}; valid: ddp, fsdp, deepspeed")
 
 
 __all__ = ["DistEnv", "init_distributed", "barrier", "cleanup", "broadcast_object", "unwrap",
-           "Strategy", "FSDPStrategy", "make_strategy"]
+           "Distributed", "FSDPDistributed", "make_distributed"]

@@ -128,7 +128,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint file", lega
     A pickle asking for any other global (a crafted file, or an object this project never stores)
     raises :class:`UnsafeCheckpointError` without running it; a damaged file raises
     :class:`CheckpointError`. ``legacy_numpy`` also allows numpy arrays (RNG files of older runs);
-    ``allowed``: further classes the code (never the file) vouches for, e.g. a strategy's own.
+    ``allowed``: further classes the code (never the file) vouches for, e.g. DeepSpeed's own.
     """
     path = Path(path)
     extra = [*(_numpy_globals() if legacy_numpy else []), *allowed]

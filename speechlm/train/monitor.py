@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class Monitor:
     def __init__(self, run_dir: str | os.PathLike, enabled: bool, total_steps: int | None, start_step: int = 0,
-                 progress: bool = True, tensorboard: bool = True, plot: bool = True) -> None:
+                 progress_bar: bool = True, tensorboard: bool = True, plot: bool = True) -> None:
         self.run_dir, self.enabled, self.plot_enabled = Path(run_dir), enabled, plot
         self.history: list[dict] = []
         self.bar = self.tb = None
@@ -34,7 +34,7 @@ class Monitor:
             with open(log_file, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.history)
         self._log = open(log_file, "a", encoding="utf-8")
-        if progress:
+        if progress_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,

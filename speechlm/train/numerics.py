@@ -87,19 +87,19 @@ def exact_mean_loss(loss_sums: list[float], weight_sums: list[float]) -> float:
     return sum(loss_sums) / total if total else float("nan")
 
 
-def lr_factor(progress: float, step: int, warmup_steps: int, schedule: str = "cosine",
+def lr_factor(budget_used: float, step: int, warmup_steps: int, schedule: str = "cosine",
               min_ratio: float = 0.1) -> float:
     """Learning-rate multiplier: linear warmup over ``warmup_steps``, then ``schedule`` over
-    ``progress`` in [0, 1] (fraction of the step or token budget used)."""
+    ``budget_used`` in [0, 1] (fraction of the step or token budget used)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
+    done = min(max(budget_used, 0.0), 1.0)
     if schedule == "constant":
         return 1.0
     if schedule == "linear":
-        return 1.0 - (1.0 - min_ratio) * progress
+        return 1.0 - (1.0 - min_ratio) * done
     if schedule == "cosine":
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * done))
     raise ValueError(f"unknown schedule {schedule!r}; valid: cosine, linear, constant")
 
 

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = "tokenizer_files.json"
 CONFIG_CHANGES = "config_changes.jsonl"
 #: options a resumed run may change freely: the budget, and what only affects logging or speed
-FREE_TO_CHANGE = ("train.max_steps", "train.max_train_tokens", "train.progress", "train.tensorboard",
-                  "train.plot", "train.log_every", "train.num_workers", "train.threads", "train.log_example_ids")
+FREE_TO_CHANGE = tuple(f"train_config.{k}" for k in (
+    "max_steps", "max_train_tokens", "progress_bar", "tensorboard", "plot", "log_every", "num_workers", "threads",
+    "log_example_ids"))
 
 
 class ConfigChangeError(ValueError):
@@ -247,7 +248,9 @@ def check_resume_config(run_dir: str | os.PathLike, config: dict, files: dict[st
     from speechlm.config import load_yaml
 
     run = Path(run_dir)
-    old = load_yaml(run / "config.yaml") or {}
+    from speechlm.train.config import upgrade_run_config
+
+    old = upgrade_run_config(load_yaml(run / "config.yaml") or {})  # a run started by an older version
     changes = config_changes(old, config) if config else {}
     changes.update(_file_changes(run, files))
     if not changes:

@@ -34,10 +34,11 @@ from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is
                                        load_optimizer_state, load_rng, prune_checkpoints, read_state,
                                        resume_checkpoint, save_checkpoint)
 from speechlm.train.config import TrainConfig
-from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_strategy
+from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_distributed
 from speechlm.train.integrity import CheckpointError, tensor_bytes
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
+from speechlm.utils.precision import autocast, autocast_dtype
 from speechlm.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,11 @@ class Trainer:
             build.enable_activation_checkpointing(self.model)
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
         self._setup_data()
-        self.strategy = make_strategy(cfg.strategy, env, **({"config_path": cfg.deepspeed_config,
-                                      "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip}
-                                      if cfg.strategy == "deepspeed" else {}))
-        self.module, self.optimizer = self.strategy.setup(self.model, lambda m: build.make_optimizer(m, cfg))
-        self.amp = build.resolve_precision(cfg.precision, env.device)
+        self.distributed = make_distributed(cfg.distributed, env, **({"config_path": cfg.deepspeed_config,
+                                            "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip}
+                                            if cfg.distributed == "deepspeed" else {}))
+        self.module, self.optimizer = self.distributed.setup(self.model, lambda m: build.make_optimizer(m, cfg))
+        self.amp = autocast_dtype(cfg.precision, env.device)  # the one precision setting of training
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         if env.is_main and not self._resuming:  # a resumed run keeps the kit it started with
             from speechlm.train.rundir import write_run_dir
@@ -104,7 +105,7 @@ class Trainer:
         last = resume_checkpoint(self.ckpt_dir, env)  # verified; damaged ones are set aside
         if last is not None:
             self.load(last)
-        self.monitor = Monitor(self.out_dir, env.is_main, cfg.max_steps, self.step, cfg.progress and env.is_main,
+        self.monitor = Monitor(self.out_dir, env.is_main, cfg.max_steps, self.step, cfg.progress_bar and env.is_main,
                                cfg.tensorboard, cfg.plot)
         self._ids_file = None
         log.info("training %s parameters on %d process(es), %s, precision %s; %d train examples%s",
@@ -159,7 +160,8 @@ class Trainer:
         return (c.max_steps is not None and self.step >= c.max_steps) or (
             c.max_train_tokens is not None and self.tokens >= c.max_train_tokens)
 
-    def progress(self) -> float:
+    def budget_used(self) -> float:
+        """The share of the budget (steps or tokens, whichever is further) used so far, in [0, 1]."""
         c, p = self.cfg, 0.0
         if c.max_steps:
             p = max(p, self.step / c.max_steps)
@@ -169,7 +171,7 @@ class Trainer:
 
     def lr(self) -> float:
         c = self.cfg
-        return c.lr * lr_factor(self.progress(), self.step, c.warmup_steps, c.schedule, c.min_lr_ratio)
+        return c.lr * lr_factor(self.budget_used(), self.step, c.warmup_steps, c.schedule, c.min_lr_ratio)
 
     # ---- training ----------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -261,13 +263,13 @@ class Trainer:
             self.mix.update(batch)
             self._record_ids(batch)
             batch = batch.to(env.device)
-            with build.autocast(env.device, self.amp):
+            with autocast(self.amp, env.device):
                 out = self.module(batch)
             # d(loss * weight_sum) = d(loss_sum): the model's loss_sum is detached, its loss is not
             loss = out.loss * out.weight_sum.detach().to(out.loss.dtype) * scale
             if self.scaler is not None:
                 loss = self.scaler.scale(loss)
-            self.strategy.backward(self.module, loss, last=a == len(micro) - 1)
+            self.distributed.backward(self.module, loss, last=a == len(micro) - 1)
             acc += torch.stack([out.loss_sum.double(), out.weight_sum.double(), batch.lengths.sum().double()])
             if interval is not None:
                 interval.add_output(out, batch.tasks)
@@ -277,14 +279,14 @@ class Trainer:
         mean = loss_sum / weight_sum if weight_sum else float("nan")
         if not math.isfinite(mean):
             self._diverged(micro, mean)
-        if self.strategy.name != "deepspeed":
+        if self.distributed.name != "deepspeed":
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             rescale_gradients(self.module.parameters(), est / weight_sum)
-        self.grad_norm = self.strategy.clip(self.module, cfg.grad_clip)
-        if self.scaler is None and self.strategy.name != "deepspeed" and not math.isfinite(self.grad_norm):
+        self.grad_norm = self.distributed.clip(self.module, cfg.grad_clip)
+        if self.scaler is None and self.distributed.name != "deepspeed" and not math.isfinite(self.grad_norm):
             self._diverged(micro, mean, what=f"gradient norm is {self.grad_norm}")
-        self.strategy.optimizer_step(self.module, self.optimizer, self.scaler)
+        self.distributed.optimizer_step(self.module, self.optimizer, self.scaler)
         self.step += 1
         self.tokens += int(positions)
         self.next_batch += self.A * self.W
@@ -339,7 +341,7 @@ class Trainer:
         for batch, counts in valid_batches(self.valid_data, self.cfg.valid_batch_tokens or self.cfg.batch_tokens,
                                            self.env.rank, self.W, self.cfg.num_workers, self.vocab.pad_id,
                                            self.cfg.max_batch_size):
-            with build.autocast(self.env.device, self.amp):
+            with autocast(self.amp, self.env.device):
                 out = self.module(batch.to(self.env.device))
             if counts:
                 stats.add_output(out, batch.tasks)
@@ -354,7 +356,7 @@ class Trainer:
         return {
             "step": self.step, "tokens": self.tokens, "next_batch": self.next_batch,
             "sampler": self.sampler.state_dict(self.next_batch),
-            "schedule": {"lr": self.cfg.lr, "progress": self.progress(), "schedule": self.cfg.schedule},
+            "schedule": {"lr": self.cfg.lr, "budget_used": self.budget_used(), "schedule": self.cfg.schedule},
             "valid": self.last_valid if self.last_valid else {},
             "mix_examples": mix_examples,
             "world_size": self.W, "grad_accum": self.A,
@@ -363,8 +365,8 @@ class Trainer:
 
     def save(self) -> Path:
         """Write ``checkpoints/step_N`` (collective), then prune to keep_last + keep_best."""
-        model_state = self.strategy.model_state_dict(self.module)
-        optim_state = self.strategy.optimizer_state_dict(self.module, self.optimizer)
+        model_state = self.distributed.model_state_dict(self.module)
+        optim_state = self.distributed.optimizer_state_dict(self.module, self.optimizer)
         mix = [self._global_mix().examples[d] for d in range(len(self.train_specs))]
         path = save_checkpoint(self.ckpt_dir, self.step, self.env,
                                lambda d: write_model(self.model, d, model_state), optim_state, self.state(mix),
@@ -378,11 +380,11 @@ class Trainer:
         """Resume from a checkpoint dir: model, optimizer, schedule, sampler position, RNG."""
         path = Path(path)
         state = read_state(path)
-        self.strategy.load_model_state_dict(self.module, read_weights(self.model, path))
+        self.distributed.load_model_state_dict(self.module, read_weights(self.model, path))
         # weights_only: a crafted pickle is refused, never run
-        optim = load_optimizer_state(path, getattr(self.strategy, "checkpoint_safe_globals", list)())
+        optim = load_optimizer_state(path, getattr(self.distributed, "checkpoint_safe_globals", list)())
         if optim is not None:
-            self.strategy.load_optimizer_state_dict(self.module, self.optimizer, optim)
+            self.distributed.load_optimizer_state_dict(self.module, self.optimizer, optim)
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.next_batch = self.sampler.load_state_dict(state["sampler"])
         self.last_valid = state.get("valid", {})
