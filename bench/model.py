@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
 from speechlm.models import BuiltinDecoder, ModelConfig, SpeechLM
-from speechlm.models.config import cpu_has_bf16
+from speechlm.utils.precision import cpu_has_bf16
 from speechlm.tasks import load_template
 from speechlm.vocab import Vocabulary
 
@@ -108,7 +108,7 @@ def main() -> None:
     for strategy in args.strategies:
         for prec in precisions:
             cfg = ModelConfig(strategy=strategy, dim=args.dim, n_layers=args.layers, n_heads=4, n_kv_heads=2,
-                              local_dim=128, local_layers=2, autocast="bf16" if prec == "bf16" else "none")
+                              **(dict(local_dim=128, local_layers=2) if strategy == "multiscale" else {}))
             torch.manual_seed(0)
             model = SpeechLM(cfg, vocab)
             with torch.no_grad():
@@ -118,7 +118,8 @@ def main() -> None:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the trainer
 
             def full_step():
-                out = model(batch)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):  # as the trainer
+                    out = model(batch)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 opt.step()

@@ -206,7 +206,7 @@ def main() -> None:
         (stage_data / "wav.scp").write_text("".join(f"{u} {p}\n" for u, p in sorted(rep.items())))
         (stage_data / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in sorted(rep)))
         manifest = work / "manifest"
-        cli(["prepare", "--task", "audiolm", "--data-dir", str(stage_data), "--out", str(manifest), "--force"])
+        cli(["prepare", "--task", "audiolm", "--data-dir", str(stage_data), "--out-dir", str(manifest), "--force"])
         audio = sum(sf.info(p).duration for p in rep.values())
         print(f"\n{len(rep)} utterances, {audio / 60:.1f} min of audio")
         print("\n## `speechlm tokenize` stage (process start-up, archives and merge included)\n")

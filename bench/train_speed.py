@@ -29,10 +29,9 @@ def run(root: Path, model_config: str, precision: str, threads: int, steps: int,
     from speechlm.train.trainer import Trainer
 
     cfg = load_train_config(None, {"max_steps": steps + 1, "batch_tokens": batch_tokens, "precision": precision,
-                                   "threads": threads, "valid_every": 0, "save_every": 0, "progress": False,
+                                   "threads": threads, "valid_every": 0, "save_every": 0, "progress_bar": False,
                                    "tensorboard": False, "plot": False, "warmup_steps": 1, "pool_size": 500})
     mc = load_config(ModelConfig, resolve_config("model", model_config))
-    mc.autocast = "none"  # precision is the trainer's choice here, not the model config's
     tr = Trainer(cfg, mc, synthetic_vocab(["asr", "tts"]),
                  [DataSpec.parse(f"asr:s:{root / 'asr'}"), DataSpec.parse(f"tts:s:{root / 'tts'}")],
                  str(root / f"exp_{precision}_{threads}")).setup()
@@ -61,7 +60,7 @@ def main() -> None:
     import torch
 
     from speechlm.data.synthetic import make_dump
-    from speechlm.models.config import cpu_has_bf16
+    from speechlm.utils.precision import cpu_has_bf16
 
     gpu = torch.cuda.is_available()
     precisions = ["fp32", "bf16", "fp16"] if gpu else ["fp32"] + (["bf16"] if cpu_has_bf16() else [])

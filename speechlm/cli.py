@@ -15,34 +15,22 @@ from speechlm.registry import suggest
 
 # name -> (module, one-line help). Modules are imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate-data": ("speechlm.bin.validate_data", "check a Kaldi data dir and report every problem"),
-    "fix-data": ("speechlm.bin.fix_data", "sort a Kaldi data dir and drop inconsistent entries"),
-    "prepare": ("speechlm.bin.prepare", "join a data dir with a task template into a JSONL manifest"),
-    "train-bpe": ("speechlm.bin.train_bpe", "train a SentencePiece text tokenizer"),
-    "vocab": ("speechlm.bin.vocab", "build or extend the shared vocabulary (token_list.json)"),
-    "tasks": ("speechlm.bin.tasks", "list task templates or show one"),
-}
-
-_OPTIONAL_COMMANDS = {
-    # Registered by later parts of the toolkit; listed here so the registration is one line.
-    "tokenize": ("speechlm.bin.tokenize", "tokenize the segments of a manifest into kaldiio archives"),
-    "train-kmeans": ("speechlm.bin.train_kmeans", "train k-means units over SSL or fallback features"),
-    "train": ("speechlm.bin.train", "train a SpeechLM (torchrun aware)"),
-    "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
-    "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
-    "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
-    "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
     "agent": ("speechlm.bin.agent", "voice agents: episodes, spoken versions, the agent loop, scoring, forecasts"),
+    "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
+    "fix-data": ("speechlm.bin.fix_data", "sort a Kaldi data dir and drop inconsistent entries"),
+    "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
+    "prepare": ("speechlm.bin.prepare", "join a data dir with a task template into a JSONL manifest"),
+    "resynth": ("speechlm.bin.resynth", "decode a manifest's reference audio tokens back to wavs (codec ceiling)"),
+    "score": ("speechlm.bin.score", "score decoding outputs and write RESULTS.md"),
     "serve": ("speechlm.bin.serve", "an OpenAI-compatible HTTP server of a packed model (FastAPI + uvicorn)"),
+    "tasks": ("speechlm.bin.tasks", "list task templates or show one"),
+    "tokenize": ("speechlm.bin.tokenize", "tokenize the segments of a manifest into kaldiio archives"),
+    "train": ("speechlm.bin.train", "train a SpeechLM (torchrun aware)"),
+    "train-bpe": ("speechlm.bin.train_bpe", "train a SentencePiece text tokenizer"),
+    "train-kmeans": ("speechlm.bin.train_kmeans", "train k-means units over SSL or fallback features"),
+    "validate-data": ("speechlm.bin.validate_data", "check a Kaldi data dir and report every problem"),
+    "vocab": ("speechlm.bin.vocab", "build or extend the shared vocabulary (token_list.json)"),
 }
-
-
-def _available() -> dict[str, tuple[str, str]]:
-    cmds = dict(COMMANDS)
-    for name, (mod, help_) in _OPTIONAL_COMMANDS.items():
-        if importlib.util.find_spec(mod) is not None:
-            cmds[name] = (mod, help_)
-    return dict(sorted(cmds.items()))
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -81,7 +69,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmds = _available()
+    cmds = COMMANDS
     from speechlm import __version__
 
     top = argparse.ArgumentParser(

@@ -114,7 +114,7 @@ def test_token_stats_from_a_tokenized_dump_equal_those_from_episodes(run, tmp_pa
     write_dialogue_dir(eps, data)
     dump = tmp_path / "dump"
     assert main(["prepare", "--task", str(exp / "tasks" / "spoken_dialogue.yaml"), "--data-dir", str(data),
-                 "--out", str(dump)]) == 0
+                 "--out-dir", str(dump)]) == 0
     assert main(["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(exp / "tokenizers.yaml")]) == 0
     pipe = pipeline_for(exp / "checkpoints" / "step_00000100", exp)
     from_dump = token_stats(pipe.model, examples_from_dump(f"spoken_dialogue:test:{dump}", pipe.vocab,

@@ -108,6 +108,6 @@ def test_import_command_and_text_data_dir(slurp_file, tmp_path):
     steps = dialogue_steps(eps[2])
     assert [s.target for s in steps] == ["call lights action=change ; color_type=blue ; house_place=kitchen",
                                          "say lights in the kitchen are now blue"]
-    assert main(["agent", "datadir", "--episodes", str(out), "--out", str(tmp_path / "d"), "--text-only"]) == 0
+    assert main(["agent", "datadir", "--episodes", str(out), "--out-dir", str(tmp_path / "d"), "--text-only"]) == 0
     assert not (tmp_path / "d" / "wav.scp").exists()
     assert main(["validate-data", str(tmp_path / "d")]) == 0

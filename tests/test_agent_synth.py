@@ -140,7 +140,7 @@ def test_synth_command(tmp_path):
     eps = read_episodes(tmp_path / "s" / "episodes.jsonl")
     assert all(t["audio"] for e in eps for t in e.turns)
     assert main(["validate-data", str(tmp_path / "d")]) == 0
-    assert main(["agent", "datadir", "--episodes", str(tmp_path / "s" / "episodes.jsonl"), "--out",
+    assert main(["agent", "datadir", "--episodes", str(tmp_path / "s" / "episodes.jsonl"), "--out-dir",
                  str(tmp_path / "d2")]) == 0
     assert (tmp_path / "d" / "response").read_text() == (tmp_path / "d2" / "response").read_text()
     assert main(["agent", "synth", "--episodes", str(eps_path), "--out-dir", str(tmp_path / "s"),

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from speechlm.cli import _available, main as cli
+from speechlm.cli import COMMANDS, main as cli
 
 
 def test_help_of_every_command(capsys):
     assert cli(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in _available():
+    for name in COMMANDS:
         assert name in out
         with pytest.raises(SystemExit) as e:
             cli([name, "--help"])

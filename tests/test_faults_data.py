@@ -96,7 +96,7 @@ def run(tmp_path_factory):
             (recipe / "tokenizers.yaml").write_text("text_bpe: {type: sentencepiece, model: bpe/bpe.model}\n")
         os.chdir(a)
         _text_dir(a / "data", TEXT_A * 4)
-        assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out", "dump/textlm"]) == 0
+        assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out-dir", "dump/textlm"]) == 0
         assert cli(["tokenize", "--manifest-dir", "dump/textlm", "--tokenizers", "tokenizers.yaml"]) == 0
         assert cli(["vocab", "--tokenizers", "tokenizers.yaml", "--tasks", "textlm", "--out", "token_list.json"]) == 0
         assert cli(["train", "--data", "textlm:a:dump/textlm:1", "--vocab", "token_list.json", "--tokenizers",
@@ -179,7 +179,7 @@ def test_case3_retrained_bpe_retokenizes(tmp_path, monkeypatch, caplog):
     _bpe(tmp_path, TEXT_A)
     (tmp_path / "tok.yaml").write_text("text_bpe: {type: sentencepiece, model: bpe/bpe.model}\n")
     _text_dir(tmp_path / "data", TEXT_A)
-    assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out", "dump"]) == 0
+    assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out-dir", "dump"]) == 0
     args = ["tokenize", "--manifest-dir", "dump", "--tokenizers", "tok.yaml"]
     assert cli(args) == 0
     first = dict(TokenReader(tmp_path / "dump" / "tokens" / "text.scp").items())
@@ -268,7 +268,7 @@ def test_case5_stale_lock_is_taken_over_and_a_held_lock_refuses(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     _text_dir(tmp_path / "data", TEXT_A)
     (tmp_path / "tok.yaml").write_text("text_bpe: {type: g2p}\n")
-    assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out", "dump"]) == 0
+    assert cli(["prepare", "--task", "textlm", "--data-dir", "data", "--out-dir", "dump"]) == 0
     lock = tmp_path / "dump" / "tokens" / "tokenize.lock"
     lock.parent.mkdir(parents=True)
     # a lock held by a live process: the lock file names it, and it holds a flock on the file
@@ -317,7 +317,7 @@ def test_case15_missing_utt2spk_and_bad_spk2utt_are_named(data_dir, caplog):
 # ---- case 18: --config satisfies required options ----------------------------------------------
 def test_case18_config_file_gives_required_options(data_dir, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"task: asr\ndata_dir: {data_dir}\nout: {tmp_path / 'dump'}\n")
+    cfg.write_text(f"task: asr\ndata_dir: {data_dir}\nout_dir: {tmp_path / 'dump'}\n")
     assert cli(["prepare", "--config", str(cfg)]) == 0
     assert len((tmp_path / "dump" / "manifest.jsonl").read_text().splitlines()) == 6
     # a positional argument too
@@ -372,7 +372,7 @@ def test_case23_outputs_keep_the_umask_mode(data_dir, tmp_path):
 
 
 def test_case23_abbreviated_options_are_refused(data_dir, tmp_path, capsys):
-    for argv in (["fix-data", str(data_dir), "--out", str(tmp_path / "f"), "--min-dur", "0.5"],
+    for argv in (["fix-data", str(data_dir), "--out-dir", str(tmp_path / "f"), "--min-dur", "0.5"],
                  ["fix-data", str(data_dir), "--forc"]):
         with pytest.raises(SystemExit) as e:
             cli(argv)

@@ -44,14 +44,14 @@ def test_user_task_dir_is_picked_up_by_prepare(tmp_path, data_dir):
     )
     assert "speaker_id" in find_templates([tasks])
     out = tmp_path / "dump"
-    assert cli(["prepare", "--task", "speaker_id", "--task-dir", str(tasks), "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert cli(["prepare", "--task", "speaker_id", "--task-dir", str(tasks), "--data-dir", str(data_dir), "--out-dir", str(out)]) == 0
     template, examples = read_manifest(out)
     rows = list(examples)
     assert template.name == "speaker_id" and len(rows) == 6
     assert rows[0]["segments"]["spk"] == rows[0]["spk"]
     # re-running a finished stage skips it (the manifest is not rewritten)
     mtime = (out / "manifest.jsonl").stat().st_mtime_ns
-    assert cli(["prepare", "--task", "speaker_id", "--task-dir", str(tasks), "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert cli(["prepare", "--task", "speaker_id", "--task-dir", str(tasks), "--data-dir", str(data_dir), "--out-dir", str(out)]) == 0
     assert (out / "manifest.jsonl").stat().st_mtime_ns == mtime
 
 

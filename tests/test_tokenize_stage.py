@@ -45,7 +45,7 @@ def _make_corpus(root: Path, n_utts: int, n_sources: int = 12) -> Path:
 
 def _prepare(root: Path, data: Path, name: str, task: str = "tts") -> Path:
     out = root / name / task  # like dump/<set>/<task>: archives are shared only within one <set>
-    assert cli(["prepare", "--task", task, "--data-dir", str(data), "--out", str(out)]) == 0
+    assert cli(["prepare", "--task", task, "--data-dir", str(data), "--out-dir", str(out)]) == 0
     return out
 
 

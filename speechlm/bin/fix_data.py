@@ -8,7 +8,7 @@ log = logging.getLogger("speechlm.fix-data")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", help="Kaldi data dir to fix")
-    p.add_argument("--out", help="write the fixed dir here (default: in place; changed files are kept in DIR/.backup/)")
+    p.add_argument("--out-dir", help="write the fixed dir here (default: in place; changed files are kept in DIR/.backup/)")
     p.add_argument("--no-check-audio", dest="check_audio", action="store_false",
                    help="do not drop utterances whose audio cannot be read")
     p.add_argument("--min-duration", type=float, help="drop utterances shorter than this (seconds)")
@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
 
     if not 0 <= args.max_drop <= 1:
         raise ValueError(f"--max-drop is a share of the utterances, in [0, 1]; got {args.max_drop}")
-    dropped = fix_dir(Path(args.data_dir), Path(args.out) if args.out else None, args.check_audio,
+    dropped = fix_dir(Path(args.data_dir), Path(args.out_dir) if args.out_dir else None, args.check_audio,
                       args.min_duration, args.max_duration, max_drop=None if args.force else args.max_drop)
     log.info("dropped %d entr%s", len(dropped), "y" if len(dropped) == 1 else "ies")
     return 0

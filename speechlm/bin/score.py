@@ -30,7 +30,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--ref-dir", dict(required=True, help="manifest dir (manifest.jsonl + template.yaml) or Kaldi data dir")),
     ("--metrics", dict(nargs="+", default=None, help="metric names (default: chosen from the hypotheses)")),
     ("--results", dict(default=None, help="RESULTS.md to write or update (a table per test set and task)")),
-    ("--score-dir", dict(default=None, help="where per_utt.jsonl, summary.json and plots go")),
+    ("--out-dir", dict(default=None, help="where per_utt.jsonl, summary.json and plots go (default: scores/<key> beside --results, else DECODE_DIR/score)")),
     ("--model", dict(default=None, help="model name in the table (default: the decode dir's parent dir)")),
     ("--decode-config", dict(default=None, help="decode config YAML or a short description "
                                                 "(default: decode.yaml/config.yaml in the decode dir)")),
@@ -215,8 +215,8 @@ def main(args: argparse.Namespace) -> int:
     results, floor = run_metrics(args, hyp, refs, names)
 
     key = report.slug(test_set, task, model, decode_config if decode_config != "-" else "")
-    if args.score_dir:
-        score_dir = Path(args.score_dir)
+    if args.out_dir:
+        score_dir = Path(args.out_dir)
     elif args.results:
         score_dir = Path(args.results).parent / "scores" / key
     else:

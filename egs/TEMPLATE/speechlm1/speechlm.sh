@@ -189,7 +189,7 @@ if stage_on 2; then
       if [[ -n ${min_wav_duration} ]]; then filter_opts+=(--min-duration "${min_wav_duration}"); fi
       if [[ -n ${max_wav_duration} ]]; then filter_opts+=(--max-duration "${max_wav_duration}"); fi
     fi
-    "${slm[@]}" fix-data "data/${s}" --out "${out}" "${filter_opts[@]}"
+    "${slm[@]}" fix-data "data/${s}" --out-dir "${out}" "${filter_opts[@]}"
     "${slm[@]}" validate-data "${out}"
     touch "${out}/.done"
   done
@@ -238,7 +238,7 @@ if stage_on 5; then
   log "Stage 5: manifests and tokenization: ${dumpdir}/data/{${all_sets[*]}} x {${task_list[*]}} -> ${dumpdir}/<set>/<task>/tokens"
   for s in "${all_sets[@]}"; do
     for t in "${task_list[@]}"; do
-      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out "${dumpdir}/${s}/${t}" "${task_dir_opts[@]}"
+      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out-dir "${dumpdir}/${s}/${t}" "${task_dir_opts[@]}"
       "${slm[@]}" tokenize --manifest-dir "${dumpdir}/${s}/${t}" --tokenizers "${tokenizers}" --nj "${nj}"
     done
   done

@@ -39,7 +39,7 @@ if (( stage <= 5 )); then run_stages "${stage}" "$(( stop_stage < 5 ? stop_stage
 if (( stage <= 5 && stop_stage >= 5 )); then
   # shellcheck disable=SC1091
   . ./path.sh
-  python3 -m speechlm prepare --task command --data-dir data/train_text --out dump/train_text/command
+  python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
   python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
 if (( stop_stage >= 6 && stage <= 9 )); then run_stages "$(( stage > 6 ? stage : 6 ))" "$(( stop_stage < 9 ? stop_stage : 9 ))"; fi

@@ -46,7 +46,7 @@ gen dev train "${num_dev}" $(( seed + 1000 ))
 gen test test "${num_test}" $(( seed + 2000 ))
 if (( num_train_text > 0 )); then
   gen train_text train "${num_train_text}" $(( seed + 3000 ))
-  "${slm[@]}" agent datadir --episodes "${workdir}/train_text.jsonl" --out data/train_text --text-only
+  "${slm[@]}" agent datadir --episodes "${workdir}/train_text.jsonl" --out-dir data/train_text --text-only
 fi
 
 synth() {  # synth SET [extra synth options]
