@@ -50,8 +50,9 @@ def toy_examples(vocab: Vocabulary, n: int, n_streams: int = 2, with_targets: bo
 
 
 def tiny_config(strategy: str, **kw) -> ModelConfig:
-    base = dict(strategy=strategy, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, local_dim=32, local_layers=1,
-                local_heads=2)
+    base = dict(strategy=strategy, dim=64, n_layers=2, n_heads=4, n_kv_heads=2)
+    if strategy == "multiscale":  # keys only the multiscale strategy reads (others refuse them)
+        base.update(local_dim=32, local_layers=1, local_heads=2)
     base.update(kw)
     return ModelConfig(**base)
 

@@ -100,7 +100,7 @@ def test_guided_attention_penalizes_off_diagonal_attention_and_learns(tmp_path):
             k = k.flip(0) if how == "backward" else k
             for i, qi in enumerate(q):
                 probs[b, qi, k[i * len(k) // len(q)] if how != "elsewhere" else qi] = 1.0
-        costs.append(float(guided_attention_loss(model, prep, probs, {})))
+        costs.append(float(guided_attention_loss(prep.kinds, probs, model.config.guided_attn_sigma, {})))
     n_frames = float((prep.kinds == AUDIO_TGT).sum())
     assert costs[0] < 0.3 * costs[1] and costs[2] == pytest.approx(n_frames)
     out = model(batch)

@@ -112,8 +112,7 @@ def token_stats(model, examples: list, batch_size: int = 16) -> dict[str, float]
             rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
             sel = w[..., 0] > 0
             hs, ys, rin = h[sel], y[sel], rows_in[sel]
-            if model.depth is not None:  # multiscale: stream 0 is the depth head's first step
-                hs = model.depth(hs, model.embed.emb(ys[:, :0]))[:, 0]
+            hs = model.stream0_hidden(hs)  # through a depth head's first step where there is one
             y0 = ys[:, 0]
             if hasattr(head, "g0_of"):
                 groups = stream0_groups(head, y0, rin)

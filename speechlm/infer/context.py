@@ -13,7 +13,7 @@ import torch
 from speechlm.data.batch import Batch, collate
 from speechlm.data.sequence import Example, drop_conditions
 from speechlm.models.builtin import KVCache
-from speechlm.models.losses import length_features
+from speechlm.models.features import length_features
 
 
 def unconditional(prompts: Batch, pad_id: int = 0) -> Batch:

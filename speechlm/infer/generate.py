@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from speechlm.data.batch import Batch
-from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, SPECIAL, TEXT_COND, TEXT_TGT
+from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
 from speechlm.infer.sampling import repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
-from speechlm.models.losses import nar_inputs
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +111,12 @@ class Chooser:
         keys = {a[1] for a in acts if a[0] != FORCE}
         if not keys:
             return forced
-        head = self.model.head
         if len(keys) == 1:  # one allowed set for every row: logits of those columns only
             cols, weight = self.masker.allowed(k, next(iter(keys)), dev)
-            logits = head.logits(h, k, weight=weight).float()
+            logits = self.model.logits(h, k, weight=weight).float()
         else:
             cols = None
-            logits = head.logits(h, k).float()
+            logits = self.model.logits(h, k).float()
         if logits.shape[0] == 2 * B:  # classifier-free guidance
             c, u = logits[:B], logits[B:]
             logits = u + self.cfg.cfg_scale * (c - u)
@@ -174,18 +172,14 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
     B, S2 = len(acts), len(acts[0])
     out = torch.full((B, S2), model.vocab.pad_id, dtype=torch.int64, device=h.device)
     last_sampled = max((k for k in range(S2) for a in acts if a[k][0] != FORCE), default=0)
-    local = model.depth.local.new_cache() if model.depth is not None else None
+    local = model.new_depth_cache()  # depth head: one incremental local step per stream
     for k in range(S2):
         col = [a[k] for a in acts]
         if k > last_sampled:
             out[:, k] = torch.tensor([c[1] for c in col], device=h.device)
             continue
-        if local is not None:  # depth head: one incremental local step per stream
-            x = h if k == 0 else model.embed.emb(out[:, k - 1].repeat(h.shape[0] // B))
-            hk = model.depth.step(x, k, local)
-        else:
-            hk = h
-        out[:, k] = chooser(k, hk, col)
+        prev = out[:, k - 1].repeat(h.shape[0] // B) if k > 0 and local is not None else None
+        out[:, k] = chooser(k, model.depth_step(h, k, prev, local), col)
     return out
 
 
@@ -200,7 +194,8 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     became final there (:mod:`speechlm.infer.stream`). It may end a row (``states[i].done = True``:
     the row leaves the batch at this step, as the serving scheduler does for a cancelled request)
     and must not change the states otherwise; an exception it raises stops the decoding (a closed stream). Prompt ``p``'s sample ``s`` is row
-    ``p * nbest + s``. ar_nar fills streams 1.. after the last step, so they are not final there.
+    ``p * nbest + s``. Streams a strategy fills after the last step (``Pattern.fills_later``, e.g.
+    ar_nar's streams 1..) are not final there.
     """
     config.validate()
     model.eval()
@@ -210,8 +205,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     targets = target_tokenizers(model, prompts, templates)
     limits = length_limits(prompts, config)
-    states = [RowState(model.config.strategy, t, model.vocab, model.n_streams, lo, hi)
-              for t, (lo, hi) in zip(targets, limits)]
+    states = [RowState(model.pattern, t, model.vocab, lo, hi) for t, (lo, hi) in zip(targets, limits)]
     guided = config.cfg_scale != 1.0
     with model.autocast(dev, config.precision):
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
@@ -237,67 +231,11 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
                 active = [active[n] for n in keep]
                 # with guidance the unconditional half of the batch sits after the conditional half
                 ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
-            x = model.embed(torch.tensor(fed, device=dev)[:, None])
-            if model.progress is not None:
-                j, L = torch.tensor(where, device=dev).T
-                x = x + model.progress(j, L)[:, None].to(x.dtype)
+            x = model.step_input(torch.tensor(fed, device=dev), torch.tensor(where, device=dev))
             h = ctx.step(torch.cat([x, x]) if guided else x)
-        if model.config.strategy == "ar_nar" and model.n_streams > 1:
-            nar_fill(model, prompts, states, config, gen)
+        model.pattern.after_decoding(model, prompts, states, config, gen)  # e.g. ar_nar's NAR levels
     hyps = [s.hyp for s in states]
     return [hyps[i : i + config.nbest] for i in range(0, B, config.nbest)]
-
-
-@torch.no_grad()
-def nar_fill(model, prompts: Batch, states: list[RowState], config: DecodeConfig, gen: torch.Generator) -> None:
-    """ar_nar: fill streams 1.. of every generated audio segment, level by level (bidirectional)."""
-    vocab, S, dev = model.vocab, model.n_streams, prompts.tokens.device
-    seqs, kinds, toks = [], [], []
-    for b, st in enumerate(states):
-        n = int(prompts.lengths[b])
-        rows = [prompts.tokens[b, :n].cpu().numpy()]
-        kk = [prompts.kinds[b, :n].cpu().numpy().astype(np.int64)]
-        tk = [[None] * n]
-        for seg in st.hyp.segments:
-            f = np.full((len(seg.frames), S), vocab.pad_id, dtype=np.int64)
-            f[:, : seg.frames.shape[1]] = seg.frames
-            end = np.full((1, S), vocab.pad_id, dtype=np.int64)
-            end[0, 0] = seg.end
-            rows += [f, end]
-            kk += [np.full(len(f), AUDIO_TGT if seg.frames.shape[1] > 1 else TEXT_TGT), np.array([SPECIAL])]
-            tk += [[seg.tokenizer] * len(f), [None]]
-        seqs.append(np.concatenate(rows)), kinds.append(np.concatenate(kk)), toks.append(sum(tk, []))
-    T = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), T, S), vocab.pad_id, dtype=torch.int64)
-    kind_t = torch.zeros(len(seqs), T, dtype=torch.int8)
-    for b, (s, k) in enumerate(zip(seqs, kinds)):
-        tokens[b, : len(s)], kind_t[b, : len(k)] = torch.from_numpy(s), torch.from_numpy(k)
-    lengths = torch.tensor([len(s) for s in seqs])
-    tokens, kind_t, lengths = tokens.to(dev), kind_t.to(dev), lengths.to(dev)
-    prep = model.prepare(tokens, torch.zeros(tokens.shape, device=dev), kind_t, lengths, prompts.prefix_lens)
-    masker = Masker(model)
-    temp = config.temperature_used
-    audio_pos = [(b, q, int(prep.last[b, q])) for b, q in (prep.kinds == AUDIO_TGT).nonzero().tolist()]
-    for k in range(1, S):
-        pos = [(b, q, r) for b, q, r in audio_pos if toks[b][r] is not None and vocab.n_streams(toks[b][r]) > k]
-        if not pos:
-            continue
-        tok_in, extra = nar_inputs(model, prep, torch.full((len(seqs),), k, device=dev))
-        h = model.backbone(model.embed_prepared(prep, tok_in, extra), None, model.attention_mask(prep, True))
-        bq = torch.tensor([(b, q) for b, q, _ in pos], device=dev)
-        logits = model.head.logits(h[bq[:, 0], bq[:, 1]], k).float()
-        masks = torch.stack([masker.mask(k, (toks[b][r], k, ()), dev) for b, _, r in pos])
-        cols = sample(logits.masked_fill(~masks, float("-inf")), temp, config.top_k, config.top_p, config.min_p, gen)
-        ids = masker.to_global(k, cols)
-        rr = torch.tensor([r for _, _, r in pos], device=dev)
-        prep.layout.tokens[bq[:, 0], rr, k] = ids
-    filled = prep.layout.tokens.cpu().numpy()
-    for b, st in enumerate(states):
-        r = int(prompts.lengths[b])
-        for seg in st.hyp.segments:
-            n = seg.frames.shape[1]
-            seg.frames = filled[b, r : r + len(seg.frames), :n].copy()
-            r += len(seg.frames) + 1
 
 
 def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None) -> list[list[Hypothesis]]:

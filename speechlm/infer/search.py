@@ -18,16 +18,14 @@ from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext
 from speechlm.infer.generate import length_limits, target_tokenizers
 from speechlm.infer.steps import Hypothesis, Segment
-from speechlm.models.losses import ctc_frames
+from speechlm.models.features import ctc_frames
 
 NEG = -1e30
 
 
 def stream0_logits(model, h: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary logits of stream 0 at hidden states ``h [N, D]`` (through the depth head if any)."""
-    if model.depth is not None:
-        h = model.depth(h, h.new_zeros(h.shape[0], 0, h.shape[-1]))[:, 0]
-    return model.head.logits(h, 0).float()
+    return model.logits(model.stream0_hidden(h), 0).float()
 
 
 @torch.no_grad()
@@ -37,7 +35,7 @@ def ctc_log_probs(model, prompts: Batch, precision: str = "fp32") -> tuple[torch
         raise ValueError("this model has no CTC head (train it with ctc_weight > 0 and ctc_tokenizer)")
     with model.autocast(prompts.tokens.device, precision):
         h, prep = model.hidden_states(prompts)
-        frames, n = ctc_frames(model, prep, h)
+        frames, n = ctc_frames(prep.kinds, h)
         logp = model.ctc_head(frames).float().log_softmax(-1)
     if bool((n == 0).any()):
         raise ValueError(f"prompt {prompts.ids[int((n == 0).nonzero()[0])]!r} has no audio condition for CTC")
@@ -223,7 +221,7 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
             ctx.select(sel_t)
             feed = torch.full((len(sel), S2), vocab.pad_id, dtype=torch.int64, device=dev)
             feed[:, 0] = tok_t
-            h = ctx.step(model.embed(feed[:, None]))
+            h = ctx.step(model.step_input(feed))
     out = []
     for b in range(B):
         best = sorted(finished[b], key=lambda x: -x[0])[: config.nbest]

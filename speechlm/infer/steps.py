@@ -1,15 +1,13 @@
 """Per-row decoding state: which target segment a row is in, what each stream may emit at the next
-step (sample from a vocabulary range, or a forced token), and de-interleaving of the emitted
-rows into frames when a segment ends. One place for every stream strategy's step rules:
-
-- parallel / multiscale: every stream of the tokenizer sampled each step;
-- ar_nar: stream 0 only (the NAR pass fills the rest afterwards);
-- delay: stream k starts k steps late; after stream 0 emits the end token the remaining
-  ``n - 2`` tail rows finish the delayed streams (stream 0 forced to ``<pad>``);
-- flat: one token per step, cycling through the tokenizer's streams (end only at frame start).
+step (sample from a vocabulary range, or a forced token), and the frames the emitted rows hold.
+The stream strategy decides the slots of each step (:meth:`speechlm.models.patterns.Pattern.step_slots`:
+which model stream takes which tokenizer stream of which frame, and where the segment may end);
+this module applies the length limits and reads the frames back, for any strategy.
 
 A segment ends when stream 0 emits ``<eos>`` or the next target's marker; ``min_len`` forbids
-that before ``min_len`` frames and ``max_len`` forces it.
+that before ``min_len`` frames and ``max_len`` forces it. The segment is complete once the rows
+its layout keeps after the end token (the pattern's tail rows, e.g. delay's delayed streams) are
+emitted.
 """
 from __future__ import annotations
 
@@ -18,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from speechlm.data.sequence import AUDIO_TGT, TEXT_TGT
+from speechlm.models.patterns import Pattern, Slot
 from speechlm.vocab import Vocabulary
 
 SAMPLE, FORCE = "s", "f"
@@ -58,11 +58,11 @@ class Hypothesis:
 
 
 class RowState:
-    """Decoding state of one row (see the module docstring)."""
+    """Decoding state of one row (see the module docstring); ``pattern``: the model's
+    :class:`~speechlm.models.patterns.Pattern`."""
 
-    def __init__(self, pattern: str, targets: list[str], vocab: Vocabulary, n_streams: int,
-                 min_len: int, max_len: int) -> None:
-        self.pattern, self.targets, self.vocab, self.S = pattern, targets, vocab, n_streams
+    def __init__(self, pattern: Pattern, targets: list[str], vocab: Vocabulary, min_len: int, max_len: int) -> None:
+        self.pattern, self.targets, self.vocab, self.S = pattern, targets, vocab, pattern.S
         self.min_len, self.max_len = min_len, max_len
         self.seg = 0
         self.progress_len = 0  # frames of the one audio target, for models with the progress input
@@ -73,81 +73,80 @@ class RowState:
     def _start(self) -> None:
         self.tok = self.targets[self.seg]
         self.n = self.vocab.n_streams(self.tok)
+        self.kind = AUDIO_TGT if self.n > 1 else TEXT_TGT
+        self.tail = self.pattern.tail_rows(self.kind, self.n)
         self.j = 0
-        self.e: int | None = None
+        self.e: int | None = None  # frames of the segment, once its end token came
         self.survival = 1.0  # probability the model would not have ended this segment yet
         self.forced = False  # its end is forced by max_len
         self.end_tok = self.vocab.eos_id
-        self.rows: list[list[int]] = []
+        self.rows: list[list[int]] = []  # rows emitted in this segment (the end token's row too)
+        self.grid: list[list[int | None]] = []  # the segment's frames [frame][stream] as far as emitted
+        self.n_final = 0  # leading frames with every stream emitted
+        self.slots: list[Slot] = []  # of the step being planned
         nxt = [self.vocab.marker_id(self.targets[self.seg + 1])] if self.seg + 1 < len(self.targets) else []
         self.ends = tuple(nxt + [self.vocab.eos_id])
 
     @property
     def model_streams(self) -> int:
-        return 1 if self.pattern == "flat" else self.S
+        return self.pattern.model_streams
 
-    def _s0(self, src: int, can_end: bool, frame: int) -> tuple:
-        if can_end and frame >= self.max_len:
+    def _s0(self, src: int, frame: int) -> tuple:
+        if frame >= self.max_len:
             self.forced = True
             return (FORCE, self.ends[0])
-        return (SAMPLE, (self.tok, src, self.ends if can_end and frame >= self.min_len else ()))
+        return (SAMPLE, (self.tok, src, self.ends if frame >= self.min_len else ()))
 
     def plan(self) -> list[tuple]:
         """Per model stream: ``(SAMPLE, (tokenizer, tokenizer_stream, end_ids))`` or ``(FORCE, id)``."""
-        pad = self.vocab.pad_id
-        acts: list[tuple] = [(FORCE, pad)] * self.model_streams
-        j, n = self.j, self.n
-        if self.pattern == "flat" and n > 1:
-            acts[0] = self._s0(j % n, j % n == 0, j // n)
-            return acts
-        if self.pattern == "delay" and n > 1:
-            if self.e is None:
-                acts[0] = self._s0(0, True, j)
-            for k in range(1, n):
-                if j - k >= 0 and (self.e is None or j - k < self.e):
-                    acts[k] = (SAMPLE, (self.tok, k, ()))
-            return acts
-        acts[0] = self._s0(0, True, j)
-        if self.pattern != "ar_nar":
-            for k in range(1, n):
-                acts[k] = (SAMPLE, (self.tok, k, ()))
+        acts: list[tuple] = [(FORCE, self.vocab.pad_id)] * self.model_streams
+        self.slots = self.pattern.step_slots(self.j, self.n, self.e)
+        for sl in self.slots:
+            acts[sl.stream] = self._s0(sl.src, sl.frame) if sl.can_end else (SAMPLE, (self.tok, sl.src, ()))
         return acts
 
     def progress_at(self, row: list[int]) -> tuple[int, int]:
         """``(j, L)`` of the progress input for ``row`` before it is recorded (``L = 0``: none):
-        rows of the segment, and for the delay pattern its end and tail rows too (as in
-        :func:`speechlm.models.progress.layout_progress`)."""
-        if not self.progress_len or (row[0] in self.ends and not (self.pattern == "delay" and self.n > 1)):
+        rows of the segment, its end token's and tail rows included where the layout keeps them
+        in the segment (as in :func:`speechlm.models.progress.layout_progress`)."""
+        if not self.progress_len or (row[0] in self.ends and not self.tail):
             return (0, 0)
         return (self.j, self.progress_len)
 
     def advance(self, row: list[int]) -> list[int]:
-        """Record the emitted row; returns the row to feed back (streams cleared after an end token)."""
-        pad, n, j = self.vocab.pad_id, self.n, self.j
-        is_end = row[0] in self.ends
-        if self.pattern == "delay" and n > 1:
-            if self.e is None and is_end:
-                self.e, self.end_tok = j, row[0]
-            self.rows.append(row)
-            if self.e is not None and j >= self.e + n - 2:
-                R = np.asarray(self.rows, dtype=np.int64)
-                frames = np.stack([R[np.arange(self.e) + k, k] for k in range(n)], 1) if self.e else np.zeros((0, n), np.int64)
-                return self._finish(frames, row)
-        elif is_end:
-            row = [row[0]] + [pad] * (len(row) - 1)
-            if self.pattern == "flat" and n > 1:
-                R = np.asarray([r[0] for r in self.rows], dtype=np.int64).reshape(-1, n)
-            else:
-                R = np.asarray(self.rows, dtype=np.int64).reshape(-1, len(row))[:, :n]
-            self.end_tok = row[0]
-            return self._finish(R, row)
-        else:
-            self.rows.append(row)
+        """Record the emitted row; returns the row to feed back (slots past the end cleared)."""
+        end = next((sl for sl in self.slots if sl.can_end and row[sl.stream] in self.ends), None)
+        if end is not None and self.e is None:
+            self.e, self.end_tok = end.frame, row[end.stream]
+        if self.e is not None:  # slots past the end hold no frame: fed back as <pad>
+            row = list(row)
+            for sl in self.slots:
+                if sl is not end and sl.frame >= self.e:
+                    row[sl.stream] = self.vocab.pad_id
+        for sl in self.slots:
+            if sl is end or (self.e is not None and sl.frame >= self.e):
+                continue
+            while len(self.grid) <= sl.frame:
+                self.grid.append([None] * self.n)
+            self.grid[sl.frame][sl.src] = row[sl.stream]
+        while self.n_final < len(self.grid) and None not in self.grid[self.n_final]:
+            self.n_final += 1
+        self.rows.append(row)
+        if self.e is not None and self.j >= self.e + max(self.tail - 1, 0):
+            return self._finish(row)
         self.j += 1
         return row
 
-    def _finish(self, frames: np.ndarray, row: list[int]) -> list[int]:
-        self.hyp.segments.append(Segment(self.tok, frames.reshape(-1, self.n), self.end_tok, self.forced))
+    def final_frames(self, start: int = 0) -> np.ndarray:
+        """Frames ``[start, n_final)`` whose every stream is emitted ``[frames, n]`` (global ids)."""
+        stop = self.n_final if self.e is None else min(self.n_final, self.e)
+        return np.asarray(self.grid[start:stop], dtype=np.int64).reshape(-1, self.n)
+
+    def _finish(self, row: list[int]) -> list[int]:
+        pad = self.vocab.pad_id
+        frames = np.asarray([[pad if t is None else t for t in f] for f in self.grid[: self.e]],
+                            dtype=np.int64).reshape(-1, self.n)
+        self.hyp.segments.append(Segment(self.tok, frames, self.end_tok, self.forced))
         if self.end_tok == self.vocab.eos_id or self.seg + 1 >= len(self.targets):
             self.done = True
         else:

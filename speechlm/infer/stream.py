@@ -6,7 +6,8 @@ over a small queue (at most ``buffer`` blocks waiting, so a slow reader pauses t
 of piling audio up); the reader's iterator turns them into text pieces or audio chunks. The tokens
 are the ones :meth:`Pipeline.generate` would give (same prompt, same decoder, same seed).
 
-When a target frame is final, per stream strategy (``n``: the target tokenizer's streams)::
+A target frame is final once every one of its streams is emitted (``RowState.final_frames``, for
+any stream strategy); for the built-in ones (``n``: the target tokenizer's streams)::
 
     parallel, multiscale, text targets   when its row is emitted            (every step)
     flat                                  when its last stream is emitted    (every n steps)
@@ -85,34 +86,17 @@ class FrameCutter:
 
     def new_frames(self, st: RowState) -> np.ndarray:
         """Frames that became final since the last call (empty while none did)."""
-        if st.hyp.segments:  # the segment ended: its frames (ar_nar: streams 1.. not yet filled)
-            if st.pattern == "ar_nar" and st.hyp.segments[0].frames.shape[1] > 1:
-                return _empty(st.hyp.segments[0].frames.shape[1])
+        if st.hyp.segments:  # the segment ended: its frames (unless a later pass fills some streams)
             frames = st.hyp.segments[0].frames
+            if st.pattern.fills_later(frames.shape[1]):
+                return _empty(frames.shape[1])
             out = frames[self.done:]
             self.done = len(frames)
             return out
-        n, rows = st.n, st.rows
-        if st.pattern == "ar_nar" and n > 1:
-            return _empty(n)
-        if st.pattern == "delay" and n > 1:
-            final = len(rows) - (n - 1)  # frame f's stream k is in row f + k
-            if st.e is not None:
-                final = min(final, st.e)
-            if final <= self.done:
-                return _empty(n)
-            out = np.array([[rows[f + k][k] for k in range(n)] for f in range(self.done, final)], dtype=np.int64)
-        elif st.pattern == "flat" and n > 1:
-            final = len(rows) // n  # one stream per step
-            if final <= self.done:
-                return _empty(n)
-            out = np.array([r[0] for r in rows[self.done * n: final * n]], dtype=np.int64).reshape(-1, n)
-        else:
-            final = len(rows)
-            if final <= self.done:
-                return _empty(n)
-            out = np.array([r[:n] for r in rows[self.done: final]], dtype=np.int64).reshape(-1, n)
-        self.done = final
+        if st.pattern.fills_later(st.n):
+            return _empty(st.n)
+        out = st.final_frames(self.done)
+        self.done += len(out)
         return out
 
 
@@ -449,8 +433,9 @@ def stream_audio(pipe, task: str, inputs: dict[str, Any], config: DecodeConfig |
     name, audio = target_kind(pipe, task)
     if not audio:
         raise StreamError(f"task {task!r} writes {name!r} text, not audio; stream it with generate_stream")
-    if pipe.model.config.strategy == "ar_nar" and pipe.vocab.n_streams(name) > 1:
-        log.info("stream: ar_nar fills streams 1.. of %s after the AR pass ends: all chunks come at the end", name)
+    if pipe.model.pattern.fills_later(pipe.vocab.n_streams(name)):
+        log.info("stream: the %s strategy fills streams of %s after decoding: all chunks come at the end",
+                 pipe.model.pattern.name, name)
     return AudioStream(stream_tokens(pipe, task, inputs, config, chunk_frames))
 
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from speechlm.config import ConfigError
+from speechlm.models.patterns import DEFAULT_STRATEGY, PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,13 @@ DROPPED_KEYS = {
 class ModelConfig:
     """Architecture and training options of the SpeechLM.
 
-    strategy: stream strategy (``flat | parallel | delay | multiscale | ar_nar``).
+    strategy: stream strategy (a name in ``speechlm.models.PATTERNS``: the built-in ``flat``,
+    ``parallel``, ``delay``, ``multiscale``, ``ar_nar``).
     backbone: ``builtin`` (Llama-style decoder below) or ``hf`` (a causal LM from ``hf_path``).
     n_streams: streams per row; None = the most streams of any tokenizer in the vocabulary.
     """
 
-    strategy: str = "delay"
+    strategy: str = DEFAULT_STRATEGY
     backbone: str = "builtin"
     n_streams: int | None = None
     # builtin backbone
@@ -56,12 +58,12 @@ class ModelConfig:
     # stream-0 softmax over the whole vocabulary (True) or over the target segment's own range plus
     # the special tokens (False: what decoding masks allow anyway, and far cheaper with big LLM vocabularies)
     stream0_full_vocab: bool = False
-    # multiscale local (depth) transformer
-    local_dim: int = 128
-    local_layers: int = 2
-    local_heads: int = 4
-    # ar_nar: weight of the non-autoregressive loss
-    nar_weight: float = 1.0
+    # keys one strategy reads (its Pattern.config_keys; None = its default there, unset elsewhere:
+    # another strategy refuses them)
+    local_dim: int | None = None  # multiscale: local (depth) transformer width (default 128)
+    local_layers: int | None = None  # multiscale: its layers (default 2)
+    local_heads: int | None = None  # multiscale: its heads (default 4)
+    nar_weight: float | None = None  # ar_nar: weight of the non-autoregressive loss (default 1.0)
     # options that make small models learn from audio
     cond_reduction: int = 1  # stack this many rows of audio conditions into one (1 = off)
     prefix_lm: bool = True  # honour Batch.prefix_lens (bidirectional attention over conditions)
@@ -93,7 +95,6 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         from speechlm.models.builtin import BACKBONES
-        from speechlm.models.patterns import PATTERNS
 
         import speechlm.models.hf  # noqa: F401  (registers the hf backbone)
 
@@ -102,6 +103,14 @@ class ModelConfig:
                 reg.get(getattr(self, key))
             except KeyError as e:
                 raise ConfigError(f"model.{key}: {e.args[0]}") from None
+        pattern = PATTERNS.get(self.strategy)
+        for key, owners in strategy_keys().items():
+            if key in pattern.config_keys:
+                if getattr(self, key) is None:
+                    setattr(self, key, pattern.config_keys[key])
+            elif getattr(self, key) is not None:
+                raise ConfigError(f"model.{key}: only the {' / '.join(owners)} strategy reads it, and the strategy "
+                                  f"is {self.strategy!r}: remove the key (or set model.strategy: {owners[0]})")
         if self.backbone == "hf" and not self.hf_path:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:
@@ -118,13 +127,36 @@ class ModelConfig:
             raise ConfigError(f"model.length_weight must be >= 0, got {self.length_weight}")
         if self.progress and self.length_weight <= 0:
             raise ConfigError("model.progress needs a length head to decode with (model.length_weight > 0)")
-        if self.progress and self.strategy == "flat":
-            raise ConfigError("model.progress needs one row per frame; the flat strategy has one per token")
+        if self.progress and not pattern.one_row_per_frame:
+            raise ConfigError(f"model.progress needs one row per frame; the {self.strategy} strategy has one per token")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:
             raise ConfigError(f"model.dim {self.dim} must be divisible by model.n_heads {self.n_heads}")
         return self
+
+
+def strategy_keys() -> dict[str, list[str]]:
+    """ModelConfig keys that some stream strategy reads (``Pattern.config_keys``) -> those strategies."""
+    out: dict[str, list[str]] = {}
+    for name in PATTERNS.names():
+        for key in PATTERNS.get(name).config_keys:
+            out.setdefault(key, []).append(name)
+    return out
+
+
+def drop_inapplicable(data: dict, where: str) -> dict:
+    """A saved model config (``data``, a dict) without the strategy keys its strategy does not read:
+    older versions wrote every key (``local_dim`` of a delay model), which validation now refuses."""
+    name = data.get("strategy", DEFAULT_STRATEGY)
+    if name not in PATTERNS:  # validation names the unknown strategy
+        return data
+    pattern = PATTERNS.get(name)
+    for key in strategy_keys():
+        if key in data and key not in pattern.config_keys:
+            value = data.pop(key)
+            log.debug("%s: dropping %s=%r (the %s strategy does not read it)", where, key, value, pattern.name)
+    return data
 
 
 def legacy_decode_precision(model_dir) -> str | None:
@@ -140,4 +172,4 @@ def legacy_decode_precision(model_dir) -> str | None:
     return {"none": "fp32", "bf16": "bf16", "auto": "auto"}.get(value) if value is not None else None
 
 
-__all__ = ["ModelConfig", "DROPPED_KEYS", "legacy_decode_precision"]
+__all__ = ["ModelConfig", "DROPPED_KEYS", "drop_inapplicable", "legacy_decode_precision", "strategy_keys"]

@@ -6,10 +6,14 @@ gradient-accumulation steps and ranks combine exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, TEXT_COND, TEXT_TGT
+from speechlm.data.sequence import AUDIO_TGT, TEXT_COND, TEXT_TGT
+from speechlm.models.features import ctc_frames, left_aligned, length_features, length_units
 from speechlm.models.heads import OutputHead, weighted_ce
 
 
@@ -71,9 +75,11 @@ def ar_loss(head: OutputHead, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
     return loss_sum, weight_sum
 
 
-def depth_loss(model, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: list[float],
-               stats: dict, rows_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multiscale: the depth head runs over the streams of each position that carries loss."""
+def depth_loss(depth: nn.Module, head: OutputHead, embed: nn.Module, h: torch.Tensor, y: torch.Tensor,
+               w: torch.Tensor, sw: list[float], stats: dict,
+               rows_in: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiscale: the depth head runs over the streams of each position that carries loss
+    (``embed``: token ids -> embeddings, the input of its steps 1..)."""
     rows = w.sum(-1) > 0
     loss_sum = h.new_zeros((), dtype=torch.float32)
     weight_sum = h.new_zeros((), dtype=torch.float32)
@@ -81,72 +87,48 @@ def depth_loss(model, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sw: lis
         return loss_sum, weight_sum
     hs, ys, ws_all = h[rows], y[rows], w[rows]
     r_in = rows_in[rows] if rows_in is not None else None
-    out = model.depth(hs, model.embed.emb(ys[:, :-1]))  # [N, S, D]
+    out = depth(hs, embed(ys[:, :-1]))  # [N, S, D]
     for k in range(ys.shape[-1]):
         wk = ws_all[:, k] * sw[k]
         sel = wk > 0
         if not bool(sel.any()):
             continue
-        ls, ws = stream_slots_loss(model.head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats,
+        ls, ws = stream_slots_loss(head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats,
                                    r_in[sel] if r_in is not None and k == 0 else None)
         loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
     return loss_sum, weight_sum
 
 
-def nar_inputs(model, prep, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens and extra embeddings of the NAR pass at ``level [B]``: audio-target rows keep
-    streams ``< level`` and get the level embedding."""
-    lay = prep.layout
-    tgt = (lay.kinds == AUDIO_TGT)[..., None]
-    keep = torch.arange(lay.tokens.shape[-1], device=lay.tokens.device)[None, None] < level[:, None, None]
-    tok = torch.where(tgt & ~keep, torch.full_like(lay.tokens, model.vocab.pad_id), lay.tokens)
-    extra = model.nar_level[level][:, None, :] * tgt.to(model.nar_level.dtype)
-    return tok, extra
-
-
-def nar_loss(model, prep, sw: list[float], stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random level ``k >= 1`` per row; predict stream k of audio-target rows in place."""
-    lay = prep.layout
+def nar_loss(head: OutputHead, encode: Callable[[torch.Tensor], torch.Tensor], lay, last: torch.Tensor,
+             kinds: torch.Tensor, sw: list[float], stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random level ``k >= 1`` per row; predict stream k of audio-target rows in place.
+    ``encode(level [B])``: hidden states ``[B, T'', D]`` of the NAR pass at that level; ``lay``: the
+    layout, ``last``/``kinds [B, T'']``: the layout row and kind of each backbone position."""
     B, _, S = lay.tokens.shape
     zero = lay.weight.new_zeros(())
     if S < 2:
         return zero, zero
     level = torch.randint(1, S, (B,), device=lay.tokens.device)
-    tok, extra = nar_inputs(model, prep, level)
-    h = model.backbone(model.embed_prepared(prep, tok, extra), None, model.attention_mask(prep, bidirectional=True))
-    rows = prep.last.clamp(min=0)
+    h = encode(level)
+    rows = last.clamp(min=0)
     y = lay.tokens.gather(1, rows[..., None].expand(-1, -1, S)).gather(2, level[:, None, None].expand(-1, rows.shape[1], 1))[..., 0]
     w = lay.weight.gather(1, rows[..., None].expand(-1, -1, S)).gather(2, level[:, None, None].expand(-1, rows.shape[1], 1))[..., 0]
-    w = w * (prep.last >= 0) * (prep.kinds == AUDIO_TGT)
+    w = w * (last >= 0) * (kinds == AUDIO_TGT)
     w = w * torch.tensor(sw, device=w.device, dtype=w.dtype)[level][:, None]
     loss_sum, weight_sum = zero, zero
     for k in range(1, S):
         sel = (w > 0) & (level[:, None] == k)
         if bool(sel.any()):
-            ls, ws = stream_slots_loss(model.head, h[sel], y[sel], w[sel], k, stats)
+            ls, ws = stream_slots_loss(head, h[sel], y[sel], w[sel], k, stats)
             _add(stats, "nar_ce", ls, ws)
             loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
     return loss_sum, weight_sum
 
 
-def left_aligned(is_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions of the selected entries of each row, left-aligned ``[B, L]``, their validity and counts."""
-    n = is_sel.sum(1)
-    L = max(1, int(n.max()))
-    order = torch.argsort((~is_sel).to(torch.int8), dim=1, stable=True)[:, :L]
-    return order, torch.arange(L, device=is_sel.device)[None] < n[:, None], n
-
-
-def ctc_frames(model, prep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states of each row's audio-condition positions, left-aligned: ``[B, Tc, D]``, lengths ``[B]``."""
-    order, _, n = left_aligned(prep.kinds == AUDIO_COND)
-    return h.gather(1, order[..., None].expand(-1, -1, h.shape[-1])), n
-
-
-def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text-target ids of each row as CTC labels (1-based, 0 = blank), lengths, and usable rows."""
-    lay = prep.layout
-    a, b = model.ctc_range
+def ctc_targets(ctc_range: tuple[int, int], lay) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-target ids of each row of layout ``lay`` as CTC labels (1-based, 0 = blank; ids in
+    ``ctc_range``), lengths, and usable rows."""
+    a, b = ctc_range
     is_txt = lay.kinds == TEXT_TGT
     tok = lay.tokens[..., 0]
     inside = (tok >= a) & (tok < b)
@@ -156,27 +138,28 @@ def ctc_targets(model, prep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return labels, n, usable
 
 
-def ctc_loss(model, prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
+def ctc_loss(ctc_head: nn.Module, ctc_range: tuple[int, int], prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
     """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range."""
-    frames, n_in = ctc_frames(model, prep, h)
-    labels, n_out, usable = ctc_targets(model, prep)
+    frames, n_in = ctc_frames(prep.kinds, h)
+    labels, n_out, usable = ctc_targets(ctc_range, prep.layout)
     usable = usable & (n_in > 0)
     if not bool(usable.any()):
         return h.new_zeros((), dtype=torch.float32)
-    logp = model.ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
+    logp = ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)
     loss = F.ctc_loss(logp, labels[usable], n_in[usable], n_out[usable], blank=0, reduction="sum", zero_infinity=True)
     _add(stats, "ctc", loss, n_out[usable].sum().float())
     return loss
 
 
-def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torch.Tensor:
+def guided_attention_loss(kinds: torch.Tensor, probs: torch.Tensor, sigma: float, stats: dict) -> torch.Tensor:
     """Summed guided-attention penalty (after Tachibana et al., 2017) of the rows with audio targets
     and text conditions: per audio-target frame ``t`` (of ``T``), one minus the attention mass on
     text conditions ``n`` (of ``N``) near the diagonal, ``sum_n a[t, n] exp(-(n/N - t/T)^2 / (2 g^2))``.
     The head must read the text, in order (mass on anything else, prompt or past audio, costs as
-    much as reading the wrong phone); the model is unchanged at inference."""
-    q_pos, q_ok, nq = left_aligned(prep.kinds == AUDIO_TGT)
-    k_pos, k_ok, nk = left_aligned(prep.kinds == TEXT_COND)
+    much as reading the wrong phone); the model is unchanged at inference. ``kinds [B, T'']``: the
+    backbone positions' kinds; ``probs [B, T'', T'']``: the head's attention; ``sigma``: the band width."""
+    q_pos, q_ok, nq = left_aligned(kinds == AUDIO_TGT)
+    k_pos, k_ok, nk = left_aligned(kinds == TEXT_COND)
     rows = (nq > 0) & (nk > 0)
     if not bool(rows.any()):
         return probs.new_zeros(())
@@ -185,29 +168,11 @@ def guided_attention_loss(model, prep, probs: torch.Tensor, stats: dict) -> torc
     a = a.gather(2, k_pos[:, None, :].expand(-1, a.shape[1], -1)) * k_ok[:, None, :]  # [B, Tq, N]
     t = (torch.arange(a.shape[1], device=a.device)[None, :, None] + 0.5) / nq.clamp(min=1)[:, None, None]
     n = (torch.arange(a.shape[2], device=a.device)[None, None, :] + 0.5) / nk.clamp(min=1)[:, None, None]
-    band = torch.exp(-((n - t) ** 2) / (2 * model.config.guided_attn_sigma ** 2))
+    band = torch.exp(-((n - t) ** 2) / (2 * sigma ** 2))
     per_frame = (1 - (a * band).sum(-1)) * q_ok * rows[:, None]
     loss = per_frame.sum()
     _add(stats, "guided_attn", loss, (q_ok & rows[:, None]).sum().float())
     return loss
-
-
-def length_units(kinds: torch.Tensor) -> torch.Tensor:
-    """Rows ``[B]`` the length head's ratio is relative to: text conditions, or all conditions
-    when a row has none (raw sequence ``kinds [B, T]``)."""
-    text = (kinds == TEXT_COND).sum(1)
-    return torch.where(text > 0, text, text + (kinds == AUDIO_COND).sum(1))
-
-
-def length_features(h: torch.Tensor, kinds: torch.Tensor, marker: torch.Tensor) -> torch.Tensor:
-    """What the length head reads, ``[B, 3 D]``: the hidden state at the first target marker
-    (``marker [B]``), and the mean hidden state over the audio and over the text conditions."""
-    def mean(sel: torch.Tensor) -> torch.Tensor:
-        m = sel.to(h.dtype)[..., None]
-        return (h * m).sum(1) / m.sum(1).clamp(min=1)
-
-    hm = h[torch.arange(h.shape[0], device=h.device), marker]
-    return torch.cat([hm, mean(kinds == AUDIO_COND), mean(kinds == TEXT_COND)], -1)
 
 
 def length_inputs(prep, h: torch.Tensor, kinds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,15 +187,15 @@ def length_inputs(prep, h: torch.Tensor, kinds: torch.Tensor) -> tuple[torch.Ten
     return feats, torch.log(n_tgt.clamp(min=1).float() / units.clamp(min=1).float()), ok
 
 
-def length_loss(model, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
+def length_loss(length_head: nn.Module, prep, h: torch.Tensor, kinds: torch.Tensor, stats: dict) -> torch.Tensor:
     """Summed L1 error of the length head (see :func:`length_inputs`). It reads detached hidden
     states: the backbone is trained by the other losses only (a length loss that reached the
     backbone cost ASR and TTS much of their accuracy in the mini recipe)."""
     feats, target, ok = length_inputs(prep, h, kinds)
-    err = (model.length_head(feats).float()[:, 0] - target).abs() * ok
+    err = (length_head(feats).float()[:, 0] - target).abs() * ok
     _add(stats, "length_err", err.sum(), ok.sum().float())
     return err.sum()
 
 
-__all__ = ["ar_loss", "depth_loss", "nar_loss", "nar_inputs", "ctc_loss", "ctc_frames", "guided_attention_loss",
-           "length_features", "length_inputs", "length_loss", "length_units", "stream_slots_loss"]
+__all__ = ["ar_loss", "depth_loss", "nar_loss", "ctc_loss", "ctc_targets", "guided_attention_loss", "length_inputs",
+           "length_loss", "stream_slots_loss", "stream0_groups"]

@@ -1,8 +1,8 @@
 """Target progress input: each row of a generated audio segment is told how far through the
 segment it is, so the model knows where it stands in the text and when to end.
 
-A segment of ``L`` frames takes rows ``j = 0 .. L - 1`` (delay pattern: ``0 .. L + n - 2``,
-the end token's row and the delayed tail included). Row ``j`` gets features of the share done,
+A segment of ``L`` frames takes rows ``j = 0 .. L - 1`` plus the pattern's tail rows (delay:
+``0 .. L + n - 2``, the end token's row and the delayed tail included). Row ``j`` gets features of the share done,
 ``(j + 1) / L``, and of the frames left before the end token is due, ``L - 1 - j`` (the row
 whose hidden state predicts the end has 0 left). Training takes ``L`` from the data; decoding
 from the length head's prediction (``ModelConfig.length_weight``), scaled by
@@ -65,10 +65,11 @@ def takes_progress(vocab, tokenizer: str) -> bool:
     return vocab.n_streams(tokenizer) > 1
 
 
-def layout_progress(strategy: str, tokens: torch.Tensor, kinds: torch.Tensor, lengths: torch.Tensor,
+def layout_progress(pattern, tokens: torch.Tensor, kinds: torch.Tensor, lengths: torch.Tensor,
                     pos: torch.Tensor, rows: int, vocab) -> tuple[torch.Tensor, torch.Tensor]:
     """Per layout row ``[B, rows]``: its index ``j`` in its audio target segment and the segment's
-    frames ``L`` (0: no progress input), from the raw batch and the layout's ``pos``."""
+    frames ``L`` (0: no progress input), from the raw batch and the layout's ``pos``; a segment's rows
+    are what ``pattern`` (a :class:`speechlm.models.patterns.Pattern`) gives it."""
     B = tokens.shape[0]
     J = np.zeros((B, rows), dtype=np.int64)
     Ls = np.zeros((B, rows), dtype=np.int64)
@@ -84,9 +85,7 @@ def layout_progress(strategy: str, tokens: torch.Tensor, kinds: torch.Tensor, le
             if owner is None or not takes_progress(vocab, owner[0]):
                 continue
             L = e - a
-            span = L
-            if strategy == "delay":
-                span += used_streams(tok_np[b, a:e], vocab.pad_id) - 1
+            span = int(pattern.segment_rows(AUDIO_TGT, L, used_streams(tok_np[b, a:e], vocab.pad_id)))
             start = int(pos_np[b, a])
             J[b, start : start + span] = np.arange(span)
             Ls[b, start : start + span] = L

@@ -16,13 +16,11 @@ import torch
 import torch.nn as nn
 
 from speechlm.data.batch import Batch
-from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig
-from speechlm.models.heads import DepthHead, OutputHead, StreamEmbedding, stream_ids_from_vocab
-from speechlm.models.losses import (
-    ar_loss, ctc_loss, depth_loss, guided_attention_loss, length_loss, length_units, nar_loss,
-)
+from speechlm.models.features import length_units
+from speechlm.models.heads import OutputHead, StreamEmbedding, stream_ids_from_vocab
+from speechlm.models.losses import ctc_loss, guided_attention_loss, length_loss
 from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.progress import ProgressEmbedding, layout_progress
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
@@ -99,11 +97,9 @@ class SpeechLM(nn.Module):
                 inside[a:b] = True
             self.head.set_stream0_groups(ranges, first, (~inside).nonzero()[:, 0])
         self.stacker = CondStacker(D, config.cond_reduction) if config.cond_reduction > 1 else None
-        self.depth = (
-            DepthHead(D, S, config.local_dim, config.local_layers, config.local_heads, config.norm_eps)
-            if self.pattern.head == "depth" else None
-        )
-        self.nar_level = nn.Parameter(torch.zeros(S, D)) if self.pattern.head == "ar_nar" else None
+        self.depth: nn.Module | None = None  # a depth head (multiscale), read by :meth:`depth_step`
+        for name, module in self.pattern.modules(config, D).items():  # the strategy's own parts
+            setattr(self, name, module)
         self.ctc_range = None
         if config.ctc_weight > 0:
             self.ctc_range = vocab.stream_range(config.ctc_tokenizer, 0)
@@ -170,7 +166,7 @@ class SpeechLM(nn.Module):
         B, T2 = layout.kinds.shape
         progress = None
         if self.progress is not None:
-            progress = layout_progress(self.config.strategy, tokens, kinds, lengths, layout.pos, T2, self.vocab)
+            progress = layout_progress(self.pattern, tokens, kinds, lengths, layout.pos, T2, self.vocab)
         pre = torch.zeros(B, dtype=torch.int64, device=tokens.device)
         if self.config.prefix_lm and bool((prefix_lens > 0).any()):
             p = layout.pos.gather(1, prefix_lens.clamp(max=tokens.shape[1] - 1)[:, None])[:, 0]
@@ -187,10 +183,7 @@ class SpeechLM(nn.Module):
                        extra: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings ``[B, T'', D]`` of the layout tokens (or ``tokens``), plus ``extra`` and the
         progress input per row."""
-        tok = prep.layout.tokens if tokens is None else tokens
-        if self.pattern.head == "ar_nar" and tokens is None:  # the AR pass sees stream 0 of audio targets
-            tok = tok.clone()
-            tok[..., 1:][prep.layout.kinds == AUDIO_TGT] = self.vocab.pad_id
+        tok = self.pattern.ar_tokens(prep.layout.tokens, prep.layout.kinds) if tokens is None else tokens
         x = self.embed(tok)
         if extra is not None:
             x = x + extra
@@ -255,21 +248,15 @@ class SpeechLM(nn.Module):
             rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
             sw = self.config.stream_weights or [1.0] * y.shape[-1]
             stats: dict = {}
-            if self.depth is not None:
-                loss_sum, weight_sum = depth_loss(self, h, y, w, sw, stats, rows_in)
-            else:
-                n = 1 if self.pattern.head == "ar_nar" else y.shape[-1]
-                loss_sum, weight_sum = ar_loss(self.head, h, y[..., :n], w[..., :n], sw[:n], stats, rows_in)
-            if self.nar_level is not None:
-                ls, ws = nar_loss(self, prep, sw, stats)
-                loss_sum, weight_sum = loss_sum + self.config.nar_weight * ls, weight_sum + ws
+            loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
             if self.ctc_range is not None:
-                loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self, prep, h, stats)
+                loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats)
             if guided:
                 probs, self.guided_attn.probs = self.guided_attn.probs, None
-                loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(self, prep, probs, stats)
+                loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(
+                    prep.kinds, probs, self.config.guided_attn_sigma, stats)
             if self.length_head is not None:
-                loss_sum = loss_sum + self.config.length_weight * length_loss(self, prep, h, batch.kinds, stats)
+                loss_sum = loss_sum + self.config.length_weight * length_loss(self.length_head, prep, h, batch.kinds, stats)
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
 
@@ -283,6 +270,50 @@ class SpeechLM(nn.Module):
 
     def new_cache(self, batch_size: int = 1):
         return self.backbone.new_cache(batch_size)
+
+    # ---- the small API decoding uses ---------------------------------------------------------
+    def encode(self, prep: Prepared, tokens: torch.Tensor | None = None, extra: torch.Tensor | None = None,
+               bidirectional: bool = False) -> torch.Tensor:
+        """Backbone output ``[B, T'', D]`` of a prepared batch (or of its layout ``tokens``, plus
+        ``extra`` embeddings; ``bidirectional``: full attention, as a non-autoregressive pass)."""
+        return self.backbone(self.embed_prepared(prep, tokens, extra), None, self.attention_mask(prep, bidirectional))
+
+    def step_input(self, rows: torch.Tensor, progress: torch.Tensor | None = None) -> torch.Tensor:
+        """Input ``[B, 1, D]`` of one decoding step: the embedding of the fed rows ``[B, S']``, plus
+        the progress input for models with it (``progress [B, 2]``: ``(j, L)`` per row)."""
+        x = self.embed(rows[:, None])
+        if self.progress is not None and progress is not None:
+            j, L = progress.T
+            x = x + self.progress(j, L)[:, None].to(x.dtype)
+        return x
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[..., D]`` of single token ids (one stream)."""
+        return self.embed.emb(ids)
+
+    def logits(self, h: torch.Tensor, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of model stream ``k`` at hidden states ``h [N, D]`` over its columns (or against
+        ``weight``: head rows gathered for a subset of them, see ``Masker.allowed``)."""
+        return self.head.logits(h, k, weight=weight)
+
+    def new_depth_cache(self):
+        """The local cache of one row's :meth:`depth_step` calls (None without a depth head)."""
+        return self.depth.local.new_cache() if self.depth is not None else None
+
+    def depth_step(self, h: torch.Tensor, k: int, prev: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """Hidden state ``[N, D]`` that predicts model stream ``k`` of the next row: ``h`` itself
+        without a depth head; with one, its local step ``k`` (``prev [N]``: the tokens chosen for
+        stream ``k - 1``; ``cache`` from :meth:`new_depth_cache`)."""
+        if cache is None:
+            return h
+        return self.depth.step(h if k == 0 else self.embed.emb(prev), k, cache)
+
+    def stream0_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[N, D]`` that predict stream 0 at backbone outputs ``h [N, D]`` (through the
+        depth head's first step when there is one)."""
+        if self.depth is None:
+            return h
+        return self.depth(h, h.new_zeros(h.shape[0], 0, h.shape[-1]))[:, 0]
 
     # ---- save / load ----------------------------------------------------------------------
     def save_pretrained(self, out_dir) -> None:

@@ -290,7 +290,7 @@ class BatchScheduler:
         with torch.inference_mode():
             if config.search in ("greedy", "sample"):
                 watch = StepWatch(self, batch, config.nbest, target.tokenizer,
-                                  early=pipe.model.config.strategy != "ar_nar")
+                                  early=not pipe.model.pattern.fills_later(pipe.vocab.n_streams(target.tokenizer)))
                 hyps = sample_decode(pipe.model, prompts, config, on_step=watch)
                 self._count("steps", watch.steps)
             else:  # beam and CTC searches: no step hook
@@ -386,8 +386,9 @@ class StepWatch:
     request cancelled mid-decoding (they leave the batch at this step, freeing its compute).
 
     Ending a row sets its ``RowState.done``, the flag ``sample_decode`` reads right after the hook
-    to drop finished rows; the row's hypothesis is thrown away with its request. ar_nar models
-    fill streams 1.. after the last step, so ``early=False`` there (answers wait for the end)."""
+    to drop finished rows; the row's hypothesis is thrown away with its request. A strategy that
+    fills streams after the last step (``Pattern.fills_later``: ar_nar audio) gets ``early=False``
+    (answers wait for the end)."""
 
     def __init__(self, sched: BatchScheduler, batch: list[Request], nbest: int, tokenizer: str, early: bool) -> None:
         self.sched, self.batch, self.nbest, self.tokenizer, self.early = sched, batch, nbest, tokenizer, early

@@ -51,21 +51,14 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
 
 
 def segment_rows_fn(model: nn.Module):
-    """Rows a segment takes in the model's layout (for batching budgets and the context check).
-
-    delay: audio targets take ``frames + streams - 1`` rows; flat: audio takes ``frames * streams``;
-    other patterns one row per frame. Condition reduction is ignored (an upper bound).
+    """Rows a segment takes in the model's layout (for batching budgets and the context check):
+    ``rows(kind, frames, n_streams)``, the stream strategy's :meth:`Pattern.segment_rows` (one row
+    per frame for a model without one). Condition reduction is ignored (an upper bound).
     """
-    from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT
-
-    strategy = getattr(getattr(model, "config", None), "strategy", None)
+    pattern = getattr(model, "pattern", None)
 
     def rows(kind: int, frames, n_streams: int):
-        if strategy == "delay" and kind == AUDIO_TGT:
-            return frames + (frames > 0) * (n_streams - 1)
-        if strategy == "flat" and kind in (AUDIO_COND, AUDIO_TGT):
-            return frames * n_streams
-        return frames
+        return frames if pattern is None else pattern.segment_rows(kind, frames, n_streams)
 
     return rows
 
