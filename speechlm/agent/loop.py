@@ -465,8 +465,9 @@ class AgentLoop:
                 if self.apply(r, h[0], retry=True) == "invalid":
                     r.ended = "invalid"
 
-    def run(self, episodes: list[Episode], progress: Optional[Callable[[int], None]] = None) -> list[EpisodeRun]:
-        """Run ``episodes`` to the end, decoding their steps together."""
+    def run(self, episodes: list[Episode], on_finished: Optional[Callable[[int], None]] = None) -> list[EpisodeRun]:
+        """Run ``episodes`` to the end, decoding their steps together; ``on_finished(n)`` is called
+        when ``n`` more of them end (e.g. a progress bar's update)."""
         runs = [self.start(ep) for ep in episodes]
         active = list(runs)
         wave = 0
@@ -475,8 +476,8 @@ class AgentLoop:
             wave += 1
             finished = [r for r in active if r.done]
             active = [r for r in active if not r.done]
-            if progress and finished:
-                progress(len(finished))
+            if on_finished and finished:
+                on_finished(len(finished))
         return runs
 
     # -- outputs
@@ -582,7 +583,7 @@ def run_agent(pipe, episodes: list[Episode], out_dir: str | Path, config: LoopCo
     chunk = chunk or 4 * config.batch_size
     bar = tqdm(total=len(todo), desc=f"agent {config.mode}", unit="episode", disable=None)
     for i in range(0, len(todo), chunk):
-        runs = loop.run(todo[i : i + chunk], progress=bar.update)
+        runs = loop.run(todo[i : i + chunk], on_finished=bar.update)
         if config.speak:
             for r in runs:
                 loop.speak(r, out)
