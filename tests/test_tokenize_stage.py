@@ -143,8 +143,12 @@ def test_same_audio_in_another_task_is_linked_not_encoded(corpus, caplog):
     tts = _prepare(root, data, "shared", task="tts")
     tok = ["--tokenizers", str(root / "tokenizers.yaml"), "--segments", "speech"]
     assert cli(["tokenize", "--manifest-dir", str(asr), *tok]) == 0
+    # shard jobs run at once (run.pl, slurm.pl): none links the archive, the merge call does
+    for job in (1, 2):
+        assert cli(["tokenize", "--manifest-dir", str(tts), *tok, "--nj", "2", "--shard", str(job)]) == 0
+    assert not (tts / "tokens" / "speech.scp").exists() and not list((tts / "tokens").glob("shards/speech.*"))
     with caplog.at_level(logging.INFO):
-        assert cli(["tokenize", "--manifest-dir", str(tts), *tok]) == 0
+        assert cli(["tokenize", "--manifest-dir", str(tts), *tok, "--nj", "2"]) == 0
     assert "linked its archive" in caplog.text
     a, t = TokenReader(asr / "tokens" / "speech.scp"), TokenReader(tts / "tokens" / "speech.scp")
     assert list(a) == list(t) and all(np.array_equal(a[u], t[u]) for u in a)
