@@ -87,12 +87,12 @@ class PassTimer:
 
         from speechlm.infer.context import DecodeContext
 
-        gen_mod = importlib.import_module("speechlm.infer.generate")  # the package exports a function of that name
+        nar_mod = importlib.import_module("speechlm.infer.nar")  # ar_nar's pass, looked up there at each call
 
         self.s = 0.0
         prefill = DecodeContext.prefill.__func__
         DecodeContext.prefill = classmethod(self._wrap(prefill))
-        gen_mod.nar_fill = self._wrap(gen_mod.nar_fill)
+        nar_mod.nar_fill = self._wrap(nar_mod.nar_fill)
 
     def _wrap(self, fn):
         def timed_pass(*a, **kw):
