@@ -3,7 +3,7 @@ per-row RoPE positions, a key-validity mask, the KV cache, and row dropping.
 
 Example:
     >>> ctx = DecodeContext.prefill(model, prompts)     # runs the prompts, keeps the cache
-    >>> h = ctx.step(model.embed(next_rows[:, None]))   # [B, D] hidden of the new position
+    >>> h = ctx.step(model.step_input(next_rows))      # [B, D] hidden of the new position
     >>> ctx.select(torch.tensor([0, 2]))                # drop finished row 1
 """
 from __future__ import annotations
