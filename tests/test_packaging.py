@@ -78,3 +78,26 @@ def test_the_scan_finds_an_undeclared_import(tmp_path):
     (pkg / "sub" / "m.py").write_text("import os\nfrom speechlm import x\nfrom . import y\n\n"
                                       "def f():\n    import notdeclared.sub\n")
     assert third_party_imports(pkg) == {"notdeclared": {"speechlm/sub/m.py"}}
+
+
+def test_presets_by_name_and_old_paths_fail_clearly(tmp_path, caplog):
+    """Built-in presets ship in the package and go by name; a path wins over a name; the presets'
+    old place in the checkout (conf/model/*.yaml) fails naming the preset to give instead."""
+    from speechlm.cli import main
+    from speechlm.conf import builtin_dir, preset_names, resolve_config
+    from speechlm.config import ConfigError
+
+    assert {"tiny", "30m", "360m", "1.7b"} <= set(preset_names("model")) and "tiny" in preset_names("train")
+    assert resolve_config("model", "tiny") == builtin_dir("model") / "tiny.yaml"
+    mine = tmp_path / "tiny"
+    mine.write_text("dim: 8\n")
+    assert resolve_config("model", mine) == mine
+    try:
+        resolve_config("model", "../../../conf/model/360m.yaml")
+    except ConfigError as e:
+        assert "give the name '360m'" in str(e) and "1.7b, 30m, 360m, tiny" in str(e)
+    else:
+        raise AssertionError("an old preset path must fail")
+    assert main(["train", "--data", f"asr:a:{tmp_path}:1", "--vocab", str(tmp_path / "v.json"), "--model-config",
+                 "conf/model/tiny.yaml", "--out-dir", str(tmp_path / "exp")]) == 1
+    assert "--model-config tiny" in caplog.text and not (tmp_path / "exp").exists()
