@@ -35,11 +35,6 @@ class Batch:
             self.kinds.to(device), self.lengths.to(device), self.prefix_lens.to(device), self.meta,
         )
 
-    @property
-    def n_tokens(self) -> int:
-        """Positions that carry loss (for token budgets and tokens/s)."""
-        return int((self.loss_weight.sum(-1) > 0).sum())
-
 
 def collate(examples: list[Example], pad_id: int = 0) -> Batch:
     """Pad ``examples`` on the right into a :class:`Batch`."""

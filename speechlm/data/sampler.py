@@ -54,11 +54,6 @@ def bucket_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int | N
     return batches
 
 
-def padding_ratio(lengths: list[int]) -> tuple[int, int]:
-    """(non-padding slots, total slots) of one right-padded batch."""
-    return sum(lengths), max(lengths) * len(lengths)
-
-
 class BucketSampler:
     """The global batch stream over several entries mixed by ``weights``.
 
@@ -200,4 +195,4 @@ def fixed_batches(lengths: list[np.ndarray], max_tokens: int, max_batch_size: in
     return out
 
 
-__all__ = ["BucketSampler", "bucket_batches", "fixed_batches", "padding_ratio"]
+__all__ = ["BucketSampler", "bucket_batches", "fixed_batches"]

@@ -303,16 +303,11 @@ def run_agent_turn(state, session_id: str | None, request: AudioInput | str | No
     return state.agent.turn(session_id or "", audio, text, on_event, cancel)
 
 
-def new_session_id() -> str:
-    return check_session_id(None)
-
-
 __all__ = [
     "AgentService",
     "AgentSession",
     "ScheduledDecoder",
     "SessionStore",
     "check_session_id",
-    "new_session_id",
     "run_agent_turn",
 ]

@@ -103,9 +103,5 @@ def lr_factor(budget_used: float, step: int, warmup_steps: int, schedule: str = 
     raise ValueError(f"unknown schedule {schedule!r}; valid: cosine, linear, constant")
 
 
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 __all__ = ["all_reduce_sum", "micro_loss_scale", "rescale_gradients", "StepStats", "exact_mean_loss",
            "lr_factor"]
