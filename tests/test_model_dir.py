@@ -169,3 +169,26 @@ def test_stage_12_prints_the_upload_command_huggingface_hub_installs():
     script = (Path(__file__).parents[1] / "egs" / "TEMPLATE" / "speechlm1" / "speechlm.sh").read_text()
     assert "huggingface-cli" not in script and "hf upload" in script
     assert entry_points(group="console_scripts", name="hf"), "huggingface_hub installs no `hf` command"
+
+
+def test_export_of_a_legacy_packed_dir_is_upload_ready(tmp_path):
+    """``speechlm pack --packed-dir OLD --export`` (stage 12) on a dir packed by an older version."""
+    from huggingface_hub import ModelCard
+
+    from speechlm.cli import main
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for f in ("tokenizers.yaml", "tasks"):
+        (shutil.copytree if (LEGACY / f).is_dir() else shutil.copy2)(LEGACY / f, exp / f)
+    (exp / "RESULTS.md").write_text("| set | cer |\n|---|---|\n| test | 9.5 |\n")
+    out = tmp_path / "upload"
+    assert main(["pack", "--exp-dir", str(exp), "--packed-dir", str(LEGACY), "--out-dir", str(out), "--export",
+                 "--license", "cc-by-4.0", "--language", "en", "--repo-id", "me/tiny"]) == 0
+    assert not (out / "config.yaml").exists() and md.read_config_dict(out)["format_version"] == md.FORMAT_VERSION
+    assert (out / "llama_config.json").is_file() and (out / ".gitattributes").is_file()
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.license, card.data.language, card.data.pipeline_tag) == \
+        ("cc-by-4.0", ["en"], "automatic-speech-recognition")
+    assert "| test | 9.5 |" in card.text and 'snapshot_download("me/tiny")' in card.text
+    _check_expected(out)

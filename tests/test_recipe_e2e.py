@@ -97,7 +97,7 @@ def test_every_stage_ran_and_results_were_written(recipe):
     assert "ASR-WER % (codec)" in results and "dur 0.7-1.4x %" in results and "stopped %" in results
     assert len((recipe.path / TAG / "resynth_test_tts" / "wav.scp").read_text().splitlines()) == 6
     packed = recipe.path / TAG / "packed"
-    for f in ("config.yaml", "model.safetensors", "token_list.json", "tokenizers.yaml", "README.md",
+    for f in ("config.json", "model.safetensors", "token_list.json", "llama_config.json", "tokenizers.yaml", "README.md",
               "tasks/asr.yaml", "tasks/tts.yaml"):
         assert (packed / f).exists(), f
     card = (packed / "README.md").read_text()
@@ -112,7 +112,9 @@ def test_every_stage_ran_and_results_were_written(recipe):
     assert not torch_equal(trained["length_head.2.weight"], refit["length_head.2.weight"])
     assert all(torch_equal(v, refit[k]) for k, v in trained.items() if not k.startswith("length_head"))
     upload = (recipe.path / TAG / "upload" / "README.md").read_text()
-    assert upload.startswith("---\nlibrary_name: speechlm") and "asr" in upload.split("---")[1]
+    front = upload.split("---")[1]
+    assert upload.startswith("---\n") and "library_name: speechlm" in front and "- asr" in front
+    assert "pipeline_tag: automatic-speech-recognition" in front
     assert "Results" in upload and "cer" in upload.lower()
     # the export is the model that was decoded and scored (copied, not packed and refit again)
     assert (recipe.path / TAG / "upload" / "model.safetensors").read_bytes() == (packed / "model.safetensors").read_bytes()

@@ -80,7 +80,8 @@ def test_run_dir_layout_and_keep_n(dumps, tmp_path):
     ckpts = [p.name for p in list_checkpoints(out / "checkpoints")]
     assert "step_00000006" in ckpts and len(ckpts) <= 2
     last = latest_checkpoint(out / "checkpoints")
-    for f in ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng/rank_0.pt", "COMPLETE", "config.yaml"):
+    for f in ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng/rank_0.pt", "COMPLETE", "config.json",
+              "llama_config.json", "token_list.json"):
         assert (last / f).is_file(), f
     assert (out / "checkpoints" / "average" / "model.safetensors").is_file()
     from speechlm.train.checkpoint import final_model_dir

@@ -93,8 +93,8 @@ def build_card(info: CardInfo, templates: dict[str, TaskTemplate], model_desc: s
         load = f"lm = speechlm.load(\"{info.path}\")"
     body = [
         f"# {info.name}", "",
-        f"A speechlm model for {', '.join(tasks)}: {model_desc}.",
-        *([f"Checkpoint: {info.checkpoint}."] if info.checkpoint else []), "",
+        f"A speechlm model: {model_desc}.", "",
+        f"Tasks: {', '.join(tasks)}." + (f" Checkpoint: {info.checkpoint}." if info.checkpoint else ""), "",
         "## Use", "", "```python", "import speechlm", load, *usage_lines(templates), "```", "",
         "or `speechlm decode --model-dir DIR --manifest-dir DUMP --out-dir OUT` on a dumped data set.", "",
         "## Training data", "", "```", info.training_data.strip() or "(not recorded)", "```", "",
