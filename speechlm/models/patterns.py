@@ -259,10 +259,10 @@ class DelayPattern(Pattern):
                 n_out += e - a
                 continue
             L, n = e - a, used_streams(tokens[a:e], self.pad_id)
-            block = np.full((L + n - 1, S), -1, dtype=np.int64)
+            block = np.full((L + self.tail_rows(kind, n), S), -1, dtype=np.int64)
             for k in range(n):
                 block[k : k + L, k] = (a + np.arange(L)) * S + k
-            bk = np.full(L + n - 1, AUDIO_TGT, dtype=np.int64)
+            bk = np.full(len(block), AUDIO_TGT, dtype=np.int64)
             pos[a:e] = n_out + np.arange(L)
             if n > 1 and e < T and kinds[e] == SPECIAL:
                 block[L, 0] = e * S
