@@ -60,6 +60,10 @@ def test_wheel_holds_the_package_files(wheel):
 
 
 def test_installed_wheel_trains_packs_loads_and_decodes(wheel, tmp_path):
+    # a git work tree around the env: the run's env.json must not take its commit for speechlm's
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "not speechlm"], check=True)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -97,6 +101,7 @@ def test_installed_wheel_trains_packs_loads_and_decodes(wheel, tmp_path):
     _run([slm, "train", "--data", "mt:toy:dump/mt:1", "--vocab", "token_list.json", "--tokenizers", "tokenizers.yaml",
           "--model-config", "tiny", "--train-config", "tiny", "--max-steps", "2", "--save-every", "2",
           "--valid-every", "0", "--out-dir", "exp/run"], work, env)
+    assert json.loads((work / "exp" / "run" / "env.json").read_text())["git"] is None
     _run([slm, "pack", "--exp-dir", "exp/run", "--out-dir", "packed", "--decode-config", "decode.yaml"], work, env)
     _run([slm, "decode", "--model-dir", "packed", "--task", "mt", "--input", "input.txt", "--out-dir", "dec"],
          work, env)
