@@ -101,3 +101,20 @@ def test_presets_by_name_and_old_paths_fail_clearly(tmp_path, caplog):
     assert main(["train", "--data", f"asr:a:{tmp_path}:1", "--vocab", str(tmp_path / "v.json"), "--model-config",
                  "conf/model/tiny.yaml", "--out-dir", str(tmp_path / "exp")]) == 1
     assert "--model-config tiny" in caplog.text and not (tmp_path / "exp").exists()
+
+
+def test_modules_import_extras_only_where_used():
+    """The core install imports every module: a package of an extra is imported inside the function
+    that needs it (or under ``try``), never at a module's top level."""
+    core = {requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    eager = []
+    for path in sorted((ROOT / "speechlm").rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # top level only; ``try`` bodies are optional
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "speechlm" and \
+                        normalize(IMPORT_TO_DIST.get(top, top)) not in core:
+                    eager.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not eager, f"top-level imports of packages outside the core install: {eager}"
