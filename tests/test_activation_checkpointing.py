@@ -80,3 +80,34 @@ def test_checkpointing_refuses_guided_attention():
     model = SpeechLM(tiny_config("delay", guided_attn_weight=1.0), vocab)
     with pytest.raises(ValueError, match="guided_attn_weight"):
         enable_activation_checkpointing(model)
+
+
+def test_train_config_switch_reaches_the_builtin_backbone(tmp_path):
+    """`activation_checkpointing: true` in the train config (what the 1.7B recipe sets) turns it on
+    in the built-in backbone, and training gives the same losses."""
+    from speechlm.conf import resolve_config
+    from speechlm.config import load_config
+    from speechlm.data.dataset import DataSpec
+    from speechlm.data.synthetic import make_dump, synthetic_vocab
+    from speechlm.models import ModelConfig
+    from speechlm.train.config import load_train_config
+    from speechlm.train.trainer import Trainer
+
+    make_dump(tmp_path / "asr", "asr", 12, seed=0, frames=(10, 30))
+    losses = {}
+    for ckpt in (False, True):
+        cfg = load_train_config(resolve_config("train", "tiny"), {
+            "max_steps": 2, "valid_every": 0, "save_every": 0, "progress_bar": False, "tensorboard": False,
+            "plot": False, "activation_checkpointing": ckpt})
+        tr = Trainer(cfg, load_config(ModelConfig, resolve_config("model", "tiny")), synthetic_vocab(["asr"]),
+                     [DataSpec.parse(f"asr:a:{tmp_path / 'asr'}:1")], str(tmp_path / f"run{int(ckpt)}")).setup()
+        assert tr.model.backbone.activation_checkpointing is ckpt
+        batches = [b for b, _ in zip(iter(_batches(tr)), range(2))]
+        losses[ckpt] = [tr.train_step([b]) for b in batches]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+
+
+def _batches(tr):
+    from speechlm.data.loader import train_batches
+
+    return train_batches(tr.train_data, tr.sampler, 0, 0, 1, 0, tr.vocab.pad_id)

@@ -12,5 +12,5 @@ set -euo pipefail
   --tasks "plain_tts" \
   --tokenizers conf/tokenizers.yaml \
   --ngpu 1 --nj 16 --inference_nj 4 \
-  --model_config 360m --train_config conf/train_360m.yaml \
+  --model_config 360m --train_config conf/train_360m.yaml --decode_config conf/decode.yaml \
   "$@"
