@@ -56,6 +56,19 @@ def test_legacy_dir_is_converted_once_by_copy_model(tmp_path):
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
+def test_conversion_keeps_the_options_of_retired_keys(tmp_path):
+    """An old model's ``autocast`` (no longer a model key) still sets how it decodes after packing."""
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(LEGACY, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    (old / "config.yaml").write_text(yaml.safe_dump({**cfg, "autocast": "bf16"}))
+    new = md.copy_model(old, tmp_path / "new")
+    assert md.read_config_dict(new)["autocast"] == "bf16"
+    assert md.read_config(new) == md.read_config(old)
+
+
 def test_legacy_checkpoint_is_chosen_and_packed(tmp_path):
     """A run trained by an older version: its config.yaml checkpoints are found and converted."""
     from speechlm.train.checkpoint import select_checkpoint

@@ -392,7 +392,10 @@ def copy_model(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     config, vocab = read_config(src), Vocabulary.load(src / VOCAB)
     log.info("%s is a format-%s model dir: writing it as format %d", src, data.get("format_version"), FORMAT_VERSION)
     write_weights(read_safetensors(src / WEIGHTS), dst / WEIGHTS)
-    write_json(dst / CONFIG, config_dict(config))
+    # keys ModelConfig no longer has stay for their readers (an old model's autocast sets its decode precision)
+    new = config_dict(config)
+    retired = {k: v for k, v in data.items() if k not in ModelConfig.__dataclass_fields__ and k not in new}
+    write_json(dst / CONFIG, {**new, **retired})
     shutil.copy2(src / VOCAB, dst / VOCAB)
     if config.backbone == "builtin":
         write_json(dst / LLAMA_CONFIG, llama_config(config, vocab))
