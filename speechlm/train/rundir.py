@@ -1,6 +1,7 @@
 """The reproduction kit of a run dir: resolved config, exact command, version, git hash.
 
-    exp/<tag>/config.yaml      train + model config as resolved (flags applied) + data entries
+    exp/<tag>/config.yaml      the options of `speechlm train` as resolved (flags applied; train_config and
+                               model_config inline): `speechlm train --config` of it trains the run again
     exp/<tag>/cmd.sh           the exact command line (re-runnable; resumes the run)
     exp/<tag>/env.json         speechlm / torch / python versions, git hash, world size, host, cwd
     exp/<tag>/token_list.json  tokenizers.yaml  tasks/<task>.yaml
