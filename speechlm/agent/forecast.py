@@ -227,18 +227,11 @@ def checkpoint_step(path: Path) -> Optional[int]:
 def pipeline_for(ckpt: Path, exp_dir: Path, decode_config: Optional[str] = None):
     """A Pipeline of checkpoint ``ckpt`` with the run's tokenizers and tasks (decode options from
     ``decode_config``, else the run's ``decode.yaml`` or its packed model's, if there is one)."""
-    from speechlm.config import load_yaml
     from speechlm.infer.pipeline import Pipeline
-    from speechlm.models import SpeechLM
-    from speechlm.tasks.template import load_template_file
-    from speechlm.tokenizers import load_tokenizers
 
-    model = SpeechLM.from_pretrained(ckpt)
-    tokenizers = load_tokenizers(exp_dir / "tokenizers.yaml")
-    templates = {p.stem: load_template_file(p) for p in sorted((exp_dir / "tasks").glob("*.yaml"))}
     dc = decode_config or next((p for p in (exp_dir / "decode.yaml", exp_dir / "packed" / "decode.yaml")
                                 if p.is_file()), None)
-    return Pipeline(model, tokenizers, templates, ckpt, load_yaml(dc) if dc else None)
+    return Pipeline.assemble(ckpt, exp_dir, dc)
 
 
 def render_table(rows: list[dict], correlations: dict[str, Optional[float]]) -> str:

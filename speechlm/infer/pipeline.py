@@ -60,29 +60,41 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu", allow_pipes: bool = False) -> "Pipeline":
-        from speechlm.models import SpeechLM
-
+        """A packed model dir: its model, tokenizers (paths relative to it), tasks and ``decode.yaml``."""
         from speechlm.models.model_dir import check_model_dir
 
         path = check_model_dir(path)
         if not (path / "tokenizers.yaml").is_file():
             raise FileNotFoundError(f"{path} is not a packed speechlm model dir: tokenizers.yaml is missing "
                                     f"(make one with `speechlm pack`)")
-        model = SpeechLM.from_pretrained(path, map_location=device)
-        tokenizers = load_tokenizers(path / "tokenizers.yaml", base_dir=path)
-        templates = {p.stem: load_template_file(p) for p in sorted((path / "tasks").glob("*.yaml"))}
-        decode_options = None
-        if (path / "decode.yaml").is_file():
-            from speechlm.infer.config import check_decode_options
+        decode = path / "decode.yaml"
+        return cls.assemble(path, path, decode if decode.is_file() else None, device, allow_pipes, base_dir=path)
 
-            decode_options = load_yaml(path / "decode.yaml")
-            check_decode_options(decode_options, str(path / "decode.yaml"), known_tasks(templates))
+    @classmethod
+    def assemble(cls, model_dir: str | os.PathLike, files_dir: str | os.PathLike,
+                 decode_yaml: str | os.PathLike | None = None, device: str = "cpu", allow_pipes: bool = False,
+                 base_dir: str | os.PathLike | None = None) -> "Pipeline":
+        """The model of ``model_dir`` (a packed dir, or a checkpoint of a run) with the tokenizers and
+        tasks of ``files_dir`` (the same packed dir, or the run dir; tokenizer paths relative to
+        ``base_dir``) and the decode options of ``decode_yaml`` (checked; an old model's ``autocast``
+        key gives their precision unless they set one)."""
+        from speechlm.models import SpeechLM
         from speechlm.models.config import legacy_decode_precision
 
-        legacy = legacy_decode_precision(path)  # an old model's autocast key: decode as it did
+        model_dir, files_dir = Path(model_dir), Path(files_dir)
+        model = SpeechLM.from_pretrained(model_dir, map_location=device)
+        tokenizers = load_tokenizers(files_dir / "tokenizers.yaml", base_dir=base_dir)
+        templates = {p.stem: load_template_file(p) for p in sorted((files_dir / "tasks").glob("*.yaml"))}
+        decode_options = None
+        if decode_yaml is not None:
+            from speechlm.infer.config import check_decode_options
+
+            decode_options = load_yaml(decode_yaml)
+            check_decode_options(decode_options, str(decode_yaml), known_tasks(templates))
+        legacy = legacy_decode_precision(model_dir)  # an old model's autocast key: decode as it did
         if legacy and "precision" not in (decode_options or {}):
             decode_options = {**(decode_options or {}), "precision": legacy}
-        return cls(model, tokenizers, templates, path, decode_options, allow_pipes)
+        return cls(model, tokenizers, templates, model_dir, decode_options, allow_pipes)
 
     def decode_config(self, task: str):
         """The model dir's decoding options for ``task`` (its ``decode.yaml``), else the defaults."""
