@@ -287,10 +287,6 @@ class SpeechLM(nn.Module):
             x = x + self.progress(j, L)[:, None].to(x.dtype)
         return x
 
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embeddings ``[..., D]`` of single token ids (one stream)."""
-        return self.embed.emb(ids)
-
     def logits(self, h: torch.Tensor, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of model stream ``k`` at hidden states ``h [N, D]`` over its columns (or against
         ``weight``: head rows gathered for a subset of them, see ``Masker.allowed``)."""
