@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     vocab = synthetic_vocab(["asr"])
     data = MultiTaskData([DataSpec.parse(f"asr:a:{root / 'asr'}")], vocab, 4)
     torch.manual_seed(0)
-    model = SpeechLM(ModelConfig(strategy="delay", dim=32, n_layers=1, n_heads=2, local_dim=16), vocab)
+    model = SpeechLM(ModelConfig(strategy="delay", dim=32, n_layers=1, n_heads=2), vocab)
     return model, [data.example(0, i) for i in range(12)]
 
 
