@@ -282,3 +282,13 @@ def test_case2_tokenizer_files_fingerprinted_at_training_time(dumps, tmp_path, m
     problems = check_tokenizer_files(out)
     assert len(problems) == 1 and str(chars) in problems[0] and "sha256" in problems[0]
     assert os.path.isabs(json.loads((out / "env.json").read_text())["cwd"])
+
+
+# ---- --init-from a run dir: the run's final model (the recipe's init_from takes an exp dir) --------
+def test_init_from_a_run_dir_uses_its_final_model(dumps, tmp_path):
+    import yaml
+
+    assert _cli(dumps, tmp_path / "a", "--max-steps", "2") == 0
+    assert _cli(dumps, tmp_path / "b", "--max-steps", "2", "--init-from", str(tmp_path / "a")) == 0
+    run = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert Path(run["init_from"]) == tmp_path / "a" / "checkpoints" / "step_00000002"

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-config", help="train YAML, or a built-in preset's name (tiny, cpu_demo); "
                    "default: TrainConfig defaults (in a --config file: also a mapping)")
     p.add_argument("--out-dir", required=True, help="run dir (exp/<tag>); holds config, logs, checkpoints")
-    p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir or an HF causal LM dir")
+    p.add_argument("--init-from", help="initialize weights from a packed/checkpoint model dir, a run dir (its final model) "
+                   "or an HF causal LM dir")
     p.add_argument("--nproc", type=int, default=1,
                    help="launch this many local processes through torchrun (ignored under torchrun)")
     p.add_argument("--allow-config-change", action="store_true",
@@ -103,6 +104,12 @@ def main(args: argparse.Namespace) -> int:
     train_cfg = args.train_config  # a path or preset name; a mapping when a --config file gives it
     cfg = load_train_config(train_cfg if isinstance(train_cfg, dict) or train_cfg is None
                             else resolve_config("train", train_cfg), overrides)
+    run_dir = args.init_from and not is_model_dir(args.init_from)
+    if run_dir and os.path.isdir(os.path.join(args.init_from, "checkpoints")):
+        from speechlm.train.checkpoint import select_checkpoint  # a run dir: its final model
+
+        args.init_from = str(select_checkpoint(args.init_from))
+        log.info("--init-from: the final model of that run, %s", args.init_from)
     if isinstance(args.model_config, dict):  # a run's config.yaml fed back with --config
         model_cfg = from_dict(ModelConfig, args.model_config, f"{args.config}: model_config")
     elif args.model_config is None:
