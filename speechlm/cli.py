@@ -2,7 +2,9 @@
 ``add_arguments(parser)`` and ``main(args) -> int``; adding one is one file plus one line below.
 
 Every subcommand accepts ``--config file.yaml``: its keys are the subcommand's option names
-(dashes or underscores), unknown keys are an error, and flags given on the command line win.
+(dashes or underscores), unknown keys are an error, and flags given on the command line win. A
+module may define ``upgrade_config(data) -> data`` for files written by older versions (``train``
+reads an old run's ``config.yaml`` so).
 """
 from __future__ import annotations
 
@@ -33,11 +35,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv``; if ``--config`` is given, its keys become defaults that flags override.
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str], upgrade=None) -> argparse.Namespace:
+    """Parse ``argv``; if ``--config`` is given, its keys become defaults that flags override
+    (after ``upgrade(data)``, when the command has one).
 
     A key of the file satisfies a required option (``speechlm prepare --config c.yaml`` with
-    ``task``, ``data_dir`` and ``out`` in it), so the file is read before the full parse."""
+    ``task``, ``data_dir`` and ``out_dir`` in it), so the file is read before the full parse."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
@@ -50,6 +53,8 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
             parser.error(str(e))
         if not isinstance(data, dict):
             parser.error(f"{known.config}: expected a mapping of option names to values")
+        if upgrade is not None:
+            data = upgrade(data)
         actions = {a.dest: a for a in parser._actions}
         valid = sorted(d for d in actions if d not in ("help", "config"))
         defaults = {}
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML file of option values (flags override it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     module.add_arguments(parser)
-    args = _apply_config(parser, rest)
+    args = _apply_config(parser, rest, getattr(module, "upgrade_config", None))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

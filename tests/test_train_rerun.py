@@ -50,3 +50,20 @@ def test_config_yaml_fed_back_trains_the_same_run(dumps, tmp_path):
     assert main(["train", "--config", str(first / "config.yaml"), "--out-dir", str(more), "--max-steps", "5"]) == 0
     assert len(_losses(more)) == 5
     assert yaml.safe_load((more / "config.yaml").read_text())["train_config"]["lr"] == 0.002
+
+
+def test_an_old_runs_config_yaml_feeds_back_too(dumps, tmp_path):
+    """A run dir written before the options were renamed (train/model sections, strategy, progress,
+    pack, the model's autocast) still trains again with --config."""
+    first = tmp_path / "first"
+    common = ["--out-dir", str(first), "--max-steps", "2", "--valid-every", "0", "--threads", "1",
+              "--set", "tensorboard=false", "--set", "plot=false", "--set", "log_every=1"]
+    assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),
+                 "--model-config", "tiny", "--train-config", "tiny", *common]) == 0
+    new = yaml.safe_load((first / "config.yaml").read_text())
+    train = {{"distributed": "strategy", "progress_bar": "progress"}.get(k, k): v for k, v in new.pop("train_config").items()}
+    old = {"train": {**train, "pack": False}, "model": {**new.pop("model_config"), "autocast": "none"}, **new}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(tmp_path / "old.yaml"), "--out-dir", str(again)]) == 0
+    assert _losses(again) == _losses(first) and len(_losses(first)) == 2

@@ -29,6 +29,13 @@ OVERRIDES = {
 }
 
 
+def upgrade_config(data: dict) -> dict:
+    """A ``--config`` file that is the ``config.yaml`` of a run started by an older version."""
+    from speechlm.train.config import upgrade_run_config
+
+    return upgrade_run_config(data)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True, metavar="TASK:NAME:DUMPDIR[:WEIGHT]",
                    help="a training entry (repeat for multi-task mixing; weight = share of examples)")
