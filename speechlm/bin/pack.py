@@ -148,10 +148,13 @@ def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:
     from speechlm.models import SpeechLM
     from speechlm.train.length_refit import refit_length_head
 
-    run = yaml.safe_load((exp / "config.yaml").read_text()) or {}
+    from speechlm.train.config import upgrade_run_config
+
+    run = upgrade_run_config(yaml.safe_load((exp / "config.yaml").read_text()) or {})
     specs = [DataSpec.parse(d) for d in run.get("data") or []]
     model = SpeechLM.from_pretrained(model_dir)
-    r = refit_length_head(model, specs, steps, examples)
+    precision = (run.get("train_config") or {}).get("precision", "fp32")  # the features as in training
+    r = refit_length_head(model, specs, steps, examples, precision=precision)
     model.save_pretrained(model_dir)
     return (f"{REFIT_LINE} on {r['examples']} training examples ({steps} steps): mean absolute error "
             f"of the log length ratio {r['error_before']:.3f} -> {r['error_after']:.3f}.\n")

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def length_data(model, specs: list[DataSpec], max_examples: int, batch_size: int = 16,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and targets of up to ``max_examples`` examples per data entry (a seeded sample)."""
+                seed: int = 0, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and targets of up to ``max_examples`` examples per data entry (a seeded sample),
+    computed in ``precision`` (the run's training precision)."""
     model.eval()
     dev = next(model.parameters()).device
     feats, targets = [], []
@@ -36,7 +37,7 @@ def length_data(model, specs: list[DataSpec], max_examples: int, batch_size: int
             idx = np.sort(np.random.default_rng(seed).choice(idx, max_examples, replace=False))
         for i in tqdm(range(0, len(idx), batch_size), desc=f"length features {spec.key}", disable=None):
             batch = collate([data.example(int(j)) for j in idx[i : i + batch_size]], model.vocab.pad_id).to(dev)
-            with model.autocast(dev):
+            with model.autocast(dev, precision):
                 h, prep = model.hidden_states(batch)
             f, y, ok = length_inputs(prep, h, batch.kinds)
             feats.append(f[ok].float())
@@ -47,12 +48,12 @@ def length_data(model, specs: list[DataSpec], max_examples: int, batch_size: int
 
 
 def refit_length_head(model, specs: list[DataSpec], steps: int = 1500, max_examples: int = 1500,
-                      lr: float = 1e-3, seed: int = 0) -> dict:
+                      lr: float = 1e-3, seed: int = 0, precision: str = "fp32") -> dict:
     """Fit ``model.length_head`` (only) to the frozen features of ``specs``' examples; returns the
     mean absolute error of the log length ratio before and after, on those examples."""
     if model.length_head is None:
         raise ValueError("length refit: the model has no length head (model.length_weight is 0)")
-    x, y = length_data(model, specs, max_examples, seed=seed)
+    x, y = length_data(model, specs, max_examples, seed=seed, precision=precision)
     head = model.length_head
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
