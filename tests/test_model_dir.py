@@ -127,6 +127,18 @@ def test_saved_dir_has_the_hf_layout_and_round_trips(tmp_path):
         SpeechLM.from_pretrained(tmp_path / "m")
 
 
+def test_speechlm_hf_and_incomplete_dirs_are_told_apart(tmp_path):
+    SpeechLM(tiny_config("delay"), toy_vocab(2)).save_pretrained(tmp_path / "m")
+    assert md.is_model_dir(tmp_path / "m") and not md.is_hf_dir(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()  # a speechlm dir without weights is not an HF dir
+    assert not md.is_model_dir(tmp_path / "m") and not md.is_hf_dir(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        md.check_model_dir(tmp_path / "m")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "llama"}')
+    assert md.is_hf_dir(tmp_path / "hf") and not md.is_model_dir(tmp_path / "hf")
+
+
 def test_llama_config_describes_the_builtin_backbone_for_transformers(tmp_path):
     """transformers reads llama_config.json, and LlamaModel with our body weights (names without
     the ``backbone.`` prefix, one-to-one) gives our backbone's hidden states."""

@@ -21,7 +21,9 @@ has are copied (by token when ids moved), new ids keep their fresh rows.
 
 The weights of the built-in backbone map one-to-one onto transformers' ``LlamaModel`` (names
 ``backbone.layers.*`` / ``backbone.norm.weight`` without the ``backbone.`` prefix); the input
-embedding does not (ours sums one row per stream), so ``LlamaModel`` takes ``inputs_embeds``.
+embedding does not (ours sums one row per stream), so ``LlamaModel`` takes ``inputs_embeds``. Its
+hidden states then equal our backbone's under causal attention (tests/test_model_dir.py); a
+``prefix_lm`` model also attends both ways among its condition rows, a mask LlamaModel does not build.
 """
 from __future__ import annotations
 
@@ -68,23 +70,27 @@ def _json(path: Path) -> dict:
     return data
 
 
+def _model_type(path: Path) -> str | None:
+    """``model_type`` of ``path/config.json`` ("" when it has none or cannot be read; None: no file)."""
+    if not (path / CONFIG).is_file():
+        return None
+    try:
+        return str(_json(path / CONFIG).get("model_type") or "")
+    except ConfigError:
+        return ""
+
+
 def is_model_dir(path: str | os.PathLike) -> bool:
     """A speechlm model dir: ``config.json`` of ``model_type`` speechlm, or a format-1 dir
     (``config.yaml``), with ``model.safetensors``."""
     p = Path(path)
-    if not (p / WEIGHTS).is_file():
-        return False
-    if (p / CONFIG).is_file():
-        try:
-            return _json(p / CONFIG).get("model_type") == MODEL_TYPE
-        except ConfigError:
-            return False
-    return (p / LEGACY_CONFIG).is_file()
+    kind = _model_type(p)
+    return (p / WEIGHTS).is_file() and (kind == MODEL_TYPE or (kind is None and (p / LEGACY_CONFIG).is_file()))
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
     """A Hugging Face model dir (``config.json`` of another ``model_type``)."""
-    return (Path(path) / CONFIG).is_file() and not is_model_dir(path)
+    return _model_type(Path(path)) not in (None, MODEL_TYPE)
 
 
 def _missing(path: Path) -> str | None:
