@@ -93,9 +93,9 @@ class TokenStats:
 
 
 @torch.no_grad()
-def token_stats(model, examples: list, batch_size: int = 16) -> dict[str, float]:
+def token_stats(model, examples: list, batch_size: int = 16, precision: str = "fp32") -> dict[str, float]:
     """Teacher-forced statistics of ``model`` over the stream-0 target tokens of ``examples``
-    (``speechlm.data.sequence.Example`` with targets)."""
+    (``speechlm.data.sequence.Example`` with targets), in ``precision`` (decoding's)."""
     from speechlm.data.batch import collate
     from speechlm.models.losses import stream0_groups
 
@@ -105,7 +105,7 @@ def token_stats(model, examples: list, batch_size: int = 16) -> dict[str, float]
     acc = TokenStats()
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i : i + batch_size], model.vocab.pad_id).to(dev)
-        with model.autocast(dev):
+        with model.autocast(dev, precision):
             h, prep = model.hidden_states(batch)
             y, w = model.targets(prep)
             lay = prep.layout

@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
             if not examples:
                 raise ValueError(f"no reference steps for task {args.task!r} in {args.data or args.episodes}")
             log.info("forecast: %d reference steps, %d checkpoints", len(examples), len(ckpts))
-        stats = token_stats(pipe.model, examples, args.batch_size)
+        stats = token_stats(pipe.model, examples, args.batch_size, pipe.decode_config(args.task).precision)
         row = {"checkpoint": ckpt.name, "path": str(ckpt), "step": checkpoint_step(ckpt), **stats, "success": None}
         run_dir = runs_dir / ckpt.name
         if args.run_agent:
