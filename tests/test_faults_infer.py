@@ -279,3 +279,22 @@ def test_case24_nbest_lists_are_written_and_returned(model_dir, wavs, tmp_path):
     assert nbest[0][0] == lm.asr(str(wavs["a1"]), config=DecodeConfig(search="beam", beam_size=3, max_len=6))
     with pytest.raises(ValueError, match="one hypothesis"):
         lm.generate_nbest("asr", 2, DecodeConfig(search="greedy"), speech=str(wavs["a1"]))
+
+
+def test_shard_jobs_then_merge_give_the_local_pools_output(model_dir, wavs, tmp_path, monkeypatch, caplog):
+    """The recipe's stage 10: `--shard JOB` jobs of run.pl/slurm.pl, then a merge call that decodes
+    nothing itself; the outputs are those of `--nj 2`'s local processes."""
+    import subprocess
+
+    wav_scp = scp(tmp_path / "wav.scp", {u: str(wavs[u]) for u in ("a1", "a2", "a3", "b1")})
+    pool, jobs = tmp_path / "pool", tmp_path / "jobs"
+    assert decode(model_dir, pool, "--task", "asr", "--input", str(wav_scp), "--nj", "2") == 0
+    for shard in ("2", "1"):
+        assert decode(model_dir, jobs, "--task", "asr", "--input", str(wav_scp), "--nj", "2", "--shard", shard) == 0
+    assert not (jobs / "text").exists()  # a shard job leaves the merge to a later call
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("the merge call decoded again"))
+    assert decode(model_dir, jobs, "--task", "asr", "--input", str(wav_scp), "--nj", "2") == 0
+    for name in ("text", "text.nbest", "stopped", "failed"):
+        assert (jobs / name).read_text() == (pool / name).read_text(), name
+    bad = decode(model_dir, tmp_path / "x", "--task", "asr", "--input", str(wav_scp), "--nj", "2", "--shard", "3")
+    assert bad != 0 and "--shard must be in 1..2 (--nj), got 3" in caplog.text

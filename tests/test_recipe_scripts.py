@@ -242,7 +242,7 @@ def test_stage_script_command_lines(tmp_path):
               cwd=recipe)
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
-    assert [c.split()[0] for c in calls] == ["vocab", "train", "pack", "decode", "decode", "score", "score", "pack"]
+    assert [c.split()[0] for c in calls] == ["vocab", "train", "pack", *["decode"] * 6, "score", "score", "pack"]
     assert calls[0] == f"vocab --tokenizers conf/tokenizers.yaml --tasks asr tts --out dump/token_list.json --extend {init}/token_list.json --task-dir conf/tasks"
     assert "Stage 7: none" in res.stderr  # stage 7 is empty; its number stays
     train = calls[1]
@@ -251,9 +251,12 @@ def test_stage_script_command_lines(tmp_path):
     assert f"--init-from {init}" in train and train.endswith("--max-steps 3")
     assert "--out-dir exp/t1" in train
     assert calls[2] == "pack --exp-dir exp/t1 --out-dir exp/t1/packed"
-    assert calls[4] == "decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
-    assert "--test-set test1 --task asr" in calls[5] and "--results exp/t1/RESULTS.md" in calls[5]
-    assert calls[7] == "pack --exp-dir exp/t1 --packed-dir exp/t1/packed --out-dir exp/t1/upload --export"
+    # stage 10: --inference_nj shard jobs through run.pl (in any order), then the merge
+    decode = "decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
+    assert sorted(calls[6:8]) == [f"{decode} --shard 1", f"{decode} --shard 2"] and calls[8] == decode
+    assert (recipe / "exp" / "t1" / "decode_test2_asr" / "logs" / "decode.2.log").is_file()
+    assert "--test-set test1 --task asr" in calls[9] and "--results exp/t1/RESULTS.md" in calls[9]
+    assert calls[11] == "pack --exp-dir exp/t1 --packed-dir exp/t1/packed --out-dir exp/t1/upload --export"
     assert "| set | metric |" in res.stdout  # the results table is printed
     # stage 8 leaves a script that repeats the run from training on
     rerun = (recipe / "exp" / "t1" / "rerun.sh").read_text()
@@ -274,14 +277,39 @@ def test_finished_stages_skip_themselves(tmp_path):
         return calls
 
     assert run(args, cwd=recipe).returncode == 0
-    assert commands() == ["pack", "decode", "decode", "score", "score"]
+    assert commands() == ["pack", *["decode"] * 6, "score", "score"]  # 2 shards + merge per set
     res = run(args, cwd=recipe)
     assert res.returncode == 0 and commands() == [], "a finished run repeats nothing"
     assert "skipped" in res.stderr
     os.utime(ckpt, (ckpt.stat().st_atime + 10, ckpt.stat().st_mtime + 10))  # training went on
     (ckpt / "model.safetensors").write_text("newer")
     assert run(args, cwd=recipe).returncode == 0
-    assert commands() == ["pack", "decode", "decode", "score", "score"]
+    assert commands() == ["pack", *["decode"] * 6, "score", "score"]  # 2 shards + merge per set
+
+
+def test_stage5_tokenizes_in_shard_jobs_of_cpu_cmd_then_merges(tmp_path):
+    """Tokenization shards are jobs of ${cpu_cmd} (run.pl here, slurm.pl on a cluster), then one
+    merge call; a failed shard stops the stage and shows that job's log."""
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    args = ["./speechlm.sh", "--speechlm", str(recorder), "--stage", "5", "--stop_stage", "5", "--nj", "3",
+            "--tasks", "asr"]
+    res = run(args, cwd=recipe)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    tok = "tokenize --manifest-dir dump/train/asr --tokenizers conf/tokenizers.yaml --nj 3"
+    assert calls[0].startswith("prepare --task asr --data-dir dump/data/train")
+    assert sorted(calls[1:4]) == [f"{tok} --shard {i}" for i in (1, 2, 3)] and calls[4] == tok
+    assert len(calls) == 3 * 5  # train, dev, test: prepare, 3 shards, merge
+    assert (recipe / "dump" / "train" / "asr" / "tokens" / "log" / "tokenize.3.log").is_file()
+    failing = write_exec(tmp_path / "fail.sh", f"""#!/usr/bin/env bash
+[[ " $* " == *" --shard 2 "* ]] && {{ echo "shard two broke"; exit 3; }}
+exec {recorder} "$@"
+""")
+    res = run(["./speechlm.sh", "--speechlm", str(failing), *args[3:]], cwd=recipe)
+    assert res.returncode != 0 and "shard two broke" in res.stderr
+    assert "dump/train/asr/tokens/log/tokenize.2.log" in res.stderr
 
 
 def test_stage_script_uses_torchrun_for_several_gpus(tmp_path):

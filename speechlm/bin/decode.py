@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task of the model to run on --input (one of the model dir's tasks/)")
     p.add_argument("--out-dir", required=True, help="where text / wav.scp / tokens / timing.json go")
     p.add_argument("--nj", type=int, default=1, help="parallel decoding jobs")
+    p.add_argument("--shard", type=int, help="decode only shard I of --nj (1-based, the JOB of run.pl/slurm.pl); "
+                   "a later call without it merges")
     p.add_argument("--decode-config", help="YAML of decoding options (DecodeConfig, see docs/interfaces.md); "
                    "default: the model dir's decode.yaml, if it has one")
     p.add_argument("--batch-size", type=int, help="utterances decoded together (overrides the config)")
@@ -67,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.models.config import legacy_decode_precision
     from speechlm.utils.threads import set_threads
 
-    set_threads(jobs=args.nj)
+    set_threads(1 if args.shard and args.nj > 1 else None, jobs=args.nj)  # a shard: one thread, as the local pool
     config_file = args.decode_config
     if config_file is None and (Path(args.model_dir) / "decode.yaml").is_file():
         config_file = str(Path(args.model_dir) / "decode.yaml")  # the model's own defaults (speechlm pack)
@@ -80,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
             cfg[key] = getattr(args, key)
     manifest_dir = args.manifest_dir or str(manifest_from_input(args.model_dir, args.task, args.input,
                                                                 Path(args.out_dir) / "input"))
-    timing = decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit, config_file)
+    timing = decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit, config_file,
+                             args.shard)
     if timing.get("failed"):
         logging.getLogger("speechlm.decode").error(
             "%d of %d utterances FAILED (reasons in %s); the other %d were decoded. Fix the inputs and run the "

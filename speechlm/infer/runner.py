@@ -234,8 +234,11 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
 
 
 def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_config: dict | None = None,
-                    nj: int = 1, limit: int | None = None, config_file: str | None = None) -> dict:
-    """Decode every example of ``manifest_dir``; ``nj > 1`` runs shards as parallel processes.
+                    nj: int = 1, limit: int | None = None, config_file: str | None = None,
+                    shard: int | None = None) -> dict:
+    """Decode every example of ``manifest_dir``; ``nj > 1`` runs the unfinished shards as parallel
+    processes, then merges. ``shard`` (1-based) decodes only that shard of ``nj`` and returns ``{}``
+    (a job of a recipe's run.pl or slurm.pl); a later call without it merges.
 
     ``decode_config`` holds :class:`~speechlm.infer.config.DecodeConfig` options (read from
     ``config_file``, named in errors); the resolved options, model and manifest are written to
@@ -250,6 +253,8 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     from speechlm.infer.config import check_decode_options
     from speechlm.infer.pipeline import known_tasks
 
+    if shard is not None and not 1 <= shard <= nj:
+        raise ValueError(f"--shard must be in 1..{nj} (--nj), got {shard}")
     out = Path(out_dir)
     if is_done(out / "timing.json"):
         log.info("%s is complete, skipping", out)
@@ -263,11 +268,16 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
                         "nj": nj, "limit": limit, "decode": decode_config}, f, sort_keys=False)
+    if shard is not None:
+        decode_shard(model_dir, manifest_dir, out, nj, shard - 1, decode_config, limit)
+        return {}
     if nj == 1:
         decode_shard(model_dir, manifest_dir, out, 1, 0, decode_config, limit)
     else:
         procs = []
         for j in range(nj):
+            if is_done(out / f"split{nj}" / str(j) / "results.jsonl"):
+                continue  # finished (e.g. by a job of run.pl or slurm.pl)
             cmd = [sys.executable, "-m", "speechlm.infer.runner", json.dumps(
                 [model_dir, manifest_dir, str(out), nj, j, decode_config, limit])]
             log_path = out / f"split{nj}" / f"decode.{j + 1}.log"

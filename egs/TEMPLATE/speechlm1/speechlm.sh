@@ -30,6 +30,7 @@ master_port=29500         # port of the torchrun rendezvous
 speechlm="python3 -m speechlm" # the speechlm command line
 train_cmd=${train_cmd:-utils/run.pl} # job launcher for training (utils/run.pl or utils/slurm.pl, set in cmd.sh)
 decode_cmd=${decode_cmd:-utils/run.pl} # job launcher for decoding (set in cmd.sh)
+cpu_cmd=${cpu_cmd:-utils/run.pl} # job launcher for tokenization (set in cmd.sh)
 dumpdir=dump              # formatted data dirs, manifests, token archives, vocabulary
 expdir=exp                # experiment dirs
 data_name=                # corpus name in training data specs (default: the recipe's corpus dir name)
@@ -103,6 +104,8 @@ read -ra slm <<< "${speechlm}"
 read -ra train_launcher <<< "${train_cmd}"
 # shellcheck disable=SC2034
 read -ra decode_launcher <<< "${decode_cmd}"
+# shellcheck disable=SC2034
+read -ra cpu_launcher <<< "${cpu_cmd}"
 read -ra task_list <<< "${tasks}"
 read -ra test_set_list <<< "${test_sets}"
 (( ${#task_list[@]} > 0 )) || die "--tasks is empty"
@@ -145,13 +148,26 @@ bpe_dir=${dumpdir}/bpe
 kmeans_dir=${dumpdir}/kmeans
 if (( ngpu == 0 )); then export CUDA_VISIBLE_DEVICES=""; fi
 
-# run_logged LAUNCHER_ARRAY_NAME GPUS LOG CMD ...: one job through run.pl/slurm.pl with its
-# output in LOG; on failure show the end of the log and stop.
+# run_logged LAUNCHER_ARRAY_NAME GPUS [JOB=1:N] LOG CMD ...: one job, or N with every JOB in LOG
+# and CMD replaced by 1..N, through run.pl/slurm.pl with the output in LOG; on failure show the
+# end of a failed job's log and stop.
 run_logged() {
   local -n _launcher=$1
-  local gpus=$2 logfile=$3
-  shift 3
-  if ! "${_launcher[@]}" --gpu "${gpus}" "${logfile}" "$@"; then
+  local gpus=$2 range=() logfile i
+  shift 2
+  if [[ $1 == JOB=* ]]; then
+    range=("$1")
+    shift
+  fi
+  logfile=$1
+  shift
+  if ! "${_launcher[@]}" --gpu "${gpus}" "${range[@]}" "${logfile}" "$@"; then
+    if (( ${#range[@]} > 0 )); then
+      for (( i = 1; i <= ${range[0]##*:}; i++ )); do  # the first job that did not end with code 0
+        grep -q '^# Ended (code 0)' "${logfile//JOB/${i}}" 2> /dev/null || break
+      done
+      logfile=${logfile//JOB/${i}}
+    fi
     tail -n 30 "${logfile}" >&2 || true
     die "failed: $* (full log: ${logfile})"
   fi
@@ -235,11 +251,17 @@ if stage_on 4; then
 fi
 
 if stage_on 5; then
-  log "Stage 5: manifests and tokenization: ${dumpdir}/data/{${all_sets[*]}} x {${task_list[*]}} -> ${dumpdir}/<set>/<task>/tokens"
+  log "Stage 5: manifests and tokenization: ${dumpdir}/data/{${all_sets[*]}} x {${task_list[*]}} -> ${dumpdir}/<set>/<task>/tokens (${nj} jobs each; logs: tokens/log/)"
   for s in "${all_sets[@]}"; do
     for t in "${task_list[@]}"; do
-      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out-dir "${dumpdir}/${s}/${t}" "${task_dir_opts[@]}"
-      "${slm[@]}" tokenize --manifest-dir "${dumpdir}/${s}/${t}" --tokenizers "${tokenizers}" --nj "${nj}"
+      d=${dumpdir}/${s}/${t}
+      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out-dir "${d}" "${task_dir_opts[@]}"
+      # --nj shards as jobs of ${cpu_cmd} (a Slurm cluster spreads them), then the merge;
+      # finished segments and shards skip themselves, so a re-run continues where one stopped
+      tokenize_opts=(--manifest-dir "${d}" --tokenizers "${tokenizers}" --nj "${nj}")
+      run_logged cpu_launcher 0 "JOB=1:${nj}" "${d}/tokens/log/tokenize.JOB.log" \
+        "${slm[@]}" tokenize "${tokenize_opts[@]}" --shard JOB
+      "${slm[@]}" tokenize "${tokenize_opts[@]}" || die "tokenize: merging the shards of ${d} failed"
     done
   done
 fi
@@ -308,7 +330,7 @@ if stage_on 10; then
   for s in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
       ddir=${exp}/decode_${s}_${t}
-      log "Stage 10: decoding: ${exp}/packed + ${dumpdir}/${s}/${t} -> ${ddir} (log: ${ddir}/logs/decode.log)"
+      log "Stage 10: decoding: ${exp}/packed + ${dumpdir}/${s}/${t} -> ${ddir} (${inference_nj} jobs; logs: ${ddir}/logs/decode.JOB.log)"
       if up_to_date "${ddir}/.done" "${exp}/packed/.done"; then
         log "Stage 10: ${ddir} is complete, skipped"
         continue
@@ -316,8 +338,11 @@ if stage_on 10; then
       decode_opts=(--model-dir "${exp}/packed" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
       if [[ -n ${decode_config} ]]; then decode_opts+=(--decode-config "${decode_config}"); fi
       read -ra extra_decode_opts <<< "${decode_args}"
-      run_logged decode_launcher "$(( ngpu > 0 ? 1 : 0 ))" "${ddir}/logs/decode.log" \
-        "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}"
+      # --inference_nj shards as jobs of ${decode_cmd} (a Slurm cluster spreads them), then the merge
+      run_logged decode_launcher "$(( ngpu > 0 ? 1 : 0 ))" "JOB=1:${inference_nj}" "${ddir}/logs/decode.JOB.log" \
+        "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}" --shard JOB
+      "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}" \
+        || die "decoding ${ddir}: utterances that failed are listed in ${ddir}/failed (or see the error above)"
       touch "${ddir}/.done"
     done
   done
