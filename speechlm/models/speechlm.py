@@ -237,26 +237,26 @@ class SpeechLM(nn.Module):
         guided = self.guided_attn is not None and self.training
         if guided:
             self.guided_attn.record = True
-        with self.autocast(batch.tokens.device):
-            try:
-                h, prep = self.hidden_states(batch)
-            finally:
-                if guided:
-                    self.guided_attn.record = False
-            y, w = self.targets(prep)
-            lay = prep.layout
-            rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
-            sw = self.config.stream_weights or [1.0] * y.shape[-1]
-            stats: dict = {}
-            loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
-            if self.ctc_range is not None:
-                loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats)
+        # no autocast of its own: the caller's precision (the trainer's, by the train config)
+        try:
+            h, prep = self.hidden_states(batch)
+        finally:
             if guided:
-                probs, self.guided_attn.probs = self.guided_attn.probs, None
-                loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(
-                    prep.kinds, probs, self.config.guided_attn_sigma, stats)
-            if self.length_head is not None:
-                loss_sum = loss_sum + self.config.length_weight * length_loss(self.length_head, prep, h, batch.kinds, stats)
+                self.guided_attn.record = False
+        y, w = self.targets(prep)
+        lay = prep.layout
+        rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
+        sw = self.config.stream_weights or [1.0] * y.shape[-1]
+        stats: dict = {}
+        loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
+        if self.ctc_range is not None:
+            loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats)
+        if guided:
+            probs, self.guided_attn.probs = self.guided_attn.probs, None
+            loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(
+                prep.kinds, probs, self.config.guided_attn_sigma, stats)
+        if self.length_head is not None:
+            loss_sum = loss_sum + self.config.length_weight * length_loss(self.length_head, prep, h, batch.kinds, stats)
         loss = loss_sum / weight_sum.clamp(min=1e-8)
         return ModelOutput(loss=loss, loss_sum=loss_sum.detach(), weight_sum=weight_sum.detach(), stats=stats)
 
