@@ -24,13 +24,11 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechlm.utils.jobs import die_with_parent
 
 log = logging.getLogger("speechlm.tokenize")
 
@@ -344,47 +342,32 @@ def _spawn(job: TokenizeJob, todo, shards: list[int], nj: int, tok_dir: Path, to
     """Run ``shards`` of ``nj`` as child processes (``--threads`` each) with one progress bar over all of them."""
     from tqdm import tqdm
 
-    log_dir = tok_dir / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    segs = [seg.name for seg, _, _ in todo]
+    from speechlm.utils.jobs import run_jobs
     from speechlm.utils.threads import available_cores
 
+    segs = [seg.name for seg, _, _ in todo]
     threads = str(job.threads if job.threads > 0 else max(1, available_cores() // nj))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, _PARENT_ENV: str(os.getpid())}
-    procs = []
+    cmds = []
     for shard in shards:
         cmd = [sys.executable, "-m", "speechlm", "tokenize", "--manifest-dir", str(job.manifest_dir),
                "--tokenizers", str(job.tokenizers), "--nj", str(nj), "--shard", str(shard), "--threads", threads,
                "--batch-size", str(job.batch_size), "--segments", *segs]
         if job.device:
             cmd += ["--device", job.device]
-        logf = open(log_dir / f"tokenize.{shard}.log", "w", encoding="utf-8")
-        procs.append((shard, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                              preexec_fn=die_with_parent(os.getpid())), logf))
+        cmds.append((shard, cmd, tok_dir / "log" / f"tokenize.{shard}.log"))
     journals = [tok_dir / "shards" / f"{s}.{i}-of-{nj}.journal" for s in segs for i in range(1, nj + 1)]
     done_before = {j for j in journals if j.with_name(j.name + ".done").exists()}
     bar = tqdm(total=total, desc=f"tokenize ({nj} jobs)", unit="utt", mininterval=1.0)
+
+    def progress() -> None:
+        bar.n = sum(j.read_bytes().count(b"\n") for j in journals if j.exists() or j in done_before)
+        bar.refresh()
+
     try:
-        while any(p.poll() is None for _, p, _ in procs):
-            time.sleep(0.5)
-            bar.n = sum(j.read_bytes().count(b"\n") for j in journals if j.exists() or j in done_before)
-            bar.refresh()
-    except BaseException:
-        for _, p, _ in procs:
-            p.terminate()
-        raise
+        run_jobs(cmds, env, "tokenize shard", nj, progress)
     finally:
         bar.close()
-        for _, _, f in procs:
-            f.close()
-    bad = [(s, p.returncode) for s, p, _ in procs if p.returncode != 0]
-    if bad:
-        s, rc = bad[0]
-        tail = (log_dir / f"tokenize.{s}.log").read_text(errors="replace").strip().splitlines()[-5:]
-        # A ValueError, as the CLI reports those in one line: the cause is almost always the
-        # configuration (a tokenizer's missing model dir, a bad option), shown by the log tail.
-        raise ValueError(f"tokenize shard {s}/{nj} failed (exit {rc}); see {log_dir}/tokenize.{s}.log:\n"
-                         + "\n".join(tail))
 
 
 def merge(tok_dir: Path, rows: list[dict], seg, spec: dict, fp: str, nj: int) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -274,20 +273,13 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     if nj == 1:
         decode_shard(model_dir, manifest_dir, out, 1, 0, decode_config, limit)
     else:
-        procs = []
-        for j in range(nj):
-            if is_done(out / f"split{nj}" / str(j) / "results.jsonl"):
-                continue  # finished (e.g. by a job of run.pl or slurm.pl)
-            cmd = [sys.executable, "-m", "speechlm.infer.runner", json.dumps(
-                [model_dir, manifest_dir, str(out), nj, j, decode_config, limit])]
-            log_path = out / f"split{nj}" / f"decode.{j + 1}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            procs.append((subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env), log_path))
-        failed = [lp for p, lp in procs if p.wait() != 0]
-        if failed:
-            last = failed[0].read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
-            raise RuntimeError(f"decoding job(s) failed, see {', '.join(map(str, failed))}; {failed[0].name}: {last[0]}")
+        from speechlm.utils.jobs import run_jobs
+
+        run_jobs([(j + 1, [sys.executable, "-m", "speechlm.infer.runner",
+                           json.dumps([model_dir, manifest_dir, str(out), nj, j, decode_config, limit])],
+                   out / f"split{nj}" / f"decode.{j + 1}.log")
+                  for j in range(nj) if not is_done(out / f"split{nj}" / str(j) / "results.jsonl")],  # unfinished
+                 {**os.environ, "OMP_NUM_THREADS": "1"}, "decode job", nj)
     timing = merge(out, nj, template.targets[0].name)
     if timing["failed"]:
         log.warning("decoded %d utterances -> %s; %d FAILED (listed with reasons in %s; run the same command "

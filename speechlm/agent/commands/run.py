@@ -67,38 +67,16 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
 
 
 def _run_jobs(args: argparse.Namespace, out: Path) -> None:
-    """Run the ``--nj`` shards as child processes, then merge their files into ``out``."""
+    """Run the ``--nj`` shards as child processes (logs in ``out/log/run.<shard>.log``)."""
     import os
-    import subprocess
 
-    from speechlm.utils.jobs import die_with_parent
+    from speechlm.utils.jobs import run_jobs
     from speechlm.utils.threads import available_cores
 
     threads = args.threads or max(1, available_cores() // args.nj)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    (out / "log").mkdir(parents=True, exist_ok=True)
-    procs = []
-    for shard in range(1, args.nj + 1):
-        logf = open(out / "log" / f"run.{shard}.log", "w", encoding="utf-8")
-        procs.append((shard, subprocess.Popen(_child_command(args, shard, threads), stdout=logf,
-                                              stderr=subprocess.STDOUT, env=env,
-                                              preexec_fn=die_with_parent(os.getpid())), logf))
-    try:
-        for _, p, _ in procs:
-            p.wait()
-    except BaseException:
-        for _, p, _ in procs:
-            p.terminate()
-        raise
-    finally:
-        for _, _, f in procs:
-            f.close()
-    bad = [(s, p.returncode) for s, p, _ in procs if p.returncode != 0]
-    if bad:
-        s, rc = bad[0]
-        tail = (out / "log" / f"run.{s}.log").read_text(errors="replace").strip().splitlines()[-5:]
-        raise ValueError(f"agent run job {s}/{args.nj} failed (exit {rc}); see {out}/log/run.{s}.log:\n"
-                         + "\n".join(tail))
+    run_jobs([(shard, _child_command(args, shard, threads), out / "log" / f"run.{shard}.log")
+              for shard in range(1, args.nj + 1)], env, "agent run job", args.nj)
 
 
 def _merge(out: Path, nj: int, ids: list[str]) -> int:
