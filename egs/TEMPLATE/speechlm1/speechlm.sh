@@ -104,8 +104,8 @@ read -ra slm <<< "${speechlm}"
 read -ra train_launcher <<< "${train_cmd}"
 # shellcheck disable=SC2034
 read -ra decode_launcher <<< "${decode_cmd}"
-# shellcheck disable=SC2034
-read -ra cpu_launcher <<< "${cpu_cmd}"
+# shellcheck disable=SC2034  # tokenization jobs: one thread each, as the --nj local processes always had
+read -ra cpu_launcher <<< "${cpu_cmd} --num_threads 1"
 read -ra task_list <<< "${tasks}"
 read -ra test_set_list <<< "${test_sets}"
 (( ${#task_list[@]} > 0 )) || die "--tasks is empty"
@@ -338,8 +338,11 @@ if stage_on 10; then
       decode_opts=(--model-dir "${exp}/packed" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
       if [[ -n ${decode_config} ]]; then decode_opts+=(--decode-config "${decode_config}"); fi
       read -ra extra_decode_opts <<< "${decode_args}"
-      # --inference_nj shards as jobs of ${decode_cmd} (a Slurm cluster spreads them), then the merge
-      run_logged decode_launcher "$(( ngpu > 0 ? 1 : 0 ))" "JOB=1:${inference_nj}" "${ddir}/logs/decode.JOB.log" \
+      # --inference_nj shards as jobs of ${decode_cmd} (a Slurm cluster spreads them), then the merge;
+      # several jobs run with one thread each, as the local processes of `decode --nj` always did
+      decode_jobs=("${decode_launcher[@]}")
+      if (( inference_nj > 1 )); then decode_jobs+=(--num_threads 1); fi
+      run_logged decode_jobs "$(( ngpu > 0 ? 1 : 0 ))" "JOB=1:${inference_nj}" "${ddir}/logs/decode.JOB.log" \
         "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}" --shard JOB
       "${slm[@]}" decode "${decode_opts[@]}" "${extra_decode_opts[@]}" \
         || die "decoding ${ddir}: utterances that failed are listed in ${ddir}/failed (or see the error above)"
