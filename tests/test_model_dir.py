@@ -217,3 +217,11 @@ def test_export_of_a_legacy_packed_dir_is_upload_ready(tmp_path):
         ("cc-by-4.0", ["en"], "automatic-speech-recognition")
     assert "| test | 9.5 |" in card.text and 'snapshot_download("me/tiny")' in card.text
     _check_expected(out)
+
+
+def test_card_language_defaults_to_the_phonemizers_languages(tmp_path):
+    from speechlm.bin.pack import phonemizer_languages
+
+    (tmp_path / "tokenizers.yaml").write_text("phone: {type: g2p}\nphone_de: {type: g2p, language: de}\n"
+                                              "text_bpe: {type: char, vocab: chars.txt}\n")
+    assert phonemizer_languages(tmp_path) == ["de", "en"]

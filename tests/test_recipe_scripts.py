@@ -227,6 +227,18 @@ esac
 """
 
 
+def test_stage_12_card_options_and_upload_command(tmp_path):
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "12", "--stop_stage", "12", "--tag", "t1",
+               "--hub_repo", "me/tiny", "--hub_license", "cc-by-4.0"], cwd=recipe)
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().splitlines() == ["pack --exp-dir exp/t1 --packed-dir exp/t1/packed --out-dir exp/t1/upload "
+                                            "--export --repo-id me/tiny --license cc-by-4.0"]
+    assert "to publish: hf upload me/tiny exp/t1/upload ." in res.stderr  # the CLI huggingface_hub installs
+
+
 def test_stage_script_command_lines(tmp_path):
     recipe = make_recipe(tmp_path)
     log = tmp_path / "calls.log"

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", action="store_true",
                    help="make the dir upload-ready for a model hub (.gitattributes for the large files)")
     p.add_argument("--license", help="model card: the model's license (a Hugging Face license id, e.g. cc-by-4.0)")
-    p.add_argument("--language", action="append", default=[], help="model card: a language code (repeatable)")
+    p.add_argument("--language", action="append", default=[],
+                   help="model card: a language code (repeatable; default: the languages of the g2p tokenizers)")
     p.add_argument("--base-model", help="model card: the hub id of the model this one was fine-tuned from")
     p.add_argument("--dataset", action="append", default=[], help="model card: a hub dataset id (repeatable)")
     p.add_argument("--repo-id", help="model card: the hub repo the model goes to (its usage example downloads it)")
@@ -118,8 +119,20 @@ def copy_tokenizers(exp: Path, out: Path, base: Path | None = None) -> None:
     (out / "tokenizers.yaml").write_text(yaml.safe_dump(packed, sort_keys=False))
 
 
-def card_info(exp: Path, out: Path, ckpt: Path, args: argparse.Namespace, notes: list[str]):
-    """What the model card says about the run: checkpoint, data, command, results, pack flags."""
+def phonemizer_languages(model_dir: Path) -> list[str]:
+    """Languages the model's g2p tokenizers speak (espeak voices: ``en-us`` -> ``en``), for the card."""
+    import inspect
+
+    from speechlm.tokenizers import TOKENIZERS, load_tokenizer_specs
+
+    specs = load_tokenizer_specs(model_dir / "tokenizers.yaml")
+    default = inspect.signature(TOKENIZERS.get("g2p")).parameters["language"].default
+    return sorted({str(s.get("language", default)).split("-")[0] for s in specs.values() if s.get("type") == "g2p"})
+
+
+def card_info(exp: Path, model_dir: Path, out: Path, ckpt: Path, args: argparse.Namespace, notes: list[str]):
+    """What the model card of ``model_dir`` (to become ``out``) says: the run's checkpoint, data,
+    command and results, and the pack flags."""
     import json
 
     from speechlm.models.model_card import CardInfo
@@ -129,7 +142,8 @@ def card_info(exp: Path, out: Path, ckpt: Path, args: argparse.Namespace, notes:
     step = json.loads(state.read_text()).get("step") if state.is_file() else None
     data = cfg.get("data", cfg.get("train", {}).get("data", "")) if isinstance(cfg, dict) else ""
     return CardInfo(
-        name=f"speechlm model: {exp.name}", license=args.license, language=args.language,
+        name=f"speechlm model: {exp.name}", license=args.license,
+        language=args.language or phonemizer_languages(model_dir),
         base_model=args.base_model, datasets=args.dataset, repo_id=args.repo_id, path=str(out),
         checkpoint=f"`{ckpt.name}`" + (f" (step {step})" if step else ""),
         training_data=yaml.safe_dump(data) if data else "",
@@ -206,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.tasks.template import load_template_file
 
     templates = {p.stem: load_template_file(p) for p in sorted((tmp / "tasks").glob("*.yaml"))}
-    card = build_card(card_info(exp, out, ckpt, args, refit.splitlines()), templates, model_description(tmp))
+    card = build_card(card_info(exp, tmp, out, ckpt, args, refit.splitlines()), templates, model_description(tmp))
     write_text(tmp / "README.md", str(card))
     if args.export:
         (tmp / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.model filter=lfs diff=lfs merge=lfs -text\n")

@@ -65,6 +65,7 @@ decode_args=              # extra flags for speechlm decode
 score_metrics=            # metrics for speechlm score, space separated; TASK:m1,m2 for one task (default: the task's own)
 score_args=               # extra flags for speechlm score, e.g. "--mos-model /models/utmos.pt2"
 hub_repo=                 # model hub repo id named in the stage 12 export (nothing is uploaded)
+hub_license=              # license id in the stage 12 model card, e.g. cc-by-4.0 (default: none stated)
 # </options>
 
 # shellcheck disable=SC2034  # read by utils/parse_options.sh
@@ -390,6 +391,7 @@ if stage_on 12; then
   pack_opts=()
   if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
   if [[ -n ${hub_repo} ]]; then pack_opts+=(--repo-id "${hub_repo}"); fi  # the card's usage downloads it
+  if [[ -n ${hub_license} ]]; then pack_opts+=(--license "${hub_license}"); fi
   # the packed model that stages 10-11 decoded and scored, with RESULTS.md in its card
   "${slm[@]}" pack --exp-dir "${exp}" --packed-dir "${exp}/packed" --out-dir "${exp}/upload" --export "${pack_opts[@]}"
   # `hf` is the command line huggingface_hub installs (it replaced the older CLI)
