@@ -225,3 +225,10 @@ def test_card_language_defaults_to_the_phonemizers_languages(tmp_path):
     (tmp_path / "tokenizers.yaml").write_text("phone: {type: g2p}\nphone_de: {type: g2p, language: de}\n"
                                               "text_bpe: {type: char, vocab: chars.txt}\n")
     assert phonemizer_languages(tmp_path) == ["de", "en"]
+    # in a fresh process too, where nothing has imported the built-in tokenizers yet (stage 12 broke so)
+    import subprocess
+    import sys
+
+    code = f"from speechlm.bin.pack import phonemizer_languages; print(phonemizer_languages(__import__('pathlib').Path({str(tmp_path)!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['de', 'en']"

@@ -95,14 +95,14 @@ def check_tokenizers(exp: Path, base: Path) -> None:
 def copy_tokenizers(exp: Path, out: Path, base: Path | None = None) -> None:
     """Copy each tokenizer's files into ``out/tokenizers/<name>/`` and rewrite tokenizers.yaml to
     them; relative paths of the run resolve against ``base`` (default: the current directory)."""
-    from speechlm.tokenizers import TOKENIZERS, load_tokenizer_specs, load_tokenizers
+    from speechlm.tokenizers import load_tokenizer_specs, load_tokenizers, tokenizer_class
 
     specs = load_tokenizer_specs(exp / "tokenizers.yaml")
     toks = load_tokenizers(exp / "tokenizers.yaml", base_dir=base, confine=False)
     packed = {}
     for name, spec in specs.items():
         spec = dict(spec)
-        cls = TOKENIZERS.get(spec["type"])
+        cls = tokenizer_class(spec["type"])
         for key in getattr(cls, "path_options", ()):
             if key not in spec:
                 continue
@@ -123,10 +123,10 @@ def phonemizer_languages(model_dir: Path) -> list[str]:
     """Languages the model's g2p tokenizers speak (espeak voices: ``en-us`` -> ``en``), for the card."""
     import inspect
 
-    from speechlm.tokenizers import TOKENIZERS, load_tokenizer_specs
+    from speechlm.tokenizers import load_tokenizer_specs, tokenizer_class
 
     specs = load_tokenizer_specs(model_dir / "tokenizers.yaml")
-    default = inspect.signature(TOKENIZERS.get("g2p")).parameters["language"].default
+    default = inspect.signature(tokenizer_class("g2p")).parameters["language"].default
     return sorted({str(s.get("language", default)).split("-")[0] for s in specs.values() if s.get("type") == "g2p"})
 
 

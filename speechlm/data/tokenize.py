@@ -238,10 +238,9 @@ def _check_parent() -> None:
 def _init_params(spec: dict) -> list[str]:
     import inspect
 
-    from speechlm.tokenizers import TOKENIZERS, _load_plugins
+    from speechlm.tokenizers import tokenizer_class
 
-    _load_plugins()
-    return list(inspect.signature(TOKENIZERS.get(spec["type"]).__init__).parameters)
+    return list(inspect.signature(tokenizer_class(spec["type"]).__init__).parameters)
 
 
 MEMO_SIZE = 256  # recordings whose tokens a shard job keeps for rows that repeat them

@@ -30,6 +30,12 @@ def _load_plugins() -> None:
             importlib.import_module(name)
 
 
+def tokenizer_class(kind: str) -> type[Tokenizer]:
+    """The registered tokenizer class of type ``kind`` (built-ins loaded first; KeyError if unknown)."""
+    _load_plugins()
+    return TOKENIZERS.get(kind)
+
+
 def build_tokenizer(spec: dict[str, Any], base_dir: str | os.PathLike | None = None, where: str = "tokenizer",
                     confine: bool = False) -> Tokenizer:
     """Build one tokenizer from ``{type: NAME, **options}``; relative paths resolve against ``base_dir``.
@@ -118,9 +124,8 @@ def file_digests(spec: dict[str, Any], base_dir: str | os.PathLike | None = None
     like ``ssl.kmeans``): what its tokens depend on besides its options. Options that name no
     existing path (e.g. a hub model id) are left out; relative paths resolve against ``base_dir``
     (default: the current directory), as when the tokenizer is built."""
-    _load_plugins()
     try:
-        cls = TOKENIZERS.get(spec.get("type"))
+        cls = tokenizer_class(spec.get("type"))
     except KeyError:
         return {}
     out: dict[str, str] = {}
@@ -165,5 +170,5 @@ def load_tokenizers(path: str | os.PathLike, names: list[str] | None = None,
 
 __all__ = [
     "TOKENIZERS", "Tokenizer", "TextTokenizer", "AudioTokenizer",
-    "build_tokenizer", "load_tokenizers", "load_tokenizer_specs", "file_digests", "path_sha256",
+    "build_tokenizer", "tokenizer_class", "load_tokenizers", "load_tokenizer_specs", "file_digests", "path_sha256",
 ]

@@ -130,11 +130,10 @@ def fingerprint_path(path: str | os.PathLike) -> dict:
 
 def _path_options(kind: str) -> tuple[str, ...] | None:
     """The file options of tokenizer type ``kind`` (None when the type is unknown)."""
-    import speechlm.tokenizers as toks
+    from speechlm.tokenizers import tokenizer_class
 
-    getattr(toks, "_load_plugins", lambda: None)()
     try:
-        return tuple(getattr(toks.TOKENIZERS.get(kind), "path_options", ()))
+        return tuple(getattr(tokenizer_class(kind), "path_options", ()))
     except KeyError:
         return None
 
