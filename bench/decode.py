@@ -60,8 +60,9 @@ def timed(fn, rounds: int = 2) -> tuple[float, object]:
 
 def model_for(strategy: str, vocab, dim: int, layers: int, cond_reduction: int = 1) -> SpeechLM:
     torch.manual_seed(0)
+    local = dict(local_dim=128, local_layers=2) if strategy == "multiscale" else {}  # refused by the others
     return SpeechLM(ModelConfig(strategy=strategy, dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2,
-                                local_dim=128, local_layers=2, cond_reduction=cond_reduction), vocab).eval()
+                                cond_reduction=cond_reduction, **local), vocab).eval()
 
 
 def kv_table(args) -> None:

@@ -44,8 +44,9 @@ def pack_random(root: Path, strategy: str, dim: int, layers: int) -> Path:
         vocab.add_tokenizer(name, toks[name].codebook_sizes)
     vocab.add_task("plain_tts")
     torch.manual_seed(0)
-    SpeechLM(ModelConfig(strategy=strategy, dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2, local_dim=128,
-                         local_layers=2), vocab).save_pretrained(root)
+    local = dict(local_dim=128, local_layers=2) if strategy == "multiscale" else {}  # refused by the others
+    SpeechLM(ModelConfig(strategy=strategy, dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2, **local),
+             vocab).save_pretrained(root)
     return root
 
 

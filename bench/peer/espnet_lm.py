@@ -106,7 +106,7 @@ def main() -> None:
 
     # ValleLM (AR + NAR) at the same width: released broken in 202506; record what happens.
     try:
-        from espnet2.speechlm.core_lm.ar_valle import ValleLM
+        from espnet2.speechlm.core_lm.valle import ValleLM
 
         ValleLM(a.V, a.nq, att_unit=a.dim, head=a.heads, ar_layer=a.layers, nar_layer=a.layers)
         info["valle"] = "builds"
