@@ -17,8 +17,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow --run-slow tests
 
+# Every benchmark, then docs/PERFORMANCE.md (BENCH_ARGS=--quick: small shapes, under 5 minutes).
+BENCH_ARGS ?=
 bench: install
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -139,7 +139,7 @@ def main() -> None:
         rows.append(r)
         print(f"| {a.model} | {strategy} | {r['params_m']:.0f}M | {fl['positions']:.0f} | {s:.3f} | "
               f"{r['tokens_per_s']:,.0f} | {r['useful_tflops']:.1f} | {r['mfu']:.0%} |", flush=True)
-        del opt
+        opt = None  # free the optimizer state before decoding
         model.eval()
         for R in (1, a.decode_rows):
             prompts = prompt_batch(vocab, a.streams, R, a.phones).to(dev)
@@ -154,7 +154,7 @@ def main() -> None:
                          "frames_per_s": R * a.decode_frames / d})
             print(f"| {a.model} | {strategy} decode x{R} | | {a.decode_frames} frames | {d:.2f} | "
                   f"{R * a.decode_frames / d:,.0f} frames/s | | |", flush=True)
-        del model
+        model = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     if a.json:
