@@ -59,16 +59,19 @@ def benches(threads: int) -> list[Bench]:
               ["--n-utts", "40", "--n-quality", "6", "--asr", "none", "--stage-repeat", "2"],
               ["--n-utts", "8", "--n-quality", "2", "--asr", "none", "--no-stage"], json=False),
         Bench("model", "model.py", "Training step: SpeechLM vs bare backbone vs text LM",
-              [*t, "--steps", "3"], [*t, "--steps", "1", "--frames", "40", "--strategies", "delay", "multiscale"],
+              [*t, "--steps", "3", "--strategies", "parallel", "delay", "multiscale", "ar_nar"],
+              [*t, "--steps", "1", "--frames", "40", "--strategies", "delay", "multiscale"],
               json=False),
         Bench("batching", "batching.py", "Data loading and padding: bucketed vs random batches",
               ["--batches", "300"], ["--batches", "40", "--pool-size", "500"], json=False),
+        Bench("index_memory", "train_index_memory.py", "Data loading: indexing a large manifest (memory)",
+              ["--n", "200000"], ["--n", "20000"], json=False),
         Bench("train_speed", "train_speed.py", "Training through the Trainer (data loading included)",
               ["--model-config", "tiny", "--steps", "6", "--threads", str(threads)],
               ["--model-config", "tiny", "--steps", "2", "--threads", str(threads)], json=False),
         Bench("decode", "decode.py", "Decoding: KV cache, batch scaling, ours vs transformers",
-              [*t, "--steps", "50", "--long-steps", "150", "--rounds", "2",
-               "--strategies", "parallel", "delay", "multiscale", "ar_nar"],
+              [*t, "--steps", "40", "--long-steps", "150", "--rounds", "2", "--strategies", "delay", "multiscale",
+               "--kv-strategies", "delay", "multiscale"],
               [*t, "--steps", "10", "--long-steps", "20", "--rounds", "1", "--tables", "kv", "hf",
                "--kv-strategies", "delay", "multiscale"], json=False),
         Bench("stream", "stream.py", "Streaming TTS: first chunk and real-time factor",
@@ -97,6 +100,7 @@ class Result:
     load_before: float | None = None
     data: dict | None = None
     tables: list[str] = field(default_factory=list)
+    output: str = ""  # the end of what it printed (shown when it printed no table)
     error: str = ""
 
 
@@ -235,6 +239,7 @@ def run_all(args) -> dict:
         print(f"[bench] {b.name}: {' '.join(res.cmd)}", flush=True)
         res.rc, res.wall_s, res.peak_rss_mb, text = run_child(cmd, env, b.timeout, work / f"{b.name}.log")
         res.tables = markdown_tables(text)
+        res.output = "\n".join(text.rstrip().splitlines()[-30:])
         if b.json and jpath.exists():
             res.data = json.loads(jpath.read_text())
         if res.rc != 0:
@@ -424,6 +429,8 @@ def write_report(report: dict, out: Path) -> str:
             lines += [t, ""]
         if not r.get("tables") and r.get("data") and isinstance(r["data"].get("rows"), list):
             lines += rows_table(r["data"]["rows"]) + [""]
+        elif not r.get("tables") and r.get("output") and not r.get("error"):
+            lines += ["```", r["output"], "```", ""]
     lines += ["## GPU", "", "`bench/gpu.sh` runs the model and decoding benchmarks in bf16 with SDPA flash attention "
               "on the 360M preset and trains the mini recipe on one GPU; it is not part of this CPU run.", ""]
     text = "\n".join(lines).rstrip() + "\n"

@@ -224,16 +224,30 @@ def plot(rows: list[dict], out_dir: Path) -> list[str]:
         if not rs:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        if curve == "processes":  # three set-ups on the same cores: bars
+            labels = [f"{r['x']} proc x {r.get('threads', 1)} thr" if r["x"] == 1 else f"{r['x']} gloo ranks x 1 thr"
+                      for r in rs]
+            ax.bar(labels, [r["frames_per_s"] for r in rs], color="tab:blue")
+            ax.set_ylabel("training frames/s")
+            ax.set_title(f"scaling: {xlabel} ({rs[0]['strategy']})")
+            ax.grid(alpha=0.3, axis="y")
+            fig.tight_layout()
+            path = out_dir / f"scaling_{curve}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(str(path))
+            continue
         for strategy in sorted({r["strategy"] for r in rs}):
             for what, style in (("train", "-o"), ("decode", "--s")):
-                pts = sorted((r["x"], r["frames_per_s"]) for r in rs if r["strategy"] == strategy and r["what"] == what
-                             and (curve != "processes" or r.get("threads", 1) == 1))
+                pts = sorted((r["x"], r["frames_per_s"]) for r in rs if r["strategy"] == strategy and r["what"] == what)
                 if pts:
                     ax.plot(*zip(*pts), style, label=f"{strategy} {what}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("frames/s")
-        if curve != "processes":
-            ax.set_xscale("log", base=2)
+        xs = sorted({r["x"] for r in rs})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_title(f"scaling: {xlabel}")
         ax.grid(alpha=0.3)

@@ -68,6 +68,7 @@ def recorded_report() -> dict:
                          "peer": "torch 2.11.0, espnet 202506"},
             "results": [_result("batching", "Padding", tables=[table], peak_rss_mb=40.0),
                         _result("decode", "Decoding", rc=1, error="Traceback ...\nValueError: broken"),
+                        _result("index_memory", "Indexing", output="peak RSS    420 MB   (target < 1024 MB: ok)"),
                         _result("mfu", "CPU limit", data=mfu, peak_rss_mb=1600.0),
                         _result("scaling", "Scaling", data=scaling),
                         _result("multiscale", "Ours at the peer's shapes", data=ours),
@@ -104,6 +105,7 @@ def test_report_tables_and_ratios(run_all, tmp_path):
     assert "| batching | `python bench/batching.py` | 0 | 12 | 40 | 0.10 |" in text
     assert "| bucketed | 0.95 |" in text
     assert "ValueError: broken" in text
+    assert "```\npeak RSS    420 MB   (target < 1024 MB: ok)\n```" in text  # a script without tables: its output
 
 
 def test_report_without_peer_says_why(run_all, tmp_path):
