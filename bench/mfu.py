@@ -15,7 +15,9 @@
    special tokens) and, for multiscale, the local transformer (S positions per frame) with its
    projections. Embedding lookups, norms, softmax, loss and the optimizer count as overhead.
 3. the bare backbone (random input embeddings, a trivial loss, AdamW on its parameters) at the same
-   positions: its MFU, and the full step's throughput as a share of it (target >= 0.85 at 30m).
+   positions: its MFU, and the full step's throughput as a share of it (target >= 0.85 at 30m);
+4. where the time goes: one profiled step of the first model per strategy, its top operators by
+   self CPU time (``--profile-top``).
 
 Timings are medians of ``--steps`` steps after a warm-up step; one table row per configuration.
 """
@@ -122,8 +124,26 @@ def step_flops(model: SpeechLM, batch) -> dict[str, float]:
             "local": float(local), "positions": float(sum(lengths)), "T": float(max(lengths))}
 
 
+def profile_ops(step, top: int) -> list[dict]:
+    """Where one step's time goes: the ``top`` operators by self CPU time (torch.profiler), with
+    their share of the step, and the rest summed as "other"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in events[:top]]
+    rest = sum(e.self_cpu_time_total for e in events[top:])
+    rows.append({"op": "other", "calls": sum(e.count for e in events[top:]), "self_ms": rest / 1e3,
+                 "share": rest / total})
+    return rows
+
+
 def measure_step(size: str, strategy: str, prec: str, vocab: Vocabulary, batch, steps: int,
-                 with_backbone: bool) -> dict:
+                 with_backbone: bool, profile_top: int = 0) -> dict:
     cfg = model_config(size, strategy)
     torch.manual_seed(0)
     model = SpeechLM(cfg, vocab)
@@ -145,6 +165,8 @@ def measure_step(size: str, strategy: str, prec: str, vocab: Vocabulary, batch, 
            "useful_gflop": (fl["backbone"] + fl["heads"] + fl["local"]) / 1e9,
            "backbone_gflop": fl["backbone"] / 1e9, "heads_gflop": fl["heads"] / 1e9, "local_gflop": fl["local"] / 1e9}
     row["s"] = median_time(full_step, steps)
+    if profile_top:
+        row["profile"] = profile_ops(full_step, profile_top)
     if with_backbone:
         B, T = batch.tokens.shape[0], int(fl["T"])
         body = BuiltinDecoder(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_dim)
@@ -179,6 +201,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--phones", type=int, default=40)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--profile-top", type=int, default=10,
+                    help="profile one step of the first model (each strategy): its top operators (0: no profile)")
     ap.add_argument("--quick", action="store_true", help="small sizes, 30m only, batch 2: a smoke run")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
@@ -212,7 +236,8 @@ def main() -> None:
     for size in a.models:
         for prec in precisions:
             for strategy in a.strategies:
-                r = measure_step(size, strategy, prec, vocab, batch, a.steps, with_backbone=strategy == a.strategies[0])
+                r = measure_step(size, strategy, prec, vocab, batch, a.steps, with_backbone=strategy == a.strategies[0],
+                                 profile_top=a.profile_top if size == a.models[0] and prec == precisions[0] else 0)
                 r["gflops"] = r["useful_gflop"] / r["s"]
                 r["mfu"] = r["gflops"] / peaks[prec]
                 if "backbone_s" in r:
@@ -227,6 +252,13 @@ def main() -> None:
                 print(f"| {size} | {strategy} | {prec} | {r['params_m']:.1f}M | {r['positions']:.0f} | "
                       f"{r['useful_gflop']:.0f} | {r['s']:.2f} | {r['gflops']:.0f} | {r['mfu']:.0%} | "
                       f"{r['bare_mfu']:.0%} | {r['vs_backbone']:.2f} |", flush=True)
+    for r in rows:
+        if r.get("profile"):
+            print(f"\n### Where the step's time goes: {r['size']} {r['strategy']} {r['precision']} "
+                  "(torch.profiler, self CPU time of one step)\n")
+            print("| operator | calls | self ms | share |\n|---|---|---|---|")
+            for p in r["profile"]:
+                print(f"| {p['op']} | {p['calls']} | {p['self_ms']:.0f} | {p['share']:.0%} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"info": {"threads": a.threads, "cpu_bf16": cpu_has_bf16(), "batch": a.batch,

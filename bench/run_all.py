@@ -350,6 +350,13 @@ def mfu_section(report: dict) -> tuple[list[str], dict]:
             heads[f"vs bare backbone 30m {x['strategy']} {x['precision']}"] = x["vs_backbone"]
     lines += ["", "Targets: >= 80% MFU in fp32 and >= 50% in bf16 for the full step; >= 0.85 of the bare backbone's "
               "throughput at the 30M preset.", ""]
+    for x in d["rows"]:
+        if x.get("profile"):
+            lines += [f"Where the step's time goes, {x['size']} {x['strategy']} {x['precision']}: one step under "
+                      "torch.profiler, operators by self CPU time (matrix products: `aten::mm`, `aten::addmm`, "
+                      "`aten::bmm`; the rest is what keeps MFU below the matmul rate).", "",
+                      "| operator | calls | self ms | share |", "|---|---|---|---|",
+                      *[f"| `{p['op']}` | {p['calls']} | {p['self_ms']:.0f} | {p['share']:.0%} |" for p in x["profile"]], ""]
     return lines, heads
 
 

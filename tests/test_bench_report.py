@@ -52,7 +52,9 @@ def recorded_report() -> dict:
            "rows": [{"size": "30m", "strategy": "delay", "precision": "fp32", "params_m": 27.9, "positions": 1960.0,
                      "T": 245.0, "useful_gflop": 330.0, "s": 3.0, "gflops": 110.0, "mfu": 110.0 / 133.0,
                      "bare_mfu": 0.95, "vs_backbone": 0.81, "backbone_s": 2.3, "bare_gflop": 290.0,
-                     "backbone_positions": 1960.0}]}
+                     "backbone_positions": 1960.0,
+                     "profile": [{"op": "aten::mm", "calls": 201, "self_ms": 2400.0, "share": 0.8},
+                                 {"op": "other", "calls": 900, "self_ms": 600.0, "share": 0.2}]}]}
     scaling = {"info": {"threads": 2, "dim": 256, "layers": 4, "streams": 4, "batch": 8, "frames": 150,
                         "decode_frames": 50},
                "rows": [{"curve": "batch", "strategy": "delay", "x": 1, "what": "train", "s": 0.1, "frames_per_s": 1500.0},
@@ -97,6 +99,7 @@ def test_report_tables_and_ratios(run_all, tmp_path):
     # MFU table row, matmul table
     assert "| 30m | delay | fp32 | 27.9M | 1960 | 330 | 3.00 | 110 | 83% | 95% | 0.81 |" in text
     assert "| fp32 | 120 | 133 | 133 |" in text
+    assert "| `aten::mm` | 201 | 2400 | 80% |" in text  # the profile of the step
     # scaling: the ratio to the first point, a failed point, the PNG link relative to the report
     assert "| batch | delay | 4 | train | 0.200 | 3,000 | 2.00 |" in text
     assert "| processes | delay | 2 | train | failed | - | - |" in text
