@@ -255,6 +255,10 @@ def run_all(args) -> dict:
 # --- the report -----------------------------------------------------------------------------------
 
 
+# tests/test_docs.py runs the fenced blocks of docs/*.md unless marked: these are program output
+SKIP_MARK = "<!-- doc-test: skip (benchmark output, not a command) -->"
+
+
 def fmt(x, spec: str = ",.0f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -431,13 +435,13 @@ def write_report(report: dict, out: Path) -> str:
             continue
         lines += [f"## {r['title']}", "", f"`{' '.join(r['cmd'])}`" if r["cmd"] else "(not run)", ""]
         if r.get("error"):
-            lines += ["It failed:", "", "```", r["error"], "```", ""]
+            lines += ["It failed:", "", SKIP_MARK, "```", r["error"], "```", ""]
         for t in r.get("tables", []):
             lines += [t, ""]
         if not r.get("tables") and r.get("data") and isinstance(r["data"].get("rows"), list):
             lines += rows_table(r["data"]["rows"]) + [""]
         elif not r.get("tables") and r.get("output") and not r.get("error"):
-            lines += ["```", r["output"], "```", ""]
+            lines += [SKIP_MARK, "```", r["output"], "```", ""]
     lines += ["## GPU", "", "`bench/gpu.sh` runs the model and decoding benchmarks in bf16 with SDPA flash attention "
               "on the 360M preset and trains the mini recipe on one GPU; it is not part of this CPU run.", ""]
     text = "\n".join(lines).rstrip() + "\n"
