@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,21 @@ class Bench:
     json: bool = True  # takes --json FILE
     timeout: int = 900
     python: str | None = None  # another interpreter (the peer's env)
+    probe: bool = False  # another helper's script: pass only the options its --help lists
+
+
+def supported(cmd: list[str], argv: list[str], env: dict) -> tuple[list[str], bool]:
+    """``argv`` without the options that ``cmd --help`` does not list (with their values), and
+    whether it takes ``--json``."""
+    h = subprocess.run([*cmd, "--help"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120).stdout
+    known = lambda opt: re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", h) is not None  # noqa: E731
+    out, keep = [], True
+    for a in argv:
+        if a.startswith("--"):
+            keep = known(a)
+        if keep:
+            out.append(a)
+    return out, known("--json")
 
 
 def benches(threads: int) -> list[Bench]:
@@ -79,11 +95,11 @@ def benches(threads: int) -> list[Bench]:
               [*t, "--rounds", "1", "--strategies", "delay", "--frames", "40", "--chunk-frames", "8"], json=False),
         Bench("serve", "serve.py", "Serving: batching scheduler vs one request at a time",
               [*t, "--seconds", "6"], [*t, "--seconds", "2", "--clients", "1", "4", "--mode", "inproc"], json=False),
-        Bench("memory", "memory.py", "Memory: peak RSS of training", [], ["--quick"]),
+        Bench("memory", "memory.py", "Memory: peak RSS of training", [], ["--quick"], probe=True),
         Bench("mfu", "mfu.py", "The CPU's limit: matmul peak and MFU", [*t], [*t, "--quick"]),
         Bench("scaling", "scaling.py", "Scaling curves", [*t], [*t, "--quick"]),
         Bench("multiscale", "multiscale.py", "Our strategies at ESPnet-SpeechLM's shapes", [*t],
-              [*t, "--steps", "1", "--rounds", "1", "--batch", "2", "--decode-frames", "20"]),
+              [*t, "--steps", "1", "--rounds", "1", "--batch", "2", "--decode-frames", "20"], probe=True),
         Bench("peer", "peer/espnet_lm.py", "ESPnet-SpeechLM 202506 (peer env)", [*t],
               [*t, "--steps", "1", "--rounds", "1", "--B", "2", "--gen-frames", "20"]),
     ]
@@ -231,7 +247,10 @@ def run_all(args) -> dict:
             print(f"[bench] {b.name}: skipped: {res.error}", flush=True)
             continue
         jpath = work / f"{b.name}.json"
-        cmd = [b.python or py, str(BENCH / b.script), *argv, *(["--json", str(jpath)] if b.json else [])]
+        takes_json = b.json
+        if b.probe:
+            argv, takes_json = supported([b.python or py, str(BENCH / b.script)], argv, env)
+        cmd = [b.python or py, str(BENCH / b.script), *argv, *(["--json", str(jpath)] if takes_json else [])]
         res.cmd = [Path(cmd[0]).name if b.python is None else "PEER/bin/python", *[
             os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd[1:]]]
         res.cmd = [c if not c.startswith(str(work)) else Path(c).name for c in res.cmd]
@@ -240,7 +259,7 @@ def run_all(args) -> dict:
         res.rc, res.wall_s, res.peak_rss_mb, text = run_child(cmd, env, b.timeout, work / f"{b.name}.log")
         res.tables = markdown_tables(text)
         res.output = "\n".join(text.rstrip().splitlines()[-30:])
-        if b.json and jpath.exists():
+        if takes_json and jpath.exists():
             res.data = json.loads(jpath.read_text())
         if res.rc != 0:
             res.error = "\n".join(text.strip().splitlines()[-8:])

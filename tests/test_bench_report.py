@@ -149,3 +149,12 @@ def test_child_peak_rss(run_all, tmp_path):
     assert 190 < rss < 1000
     rc, *_ = run_all.run_child([sys.executable, "-c", "raise SystemExit(3)"], {}, 60, tmp_path / "log2")
     assert rc == 3
+
+
+def test_probe_drops_unknown_options(run_all, tmp_path):
+    """Another helper's script gets only the options its --help lists (and --json only if it takes it)."""
+    script = tmp_path / "s.py"
+    script.write_text("import argparse\np = argparse.ArgumentParser()\np.add_argument('--threads')\n"
+                      "p.add_argument('--json')\np.parse_args()\n")
+    argv, js = run_all.supported([sys.executable, str(script)], ["--threads", "2", "--quick", "--steps", "1"], {})
+    assert argv == ["--threads", "2"] and js
