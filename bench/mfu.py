@@ -41,8 +41,8 @@ from speechlm.utils.precision import cpu_has_bf16
 from speechlm.vocab import Vocabulary
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# ~100M parameters: no built-in preset has this size (30m, 360m); a GPT-2-small-like width.
-SHAPE_100M = dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4)
+# ~100M parameters (95M with 8 codebooks of 1024): no built-in preset has this size (30m, 360m).
+SHAPE_100M = dict(dim=768, n_layers=14, n_heads=12, n_kv_heads=4)
 LOCAL = dict(local_dim=256, local_layers=2, local_heads=4)  # the presets' multiscale depth transformer
 
 
