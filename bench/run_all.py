@@ -72,7 +72,7 @@ def benches(threads: int) -> list[Bench]:
     t = ["--threads", str(threads)]
     return [
         Bench("tokenize", "tokenize_speed.py", "Audio tokenization speed",
-              ["--n-utts", "40", "--n-quality", "6", "--asr", "none", "--stage-repeat", "2"],
+              ["--n-utts", "30", "--n-quality", "6", "--asr", "none", "--stage-repeat", "2"],
               ["--n-utts", "8", "--n-quality", "2", "--asr", "none", "--no-stage"], json=False),
         Bench("model", "model.py", "Training step: SpeechLM vs bare backbone vs text LM",
               [*t, "--steps", "3", "--strategies", "parallel", "delay", "multiscale", "ar_nar"],
