@@ -12,6 +12,7 @@ from __future__ import annotations
 
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def main() -> None:
     p.add_argument("--n-streams", type=int, default=4)
     p.add_argument("--batches", type=int, default=300, help="batches of the stream to measure")
     p.add_argument("--pool-size", type=int, default=2000)
+    p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     tmp = None
     if not args.data:
@@ -76,6 +78,7 @@ def main() -> None:
     print(f"examples: {len(all_lens)}, sequence length min/median/max: "
           f"{all_lens.min()}/{int(np.median(all_lens))}/{all_lens.max()}\n")
     print(f"{'batch_tokens':>12} {'batches':>8} {'ex/batch':>8} {'bucketed':>9} {'random':>7}")
+    rows = []
     for budget in (2000, 4000, 8000, 16000):
         budget = max(budget, int(all_lens.max()))
         s = BucketSampler(lengths, [sp.weight for sp in specs], budget, pool_size=args.pool_size, seed=0)
@@ -83,6 +86,11 @@ def main() -> None:
         rnd = random_batches(all_lens, budget, args.batches)
         print(f"{budget:>12} {len(batches):>8} {np.mean([len(b) for b in batches]):>8.1f} "
               f"{ratio(batches):>9.1%} {ratio(rnd):>7.1%}")
+        rows.append({"batch_tokens": budget, "batches": len(batches),
+                     "examples_per_batch": float(np.mean([len(b) for b in batches])),
+                     "real_share_bucketed": ratio(batches), "real_share_random": ratio(rnd)})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": source, "rows": rows}, indent=1))
     if tmp is not None:
         tmp.cleanup()
 

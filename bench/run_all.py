@@ -79,12 +79,12 @@ def benches(threads: int) -> list[Bench]:
               [*t, "--steps", "1", "--frames", "40", "--strategies", "delay", "multiscale"],
               json=False),
         Bench("batching", "batching.py", "Data loading and padding: bucketed vs random batches",
-              ["--batches", "300"], ["--batches", "40", "--pool-size", "500"], json=False),
+              ["--batches", "300"], ["--batches", "40", "--pool-size", "500"]),
         Bench("index_memory", "train_index_memory.py", "Data loading: indexing a large manifest (memory)",
               ["--n", "200000"], ["--n", "20000"], json=False),
         Bench("train_speed", "train_speed.py", "Training through the Trainer (data loading included)",
               ["--model-config", "tiny", "--steps", "6", "--threads", str(threads)],
-              ["--model-config", "tiny", "--steps", "2", "--threads", str(threads)], json=False),
+              ["--model-config", "tiny", "--steps", "2", "--threads", str(threads)]),
         Bench("decode", "decode.py", "Decoding: KV cache, batch scaling, ours vs transformers",
               [*t, "--steps", "40", "--long-steps", "150", "--rounds", "2", "--strategies", "delay", "multiscale",
                "--kv-strategies", "delay", "multiscale"],
@@ -485,7 +485,7 @@ def rows_table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda x: f"{x:,.3g}" if isinstance(x, float) else str(x)  # noqa: E731
+    cell = lambda x: (f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}") if isinstance(x, float) else str(x)  # noqa: E731
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
             *["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]]
 

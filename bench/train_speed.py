@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -55,6 +56,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--batch-tokens", type=int, default=4000)
+    p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -72,11 +74,16 @@ def main() -> None:
               f"device {'cuda' if gpu else 'cpu'}")
         print(f"{'precision':>9} {'threads':>7} {'tokens/s':>9}")
         base = None
+        rows = []
         for threads in args.threads:
             for prec in precisions:
                 rate = run(root, args.model_config, prec, threads, args.steps, args.batch_tokens)
                 base = base or rate
                 print(f"{prec:>9} {threads:>7} {rate:>9.0f}  ({rate / base:.2f}x)")
+                rows.append({"model": args.model_config, "precision": prec, "threads": threads, "tokens_per_s": rate,
+                             "vs_first": rate / base})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def recorded_report() -> dict:
             "results": [_result("batching", "Padding", tables=[table], peak_rss_mb=40.0),
                         _result("decode", "Decoding", rc=1, error="Traceback ...\nValueError: broken"),
                         _result("index_memory", "Indexing", output="peak RSS    420 MB   (target < 1024 MB: ok)"),
+                        _result("train_speed", "Trainer", data={"rows": [{"precision": "fp32", "threads": 2,
+                                                                          "tokens_per_s": 6296.86, "vs_first": 1.0}]}),
                         _result("mfu", "CPU limit", data=mfu, peak_rss_mb=1600.0),
                         _result("scaling", "Scaling", data=scaling),
                         _result("multiscale", "Ours at the peer's shapes", data=ours),
@@ -108,6 +110,8 @@ def test_report_tables_and_ratios(run_all, tmp_path):
     assert "| batching | `python bench/batching.py` | 0 | 12 | 40 | 0.10 |" in text
     assert "| bucketed | 0.95 |" in text
     assert "ValueError: broken" in text
+    # a script's JSON rows without tables of its own
+    assert "| precision | threads | tokens_per_s | vs_first |\n|---|---|---|---|\n| fp32 | 2 | 6,297 | 1 |" in text
     # every fenced block is marked for tests/test_docs.py (docs/*.md blocks run unless marked)
     assert text.count("```") == 2 * text.count("<!-- doc-test: skip (benchmark output, not a command) -->\n```")
     assert "<!-- doc-test: skip (benchmark output, not a command) -->\n```\npeak RSS    420 MB   (target < 1024 MB: ok)\n```" in text  # a script without tables: its output
