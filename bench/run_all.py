@@ -81,7 +81,7 @@ def benches(threads: int) -> list[Bench]:
         Bench("batching", "batching.py", "Data loading and padding: bucketed vs random batches",
               ["--batches", "300"], ["--batches", "40", "--pool-size", "500"]),
         Bench("index_memory", "train_index_memory.py", "Data loading: indexing a large manifest (memory)",
-              ["--n", "200000"], ["--n", "20000"], json=False),
+              ["--n", "200000"], ["--n", "20000"]),
         Bench("train_speed", "train_speed.py", "Training through the Trainer (data loading included)",
               ["--model-config", "tiny", "--steps", "6", "--threads", str(threads)],
               ["--model-config", "tiny", "--steps", "2", "--threads", str(threads)]),

@@ -43,6 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--task", default="asr")
+    p.add_argument("--json", help="also write the row here")
     args = p.parse_args()
     from speechlm.data.synthetic import make_lengths_only
 
@@ -59,6 +60,8 @@ def main() -> None:
     print(f"{'RSS with the sampler':<28} {r['sampler_mb']:>8.0f} MB")
     print(f"{'peak RSS':<28} {r['peak_mb']:>8.0f} MB   (target < 1024 MB: {'ok' if r['peak_mb'] < 1024 else 'OVER'})")
     print(f"{'index bytes per example':<28} {(r['after_mb'] - r['before_mb']) * 2**20 / r['examples']:>8.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [{**r, "task": args.task, "write_s": write_s}]}, indent=1))
 
 
 if __name__ == "__main__":
