@@ -9,7 +9,8 @@ Times ``MultiScaleLM`` (attention dim 256, 4 heads, 6 global + 2 local layers, 8
 2048-entry vocabulary): one training step (forward + backward + AdamW) on batch 8 x 256 frames
 (the first 1/8 of each row is the prefix), and greedy decoding of 100 frames after a 50-frame
 prompt for 1 and 8 rows (``nbest``). Every figure is the median of repeated runs after a
-warm-up. It also tries to build ``ValleLM`` and reports the error if that fails (it does in
+warm-up; decoding is forced to exactly 100 frames (``minlenratio = maxlenratio``: no early end
+token; checked by counting the global decoder's calls). It also tries to build ``ValleLM`` and reports the error if that fails (it does in
 202506). Standalone on purpose: it imports nothing of speechlm.
 """
 from __future__ import annotations
@@ -87,9 +88,11 @@ def main() -> None:
     for nbest in a.rows:
         masks = torch.zeros(a.nq, a.V, dtype=torch.bool)
         masks[:, :300] = True  # forbid the special tokens; ESPnet re-allows eos (5) on the first code
-        opts = SpeechLMInferenceOptions(search_algo="greedy_search", nbest=nbest, top_k=1,
-                                        maxlenratio=a.gen_frames / a.prompt_frames, eos=5, start=1,
-                                        masks=masks, nq=a.nq)
+        # minlen = maxlen: the end token is never allowed, so every run decodes exactly gen_frames frames
+        # (random weights could otherwise end early and make the peer look faster than it is)
+        ratio = a.gen_frames / a.prompt_frames
+        opts = SpeechLMInferenceOptions(search_algo="greedy_search", nbest=nbest, top_k=1, minlenratio=ratio,
+                                        maxlenratio=ratio, eos=5, start=1, masks=masks, nq=a.nq)
         prefix = torch.randint(300, a.V, (1, a.prompt_frames, a.nq))
         suffix = torch.randint(300, a.V, (1, a.gen_frames, a.nq))
 
@@ -97,7 +100,13 @@ def main() -> None:
             with torch.no_grad():
                 m.inference(prefix, opts, suffix=suffix)
 
+        calls = []
+        hook = m.g_decoders.register_forward_hook(lambda *_: calls.append(1))  # prompt + one per frame
         dt = median_time(decode, a.rounds)
+        hook.remove()
+        steps = len(calls) // (a.rounds + 1) - 1
+        if steps != a.gen_frames:
+            raise RuntimeError(f"ESPnet decoded {steps} frames per run, not {a.gen_frames}")
         rows.append({"impl": "espnet-202506", "model": "MultiScaleLM", "what": "decode", "rows": nbest,
                      "frames": a.gen_frames, "params_m": params / 1e6, "s": dt,
                      "frames_per_s": nbest * a.gen_frames / dt})
