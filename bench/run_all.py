@@ -431,6 +431,11 @@ def write_report(report: dict, out: Path) -> str:
              f"- python {v.get('python')}, torch {v.get('torch')}, numpy {v.get('numpy')}, speechlm git "
              f"{v.get('speechlm_git', '?')}" + (f"; peer env: {v['peer']}" if v.get("peer") else ""),
              f"- {m['os']}", ""]
+    lines += ["Method: every script runs alone in its own process, one after the other, at the thread count above. "
+              "`mfu`, `scaling`, `multiscale` and the peer report the median of repeated runs after a warm-up; "
+              "`model`, `decode` and `stream` the fastest of their rounds (as their tables say). Ratios compare "
+              "rows measured in this run only. The load average before each script is in the runs table: numbers "
+              "measured while other work ran are not results.", ""]
     lines += ["## Headline", ""]
     heads = {**{f"vs ESPnet {k}": f"{x:.2f}x" for k, x in peer_heads.items()},
              **{k: (f"{x:.0%}" if k.startswith("MFU") else f"{x:.2f}" if k.startswith("vs") else f"{x:,.0f} GFLOP/s")
