@@ -190,7 +190,8 @@ def versions(python: str) -> dict:
         h = subprocess.run([git, "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run([git, "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True)
-        out["speechlm_git"] = h.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+        changed = [ln[3:] for ln in dirty.stdout.splitlines() if ln.strip()]
+        out["speechlm_git"] = h.stdout.strip() + (f" (with uncommitted changes to {', '.join(changed)})" if changed else "")
     return out
 
 
