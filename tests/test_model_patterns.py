@@ -101,8 +101,10 @@ REFS = {"parallel": ref_parallel, "delay": ref_delay, "flat": ref_flat, "multisc
 
 
 def test_every_registered_pattern_has_a_reference_and_a_grid():
-    assert set(PATTERNS.names()) == set(REFS)
-    for name in PATTERNS.names():
+    # the built-in ones (tests may register their own, e.g. test_strategy_plugin.py)
+    builtin = {n for n in PATTERNS.names() if PATTERNS.get(n).__module__ == "speechlm.models.patterns"}
+    assert builtin == set(REFS)
+    for name in builtin:
         doc = PATTERNS.get(name).__doc__
         assert doc and ("0:" in doc or "output" in doc or "row" in doc), f"{name} has no grid in its docstring"
 

@@ -124,7 +124,10 @@ def test_resumes_after_being_killed(corpus):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journals = [dump / "tokens" / "shards" / f"speech.{i}-of-2.journal" for i in (1, 2)]
     deadline = time.time() + 60
-    while time.time() < deadline and sum(j.read_text().count("\n") for j in journals if j.exists()) < 40:
+    # kill once both shards have started (a loaded machine can run one far ahead of the other)
+    while time.time() < deadline and not (
+            all(j.exists() and j.read_text().count("\n") for j in journals)
+            and sum(j.read_text().count("\n") for j in journals) >= 40):
         assert proc.poll() is None, "finished before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
