@@ -103,16 +103,24 @@ class Chooser:
         self.masker = Masker(model)
         self.seen: dict[int, torch.Tensor] = {}
         self.rows: list[RowState] = []  # states of the active rows (end_threshold keeps its sums there)
+        self._gids: dict = {}  # (stream, allowed set) -> global ids of its columns
 
     def __call__(self, k: int, h: torch.Tensor, acts: list[tuple]) -> torch.Tensor:
         """Tokens (global ids) of model stream ``k`` for rows with hidden states ``h``."""
         B, dev = len(acts), h.device
-        forced = torch.tensor([a[1] if a[0] == FORCE else -1 for a in acts], device=dev)
+        forced_ids = [a[1] if a[0] == FORCE else -1 for a in acts]
         keys = {a[1] for a in acts if a[0] != FORCE}
         if not keys:
-            return forced
+            return torch.tensor(forced_ids, device=dev)
+        # a tensor only when some row is forced (kernels per call are what a decoding step costs)
+        forced = torch.tensor(forced_ids, device=dev) if max(forced_ids) >= 0 else None
+        gids = None
         if len(keys) == 1:  # one allowed set for every row: logits of those columns only
-            cols, weight = self.masker.allowed(k, next(iter(keys)), dev)
+            key = next(iter(keys))
+            cols, weight = self.masker.allowed(k, key, dev)
+            gids = self._gids.get((k, key))
+            if gids is None:
+                gids = self._gids[(k, key)] = self.masker.to_global(k, cols)
             logits = self.model.logits(h, k, weight=weight).float()
         else:
             cols = None
@@ -132,14 +140,19 @@ class Chooser:
         idx = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
         if len(self.rows) == B:  # a hypothesis' score: log-probability of its chosen tokens (temperature 1)
             lp = logits.log_softmax(-1).gather(1, idx[:, None])[:, 0].tolist()
-            for st, v, f in zip(self.rows, lp, forced.tolist()):
+            for st, v, f in zip(self.rows, lp, forced_ids):
                 if f < 0 and math.isfinite(v):
                     st.hyp.score += v
-        full = idx if cols is None else cols[idx]
-        ids = torch.where(forced >= 0, forced, self.masker.to_global(k, full))
+        if gids is not None and not pen:
+            ids = gids[idx]  # the columns' global ids, gathered once per allowed set
+        else:
+            full = idx if cols is None else cols[idx]
+            ids = self.masker.to_global(k, full)
+        if forced is not None:
+            ids = torch.where(forced >= 0, forced, ids)
         if pen:
             seen = self.seen.setdefault(k, torch.zeros(B, self.masker.columns(k), dtype=torch.bool, device=dev))
-            sampled = forced < 0
+            sampled = forced < 0 if forced is not None else torch.ones(B, dtype=torch.bool, device=dev)
             seen[sampled.nonzero()[:, 0], full[sampled]] = True
         return ids
 
@@ -178,7 +191,9 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
         if k > last_sampled:
             out[:, k] = torch.tensor([c[1] for c in col], device=h.device)
             continue
-        prev = out[:, k - 1].repeat(h.shape[0] // B) if k > 0 and local is not None else None
+        prev = None
+        if k > 0 and local is not None:  # guidance: the unconditional half takes the same tokens
+            prev = out[:, k - 1] if h.shape[0] == B else out[:, k - 1].repeat(h.shape[0] // B)
         out[:, k] = chooser(k, model.depth_step(h, k, prev, local), col)
     return out
 

@@ -9,6 +9,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -138,9 +140,56 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
     return (ce * weights).sum(), weights.sum(), correct, targets.new_tensor(targets.numel(), dtype=torch.float32)
 
 
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS normalisation in fp32 as :class:`RMSNorm`, without its gain and times ``sqrt(dim)`` (both
+    folded into the next weights): ``x / sqrt(sum(x^2) + dim * eps)``, fewer kernels than the mean."""
+    x32 = x if x.dtype == torch.float32 else x.float()
+    out = x32 * (x32 * x32).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+class _LocalWeights(NamedTuple):
+    """The depth head's weights rearranged for incremental decoding (see :meth:`DepthHead.step`),
+    every matrix transposed (``x @ w``, one kernel): per layer ``qkv`` (q, k, v side by side, the
+    input norm's gain and ``sqrt(Dl)`` folded in: see :func:`_rms`), ``o``, ``gu`` (gate and up
+    side by side, the second norm's gain folded in), ``down``; ``out`` with the final norm's gain;
+    ``proj``: ``in_proj`` and ``tok_proj``; ``cos``/``sin [S, 1, hd]``
+    the RoPE of each local position (``sin`` signed and ``perm`` the column order so that
+    ``rotate_half(x) * sin == x[..., perm] * signed sin``)."""
+
+    key: tuple
+    qkv: list[torch.Tensor]
+    o: list[torch.Tensor]
+    gu: list[torch.Tensor]
+    down: list[torch.Tensor]
+    out: torch.Tensor
+    proj: tuple[torch.Tensor, torch.Tensor]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    perm: torch.Tensor
+
+
+class LocalCache:
+    """Keys and values of one row group's local steps: per layer ``[N, kv_heads, S, hd]``,
+    allocated at step 0 (the local sequence is never longer than the streams)."""
+
+    def __init__(self, weights: _LocalWeights, n_streams: int) -> None:
+        self.w = weights
+        self.S = n_streams
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+
 class DepthHead(nn.Module):
     """Local transformer over the streams of one row (multiscale): step 0 reads the global hidden
-    state, step k reads the embedding of stream k-1's token; step k predicts stream k."""
+    state, step k reads the embedding of stream k-1's token; step k predicts stream k.
+
+    Its parameters are those of a :class:`BuiltinDecoder` (``local``) plus the projections. The
+    incremental steps of decoding (:meth:`step`) compute the same function (up to float rounding)
+    with fewer kernels: weights stacked, transposed and with the norms' gains folded in once
+    (:meth:`decode_weights`), RoPE of the S local positions precomputed, a fixed-size local cache.
+    Every generated frame takes S local steps of one token each, so on a CPU their cost is the
+    number of kernels, not arithmetic (the profile in ``bench/multiscale.py``)."""
 
     def __init__(self, dim: int, n_streams: int, local_dim: int, local_layers: int, local_heads: int,
                  norm_eps: float = 1e-5) -> None:
@@ -150,6 +199,12 @@ class DepthHead(nn.Module):
         self.level = nn.Parameter(torch.zeros(n_streams, local_dim))
         self.local = BuiltinDecoder(local_dim, local_layers, local_heads, norm_eps=norm_eps, max_len=n_streams + 1)
         self.out_proj = nn.Linear(local_dim, dim, bias=False)
+        self.n_streams = n_streams
+        # RoPE of the local positions 0..S-1, once (BuiltinDecoder.rope recomputes it per call)
+        cos, sin = self.local.rope(torch.arange(n_streams)[None], torch.float32)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [1, 1, S, hd]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._weights: _LocalWeights | None = None
 
     def forward(self, h: torch.Tensor, prev_emb: torch.Tensor) -> torch.Tensor:
         """``h [N, D]``, ``prev_emb [N, k, D]`` (embeddings of streams 0..k-1) -> ``[N, k+1, D]``."""
@@ -157,13 +212,78 @@ class DepthHead(nn.Module):
         x = x + self.level[: x.shape[1]].to(x.dtype)
         return self.out_proj(self.local(x))
 
-    def step(self, x: torch.Tensor, k: int, cache) -> torch.Tensor:
+    # ---- incremental steps (decoding) -------------------------------------------------------
+    def new_cache(self) -> LocalCache:
+        """The cache of one row group's :meth:`step` calls (steps 0, 1, ... in order)."""
+        return LocalCache(self.decode_weights(), self.n_streams)
+
+    def decode_weights(self) -> _LocalWeights:
+        """:class:`_LocalWeights`, rebuilt only when a parameter changed (optimizer step, load, move)."""
+        params = list(self.parameters())
+        key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        if self._weights is not None and self._weights.key == key:
+            return self._weights
+        with torch.no_grad():
+            qkv, o, gu, down = [], [], [], []
+
+            def t(w: torch.Tensor) -> torch.Tensor:
+                return w.t().contiguous()
+
+            scale = self.local.dim ** 0.5
+            for layer in self.local.layers:
+                a, m = layer.self_attn, layer.mlp
+                g_in, g_post = layer.input_layernorm.weight * scale, layer.post_attention_layernorm.weight * scale
+                qkv.append(t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) * g_in))
+                o.append(t(a.o_proj.weight))
+                gu.append(t(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * g_post))
+                down.append(t(m.down_proj.weight))
+            out = t(self.out_proj.weight * (self.local.norm.weight * scale))
+            proj = (t(self.in_proj.weight), t(self.tok_proj.weight))
+            hd = self.rope_cos.shape[-1]
+            cos, sin = self.rope_cos[0, 0][:, None], self.rope_sin[0, 0][:, None].clone()  # [S, 1, hd]
+            sin[..., : hd // 2] *= -1
+            perm = torch.cat([torch.arange(hd // 2, hd), torch.arange(hd // 2)]).to(cos.device)
+        self._weights = _LocalWeights(key, qkv, o, gu, down, out, proj, cos, sin, perm)
+        return self._weights
+
+    def step(self, x: torch.Tensor, k: int, cache: LocalCache) -> torch.Tensor:
         """Incremental local step ``k`` (decoding): ``x [N, D]`` is the global hidden state for
         ``k == 0``, else the embedding of stream ``k - 1``'s token; ``cache`` from
-        ``self.local.new_cache()``. Returns the hidden state ``[N, D]`` that predicts stream ``k``."""
-        z = (self.in_proj(x) if k == 0 else self.tok_proj(x)) + self.level[k].to(x.dtype)
-        pos = torch.full((x.shape[0], 1), k, dtype=torch.int64, device=x.device)
-        return self.out_proj(self.local(z[:, None], pos, None, cache))[:, 0]
+        :meth:`new_cache`. Returns the hidden state ``[N, D]`` that predicts stream ``k``."""
+        w, eps = cache.w, self.local.norm.eps
+        add_mm = _add_mm(x)
+        z = add_mm(self.level[k].to(x.dtype), x, w.proj[k > 0])
+        N = z.shape[0]
+        fp32 = z.dtype == torch.float32
+        cos, sin = (w.cos[k], w.sin[k]) if fp32 else (w.cos[k].to(z.dtype), w.sin[k].to(z.dtype))
+        for i, layer in enumerate(self.local.layers):
+            a = layer.self_attn
+            H, KVH, hd = a.h, a.kvh, a.hd
+            qkv = torch.mm(_rms(z, eps), w.qkv[i])
+            qk = qkv[:, : (H + KVH) * hd].view(N, H + KVH, hd)
+            qk = qk * cos + qk[..., w.perm] * sin  # RoPE of position k (as BuiltinDecoder applies it)
+            v = qkv[:, (H + KVH) * hd :].view(N, KVH, 1, hd)
+            if k == 0:  # the keys and values of the S local positions, one row group at a time
+                cache.k.append(qk.new_empty(N, KVH, cache.S, hd))
+                cache.v.append(v.new_empty(N, KVH, cache.S, hd))
+                o = v if KVH == H else v.repeat_interleave(H // KVH, 1)  # one key: the softmax is exactly 1
+            cache.k[i][:, :, k] = qk[:, H:]
+            cache.v[i][:, :, k : k + 1] = v
+            if k > 0:
+                o = F.scaled_dot_product_attention(qk[:, :H, None], cache.k[i][:, :, : k + 1], cache.v[i][:, :, : k + 1],
+                                                   enable_gqa=KVH != H)
+            z = add_mm(z, o.reshape(N, H * hd), w.o[i])
+            g, u = torch.mm(_rms(z, eps), w.gu[i]).chunk(2, -1)
+            z = add_mm(z, F.silu(g) * u, w.down[i])
+        return torch.mm(_rms(z, eps), w.out)
 
 
-__all__ = ["StreamEmbedding", "OutputHead", "DepthHead", "weighted_ce", "stream_ids_from_vocab"]
+def _add_mm(z: torch.Tensor):
+    """``z + a @ b`` as one kernel, except under autocast (where addmm would round the fp32 residual
+    stream to the low precision: added separately, as the layers do)."""
+    if torch.is_autocast_enabled(z.device.type):
+        return lambda z, a, b: z.to(torch.promote_types(z.dtype, a.dtype)) + torch.mm(a, b)
+    return torch.addmm
+
+
+__all__ = ["StreamEmbedding", "OutputHead", "DepthHead", "LocalCache", "weighted_ce", "stream_ids_from_vocab"]

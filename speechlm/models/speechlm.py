@@ -294,7 +294,7 @@ class SpeechLM(nn.Module):
 
     def new_depth_cache(self):
         """The local cache of one row's :meth:`depth_step` calls (None without a depth head)."""
-        return self.depth.local.new_cache() if self.depth is not None else None
+        return self.depth.new_cache() if self.depth is not None else None
 
     def depth_step(self, h: torch.Tensor, k: int, prev: torch.Tensor | None = None, cache=None) -> torch.Tensor:
         """Hidden state ``[N, D]`` that predicts model stream ``k`` of the next row: ``h`` itself
