@@ -98,7 +98,7 @@ def benches(threads: int) -> list[Bench]:
         Bench("memory", "memory.py", "Memory: peak RSS of training", [], ["--quick"], probe=True),
         Bench("mfu", "mfu.py", "The CPU's limit: matmul peak and MFU", [*t], [*t, "--quick"]),
         Bench("scaling", "scaling.py", "Scaling curves", [*t], [*t, "--quick"]),
-        Bench("multiscale", "multiscale.py", "Our strategies at ESPnet-SpeechLM's shapes", [*t],
+        Bench("multiscale", "multiscale.py", "Our strategies at ESPnet-SpeechLM's shapes", [*t, "--profile"],
               [*t, "--steps", "1", "--rounds", "1", "--batch", "2", "--decode-frames", "20"], probe=True),
         Bench("peer", "peer/espnet_lm.py", "ESPnet-SpeechLM 202506 (peer env)", [*t],
               [*t, "--steps", "1", "--rounds", "1", "--B", "2", "--gen-frames", "20"]),
