@@ -36,6 +36,7 @@ from speechlm.train.checkpoint import (average_checkpoints, best_checkpoints, is
 from speechlm.train.config import TrainConfig
 from speechlm.train.distributed import barrier, broadcast_object, init_distributed, make_distributed
 from speechlm.train.integrity import CheckpointError, tensor_bytes
+from speechlm.train.memory import peak_rss_mb
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
 from speechlm.utils.precision import autocast, autocast_dtype
@@ -225,8 +226,9 @@ class Trainer:
                     average_checkpoints(best, self.ckpt_dir / "average")
             mix = self._global_mix()
             if env.is_main:
-                log.info("training done: %d steps, %d tokens; mix observed (examples): %s", self.step,
-                         self.tokens, mix.report())
+                peak = peak_rss_mb()
+                log.info("training done: %d steps, %d tokens; mix observed (examples): %s%s", self.step,
+                         self.tokens, mix.report(), f"; peak RSS {peak:.0f} MB" if peak else "")
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
