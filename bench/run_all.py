@@ -214,7 +214,7 @@ def peer_python(quick: bool, allow_install: bool) -> tuple[str | None, str]:
 def run_all(args) -> dict:
     py = sys.executable
     report: dict = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "quick": args.quick, "machine": machine_info(args.threads), "versions": versions(py),
+                    "quick": args.quick, "only": args.only, "machine": machine_info(args.threads), "versions": versions(py),
                     "results": []}
     todo = [b for b in benches(args.threads) if (BENCH / b.script).exists() and (not args.only or b.name in args.only)]
     peer = next((b for b in todo if b.name == "peer"), None)
@@ -421,7 +421,9 @@ def write_report(report: dict, out: Path) -> str:
     lines = ["# Performance", "",
              f"Written by `{'make bench' if not report['quick'] else 'python bench/run_all.py --quick'}` "
              f"(bench/run_all.py) on {report['started']}; {report.get('total_s', 0) / 60:.1f} minutes in all."
-             + (" **Quick run: small shapes, few repetitions; not for comparison.**" if report["quick"] else ""), "",
+             + (" **Quick run: small shapes, few repetitions; not for comparison.**" if report["quick"] else "")
+             + (f" **Partial run: only {', '.join(report['only'])}** (`--only`); the other benchmarks did not run."
+                if report.get("only") else ""), "",
              "## Machine and versions", "",
              f"- CPU: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
              f"{fmt(m.get('mem_gib'), '.0f')} GiB memory",
