@@ -37,10 +37,7 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     # the fused kernel is ~7x faster than the default per-tensor loop on CPU too (5M params: 46 -> 6 ms)
     devices = {p.device.type for p in decay + no_decay}
     fused = {"fused": True} if decay and len(devices) == 1 and devices <= {"cpu", "cuda"} else {}
-    # torch's AdamW, less the ~115 MB torch.compile import its step markers cost (train/memory.py)
-    from speechlm.train.memory import AdamW
-
-    return AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
