@@ -150,7 +150,9 @@ def test_child_peak_rss(run_all, tmp_path):
     code = "import numpy as np; a = np.ones(200 * 2**20 // 8); print('| x |'); print('|---|')"
     rc, wall, rss, out = run_all.run_child([sys.executable, "-c", code], {}, 60, tmp_path / "log")
     assert rc == 0 and "| x |" in out
-    assert 190 < rss < 1000
+    # no upper bound: a forked child's peak starts at its parent's size (pytest's, in a full run);
+    # run_all itself is a small process
+    assert rss > 190
     rc, *_ = run_all.run_child([sys.executable, "-c", "raise SystemExit(3)"], {}, 60, tmp_path / "log2")
     assert rc == 3
 
