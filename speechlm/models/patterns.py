@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, PAD, SPECIAL, TEXT_TGT
+from speechlm.data.sequence import AUDIO_COND, AUDIO_TGT, PAD, SPECIAL
 from speechlm.registry import Registry
 
 PATTERNS: Registry[type["Pattern"]] = Registry("stream strategy", entry_points="speechlm.strategies")
