@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import median_time  # bench/, the script's own dir
 
 from speechlm.conf import resolve_config
 from speechlm.config import load_config
@@ -46,16 +45,6 @@ SHAPE_100M = dict(dim=768, n_layers=14, n_heads=12, n_kv_heads=4)
 LOCAL = dict(local_dim=256, local_layers=2, local_heads=4)  # the presets' multiscale depth transformer
 
 
-def median_time(fn, n: int, warmup: int = 1) -> float:
-    """Median wall time of ``n`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def matmul_peak(dtype: str, sizes: list[int], reps: int) -> dict[int, float]:

@@ -22,14 +22,13 @@ import argparse
 import collections
 import importlib
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peer"))
+from timing import median_time  # bench/, the script's own dir
 from ours_lm import (  # the peer comparison's shapes and inputs
     examples,
     peer_model,
@@ -41,15 +40,6 @@ from speechlm.models import ModelConfig, SpeechLM
 from speechlm.models.builtin import default_ffn_dim
 
 
-def median_time(fn, n: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def train_macs(a, frames_with_loss: int, ours: bool, local_dim: int = 0) -> dict[str, float]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_time  # bench/, the script's own dir
 
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
@@ -39,15 +40,6 @@ from speechlm.vocab import Vocabulary
 PHONES = 40
 
 
-def median_time(fn, n: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def vocab_for(S: int) -> Vocabulary:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the timing helper
+from timing import median_time  # noqa: E402
 
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
@@ -30,16 +33,6 @@ from speechlm.vocab import Vocabulary
 TASK = "speech_enhancement"  # audio condition -> audio target: ESPnet's prefix + continuation
 
 
-def median_time(fn, n: int, warmup: int = 1) -> float:
-    """Median wall time of ``n`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def peer_vocab(nq: int, codebook: int) -> Vocabulary:
