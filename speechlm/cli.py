@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("speechlm.bin.train", "train a SpeechLM (torchrun aware)"),
     "train-bpe": ("speechlm.bin.train_bpe", "train a SentencePiece text tokenizer"),
     "train-kmeans": ("speechlm.bin.train_kmeans", "train k-means units over SSL or fallback features"),
+    "tts-diagnose": ("speechlm.bin.tts_diagnose", "why TTS is (un)intelligible: teacher-forced resynthesis, "
+                                                   "decode-path parity, per-field errors and drift"),
     "validate-data": ("speechlm.bin.validate_data", "check a Kaldi data dir and report every problem"),
     "vocab": ("speechlm.bin.vocab", "build or extend the shared vocabulary (token_list.json)"),
 }

@@ -1,0 +1,191 @@
+"""`speechlm tts-diagnose`: Codec 2 fields round-trip, per-field errors and alignments, decode-path
+parity on a tiny model trained on synthesized speech, and the files the command writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm.cli import main as cli
+from speechlm.data.batch import collate
+from speechlm.data.dataset import DataSpec, TaskData
+from speechlm.diagnose.align import FieldErrors, dtw_pairs, field_features, linear_pairs
+from speechlm.diagnose.fields import CodecFields
+from speechlm.diagnose.parity import ParityStats, decode_forced
+from speechlm.diagnose.teacher import frame_logits, target_rows
+from speechlm.diagnose.tts import prompt_of
+from speechlm.models import SpeechLM
+from speechlm.tokenizers import build_tokenizer
+from tests.conftest import SENTENCES, synth
+from tests.test_model_helpers import packed_model_dir, train
+
+
+@pytest.fixture(scope="module")
+def codec_tokens(tmp_path_factory) -> dict[str, np.ndarray]:
+    """Real Codec 2 tokens of one espeak-ng sentence in the grouped and fields layouts."""
+    from speechlm.data.audio import load_audio
+
+    wav = synth(tmp_path_factory.mktemp("wav") / "a.wav", SENTENCES[1])
+    audio = load_audio(str(wav), 8000)
+    return {layout: build_tokenizer({"type": "codec2", "layout": layout}).encode(audio, 8000)
+            for layout in ("grouped", "fields")}
+
+
+def test_fields_round_trip_and_agree_across_layouts(codec_tokens):
+    grouped, single = CodecFields.from_layout("grouped"), CodecFields.from_layout("fields")
+    g, f = grouped.split(codec_tokens["grouped"]), single.split(codec_tokens["fields"])
+    assert grouped.names == single.names and len(grouped.names) == 14
+    for name in grouped.names:  # the same frames read through either layout give the same fields
+        assert np.array_equal(g[name], f[name]), name
+    assert np.array_equal(grouped.join(g), codec_tokens["grouped"])
+    assert np.array_equal(single.join(f), codec_tokens["fields"])
+    assert g["pitch"].max() > g["pitch"].min() and g["lsp3"].max() <= 31  # varied, and 5-bit LSP indices
+
+
+def test_expected_value_is_each_fields_marginal_mean():
+    fields = CodecFields.from_layout("grouped")
+    probs = [np.zeros((1, 1 << sum(b for _, b in s))) for s in fields.streams]
+    probs[0][0, [0b11, 0b00]] = [0.7, 0.3]  # voicing pair: P(v1 = 1) = P(v2 = 1) = 0.7
+    probs[1][0, [10, 20]] = 0.5  # pitch: mean 15
+    probs[2][0, 7] = 1.0
+    probs[3][0, [10 * 32 + 3, 12 * 32 + 5]] = 0.5  # lsp1 mean 11, lsp2 mean 4
+    for k in range(4, 8):
+        probs[k][0, 0] = 1.0
+    exp = fields.expected(probs)
+    assert exp["voicing1"][0] == pytest.approx(0.7) and exp["pitch"][0] == pytest.approx(15.0)
+    assert exp["lsp1"][0] == pytest.approx(11.0) and exp["lsp2"][0] == pytest.approx(4.0)
+    tokens = fields.expected_tokens(probs)
+    assert tokens[0, :4].tolist() == [0b11, 15, 7, 11 * 32 + 4]
+
+
+def test_field_errors_of_identical_and_shifted_frames(codec_tokens):
+    fields = CodecFields.from_layout("grouped")
+    ref = fields.split(codec_tokens["grouped"])
+    same = FieldErrors(fields.names)
+    same.add(ref, ref)
+    assert all(v == {"acc": 1.0, "mae": 0.0} for v in same.summary().values())
+    keep = ref["pitch"] <= 124
+    ref = {n: v[keep] for n, v in ref.items()}
+    shifted = {**ref, "pitch": ref["pitch"] + 3}
+    e = FieldErrors(fields.names)
+    e.add(ref, fields.split(fields.join(shifted)))  # through tokens: the shift survives the packing
+    s = e.summary()
+    assert s["pitch"] == {"acc": 0.0, "mae": 3.0} and s["energy"]["mae"] == 0.0
+    assert all(v == 3.0 for v in e.drift()["pitch"])  # the same shift in every tenth of the utterance
+
+
+def test_dtw_absorbs_timing_and_linear_does_not(codec_tokens):
+    fields = CodecFields.from_layout("grouped")
+    ref = fields.split(codec_tokens["grouped"])
+    slow = {n: np.concatenate([np.repeat(v[:20], 2), v[20:]]) for n, v in ref.items()}  # 20 frames twice as slow
+    lin, dtw = FieldErrors(fields.names), FieldErrors(fields.names)
+    n = len(ref["pitch"])
+    lin.add(ref, slow, linear_pairs(n, len(slow["pitch"])))
+    pairs = dtw_pairs(field_features(ref, fields.levels), field_features(slow, fields.levels))
+    dtw.add(ref, slow, pairs)
+    assert pairs[0].tolist() == [0, 0] and pairs[-1].tolist() == [n - 1, len(slow["pitch"]) - 1]
+    assert sum(v["mae"] for v in dtw.summary().values()) == 0.0
+    assert sum(v["mae"] for v in lin.summary().values()) > 0.0
+    assert linear_pairs(4, 4).tolist() == [[0, 0], [1, 1], [2, 2], [3, 3]]
+
+
+# ---- a tiny real model on synthesized speech --------------------------------------------------------
+@pytest.fixture(scope="module")
+def tts_setup(tmp_path_factory):
+    """A tokenized TTS manifest of 6 espeak-ng utterances (2 speakers) and a packed tiny delay model
+    with the mini recipe's features (prefix LM, 2x condition reduction, length head, progress input)
+    trained a few steps on it."""
+    root = tmp_path_factory.mktemp("diag")
+    d = root / "data"
+    (d / "wav").mkdir(parents=True)
+    lines: dict[str, list[str]] = {"wav.scp": [], "text": [], "utt2spk": []}
+    for i, sent in enumerate(SENTENCES):
+        spk, utt = f"spk{i % 2}", f"spk{i % 2}-utt{i}"
+        wav = synth(d / "wav" / f"{utt}.wav", sent, voice="en-us" if i % 2 else "en+f2", rate=220)
+        lines["wav.scp"].append(f"{utt} {wav}")
+        lines["text"].append(f"{utt} {sent}")
+        lines["utt2spk"].append(f"{utt} {spk}")
+    for name, ls in lines.items():
+        (d / name).write_text("\n".join(sorted(ls)) + "\n")
+    dump = root / "dump" / "tts"
+    assert cli(["prepare", "--task", "tts", "--data-dir", str(d), "--out-dir", str(dump)]) == 0
+    (root / "tok.yaml").write_text("codec: {type: codec2}\nphone: {type: g2p}\n")
+    assert cli(["tokenize", "--manifest-dir", str(dump), "--tokenizers", str(root / "tok.yaml")]) == 0
+    packed = packed_model_dir(root / "packed", ["tts"], ["<unk>", " ", *"abcdefghijklmnopqrstuvwxyz"], decode="search: greedy\nmax_len: 200\n",
+                              length_weight=1.0, progress=True, cond_reduction=2, prefix_lm=True)
+    model = SpeechLM.from_pretrained(packed)
+    data = TaskData(DataSpec("tts", "t", str(dump)), model.vocab, model.n_streams)
+    batch = collate([data.example(i) for i in range(len(data))])
+    train(model, batch, steps=12, lr=3e-3)
+    with torch.no_grad():  # the progress input starts at zero; make it matter for the parity check
+        model.progress.proj.weight.normal_(0.0, 0.5)
+    model.save_pretrained(packed)
+    return root, dump, packed, model.eval(), data
+
+
+def _batches(model, data):
+    exs = []
+    for i in range(len(data)):
+        ex = data.example(i)
+        ex.id = data.utt_id(i)
+        exs.append(ex)
+    return collate(exs), collate([prompt_of(e) for e in exs])
+
+
+def test_decode_path_parity_holds_for_delay(tts_setup):
+    _, _, _, model, data = tts_setup
+    full, prompts = _batches(model, data)
+    truth = target_rows(model, full)
+    predicted: list[int] = []
+    assert [t.progress_len for t in truth] == [len(t.frames) for t in truth]
+    assert all(len(t.rows) == len(t.frames) + 7 for t in truth)  # delay, 8 streams: 7 tail rows
+    for override in (None, [len(t.frames) for t in truth]):
+        rec = decode_forced(model, prompts, truth, override)
+        used = [r.progress_len for r in rec]
+        side = truth if override else target_rows(model, full, used)
+        stats = ParityStats(model)
+        stats.add(side, rec)
+        s = stats.summary()
+        assert s["n_mismatches"] == 0, s["mismatches"]
+        assert s["max_abs_diff"] < 1e-3 and s["hidden_max_abs_diff"] < 1e-3 and s["argmax_agree"] == 1.0
+        assert s["slots"] == sum(len(t.frames) * 8 + 1 for t in truth)  # every frame slot and the end token
+    assert predicted != [len(t.frames) for t in truth]  # the length head's prediction is another length
+    # a different progress input on one side is seen: the check is not vacuous
+    wrong = ParityStats(model)
+    wrong.add(truth, decode_forced(model, prompts, truth, [len(t.frames) + 9 for t in truth]))
+    assert wrong.summary()["max_abs_diff"] > 1e-2
+    acc = np.mean([(np.stack([lg.argmax(-1).numpy() for lg in frame_logits(model, t)], 1) == t.frames).mean()
+                   for t in truth])
+    assert 0.0 < acc < 1.0
+
+
+def test_cli_writes_report_audio_and_spectrograms(tts_setup):
+    root, dump, packed, _, _ = tts_setup
+    hyp = root / "decode"
+    assert cli(["decode", "--model-dir", str(packed), "--manifest-dir", str(dump), "--out-dir", str(hyp),
+                "--limit", "3"]) == 0
+    out = root / "diag_out"
+    args = ["tts-diagnose", "--model-dir", str(packed), "--manifest-dir", str(dump), "--out-dir", str(out),
+            "--limit", "3", "--hyp-dir", str(hyp), "--spectrograms", "2"]
+    assert cli(args) == 0
+    r = json.loads((out / "diagnose.json").read_text())
+    assert r["utterances"] == 3 and all(p["holds"] for p in r["parity"].values())
+    assert set(r["parity"]) == {"true_length", "predicted_length"}
+    assert set(r["fields"]) == {"tf_argmax", "tf_expected", "tf_argmax_predlen", "free_running_linear",
+                                "free_running_dtw", "other_utterance_linear"}
+    assert len(r["drift"]["free_running_dtw"]["pitch"]) == 10
+    for name in ("codec", "tf_argmax", "tf_expected", "tf_argmax_predlen"):
+        scp = (out / name / "wav.scp").read_text().split("\n")
+        paths = [line.split()[1] for line in scp if line]
+        assert len(paths) == 3 and all(Path(p).is_file() for p in paths), name
+    assert len(list((out / "spectrograms").glob("*.png"))) == 2
+    md = (out / "diagnose.md").read_text()
+    assert "HOLDS" in md and "| pitch |" in md and "free_running_dtw" in md
+    # the codec set is the reference tokens: the teacher-forced accuracy table agrees with the fields table
+    acc = r["teacher_forced"]["true_length"]["pitch"]["acc"]
+    assert acc == pytest.approx(r["fields"]["tf_argmax"]["pitch"]["acc"])
+    mtime = (out / "diagnose.json").stat().st_mtime
+    assert cli(args) == 0 and (out / "diagnose.json").stat().st_mtime == mtime  # complete: skipped
