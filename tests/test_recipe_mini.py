@@ -119,3 +119,51 @@ def test_speechlm_validate_data_accepts_the_dirs(corpus):
         res = subprocess.run([sys.executable, "-m", "speechlm", "validate-data", str(corpus / "data" / split)],
                              capture_output=True, text=True, env=env, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def plan(tmp_path: Path, *args: str) -> list[list[str]]:
+    """Rows of ``local/mini_corpus.py plan`` (fast: no synthesis)."""
+    out = tmp_path / "plan.tsv"
+    res = subprocess.run([sys.executable, str(MINI / "local" / "mini_corpus.py"), "plan", *args, "--out", str(out)],
+                         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    return [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+# sha1 of the default plan (--num-utts 300 --seed 1) as it was before --voices existed: the option
+# must leave the default corpus byte-identical (runs and caches of the 138-voice recipe stay valid)
+DEFAULT_PLAN_SHA1 = "c9f1687283eaf814cc3bb6ddac07db6473a701ff"
+
+
+def test_default_plan_is_unchanged(tmp_path):
+    import hashlib
+
+    rows = plan(tmp_path, "--num-utts", "300", "--seed", "1")
+    text = "".join("\t".join(r) + "\n" for r in rows)
+    assert hashlib.sha1(text.encode()).hexdigest() == DEFAULT_PLAN_SHA1
+    assert len({r[2] for r in rows}) > 10, "many voice settings"
+
+
+def test_voices_option_uses_only_that_voice(tmp_path):
+    rows = plan(tmp_path, "--num-utts", "300", "--seed", "1", "--voices", "en-us")
+    assert {(r[2], r[3], r[4], r[5]) for r in rows} == {("en-us_default_p50_s160", "en-us", "160", "50")}
+    assert {r[0] for r in rows} == {"train", "dev", "test"}
+    default = plan(tmp_path / "d", "--num-utts", "300", "--seed", "1")
+    # the same sentences in each split as the default corpus of the seed (voices are drawn after them)
+    assert [(r[0], r[9]) for r in rows] == [(r[0], r[9]) for r in default]
+    two = plan(tmp_path, "--num-utts", "300", "--voices", "en-us:170,en-gb+f3:150:60")
+    assert {(r[3], r[4], r[5]) for r in two} == {("en-us", "170", "50"), ("en-gb+f3", "150", "60")}
+    for split in ("train", "dev", "test"):
+        assert len({r[2] for r in two if r[0] == split}) == 2, f"{split}: both voices"
+    bad = subprocess.run([sys.executable, str(MINI / "local" / "mini_corpus.py"), "plan", "--voices", "en-us:fast",
+                          "--out", str(tmp_path / "x.tsv")], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert bad.returncode != 0 and "rate and pitch of 'en-us:fast' must be integers" in bad.stderr
+
+
+def test_one_voice_corpus(tmp_path):
+    recipe = recipe_copy(tmp_path / "one")
+    data_sh(recipe, "--num_utts", "12", "--num_test", "2", "--seed", "3", "--voices", "en-us")
+    spk = {s for split in ("train", "dev", "test") for _, s in read_map(recipe / "data" / split / "utt2spk")}
+    assert spk == {"en-us_default_p50_s160"}
+    assert len(read_map(recipe / "data" / "test" / "wav.scp")) == 2

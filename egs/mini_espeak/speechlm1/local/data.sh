@@ -2,7 +2,8 @@
 # Make the mini_espeak corpus with no download: English sentences from a grammar, spoken by
 # espeak-ng with a random voice setting (accent, variant, pitch, rate) per speaker, resampled
 # with sox to 16-bit mono wav. Writes data/{train,dev,test}; test has held-out sentences AND
-# held-out voices, dev has held-out sentences with training voices.
+# held-out voices, dev has held-out sentences with training voices. --voices en-us (or a comma list
+# of VOICE[:RATE[:PITCH]]) uses those voices in every split instead: no held-out test voices then.
 # Deterministic under --seed; re-running keeps the wav files that exist (it resumes).
 # Run from the recipe dir: local/data.sh [--num_utts 3000] [--nj 2] ...
 set -euo pipefail
@@ -19,6 +20,7 @@ num_dev=0                      # dev utterances (0: 4% of num_utts, at least 2)
 num_test=0                     # test utterances (0: 4% of num_utts, at least 2)
 utts_per_spk=20                # about this many training utterances per voice setting
 seed=1                         # random seed: the same seed gives the same corpus
+voices=                        # VOICE[:RATE[:PITCH]],... spoken in every split (rate 160, pitch 50 if not given), e.g. en-us; empty: random voices
 nj=2                           # parallel espeak-ng jobs
 cmd=utils/run.pl               # job launcher (utils/run.pl or utils/slurm.pl)
 fs=16000                       # sampling rate of the wav files
@@ -33,9 +35,9 @@ done
 [[ ${nj} =~ ^[1-9][0-9]*$ ]] || die "--nj must be a positive integer, got '${nj}'"
 
 plan=${workdir}/plan.tsv
-log "planning ${num_utts} utterances (seed ${seed}) -> ${plan}"
+log "planning ${num_utts} utterances (seed ${seed}${voices:+, voices ${voices}}) -> ${plan}"
 python3 local/mini_corpus.py plan --num-utts "${num_utts}" --num-dev "${num_dev}" --num-test "${num_test}" \
-  --utts-per-spk "${utts_per_spk}" --seed "${seed}" --out "${plan}"
+  --utts-per-spk "${utts_per_spk}" --seed "${seed}" --voices "${voices}" --out "${plan}"
 
 lines=$(wc -l < "${plan}")
 (( nj <= lines )) || nj=${lines}

@@ -10,6 +10,11 @@ Three steps, run by local/data.sh (standard library only, deterministic under --
 Splits: every sentence is used once. dev has new sentences spoken by training voices; test has
 new sentences spoken by held-out voices (espeak-ng variants never used in train or dev).
 A speaker (voice setting) is accent + variant + pitch + rate, e.g. ``en-gb-x-rp_m3_p45_s160``.
+
+``plan --voices en-us`` (comma list of ``VOICE[:RATE[:PITCH]]``) replaces the random voice settings
+by the given ones in every split, e.g. one voice (``en-us_default_p50_s160``) for the diagnosis
+of a model without speaker variation; test then has no held-out voices. Each split has the sentences
+of the same seed without ``--voices``; loudness still varies per utterance.
 """
 from __future__ import annotations
 
@@ -225,7 +230,39 @@ def spoken_form(text: str) -> str:
 
 
 def speaker_id(accent: str, variant: str, pitch: int, rate: int) -> str:
-    return f"{accent}_{variant.lower()}_p{pitch:02d}_s{rate:03d}"
+    """``accent_variant_pPP_sRRR``; a voice without a variant (``--voices en-us``) is ``default``."""
+    return f"{accent}_{variant.lower() or 'default'}_p{pitch:02d}_s{rate:03d}"
+
+
+def espeak_voice(accent: str, variant: str) -> str:
+    """The espeak-ng ``-v`` argument: ``accent+variant``, or the accent alone (its own voice)."""
+    return f"{accent}+{variant}" if variant else accent
+
+
+DEFAULT_RATE, DEFAULT_PITCH = 160, 50  # of a --voices entry without them (espeak-ng's pitch default)
+VOICE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def parse_voices(spec: str) -> list[tuple]:
+    """``--voices``: comma list of ``VOICE[:RATE[:PITCH]]`` -> voice settings (accent, variant,
+    pitch, rate); VOICE is an espeak-ng voice, optionally with a variant (``en-gb+f3``)."""
+    out: dict[tuple, None] = {}
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        if not parts[0] or len(parts) > 3:
+            raise ValueError(f"--voices: bad entry {item!r}; expected VOICE[:RATE[:PITCH]], e.g. en-us or en-us:160:50")
+        accent, _, variant = parts[0].partition("+")
+        if not accent or not set(accent) <= VOICE_CHARS or not set(variant) <= VOICE_CHARS or (_ and not variant):
+            raise ValueError(f"--voices: bad voice name {parts[0]!r} (an espeak-ng voice, optionally +variant)")
+        try:
+            rate = int(parts[1]) if len(parts) > 1 and parts[1] else DEFAULT_RATE
+            pitch = int(parts[2]) if len(parts) > 2 and parts[2] else DEFAULT_PITCH
+        except ValueError:
+            raise ValueError(f"--voices: rate and pitch of {item!r} must be integers") from None
+        if not 80 <= rate <= 450 or not 0 <= pitch <= 99:
+            raise ValueError(f"--voices: {item!r}: rate must be in 80..450 (words/min), pitch in 0..99")
+        out.setdefault((accent, variant, pitch, rate))
+    return list(out)
 
 
 def sample_speakers(n: int, variants: list[str], rng: random.Random) -> list[tuple]:
@@ -257,8 +294,11 @@ def cmd_plan(args) -> None:
     rng.shuffle(sentences)
     split_text = {"test": sentences[:n_test], "dev": sentences[n_test:n_test + n_dev],
                   "train": sentences[n_test + n_dev:]}
-    train_spk = sample_speakers(max(2, round(n_train / args.utts_per_spk)), TRAIN_VARIANTS, rng)
-    test_spk = sample_speakers(max(1, n_test // 5), TEST_VARIANTS, rng)
+    if args.voices:  # the given voices in every split (no held-out test voices)
+        train_spk = test_spk = parse_voices(args.voices)
+    else:
+        train_spk = sample_speakers(max(2, round(n_train / args.utts_per_spk)), TRAIN_VARIANTS, rng)
+        test_spk = sample_speakers(max(1, n_test // 5), TEST_VARIANTS, rng)
     rows = []
     for split in ("train", "dev", "test"):
         speakers = test_spk if split == "test" else train_spk
@@ -270,7 +310,7 @@ def cmd_plan(args) -> None:
             accent, variant, pitch, rate = speakers[order[(i // per_voice) % len(order)]]
             spk = speaker_id(accent, variant, pitch, rate)
             amp = rng.choice(AMPLITUDES)
-            voice = f"{accent}+{variant}"
+            voice = espeak_voice(accent, variant)
             spoken = spoken_form(text)
             digest = hashlib.sha1(f"{voice}|{rate}|{pitch}|{amp}|{spoken}".encode()).hexdigest()[:10]
             utt = f"{spk}-{split}{i:05d}"
@@ -280,8 +320,9 @@ def cmd_plan(args) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, out)
-    print(f"plan {out}: {n_train} train, {n_dev} dev, {n_test} test utterances; "
-          f"{len(train_spk)} training voices, {len(test_spk)} test voices", file=sys.stderr)
+    voices = (f"{len(train_spk)} voice(s) from --voices in every split (no held-out test voices)" if args.voices
+              else f"{len(train_spk)} training voices, {len(test_spk)} test voices")
+    print(f"plan {out}: {n_train} train, {n_dev} dev, {n_test} test utterances; {voices}", file=sys.stderr)
 
 
 def read_plan(path: str) -> list[list[str]]:
@@ -358,6 +399,9 @@ def main(argv=None) -> None:
     pp.add_argument("--num-test", type=int, default=0, help="0: 4%% of --num-utts, at least 2")
     pp.add_argument("--utts-per-spk", type=int, default=20)
     pp.add_argument("--seed", type=int, default=1)
+    pp.add_argument("--voices", default="",
+                    help="comma list of VOICE[:RATE[:PITCH]] (espeak-ng voice, words/min default 160, pitch "
+                         "default 50) spoken in every split instead of the random voice settings, e.g. en-us")
     pp.add_argument("--out", required=True)
     ps = sub.add_parser("synth", help="synthesize the wav files of a plan (shard)")
     ps.add_argument("--plan", required=True)
