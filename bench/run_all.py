@@ -96,6 +96,7 @@ def benches(threads: int) -> list[Bench]:
         Bench("serve", "serve.py", "Serving: batching scheduler vs one request at a time",
               [*t, "--seconds", "6"], [*t, "--seconds", "2", "--clients", "1", "4", "--mode", "inproc"], json=False),
         Bench("memory", "memory.py", "Memory: peak RSS of training", [], ["--quick"], probe=True),
+        Bench("demo_rss", "stage_rss.py", "Memory: peak RSS of `make demo`'s stages (from its job logs)", [], [], json=False),
         Bench("mfu", "mfu.py", "The CPU's limit: matmul peak and MFU", [*t], [*t, "--quick"]),
         Bench("scaling", "scaling.py", "Scaling curves", [*t], [*t, "--quick"]),
         Bench("multiscale", "multiscale.py", "Our strategies at ESPnet-SpeechLM's shapes", [*t, "--profile"],
@@ -397,7 +398,9 @@ def scaling_section(report: dict, out: Path) -> list[str]:
               "2 gloo ranks (DDP, `torchrun --nproc_per_node 2`, one thread each).", ""]
     for p in d.get("pngs", []):
         name = Path(p).name
-        lines.append(f"![{name}]({os.path.relpath(Path(p).resolve(), out.parent.resolve())})")
+        # a report rewritten elsewhere (--from-json) links the copy next to it, if there is one
+        link = name if (out.parent / name).is_file() else os.path.relpath(Path(p).resolve(), out.parent.resolve())
+        lines.append(f"![{name}]({link})")
     lines += ["", "| curve | strategy | x | measure | s | frames/s | vs first point |", "|---|---|---|---|---|---|---|"]
     first: dict = {}
     for x in d["rows"]:
@@ -439,6 +442,8 @@ def write_report(report: dict, out: Path) -> str:
               "`model`, `decode` and `stream` the fastest of their rounds (as their tables say). Ratios compare "
               "rows measured in this run only. The load average before each script is in the runs table: numbers "
               "measured while other work ran are not results.", ""]
+    lines += ["What the numbers say, what stands in the way of the targets, and the changes made with their "
+              "measured gains: [PERFORMANCE_NOTES.md](PERFORMANCE_NOTES.md) (by hand, on the run it names).", ""]
     lines += ["## Headline", ""]
     heads = {**{f"vs ESPnet {k}": f"{x:.2f}x" for k, x in peer_heads.items()},
              **{k: (f"{x:.0%}" if k.startswith("MFU") else f"{x:.2f}" if k.startswith("vs") else f"{x:,.0f} GFLOP/s")

@@ -2,11 +2,13 @@
 the `speechlm` command lines the stage script builds (recorded by a stand-in command)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,27 @@ def test_run_pl_fails_if_one_job_fails(tmp_path):
     # a job log name without JOB would make the jobs overwrite each other's logs
     res = run([str(UTILS / "run.pl"), "JOB=1:2", str(tmp_path / "same.log"), "true"])
     assert res.returncode != 0 and "must contain JOB" in res.stderr
+
+
+def test_run_pl_logs_each_jobs_peak_rss_and_bench_collects_it(tmp_path):
+    # a job that holds ~120 MB: its log's accounting line says so, and bench/stage_rss.py reads it per stage
+    script = write_exec(tmp_path / "hold.py", """#!/usr/bin/env python3
+x = bytearray(120 * 1024 * 1024)
+for i in range(0, len(x), 4096):
+    x[i] = 1
+""")
+    recipe = tmp_path / "recipe"
+    res = run([str(UTILS / "run.pl"), "JOB=1:2", str(recipe / "exp" / "m" / "decode_test_tts" / "logs" / "decode.JOB.log"),
+               str(script)])
+    assert res.returncode == 0, res.stderr
+    log = (recipe / "exp" / "m" / "decode_test_tts" / "logs" / "decode.1.log").read_text()
+    peak = int(re.search(r"peak_rss_mb=(\d+)", log).group(1))
+    assert 120 <= peak < 400, log
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_rss.py"), "--recipe-dir", str(recipe),
+                          "--json", str(tmp_path / "rss.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "rss.json").read_text())["rows"]
+    assert [(r["stage"], r["jobs"]) for r in rows] == [("10 decoding", 2)] and rows[0]["peak_rss_mb"] >= 120
 
 
 def test_run_pl_limits_parallel_jobs(tmp_path):

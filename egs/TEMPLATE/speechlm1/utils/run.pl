@@ -8,7 +8,8 @@
 # Arguments without spaces are joined into one bash command line, so `\|` and `\>` work as in
 # Kaldi; an argument with spaces stays one word. Exits 0 only if every job exited 0; otherwise it
 # names the failed jobs and their logs. Each log starts with the command and ends with
-# "# Ended (code N) at DATE".
+# "# Accounting: time=S threads=T peak_rss_mb=M" and "# Ended (code N) at DATE" (M: the largest
+# resident set of any process of the job).
 # Options (accepted for every launcher, so recipes can switch to utils/slurm.pl):
 #   --max_jobs_run M   run at most M jobs at once (default: all)
 #   --num_threads T    threads per job (exported as OMP_NUM_THREADS for the job)
@@ -83,8 +84,12 @@ run_job() {  # run_job INDEX
     echo "# Started at $(date)"
     local start=${SECONDS} rc=0
     if [[ -n ${num_threads} ]]; then export OMP_NUM_THREADS=${num_threads}; fi
-    "${launcher[@]}" bash -o pipefail -c "${cmd}" || rc=$?
-    echo "# Accounting: time=$(( SECONDS - start )) threads=${num_threads:-default}"
+    # peak_rss_mb: the largest resident set of any process of the job (ru_maxrss of the children)
+    python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write("%.0f" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
+sys.exit(128 - rc if rc < 0 else rc)' "${statusdir}/rss.${i}" "${launcher[@]}" bash -o pipefail -c "${cmd}" || rc=$?
+    echo "# Accounting: time=$(( SECONDS - start )) threads=${num_threads:-default} peak_rss_mb=$(cat "${statusdir}/rss.${i}" 2> /dev/null || echo '?')"
     echo "# Ended (code ${rc}) at $(date)"
     echo "${rc}" > "${statusdir}/${i}"
   } > "${log}" 2>&1 < /dev/null
