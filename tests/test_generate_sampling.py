@@ -208,3 +208,87 @@ def test_nbest_and_guidance(setup):
     guided = generate(model, prompts, DecodeConfig(max_len=8, cfg_scale=3.0))
     assert all(np.array_equal(x, y) for x, y in zip(base, same))
     assert not all(np.array_equal(x, y) for x, y in zip(base, guided))
+
+
+def test_ordinal_estimate_takes_each_fields_median_or_mean():
+    from speechlm.infer.sampling import ordinal_estimate
+
+    # one 3-bit field, half the mass on level 1 and half on level 6: the argmax is a tail (1),
+    # the mean their middle (3.5 -> 4, round half to even), the median the first level reaching 0.5
+    p = torch.zeros(1, 8)
+    p[0, 1], p[0, 6] = 0.5, 0.5
+    assert ordinal_estimate(p, [3], "mean").tolist() == [4]
+    assert ordinal_estimate(p, [3], "median").tolist() == [1]
+    p[0, 1], p[0, 5], p[0, 6] = 0.4, 0.3, 0.3
+    assert ordinal_estimate(p, [3], "median").tolist() == [5]
+    # two fields (1 bit, then 2 bits) packed high first: token = f0 * 4 + f1, marginals apart
+    joint = torch.zeros(2, 8)
+    joint[0, 1 * 4 + 3] = 0.6  # f0 = 1, f1 = 3
+    joint[0, 0 * 4 + 0] = 0.4  # f0 = 0, f1 = 0
+    joint[1] = 1 / 8  # uniform: f0 median 0, f1 median 1; means 0.5 -> 0 and 1.5 -> 2
+    assert ordinal_estimate(joint, [1, 2], "median").tolist() == [1 * 4 + 3, 0 * 4 + 1]
+    assert ordinal_estimate(joint, [1, 2], "mean").tolist() == [1 * 4 + 2, 0 * 4 + 2]  # 0.6 -> 1, 1.8 -> 2
+    with pytest.raises(ValueError, match="make 16"):
+        ordinal_estimate(joint, [2, 2])
+
+
+def test_codec2_declares_its_ordinal_fields():
+    pytest.importorskip("pycodec2")
+    from speechlm.tokenizers.codec2 import Codec2Tokenizer
+
+    assert Codec2Tokenizer().ordinal_fields == [[1, 1], [7], [5], *[[5, 5]] * 5]
+    assert Codec2Tokenizer(layout="fields").ordinal_fields == [[1], [1], [7], [5], *[[5]] * 10]
+    assert Codec2Tokenizer(layout="bytes").ordinal_fields is None
+
+
+def test_ordinal_decoding_replaces_values_but_not_ends_or_text(setup):
+    model, vocab, prompts = setup
+    eager = _eager(model, vocab)  # tied logits: every allowed column equally likely
+    fields = {"codec": [[3], [3]]}  # N_CODES = 8 levels per stream
+    base = dict(min_len=5, max_len=5)
+    greedy = generate(eager, prompts, DecodeConfig(**base))
+    off = [vocab.offset("codec", k) for k in range(2)]
+    for how, level in (("median", 3), ("mean", 4)):  # uniform over 8: median 3, mean 3.5 -> 4
+        outs = generate_nbest(eager, prompts, DecodeConfig(ordinal=how, **base), ordinal_fields=fields)
+        for task, hyps, plain in zip(prompts.tasks, outs, greedy):
+            out = hyps[0].frames(2)
+            if task == "asr":  # text_bpe has no ordinal fields: greedy as before
+                assert np.array_equal(out, plain)
+            else:
+                assert len(out) == 5 and (out == np.array(off) + level).all(), (how, out)
+                assert (plain == np.array(off)).all(), "greedy takes the first of the tied columns"
+    one = generate_nbest(eager, prompts, DecodeConfig(ordinal="median", ordinal_streams=[1], **base), ordinal_fields=fields)
+    tts = prompts.tasks.index("plain_tts")
+    assert (one[tts][0].frames(2) == np.array([off[0], off[1] + 3])).all(), "stream 0 left to the search"
+    # the distribution the search draws from: top-k 1 leaves the argmax alone
+    top1 = generate_nbest(model, prompts, DecodeConfig(search="sample", top_k=1, ordinal="mean", **base), ordinal_fields=fields)
+    assert all(np.array_equal(h[0].frames(2), p) for h, p in zip(top1, generate(model, prompts, DecodeConfig(**base))))
+    # ends keep their own probability: a row free to end ends as greedy does (tied: <eos> comes first)
+    ends = generate_nbest(eager, prompts, DecodeConfig(ordinal="median", max_len=20), ordinal_fields=fields)
+    assert [len(h[0].frames(2)) for h in ends] == [0] * len(ends)
+    with pytest.raises(ValueError, match="ordinal fields"):
+        generate(eager, prompts, DecodeConfig(ordinal="median", **base))
+    with pytest.raises(ConfigError, match="ordinal"):
+        DecodeConfig(ordinal="mode").validate()
+    with pytest.raises(ConfigError, match="not applied by search 'beam'"):
+        DecodeConfig(search="beam", ordinal="mean").validate()
+
+
+def test_pipeline_decodes_codec2_by_its_fields_medians(tmp_path):
+    """Through a packed model (what `speechlm decode` loads): the pipeline gives the sampler its
+    tokenizers' fields, and each Codec 2 field takes the median of its levels."""
+    pytest.importorskip("pycodec2")
+    from speechlm.infer.pipeline import Pipeline
+    from test_model_helpers import packed_model_dir
+
+    pipe = Pipeline.load(packed_model_dir(tmp_path / "m", ["plain_tts"], ["<unk>", *"abc "]))
+    assert pipe.ordinal_fields() == {"codec": [[1, 1], [7], [5], *[[5, 5]] * 5]}
+    with torch.no_grad():
+        pipe.model.backbone.norm.weight.zero_()  # tied logits: every level of a field equally likely
+    cond = pipe.condition_tokens(pipe.template("plain_tts"), {"phones": "hello world"}, "u")
+    base = dict(min_len=6, max_len=6)
+    plain = pipe.generate_tokens("plain_tts", [cond], DecodeConfig(**base))[0]
+    med = pipe.generate_tokens("plain_tts", [cond], DecodeConfig(ordinal="median", **base))[0]
+    assert plain.shape == med.shape == (6, 8) and (plain == 0).all()
+    # voicing bits: median of 2 levels 0; pitch 128 levels: 63; energy 32: 15; LSP pairs 15 and 15
+    assert (med == np.array([0, 63, 15, *[15 * 32 + 15] * 5])).all(), med

@@ -11,12 +11,13 @@ A decode YAML (a recipe's ``conf/decode.yaml``, a model dir's ``decode.yaml``, `
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from speechlm.config import ConfigError
 from speechlm.utils.precision import PRECISIONS
 
 SEARCHES = ("greedy", "sample", "beam", "ctc_greedy")
+ORDINAL = ("", "mean", "median")
 
 
 @dataclass
@@ -54,6 +55,13 @@ class DecodeConfig:
     # models with the progress input (model.progress): multiplies the predicted length they are
     # given (speaking rate: 1.2 = 20% slower); the bounds above scale with it
     length_scale: float = 1.0
+    # tokenizers whose streams are ordinal fields (quantizer indices in their natural order, e.g.
+    # codec2's pitch, energy and LSP fields: Tokenizer.ordinal_fields): "mean" | "median" takes each
+    # field's expected value | median under the distribution the search would draw from (greedy:
+    # temperature 1) instead of a draw or the argmax, so a near miss costs one step, not a jump;
+    # end tokens keep their own probability. "" = off
+    ordinal: str = ""
+    ordinal_streams: list[int] = field(default_factory=list)  # the tokenizer streams it applies to; []: all
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -88,12 +96,16 @@ class DecodeConfig:
                       "targets) or 'sample' for an n-best list")
         if self.search == "beam" and self.nbest > self.beam_size:
             raise bad(f"nbest {self.nbest} > beam_size {self.beam_size} (beam search keeps at most beam_size)")
+        if self.ordinal not in ORDINAL:
+            raise bad(f"ordinal: {self.ordinal!r} is not one of 'mean', 'median' or '' (off)")
+        if any(s < 0 for s in self.ordinal_streams):
+            raise bad(f"ordinal_streams must be stream indices >= 0, got {self.ordinal_streams}")
         if self.search in ("beam", "ctc_greedy"):
             # options only the token-by-token sampler applies: refuse them rather than ignore them
-            for key, off in (("cfg_scale", 1.0), ("repetition_penalty", 1.0)):
+            for key, off in (("cfg_scale", 1.0), ("repetition_penalty", 1.0), ("ordinal", "")):
                 if getattr(self, key) != off:
                     raise bad(f"{key}: {getattr(self, key)} is not applied by search {self.search!r} (only greedy "
-                              f"and sample use it); remove it or set it to {off} for this task")
+                              f"and sample use it); remove it or set it to {off!r} for this task")
         if not 0 <= self.ctc_weight <= 1:
             raise bad(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if not 0 <= self.end_threshold <= 1:

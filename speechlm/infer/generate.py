@@ -21,7 +21,7 @@ from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
-from speechlm.infer.sampling import repetition_penalty, sample
+from speechlm.infer.sampling import filter_logits, ordinal_estimate, repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,17 @@ def repeat_rows(prompts: Batch, n: int) -> Batch:
 
 class Chooser:
     """Turns one model stream's logits into tokens for every active row: guidance, masks,
-    repetition penalty, sampling, forced tokens."""
+    repetition penalty, sampling, ordinal estimates, forced tokens. ``ordinal_fields``: tokenizer
+    name -> its :attr:`~speechlm.tokenizers.base.Tokenizer.ordinal_fields` (``config.ordinal``)."""
 
-    def __init__(self, model, config: DecodeConfig, generator: torch.Generator) -> None:
+    def __init__(self, model, config: DecodeConfig, generator: torch.Generator,
+                 ordinal_fields: dict[str, list[list[int]]] | None = None) -> None:
         self.model, self.cfg, self.gen = model, config, generator
+        if config.ordinal and ordinal_fields is None:
+            raise ValueError(f"decode: ordinal: {config.ordinal!r} needs the tokenizers' ordinal fields (decode "
+                             "through speechlm.infer.pipeline.Pipeline, or pass ordinal_fields)")
+        self.fields = ordinal_fields or {}
+        self._value_cols: dict = {}  # (stream, allowed set, full?) -> columns of the stream's values in order
         self.masker = Masker(model)
         self.seen: dict[int, torch.Tensor] = {}
         self.rows: list[RowState] = []  # states of the active rows (end_threshold keeps its sums there)
@@ -138,6 +145,8 @@ class Chooser:
             seen = self.seen[k] if cols is None else self.seen[k][:, cols]
             logits = repetition_penalty(logits, seen, self.cfg.repetition_penalty)
         idx = sample(logits, self.cfg.temperature_used, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p, self.gen)
+        if self.cfg.ordinal:
+            idx = self.ordinal(k, logits, idx, acts, cols)
         if len(self.rows) == B:  # a hypothesis' score: log-probability of its chosen tokens (temperature 1)
             lp = logits.log_softmax(-1).gather(1, idx[:, None])[:, 0].tolist()
             for st, v, f in zip(self.rows, lp, forced_ids):
@@ -155,6 +164,49 @@ class Chooser:
             sampled = forced < 0 if forced is not None else torch.ones(B, dtype=torch.bool, device=dev)
             seen[sampled.nonzero()[:, 0], full[sampled]] = True
         return ids
+
+    def ordinal(self, k: int, logits: torch.Tensor, idx: torch.Tensor, acts: list[tuple],
+                cols: torch.Tensor | None) -> torch.Tensor:
+        """``config.ordinal``: a row whose chosen column is a value of an ordinal stream (not an end
+        token: its probability stays the search's) takes the fields' median / expected value under
+        the distribution the search draws from (greedy: temperature 1) instead."""
+        keys = {a[1] for a in acts if a[0] != FORCE}
+        probs = None
+        for key in keys:
+            tok, src, _ = key
+            streams = self.fields.get(tok)
+            if not streams or (self.cfg.ordinal_streams and src not in self.cfg.ordinal_streams):
+                continue
+            rows = torch.tensor([r for r, a in enumerate(acts) if a[0] != FORCE and a[1] == key], device=idx.device)
+            pos = self.value_columns(k, key, cols, logits.shape[1], idx.device)
+            chosen = idx[rows]
+            is_value = (chosen[:, None] == pos[None]).any(-1)
+            if not bool(is_value.any()):
+                continue
+            if probs is None:
+                t = self.cfg.temperature_used or 1.0
+                probs = filter_logits(logits / t, self.cfg.top_k, self.cfg.top_p, self.cfg.min_p).softmax(-1)
+            rows = rows[is_value]
+            est = ordinal_estimate(probs[rows][:, pos], streams[src], self.cfg.ordinal)
+            idx = idx.clone()
+            idx[rows] = pos[est]
+        return idx
+
+    def value_columns(self, k: int, key: tuple, cols: torch.Tensor | None, n_cols: int, device) -> torch.Tensor:
+        """Columns of this call's logits (``cols``: the allowed ones, or all of stream ``k``) that
+        hold tokenizer stream ``key[1]``'s values 0, 1, ... in order."""
+        ck = (k, key, cols is None)
+        if ck not in self._value_cols:
+            a, b = self.model.vocab.stream_range(key[0], key[1])
+            glob = self.masker.to_global(k, cols if cols is not None else torch.arange(n_cols, device=device))
+            where = torch.full((len(self.model.vocab),), -1, dtype=torch.int64, device=device)
+            where[glob] = torch.arange(len(glob), device=device)
+            pos = where[a:b]
+            if bool((pos < 0).any()):
+                raise ValueError(f"ordinal decoding: {key[0]!r} stream {key[1]} has values outside model "
+                                 f"stream {k}'s columns")
+            self._value_cols[ck] = pos
+        return self._value_cols[ck]
 
     def end_rule(self, logits: torch.Tensor, acts: list[tuple], cols: torch.Tensor | None) -> torch.Tensor:
         """``end_threshold``: a row ends once the probability that the model would have ended it by
@@ -200,7 +252,8 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
 
 @torch.no_grad()
 def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None,
-                  on_step: StepHook | None = None) -> list[list[Hypothesis]]:
+                  on_step: StepHook | None = None,
+                  ordinal_fields: dict[str, list[list[int]]] | None = None) -> list[list[Hypothesis]]:
     """Greedy / sampling decoding of every prompt (``config.nbest`` samples each).
 
     ``on_step(active, states)``, when given, is called after every decoding step with the indices
@@ -211,6 +264,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     and must not change the states otherwise; an exception it raises stops the decoding (a closed stream). Prompt ``p``'s sample ``s`` is row
     ``p * nbest + s``. Streams a strategy fills after the last step (``Pattern.fills_later``, e.g.
     ar_nar's streams 1..) are not final there.
+    ``ordinal_fields``: the tokenizers' ordinal fields, for ``config.ordinal`` (see :class:`Chooser`).
     """
     config.validate()
     model.eval()
@@ -226,7 +280,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         apply_length_prior(model, ctx, prompts, states, config)
-        chooser = Chooser(model, config, gen)
+        chooser = Chooser(model, config, gen, ordinal_fields)
         active = list(range(B))
         while active:
             acts = [states[i].plan() for i in active]
@@ -253,8 +307,10 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     return [hyps[i : i + config.nbest] for i in range(0, B, config.nbest)]
 
 
-def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None) -> list[list[Hypothesis]]:
-    """Hypotheses per prompt for any ``config.search`` (beam and CTC searches: text targets)."""
+def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None,
+                   ordinal_fields: dict[str, list[list[int]]] | None = None) -> list[list[Hypothesis]]:
+    """Hypotheses per prompt for any ``config.search`` (beam and CTC searches: text targets;
+    ``ordinal_fields``: the tokenizers' ordinal fields for ``config.ordinal``, see :class:`Chooser`)."""
     config.validate()
     if config.search == "beam":
         from speechlm.infer.search import beam_search
@@ -264,7 +320,7 @@ def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict 
         from speechlm.infer.search import ctc_greedy
 
         return ctc_greedy(model, prompts, config.precision)
-    return sample_decode(model, prompts, config, templates)
+    return sample_decode(model, prompts, config, templates, ordinal_fields=ordinal_fields)
 
 
 def generate(model, prompts: Batch, config: DecodeConfig | None = None, templates: dict | None = None) -> list[np.ndarray]:

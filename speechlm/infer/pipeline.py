@@ -203,10 +203,15 @@ class Pipeline:
         examples = [self.prompt_example(template, segs, u) for u, segs in zip(ids, batch_inputs)]
         with torch.inference_mode():
             hyps = generate_nbest(self.model, collate(examples, self.vocab.pad_id).to(self.device),
-                                  config or DecodeConfig())
+                                  config or DecodeConfig(), ordinal_fields=self.ordinal_fields())
         S, pad = self.model.n_streams, self.vocab.pad_id
         return [[Output(self.to_local(target.tokenizer, h.frames(S, pad)), h.stopped, float(h.score)) for h in hs]
                 for hs in hyps]
+
+    def ordinal_fields(self) -> dict[str, list[list[int]]]:
+        """Tokenizer name -> its ordinal fields per stream, for those that have them (decoding's
+        ``ordinal`` option: a field's median or expected value instead of a draw)."""
+        return {name: fields for name, tok in self.tokenizers.items() if (fields := tok.ordinal_fields)}
 
     def to_local(self, tokenizer: str, frames: np.ndarray) -> np.ndarray:
         """Global-id frames -> local ids of ``tokenizer`` (streams it does not use are dropped)."""

@@ -1,4 +1,5 @@
-"""Token choice from logits: greedy, temperature, top-k, top-p (nucleus), min-p, repetition penalty.
+"""Token choice from logits: greedy, temperature, top-k, top-p (nucleus), min-p, repetition penalty,
+and the expected value / median of ordinal fields (quantizer indices).
 
 All functions take ``logits [B, C]`` where disallowed columns are already ``-inf``.
 
@@ -6,6 +7,8 @@ Example:
     >>> ids = sample(logits, temperature=0.8, top_k=20, top_p=0.95, generator=torch.Generator().manual_seed(0))
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -61,4 +64,30 @@ def sample(
     return idx
 
 
-__all__ = ["sample", "filter_logits", "repetition_penalty"]
+def ordinal_estimate(probs: torch.Tensor, bits: Sequence[int], how: str = "median") -> torch.Tensor:
+    """Tokens ``[R]`` from ``probs [R, 2 ** sum(bits)]`` over a stream's values in order, whose token
+    packs ordinal fields of ``bits`` bits (first field in the high bits, e.g. codec2's LSP pairs
+    5 + 5): each field's median (``how="median"``) or rounded expected value (``"mean"``) under
+    its marginal, packed back into one token. Unlike a draw or the argmax, a field whose
+    probability is spread over neighbouring levels gets their middle, not one of its tails."""
+    if how not in ("mean", "median"):
+        raise ValueError(f"ordinal_estimate: how must be 'mean' or 'median', got {how!r}")
+    sizes = [1 << int(b) for b in bits]
+    if probs.shape[-1] != (total := 1 << sum(int(b) for b in bits)):
+        raise ValueError(f"ordinal_estimate: {probs.shape[-1]} values, but fields of {list(bits)} bits make {total}")
+    p = probs.float()
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    grid = p.reshape(-1, *sizes)
+    out = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+    for i, n in enumerate(sizes):
+        others = [d + 1 for d in range(len(sizes)) if d != i]
+        m = grid.sum(others) if others else grid  # [R, n]: the field's marginal
+        if how == "mean":
+            v = (m * torch.arange(n, device=m.device, dtype=m.dtype)).sum(-1).round().long()
+        else:  # the first level whose cumulative probability reaches one half
+            v = (m.cumsum(-1) < 0.5).sum(-1)
+        out = out * n + v.clamp(0, n - 1)
+    return out
+
+
+__all__ = ["sample", "filter_logits", "repetition_penalty", "ordinal_estimate"]

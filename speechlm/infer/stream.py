@@ -153,7 +153,8 @@ class _Worker:
 
         try:
             with torch.inference_mode():
-                hyp = sample_decode(self.pipe.model, self.prompt, self.config, on_step=self.on_step)[0][0]
+                hyp = sample_decode(self.pipe.model, self.prompt, self.config, on_step=self.on_step,
+                                    ordinal_fields=self.pipe.ordinal_fields())[0][0]
             self.finished = True
             self.stopped, self.score = hyp.stopped, float(hyp.score)
             n = self.pipe.vocab.n_streams(self.tokenizer)

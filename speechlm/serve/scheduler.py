@@ -291,7 +291,7 @@ class BatchScheduler:
             if config.search in ("greedy", "sample"):
                 watch = StepWatch(self, batch, config.nbest, target.tokenizer,
                                   early=not pipe.model.pattern.fills_later(pipe.vocab.n_streams(target.tokenizer)))
-                hyps = sample_decode(pipe.model, prompts, config, on_step=watch)
+                hyps = sample_decode(pipe.model, prompts, config, on_step=watch, ordinal_fields=pipe.ordinal_fields())
                 self._count("steps", watch.steps)
             else:  # beam and CTC searches: no step hook
                 hyps = generate_nbest(pipe.model, prompts, config)

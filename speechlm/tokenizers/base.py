@@ -38,6 +38,14 @@ class Tokenizer(abc.ABC):
         """Frames per second for audio tokenizers; None for text."""
         return None
 
+    @property
+    def ordinal_fields(self) -> list[list[int]] | None:
+        """Per stream, the bit widths of the ordinal fields its token packs (first field in the high
+        bits; a field's index is ordered: index 10 is between 9 and 11, as a quantizer's levels),
+        or None: tokens are categories. Decoding by a field's expected value or median
+        (``DecodeConfig.ordinal``) needs it."""
+        return None
+
     @abc.abstractmethod
     def encode(self, value: Any) -> np.ndarray:
         """One value -> int32 ``[frames, streams]``."""

@@ -130,6 +130,14 @@ class Codec2Tokenizer(AudioTokenizer):
             return [f"byte{i}" for i in range(self.bytes_per_frame)]
         return ["+".join(s) for s in LAYOUTS[self.layout]]
 
+    @property
+    def ordinal_fields(self) -> list[list[int]] | None:
+        """Bit widths of each stream's fields (natural quantizer indices, Gray code undone); the
+        ``bytes`` layout's tokens are raw bytes: None."""
+        if self.layout == "bytes":
+            return None
+        return [[bits for _, bits, _ in fields] for fields in self._streams]
+
     # -- frames <-> tokens ------------------------------------------------------------------
     def _frames_to_words(self, data: bytes, n: int) -> np.ndarray:
         """Concatenated frame bytes -> one uint64 per frame (the frame's bits, MSB first)."""
