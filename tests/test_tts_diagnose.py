@@ -168,16 +168,17 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     assert cli(["decode", "--model-dir", str(packed), "--manifest-dir", str(dump), "--out-dir", str(hyp),
                 "--limit", "3"]) == 0
     out = root / "diag_out"
+    (root / "sample.yaml").write_text("search: sample\ntemperature: 0.8\ntop_k: 5\n")
     args = ["tts-diagnose", "--model-dir", str(packed), "--manifest-dir", str(dump), "--out-dir", str(out),
-            "--limit", "3", "--hyp-dir", str(hyp), "--spectrograms", "2"]
+            "--limit", "3", "--hyp-dir", str(hyp), "--spectrograms", "2", "--decode-config", str(root / "sample.yaml")]
     assert cli(args) == 0
     r = json.loads((out / "diagnose.json").read_text())
     assert r["utterances"] == 3 and all(p["holds"] for p in r["parity"].values())
     assert set(r["parity"]) == {"true_length", "predicted_length"}
-    assert set(r["fields"]) == {"tf_argmax", "tf_expected", "tf_argmax_predlen", "free_running_linear",
+    assert set(r["fields"]) == {"tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen", "free_running_linear",
                                 "free_running_dtw", "other_utterance_linear"}
     assert len(r["drift"]["free_running_dtw"]["pitch"]) == 10
-    for name in ("codec", "tf_argmax", "tf_expected", "tf_argmax_predlen"):
+    for name in ("codec", "tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen"):
         scp = (out / name / "wav.scp").read_text().split("\n")
         paths = [line.split()[1] for line in scp if line]
         assert len(paths) == 3 and all(Path(p).is_file() for p in paths), name

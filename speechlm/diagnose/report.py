@@ -35,6 +35,8 @@ def degradation(result: dict, factor: float = 2.0) -> dict:
         tf = fields["tf_argmax"][name]["mae"]
         row = {"dtw_over_tf": fields["free_running_dtw"][name]["mae"] / max(tf, 1e-9),
                "linear_over_tf": fields["free_running_linear"][name]["mae"] / max(tf, 1e-9), "first_bin": None}
+        if "tf_sample" in fields:  # free-running against teacher-forced draws: exposure bias without sampling noise
+            row["dtw_over_tf_sample"] = fields["free_running_dtw"][name]["mae"] / max(fields["tf_sample"][name]["mae"], 1e-9)
         for i, (a, b) in enumerate(zip(drift["tf_argmax"][name], drift["free_running_linear"][name])):
             if a is not None and b is not None and b > factor * max(a, 1e-9):
                 row["first_bin"] = i
@@ -62,6 +64,9 @@ def summary_lines(r: dict) -> list[str]:
         worst = sorted(deg, key=lambda n: -deg[n]["dtw_over_tf"])[:4]
         out.append("free-running / teacher-forced field error (DTW), worst first: "
                    + ", ".join(f"{n} {_f(deg[n]['dtw_over_tf'])}x" for n in worst))
+        if "dtw_over_tf_sample" in deg[worst[0]]:
+            out.append("free-running / teacher-forced draws (same sampling, true history): "
+                       + ", ".join(f"{n} {_f(deg[n]['dtw_over_tf_sample'])}x" for n in worst))
         early = sorted((v["first_bin"], n) for n, v in deg.items() if v["first_bin"] is not None)
         if early:
             out.append("first to exceed 2x the teacher-forced error (linear alignment): "
@@ -131,10 +136,13 @@ def write_report(path: str | Path, r: dict) -> Path:
         if deg:
             lines += ["### Free-running vs teacher-forced", "",
                       "MAE ratio free-running / teacher-forced argmax; the first tenth of the utterance where the "
-                      "linear-aligned free-running error exceeds 2x the teacher-forced error there.", ""]
+                      "linear-aligned free-running error exceeds 2x the teacher-forced error there; free-running / "
+                      "teacher-forced draws (the decode options' sampling from the true history).", ""]
             order = sorted(deg, key=lambda n: -deg[n]["dtw_over_tf"])
-            lines += _table(["field", "DTW / TF", "linear / TF", "first bin > 2x TF"],
-                            [[n, deg[n]["dtw_over_tf"], deg[n]["linear_over_tf"], deg[n]["first_bin"]] for n in order])
+            samp = "dtw_over_tf_sample" in deg[order[0]]
+            lines += _table(["field", "DTW / TF", "linear / TF", "first bin > 2x TF"] + (["DTW / TF draw"] if samp else []),
+                            [[n, deg[n]["dtw_over_tf"], deg[n]["linear_over_tf"], deg[n]["first_bin"]]
+                             + ([deg[n]["dtw_over_tf_sample"]] if samp else []) for n in order])
         lines += ["## Drift: MAE by relative position in the utterance (10 bins of the reference)", ""]
         for k in kinds:
             lines += [f"### {k}", ""]

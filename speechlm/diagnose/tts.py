@@ -12,8 +12,9 @@ For the first ``limit`` examples (speaker prompts chosen as decoding chooses the
 4. spectrogram PNGs of the first few utterances; 5. ``diagnose.json`` + ``diagnose.md``.
 
 Audio sets written (each ``OUT/<name>/wav.scp`` + ``wav/``): ``codec`` (the reference tokens),
-``tf_argmax``, ``tf_expected`` (Codec 2 field layouts), ``tf_argmax_predlen`` (models with the
-progress input).
+``tf_argmax``, ``tf_expected`` (Codec 2 field layouts), ``tf_sample`` (one draw per frame with the decode
+options' temperature / top-k / top-p, when they sample: sampling noise without exposure bias),
+``tf_argmax_predlen`` (models with the progress input).
 """
 from __future__ import annotations
 
@@ -162,6 +163,7 @@ def diagnose(opts: DiagnoseOptions) -> dict:
     from speechlm.data.dataset import DataSpec, TaskData
     from speechlm.data.manifest import read_manifest
     from speechlm.diagnose.report import degradation, write_report
+    from speechlm.infer.sampling import sample
     from speechlm.train.build import model_context, segment_rows_fn
     from speechlm.utils.fileio import is_done, mark_done, write_json
 
@@ -190,15 +192,19 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         hyp_wavs = read_wav_scp(Path(opts.hyp_dir) / "wav.scp")
     out.mkdir(parents=True, exist_ok=True)
     progress = model.progress is not None
+    sampling = L.decode.search == "sample" and L.decode.temperature > 0
+    gen_tf = torch.Generator().manual_seed(L.decode.seed)
     sets = {name: WavSet(out, name, tok.sample_rate) for name in
-            ["codec", "tf_argmax"] + (["tf_expected"] if fields else []) + (["tf_argmax_predlen"] if progress else [])}
+            ["codec", "tf_argmax"] + (["tf_expected"] if fields else []) + (["tf_sample"] if sampling else [])
+            + (["tf_argmax_predlen"] if progress else [])}
     tf_true, tf_pred = Sums(), Sums()
     parity = {"true_length": ParityStats(model)}
     if progress:
         parity["predicted_length"] = ParityStats(model)
     ferr = {}
     if fields:
-        kinds = ["tf_argmax", "tf_expected"] + (["tf_argmax_predlen"] if progress else [])
+        kinds = ["tf_argmax", "tf_expected"] + (["tf_sample"] if sampling else [])
+        kinds += ["tf_argmax_predlen"] if progress else []
         kinds += ["free_running_linear", "free_running_dtw"] if hyp is not None else []
         kinds += ["other_utterance_linear"]  # baseline: another sentence's true frames, aligned by duration
         ferr = {k: FieldErrors(fields.names) for k in kinds}
@@ -235,6 +241,10 @@ def diagnose(opts: DiagnoseOptions) -> dict:
             outs = {"codec": tr.frames, "tf_argmax": argmax}
             if fields:
                 outs["tf_expected"] = fields.expected_tokens([lg.softmax(-1).numpy() for lg in logits])
+            if sampling:
+                d = L.decode
+                outs["tf_sample"] = np.stack([sample(lg, d.temperature, d.top_k, d.top_p, d.min_p, gen_tf).numpy()
+                                              for lg in logits], 1)
             if pred is not None:
                 lp = frame_logits(model, pred[b])
                 tf_pred.add(stream_stats(lp, tr.frames))
@@ -248,7 +258,7 @@ def diagnose(opts: DiagnoseOptions) -> dict:
             lengths.append((len(tr.frames), used[b] if progress else 0, len(gen) if gen is not None else -1))
             if fields:
                 ref = fields.split(tr.frames)
-                for name in ("tf_argmax", "tf_expected", "tf_argmax_predlen"):
+                for name in ("tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen"):
                     if name in outs:
                         ferr[name].add(ref, fields.split(outs[name]))
                 if gen is not None and len(gen):
@@ -331,8 +341,9 @@ def spectrogram_panels(utt: str, ref_audio, wavs: dict[str, np.ndarray], tok, ge
         except Exception as e:  # the reference audio is a nicety of the picture, not its point
             log.warning("%s: reference audio not read for its spectrogram: %s", utt, e)
     labels = {"codec": "codec resynthesis (reference tokens)", "tf_argmax": "teacher-forced argmax",
-              "tf_expected": "teacher-forced expected value", "tf_argmax_predlen": "teacher-forced argmax, predicted length"}
-    panels += [(labels[k], w) for k, w in wavs.items() if k != "tf_argmax_predlen"]
+              "tf_expected": "teacher-forced expected value", "tf_sample": "teacher-forced draw",
+              "tf_argmax_predlen": "teacher-forced argmax, predicted length"}
+    panels += [(labels[k], w) for k, w in wavs.items() if k not in ("tf_argmax_predlen", "tf_sample")]
     if hyp_wavs is not None and utt in hyp_wavs:
         panels.append(("generated (free-running)", load_audio(hyp_wavs[utt], tok.sample_rate, utt)))
     elif gen is not None and len(gen):
