@@ -75,6 +75,9 @@ def test_field_errors_of_identical_and_shifted_frames(codec_tokens):
     s = e.summary()
     assert s["pitch"] == {"acc": 0.0, "mae": 3.0} and s["energy"]["mae"] == 0.0
     assert all(v == 3.0 for v in e.drift()["pitch"])  # the same shift in every tenth of the utterance
+    early = FieldErrors(fields.names, bins=3, frame_bin=5)
+    early.add(ref, shifted)
+    assert early.n.tolist() == [5, 5, len(ref["pitch"]) - 10]  # by absolute frame, the rest in the last bin
 
 
 def test_dtw_absorbs_timing_and_linear_does_not(codec_tokens):
@@ -175,9 +178,12 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     r = json.loads((out / "diagnose.json").read_text())
     assert r["utterances"] == 3 and all(p["holds"] for p in r["parity"].values())
     assert set(r["parity"]) == {"true_length", "predicted_length"}
-    assert set(r["fields"]) == {"tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen", "free_running_linear",
+    assert {k for k in r["fields"] if not k.startswith("start_")} == {"tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen", "free_running_linear",
                                 "free_running_dtw", "other_utterance_linear"}
     assert len(r["drift"]["free_running_dtw"]["pitch"]) == 10
+    assert set(r["drift"]) >= {"start_tf_argmax", "start_free_running_linear"}
+    # the first-second bins hold the same frames as the whole-utterance table (utterances of 1-3 s)
+    assert r["fields"]["start_tf_argmax"]["pitch"] == pytest.approx(r["fields"]["tf_argmax"]["pitch"])
     for name in ("codec", "tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen"):
         scp = (out / name / "wav.scp").read_text().split("\n")
         paths = [line.split()[1] for line in scp if line]

@@ -55,11 +55,12 @@ def field_features(fields: dict[str, np.ndarray], levels: dict[str, int]) -> np.
 
 
 class FieldErrors:
-    """Pooled accuracy and mean absolute index error per field, overall and per relative-position bin
-    (the reference frame's position ``i / N`` in the utterance, ``bins`` equal bins)."""
+    """Pooled accuracy and mean absolute index error per field, overall and per position bin: the
+    reference frame's relative position ``i / N`` in ``bins`` equal bins, or with ``frame_bin`` its
+    absolute frame ``i // frame_bin`` (the last bin then holds every later frame)."""
 
-    def __init__(self, names: list[str], bins: int = 10) -> None:
-        self.names, self.bins = list(names), bins
+    def __init__(self, names: list[str], bins: int = 10, frame_bin: int | None = None) -> None:
+        self.names, self.bins, self.frame_bin = list(names), bins, frame_bin
         self.n = np.zeros(bins)
         self.correct = {n: np.zeros(bins) for n in names}
         self.abs_err = {n: np.zeros(bins) for n in names}
@@ -73,7 +74,10 @@ class FieldErrors:
             pairs = np.stack([np.arange(n_ref)] * 2, 1)
         if len(pairs) == 0:
             return
-        b = np.minimum((pairs[:, 0] * self.bins) // max(n_ref, 1), self.bins - 1)
+        if self.frame_bin:
+            b = np.minimum(pairs[:, 0] // self.frame_bin, self.bins - 1)
+        else:
+            b = np.minimum((pairs[:, 0] * self.bins) // max(n_ref, 1), self.bins - 1)
         self.n += np.bincount(b, minlength=self.bins)
         for name in self.names:
             r, h = ref[name][pairs[:, 0]], hyp[name][pairs[:, 1]]

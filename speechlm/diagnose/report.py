@@ -124,13 +124,14 @@ def write_report(path: str | Path, r: dict) -> Path:
         lines += [f"- {m}" for m in p["mismatches"]] + ([""] if p["mismatches"] else [])
     if "fields" in r:
         kinds = list(r["fields"])
+        main = [k for k in kinds if not k.startswith("start_")]
         lines += ["## Per-field errors (natural quantizer index)", "",
                   "acc: share of frames with the exact index; MAE: mean absolute index error. Free-running "
                   "outputs are aligned to the reference linearly by duration (`linear`: timing errors count) "
                   "and by DTW over the fields scaled to [0, 1] (`dtw`: timing absorbed). `other_utterance_linear`: the "
                   "reference frames of another sentence (the one before) aligned by duration, a chance level.", ""]
-        header = ["field"] + [f"{k} {m}" for k in kinds for m in ("acc", "MAE")]
-        lines += _table(header, [[n] + [r["fields"][k][n][m] for k in kinds for m in ("acc", "mae")]
+        header = ["field"] + [f"{k} {m}" for k in main for m in ("acc", "MAE")]
+        lines += _table(header, [[n] + [r["fields"][k][n][m] for k in main for m in ("acc", "mae")]
                                  for n in r["field_names"]])
         deg = r.get("degradation") or {}
         if deg:
@@ -145,9 +146,19 @@ def write_report(path: str | Path, r: dict) -> Path:
                              + ([deg[n]["dtw_over_tf_sample"]] if samp else []) for n in order])
         lines += ["## Drift: MAE by relative position in the utterance (10 bins of the reference)", ""]
         for k in kinds:
+            if k.startswith("start_"):
+                continue
             lines += [f"### {k}", ""]
             lines += _table(["field"] + [f"{i / 10:.1f}" for i in range(10)],
                             [[n] + r["drift"][k][n] for n in r["field_names"]])
+        start = [k for k in kinds if k.startswith("start_")]
+        if start:
+            lines += ["## The first second: MAE by reference frame (5-frame bins, 20 ms frames; the last bin: "
+                      "every later frame)", ""]
+            for k in start:
+                lines += [f"### {k[len('start_'):]}", ""]
+                lines += _table(["field"] + [f"{5 * i}-{5 * i + 4}" for i in range(10)] + ["50-"],
+                                [[n] + r["drift"][k][n] for n in r["field_names"]])
     lines += ["## Audio", "", "Each set is scorable like a decode dir:", ""]
     for name, scp in r["audio"].items():
         d = Path(scp).parent

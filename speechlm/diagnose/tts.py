@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: parity holds when every logit agrees to this (fp32; lower precisions get PARITY_TOL_LOW)
 PARITY_TOL = 1e-3
 PARITY_TOL_LOW = 0.25
+#: frames per bin of the drift over the first second (``start_*``: 10 bins of 5 frames, then the rest)
+EARLY_BIN = 5
 
 
 @dataclass
@@ -208,6 +210,9 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         kinds += ["free_running_linear", "free_running_dtw"] if hyp is not None else []
         kinds += ["other_utterance_linear"]  # baseline: another sentence's true frames, aligned by duration
         ferr = {k: FieldErrors(fields.names) for k in kinds}
+        # the first second in 5-frame bins: how soon free-running leaves the teacher-forced error
+        ferr.update({f"start_{k}": FieldErrors(fields.names, bins=11, frame_bin=EARLY_BIN)
+                     for k in ("tf_argmax", "free_running_linear") if k in ferr})
     ids: list[str] = []
     previous = None  # the reference fields of the utterance before (the baseline)
     lengths: list[tuple[int, int, int]] = []  # (true frames, progress length decoding used, generated frames)
@@ -261,9 +266,13 @@ def diagnose(opts: DiagnoseOptions) -> dict:
                 for name in ("tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen"):
                     if name in outs:
                         ferr[name].add(ref, fields.split(outs[name]))
+                if "start_tf_argmax" in ferr:
+                    ferr["start_tf_argmax"].add(ref, fields.split(outs["tf_argmax"]))
                 if gen is not None and len(gen):
                     g = fields.split(gen)
                     ferr["free_running_linear"].add(ref, g, linear_pairs(len(tr.frames), len(gen)))
+                    if "start_free_running_linear" in ferr:
+                        ferr["start_free_running_linear"].add(ref, g, linear_pairs(len(tr.frames), len(gen)))
                     ferr["free_running_dtw"].add(ref, g, dtw_pairs(field_features(ref, fields.levels),
                                                                    field_features(g, fields.levels)))
                 if previous is not None:
