@@ -179,7 +179,8 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     assert r["utterances"] == 3 and all(p["holds"] for p in r["parity"].values())
     assert set(r["parity"]) == {"true_length", "predicted_length"}
     assert {k for k in r["fields"] if not k.startswith("start_")} == {"tf_argmax", "tf_expected", "tf_sample", "tf_argmax_predlen", "free_running_linear",
-                                "free_running_dtw", "other_utterance_linear"}
+                                "free_running_dtw", "other_utterance_linear",
+                                                                    "previous_frame"}
     assert len(r["drift"]["free_running_dtw"]["pitch"]) == 10
     assert set(r["drift"]) >= {"start_tf_argmax", "start_free_running_linear"}
     # the first-second bins hold the same frames as the whole-utterance table (utterances of 1-3 s)

@@ -129,7 +129,9 @@ def write_report(path: str | Path, r: dict) -> Path:
                   "acc: share of frames with the exact index; MAE: mean absolute index error. Free-running "
                   "outputs are aligned to the reference linearly by duration (`linear`: timing errors count) "
                   "and by DTW over the fields scaled to [0, 1] (`dtw`: timing absorbed). `other_utterance_linear`: the "
-                  "reference frames of another sentence (the one before) aligned by duration, a chance level.", ""]
+                  "reference frames of another sentence (the one before) aligned by duration, a chance level; "
+                  "`previous_frame`: each reference frame predicted by the one before it (what copying the "
+                  "true history gives).", ""]
         header = ["field"] + [f"{k} {m}" for k in main for m in ("acc", "MAE")]
         lines += _table(header, [[n] + [r["fields"][k][n][m] for k in main for m in ("acc", "mae")]
                                  for n in r["field_names"]])

@@ -209,6 +209,7 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         kinds += ["tf_argmax_predlen"] if progress else []
         kinds += ["free_running_linear", "free_running_dtw"] if hyp is not None else []
         kinds += ["other_utterance_linear"]  # baseline: another sentence's true frames, aligned by duration
+        kinds += ["previous_frame"]  # baseline: each true frame predicted by the true frame before it (persistence)
         ferr = {k: FieldErrors(fields.names) for k in kinds}
         # the first second in 5-frame bins: how soon free-running leaves the teacher-forced error
         ferr.update({f"start_{k}": FieldErrors(fields.names, bins=11, frame_bin=EARLY_BIN)
@@ -275,6 +276,9 @@ def diagnose(opts: DiagnoseOptions) -> dict:
                         ferr["start_free_running_linear"].add(ref, g, linear_pairs(len(tr.frames), len(gen)))
                     ferr["free_running_dtw"].add(ref, g, dtw_pairs(field_features(ref, fields.levels),
                                                                    field_features(g, fields.levels)))
+                if len(tr.frames) > 1:
+                    i = np.arange(1, len(tr.frames))
+                    ferr["previous_frame"].add(ref, ref, np.stack([i, i - 1], 1))
                 if previous is not None:
                     n_prev = len(previous[fields.names[0]])
                     ferr["other_utterance_linear"].add(ref, previous, linear_pairs(len(tr.frames), n_prev))
@@ -292,7 +296,7 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         for utt, p in panels.items():
             pngs.append(str(plot_panels(out / "spectrograms" / f"{utt}.png", p, tok.sample_rate, utt)))
     result = {
-        "model": str(L.model_path), "manifest_dir": str(Path(opts.manifest_dir).resolve()),
+        "model": str(L.model_path.resolve()), "manifest_dir": str(Path(opts.manifest_dir).resolve()),
         "hyp_dir": str(Path(opts.hyp_dir).resolve()) if opts.hyp_dir else None,
         "utterances": n, "precision": opts.precision, "kv_cache": opts.kv_cache,
         "length_scale": L.decode.length_scale, "streams": names,
