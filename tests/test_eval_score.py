@@ -173,3 +173,21 @@ def test_tts_scoring_with_manifest_reference_and_floor(tmp_path):
     per_utt = [json.loads(ln) for ln in (tmp_path / entry["per_utt"]).read_text().splitlines()]
     assert "kitchen" in per_utt[0]["intelligibility"]["transcript"].lower()
     assert "intelligibility@ground truth" in per_utt[0] and "intelligibility@8k" in per_utt[0]
+
+
+def test_decode_config_description_names_only_changed_options(tmp_path):
+    """The table's decode config column lists what differs from DecodeConfig's defaults (list
+    options such as ordinal_streams included: an empty list is the default, not a change)."""
+    import dataclasses
+
+    import yaml
+
+    from speechlm.bin.score import describe_decode_config
+    from speechlm.infer.config import DecodeConfig
+
+    cfg = dataclasses.asdict(DecodeConfig(search="sample", top_k=20))
+    (tmp_path / "decode.yaml").write_text(yaml.safe_dump({"model_dir": "m", "decode": cfg}, sort_keys=False))
+    assert describe_decode_config(None, tmp_path) == "search=sample, top_k=20"
+    cfg.update(ordinal="median", ordinal_streams=[1, 2])
+    (tmp_path / "decode.yaml").write_text(yaml.safe_dump({"model_dir": "m", "decode": cfg}, sort_keys=False))
+    assert describe_decode_config(None, tmp_path) == "search=sample, top_k=20, ordinal=median, ordinal_streams=[1, 2]"

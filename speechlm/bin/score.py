@@ -100,7 +100,7 @@ def describe_decode_config(value: str | None, decode_dir: Path) -> str:
 
         from speechlm.infer.config import DecodeConfig
 
-        defaults = {f.name: f.default for f in dataclasses.fields(DecodeConfig)}
+        defaults = dataclasses.asdict(DecodeConfig())  # list fields (ordinal_streams) have factories, not defaults
         data = {k: v for k, v in data["decode"].items() if defaults.get(k, object()) != v and k != "batch_size"}
         if not data:
             return "defaults"
