@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from speechlm.agent.calls import (Call, CallSyntaxError, format_call, format_result, format_turn, parse_call,
-                                  parse_history, parse_result, parse_turn, render_history)
+from speechlm.agent.calls import (Call, CallSyntaxError, canonical_turn, format_call, format_result, format_turn,
+                                  parse_call, parse_history, parse_result, parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode, fact_in_answer, read_episodes, success, write_episodes
 from speechlm.agent.intents import INTENTS, intent_to_call
@@ -27,7 +27,8 @@ def test_call_text_round_trip_over_all_intents():
 
 def test_call_format_is_canonical_and_lenient_on_spaces():
     call = Call("alarm", {"time": "Seven  AM", "action": "set"})
-    assert format_call(call) == "alarm action=set ; time=seven am"
+    assert format_call(call) == "alarm action = set ; time = seven am"
+    assert parse_call("alarm action=set ; time=seven am") == parse_call(format_call(call))  # the older form
     assert parse_call("  ALARM action = set;time=  seven am ") == Call("alarm", {"action": "set", "time": "seven am"})
     assert parse_call("chat") == Call("chat", {})
     assert format_call(Call("chat", {})) == "chat"
@@ -48,6 +49,41 @@ def test_call_syntax_errors_say_where(text, message, pos):
     with pytest.raises(CallSyntaxError) as err:
         parse_call(text)
     assert message in str(err.value) and err.value.pos == pos
+
+
+def test_older_call_texts_become_canonical_in_histories():
+    old = "call lights action=off ; house_place=kitchen"
+    assert canonical_turn(old) == "call lights action = off ; house_place = kitchen"
+    assert canonical_turn("say  Lights OFF") == "say lights off"
+    hist = render_history([{"role": "user", "text": "kitchen lights off"}, {"role": "assistant", "text": old},
+                           {"role": "tool", "text": "ok: lights off in the kitchen"}])
+    assert hist == "user kitchen lights off | call lights action = off ; house_place = kitchen | ok: lights off in the kitchen"
+    with pytest.raises(CallSyntaxError):
+        canonical_turn("lights action=off")
+
+
+def test_call_values_get_the_pieces_of_the_request_words(tmp_path):
+    """The reason for the spaces around '=': a BPE trained on requests and calls gives a slot value
+    the same pieces in the call as in the request it is copied from (with ``k=v`` the first word of a
+    value is glued to '=' and split into other pieces, so the parser must respell what it copies)."""
+    from speechlm.tokenizers.text import train_sentencepiece
+
+    import sentencepiece as spm
+
+    places = ["living room", "kitchen", "bedroom", "bathroom", "garden", "garage"]
+    requests, calls = [], []
+    for i in range(60):
+        place = places[i % len(places)]
+        action = ("on", "off", "dim", "up")[i % 4]
+        requests.append(f"please turn {action} the lights in the {place}")
+        calls.append("call " + format_call(Call("lights", {"action": action, "house_place": place})))
+    model = train_sentencepiece(requests + calls, tmp_path, 80)
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    for place in places:
+        want = sp.encode(f"in the {place}", out_type=str)[2:]
+        call = sp.encode("call " + format_call(Call("lights", {"action": "up", "house_place": place})), out_type=str)
+        assert call[-len(want):] == want, (place, call)
+    assert "▁up" in sp.encode("call " + format_call(Call("lights", {"action": "up"})), out_type=str)
 
 
 def test_values_with_reserved_characters_are_refused():
@@ -153,3 +189,19 @@ def test_slurp_style_values_always_format():
                                               ("place_name", "a=b;c")])
     assert call.args == {"action": "query", "place_name": "london", "place_name_2": "paris nice", "place_name_3": "a b c"}
     assert parse_call(format_call(call)) == call
+
+
+def test_episodes_written_with_older_call_texts_train_on_the_canonical_form():
+    """An episode file from before the spaced '=' (its reference dialogue holds ``k=v`` calls) gives
+    data-dir targets and histories in the form the loop renders and parses today."""
+    from speechlm.agent.datadir import dialogue_steps
+
+    ep = _episode(0)
+    ep.meta["reference"] = [{"role": "user", "text": "wake me at seven on friday"},
+                            {"role": "assistant", "text": "call alarm action=set ; date=friday ; time=seven am"},
+                            {"role": "tool", "text": "ok: alarm set for seven am friday"},
+                            {"role": "assistant", "text": "say alarm set for seven am friday"}]
+    steps = dialogue_steps(ep)
+    assert steps[0].target == "call alarm action = set ; date = friday ; time = seven am"
+    assert steps[1].history_cascade == "call alarm action = set ; date = friday ; time = seven am | ok: alarm set for seven am friday"
+    assert steps[1].target == "say alarm set for seven am friday"

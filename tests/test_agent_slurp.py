@@ -106,7 +106,7 @@ def test_import_command_and_text_data_dir(slurp_file, tmp_path):
     assert [e.intent for e in eps] == ["alarm_set", "alarm_query", "iot_hue_lightchange", "weather_query", "play_music"]
     # an imported episode has no reference dialogue: one is made by running its call
     steps = dialogue_steps(eps[2])
-    assert [s.target for s in steps] == ["call lights action=change ; color_type=blue ; house_place=kitchen",
+    assert [s.target for s in steps] == ["call lights action = change ; color_type = blue ; house_place = kitchen",
                                          "say lights in the kitchen are now blue"]
     assert main(["agent", "datadir", "--episodes", str(out), "--out-dir", str(tmp_path / "d"), "--text-only"]) == 0
     assert not (tmp_path / "d" / "wav.scp").exists()

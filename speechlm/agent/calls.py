@@ -3,7 +3,7 @@
 Everything is one line of lower-case words, so that a small BPE model trained on lower-case
 transcripts can copy slot values from what it heard and the toolkit can parse what it wrote:
 
-    call      set_alarm date=tomorrow ; time=seven thirty am      (args sorted by name)
+    call      set_alarm date = tomorrow ; time = seven thirty am  (args sorted by name)
     result    ok: alarm set for seven thirty am tomorrow          (a tool's success text)
               error: missing argument time                        (a ToolError's message)
     turn      call <call>                                         (the assistant calls a tool)
@@ -13,6 +13,12 @@ transcripts can copy slot values from what it heard and the toolkit can parse wh
 ``;`` separates arguments, ``=`` ends an argument name and ``|`` separates history turns, so
 none of the three may occur inside a value; values are otherwise free words (numbers spelled
 out as spoken: ``seven thirty am``).
+
+Spaces around ``=``: a value then starts a word, so the BPE gives it the same pieces as in the
+request it is copied from (``=living`` is ``= li ving``, `` = living`` is ``▁= ▁living``), and
+an action value is a word piece instead of letters (``action=up`` was ``action = u p``); see
+"What limits the parser" in ``egs/voice_agent/speechlm1/README.md``. :func:`parse_call` reads
+both forms.
 """
 from __future__ import annotations
 
@@ -82,19 +88,19 @@ def _check_value(name: str, key: str, value: str) -> str:
 
 
 def format_call(call: Call) -> str:
-    """``name k1=v1 ; k2=v2`` with arguments sorted by name (one canonical text per call)."""
+    """``name k1 = v1 ; k2 = v2`` with arguments sorted by name (one canonical text per call)."""
     if not NAME_RE.fullmatch(call.name):
         raise ValueError(f"bad tool name {call.name!r}: lower-case letters, digits and '_' only")
     parts = []
     for key in sorted(call.args):
         if not NAME_RE.fullmatch(key):
             raise ValueError(f"call {call.name}: bad argument name {key!r}")
-        parts.append(f"{key}={_check_value(call.name, key, call.args[key])}")
+        parts.append(f"{key} = {_check_value(call.name, key, call.args[key])}")
     return call.name + (" " + " ; ".join(parts) if parts else "")
 
 
 def parse_call(text: str) -> Call:
-    """Parse ``name k=v ; k=v``; lenient about spaces and case, strict about structure."""
+    """Parse ``name k = v ; k = v`` (or ``k=v``); lenient about spaces and case, strict about structure."""
     src = text
     text = text.lower()
     m = re.match(r"\s*([a-z][a-z0-9_]*)", text)
@@ -176,17 +182,23 @@ def parse_turn(text: str) -> tuple[str, Union[Call, str]]:
     raise CallSyntaxError("an assistant turn starts with 'call ' or 'say '", text, lead)
 
 
+def canonical_turn(text: str) -> str:
+    """An assistant turn in the canonical form of :func:`format_turn` (e.g. a call written
+    ``k=v`` by an older generator becomes ``k = v``); CallSyntaxError when it does not parse."""
+    return format_turn(*parse_turn(text))
+
+
 def render_history(turns: list[dict]) -> str:
-    """The one-line history condition: user turns as ``user <words>``, assistant turns as
-    their turn text, tool turns as their result text, joined by `` | ``; ``none`` if empty."""
+    """The one-line history condition: user turns as ``user <words>``, assistant turns in
+    their canonical form (:func:`canonical_turn`), tool turns as their result text, joined by
+    `` | ``; ``none`` if empty."""
     parts = []
     for i, turn in enumerate(turns):
         role, text = turn.get("role"), normalize_words(turn.get("text", "")).replace("|", "/")
         if role == "user":
             parts.append(USER_PREFIX + text)
         elif role == "assistant":
-            parse_turn(text)  # an assistant turn must be a valid call or answer
-            parts.append(text)
+            parts.append(canonical_turn(text))  # an assistant turn must be a valid call or answer
         elif role == "tool":
             parse_result(text)
             parts.append(text)

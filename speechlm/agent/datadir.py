@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechlm.agent.calls import CALL_PREFIX, TURN_SEP, USER_PREFIX, render_history
+from speechlm.agent.calls import CALL_PREFIX, TURN_SEP, USER_PREFIX, canonical_turn, render_history
 from speechlm.agent.episodes import Episode
 from speechlm.data.kaldi import spk2utt_from_utt2spk, write_file
 
@@ -80,6 +80,9 @@ def dialogue_steps(episode: Episode) -> list[Step]:
         if role == "assistant":
             if user < 0:
                 raise ValueError(f"episode {episode.id}: reference turn {i} is an assistant turn before any user turn")
+            # the canonical form: episodes written by an older generator (``k=v`` calls) train
+            # on what the loop renders and parses today
+            turn = {**turn, "text": canonical_turn(turn["text"])}
             current = max(j for j, t in enumerate(done) if t["role"] == "user")
             e2e = [t for t in done if t["role"] != "user"]
             cascade = [t for j, t in enumerate(done) if j != current]

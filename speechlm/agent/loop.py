@@ -12,7 +12,7 @@ Modes (what turns the user's speech into the model's input):
 - ``cascade-whisper``: the bundled Whisper tiny.en transcribes instead of the model's ASR;
 - ``text``: the episode's reference text goes to the ``command`` task (the cascade's ceiling).
 
-One step decodes the next assistant turn (``call <tool> k=v ; ...`` or ``say <words>``, see
+One step decodes the next assistant turn (``call <tool> k = v ; ...`` or ``say <words>``, see
 :mod:`speechlm.agent.calls`). A turn that does not parse, names an unknown tool or an argument
 the tool does not take is an *invalid call*: it is recorded and the step is retried once with
 the next hypothesis (the second of a beam, else a sample at ``retry_temperature``); a second
