@@ -237,6 +237,8 @@ def test_casual_variants_keep_every_slot_and_only_the_training_split_has_them():
     said = [always.apply(rng, template) for _ in range(200)]
     for s in said:
         assert sorted(PLACEHOLDER.findall(s)) == ["house_place", "time"], s
+        assert {"turn", "off", "lights"} <= set(s.split()), s  # words that carry the intent stay
+    assert not {"on", "off", "like", "not", "up", "down"} & casual.drop_words
     assert any(s.startswith("{") for s in said)  # a slot said first
     assert any(len(s.split()) <= 6 for s in said)  # elliptic: function words dropped
     assert any(set(s.split()) & set(casual.fillers) for s in said)

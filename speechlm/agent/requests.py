@@ -45,7 +45,8 @@ TRANSITIONS = ("calendar_alarm", "alarm_remove_first", "transport_calendar")
 class Casual:
     """Casual, noisy variants of a file's own templates (its ``casual:`` section), for robustness
     to phrasings training never sees (in the spirit of EDA, Wei and Zou 2019). A share ``rate`` of
-    the requests gets some of: ``drop_words`` (and now and then any other word) left out; one slot
+    the requests gets some of: ``drop_words`` left out (never another word: dropping ``off`` or
+    ``not`` would change what the request means, and its label would be wrong); one slot
     moved to the front (the ``front_words`` before it dropped); two neighbouring words swapped;
     one or two words inserted (a filler, or a made-up word, so that an unknown word does not derail
     the parser). Slot values are never touched."""
@@ -68,8 +69,7 @@ class Casual:
         ops = [op for op in ("drop", "front", "swap", "insert") if rng.random() < 0.5]
         ops = ops or [rng.choice(("drop", "front", "swap", "insert"))]
         if "drop" in ops:
-            kept = [w for w in words if PLACEHOLDER.search(w)
-                    or rng.random() < (0.3 if w in self.drop_words else 0.9)]
+            kept = [w for w in words if PLACEHOLDER.search(w) or w not in self.drop_words or rng.random() < 0.3]
             if any(not PLACEHOLDER.search(w) for w in kept):  # something besides the slots is left
                 words = kept
         slots = [i for i, w in enumerate(words) if PLACEHOLDER.fullmatch(w)]

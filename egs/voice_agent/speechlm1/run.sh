@@ -27,7 +27,7 @@ opts=(
   --train_data "spoken_dialogue_monologue:va:dump/train/spoken_dialogue_monologue:2 command:va:dump/train/command:1 command:va_text:dump/train_text/command:2 asr:va:dump/train/asr:1"
   --tokenizers conf/tokenizers.yaml
   --kmeans_clusters 500 --kmeans_feature whisper --kmeans_args "--max-frames 100000 --iters 25"
-  --nbpe 400 --bpe_train_text "data/train/text data/train/response data/train/history data/train_text/text"
+  --nbpe 1000 --bpe_train_text "data/train/text data/train/response data/train/history data/train_text/text"
   --nj 2 --inference_nj 2
   --model_config conf/model.yaml --train_config conf/train.yaml
   --decode_config conf/decode.yaml
