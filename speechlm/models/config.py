@@ -81,6 +81,11 @@ class ModelConfig:
     # target (TTS speech) are told the share done and the frames left; decoding takes the length
     # from the length head (needs length_weight > 0)
     progress: bool = False
+    # exposure bias: while training, this share of the generated audio slots (audio-target rows
+    # that carry loss) reads a random token of its stream as input instead of the true one, so the
+    # model learns to continue from a history with errors, as it must when it reads its own output
+    # (the targets stay true; 0 = off; decoding never changes)
+    history_noise: float = 0.0
 
     @classmethod
     def upgrade_keys(cls, data: dict, where: str) -> dict:
@@ -129,6 +134,8 @@ class ModelConfig:
             raise ConfigError("model.progress needs a length head to decode with (model.length_weight > 0)")
         if self.progress and not pattern.one_row_per_frame:
             raise ConfigError(f"model.progress needs one row per frame; the {self.strategy} strategy has one per token")
+        if not 0 <= self.history_noise < 1:
+            raise ConfigError(f"model.history_noise must be in [0, 1), got {self.history_noise}")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from speechlm.data.batch import Batch
+from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
 from speechlm.models.config import ModelConfig
 from speechlm.models.features import length_units
@@ -118,6 +119,14 @@ class SpeechLM(nn.Module):
             nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
         )
         self.progress = ProgressEmbedding(D) if config.progress else None  # zero at the start
+        if config.history_noise > 0:  # start and size of each token's stream range (0: no stream)
+            lo, size = torch.zeros(V, dtype=torch.int64), torch.zeros(V, dtype=torch.int64)
+            for t in vocab.ranges:
+                for k in range(vocab.n_streams(t)):
+                    a, b = vocab.stream_range(t, k)
+                    lo[a:b], size[a:b] = a, b - a
+            self.register_buffer("_stream_lo", lo, persistent=False)
+            self.register_buffer("_stream_size", size, persistent=False)
 
     # ---- initialisation -----------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -227,10 +236,22 @@ class SpeechLM(nn.Module):
         return None if self._guided_layer is None else self.backbone.layers[self._guided_layer].self_attn
 
     # ---- training forward -----------------------------------------------------------------
+    def noisy_history(self, prep: Prepared) -> torch.Tensor:
+        """The layout's input tokens with a share ``history_noise`` of the generated audio slots
+        replaced by a random token of the same stream (see ``ModelConfig.history_noise``)."""
+        lay = prep.layout
+        tok = self.pattern.ar_tokens(lay.tokens, lay.kinds)
+        size = self._stream_size[tok]
+        hit = ((lay.kinds == AUDIO_TGT)[..., None] & (lay.weight > 0) & (size > 0)
+               & (torch.rand(tok.shape, device=tok.device) < self.config.history_noise))
+        rand = self._stream_lo[tok] + (torch.rand(tok.shape, device=tok.device) * size).long().clamp(max=size - 1)
+        return torch.where(hit, rand, tok)
+
     def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
         """Backbone output ``[B, T'', D]`` of a whole batch (teacher forcing) and its layout."""
         prep = self.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
-        return self.backbone(self.embed_prepared(prep), None, self.attention_mask(prep)), prep
+        tokens = self.noisy_history(prep) if self.training and self.config.history_noise > 0 else None
+        return self.backbone(self.embed_prepared(prep, tokens), None, self.attention_mask(prep)), prep
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Loss over the loss-weighted (position, stream) slots of ``batch``."""
