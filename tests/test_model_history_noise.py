@@ -48,3 +48,30 @@ def test_training_loss_sees_the_noise_and_evaluation_does_not():
     assert "_stream_lo" not in noisy.state_dict()  # nothing new in checkpoints
     with pytest.raises(ConfigError, match="history_noise"):
         tiny_config("delay", history_noise=1.0).validate()
+
+
+def test_model_source_draws_what_the_model_predicts_for_that_slot():
+    vocab = toy_vocab(2)
+    batch = collate(toy_examples(vocab, 8, tasks=("plain_tts",)))
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", history_noise=0.99, history_noise_source="model"), vocab)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.eval()  # learn the toy TTS from clean histories first
+    for _ in range(150):
+        opt.zero_grad()
+        model(batch).loss.backward()
+        opt.step()
+    model.train()
+    prep = model.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+    clean = model.pattern.ar_tokens(prep.layout.tokens, prep.layout.kinds)
+    generated = (prep.layout.kinds == AUDIO_TGT)[..., None] & (prep.layout.weight > 0) & (clean != vocab.pad_id)
+    torch.manual_seed(2)
+    drawn = model.noisy_history(prep)
+    # a model that learned the slot draws its true token mostly; a draw from the wrong slot (or
+    # uniform, 1 in 8 here) would not
+    assert float((drawn == clean)[generated].float().mean()) > 0.6
+    assert torch.equal(drawn[~generated], clean[~generated])
+    model.config.history_noise_source = "random"
+    assert float((model.noisy_history(prep) == clean)[generated].float().mean()) < 0.3
+    with pytest.raises(ConfigError, match="depth head"):
+        SpeechLM(tiny_config("multiscale", history_noise=0.2, history_noise_source="model"), vocab)

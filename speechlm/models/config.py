@@ -84,8 +84,12 @@ class ModelConfig:
     # exposure bias: while training, this share of the generated audio slots (audio-target rows
     # that carry loss) reads a random token of its stream as input instead of the true one, so the
     # model learns to continue from a history with errors, as it must when it reads its own output
-    # (the targets stay true; 0 = off; decoding never changes)
+    # (the targets stay true; 0 = off; decoding never changes). history_noise_source: where the
+    # replacement comes from: ``random`` (uniform over the stream) or ``model`` (drawn from the
+    # model's own prediction for the slot in a first pass without gradients: parallel scheduled
+    # sampling, Duckworth et al. 2019; strategies without a depth head)
     history_noise: float = 0.0
+    history_noise_source: str = "random"
 
     @classmethod
     def upgrade_keys(cls, data: dict, where: str) -> dict:
@@ -136,6 +140,8 @@ class ModelConfig:
             raise ConfigError(f"model.progress needs one row per frame; the {self.strategy} strategy has one per token")
         if not 0 <= self.history_noise < 1:
             raise ConfigError(f"model.history_noise must be in [0, 1), got {self.history_noise}")
+        if self.history_noise_source not in ("random", "model"):
+            raise ConfigError(f"model.history_noise_source must be random or model, got {self.history_noise_source!r}")
         if self.cond_reduction < 1:
             raise ConfigError(f"model.cond_reduction must be >= 1, got {self.cond_reduction}")
         if self.backbone == "builtin" and self.dim % self.n_heads:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from speechlm.config import ConfigError
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_TGT
 from speechlm.models.builtin import BACKBONES, BuiltinDecoder
@@ -119,6 +120,9 @@ class SpeechLM(nn.Module):
             nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
         )
         self.progress = ProgressEmbedding(D) if config.progress else None  # zero at the start
+        if config.history_noise > 0 and config.history_noise_source == "model" and self.depth is not None:
+            raise ConfigError(f"model.history_noise_source: model draws every stream from one hidden state; the "
+                              f"{config.strategy} strategy predicts streams with a depth head (use random)")
         if config.history_noise > 0:  # start and size of each token's stream range (0: no stream)
             lo, size = torch.zeros(V, dtype=torch.int64), torch.zeros(V, dtype=torch.int64)
             for t in vocab.ranges:
@@ -238,14 +242,44 @@ class SpeechLM(nn.Module):
     # ---- training forward -----------------------------------------------------------------
     def noisy_history(self, prep: Prepared) -> torch.Tensor:
         """The layout's input tokens with a share ``history_noise`` of the generated audio slots
-        replaced by a random token of the same stream (see ``ModelConfig.history_noise``)."""
+        replaced by a random token of the same stream, or by one drawn from the model's own
+        prediction for it (see ``ModelConfig.history_noise``)."""
         lay = prep.layout
         tok = self.pattern.ar_tokens(lay.tokens, lay.kinds)
         size = self._stream_size[tok]
         hit = ((lay.kinds == AUDIO_TGT)[..., None] & (lay.weight > 0) & (size > 0)
                & (torch.rand(tok.shape, device=tok.device) < self.config.history_noise))
+        if self.config.history_noise_source == "model":
+            return self._model_drawn(prep, tok, hit)
         rand = self._stream_lo[tok] + (torch.rand(tok.shape, device=tok.device) * size).long().clamp(max=size - 1)
         return torch.where(hit, rand, tok)
+
+    @torch.no_grad()
+    def _model_drawn(self, prep: Prepared, tok: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """``tok`` with each ``hit`` slot drawn from the model's prediction for it given the true
+        history (one pass over the clean inputs), within the true token's stream range."""
+        h = self.backbone(self.embed_prepared(prep), None, self.attention_mask(prep))
+        B, T = tok.shape[:2]
+        src = torch.full((B, T + 1), -1, dtype=torch.int64, device=tok.device)  # backbone position predicting row t
+        p = torch.arange(prep.last.shape[1], device=tok.device).expand(B, -1)
+        src.scatter_(1, torch.where(prep.last >= 0, prep.last + 1, T), torch.where(prep.last >= 0, p, -1))
+        src = src[:, :T]
+        out = tok.clone()
+        for k in range(tok.shape[-1]):
+            b, t = (hit[..., k] & (src >= 0)).nonzero(as_tuple=True)
+            if len(b) == 0:
+                continue
+            true = tok[b, t, k]
+            lo, size = self._stream_lo[true], self._stream_size[true]
+            for start in lo.unique().tolist():  # one stream range at a time (one per tokenizer stream)
+                sel = lo == start
+                rows = self.head.weight[start : start + int(size[sel][0])]
+                hs = h[b[sel], src[b[sel], t[sel]]]
+                if k > 0:
+                    hs = hs + self.head.stream_offset[k].to(hs.dtype)
+                draw = torch.multinomial((hs @ rows.to(hs.dtype).t()).float().softmax(-1), 1)[:, 0]
+                out[b[sel], t[sel], k] = start + draw
+        return out
 
     def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
         """Backbone output ``[B, T'', D]`` of a whole batch (teacher forcing) and its layout."""
