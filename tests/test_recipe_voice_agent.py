@@ -25,8 +25,8 @@ pytestmark = [
                        reason="needs espeak-ng, sox, flite and festival (tools/install.sh installs them)"),
 ]
 
-# Floors below the README's measured numbers (2026-12-03, intent accuracy on held-out phrasings and
-# voices: text parser 39.5%, Whisper cascade 23.0%, end-to-end agent 23.0%; chance is 1 in 59).
+# Floors below the README's measured numbers (2026-12-04, intent accuracy on held-out phrasings and
+# voices: text parser 38.0%, Whisper cascade 24.5%, end-to-end agent 21.5%; chance is 1 in 59).
 MIN_TEXT_INTENT_ACC = 28.0
 MIN_WHISPER_INTENT_ACC = 15.0
 MIN_E2E_INTENT_ACC = 15.0
