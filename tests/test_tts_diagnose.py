@@ -197,3 +197,18 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     assert acc == pytest.approx(r["fields"]["tf_argmax"]["pitch"]["acc"])
     mtime = (out / "diagnose.json").stat().st_mtime
     assert cli(args) == 0 and (out / "diagnose.json").stat().st_mtime == mtime  # complete: skipped
+
+
+def test_summary_compares_free_running_error_with_another_sentences_frames():
+    from speechlm.diagnose.report import degradation, summary_lines
+
+    names = ["pitch", "energy"]
+    mae = {"tf_argmax": [1.0, 1.0], "tf_sample": [1.2, 1.2], "free_running_linear": [5.0, 2.0],
+           "free_running_dtw": [4.0, 1.5], "other_utterance_linear": [5.0, 4.0]}
+    r = {"parity": {}, "teacher_forced": {}, "lengths": {}, "field_names": names,
+         "fields": {k: {n: {"mae": v[i], "acc": 0.5} for i, n in enumerate(names)} for k, v in mae.items()},
+         "drift": {k: {n: [v[i]] * 10 for i, n in enumerate(names)} for k, v in mae.items()}}
+    r["degradation"] = degradation(r)
+    line = [s for s in summary_lines(r) if "another sentence" in s]
+    assert line == ["free-running field error / another sentence's frames (chance; both aligned by duration): "
+                    "0.750x on average; at >= 0.9x: pitch"]
