@@ -24,7 +24,7 @@ opts=(
   --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 200 --nj 2 --seed 1"
   --train_set train --valid_set dev --test_sets "test"
   --tasks "spoken_dialogue_monologue command asr"
-  --train_data "spoken_dialogue_monologue:va:dump/train/spoken_dialogue_monologue:2 command:va:dump/train/command:1 command:va_text:dump/train_text/command:2 asr:va:dump/train/asr:1"
+  --train_data "spoken_dialogue_monologue:va:dump/train/spoken_dialogue_monologue:2 command:va:dump/train/command:2 command:va_text:dump/train_text/command:6 asr:va:dump/train/asr:1"
   --tokenizers conf/tokenizers.yaml
   --kmeans_clusters 500 --kmeans_feature whisper --kmeans_args "--max-frames 100000 --iters 25"
   --nbpe 1000 --bpe_train_text "data/train/text data/train/response data/train/history data/train_text/text"
