@@ -273,12 +273,9 @@ class SpeechLM(nn.Module):
             lo, size = self._stream_lo[true], self._stream_size[true]
             for start in lo.unique().tolist():  # one stream range at a time (one per tokenizer stream)
                 sel = lo == start
-                rows = self.head.weight[start : start + int(size[sel][0])]
-                hs = h[b[sel], src[b[sel], t[sel]]]
-                if k > 0:
-                    hs = hs + self.head.stream_offset[k].to(hs.dtype)
-                draw = torch.multinomial((hs @ rows.to(hs.dtype).t()).float().softmax(-1), 1)[:, 0]
-                out[b[sel], t[sel], k] = start + draw
+                ids = torch.arange(start, start + int(size[sel][0]), device=tok.device)
+                logits = self.head.logits(h[b[sel], src[b[sel], t[sel]]], k, ids=ids)
+                out[b[sel], t[sel], k] = ids[torch.multinomial(logits.float().softmax(-1), 1)[:, 0]]
         return out
 
     def hidden_states(self, batch: Batch) -> tuple[torch.Tensor, Prepared]:
