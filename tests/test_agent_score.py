@@ -203,3 +203,23 @@ def test_episodes_without_a_success_check_are_left_out_of_success(scored_run):
     s = score_run(run, eps, "e2e", "unit")
     assert s["n_unchecked"] == 1 and s["success"] == pytest.approx(200 / 3) and s["success_atomic"] == 100.0
     assert s["intent_acc"] == 100.0 and s["n_episodes"] == 4  # the other metrics still count it
+
+
+def test_heard_wer_of_what_the_agent_wrote_down(tmp_path):
+    """Heard WER: the loop's transcripts against the user turns' words, all turns and requests only,
+    by engine; a turn the agent never reached counts nothing."""
+    from speechlm.agent.score import score_run
+
+    off = {"name": "lights", "args": {"action": "off", "house_place": "kitchen"}}
+    e1, s1 = _episode_and_state("e1", [off], "atomic", [], "espeak-ng", None, "iot_hue_lightoff", [])
+    e2, s2 = _episode_and_state("e2", [off], "recovery", [], "flite", None, "iot_hue_lightoff", [])
+    e1.turns = [{"text": "Turn off the kitchen lights", "audio": None}]
+    e2.turns = [{"text": "lights off", "audio": None}, {"text": "in the kitchen", "audio": None},
+                {"text": "never reached", "audio": None}]
+    p1 = {**_pred("e1", [off], "", None, [], 1.0), "transcripts": ["turn of the kitchen light's"]}  # 2 of 5 words
+    p2 = {**_pred("e2", [off], "", None, [], 1.0), "transcripts": ["lights off", "the kitchen"]}  # 0 of 2, 1 of 3
+    _write_run(tmp_path / "run", [(p1, s1), (p2, s2)])
+    s = score_run(tmp_path / "run", [e1, e2], "e2e", "unit")
+    assert s["heard_wer"] == pytest.approx(100 * 3 / 10)
+    assert s["heard_wer_first"] == pytest.approx(100 * 2 / 7)
+    assert s["heard_wer_by_engine"] == {"espeak-ng": pytest.approx(40.0), "flite": pytest.approx(20.0)}

@@ -13,6 +13,9 @@ Summary (percentages unless said otherwise):
   succeeded (the agent read the error and corrected its call or asked back);
 - ``call_em``, ``intent_acc``, ``slu_f1`` / ``word_f1`` / ``char_f1`` / ``span_f1``;
 - ``invalid_rate``: invalid turns over decoded turns; ``turns``: assistant steps per episode;
+- ``heard_wer`` / ``heard_wer_first``: word error rate of what the agent heard (the e2e model's
+  monologue or the cascade's transcript) against the user turns' words, over every user turn it
+  heard / over the requests (first turns) only; ``heard_wer_by_engine``;
 - latency in seconds (median and 95th percentile): ``first_call_*``, ``total_*``, ``ttft_*``;
   ``rtf``: processing time over the audio's duration;
 - by engine, voice, split and SNR (clean = no noise): success and counts, the cross-engine gap
@@ -31,7 +34,7 @@ import numpy as np
 
 from speechlm.agent.calls import Call, format_call, normalize_words
 from speechlm.agent.episodes import Episode, success
-from speechlm.agent.slu_f1 import SLUF1
+from speechlm.agent.slu_f1 import SLUF1, levenshtein
 from speechlm.utils.fileio import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ AGENT_COLUMNS: list[tuple[str, str, int]] = [
     ("gap", "gap pts", 1), ("success_recovery", "recovery ep. %", 1), ("recovery_rate", "recovery rate %", 1),
     ("call_em", "call EM %", 1), ("intent_acc", "intent acc %", 1), ("slu_f1", "SLU-F1 %", 1),
     ("word_f1", "word-F1 %", 1), ("char_f1", "char-F1 %", 1), ("invalid_rate", "invalid %", 1),
-    ("turns", "turns/ep", 2), ("first_call_median", "to call s (med)", 3), ("total_median", "total s (med)", 3),
+    ("heard_wer", "heard WER %", 1), ("turns", "turns/ep", 2), ("first_call_median", "to call s (med)", 3), ("total_median", "total s (med)", 3),
     ("total_p95", "total s (p95)", 3), ("ttft_median", "TTFT s (med)", 3), ("engine_gap", "engine gap pts", 1),
 ]
 
@@ -122,10 +125,30 @@ def score_episode(ep: Episode, pred: Optional[dict], state: Optional[dict]) -> d
         answer=pred.get("answer"),
         ended=pred.get("ended"),
     )
+    rec["heard"] = heard_errors(ep, pred)
     t = pred.get("timings") or {}
     rec.update(ttft=t.get("ttft"), first_call=t.get("first_call"), total=t.get("total"),
                audio_duration=pred.get("audio_duration"))
     return rec
+
+
+def heard_errors(ep: Episode, pred: dict) -> list[tuple[int, int]]:
+    """(word edits, reference words) of each user turn the agent wrote down as heard, in turn order
+    (the loop's ``transcripts``; a turn it never reached has none). Both sides in the spoken word
+    form the models read (numbers spelled out, punctuation dropped)."""
+    from speechlm.agent.loop import spoken_form
+
+    out = []
+    for said, heard in zip(ep.turns, pred.get("transcripts") or []):
+        ref = spoken_form(said.get("text") or "").split()
+        out.append((levenshtein(ref, spoken_form(heard or "").split()), len(ref)))
+    return out
+
+
+def heard_wer(records: list[dict], first_only: bool = False) -> Optional[float]:
+    """Corpus word error rate % of what the agents heard (see :func:`heard_errors`)."""
+    pairs = [p for r in records for p in (r.get("heard") or [])[: 1 if first_only else None]]
+    return pct(sum(e for e, _ in pairs), sum(n for _, n in pairs))
 
 
 def group_success(records: list[dict], key: str) -> dict[str, dict]:
@@ -170,6 +193,7 @@ def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str,
     decoded = sum(r["n_decoded"] for r in records)
     s["invalid_rate"] = pct(sum(r["n_invalid"] for r in records), decoded)
     s["episodes_with_invalid"] = pct(sum(r["n_invalid"] > 0 for r in records), n)
+    s["heard_wer"], s["heard_wer_first"] = heard_wer(records), heard_wer(records, first_only=True)
     s["turns"] = sum(r["n_steps"] for r in records) / n if n else None
     for key in ("ttft", "first_call", "total"):
         vals = [r.get(key) for r in records if r.get(key) is not None]
@@ -181,6 +205,10 @@ def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str,
     s["by_engine"] = by_engine
     rates = [v["success"] for k, v in by_engine.items() if k != "None" and v["success"] is not None]
     s["engine_gap"] = max(rates) - min(rates) if len(rates) > 1 else None
+    by_engine_recs: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_engine_recs[str(r.get("engine"))].append(r)
+    s["heard_wer_by_engine"] = {k: heard_wer(v) for k, v in sorted(by_engine_recs.items())}
     s["by_voice"] = group_success(records, "voice")
     s["by_split"] = group_success(records, "split")
     s["by_snr"] = group_success(records, "snr")
@@ -237,6 +265,12 @@ def _fmt_groups(groups: dict[str, dict]) -> str:
                      for k, v in groups.items())
 
 
+def _fmt_heard(s: dict) -> str:
+    by = ", ".join(f"{k}: {v:.1f}%" for k, v in s["heard_wer_by_engine"].items() if v is not None)
+    first = "-" if s["heard_wer_first"] is None else f"{s['heard_wer_first']:.1f}%"
+    return f"{by or '-'}; requests only: {first}"
+
+
 def register_columns() -> None:
     """The agent metric's columns in RESULTS.md tables (speechlm.eval.report renders them)."""
     from speechlm.eval import report
@@ -291,6 +325,7 @@ def score_run(run_dir: str | Path, episodes: list[Episode], name: str, test_set:
                         f"(no expected state or answer facts: left out of the success rates)",
             "how episodes ended": ", ".join(f"{k} {v}" for k, v in summary["ended"].items()),
             "success by engine": _fmt_groups(summary["by_engine"]),
+            "heard WER by engine (all user turns / requests only)": _fmt_heard(summary),
             "success by SNR": _fmt_groups(summary["by_snr"]),
             "success by split": _fmt_groups(summary["by_split"]),
         }},
@@ -331,7 +366,7 @@ def format_summary(name: str, s: dict) -> str:
     return (f"{name}: {s['n_episodes']} episodes | success {f('success')}% (atomic {f('success_atomic')}, "
             f"compositional {f('success_compositional')}, gap {f('gap')} pts, recovery episodes "
             f"{f('success_recovery')}; recovery rate {f('recovery_rate')}%) | call EM {f('call_em')}% | intent "
-            f"{f('intent_acc')}% | SLU-F1 {f('slu_f1')}% | invalid {f('invalid_rate')}% | turns {f('turns', 2)} | "
+            f"{f('intent_acc')}% | SLU-F1 {f('slu_f1')}% | heard WER {f('heard_wer')}% | invalid {f('invalid_rate')}% | turns {f('turns', 2)} | "
             f"total {f('total_median', 3)} s median, {f('total_p95', 3)} s p95 | RTF {f('rtf', 3)}")
 
 
