@@ -147,3 +147,43 @@ def test_batched_decoding_with_row_dropping_matches_single_rows(backbone, llama_
     assert len({len(o) for o in batched}) > 2
     for p, out in zip(prompts, batched):
         assert np.array_equal(out, generate(model, collate([p]), cfg)[0])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_builtin_one_position_step_equals_forward(kv_heads):
+    """``BuiltinDecoder.step`` (fused weights, RoPE table, decoding's fast path) gives forward's
+    hidden states and cache, with per-row positions and a key mask (left-padded rows), and follows
+    weight updates."""
+    torch.manual_seed(0)
+    bb = BuiltinDecoder(64, 2, 4, n_kv_heads=kv_heads).eval()
+    with torch.no_grad():
+        for p in bb.parameters():  # non-trivial norm gains
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 8, 64)
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[1, :2] = False  # row 1 is left-padded by two positions
+    pos = (valid.cumsum(1) - 1).clamp(min=0)
+    for update in (False, True):
+        if update:
+            with torch.no_grad():
+                bb.layers[1].mlp.down_proj.weight.mul_(2.0)  # e.g. an optimizer step
+                bb.norm.weight.add_(0.5)
+        slow, fast = bb.new_cache(2), bb.new_cache(2)
+        with torch.no_grad():
+            prefill_mask = (valid[:, None, :5] & torch.ones(5, 5, dtype=torch.bool).tril())[:, None] | torch.eye(5, dtype=torch.bool)
+            bb(x[:, :5], pos[:, :5], prefill_mask, slow)
+            bb(x[:, :5], pos[:, :5], prefill_mask, fast)
+            for t in range(5, 8):
+                mask = valid[:, None, None, : t + 1]
+                ref = bb(x[:, t : t + 1], pos[:, t : t + 1], mask, slow)[:, 0]
+                out = bb.step(x[:, t], pos[:, t], mask, fast)
+                torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert fast.length == slow.length == 8
+        torch.testing.assert_close(fast.k[1][:, :, :8], slow.k[1][:, :, :8], rtol=1e-5, atol=1e-5)
+    cache = bb.new_cache(2)  # positions 0..6 again, then position 7 under bf16 autocast
+    with torch.no_grad():
+        m = (valid[:, None, :7] & torch.ones(7, 7, dtype=torch.bool).tril())[:, None] | torch.eye(7, dtype=torch.bool)
+        bb(x[:, :7], pos[:, :7], m, cache)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = bb.step(x[:, 7], pos[:, 7], valid[:, None, None, :8], cache)
+    assert out.dtype == torch.float32 and float((out - ref).abs().max()) < 0.15

@@ -140,9 +140,13 @@ class DecodeContext:
             self.next_pos = self.next_pos + 1
             return h[:, -1]
         mask = self.key_valid[:, None, None, :] if self.padded else None
-        h = self.model.backbone(x, self.next_pos[:, None], mask, self.cache)
+        bb = self.model.backbone
+        if isinstance(self.cache, KVCache) and hasattr(bb, "step"):  # the built-in one-position step
+            h = bb.step(x[:, 0], self.next_pos, mask, self.cache)
+        else:
+            h = bb(x, self.next_pos[:, None], mask, self.cache)[:, -1]
         self.next_pos = self.next_pos + 1
-        return h[:, -1]
+        return h
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (or reorder / duplicate) rows ``rows`` of the batch."""

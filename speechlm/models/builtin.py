@@ -12,10 +12,15 @@ Every backbone takes input embeddings and returns final-normed hidden states::
 :meth:`new_cache`) holds keys and values of earlier calls for incremental decoding.
 ``set_activation_checkpointing(True)`` makes training recompute each layer in the backward pass
 instead of keeping its activations (the train config's ``activation_checkpointing``).
+
+Decoding feeds one position per row at a time; :meth:`BuiltinDecoder.step` computes the same
+function as ``forward`` for it (up to float rounding) with about a third of the kernels: on a CPU
+a one-position step costs its kernel count, not its arithmetic (``bench/multiscale.py --profile``).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +43,45 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+def rms_unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS normalisation in fp32 as :class:`RMSNorm`, without its gain and times ``sqrt(dim)`` (both
+    folded into the next weights, see :class:`StepWeights`): ``x / sqrt(sum(x^2) + dim * eps)``,
+    fewer kernels than the mean."""
+    x32 = x if x.dtype == torch.float32 else x.float()
+    out = x32 * (x32 * x32).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def add_mm(z: torch.Tensor):
+    """``z + a @ b`` as one kernel, except under autocast (where addmm would round the fp32 residual
+    stream to the low precision: added separately, as the layers do)."""
+    if torch.is_autocast_enabled(z.device.type):
+        return lambda z, a, b: z.to(torch.promote_types(z.dtype, a.dtype)) + torch.mm(a, b)
+    return torch.addmm
+
+
+class StepWeights(NamedTuple):
+    """A decoder's weights rearranged for one-position steps, every matrix transposed (``x @ w``,
+    one kernel): per layer ``qkv`` (q, k, v side by side, the input norm's gain and ``sqrt(dim)``
+    folded in: see :func:`rms_unit`), ``o``, ``gu`` (gate and up side by side, the second norm's
+    gain folded in), ``down``; ``norm``: the final norm's gain times ``sqrt(dim)``; ``perm``: the
+    column order with which ``rotate_half(x) * sin == x[..., perm] * signed_sin``. ``key`` tells
+    when the parameters changed (optimizer step, load, move)."""
+
+    key: tuple
+    qkv: list[torch.Tensor]
+    o: list[torch.Tensor]
+    gu: list[torch.Tensor]
+    down: list[torch.Tensor]
+    norm: torch.Tensor
+    perm: torch.Tensor
+
+
+def params_key(module: nn.Module) -> tuple:
+    """Changes whenever a parameter of ``module`` is updated in place, replaced, moved or cast."""
+    return tuple((p._version, p.data_ptr(), p.dtype) for p in module.parameters())
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +224,8 @@ class BuiltinDecoder(nn.Module):
         self.register_buffer("inv_freq", inv, persistent=False)
         self.max_len = max_len
         self.activation_checkpointing = False
+        self._step_weights: StepWeights | None = None
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # step's cos, signed sin [P, hd]
 
     def set_activation_checkpointing(self, on: bool = True) -> None:
         """Recompute each layer in the backward pass (training only) instead of keeping its activations."""
@@ -210,6 +256,66 @@ class BuiltinDecoder(nn.Module):
                 x = layer(x, cos, sin, mask, cache, i)
         return self.norm(x)
 
+    # ---- one-position steps (decoding) ----------------------------------------------------------
+    def step_weights(self) -> StepWeights:
+        """:class:`StepWeights`, rebuilt only when a parameter changed."""
+        key = params_key(self)
+        if self._step_weights is not None and self._step_weights.key == key:
+            return self._step_weights
+        with torch.no_grad():
+            qkv, o, gu, down = [], [], [], []
+
+            def t(w: torch.Tensor) -> torch.Tensor:
+                return w.t().contiguous()
+
+            scale = self.dim ** 0.5
+            for layer in self.layers:
+                a, m = layer.self_attn, layer.mlp
+                g_in, g_post = layer.input_layernorm.weight * scale, layer.post_attention_layernorm.weight * scale
+                qkv.append(t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) * g_in))
+                o.append(t(a.o_proj.weight))
+                gu.append(t(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * g_post))
+                down.append(t(m.down_proj.weight))
+            hd = self.inv_freq.numel() * 2
+            perm = torch.cat([torch.arange(hd // 2, hd), torch.arange(hd // 2)]).to(self.inv_freq.device)
+            self._step_weights = StepWeights(key, qkv, o, gu, down, self.norm.weight * scale, perm)
+        return self._step_weights
+
+    def rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin ``[P, hd]`` of positions ``0..P-1`` (``P >= n``, grown by doubling)."""
+        if self._rope_table is None or self._rope_table[0].shape[0] < n or self._rope_table[0].device != self.inv_freq.device:
+            P = max(n, 2 * (self._rope_table[0].shape[0] if self._rope_table is not None else 512))
+            cos, sin = self.rope(torch.arange(P, device=self.inv_freq.device)[None], torch.float32)
+            cos, sin = cos[0, 0], sin[0, 0].clone()
+            sin[:, : sin.shape[1] // 2] *= -1
+            self._rope_table = (cos, sin)
+        return self._rope_table
+
+    def step(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        """One new position per row, as ``forward(x, positions[:, None], mask, cache)[:, 0]``:
+        ``x [B, D]``, ``positions [B]``, ``mask [B, 1, 1, keys]`` (True: may attend; None: every key).
+        Returns the final-normed hidden state ``[B, D]`` and appends to ``cache``."""
+        w, eps = self.step_weights(), self.norm.eps
+        mm_add = add_mm(x)
+        B = x.shape[0]
+        cos_t, sin_t = self.rope_table(int(positions.max()) + 1)
+        dt = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.float32
+        cos, sin = cos_t[positions][:, None].to(dt), sin_t[positions][:, None].to(dt)  # [B, 1, hd]
+        z = x
+        for i, layer in enumerate(self.layers):
+            a = layer.self_attn
+            H, KVH, hd = a.h, a.kvh, a.hd
+            qkv = torch.mm(rms_unit(z, eps), w.qkv[i])
+            qk = qkv[:, : (H + KVH) * hd].view(B, H + KVH, hd)
+            qk = qk * cos + qk[..., w.perm] * sin
+            v = qkv[:, (H + KVH) * hd :].view(B, KVH, 1, hd)
+            k_all, v_all = cache.update(i, qk[:, H:, None], v)
+            o = F.scaled_dot_product_attention(qk[:, :H, None], k_all, v_all, attn_mask=mask, enable_gqa=KVH != H)
+            z = mm_add(z, o.reshape(B, H * hd), w.o[i])
+            g, u = torch.mm(rms_unit(z, eps), w.gu[i]).chunk(2, -1)
+            z = mm_add(z, F.silu(g) * u, w.down[i])
+        return rms_unit(z, eps) * w.norm.to(z.dtype)
+
     def init_weights(self, std: float = 0.02) -> None:
         for name, p in self.named_parameters():
             if p.dim() == 2:
@@ -226,4 +332,5 @@ def load_llama_weights(decoder: BuiltinDecoder, llama_model: nn.Module) -> None:
         raise KeyError(f"Llama weights do not fit the built-in decoder: missing {missing}, unexpected {unexpected}")
 
 
-__all__ = ["BACKBONES", "BuiltinDecoder", "KVCache", "RMSNorm", "load_llama_weights", "default_ffn_dim"]
+__all__ = ["BACKBONES", "BuiltinDecoder", "KVCache", "RMSNorm", "StepWeights", "load_llama_weights", "default_ffn_dim",
+           "rms_unit", "add_mm", "params_key"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from speechlm.models.builtin import BuiltinDecoder
+from speechlm.models.builtin import BuiltinDecoder, StepWeights, add_mm, params_key, rms_unit
 from speechlm.vocab import Vocabulary
 
 
@@ -140,33 +140,18 @@ def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
     return (ce * weights).sum(), weights.sum(), correct, targets.new_tensor(targets.numel(), dtype=torch.float32)
 
 
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMS normalisation in fp32 as :class:`RMSNorm`, without its gain and times ``sqrt(dim)`` (both
-    folded into the next weights): ``x / sqrt(sum(x^2) + dim * eps)``, fewer kernels than the mean."""
-    x32 = x if x.dtype == torch.float32 else x.float()
-    out = x32 * (x32 * x32).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
-    return out if x.dtype == torch.float32 else out.to(x.dtype)
-
-
 class _LocalWeights(NamedTuple):
-    """The depth head's weights rearranged for incremental decoding (see :meth:`DepthHead.step`),
-    every matrix transposed (``x @ w``, one kernel): per layer ``qkv`` (q, k, v side by side, the
-    input norm's gain and ``sqrt(Dl)`` folded in: see :func:`_rms`), ``o``, ``gu`` (gate and up
-    side by side, the second norm's gain folded in), ``down``; ``out`` with the final norm's gain;
-    ``proj``: ``in_proj`` and ``tok_proj``; ``cos``/``sin [S, 1, hd]``
-    the RoPE of each local position (``sin`` signed and ``perm`` the column order so that
-    ``rotate_half(x) * sin == x[..., perm] * signed sin``)."""
+    """The depth head's weights rearranged for incremental decoding (see :meth:`DepthHead.step`):
+    ``layers``, the local transformer's :class:`StepWeights`; ``out`` (``out_proj`` with the final
+    norm's gain folded in) and ``proj`` (``in_proj``, ``tok_proj``), transposed; ``cos``/``sin
+    [S, 1, hd]``: the RoPE of each local position (``sin`` signed, see :class:`StepWeights`)."""
 
     key: tuple
-    qkv: list[torch.Tensor]
-    o: list[torch.Tensor]
-    gu: list[torch.Tensor]
-    down: list[torch.Tensor]
+    layers: StepWeights
     out: torch.Tensor
     proj: tuple[torch.Tensor, torch.Tensor]
     cos: torch.Tensor
     sin: torch.Tensor
-    perm: torch.Tensor
 
 
 class LocalCache:
@@ -219,49 +204,38 @@ class DepthHead(nn.Module):
 
     def decode_weights(self) -> _LocalWeights:
         """:class:`_LocalWeights`, rebuilt only when a parameter changed (optimizer step, load, move)."""
-        params = list(self.parameters())
-        key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        key = params_key(self)
         if self._weights is not None and self._weights.key == key:
             return self._weights
         with torch.no_grad():
-            qkv, o, gu, down = [], [], [], []
-
             def t(w: torch.Tensor) -> torch.Tensor:
                 return w.t().contiguous()
 
-            scale = self.local.dim ** 0.5
-            for layer in self.local.layers:
-                a, m = layer.self_attn, layer.mlp
-                g_in, g_post = layer.input_layernorm.weight * scale, layer.post_attention_layernorm.weight * scale
-                qkv.append(t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) * g_in))
-                o.append(t(a.o_proj.weight))
-                gu.append(t(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * g_post))
-                down.append(t(m.down_proj.weight))
-            out = t(self.out_proj.weight * (self.local.norm.weight * scale))
+            layers = self.local.step_weights()
+            out = t(self.out_proj.weight * layers.norm)
             proj = (t(self.in_proj.weight), t(self.tok_proj.weight))
             hd = self.rope_cos.shape[-1]
             cos, sin = self.rope_cos[0, 0][:, None], self.rope_sin[0, 0][:, None].clone()  # [S, 1, hd]
             sin[..., : hd // 2] *= -1
-            perm = torch.cat([torch.arange(hd // 2, hd), torch.arange(hd // 2)]).to(cos.device)
-        self._weights = _LocalWeights(key, qkv, o, gu, down, out, proj, cos, sin, perm)
+        self._weights = _LocalWeights(key, layers, out, proj, cos, sin)
         return self._weights
 
     def step(self, x: torch.Tensor, k: int, cache: LocalCache) -> torch.Tensor:
         """Incremental local step ``k`` (decoding): ``x [N, D]`` is the global hidden state for
         ``k == 0``, else the embedding of stream ``k - 1``'s token; ``cache`` from
         :meth:`new_cache`. Returns the hidden state ``[N, D]`` that predicts stream ``k``."""
-        w, eps = cache.w, self.local.norm.eps
-        add_mm = _add_mm(x)
-        z = add_mm(self.level[k].to(x.dtype), x, w.proj[k > 0])
+        w, lw, eps = cache.w, cache.w.layers, self.local.norm.eps
+        mm_add = add_mm(x)
+        z = mm_add(self.level[k].to(x.dtype), x, w.proj[k > 0])
         N = z.shape[0]
         fp32 = z.dtype == torch.float32
         cos, sin = (w.cos[k], w.sin[k]) if fp32 else (w.cos[k].to(z.dtype), w.sin[k].to(z.dtype))
         for i, layer in enumerate(self.local.layers):
             a = layer.self_attn
             H, KVH, hd = a.h, a.kvh, a.hd
-            qkv = torch.mm(_rms(z, eps), w.qkv[i])
+            qkv = torch.mm(rms_unit(z, eps), lw.qkv[i])
             qk = qkv[:, : (H + KVH) * hd].view(N, H + KVH, hd)
-            qk = qk * cos + qk[..., w.perm] * sin  # RoPE of position k (as BuiltinDecoder applies it)
+            qk = qk * cos + qk[..., lw.perm] * sin  # RoPE of position k (as BuiltinDecoder applies it)
             v = qkv[:, (H + KVH) * hd :].view(N, KVH, 1, hd)
             if k == 0:  # the keys and values of the S local positions, one row group at a time
                 cache.k.append(qk.new_empty(N, KVH, cache.S, hd))
@@ -272,18 +246,10 @@ class DepthHead(nn.Module):
             if k > 0:
                 o = F.scaled_dot_product_attention(qk[:, :H, None], cache.k[i][:, :, : k + 1], cache.v[i][:, :, : k + 1],
                                                    enable_gqa=KVH != H)
-            z = add_mm(z, o.reshape(N, H * hd), w.o[i])
-            g, u = torch.mm(_rms(z, eps), w.gu[i]).chunk(2, -1)
-            z = add_mm(z, F.silu(g) * u, w.down[i])
-        return torch.mm(_rms(z, eps), w.out)
-
-
-def _add_mm(z: torch.Tensor):
-    """``z + a @ b`` as one kernel, except under autocast (where addmm would round the fp32 residual
-    stream to the low precision: added separately, as the layers do)."""
-    if torch.is_autocast_enabled(z.device.type):
-        return lambda z, a, b: z.to(torch.promote_types(z.dtype, a.dtype)) + torch.mm(a, b)
-    return torch.addmm
+            z = mm_add(z, o.reshape(N, H * hd), lw.o[i])
+            g, u = torch.mm(rms_unit(z, eps), lw.gu[i]).chunk(2, -1)
+            z = mm_add(z, F.silu(g) * u, lw.down[i])
+        return torch.mm(rms_unit(z, eps), w.out)
 
 
 __all__ = ["StreamEmbedding", "OutputHead", "DepthHead", "LocalCache", "weighted_ce", "stream_ids_from_vocab"]
