@@ -45,12 +45,13 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rms_unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_unit(x: torch.Tensor, dim_eps: torch.Tensor) -> torch.Tensor:
     """RMS normalisation in fp32 as :class:`RMSNorm`, without its gain and times ``sqrt(dim)`` (both
     folded into the next weights, see :class:`StepWeights`): ``x / sqrt(sum(x^2) + dim * eps)``,
-    fewer kernels than the mean."""
+    fewer kernels than the mean (``dim_eps``: ``dim * eps`` as a tensor, which a Python number
+    would cost four more kernels to become)."""
     x32 = x if x.dtype == torch.float32 else x.float()
-    out = x32 * (x32 * x32).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
+    out = x32 * (x32 * x32).sum(-1, keepdim=True).add_(dim_eps).rsqrt_()
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
@@ -67,8 +68,9 @@ class StepWeights(NamedTuple):
     one kernel): per layer ``qkv`` (q, k, v side by side, the input norm's gain and ``sqrt(dim)``
     folded in: see :func:`rms_unit`), ``o``, ``gu`` (gate and up side by side, the second norm's
     gain folded in), ``down``; ``norm``: the final norm's gain times ``sqrt(dim)``; ``perm``: the
-    column order with which ``rotate_half(x) * sin == x[..., perm] * signed_sin``. ``key`` tells
-    when the parameters changed (optimizer step, load, move)."""
+    column order with which ``rotate_half(x) * sin == x[..., perm] * signed_sin``; ``dim_eps``:
+    ``dim * eps`` for :func:`rms_unit`. ``key`` tells when the parameters changed (optimizer step,
+    load, move)."""
 
     key: tuple
     qkv: list[torch.Tensor]
@@ -77,6 +79,7 @@ class StepWeights(NamedTuple):
     down: list[torch.Tensor]
     norm: torch.Tensor
     perm: torch.Tensor
+    dim_eps: torch.Tensor
 
 
 def params_key(module: nn.Module) -> tuple:
@@ -278,7 +281,8 @@ class BuiltinDecoder(nn.Module):
                 down.append(t(m.down_proj.weight))
             hd = self.inv_freq.numel() * 2
             perm = torch.cat([torch.arange(hd // 2, hd), torch.arange(hd // 2)]).to(self.inv_freq.device)
-            self._step_weights = StepWeights(key, qkv, o, gu, down, self.norm.weight * scale, perm)
+            dim_eps = torch.tensor(self.dim * self.norm.eps, device=self.inv_freq.device)
+            self._step_weights = StepWeights(key, qkv, o, gu, down, self.norm.weight * scale, perm, dim_eps)
         return self._step_weights
 
     def rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,7 +299,8 @@ class BuiltinDecoder(nn.Module):
         """One new position per row, as ``forward(x, positions[:, None], mask, cache)[:, 0]``:
         ``x [B, D]``, ``positions [B]``, ``mask [B, 1, 1, keys]`` (True: may attend; None: every key).
         Returns the final-normed hidden state ``[B, D]`` and appends to ``cache``."""
-        w, eps = self.step_weights(), self.norm.eps
+        w = self.step_weights()
+        eps = w.dim_eps
         mm_add = add_mm(x)
         B = x.shape[0]
         cos_t, sin_t = self.rope_table(int(positions.max()) + 1)

@@ -224,7 +224,8 @@ class DepthHead(nn.Module):
         """Incremental local step ``k`` (decoding): ``x [N, D]`` is the global hidden state for
         ``k == 0``, else the embedding of stream ``k - 1``'s token; ``cache`` from
         :meth:`new_cache`. Returns the hidden state ``[N, D]`` that predicts stream ``k``."""
-        w, lw, eps = cache.w, cache.w.layers, self.local.norm.eps
+        w, lw = cache.w, cache.w.layers
+        eps = lw.dim_eps
         mm_add = add_mm(x)
         z = mm_add(self.level[k].to(x.dtype), x, w.proj[k > 0])
         N = z.shape[0]
