@@ -300,7 +300,8 @@ class SpeechLM(nn.Module):
         rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
         sw = self.config.stream_weights or [1.0] * y.shape[-1]
         stats: dict = {}
-        loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
+        with self.head.shared_rows():
+            loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
         if self.ctc_range is not None:
             loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats)
         if guided:
