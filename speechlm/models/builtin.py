@@ -67,7 +67,8 @@ class StepWeights(NamedTuple):
     """A decoder's weights rearranged for one-position steps, every matrix transposed (``x @ w``,
     one kernel): per layer ``qkv`` (q, k, v side by side, the input norm's gain and ``sqrt(dim)``
     folded in: see :func:`rms_unit`), ``o``, ``gu`` (gate and up side by side, the second norm's
-    gain folded in), ``down``; ``norm``: the final norm's gain times ``sqrt(dim)``; ``perm``: the
+    gain folded in), ``down``; ``qkv`` and ``gu`` are copies (~70% of the layers' weights again,
+    while decoding), ``o`` and ``down`` views of the parameters; ``norm``: the final norm's gain times ``sqrt(dim)``; ``perm``: the
     column order with which ``rotate_half(x) * sin == x[..., perm] * signed_sin``; ``dim_eps``:
     ``dim * eps`` for :func:`rms_unit`. ``key`` tells when the parameters changed (optimizer step,
     load, move)."""
@@ -276,9 +277,9 @@ class BuiltinDecoder(nn.Module):
                 a, m = layer.self_attn, layer.mlp
                 g_in, g_post = layer.input_layernorm.weight * scale, layer.post_attention_layernorm.weight * scale
                 qkv.append(t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) * g_in))
-                o.append(t(a.o_proj.weight))
+                o.append(a.o_proj.weight.t())  # views: only the fused matrices are copies
                 gu.append(t(torch.cat([m.gate_proj.weight, m.up_proj.weight]) * g_post))
-                down.append(t(m.down_proj.weight))
+                down.append(m.down_proj.weight.t())
             hd = self.inv_freq.numel() * 2
             perm = torch.cat([torch.arange(hd // 2, hd), torch.arange(hd // 2)]).to(self.inv_freq.device)
             dim_eps = torch.tensor(self.dim * self.norm.eps, device=self.inv_freq.device)
