@@ -1,7 +1,8 @@
-"""The training step's vocabulary-sized gradient buffers: the stream embedding looks all streams up
-at once and the loss reads the output head's row ranges from one split of its weight
-(``OutputHead.shared_rows``), so the backward pass zero-fills one ``[V, D]`` buffer instead of one
-per stream and range, and the gradients are bit for bit those of per-range slices."""
+"""The training step's large gradient buffers: the stream embedding looks all streams up at once,
+the loss reads the output head's row ranges from one split of its weight
+(``OutputHead.shared_rows``) and the depth head's output per stream from one unbind, so the
+backward pass zero-fills one ``[V, D]`` buffer instead of one per stream and range (and no
+``[N, S, D]`` one per stream), and the gradients are bit for bit those of per-range slices."""
 from __future__ import annotations
 
 import contextlib
@@ -38,6 +39,10 @@ def test_shared_rows_give_the_per_range_gradients_and_fill_one_buffer(strategy, 
         shared = grads(model, batch)
     fills = vocab_fills(prof, [V, D])
     assert fills <= 2, f"{fills} vocabulary-sized zero fills in one training step"
+    S = model.pattern.model_streams
+    depth_out = [e for e in prof.events() if e.name in ("aten::zero_", "aten::fill_") and e.input_shapes
+                 and len(e.input_shapes[0]) == 3 and e.input_shapes[0][1:] == [S, D]]
+    assert not depth_out  # multiscale: the depth head's [N, S, D] output is unbound, not indexed per stream
 
     monkeypatch.setattr(type(model.head), "shared_rows", lambda self: contextlib.nullcontext())
     with profile(record_shapes=True) as prof:

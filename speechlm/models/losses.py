@@ -87,13 +87,13 @@ def depth_loss(depth: nn.Module, head: OutputHead, embed: nn.Module, h: torch.Te
         return loss_sum, weight_sum
     hs, ys, ws_all = h[rows], y[rows], w[rows]
     r_in = rows_in[rows] if rows_in is not None else None
-    out = depth(hs, embed(ys[:, :-1]))  # [N, S, D]
+    out = depth(hs, embed(ys[:, :-1])).unbind(1)  # S x [N, D]: unbind's backward stacks, never zero-fills
     for k in range(ys.shape[-1]):
         wk = ws_all[:, k] * sw[k]
         sel = wk > 0
         if not bool(sel.any()):
             continue
-        ls, ws = stream_slots_loss(head, out[:, k][sel], ys[:, k][sel], wk[sel], k, stats,
+        ls, ws = stream_slots_loss(head, out[k][sel], ys[:, k][sel], wk[sel], k, stats,
                                    r_in[sel] if r_in is not None and k == 0 else None)
         loss_sum, weight_sum = loss_sum + ls, weight_sum + ws
     return loss_sum, weight_sum
