@@ -43,8 +43,9 @@ class StreamEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[..., S]`` ids -> ``[..., D]``. One lookup for all streams: its backward fills one
-        vocabulary-sized gradient, where a lookup per stream filled one each (first-touch page
-        faults of fresh 10-20 MB buffers were ~15% of a 30M training step)."""
+        vocabulary-sized gradient, where a lookup per stream filled one each (fresh 10-20 MB
+        buffers whose page faults took up to ~15% of a 30M training step in some profiles;
+        ``docs/PERFORMANCE_NOTES.md``)."""
         e = self.emb(tokens).unbind(-2)  # unbind, not indexing: its backward stacks, never zero-fills
         x = e[0]
         for k in range(1, tokens.shape[-1]):
