@@ -164,3 +164,22 @@ def test_probe_drops_unknown_options(run_all, tmp_path):
                       "p.add_argument('--json')\np.parse_args()\n")
     argv, js = run_all.supported([sys.executable, str(script)], ["--threads", "2", "--quick", "--steps", "1"], {})
     assert argv == ["--threads", "2"] and js
+
+
+def test_alternated_rounds_keep_each_rows_fastest(run_all):
+    """--pair-rounds: another round of a benchmark folds in row by row (the faster frames/s kept,
+    every round listed), and the side-by-side table shows the rounds."""
+    first = _result("peer", "peer", data={"rows": [
+        {"impl": "espnet-202506", "model": "MultiScaleLM", "what": "decode", "rows": 1, "frames_per_s": 40.0},
+        {"impl": "espnet-202506", "model": "MultiScaleLM", "what": "decode", "rows": 8, "frames_per_s": 200.0}]})
+    again = run_all.Result("peer", "peer", [], rc=0, wall_s=5.0, peak_rss_mb=900.0, data={"rows": [
+        {"impl": "espnet-202506", "model": "MultiScaleLM", "what": "decode", "rows": 1, "frames_per_s": 50.0},
+        {"impl": "espnet-202506", "model": "MultiScaleLM", "what": "decode", "rows": 8, "frames_per_s": 150.0}]})
+    run_all.merge_best_rows(first, again)
+    one, eight = first["data"]["rows"]
+    assert one["frames_per_s"] == 50.0 and one["frames_per_s_rounds"] == [40.0, 50.0]
+    assert eight["frames_per_s"] == 200.0 and eight["frames_per_s_rounds"] == [200.0, 150.0]
+    assert first["wall_s"] == 17.0 and first["peak_rss_mb"] == 900.0
+    report = {"machine": {"threads": 2}, "results": [first]}
+    lines, _ = run_all.peer_section(report)
+    assert any(line.endswith("| 40 / 50 |") for line in lines), lines
