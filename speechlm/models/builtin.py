@@ -67,11 +67,11 @@ class StepWeights(NamedTuple):
     """A decoder's weights rearranged for one-position steps, every matrix transposed (``x @ w``,
     one kernel): per layer ``qkv`` (q, k, v side by side, the input norm's gain and ``sqrt(dim)``
     folded in: see :func:`rms_unit`), ``o``, ``gu`` (gate and up side by side, the second norm's
-    gain folded in), ``down``; ``qkv`` and ``gu`` are copies (~70% of the layers' weights again,
-    while decoding), ``o`` and ``down`` views of the parameters; ``norm``: the final norm's gain times ``sqrt(dim)``; ``perm``: the
-    column order with which ``rotate_half(x) * sin == x[..., perm] * signed_sin``; ``dim_eps``:
-    ``dim * eps`` for :func:`rms_unit`. ``key`` tells when the parameters changed (optimizer step,
-    load, move)."""
+    gain folded in), ``down``. ``qkv`` and ``gu`` are copies (~70% of the layers' weights again,
+    while decoding), ``o`` and ``down`` views of the parameters. ``norm``: the final norm's gain
+    times ``sqrt(dim)``; ``perm``: the column order with which ``rotate_half(x) * sin ==
+    x[..., perm] * signed_sin``; ``dim_eps``: ``dim * eps`` for :func:`rms_unit`. ``key`` tells
+    when the parameters changed (optimizer step, load, move)."""
 
     key: tuple
     qkv: list[torch.Tensor]
