@@ -34,6 +34,7 @@ import numpy as np
 
 from speechlm.agent.calls import Call, format_call, normalize_words
 from speechlm.agent.episodes import Episode, success
+from speechlm.agent.loop import spoken_form
 from speechlm.agent.slu_f1 import SLUF1, levenshtein
 from speechlm.utils.fileio import iter_jsonl
 
@@ -45,7 +46,8 @@ AGENT_COLUMNS: list[tuple[str, str, int]] = [
     ("gap", "gap pts", 1), ("success_recovery", "recovery ep. %", 1), ("recovery_rate", "recovery rate %", 1),
     ("call_em", "call EM %", 1), ("intent_acc", "intent acc %", 1), ("slu_f1", "SLU-F1 %", 1),
     ("word_f1", "word-F1 %", 1), ("char_f1", "char-F1 %", 1), ("invalid_rate", "invalid %", 1),
-    ("heard_wer", "heard WER %", 1), ("turns", "turns/ep", 2), ("first_call_median", "to call s (med)", 3), ("total_median", "total s (med)", 3),
+    ("heard_wer", "heard WER %", 1), ("turns", "turns/ep", 2), ("first_call_median", "to call s (med)", 3),
+    ("total_median", "total s (med)", 3),
     ("total_p95", "total s (p95)", 3), ("ttft_median", "TTFT s (med)", 3), ("engine_gap", "engine gap pts", 1),
 ]
 
@@ -136,8 +138,6 @@ def heard_errors(ep: Episode, pred: dict) -> list[tuple[int, int]]:
     """(word edits, reference words) of each user turn the agent wrote down as heard, in turn order
     (the loop's ``transcripts``; a turn it never reached has none). Both sides in the spoken word
     form the models read (numbers spelled out, punctuation dropped)."""
-    from speechlm.agent.loop import spoken_form
-
     out = []
     for said, heard in zip(ep.turns, pred.get("transcripts") or []):
         ref = spoken_form(said.get("text") or "").split()
@@ -151,12 +151,17 @@ def heard_wer(records: list[dict], first_only: bool = False) -> Optional[float]:
     return pct(sum(e for e, _ in pairs), sum(n for _, n in pairs))
 
 
-def group_success(records: list[dict], key: str) -> dict[str, dict]:
+def group_by(records: list[dict], key: str) -> dict[str, list[dict]]:
+    """Records by their value of ``key`` (as text; no SNR is ``clean``), in sorted order."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         v = r.get(key)
         groups["clean" if key == "snr" and v is None else str(v)].append(r)
-    return {k: {"n": len(v), "success": success_rate(v)} for k, v in sorted(groups.items())}
+    return dict(sorted(groups.items()))
+
+
+def group_success(records: list[dict], key: str) -> dict[str, dict]:
+    return {k: {"n": len(v), "success": success_rate(v)} for k, v in group_by(records, key).items()}
 
 
 def success_rate(records: list[dict]) -> Optional[float]:
@@ -205,10 +210,7 @@ def summarize(episodes: list[Episode], preds: dict[str, dict], states: dict[str,
     s["by_engine"] = by_engine
     rates = [v["success"] for k, v in by_engine.items() if k != "None" and v["success"] is not None]
     s["engine_gap"] = max(rates) - min(rates) if len(rates) > 1 else None
-    by_engine_recs: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_engine_recs[str(r.get("engine"))].append(r)
-    s["heard_wer_by_engine"] = {k: heard_wer(v) for k, v in sorted(by_engine_recs.items())}
+    s["heard_wer_by_engine"] = {k: heard_wer(v) for k, v in group_by(records, "engine").items()}
     s["by_voice"] = group_success(records, "voice")
     s["by_split"] = group_success(records, "split")
     s["by_snr"] = group_success(records, "snr")
@@ -366,7 +368,8 @@ def format_summary(name: str, s: dict) -> str:
     return (f"{name}: {s['n_episodes']} episodes | success {f('success')}% (atomic {f('success_atomic')}, "
             f"compositional {f('success_compositional')}, gap {f('gap')} pts, recovery episodes "
             f"{f('success_recovery')}; recovery rate {f('recovery_rate')}%) | call EM {f('call_em')}% | intent "
-            f"{f('intent_acc')}% | SLU-F1 {f('slu_f1')}% | heard WER {f('heard_wer')}% | invalid {f('invalid_rate')}% | turns {f('turns', 2)} | "
+            f"{f('intent_acc')}% | SLU-F1 {f('slu_f1')}% | heard WER {f('heard_wer')}% | invalid "
+            f"{f('invalid_rate')}% | turns {f('turns', 2)} | "
             f"total {f('total_median', 3)} s median, {f('total_p95', 3)} s p95 | RTF {f('rtf', 3)}")
 
 

@@ -84,8 +84,13 @@ class StepWeights(NamedTuple):
 
 
 def params_key(module: nn.Module) -> tuple:
-    """Changes whenever a parameter of ``module`` is updated in place, replaced, moved or cast."""
-    return tuple((p._version, p.data_ptr(), p.dtype) for p in module.parameters())
+    """Changes whenever a parameter of ``module`` is updated in place, moved or cast (``load_state_dict``
+    and ``.to()`` keep the Parameter objects). The parameter list is gathered once per module:
+    walking the submodules on every decoding step cost ~3% of a one-row frame."""
+    params = module.__dict__.get("_key_params")
+    if params is None:
+        params = module.__dict__["_key_params"] = tuple(module.parameters())
+    return tuple((p._version, p.data_ptr(), p.dtype) for p in params)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
