@@ -21,6 +21,7 @@ num_test=0                     # test utterances (0: 4% of num_utts, at least 2)
 utts_per_spk=20                # about this many training utterances per voice setting
 seed=1                         # random seed: the same seed gives the same corpus
 voices=                        # VOICE[:RATE[:PITCH]],... spoken in every split (rate 160, pitch 50 if not given), e.g. en-us; empty: random voices
+align=false                    # true: also write each wav's phone alignment (<name>.phn; voices libespeak-ng reproduces, e.g. en-us)
 nj=2                           # parallel espeak-ng jobs
 cmd=utils/run.pl               # job launcher (utils/run.pl or utils/slurm.pl)
 fs=16000                       # sampling rate of the wav files
@@ -32,6 +33,7 @@ workdir=data/local/mini_espeak # plan, logs and wav files
 for tool in espeak-ng sox python3; do
   command -v "${tool}" > /dev/null || die "${tool} not found (Debian: apt-get install espeak-ng sox)"
 done
+[[ ${align} == true || ${align} == false ]] || die "--align must be true or false, got '${align}'"
 [[ ${nj} =~ ^[1-9][0-9]*$ ]] || die "--nj must be a positive integer, got '${nj}'"
 
 plan=${workdir}/plan.tsv
@@ -47,9 +49,12 @@ shards=()
 for (( i = 1; i <= nj; i++ )); do shards+=("${workdir}/split/plan.${i}.tsv"); done
 utils/split_scp.sh "${plan}" "${shards[@]}"
 read -ra launcher <<< "${cmd}"
+synth_opts=()
+if [[ ${align} == true ]]; then synth_opts+=(--align); fi
 log "synthesizing with ${nj} jobs (logs: ${workdir}/log/synth.*.log)"
 "${launcher[@]}" JOB=1:"${nj}" "${workdir}/log/synth.JOB.log" \
   python3 local/mini_corpus.py synth --plan "${workdir}/split/plan.JOB.tsv" --wav-dir "${workdir}/wav" --fs "${fs}" \
+  ${synth_opts[@]+"${synth_opts[@]}"} \
   || die "synthesis failed; see ${workdir}/log/synth.*.log"
 
 python3 local/mini_corpus.py write --plan "${plan}" --wav-dir "${workdir}/wav" --out data

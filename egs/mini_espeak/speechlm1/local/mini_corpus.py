@@ -336,30 +336,56 @@ def read_plan(path: str) -> list[list[str]]:
     return rows
 
 
+def espeak_alignment(spoken: str, voice: str, rate: str, pitch: str, amp: str, cli_wav: bytes, utt: str):
+    """The phones of an utterance with their times, from libespeak-ng's phoneme events, checked
+    against the command line's audio (the library must speak the same samples: the times are its)."""
+    import numpy as np
+
+    from speechlm.data.espeak_align import synthesize
+
+    samples, _, phones = synthesize(spoken, voice, int(rate), int(pitch), int(amp))
+    cli = np.frombuffer(cli_wav[44:44 + 2 * len(samples)], dtype="<i2")  # espeak-ng --stdout: 44-byte header
+    if len(cli) < len(samples) or not np.array_equal(cli, samples):
+        raise ValueError(f"libespeak-ng does not reproduce espeak-ng -v {voice}'s audio, so its phone "
+                         f"times would not fit (align only voices it reproduces, e.g. --voices en-us)")
+    return phones
+
+
 def cmd_synth(args) -> None:
     wav_dir = Path(args.wav_dir)
     done = made = 0
     failed = []
     for split, utt, spk, voice, rate, pitch, amp, rel, spoken, _ in read_plan(args.plan):
         path = wav_dir / rel
-        if path.exists():
+        phn = path.with_suffix(".phn")
+        if path.exists() and (phn.exists() or not args.align):
             done += 1
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.wav")
-        espeak = subprocess.Popen(["espeak-ng", "-v", voice, "-s", rate, "-p", pitch, "-a", amp,
-                                   "--stdout", spoken], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        espeak = subprocess.run(["espeak-ng", "-v", voice, "-s", rate, "-p", pitch, "-a", amp, "--stdout", spoken],
+                                capture_output=True)
         # -D: no dither. sox dithers with a random seed by default, so the same plan gave different
         # files (+-2 LSB), different Codec 2 tokens in the silences (21% of frames) and runs that
         # trained differently (mini recipe ASR CER 19% vs 41% from one corpus to its re-synthesis)
-        sox = subprocess.run(["sox", "-D", "-t", "wav", "-", "-r", str(args.fs), "-b", "16", "-c", "1", str(tmp)],
-                             stdin=espeak.stdout, stderr=subprocess.PIPE)
-        espeak.stdout.close()
-        espeak_err = espeak.stderr.read().decode(errors="replace")
-        if espeak.wait() != 0 or sox.returncode != 0 or not tmp.exists():
-            failed.append(f"{utt} (espeak-ng -v {voice}: {espeak_err.strip() or sox.stderr.decode().strip()})")
+        sox = None
+        if espeak.returncode == 0:
+            sox = subprocess.run(["sox", "-D", "-t", "wav", "-", "-r", str(args.fs), "-b", "16", "-c", "1", str(tmp)],
+                                 input=espeak.stdout, stderr=subprocess.PIPE)
+        if sox is None or sox.returncode != 0 or not tmp.exists():
+            reason = espeak.stderr.decode(errors="replace").strip() or (sox.stderr.decode().strip() if sox else "")
+            failed.append(f"{utt} (espeak-ng -v {voice}: {reason})")
             tmp.unlink(missing_ok=True)
             continue
+        if args.align:
+            from speechlm.data.espeak_align import write_phn
+
+            try:
+                write_phn(phn, espeak_alignment(spoken, voice, rate, pitch, amp, espeak.stdout, utt))
+            except ValueError as e:
+                failed.append(f"{utt} ({e})")
+                tmp.unlink(missing_ok=True)
+                continue
         os.replace(tmp, path)
         made += 1
     print(f"{args.plan}: synthesized {made}, kept {done} existing, {len(failed)} failed", file=sys.stderr)
@@ -407,6 +433,8 @@ def main(argv=None) -> None:
     ps.add_argument("--plan", required=True)
     ps.add_argument("--wav-dir", required=True)
     ps.add_argument("--fs", type=int, default=16000)
+    ps.add_argument("--align", action="store_true",
+                    help="also write each wav's phone alignment (<name>.phn, from libespeak-ng's phoneme events)")
     pw = sub.add_parser("write", help="write Kaldi data dirs")
     pw.add_argument("--plan", required=True)
     pw.add_argument("--wav-dir", required=True)
