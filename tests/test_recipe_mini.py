@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 MINI = ROOT / "egs" / "mini_espeak" / "speechlm1"
@@ -167,3 +168,21 @@ def test_one_voice_corpus(tmp_path):
     spk = {s for split in ("train", "dev", "test") for _, s in read_map(recipe / "data" / split / "utt2spk")}
     assert spk == {"en-us_default_p50_s160"}
     assert len(read_map(recipe / "data" / "test" / "wav.scp")) == 2
+
+
+def test_aligned_one_voice_corpus(tmp_path):
+    """--align true writes each wav's phones beside it; a voice the library cannot reproduce is refused."""
+    from speechlm.data.espeak_align import read_phn
+
+    recipe = recipe_copy(tmp_path / "one")
+    data_sh(recipe, "--num_utts", "12", "--num_test", "2", "--seed", "3", "--voices", "en-us", "--align", "true")
+    for utt, wav in read_map(recipe / "data" / "train" / "wav.scp"):
+        phones = read_phn(Path(wav).with_suffix(".phn"))
+        seconds = sf.info(wav).duration
+        assert phones and phones[-1][1] <= seconds, utt
+    res = subprocess.run(["local/data.sh", "--num_utts", "12", "--num_test", "2", "--voices", "en-gb+f3",
+                          "--align", "true", "--workdir", "data/local/variant"], cwd=recipe,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    log = "".join(p.read_text() for p in (recipe / "data" / "local" / "variant" / "log").glob("synth.*.log"))
+    assert "en-gb+f3" in log and "no +variant" in log
