@@ -36,6 +36,12 @@ class _Event(ctypes.Structure):  # espeak_EVENT of speak_lib.h
                 ("user_data", ctypes.c_void_p), ("id", _Id)]
 
 
+class _Voice(ctypes.Structure):  # espeak_VOICE of speak_lib.h
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
@@ -100,8 +106,11 @@ class _Espeak:
 
     def _synthesize(self, text: str, voice: str, rate: int, pitch: int, amplitude: int):
         self._chunks, self._events = [], []
+        # as the command line does: by name, else as a language with an optional +variant (en-gb+f3)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng: unknown voice {voice!r} (the library takes no +variant)")
+            spec = _Voice(languages=voice.encode())
+            if self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
+                raise ValueError(f"espeak-ng: unknown voice {voice!r}")
         for param, value in ((_RATE, rate), (_PITCH, pitch), (_VOLUME, amplitude)):
             self.lib.espeak_SetParameter(param, int(value), 0)
         data = text.encode()
