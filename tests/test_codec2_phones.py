@@ -40,8 +40,10 @@ def test_library_speaks_what_the_command_line_does_with_phone_times():
     starts = [a for a, _, _ in phones]
     assert starts == sorted(starts) and all(b > a for a, b, _ in phones)
     assert phones[-1][1] <= len(first) / sr + 1e-6
-    with pytest.raises(ValueError, match="unknown voice"):
-        synthesize(TEXT, "no-such-voice")
+    variant, _, _ = synthesize(TEXT, "en-gb+f3", 190, 35, 80)  # a +variant, set as the command line sets it
+    cli_wav = subprocess.run(["espeak-ng", "-v", "en-gb+f3", "-s", "190", "-p", "35", "-a", "80", "--stdout", TEXT],
+                             capture_output=True, check=True).stdout
+    assert np.array_equal(np.frombuffer(cli_wav[44:], dtype="<i2")[: len(variant)], variant)
 
 
 def test_phn_files_round_trip_and_name_a_bad_line(tmp_path):

@@ -106,11 +106,12 @@ class _Espeak:
 
     def _synthesize(self, text: str, voice: str, rate: int, pitch: int, amplitude: int):
         self._chunks, self._events = [], []
-        # as the command line does: by name, else as a language with an optional +variant (en-gb+f3)
+        # as the command line sets it: by name, else by properties (a language, with an optional
+        # +variant: en-gb+f3), which falls back to a near voice as the command line does
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             spec = _Voice(languages=voice.encode())
             if self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
-                raise ValueError(f"espeak-ng: unknown voice {voice!r}")
+                raise ValueError(f"espeak-ng: no voice for {voice!r}")
         for param, value in ((_RATE, rate), (_PITCH, pitch), (_VOLUME, amplitude)):
             self.lib.espeak_SetParameter(param, int(value), 0)
         data = text.encode()
