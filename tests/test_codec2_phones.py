@@ -110,3 +110,19 @@ def test_tokenize_stage_reads_the_alignment_beside_each_wav(tmp_path):
     codes = reader["s1-u2"]
     assert codes.shape[1] == 9
     assert {"s", "ɪ", "k", "θ", "ɹ", "iː", "n", "aɪ"} <= {PHONES[i] for i in codes[:, 0]}
+
+
+def test_decoding_encodes_a_prompt_file_with_its_alignment(tmp_path):
+    """Pipeline.encode_value (speaker prompts at decoding) reads the alignment beside a wav path."""
+    from types import SimpleNamespace
+
+    from speechlm.infer.pipeline import Pipeline
+    from speechlm.tokenizers import build_tokenizer
+
+    _aligned_wav(tmp_path / "p.wav")
+    tok = build_tokenizer({"type": "codec2_phones"})
+    pipe = SimpleNamespace(tokenizers={"codec_ph": tok}, allow_pipes=False)
+    codes = Pipeline.encode_value(pipe, "codec_ph", str(tmp_path / "p.wav"))
+    assert codes.shape[1] == 9 and (codes[:, 0] > 1).mean() > 0.5  # mostly phones, not silence
+    with pytest.raises(ValueError, match="bare waveform"):  # a waveform alone has no alignment
+        Pipeline.encode_value(pipe, "codec_ph", (np.zeros(8000, np.float32), 8000))

@@ -195,8 +195,25 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     # the codec set is the reference tokens: the teacher-forced accuracy table agrees with the fields table
     acc = r["teacher_forced"]["true_length"]["pitch"]["acc"]
     assert acc == pytest.approx(r["fields"]["tf_argmax"]["pitch"]["acc"])
+    # the same frames read with the next sentence's text: other conditions, so other predictions
+    own, other = r["teacher_forced"]["true_length"]["all"], r["teacher_forced"]["other_text"]["all"]
+    assert abs(other["ce"] - own["ce"]) > 1e-6 and "reading the text" in md
     mtime = (out / "diagnose.json").stat().st_mtime
     assert cli(args) == 0 and (out / "diagnose.json").stat().st_mtime == mtime  # complete: skipped
+
+
+def test_example_takes_named_segments_from_another_example(tts_setup):
+    _, _, _, model, data = tts_setup
+    own, swapped, donor = data.example(0), data.example(0, segments_of={"phones": 1}), data.example(1)
+
+    def segment(ex, kind):
+        return ex.tokens[ex.kinds == kind]
+
+    from speechlm.data.sequence import AUDIO_TGT, TEXT_COND
+
+    assert np.array_equal(segment(swapped, TEXT_COND), segment(donor, TEXT_COND))
+    assert not np.array_equal(segment(swapped, TEXT_COND), segment(own, TEXT_COND))
+    assert np.array_equal(segment(swapped, AUDIO_TGT), segment(own, AUDIO_TGT))  # its own target
 
 
 def test_summary_compares_free_running_error_with_another_sentences_frames():

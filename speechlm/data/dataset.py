@@ -174,12 +174,14 @@ class TaskData:
             raise RuntimeError(f"{self.spec.key}: cannot read {segment!r} of {self.ids[row].decode()!r} "
                                f"from {self.archives[segment].scp}: {e}") from e
 
-    def example(self, i: int, epoch: int = 0) -> Example:
+    def example(self, i: int, epoch: int = 0, segments_of: dict[str, int] | None = None) -> Example:
         """Build the training sequence of kept example ``i`` in its ``epoch``-th use.
 
         The epoch varies the speaker prompt and, with the template's ``condition_dropout``, whether
         the conditions are left empty (markers kept, tokens dropped: the unconditional sequence
         classifier-free guidance needs); both are pure functions of (seed, utterance, epoch).
+        ``segments_of`` takes the named segments from other kept examples instead (segment name ->
+        example index): e.g. another sentence's text, to measure how much a model reads it.
         """
         row = int(self.rows[i])
         utt = self.ids[row].decode()
@@ -191,7 +193,8 @@ class TaskData:
             if seg.modality == "spk_prompt":
                 segs[seg.name] = self._prompt.prompt(row, seg, epoch)
             else:
-                segs[seg.name] = self.tokens(row, seg.name)
+                src = int(self.rows[segments_of[seg.name]]) if segments_of and seg.name in segments_of else row
+                segs[seg.name] = self.tokens(src, seg.name)
         ex = build_example(utt, t, segs, self.vocab, self.n_streams)
         if drop:  # the same rule decoding uses for the unconditional branch of guidance
             ex = drop_conditions(ex)

@@ -42,7 +42,8 @@ class CodecFields:
         """The fields of a tokenizer's streams, None when its tokens are not Codec 2 fields."""
         from speechlm.tokenizers.codec2 import Codec2Tokenizer
 
-        if isinstance(tokenizer, Codec2Tokenizer) and tokenizer.layout in LAYOUTS:
+        if (isinstance(tokenizer, Codec2Tokenizer) and tokenizer.layout in LAYOUTS
+                and tokenizer.n_streams == len(LAYOUTS[tokenizer.layout])):  # not with a phone stream
             return cls.from_layout(tokenizer.layout)
         return None
 

@@ -59,6 +59,11 @@ def summary_lines(r: dict) -> list[str]:
         out.append(f"teacher-forced accuracy {_f(a['acc'])} with the true length, {_f(b['acc'])} with the "
                    f"predicted one (CE {_f(a['ce'])} -> {_f(b['ce'])}; predicted/true length "
                    f"{_f(r['lengths'].get('predicted_over_true_mean'))})")
+    if "other_text" in tf:
+        a, b = tf["true_length"]["all"], tf["other_text"]["all"]
+        out.append(f"reading the text: teacher-forced CE {_f(a['ce'])} nats with its own text, {_f(b['ce'])} with "
+                   f"the next sentence's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); no gap: the model "
+                   f"predicts from the audio history, not the text")
     deg = r.get("degradation") or {}
     if deg:
         worst = sorted(deg, key=lambda n: -deg[n]["dtw_over_tf"])[:4]
@@ -105,9 +110,12 @@ def write_report(path: str | Path, r: dict) -> Path:
                         [[k, v["wer"], v["cer"], v["wer"] / floor if floor else None] for k, v in res.items()])
     lines += ["## Teacher-forced accuracy per stream (argmax over the stream's codebook)", ""]
     tf = r["teacher_forced"]
-    pl = tf.get("predicted_length")
-    header = ["stream", "acc (true length)", "CE nats (true length)"] + (["acc (predicted length)", "CE (predicted length)"] if pl else [])
+    pl, ot = tf.get("predicted_length"), tf.get("other_text")
+    header = (["stream", "acc (true length)", "CE nats (true length)"]
+              + (["acc (predicted length)", "CE (predicted length)"] if pl else [])
+              + (["acc (next sentence's text)", "CE (next sentence's text)"] if ot else []))
     lines += _table(header, [[s, v["acc"], v["ce"]] + ([pl[s]["acc"], pl[s]["ce"]] if pl else [])
+                             + ([ot[s]["acc"], ot[s]["ce"]] if ot else [])
                              for s, v in tf["true_length"].items()])
     ln = r["lengths"]
     lines += ["Lengths: " + ", ".join(f"{k} {_f(v)}" for k, v in ln.items()), ""]

@@ -199,7 +199,9 @@ def diagnose(opts: DiagnoseOptions) -> dict:
     sets = {name: WavSet(out, name, tok.sample_rate) for name in
             ["codec", "tf_argmax"] + (["tf_expected"] if fields else []) + (["tf_sample"] if sampling else [])
             + (["tf_argmax_predlen"] if progress else [])}
-    tf_true, tf_pred = Sums(), Sums()
+    tf_true, tf_pred, tf_other = Sums(), Sums(), Sums()
+    # the text conditions of the next sentence: a model that reads its text predicts worse with them
+    text_segs = [c.name for c in template.conditions if c.modality == "text"]
     parity = {"true_length": ParityStats(model)}
     if progress:
         parity["predicted_length"] = ParityStats(model)
@@ -227,8 +229,15 @@ def diagnose(opts: DiagnoseOptions) -> dict:
             exs.append(ex)
         full = collate(exs, model.vocab.pad_id).to(dev)
         prompts = collate([prompt_of(e) for e in exs], model.vocab.pad_id).to(dev)
+        other = None
+        if text_segs and n > 1:
+            other = collate([data.example(i, segments_of=dict.fromkeys(text_segs, (i + 1) % n))
+                             for i in range(start, start + len(exs))], model.vocab.pad_id).to(dev)
         with torch.no_grad(), model.autocast(dev, opts.precision):
             truth = target_rows(model, full)
+            if other is not None:
+                for tr in target_rows(model, other):
+                    tf_other.add(stream_stats(frame_logits(model, tr), tr.frames))
             # decoding as it runs: the progress input from the length head's prediction
             rec = decode_forced(model, prompts, truth, None, opts.precision, opts.kv_cache, L.decode.length_scale)
             used = [r.progress_len for r in rec]
@@ -309,6 +318,8 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         p["holds"] = p["n_mismatches"] == 0 and p["max_abs_diff"] <= p["tolerance"]
     if progress:
         result["teacher_forced"]["predicted_length"] = tf_pred.table(names)
+    if tf_other.per:
+        result["teacher_forced"]["other_text"] = tf_other.table(names)
     if fields:
         result["fields"] = {k: e.summary() for k, e in ferr.items()}
         result["drift"] = {k: e.drift() for k, e in ferr.items()}
