@@ -62,7 +62,7 @@ def summary_lines(r: dict) -> list[str]:
     if "other_text" in tf:
         a, b = tf["true_length"]["all"], tf["other_text"]["all"]
         out.append(f"reading the text: teacher-forced CE {_f(a['ce'])} nats with its own text, {_f(b['ce'])} with "
-                   f"the next sentence's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); no gap: the model "
+                   f"the next sentence's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); a gap near zero: the model "
                    f"predicts from the audio history, not the text")
     deg = r.get("degradation") or {}
     if deg:
