@@ -1,16 +1,16 @@
 """Codec 2 frames led by a phone stream: which phone each 20 ms frame speaks.
 
 A TTS model that generates Codec 2 frames must find out, frame by frame, where in the text it is;
-the mini recipe's model does not learn that mapping at its size (free-running frames drift to
-another sentence's within 5-10 frames, ``speechlm tts-diagnose``). This tokenizer puts the answer
-in the target itself: stream 0 is the phone spoken in the frame (from the alignment beside the wav,
-``<name>.phn``, that :mod:`speechlm.data.espeak_align` writes for espeak-ng speech), streams 1..
-are Codec 2's. With the delay pattern the model writes each frame's phone first, so it decides
-the durations itself (moving to the next phone of the text, or staying) and every Codec 2 field
-of the frame then reads which phone it belongs to. Decoding drops the phone stream.
+the mini recipe's models do not (teacher forced, another sentence's phones cost them nothing:
+``speechlm tts-diagnose``). This tokenizer puts that in the target itself: stream 0 is the phone
+spoken in the frame (from the alignment beside the wav, ``<name>.phn``, that
+:mod:`speechlm.data.espeak_align` writes for espeak-ng speech), streams 1.. are Codec 2's. With the
+delay pattern the model writes each frame's phone first, so it decides the durations itself
+(moving to the next phone of the text, or staying) and every Codec 2 field of the frame then
+reads which phone it belongs to. Decoding drops the phone stream.
 
-Encoding needs the alignment, so it reads the wav's path (:meth:`encode_path`); a waveform alone
-cannot be encoded (a spoken prompt should use plain ``codec2``).
+Encoding needs the alignment, so it reads the wav's path (:meth:`encode_path`; the data stages and
+decoding's speaker prompts pass it); a waveform alone cannot be encoded.
 """
 from __future__ import annotations
 

@@ -336,7 +336,7 @@ def read_plan(path: str) -> list[list[str]]:
     return rows
 
 
-def espeak_alignment(spoken: str, voice: str, rate: str, pitch: str, amp: str, cli_wav: bytes, utt: str):
+def espeak_alignment(spoken: str, voice: str, rate: str, pitch: str, amp: str, cli_wav: bytes):
     """The phones of an utterance with their times, from libespeak-ng's phoneme events, checked
     against the command line's audio (the library must speak the same samples: the times are its)."""
     import numpy as np
@@ -347,7 +347,7 @@ def espeak_alignment(spoken: str, voice: str, rate: str, pitch: str, amp: str, c
     cli = np.frombuffer(cli_wav[44:44 + 2 * len(samples)], dtype="<i2")  # espeak-ng --stdout: 44-byte header
     if len(cli) < len(samples) or not np.array_equal(cli, samples):
         raise ValueError(f"libespeak-ng does not reproduce espeak-ng -v {voice}'s audio, so its phone "
-                         f"times would not fit (align only voices it reproduces, e.g. --voices en-us)")
+                         f"times would not fit this wav")
     return phones
 
 
@@ -381,7 +381,7 @@ def cmd_synth(args) -> None:
             from speechlm.data.espeak_align import write_phn
 
             try:
-                write_phn(phn, espeak_alignment(spoken, voice, rate, pitch, amp, espeak.stdout, utt))
+                write_phn(phn, espeak_alignment(spoken, voice, rate, pitch, amp, espeak.stdout))
             except ValueError as e:
                 failed.append(f"{utt} ({e})")
                 tmp.unlink(missing_ok=True)
