@@ -64,7 +64,7 @@ def test_codec2_phones_leads_each_frame_with_its_phone(tmp_path):
     tok = build_tokenizer({"type": "codec2_phones"})
     plain = build_tokenizer({"type": "codec2"})
     wav = samples.astype(np.float32) / 32768
-    codes = tok.encode_path(wav, sr, tmp_path / "a.wav")
+    codes = tok.encode_file(wav, sr, tmp_path / "a.wav")
     assert codes.shape[1] == plain.n_streams + 1 and tok.codebook_sizes[1:] == plain.codebook_sizes
     assert np.array_equal(codes[:, 1:], plain.encode(wav, sr))
     ids = codes[:, 0]
@@ -78,9 +78,13 @@ def test_codec2_phones_leads_each_frame_with_its_phone(tmp_path):
     assert len(tok.decode(codes)) == len(plain.decode(codes[:, 1:]))  # decoding drops the phone stream
     with pytest.raises(ValueError, match="bare waveform"):
         tok.encode(wav, sr)
+    with pytest.raises(ValueError, match="wav file with its alignment"):  # a pipe has nothing beside it
+        tok.encode_file(wav, sr, f"sox {tmp_path / 'a.wav'} -t wav - |")
+    plain_codes = plain.encode_file(wav, sr, tmp_path / "a.wav")  # other tokenizers ignore the source
+    assert np.array_equal(plain_codes, codes[:, 1:])
     (tmp_path / "a.phn").unlink()
     with pytest.raises(FileNotFoundError, match=r"a\.phn"):
-        tok.encode_path(wav, sr, tmp_path / "a.wav")
+        tok.encode_file(wav, sr, tmp_path / "a.wav")
 
 
 def test_tokenize_stage_reads_the_alignment_beside_each_wav(tmp_path):

@@ -160,9 +160,7 @@ def _encode_value(tok, seg, value, utt: str):
 
     if seg.is_audio:
         wav, sr = read_audio(value, utt_id=utt)
-        if getattr(tok, "needs_path", False):  # it reads a file beside the audio (an alignment)
-            return tok.encode_path(to_mono(wav), sr, value)
-        return tok.encode(to_mono(wav), sr)
+        return tok.encode_file(to_mono(wav), sr, value)
     if not isinstance(value, str):
         raise ValueError(f"text segment {seg.name!r} expects a string, got {type(value).__name__}")
     return tok.encode(value)
@@ -293,7 +291,7 @@ def _tokenize_batch(tok, seg, batch: list[dict], writer, memo: dict | None = Non
         return
     from speechlm.data.audio import read_audio, to_mono
 
-    if len(batch) > 1 and seg.is_audio and not getattr(tok, "needs_path", False):
+    if len(batch) > 1 and seg.is_audio and not tok.needs_path:
         wavs, ok = [], []
         for r in batch:
             try:

@@ -124,8 +124,7 @@ class Pipeline:
 
                 pipes = self.allow_pipes if allow_pipes is None else allow_pipes
                 wav, sr = load_audio(value, tok.sample_rate, utt_id=utt, allow_pipes=pipes), tok.sample_rate
-                if getattr(tok, "needs_path", False):  # it reads a file beside the audio (an alignment)
-                    return tok.encode_path(np.asarray(wav, dtype=np.float32), sr, value)
+                return tok.encode_file(np.asarray(wav, dtype=np.float32), sr, value)
             return tok.encode(np.asarray(wav, dtype=np.float32), sr)
         return tok.encode(value)
 

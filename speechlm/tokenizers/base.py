@@ -92,6 +92,14 @@ class AudioTokenizer(Tokenizer):
         """Encode several waveforms; codecs that batch on a device override this."""
         return [self.encode(w, sample_rate) for w in wavs]
 
+    #: True when encoding needs :meth:`encode_file` (a file beside the audio), so no batching
+    needs_path: bool = False
+
+    def encode_file(self, wav: np.ndarray, sample_rate: int | None, source) -> np.ndarray:
+        """Encode ``wav`` read from ``source`` (its wav.scp value); a tokenizer that reads a file
+        beside the audio (an alignment) overrides this, the others encode the waveform."""
+        return self.encode(wav, sample_rate)
+
     @abc.abstractmethod
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """``[frames, streams]`` -> float32 waveform at :attr:`sample_rate`."""

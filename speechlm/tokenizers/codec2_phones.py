@@ -9,7 +9,7 @@ delay pattern the model writes each frame's phone first, so it decides the durat
 (moving to the next phone of the text, or staying) and every Codec 2 field of the frame then
 reads which phone it belongs to. Decoding drops the phone stream.
 
-Encoding needs the alignment, so it reads the wav's path (:meth:`encode_path`; the data stages and
+Encoding needs the alignment, so it reads the wav's path (:meth:`encode_file`; the data stages and
 decoding's speaker prompts pass it); a waveform alone cannot be encoded.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ PHONES = (
 class Codec2PhonesTokenizer(Codec2Tokenizer):
     """Stream 0: the phone of each frame (:data:`PHONES`), then the Codec 2 streams of ``layout``."""
 
-    needs_path = True  # encode_path(wav, sr, path): the alignment is found next to the wav
+    needs_path = True  # the alignment is found next to the wav
 
     def __init__(self, mode: int = 3200, layout: str = "grouped") -> None:
         super().__init__(mode, layout)
@@ -67,13 +67,15 @@ class Codec2PhonesTokenizer(Codec2Tokenizer):
         raise ValueError("codec2_phones encodes a wav file with its alignment (<name>.phn beside it), "
                          "not a bare waveform; use codec2 for audio without one")
 
-    def encode_path(self, wav: np.ndarray, sample_rate: int | None, path: str | Path) -> np.ndarray:
-        """Codec 2 tokens of ``wav`` with the phones of ``path``'s alignment as stream 0."""
+    def encode_file(self, wav: np.ndarray, sample_rate: int | None, source: str | Path) -> np.ndarray:
+        """Codec 2 tokens of ``wav`` with the phones of the alignment beside ``source`` as stream 0."""
         from speechlm.data.espeak_align import phn_path, read_phn
 
-        phn = phn_path(path)
+        if not isinstance(source, (str, Path)) or str(source).rstrip().endswith("|"):
+            raise ValueError(f"codec2_phones: the audio must be a wav file with its alignment beside it, got {source!r}")
+        phn = phn_path(source)
         if not phn.is_file():
-            raise FileNotFoundError(f"{path}: no phone alignment {phn} (local/data.sh --align true writes them)")
+            raise FileNotFoundError(f"{source}: no phone alignment {phn} (local/data.sh --align true writes them)")
         codes = super().encode(wav, sample_rate)
         return np.concatenate([self.frame_phones(read_phn(phn), len(codes))[:, None], codes], 1)
 
