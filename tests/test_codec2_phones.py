@@ -99,9 +99,9 @@ def test_tokenize_stage_reads_the_alignment_beside_each_wav(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "tts_phones.yaml").write_text(
         "name: tts_phones\ndescription: test\nprefix_lm: true\nconditions:\n"
-        "  - {name: phones, modality: text, tokenizer: phone, source: text}\n"
+        "  - {name: phones, modality: text, tokenizer: phones, source: text}\n"
         "targets:\n  - {name: speech, modality: audio, tokenizer: codec_ph, source: wav.scp}\n")
-    (tmp_path / "tokenizers.yaml").write_text("phone: {type: g2p}\ncodec_ph: {type: codec2_phones}\n")
+    (tmp_path / "tokenizers.yaml").write_text("phones: {type: espeak_phones}\ncodec_ph: {type: codec2_phones}\n")
     out = tmp_path / "dump" / "tts_phones"
     assert cli(["prepare", "--task", "tts_phones", "--data-dir", str(data), "--out-dir", str(out),
                 "--task-dir", str(tmp_path / "tasks")]) == 0
@@ -114,6 +114,25 @@ def test_tokenize_stage_reads_the_alignment_beside_each_wav(tmp_path):
     codes = reader["s1-u2"]
     assert codes.shape[1] == 9
     assert {"s", "ɪ", "k", "θ", "ɹ", "iː", "n", "aɪ"} <= {PHONES[i] for i in codes[:, 0]}
+    cond = TokenReader(out / "tokens" / "phones.scp")
+    for utt in texts:  # the condition spells the phones the stream walks through, in order
+        stream = [int(p) for p in reader[utt][:, 0] if p != 0]
+        runs = [p for k, p in enumerate(stream) if k == 0 or p != stream[k - 1]]
+        spelled = [int(p) for p in cond[utt][:, 0]]
+        assert set(runs) <= set(spelled) and len(runs) >= 0.8 * len(spelled)
+
+
+def test_espeak_phones_spells_what_espeak_speaks():
+    from speechlm.data.espeak_align import synthesize
+    from speechlm.tokenizers import build_tokenizer
+    from speechlm.tokenizers.codec2_phones import PHONES
+
+    tok = build_tokenizer({"type": "espeak_phones"})
+    _, _, phones = synthesize(TEXT, "en-us", 160, 50, 100)
+    ids = tok.encode(TEXT)
+    assert ids.shape == (len(phones), 1) and [PHONES[i] for i in ids[:, 0]] == [p for _, _, p in phones]
+    assert tok.decode(ids).split() == [p for _, _, p in phones]
+    assert tok.phones == list(PHONES)  # the phone stream's inventory: decoding can hold one to the other
 
 
 def test_decoding_encodes_a_prompt_file_with_its_alignment(tmp_path):

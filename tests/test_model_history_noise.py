@@ -75,3 +75,17 @@ def test_model_source_draws_what_the_model_predicts_for_that_slot():
     assert float((model.noisy_history(prep) == clean)[generated].float().mean()) < 0.3
     with pytest.raises(ConfigError, match="depth head"):
         SpeechLM(tiny_config("multiscale", history_noise=0.2, history_noise_source="model"), vocab)
+
+
+def test_history_noise_streams_leaves_the_other_streams_clean():
+    vocab = toy_vocab(3)
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", history_noise=0.9, history_noise_streams=[1, 2]), vocab).train()
+    batch = collate(toy_examples(vocab, 6, n_streams=3))
+    prep = model.prepare(batch.tokens, batch.loss_weight, batch.kinds, batch.lengths, batch.prefix_lens)
+    clean = model.pattern.ar_tokens(prep.layout.tokens, prep.layout.kinds)
+    changed = model.noisy_history(prep) != clean
+    streams = {vocab.tokenizer_of(int(t))[1] for t in clean[changed].tolist()}
+    assert streams == {1, 2}  # codec stream 0 (a phone stream's place) is never corrupted
+    with pytest.raises(ConfigError, match="history_noise_streams"):
+        tiny_config("delay", history_noise=0.5, history_noise_streams=[-1]).validate()

@@ -53,6 +53,20 @@ def test_stream_weights_scale_per_stream_losses():
         SpeechLM(tiny_config("parallel", stream_weights=[1.0]), vocab)
 
 
+@pytest.mark.parametrize("strategy", ["delay", "ar_nar"])
+def test_stream_weights_leave_text_targets_alone(strategy):
+    vocab = toy_vocab(2)
+    asr = collate(toy_examples(vocab, 3, tasks=("asr",)))
+    tts = collate(toy_examples(vocab, 3, tasks=("plain_tts",)))
+    torch.manual_seed(0)
+    plain = SpeechLM(tiny_config(strategy), vocab)
+    torch.manual_seed(0)
+    heavy = SpeechLM(tiny_config(strategy, stream_weights=[4.0, 1.0]), vocab)
+    with torch.no_grad():
+        assert float(heavy(asr).weight_sum) == float(plain(asr).weight_sum)  # ASR text in stream 0: weight 1
+        assert float(heavy(tts).weight_sum) > float(plain(tts).weight_sum)  # audio's stream 0 weighs 4x
+
+
 def test_non_text_streams_use_their_codebook_columns_only():
     vocab = toy_vocab(2)
     model = SpeechLM(tiny_config("parallel"), vocab)

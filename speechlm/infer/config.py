@@ -62,6 +62,14 @@ class DecodeConfig:
     # end tokens keep their own probability. "" = off
     ordinal: str = ""
     ordinal_streams: list[int] = field(default_factory=list)  # the tokenizer streams it applies to; []: all
+    # TTS targets led by a phone stream (codec2_phones): the condition segment (an espeak_phones
+    # tokenizer's) whose phones that stream must walk through in order ("" = free), with at most
+    # follow_max_silence silent frames in a row before the last phone and, with follow_max_stretch
+    # > 0, no phone but the last held longer than that many times the mean frames per phone of
+    # the predicted length (speechlm.infer.follow)
+    follow_phones: str = ""
+    follow_max_silence: int = 10
+    follow_max_stretch: float = 0.0
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -100,9 +108,12 @@ class DecodeConfig:
             raise bad(f"ordinal: {self.ordinal!r} is not one of 'mean', 'median' or '' (off)")
         if any(s < 0 for s in self.ordinal_streams):
             raise bad(f"ordinal_streams must be stream indices >= 0, got {self.ordinal_streams}")
+        if self.follow_max_silence < 0 or self.follow_max_stretch < 0:
+            raise bad(f"follow_max_silence and follow_max_stretch must be >= 0, got {self.follow_max_silence}, "
+                      f"{self.follow_max_stretch}")
         if self.search in ("beam", "ctc_greedy"):
             # options only the token-by-token sampler applies: refuse them rather than ignore them
-            for key, off in (("cfg_scale", 1.0), ("repetition_penalty", 1.0), ("ordinal", "")):
+            for key, off in (("cfg_scale", 1.0), ("repetition_penalty", 1.0), ("ordinal", ""), ("follow_phones", "")):
                 if getattr(self, key) != off:
                     raise bad(f"{key}: {getattr(self, key)} is not applied by search {self.search!r} (only greedy "
                               f"and sample use it); remove it or set it to {off!r} for this task")

@@ -21,6 +21,7 @@ from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
+from speechlm.infer.follow import prompt_followers
 from speechlm.infer.sampling import filter_logits, ordinal_estimate, repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 
@@ -81,6 +82,8 @@ def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[R
     for st, n in zip(states, pred):
         if progress and len(st.targets) == 1 and model.vocab.n_streams(st.targets[0]) > 1:
             st.progress_len = max(1, round(n))
+        if st.follower is not None:
+            st.follower.pace(max(1, round(n)))
         if config.max_len_prior > 0:
             st.max_len = min(st.max_len, max(1, math.ceil(config.max_len_prior * n)))
         st.min_len = min(max(st.min_len, int(config.min_len_prior * n)), st.max_len)
@@ -138,6 +141,9 @@ class Chooser:
         if cols is None:
             masks = torch.stack([self.masker.mask(k, a[1] if a[0] != FORCE else None, dev) for a in acts])
             logits = logits.masked_fill(~masks, float("-inf"))
+        following = self.following(acts)
+        if following:
+            logits = self.follow_rule(k, logits, following, cols)
         if k == 0 and self.cfg.end_threshold > 0:
             logits = self.end_rule(logits, acts, cols)
         pen = self.cfg.repetition_penalty != 1.0
@@ -159,6 +165,10 @@ class Chooser:
             ids = self.masker.to_global(k, full)
         if forced is not None:
             ids = torch.where(forced >= 0, forced, ids)
+        for r, f, key in following:
+            a, b = self.model.vocab.stream_range(key[0], key[1])
+            if a <= int(ids[r]) < b:  # not an end token
+                f.observe(int(ids[r]) - a)
         if pen:
             seen = self.seen.setdefault(k, torch.zeros(B, self.masker.columns(k), dtype=torch.bool, device=dev))
             sampled = forced < 0 if forced is not None else torch.ones(B, dtype=torch.bool, device=dev)
@@ -175,7 +185,7 @@ class Chooser:
         for key in keys:
             tok, src, _ = key
             streams = self.fields.get(tok)
-            if not streams or (self.cfg.ordinal_streams and src not in self.cfg.ordinal_streams):
+            if not streams or not streams[src] or (self.cfg.ordinal_streams and src not in self.cfg.ordinal_streams):
                 continue
             rows = torch.tensor([r for r, a in enumerate(acts) if a[0] != FORCE and a[1] == key], device=idx.device)
             pos = self.value_columns(k, key, cols, logits.shape[1], idx.device)
@@ -207,6 +217,29 @@ class Chooser:
                                  f"stream {k}'s columns")
             self._value_cols[ck] = pos
         return self._value_cols[ck]
+
+    def following(self, acts: list[tuple]) -> list[tuple]:
+        """``(row, follower, key)`` of the rows whose :class:`~speechlm.infer.follow.PhoneFollower`
+        governs the stream they sample in this call."""
+        if len(self.rows) != len(acts):
+            return []
+        return [(r, st.follower, a[1]) for r, (a, st) in enumerate(zip(acts, self.rows))
+                if a[0] != FORCE and st.follower is not None and st.follower.applies(a[1][0], a[1][1])]
+
+    def follow_rule(self, k: int, logits: torch.Tensor, following: list[tuple], cols: torch.Tensor | None) -> torch.Tensor:
+        """Phone following: those rows may take only the phones their follower allows, and end only
+        once it has reached the last phone."""
+        keep = torch.ones_like(logits, dtype=torch.bool)
+        glob = None
+        for r, f, key in following:
+            pos = self.value_columns(k, key, cols, logits.shape[1], logits.device)
+            keep[r] = False
+            keep[r, pos[f.allowed()]] = True
+            if key[2] and f.may_end():
+                if glob is None:
+                    glob = self.masker.to_global(k, cols if cols is not None else torch.arange(logits.shape[1], device=logits.device))
+                keep[r] |= torch.isin(glob, torch.tensor(key[2], dtype=glob.dtype, device=glob.device))
+        return logits.masked_fill(~keep, float("-inf"))
 
     def end_rule(self, logits: torch.Tensor, acts: list[tuple], cols: torch.Tensor | None) -> torch.Tensor:
         """``end_threshold``: a row ends once the probability that the model would have ended it by
@@ -275,6 +308,9 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     targets = target_tokenizers(model, prompts, templates)
     limits = length_limits(prompts, config)
     states = [RowState(model.pattern, t, model.vocab, lo, hi) for t, (lo, hi) in zip(targets, limits)]
+    if config.follow_phones:
+        for st, f in zip(states, prompt_followers(model.vocab, prompts, targets, config)):
+            st.follower = f
     guided = config.cfg_scale != 1.0
     with model.autocast(dev, config.precision):
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts

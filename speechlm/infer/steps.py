@@ -67,6 +67,7 @@ class RowState:
         self.seg = 0
         self.progress_len = 0  # frames of the one audio target, for models with the progress input
         self.done = False
+        self.follower = None  # a PhoneFollower its phone stream obeys (speechlm.infer.follow)
         self.hyp = Hypothesis()
         self._start()
 
@@ -111,6 +112,8 @@ class RowState:
         in the segment (as in :func:`speechlm.models.progress.layout_progress`)."""
         if not self.progress_len or (row[0] in self.ends and not self.tail):
             return (0, 0)
+        if self.follower is not None:
+            return (self.j, self.follower.length(self.j, self.progress_len))
         return (self.j, self.progress_len)
 
     def advance(self, row: list[int]) -> list[int]:

@@ -54,7 +54,8 @@ class ModelConfig:
     freeze_text_rows: bool = False  # keep the copied text rows fixed (gradients zeroed)
     # embeddings and heads
     tie_embeddings: bool = True
-    stream_weights: list[float] = field(default_factory=list)  # loss weight per stream; [] = all 1
+    # loss weight per stream of audio targets ([] = all 1); text targets (stream 0) keep weight 1
+    stream_weights: list[float] = field(default_factory=list)
     # stream-0 softmax over the whole vocabulary (True) or over the target segment's own range plus
     # the special tokens (False: what decoding masks allow anyway, and far cheaper with big LLM vocabularies)
     stream0_full_vocab: bool = False
@@ -90,6 +91,10 @@ class ModelConfig:
     # sampling, Duckworth et al. 2019; strategies without a depth head)
     history_noise: float = 0.0
     history_noise_source: str = "random"
+    # the tokenizer streams (indices) history_noise corrupts; [] = all. A target led by a phone
+    # stream (codec2_phones) keeps its phones clean with [1, 2, ...]: the fields must then take
+    # their content from the phones, not from a history that may be wrong
+    history_noise_streams: list[int] = field(default_factory=list)
 
     @classmethod
     def upgrade_keys(cls, data: dict, where: str) -> dict:
@@ -140,6 +145,8 @@ class ModelConfig:
             raise ConfigError(f"model.progress needs one row per frame; the {self.strategy} strategy has one per token")
         if not 0 <= self.history_noise < 1:
             raise ConfigError(f"model.history_noise must be in [0, 1), got {self.history_noise}")
+        if any(k < 0 for k in self.history_noise_streams):
+            raise ConfigError(f"model.history_noise_streams must be stream indices >= 0, got {self.history_noise_streams}")
         if self.history_noise_source not in ("random", "model"):
             raise ConfigError(f"model.history_noise_source must be random or model, got {self.history_noise_source!r}")
         if self.cond_reduction < 1:

@@ -123,10 +123,12 @@ class SpeechLM(nn.Module):
         if config.history_noise > 0 and config.history_noise_source == "model" and self.depth is not None:
             raise ConfigError(f"model.history_noise_source: model draws every stream from one hidden state; the "
                               f"{config.strategy} strategy predicts streams with a depth head (use random)")
-        if config.history_noise > 0:  # start and size of each token's stream range (0: no stream)
+        if config.history_noise > 0:  # start and size of each token's stream range (0: none or clean)
             lo, size = torch.zeros(V, dtype=torch.int64), torch.zeros(V, dtype=torch.int64)
             for t in vocab.ranges:
                 for k in range(vocab.n_streams(t)):
+                    if config.history_noise_streams and k not in config.history_noise_streams:
+                        continue  # left clean
                     a, b = vocab.stream_range(t, k)
                     lo[a:b], size[a:b] = a, b - a
             self.register_buffer("_stream_lo", lo, persistent=False)
@@ -298,7 +300,11 @@ class SpeechLM(nn.Module):
         y, w = self.targets(prep)
         lay = prep.layout
         rows_in = lay.tokens.gather(1, prep.last.clamp(min=0)[..., None].expand(-1, -1, lay.tokens.shape[2]))
-        sw = self.config.stream_weights or [1.0] * y.shape[-1]
+        sw = list(self.config.stream_weights) or [1.0] * y.shape[-1]
+        if sw[0] != 1.0:  # stream 0 holds text targets too: its weight is for audio targets' slots only
+            audio = lay.kinds.gather(1, (prep.last + 1).clamp(0, lay.kinds.shape[1] - 1)) == AUDIO_TGT
+            w = torch.cat([torch.where(audio, w[..., 0] * sw[0], w[..., 0])[..., None], w[..., 1:]], -1)
+            sw[0] = 1.0
         stats: dict = {}
         with self.head.shared_rows():
             loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)

@@ -1,0 +1,102 @@
+"""Phone-following decoding: a target's phone stream walks through the text's phones in order.
+
+A TTS target led by a phone stream (:mod:`speechlm.tokenizers.codec2_phones`) says, frame by frame,
+which phone it speaks. Left free, the model's phone stream wanders off the text (the mini recipe's
+one-voice model followed its text's phones for 39% of its frames). :class:`PhoneFollower` allows a
+row's phone stream only what continues the text: the phone it is in, the next one (or, with
+``skip``, one after it, for phones shorter than a frame), silence for at most ``max_silence``
+frames in a row until the last phone (a model that wants to stop early would otherwise fill the
+rest with silence), and lets the row end only once the last phone is reached. The model still decides how long each phone lasts and how it sounds.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from speechlm.config import ConfigError
+
+
+class PhoneFollower:
+    """Stream ``stream`` of target tokenizer ``tokenizer`` must spell ``phones`` (local ids, runs of
+    one phone merged) in order, with ``silence`` allowed anywhere and up to ``skip`` phones skipped."""
+
+    def __init__(self, tokenizer: str, stream: int, phones: Sequence[int], silence: int = 0, skip: int = 0,
+                 max_silence: int = 10, max_stretch: float = 0.0) -> None:
+        seq: list[int] = []
+        for p in phones:
+            if p != silence and (not seq or seq[-1] != p):
+                seq.append(int(p))
+        self.tokenizer, self.stream, self.silence, self.skip = tokenizer, stream, silence, skip
+        self.max_silence, self.max_stretch = max_silence, max_stretch
+        self.phones = seq
+        self.pos = -1  # index of the phone being spoken (-1: none yet)
+        self.quiet = 0  # silent frames in a row
+        self.held = 0  # frames since the current phone began
+        self.max_held = 10 ** 9  # frames a phone may last (set by pace())
+
+    def pace(self, predicted: int) -> None:
+        """The target's predicted length (frames): with ``max_stretch``, no phone but the last may
+        last more than that many times the mean frames per phone."""
+        if self.max_stretch > 0 and self.phones:
+            self.max_held = max(2, round(self.max_stretch * predicted / len(self.phones)))
+
+    def applies(self, tokenizer: str, stream: int) -> bool:
+        return tokenizer == self.tokenizer and stream == self.stream
+
+    def allowed(self) -> list[int]:
+        """Phone ids the next frame may take."""
+        nxt = self.phones[self.pos + 1: self.pos + 2 + self.skip]
+        if nxt and self.pos >= 0 and self.held >= self.max_held:
+            return nxt  # held too long: move on
+        out = set(nxt)
+        if self.quiet < self.max_silence or self.may_end():
+            out.add(self.silence)
+        if self.pos >= 0:
+            out.add(self.phones[self.pos])
+        return sorted(out)
+
+    def may_end(self) -> bool:
+        """Every phone is reached."""
+        return self.pos >= len(self.phones) - 1
+
+    def length(self, j: int, predicted: int) -> int:
+        """The target length a model with the progress input is told at frame ``j``: the predicted
+        one, stretched while phones are left at its pace (frames per phone), so that the model is
+        never told it is done before the text is."""
+        n = len(self.phones)
+        if not n:
+            return predicted
+        return max(predicted, j + 1 + round((n - 1 - self.pos) * predicted / n))
+
+    def observe(self, value: int) -> None:
+        """Record the frame's phone: a later phone moves the pointer, silence or the same stays."""
+        self.quiet = self.quiet + 1 if value == self.silence else 0
+        self.held += 1
+        for i in range(self.pos + 1, min(len(self.phones), self.pos + 2 + self.skip)):
+            if self.phones[i] == value:
+                self.pos, self.held = i, 1
+                return
+
+
+def prompt_followers(vocab, prompts, targets: list[list[str]], config) -> list[PhoneFollower]:
+    """``config.follow_phones``: a follower for each prompt row, holding stream 0 of the row's first
+    target (a phone-led tokenizer such as ``codec2_phones``) to the phones of tokenizer
+    ``config.follow_phones`` that its prompt holds (a condition spelled by ``espeak_phones``)."""
+    name = config.follow_phones
+    if name not in vocab.ranges or vocab.n_streams(name) != 1:
+        raise ConfigError(f"decode: follow_phones: {name!r} must be a one-stream tokenizer of the model (the one "
+                          f"spelling the phones of the text condition, e.g. espeak_phones); it has: {', '.join(vocab.ranges)}")
+    a, b = vocab.stream_range(name, 0)
+    out = []
+    for row, tgt in enumerate(targets):
+        t = tgt[0]
+        if vocab.n_streams(t) < 2 or vocab.stream_range(t, 0)[1] - vocab.stream_range(t, 0)[0] != b - a:
+            raise ConfigError(f"decode: follow_phones: {prompts.ids[row]!r}: target {t!r} is not led by a phone "
+                              f"stream of {name!r}'s phones (a codec2_phones target with an espeak_phones condition)")
+        toks = prompts.tokens[row, : int(prompts.lengths[row]), 0]
+        phones = (toks[(toks >= a) & (toks < b)] - a).tolist()
+        out.append(PhoneFollower(t, 0, phones, max_silence=config.follow_max_silence,
+                                 max_stretch=config.follow_max_stretch))
+    return out
+
+
+__all__ = ["PhoneFollower", "prompt_followers"]

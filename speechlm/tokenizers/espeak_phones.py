@@ -1,0 +1,48 @@
+"""Text -> the phones espeak-ng speaks for it, in the inventory of the ``codec2_phones`` phone stream.
+
+The ``g2p`` tokenizer spells espeak-ng's IPA character by character (stress marks and word breaks
+included); this one gives the phones themselves, one token each, exactly as espeak-ng's phoneme
+events name them when it speaks the text: the sequence a ``codec2_phones`` target's phone stream
+walks through for espeak-ng speech. Decoding can then hold that stream to the text's phones in
+order (``follow_phones``, :mod:`speechlm.infer.follow`).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from speechlm.tokenizers.base import TOKENIZERS, TextTokenizer
+from speechlm.tokenizers.codec2_phones import PHONES
+
+
+@TOKENIZERS.register("espeak_phones")
+class EspeakPhonesTokenizer(TextTokenizer):
+    """The phones of ``voice`` (an espeak-ng voice or language: ``en-us``) for a text; ids are
+    :data:`~speechlm.tokenizers.codec2_phones.PHONES` (silence is never emitted; 1 = a phone not listed)."""
+
+    def __init__(self, voice: str = "en-us", cache_size: int = 100_000) -> None:
+        self.voice = voice
+        self.phones = list(PHONES)
+        self.phone_index = {p: i for i, p in enumerate(self.phones)}
+        self._phonemize = functools.lru_cache(maxsize=cache_size)(self._speak)
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [len(self.phones)]
+
+    def _speak(self, text: str) -> tuple[str, ...]:
+        from speechlm.data.espeak_align import synthesize
+
+        return tuple(p for _, _, p in synthesize(text, self.voice)[2])
+
+    def phonemes(self, text: str) -> list[str]:
+        """The phones espeak-ng speaks for ``text``."""
+        return list(self._phonemize(text.strip()))
+
+    def encode(self, value: str) -> np.ndarray:
+        ids = [self.phone_index.get(p, 1) for p in self.phonemes(value)]
+        return np.asarray(ids, dtype=np.int32).reshape(-1, 1)
+
+    def decode(self, tokens: np.ndarray) -> str:
+        return " ".join(self.phones[i] for i in self._column(tokens))
