@@ -181,3 +181,27 @@ def test_aligned_corpus(tmp_path):
         for utt, wav in read_map(recipe / "data" / split / "wav.scp"):
             phones = read_phn(Path(wav).with_suffix(".phn"))
             assert phones and phones[-1][1] <= sf.info(wav).duration, utt
+
+
+def test_phone_experiment_configs_fit_together():
+    """The phone-stream experiment's files (README: "Reading the text") load and name each other."""
+    from speechlm.config import load_config, load_yaml
+    from speechlm.infer.config import check_decode_options, decode_config_for
+    from speechlm.models.config import ModelConfig
+    from speechlm.tasks.template import load_template_file
+    from speechlm.tokenizers import tokenizer_class
+
+    conf = ROOT / "egs" / "mini_espeak" / "speechlm1" / "conf"
+    model = load_config(ModelConfig, conf / "model_phones.yaml")
+    assert model.history_noise > 0 and 0 not in model.history_noise_streams  # the phone stream stays clean
+    toks = load_yaml(conf / "tokenizers_phones.yaml")
+    for spec in toks.values():
+        tokenizer_class(spec["type"])  # registered
+    tpl = load_template_file(conf / "tasks" / "tts_phones.yaml")
+    assert {s.tokenizer for s in tpl.conditions + tpl.targets} <= set(toks)
+    decode = load_yaml(conf / "decode_phones.yaml")
+    check_decode_options(decode, "decode_phones.yaml", {"asr", "tts_phones"})
+    follow = decode_config_for(decode, "tts_phones", "decode_phones.yaml").follow_phones
+    phones = next(s for s in tpl.conditions if s.tokenizer == follow)
+    assert toks[follow]["type"] == "espeak_phones" and phones.modality == "text"
+    assert toks[tpl.targets[0].tokenizer]["type"] == "codec2_phones"
