@@ -94,3 +94,10 @@ def test_follow_phones_names_what_is_wrong(phone_tts):
         sample_decode(model, _prompts(vocab, tpl, [[3, 5]]), DecodeConfig(follow_phones="phone", max_len=5))
     with pytest.raises(ConfigError, match="follow_phones"):
         DecodeConfig(search="beam", follow_phones="phones").validate()
+
+
+def test_follow_max_stretch_needs_the_length_head(phone_tts):
+    vocab, tpl, model = phone_tts  # the tiny model has no length head
+    cfg = DecodeConfig(follow_phones="phones", follow_max_stretch=2.0, max_len=5)
+    with pytest.raises(ValueError, match="follow_max_stretch"):
+        sample_decode(model, _prompts(vocab, tpl, [[3, 5]]), cfg)

@@ -62,8 +62,8 @@ class DecodeConfig:
     # end tokens keep their own probability. "" = off
     ordinal: str = ""
     ordinal_streams: list[int] = field(default_factory=list)  # the tokenizer streams it applies to; []: all
-    # TTS targets led by a phone stream (codec2_phones): the condition segment (an espeak_phones
-    # tokenizer's) whose phones that stream must walk through in order ("" = free), with at most
+    # TTS targets led by a phone stream (codec2_phones): the tokenizer of the text condition
+    # (espeak_phones) whose phones that stream must walk through in order ("" = free), with at most
     # follow_max_silence silent frames in a row before the last phone and, with follow_max_stretch
     # > 0, no phone but the last held longer than that many times the mean frames per phone of
     # the predicted length (speechlm.infer.follow)

@@ -69,14 +69,15 @@ def length_limits(prompts: Batch, config: DecodeConfig) -> list[tuple[int, int]]
 def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[RowState], config: DecodeConfig) -> None:
     """Use the length head's prediction from the prompt (its features kept by the prefill):
     ``min/max_len_prior`` bound each row's target length by multiples of it, and models with the
-    progress input get it (times ``length_scale``) as the length of a row's one audio target."""
-    bounds = config.min_len_prior > 0 or config.max_len_prior > 0
+    progress input get it (times ``length_scale``) as the length of a row's one audio target;
+    ``follow_max_stretch`` bounds each phone by the frames per phone it implies."""
+    bounds = config.min_len_prior > 0 or config.max_len_prior > 0 or (config.follow_phones and config.follow_max_stretch > 0)
     progress = model.progress is not None
     if not bounds and not progress:
         return
     if ctx.length_features is None:
-        raise ValueError("decode: min_len_prior/max_len_prior and the progress input need a model with a "
-                         "length head (train it with model.length_weight > 0)")
+        raise ValueError("decode: min_len_prior/max_len_prior, follow_max_stretch and the progress input need a "
+                         "model with a length head (train it with model.length_weight > 0)")
     B = len(states)
     pred = (model.predict_length(ctx.length_features[:B], prompts.kinds) * config.length_scale).tolist()
     for st, n in zip(states, pred):
