@@ -68,6 +68,10 @@ class PhoneFollower:
             return predicted
         return max(predicted, j + 1 + round((n - 1 - self.pos) * predicted / n))
 
+    def next_phone(self) -> int:
+        """The phone after the current one (-1: none left)."""
+        return self.phones[self.pos + 1] if self.pos + 1 < len(self.phones) else -1
+
     def observe(self, value: int) -> None:
         """Record the frame's phone: the next phone moves the pointer, silence or the same stays."""
         self.quiet = self.quiet + 1 if value == self.silence else 0

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from speechlm.config import ConfigError
 from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
@@ -312,6 +313,10 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     if config.follow_phones:
         for st, f in zip(states, prompt_followers(model.vocab, prompts, targets, config)):
             st.follower = f
+    reads_phones = model.next_phone is not None and any(model.config.next_phone in t for t in targets)
+    if reads_phones and not config.follow_phones:
+        raise ConfigError(f"decode: the model reads the text's next phone in {model.config.next_phone!r} targets "
+                          f"(model.next_phone): decode them with follow_phones (the text condition's phone tokenizer)")
     guided = config.cfg_scale != 1.0
     with model.autocast(dev, config.precision):
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
@@ -324,6 +329,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
             chooser.rows = [states[i] for i in active]
             rows = choose_rows(model, h, acts, chooser)
             where = [states[i].progress_at(r) for i, r in zip(active, rows.tolist())]  # before advance
+            nxt = [states[i].next_phone_at(r) for i, r in zip(active, rows.tolist())] if reads_phones else None
             fed = [states[i].advance(r) for i, r in zip(active, rows.tolist())]
             if on_step is not None:
                 on_step(active, states)
@@ -334,10 +340,12 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
                 sel = torch.tensor(keep, device=dev)
                 chooser.select(sel)
                 fed, where = [fed[n] for n in keep], [where[n] for n in keep]
+                nxt = [nxt[n] for n in keep] if nxt is not None else None
                 active = [active[n] for n in keep]
                 # with guidance the unconditional half of the batch sits after the conditional half
                 ctx.select(torch.cat([sel, sel + len(rows)]) if guided else sel)
-            x = model.step_input(torch.tensor(fed, device=dev), torch.tensor(where, device=dev))
+            x = model.step_input(torch.tensor(fed, device=dev), torch.tensor(where, device=dev),
+                                 torch.tensor(nxt, device=dev) if nxt is not None else None)
             h = ctx.step(torch.cat([x, x]) if guided else x)
         model.pattern.after_decoding(model, prompts, states, config, gen)  # e.g. ar_nar's NAR levels
     hyps = [s.hyp for s in states]

@@ -116,6 +116,14 @@ class RowState:
             return (self.j, self.follower.length(self.j, self.progress_len))
         return (self.j, self.progress_len)
 
+    def next_phone_at(self, row: list[int]) -> int:
+        """The next-phone input for ``row`` (its follower's next phone of the text, local id; -1: none),
+        after the follower saw the row's phone and before the row is recorded: only rows that hold a
+        frame get one (as in :func:`speechlm.models.next_phone.layout_next_phones`)."""
+        if self.follower is None or row[0] in self.ends or (self.e is not None and self.j >= self.e):
+            return -1
+        return self.follower.next_phone()
+
     def advance(self, row: list[int]) -> list[int]:
         """Record the emitted row; returns the row to feed back (slots past the end cleared)."""
         end = next((sl for sl in self.slots if sl.can_end and row[sl.stream] in self.ends), None)

@@ -95,6 +95,10 @@ class ModelConfig:
     # stream (codec2_phones) keeps its phones clean with [1, 2, ...]: the fields must then take
     # their content from the phones, not from a history that may be wrong
     history_noise_streams: list[int] = field(default_factory=list)
+    # next-phone input (speechlm/models/next_phone.py): the name of a phone-led audio tokenizer
+    # (codec2_phones); each frame of its targets is told the text's next phone. Decoding needs
+    # DecodeConfig.follow_phones, which knows it ("" = off)
+    next_phone: str = ""
 
     @classmethod
     def upgrade_keys(cls, data: dict, where: str) -> dict:
@@ -143,6 +147,8 @@ class ModelConfig:
             raise ConfigError("model.progress needs a length head to decode with (model.length_weight > 0)")
         if self.progress and not pattern.one_row_per_frame:
             raise ConfigError(f"model.progress needs one row per frame; the {self.strategy} strategy has one per token")
+        if self.next_phone and not pattern.one_row_per_frame:
+            raise ConfigError(f"model.next_phone needs one row per frame; the {self.strategy} strategy has one per token")
         if not 0 <= self.history_noise < 1:
             raise ConfigError(f"model.history_noise must be in [0, 1), got {self.history_noise}")
         if any(k < 0 for k in self.history_noise_streams):

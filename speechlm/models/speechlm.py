@@ -24,6 +24,7 @@ from speechlm.models.features import length_units
 from speechlm.models.heads import OutputHead, StreamEmbedding, stream_ids_from_vocab
 from speechlm.models.losses import ctc_loss, guided_attention_loss, length_loss
 from speechlm.models.patterns import PATTERNS, Layout
+from speechlm.models.next_phone import NextPhoneEmbedding, layout_next_phones
 from speechlm.models.progress import ProgressEmbedding, layout_progress
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
@@ -61,6 +62,7 @@ class Prepared:
     last: torch.Tensor
     x: torch.Tensor | None = None
     progress: tuple[torch.Tensor, torch.Tensor] | None = None  # (j, L) per layout row (models with it)
+    next_phone: torch.Tensor | None = None  # the text's next phone per layout row (models with it)
 
 
 class SpeechLM(nn.Module):
@@ -120,6 +122,13 @@ class SpeechLM(nn.Module):
             nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
         )
         self.progress = ProgressEmbedding(D) if config.progress else None  # zero at the start
+        self.next_phone = None  # zero at the start
+        if config.next_phone:
+            if config.next_phone not in vocab.ranges or vocab.n_streams(config.next_phone) < 2:
+                raise ConfigError(f"model.next_phone: {config.next_phone!r} must be a phone-led audio tokenizer of "
+                                  f"the vocabulary (codec2_phones); it has: {', '.join(vocab.ranges)}")
+            a, b = vocab.stream_range(config.next_phone, 0)
+            self.next_phone = NextPhoneEmbedding(b - a, D)
         if config.history_noise > 0 and config.history_noise_source == "model" and self.depth is not None:
             raise ConfigError(f"model.history_noise_source: model draws every stream from one hidden state; the "
                               f"{config.strategy} strategy predicts streams with a depth head (use random)")
@@ -182,6 +191,10 @@ class SpeechLM(nn.Module):
         progress = None
         if self.progress is not None:
             progress = layout_progress(self.pattern, tokens, kinds, lengths, layout.pos, T2, self.vocab)
+        nxt = None
+        if self.next_phone is not None:
+            nxt = layout_next_phones(self.pattern, tokens, kinds, lengths, layout.pos, T2, self.vocab,
+                                     self.config.next_phone)
         pre = torch.zeros(B, dtype=torch.int64, device=tokens.device)
         if self.config.prefix_lm and bool((prefix_lens > 0).any()):
             p = layout.pos.gather(1, prefix_lens.clamp(max=tokens.shape[1] - 1)[:, None])[:, 0]
@@ -189,10 +202,10 @@ class SpeechLM(nn.Module):
         if self.stacker is None:
             last = torch.arange(T2, device=tokens.device).expand(B, -1)
             last = torch.where(last < layout.lengths[:, None], last, torch.full_like(last, -1))
-            return Prepared(layout, None, layout.lengths, pre, layout.kinds, last, progress=progress)
+            return Prepared(layout, None, layout.lengths, pre, layout.kinds, last, progress=progress, next_phone=nxt)
         red = reduction_map(layout.kinds, layout.lengths, self.config.cond_reduction)
         pre = torch.where(pre > 0, red.pos.gather(1, pre[:, None])[:, 0], pre)
-        return Prepared(layout, red, red.lengths, pre, red.kinds, red.last, progress=progress)
+        return Prepared(layout, red, red.lengths, pre, red.kinds, red.last, progress=progress, next_phone=nxt)
 
     def embed_prepared(self, prep: Prepared, tokens: torch.Tensor | None = None,
                        extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,6 +217,8 @@ class SpeechLM(nn.Module):
             x = x + extra
         if prep.progress is not None:
             x = x + self.progress(*prep.progress).to(x.dtype)
+        if prep.next_phone is not None:
+            x = x + self.next_phone(prep.next_phone).to(x.dtype)
         return self.stacker(x, prep.red) if self.stacker is not None else x
 
     @staticmethod
@@ -337,13 +352,17 @@ class SpeechLM(nn.Module):
         ``extra`` embeddings; ``bidirectional``: full attention, as a non-autoregressive pass)."""
         return self.backbone(self.embed_prepared(prep, tokens, extra), None, self.attention_mask(prep, bidirectional))
 
-    def step_input(self, rows: torch.Tensor, progress: torch.Tensor | None = None) -> torch.Tensor:
+    def step_input(self, rows: torch.Tensor, progress: torch.Tensor | None = None,
+                   next_phone: torch.Tensor | None = None) -> torch.Tensor:
         """Input ``[B, 1, D]`` of one decoding step: the embedding of the fed rows ``[B, S']``, plus
-        the progress input for models with it (``progress [B, 2]``: ``(j, L)`` per row)."""
+        the progress input for models with it (``progress [B, 2]``: ``(j, L)`` per row) and the
+        next-phone input (``next_phone [B]``: local phone ids, -1 none)."""
         x = self.embed(rows[:, None])
         if self.progress is not None and progress is not None:
             j, L = progress.T
             x = x + self.progress(j, L)[:, None].to(x.dtype)
+        if self.next_phone is not None and next_phone is not None:
+            x = x + self.next_phone(next_phone)[:, None].to(x.dtype)
         return x
 
     def logits(self, h: torch.Tensor, k: int, weight: torch.Tensor | None = None) -> torch.Tensor:
