@@ -205,3 +205,4 @@ def test_phone_experiment_configs_fit_together():
     phones = next(s for s in tpl.conditions if s.tokenizer == follow)
     assert toks[follow]["type"] == "espeak_phones" and phones.modality == "text"
     assert toks[tpl.targets[0].tokenizer]["type"] == "codec2_phones"
+    assert model.next_phone == tpl.targets[0].tokenizer  # the target that reads the text's next phone
