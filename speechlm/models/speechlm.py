@@ -23,8 +23,8 @@ from speechlm.models.config import ModelConfig
 from speechlm.models.features import length_units
 from speechlm.models.heads import OutputHead, StreamEmbedding, stream_ids_from_vocab
 from speechlm.models.losses import ctc_loss, guided_attention_loss, length_loss
-from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.next_phone import NextPhoneEmbedding, layout_next_phones
+from speechlm.models.patterns import PATTERNS, Layout
 from speechlm.models.progress import ProgressEmbedding, layout_progress
 from speechlm.models.reduction import CondStacker, Reduction, reduction_map
 from speechlm.vocab import Vocabulary
