@@ -13,9 +13,7 @@ from speechlm.infer import DecodeConfig
 from speechlm.infer.follow import PhoneFollower
 from speechlm.infer.generate import sample_decode
 from speechlm.models import SpeechLM
-from speechlm.tasks.template import load_template_file
-from speechlm.vocab import Vocabulary
-from test_model_helpers import tiny_config
+from test_model_helpers import phone_tts as make_phone_tts, tiny_config
 
 N_PH = 12
 
@@ -41,16 +39,10 @@ def test_follower_allows_stay_next_and_bounded_silence():
 
 @pytest.fixture(scope="module")
 def phone_tts(tmp_path_factory):
-    vocab = Vocabulary()
-    vocab.add_tokenizer("phones", [N_PH])
-    vocab.add_tokenizer("codec_ph", [N_PH, 8, 8])
-    vocab.add_task("tts_ph")
-    path = tmp_path_factory.mktemp("tpl") / "tts_ph.yaml"
-    path.write_text("name: tts_ph\nconditions:\n  - {name: phones, modality: text, tokenizer: phones, source: text}\n"
-                    "targets:\n  - {name: speech, modality: audio, tokenizer: codec_ph, source: wav.scp}\n")
+    vocab, tpl = make_phone_tts(tmp_path_factory.mktemp("tpl"), N_PH)
     torch.manual_seed(0)
     model = SpeechLM(tiny_config("delay"), vocab).eval()
-    return vocab, load_template_file(path), model
+    return vocab, tpl, model
 
 
 def _prompts(vocab, tpl, texts):

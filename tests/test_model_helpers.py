@@ -28,6 +28,21 @@ def toy_vocab(n_streams: int = 2) -> Vocabulary:
     return v
 
 
+def phone_tts(tmp: Path, n_phones: int = 12):
+    """A vocabulary with a phone tokenizer and a phone-led codec (``codec_ph``: phones + two
+    8-entry streams), and the template ``tts_ph`` (phones -> codec_ph) read from the file it writes."""
+    from speechlm.tasks.template import load_template_file
+
+    vocab = Vocabulary()
+    vocab.add_tokenizer("phones", [n_phones])
+    vocab.add_tokenizer("codec_ph", [n_phones, 8, 8])
+    vocab.add_task("tts_ph")
+    path = tmp / "tts_ph.yaml"
+    path.write_text("name: tts_ph\nconditions:\n  - {name: phones, modality: text, tokenizer: phones, source: text}\n"
+                    "targets:\n  - {name: speech, modality: audio, tokenizer: codec_ph, source: wav.scp}\n")
+    return vocab, load_template_file(path)
+
+
 def toy_segments(i: int, n_streams: int = 2) -> dict[str, dict[str, np.ndarray]]:
     """Deterministic toy data for utterance ``i``: TTS (phones -> codec frames, one frame per
     phone, stream k = (phone * (k + 2) + k) mod 8) and ASR (codec -> text = stream 0 codes + 1)."""
