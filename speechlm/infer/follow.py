@@ -14,21 +14,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from speechlm.config import ConfigError
+from speechlm.models.next_phone import SILENCE, phone_runs
 
 
 class PhoneFollower:
     """Stream ``stream`` of target tokenizer ``tokenizer`` must spell ``phones`` (local ids, runs of
     one phone merged) in order, every phone for at least one frame, with runs of ``silence``."""
 
-    def __init__(self, tokenizer: str, stream: int, phones: Sequence[int], silence: int = 0,
+    def __init__(self, tokenizer: str, stream: int, phones: Sequence[int], silence: int = SILENCE,
                  max_silence: int = 10, max_stretch: float = 0.0) -> None:
-        seq: list[int] = []
-        for p in phones:
-            if p != silence and (not seq or seq[-1] != p):
-                seq.append(int(p))
         self.tokenizer, self.stream, self.silence = tokenizer, stream, silence
         self.max_silence, self.max_stretch = max_silence, max_stretch
-        self.phones = seq
+        self.phones = phone_runs(phones, silence)
         self.pos = -1  # index of the phone being spoken (-1: none yet)
         self.quiet = 0  # silent frames in a row
         self.held = 0  # frames since the current phone began

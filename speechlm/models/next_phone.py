@@ -24,13 +24,19 @@ from speechlm.models.patterns import runs
 SILENCE = 0
 
 
+def phone_runs(phones, silence: int = SILENCE) -> list[int]:
+    """The phones a stream walks through: silence dropped, runs of one phone merged."""
+    seq: list[int] = []
+    for p in phones:
+        if p != silence and (not seq or seq[-1] != p):
+            seq.append(int(p))
+    return seq
+
+
 def next_phones(frames: np.ndarray, silence: int = SILENCE) -> np.ndarray:
     """For frame phones ``frames [L]`` (local ids), the phone that comes after each frame's in the
     text, ``-1`` after the last one; walks as :meth:`PhoneFollower.observe` does."""
-    seq: list[int] = []
-    for p in frames.tolist():
-        if p != silence and (not seq or seq[-1] != p):
-            seq.append(p)
+    seq = phone_runs(frames.tolist(), silence)
     out = np.full(len(frames), -1, dtype=np.int64)
     pos = -1
     for t, p in enumerate(frames.tolist()):
@@ -54,7 +60,7 @@ class NextPhoneEmbedding(nn.Module):
         return self.table(phone + 1) * (phone >= 0)[..., None]
 
 
-def layout_next_phones(pattern, tokens: torch.Tensor, kinds: torch.Tensor, lengths: torch.Tensor,
+def layout_next_phones(tokens: torch.Tensor, kinds: torch.Tensor, lengths: torch.Tensor,
                        pos: torch.Tensor, rows: int, vocab, tokenizer: str) -> torch.Tensor:
     """Per layout row ``[B, rows]``: the next phone (local id, ``-1``: none) of the rows that hold a
     frame of a ``tokenizer`` audio target (its frames' rows; end and tail rows get none)."""
@@ -70,4 +76,4 @@ def layout_next_phones(pattern, tokens: torch.Tensor, kinds: torch.Tensor, lengt
     return torch.from_numpy(out).to(tokens.device)
 
 
-__all__ = ["NextPhoneEmbedding", "layout_next_phones", "next_phones", "SILENCE"]
+__all__ = ["NextPhoneEmbedding", "layout_next_phones", "next_phones", "phone_runs", "SILENCE"]

@@ -193,7 +193,7 @@ class SpeechLM(nn.Module):
             progress = layout_progress(self.pattern, tokens, kinds, lengths, layout.pos, T2, self.vocab)
         nxt = None
         if self.next_phone is not None:
-            nxt = layout_next_phones(self.pattern, tokens, kinds, lengths, layout.pos, T2, self.vocab,
+            nxt = layout_next_phones(tokens, kinds, lengths, layout.pos, T2, self.vocab,
                                      self.config.next_phone)
         pre = torch.zeros(B, dtype=torch.int64, device=tokens.device)
         if self.config.prefix_lm and bool((prefix_lens > 0).any()):
