@@ -1,4 +1,4 @@
-"""The episode generator: phrasings (two styles, disjoint), determinism, kinds, held-out values,
+"""The episode generator: phrasings (two styles, disjoint; pooled with templates held out), determinism, kinds, held-out values,
 and episodes whose reference dialogue replays to their expected state and answer facts."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from speechlm.agent.calls import parse_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import read_episodes, success, write_episodes
 from speechlm.agent.generator import DEFAULT_MIX, generate_episodes
-from speechlm.agent.requests import heldout, load_phrasings, load_values
+from speechlm.agent.requests import heldout, load_phrasings, load_values, split_phrasings
 from speechlm.agent.intents import INTENTS, call_to_intent
 from speechlm.agent.calls import Call
 
@@ -144,10 +144,36 @@ def test_transitions_use_the_first_result(train_eps):
             e.meta["transition"] == "calendar_alarm"
 
 
+def _templates(ph):
+    return {t for ts in ph.intents.values() for t in ts}
+
+
+def test_pooled_split_holds_out_a_quarter_of_both_authors_templates():
+    train, test = split_phrasings("train"), split_phrasings("test")
+    author_a, author_b = _templates(load_phrasings("train")), _templates(load_phrasings("test"))
+    assert set(train.intents) == set(test.intents) == set(INTENTS)
+    assert not set(train.all_lines()) & set(test.all_lines())
+    assert _templates(train) | _templates(test) == author_a | author_b
+    assert 0.2 < len(_templates(test)) / len(author_a | author_b) < 0.3
+    assert _templates(test) & author_a and _templates(test) & author_b
+    for intent in INTENTS:  # every intent keeps both: something to learn, something held out
+        assert train.intents[intent] and test.intents[intent], intent
+    assert train.casual is not None and test.casual is None
+    assert split_phrasings("test", "author") is load_phrasings("test")
+    with pytest.raises(ValueError, match="held_out must be one of"):
+        split_phrasings("test", "voices")
+
+
+@pytest.mark.parametrize("held_out", ["templates", "author"])
+def test_atomic_test_requests_use_held_out_templates(held_out):
+    train_t = _templates(split_phrasings("train", held_out))
+    test_t = _templates(split_phrasings("test", held_out))
+    eps = generate_episodes(60, "test", seed=3, mix={"atomic": 1}, held_out=held_out)
+    assert all(e.meta["template"] in test_t and e.meta["template"] not in train_t for e in eps)
+
+
 def test_test_split_uses_held_out_phrasings_and_values(train_eps, test_eps):
-    train_ph, test_ph = load_phrasings("train"), load_phrasings("test")
-    train_templates = {t for ts in train_ph.intents.values() for t in ts}
-    test_templates = {t for ts in test_ph.intents.values() for t in ts}
+    train_templates, test_templates = _templates(split_phrasings("train")), _templates(split_phrasings("test"))
     for e in test_eps:
         if "template" in e.meta and e.kind == "atomic":
             assert e.meta["template"] in test_templates and e.meta["template"] not in train_templates

@@ -2,8 +2,9 @@
 expected calls, final state and answer facts computed by running the calls on the environment.
 
 Phrasings live in ``phrasings/train.yaml`` (author A: full, polite sentences) and
-``phrasings/test.yaml`` (author B, written independently: short, elliptic, chatty, fillers);
-slot values of open domains in ``phrasings/values.yaml`` (with held-out test values); values of
+``phrasings/test.yaml`` (author B, written independently: short, elliptic, chatty, fillers), pooled
+with a quarter of each list held out for the test split, or one author per split
+(:func:`~speechlm.agent.requests.split_phrasings`); slot values of open domains in ``phrasings/values.yaml`` (with held-out test values); values of
 closed domains come from the environment state and are split by a stable hash.
 
 Episode kinds (``generate_episodes(n, split, seed, mix=...)``):
@@ -37,7 +38,7 @@ from speechlm.agent.episodes import Episode
 from speechlm.agent.intents import INTENTS, intent_to_call
 from speechlm.agent.requests import (DEFAULT_MIX, HELDOUT_RATE, HELDOUT_VAR, PLACEHOLDER, SPLITS, TRANSITIONS, Phrasings,
                                      augment_state, fill, load_phrasings, make_request, names_in_state, open_value,
-                                     pick_value, slot_value, time_value, wrap)
+                                     pick_value, slot_value, split_phrasings, time_value, wrap)
 from speechlm.agent.spoken import format_time, from_hhmm
 from speechlm.agent.tools import ToolError
 
@@ -410,29 +411,31 @@ def _make(rng: random.Random, kind: str, ph: Phrasings, split: str, intent: Opti
 
 def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional[dict[str, float]] = None,
                       phrasings: Optional[str] = None, id_prefix: Optional[str] = None,
-                      max_tries: int = 50, heldout_rate: float = HELDOUT_RATE) -> list[Episode]:
+                      max_tries: int = 50, heldout_rate: float = HELDOUT_RATE,
+                      held_out: str = "templates") -> list[Episode]:
     """``n`` episodes of ``split`` (``train`` or ``test``: its phrasings and held-out values),
-    deterministic under ``seed``. ``mix`` gives the share of each kind (default
+    deterministic under ``seed``. ``held_out``: how the test phrasings differ from training's
+    (:func:`~speechlm.agent.requests.split_phrasings`); ``phrasings``, a YAML path, replaces them. ``mix`` gives the share of each kind (default
     :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered.
     ``heldout_rate``: the share of the test split's slot values drawn from the held-out values."""
     if not 0 <= heldout_rate <= 1:
         raise ValueError(f"heldout_rate must be in [0, 1], got {heldout_rate}")
     token = HELDOUT_VAR.set(heldout_rate)
     try:
-        return _generate(n, split, seed, mix, phrasings, id_prefix, max_tries)
+        return _generate(n, split, seed, mix, phrasings, id_prefix, max_tries, held_out)
     finally:
         HELDOUT_VAR.reset(token)
 
 
 def _generate(n: int, split: str, seed: int, mix: Optional[dict[str, float]], phrasings: Optional[str],
-              id_prefix: Optional[str], max_tries: int) -> list[Episode]:
+              id_prefix: Optional[str], max_tries: int, held_out: str) -> list[Episode]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     mix = dict(DEFAULT_MIX if mix is None else mix)
     bad = sorted(set(mix) - set(DEFAULT_MIX))
     if bad or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError(f"mix: shares of {', '.join(DEFAULT_MIX)} (non-negative, not all zero), got {mix}")
-    ph = load_phrasings(phrasings or split)
+    ph = load_phrasings(phrasings) if phrasings else split_phrasings(split, held_out)
     rng = random.Random(f"{seed}-{split}")
     total = sum(mix.values())
     counts = {k: int(round(n * v / total)) for k, v in mix.items()}

@@ -189,6 +189,61 @@ def load_phrasings(split_or_path: str) -> Phrasings:
     return ph
 
 
+HELD_OUT = ("templates", "author")  # how the test split's phrasings are kept from training
+
+
+def _held_part(key: str, lines: list, test: bool) -> list:
+    """The test (or training) part of one pooled list: a quarter of it (at least one line, and at
+    least one left for training), chosen by a stable hash of ``key`` and the line."""
+    lines = list(dict.fromkeys(lines))
+    if len(lines) < 2:
+        return lines
+    ranked = sorted(lines, key=lambda x: hashlib.sha1(f"{key}\0{x}".encode()).hexdigest())
+    held = set(ranked[:max(1, len(lines) // 4)])
+    return [x for x in lines if (x in held) == test]
+
+
+@lru_cache(maxsize=4)
+def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
+    """The phrasings of ``split``. ``held_out="author"``: each split has its own author's file
+    (training author A's full sentences, test author B's chatty fragments: a style training never
+    sees). ``"templates"``: both files pooled, and a quarter of every list (each intent's templates,
+    wrappers, answers, corrections...) held out for the test split by a stable hash, so the test
+    requests use templates training never sees, in styles it does."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if held_out not in HELD_OUT:
+        raise ValueError(f"held_out must be one of {', '.join(HELD_OUT)}, got {held_out!r}")
+    if held_out == "author":
+        return load_phrasings(split)
+    a, b = load_phrasings("train"), load_phrasings("test")
+    test = split == "test"
+
+    def lists(name: str) -> list[str]:
+        return _held_part(name, getattr(a, name) + getattr(b, name), test)
+
+    def per_key(name: str) -> dict:
+        da, db = getattr(a, name), getattr(b, name)
+        out = {}
+        for k in list(dict.fromkeys([*da, *db])):
+            if name == "corrections":  # {said: meant}: held out by what is said
+                both = {**da.get(k, {}), **db.get(k, {})}
+                out[k] = {said: both[said] for said in _held_part(f"{name}/{k}", list(both), test)}
+            else:
+                out[k] = _held_part(f"{name}/{k}", da.get(k, []) + db.get(k, []), test)
+        return {k: v for k, v in out.items() if v}
+
+    return Phrasings(
+        path=f"{a.path} + {b.path} ({split}: {'a quarter' if test else 'three quarters'} of each list)",
+        style="both authors, templates held out", wake_words=lists("wake_words"),
+        wake_rate=(a.wake_rate + b.wake_rate) / 2, openers=lists("openers"),
+        opener_rate=(a.opener_rate + b.opener_rate) / 2, closers=lists("closers"),
+        closer_rate=(a.closer_rate + b.closer_rate) / 2, connectors=lists("connectors"),
+        intents=per_key("intents"), underspecified=per_key("underspecified"), answers=lists("answers"),
+        transitions=per_key("transitions"), corrections=per_key("corrections"),
+        casual=None if test else a.casual)
+
+
 @lru_cache(maxsize=1)
 def load_values() -> dict[str, dict[str, list[str]]]:
     path = PHRASING_DIR / "values.yaml"

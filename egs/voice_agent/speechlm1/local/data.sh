@@ -5,8 +5,9 @@
 #   train: training phrasings and slot values, training voices of espeak-ng and festival
 #   train_text: more training episodes, text only (the text command task: cheap, many phrasings)
 #   dev:   training phrasings, other episodes (validation loss only)
-#   test:  held-out phrasings (another author's style) and slot values, held-out voices, and an
-#          engine (flite) that training never hears
+#   test:  held-out phrasings (--held_out templates: a quarter of both authors' templates; author:
+#          another author's style) and slot values, held-out voices, and an engine (flite) that
+#          training never hears
 #   test_noisy: the test episodes again, with white or babble noise at 20, 10 or 5 dB SNR
 # Deterministic under --seed; re-running keeps the wav files that exist (it resumes).
 set -euo pipefail
@@ -23,6 +24,7 @@ num_train_text=5000            # text-only training episodes (0: none)
 num_dev=100                    # validation episodes
 num_test=200                   # held-out test episodes
 mix=atomic=0.6,compositional=0.25,recovery=0.15 # shares of the episode kinds
+held_out=templates             # test phrasings: templates (a quarter of both authors' templates, never trained on) or author (author B's style only)
 seed=1                         # the same seed gives the same task sets
 nj=2                           # parallel synthesis jobs
 train_engines=espeak-ng,festival # engines of the training and dev voices
@@ -39,7 +41,8 @@ slm=(python3 -m speechlm)
 mkdir -p "${workdir}"
 gen() {  # gen SET SPLIT N SEED
   if [[ -s ${workdir}/$1.jsonl ]]; then log "$1: ${workdir}/$1.jsonl exists, kept"; return; fi
-  "${slm[@]}" agent generate --split "$2" --n "$3" --seed "$4" --mix "${mix}" --id-prefix "$1" --out "${workdir}/$1.jsonl"
+  "${slm[@]}" agent generate --split "$2" --n "$3" --seed "$4" --mix "${mix}" --held-out "${held_out}" \
+    --id-prefix "$1" --out "${workdir}/$1.jsonl"
 }
 gen train train "${num_train}" "${seed}"
 gen dev train "${num_dev}" $(( seed + 1000 ))
