@@ -187,3 +187,25 @@ def test_builtin_one_position_step_equals_forward(kv_heads):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = bb.step(x[:, 7], pos[:, 7], valid[:, None, None, :8], cache)
     assert out.dtype == torch.float32 and float((out - ref).abs().max()) < 0.15
+
+
+def test_builtin_dropout_acts_on_each_sublayer_in_training_only():
+    """``dropout`` drops the attention weights and each sublayer's output while training (what
+    regularizes a small model), and nothing at evaluation: there it equals the model without it."""
+    torch.manual_seed(0)
+    plain = BuiltinDecoder(dim=32, n_layers=2, n_heads=4, n_kv_heads=2)
+    dropped = BuiltinDecoder(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, dropout=0.3)
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 7, 32)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x), dropped(x))
+    dropped.train()
+    a, b = dropped(x), dropped(x)
+    assert not torch.allclose(a, b)
+    # with the attention weights left alone, outputs still differ: the sublayer outputs are dropped
+    for layer in dropped.layers:
+        layer.self_attn.dropout = 0.0
+    assert not torch.allclose(dropped(x), dropped(x))
+    for layer in dropped.layers:
+        layer.dropout = 0.0
+    assert torch.equal(dropped(x), plain(x))

@@ -195,10 +195,12 @@ class Block(nn.Module):
         self.self_attn = Attention(dim, n_heads, n_kv_heads, dropout)
         self.post_attention_layernorm = RMSNorm(dim, eps)
         self.mlp = MLP(dim, ffn_dim)
+        self.dropout = dropout  # also on each sublayer's output: what keeps a small model from memorizing
 
     def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        p = self.dropout if self.training else 0.0
+        x = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer), p)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), p)
 
 
 def default_ffn_dim(dim: int) -> int:
