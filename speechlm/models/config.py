@@ -45,7 +45,7 @@ class ModelConfig:
     ffn_dim: int | None = None
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    dropout: float = 0.0
+    dropout: float = 0.0  # builtin: attention weights and each sublayer output, while training only
     max_len: int = 8192
     init_std: float = 0.02
     # hf backbone
