@@ -4,8 +4,9 @@ expected calls, final state and answer facts computed by running the calls on th
 Phrasings live in ``phrasings/train.yaml`` (author A: full, polite sentences) and
 ``phrasings/test.yaml`` (author B, written independently: short, elliptic, chatty, fillers), pooled
 with a quarter of each list held out for the test split, or one author per split
-(:func:`~speechlm.agent.requests.split_phrasings`); slot values of open domains in ``phrasings/values.yaml`` (with held-out test values); values of
-closed domains come from the environment state and are split by a stable hash.
+(:func:`~speechlm.agent.requests.split_phrasings`); slot values of open domains in
+``phrasings/values.yaml`` (with held-out test values); values of closed domains come from the
+environment state and are split by a stable hash.
 
 Episode kinds (``generate_episodes(n, split, seed, mix=...)``):
 
@@ -415,8 +416,8 @@ def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional
                       held_out: str = "templates") -> list[Episode]:
     """``n`` episodes of ``split`` (``train`` or ``test``: its phrasings and held-out values),
     deterministic under ``seed``. ``held_out``: how the test phrasings differ from training's
-    (:func:`~speechlm.agent.requests.split_phrasings`); ``phrasings``, a YAML path, replaces them. ``mix`` gives the share of each kind (default
-    :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered.
+    (:func:`~speechlm.agent.requests.split_phrasings`); ``phrasings``, a YAML path, replaces them.
+    ``mix`` gives the share of each kind (default :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered.
     ``heldout_rate``: the share of the test split's slot values drawn from the held-out values."""
     if not 0 <= heldout_rate <= 1:
         raise ValueError(f"heldout_rate must be in [0, 1], got {heldout_rate}")
