@@ -417,7 +417,8 @@ def generate_episodes(n: int, split: str = "train", seed: int = 0, mix: Optional
     """``n`` episodes of ``split`` (``train`` or ``test``: its phrasings and held-out values),
     deterministic under ``seed``. ``held_out``: how the test phrasings differ from training's
     (:func:`~speechlm.agent.requests.split_phrasings`); ``phrasings``, a YAML path, replaces them.
-    ``mix`` gives the share of each kind (default :data:`DEFAULT_MIX`); atomic episodes cycle through the 59 intents so that each is covered.
+    ``mix`` gives the share of each kind (default :data:`DEFAULT_MIX`); atomic episodes cycle
+    through the 59 intents so that each is covered.
     ``heldout_rate``: the share of the test split's slot values drawn from the held-out values."""
     if not 0 <= heldout_rate <= 1:
         raise ValueError(f"heldout_rate must be in [0, 1], got {heldout_rate}")

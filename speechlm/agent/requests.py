@@ -222,16 +222,15 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
     def lists(name: str) -> list[str]:
         return _held_part(name, getattr(a, name) + getattr(b, name), test)
 
-    def per_key(name: str) -> dict:
+    def per_key(name: str) -> dict[str, list[str]]:
         da, db = getattr(a, name), getattr(b, name)
-        out = {}
-        for k in list(dict.fromkeys([*da, *db])):
-            if name == "corrections":  # {said: meant}: held out by what is said
-                both = {**da.get(k, {}), **db.get(k, {})}
-                out[k] = {said: both[said] for said in _held_part(f"{name}/{k}", list(both), test)}
-            else:
-                out[k] = _held_part(f"{name}/{k}", da.get(k, []) + db.get(k, []), test)
+        out = {k: _held_part(f"{name}/{k}", da.get(k, []) + db.get(k, []), test) for k in dict.fromkeys([*da, *db])}
         return {k: v for k, v in out.items() if v}
+
+    corrections = {}  # {slot: {said: meant}}, held out by what is said
+    for slot in dict.fromkeys([*a.corrections, *b.corrections]):
+        both = {**a.corrections.get(slot, {}), **b.corrections.get(slot, {})}
+        corrections[slot] = {said: both[said] for said in _held_part(f"corrections/{slot}", list(both), test)}
 
     return Phrasings(
         path=f"{a.path} + {b.path} ({split}: {'a quarter' if test else 'three quarters'} of each list)",
@@ -240,7 +239,7 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
         opener_rate=(a.opener_rate + b.opener_rate) / 2, closers=lists("closers"),
         closer_rate=(a.closer_rate + b.closer_rate) / 2, connectors=lists("connectors"),
         intents=per_key("intents"), underspecified=per_key("underspecified"), answers=lists("answers"),
-        transitions=per_key("transitions"), corrections=per_key("corrections"),
+        transitions=per_key("transitions"), corrections={k: v for k, v in corrections.items() if v},
         casual=None if test else a.casual)
 
 
