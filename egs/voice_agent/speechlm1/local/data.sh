@@ -24,7 +24,7 @@ num_train_text=5000            # text-only training episodes (0: none)
 num_dev=100                    # validation episodes
 num_test=200                   # held-out test episodes
 mix=atomic=0.6,compositional=0.25,recovery=0.15 # shares of the episode kinds
-held_out=templates             # test phrasings: templates (a quarter of both authors' templates, never trained on) or author (author B's style only)
+held_out=templates             # test phrasings: templates (a quarter of both authors', never trained on) or author (author B's)
 seed=1                         # the same seed gives the same task sets
 nj=2                           # parallel synthesis jobs
 train_engines=espeak-ng,festival # engines of the training and dev voices
