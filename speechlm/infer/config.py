@@ -70,10 +70,6 @@ class DecodeConfig:
     follow_phones: str = ""
     follow_max_silence: int = 10
     follow_max_stretch: float = 0.0
-    # audio targets: of the nbest sampled outputs keep the one the model's own CTC head, run as this
-    # task (e.g. asr) on the output's audio, finds likeliest to say the input's text
-    # (speechlm.infer.rerank; the decode command); "" = keep the first
-    rerank: str = ""
     seed: int = 0
     kv_cache: bool = True  # False: recompute the whole sequence every step (reference / benchmarks)
     batch_size: int = 16  # prompts decoded together by the decode command
@@ -108,8 +104,6 @@ class DecodeConfig:
                       "targets) or 'sample' for an n-best list")
         if self.search == "beam" and self.nbest > self.beam_size:
             raise bad(f"nbest {self.nbest} > beam_size {self.beam_size} (beam search keeps at most beam_size)")
-        if self.rerank and self.nbest < 2:
-            raise bad(f"rerank: {self.rerank!r} chooses among nbest outputs: set nbest >= 2 (got {self.nbest})")
         if self.ordinal not in ORDINAL:
             raise bad(f"ordinal: {self.ordinal!r} is not one of 'mean', 'median' or '' (off)")
         if any(s < 0 for s in self.ordinal_streams):

@@ -102,10 +102,6 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
     tok = pipe.tokenizers[target.tokenizer]
     is_audio = tok.modality == "audio"
     prompts = _speaker_prompts(pipe, template, by_id, seed)
-    if cfg.rerank:
-        from speechlm.infer.rerank import recognizer_scores, recognizer_task_check
-
-        text_seg = recognizer_task_check(pipe, cfg.rerank, template)
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -139,16 +135,9 @@ def decode_shard(model_dir: str, manifest_dir: str, out_dir: Path, nj: int, job:
             outs = pipe.generate_outputs(template.name, inputs, cfg, ids=[r["id"] for r in chunk])
             elapsed = time.perf_counter() - t0
             for r, hyps, secs in zip(chunk, outs, cond_seconds):
-                rec = {"id": r["id"], "seconds": elapsed / len(chunk), "cond_audio_s": secs}
-                k = 0
-                if cfg.rerank:  # audio targets (recognizer_task_check)
-                    t1 = time.perf_counter()
-                    heard = recognizer_scores(pipe, cfg.rerank, r["segments"][text_seg], [h.tokens for h in hyps],
-                                              target.tokenizer, r["id"], cfg.precision)
-                    k = int(np.argmax(heard))
-                    rec.update(heard=[round(x, 4) for x in heard], seconds=rec["seconds"] + time.perf_counter() - t1)
-                best = hyps[k]
-                rec.update(tokens=best.tokens.tolist(), stopped=best.stopped, score=best.score)
+                best = hyps[0]
+                rec = {"id": r["id"], "tokens": best.tokens.tolist(), "seconds": elapsed / len(chunk),
+                       "cond_audio_s": secs, "stopped": best.stopped, "score": best.score}
                 if is_audio:
                     from speechlm.data.audio import write_wav
 

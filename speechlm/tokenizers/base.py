@@ -104,12 +104,6 @@ class AudioTokenizer(Tokenizer):
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """``[frames, streams]`` -> float32 waveform at :attr:`sample_rate`."""
 
-    def tokens_for(self, other: "AudioTokenizer", tokens: np.ndarray) -> np.ndarray | None:
-        """``tokens`` of this tokenizer as ``other``'s tokens without going through audio, where
-        the two share a code (decoding and encoding again moves a codec's tokens off the ones its
-        models learned); None where they do not."""
-        return tokens if other is self else None
-
     #: precision of the resampling kernel (see :func:`speechlm.data.audio.resample`); a tokenizer
     #: keeps the one its archives were made with, so its tokens do not move
     resample_kernel: str = "float32"

@@ -193,15 +193,6 @@ class Codec2Tokenizer(AudioTokenizer):
         y = dec.push(tokens)
         return np.concatenate([y, dec.flush()])
 
-    def tokens_for(self, other: AudioTokenizer, tokens: np.ndarray) -> np.ndarray | None:
-        if type(other) is Codec2Tokenizer and (other.mode, other.layout) == (self.mode, self.layout):
-            return self._codec_part(tokens)
-        return super().tokens_for(other, tokens)
-
-    def _codec_part(self, tokens: np.ndarray) -> np.ndarray:
-        """The Codec 2 streams of ``tokens`` (subclasses with streams of their own drop those)."""
-        return np.asarray(tokens)
-
     def stream_decoder(self) -> Codec2StreamDecoder:
         """A decoder fed a few frames at a time (streaming TTS); see :class:`Codec2StreamDecoder`."""
         return Codec2StreamDecoder(self)
