@@ -154,8 +154,9 @@ def test_pooled_split_holds_out_a_quarter_of_both_authors_templates():
     author_a, author_b = _templates(load_phrasings("train")), _templates(load_phrasings("test"))
     assert set(train.intents) == set(test.intents) == set(INTENTS)
     assert not set(train.all_lines()) & set(test.all_lines())
-    said = lambda ph: {(slot, w) for slot, table in ph.corrections.items() for w in table}
-    assert said(train) and said(test) and not said(train) & said(test)
+    said_train, said_test = ({(slot, w) for slot, table in ph.corrections.items() for w in table}
+                             for ph in (train, test))
+    assert said_train and said_test and not said_train & said_test
     assert _templates(train) | _templates(test) == author_a | author_b
     assert 0.2 < len(_templates(test)) / len(author_a | author_b) < 0.3
     assert _templates(test) & author_a and _templates(test) & author_b

@@ -230,7 +230,8 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
     corrections = {}  # {slot: {said: meant}}, held out by what is said
     for slot in dict.fromkeys([*a.corrections, *b.corrections]):
         both = {**a.corrections.get(slot, {}), **b.corrections.get(slot, {})}
-        corrections[slot] = {said: both[said] for said in _held_part(f"corrections/{slot}", list(both), test)}
+        if kept := _held_part(f"corrections/{slot}", list(both), test):
+            corrections[slot] = {said: both[said] for said in kept}
 
     return Phrasings(
         path=f"{a.path} + {b.path} ({split}: {'a quarter' if test else 'three quarters'} of each list)",
@@ -239,7 +240,7 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
         opener_rate=(a.opener_rate + b.opener_rate) / 2, closers=lists("closers"),
         closer_rate=(a.closer_rate + b.closer_rate) / 2, connectors=lists("connectors"),
         intents=per_key("intents"), underspecified=per_key("underspecified"), answers=lists("answers"),
-        transitions=per_key("transitions"), corrections={k: v for k, v in corrections.items() if v},
+        transitions=per_key("transitions"), corrections=corrections,
         casual=None if test else a.casual)
 
 
