@@ -34,6 +34,21 @@ def test_call_format_is_canonical_and_lenient_on_spaces():
     assert format_call(Call("chat", {})) == "chat"
 
 
+def test_calls_decoded_by_a_wordpiece_tokenizer_parse():
+    """A BERT-style tokenizer splits names at '_' and decodes them spaced; the call still parses."""
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "call", "set", "_", "alarm", "date", "=", "tomorrow", ";",
+             "time", "seven", "am", "repeat", "every", "day"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    call = Call("set_alarm", {"date": "tomorrow", "time": "seven am", "repeat": "every day"})
+    text = format_turn("call", call)
+    decoded = tok.decode(tok.encode(text, add_special_tokens=False))
+    assert decoded != text and "set _ alarm" in decoded
+    assert parse_turn(decoded) == ("call", call)
+    assert parse_call("lights _ off house _ place = hall") == Call("lights_off", {"house_place": "hall"})
+
+
 @pytest.mark.parametrize("text, message, pos", [
     ("", "expected a tool name", 0),
     ("9lights action=on", "expected a tool name", 0),

@@ -35,6 +35,24 @@ def llama_dir(tmp_path_factory):
     return d, lm
 
 
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT encoder saved with save_pretrained (what a sentence encoder's directory, e.g.
+    tools/install_minilm.sh's, looks like: BertModel weights, no LM head)."""
+    torch.manual_seed(0)
+    enc = transformers.BertModel(transformers.BertConfig(
+        vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=256)).eval()
+    d = tmp_path_factory.mktemp("bert")
+    enc.save_pretrained(d)
+    return d, enc
+
+
+def backbone_kw(backbone: str, llama_dir, bert_dir) -> dict:
+    paths = {"hf": llama_dir[0], "hf_bert": bert_dir[0]}
+    return {"backbone": "hf", "hf_path": str(paths[backbone])} if backbone in paths else {}
+
+
 def test_builtin_matches_transformers_llama(llama_dir):
     _, lm = llama_dir
     ours = BuiltinDecoder(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128).eval()
@@ -73,6 +91,31 @@ def test_hf_backbone_keeps_pretrained_text_rows(llama_dir, tmp_path):
     batch = collate(toy_examples(vocab, 2))
     with torch.no_grad():
         assert torch.allclose(model.eval()(batch).loss, loaded.eval()(batch).loss, atol=1e-6)
+
+
+def test_hf_backbone_reads_a_bert_encoder_as_a_decoder(bert_dir, tmp_path):
+    """An encoder checkpoint (BertModel) loads as the body with its weights and word embeddings,
+    runs causally (is_decoder) and round-trips through save/load."""
+    path, enc = bert_dir
+    vocab = toy_vocab(2)
+    vocab.add_tokenizer("enc", [50])
+    model = SpeechLM(tiny_config("delay", backbone="hf", hf_path=str(path), hf_text_tokenizer="enc"), vocab).eval()
+    assert model.backbone.config.is_decoder
+    a, b = vocab.stream_range("enc", 0)
+    assert torch.equal(model.embed.weight[a:b], enc.embeddings.word_embeddings.weight)
+    body = model.backbone.body
+    assert torch.equal(body.encoder.layer[1].intermediate.dense.weight, enc.encoder.layer[1].intermediate.dense.weight)
+    x = torch.randn(1, 6, 64)
+    changed = x.clone()
+    changed[:, 4:] = torch.randn(1, 2, 64)
+    with torch.no_grad():
+        h, h2 = model.backbone(x), model.backbone(changed)
+    assert torch.allclose(h[:, :4], h2[:, :4], atol=1e-6) and not torch.allclose(h[:, 4:], h2[:, 4:])
+    model.save_pretrained(tmp_path / "m")
+    loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
+    batch = collate(toy_examples(vocab, 2))
+    with torch.no_grad():
+        assert torch.allclose(model(batch).loss, loaded(batch).loss, atol=1e-6)
 
 
 def test_frozen_text_rows_do_not_move(llama_dir):
@@ -122,25 +165,25 @@ def incremental_vs_full(model: SpeechLM, vocab, n_streams: int) -> float:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("backbone", ["builtin", "hf"])
-def test_kv_cache_matches_full_forward(strategy, backbone, llama_dir):
+@pytest.mark.parametrize("backbone", ["builtin", "hf", "hf_bert"])
+def test_kv_cache_matches_full_forward(strategy, backbone, llama_dir, bert_dir):
+    """(For the BERT encoder this also says it attends causally: the full forward sees every position.)"""
     torch.manual_seed(0)
     vocab = toy_vocab(3)
-    kw = {"backbone": "hf", "hf_path": str(llama_dir[0])} if backbone == "hf" else {}
+    kw = backbone_kw(backbone, llama_dir, bert_dir)
     model = SpeechLM(tiny_config(strategy, cond_reduction=2, **kw), vocab)
     assert incremental_vs_full(model, vocab, 3) < 1e-4
 
 
-@pytest.mark.parametrize("backbone", ["builtin", "hf"])
-def test_batched_decoding_with_row_dropping_matches_single_rows(backbone, llama_dir):
+@pytest.mark.parametrize("backbone", ["builtin", "hf", "hf_bert"])
+def test_batched_decoding_with_row_dropping_matches_single_rows(backbone, llama_dir, bert_dir):
     """Rows stop at different steps (max length relative to the condition length), so finished rows
     leave the batch and the KV cache is re-indexed: outputs must equal one-by-one decoding."""
     from speechlm.infer import DecodeConfig, generate
 
     torch.manual_seed(0)
     vocab = toy_vocab(2)
-    kw = {"backbone": "hf", "hf_path": str(llama_dir[0])} if backbone == "hf" else {}
-    model = SpeechLM(tiny_config("delay", **kw), vocab).eval()
+    model = SpeechLM(tiny_config("delay", **backbone_kw(backbone, llama_dir, bert_dir)), vocab).eval()
     prompts = toy_examples(vocab, 4, with_targets=False)
     cfg = DecodeConfig(min_len_ratio=1.5, max_len_ratio=1.5, max_len=50)
     batched = generate(model, collate(prompts), cfg)

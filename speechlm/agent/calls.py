@@ -18,7 +18,8 @@ Spaces around ``=``: a value then starts a word, so the BPE gives it the same pi
 request it is copied from (``=living`` is ``= li ving``, `` = living`` is ``▁= ▁living``), and
 an action value is a word piece instead of letters (``action=up`` was ``action = u p``); see
 "What limits the parser" in ``egs/voice_agent/speechlm1/README.md``. :func:`parse_call` reads
-both forms.
+both forms, and names split at their underscores (``set _ alarm``, ``device _ type``: how a
+WordPiece tokenizer such as a pretrained BERT's decodes them).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Union
 from speechlm.agent.tools.base import ToolError
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+SPLIT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*(?:\s*_\s*[a-z0-9_]+)*")  # a name, maybe spaced at its '_'
 RESERVED = ";=|"
 CALL_PREFIX = "call "
 ANSWER_PREFIX = "say "
@@ -99,14 +101,19 @@ def format_call(call: Call) -> str:
     return call.name + (" " + " ; ".join(parts) if parts else "")
 
 
+def _joined(name: str) -> str:
+    return re.sub(r"\s*_\s*", "_", name)
+
+
 def parse_call(text: str) -> Call:
     """Parse ``name k = v ; k = v`` (or ``k=v``); lenient about spaces and case, strict about structure."""
     src = text
     text = text.lower()
-    m = re.match(r"\s*([a-z][a-z0-9_]*)", text)
+    lead = len(text) - len(text.lstrip())
+    m = SPLIT_NAME_RE.match(text, lead)
     if not m:
-        raise CallSyntaxError("expected a tool name", src, len(text) - len(text.lstrip()))
-    name, pos = m.group(1), m.end()
+        raise CallSyntaxError("expected a tool name", src, lead)
+    name, pos = _joined(m.group(0)), m.end()
     rest = text[pos:]
     args: dict[str, str] = {}
     if rest.strip():
@@ -117,7 +124,7 @@ def parse_call(text: str) -> Call:
             if "=" not in chunk:
                 raise CallSyntaxError("expected name=value", src, offset + len(chunk) - len(chunk.lstrip()))
             key, value = chunk.split("=", 1)
-            key_s = key.strip()
+            key_s = _joined(key.strip())
             if not NAME_RE.fullmatch(key_s):
                 raise CallSyntaxError(f"bad argument name {key_s!r}", src, offset)
             for c in "|=":  # '=' in a value: a model that forgot the ';' between two arguments

@@ -224,13 +224,14 @@ class Decoder:
 class AgentLoop:
     """Runs episodes through a model dir's pipeline (see the module docstring)."""
 
-    def __init__(self, pipe, config: LoopConfig, audio_base: Optional[Path] = None) -> None:
+    def __init__(self, pipe, config: LoopConfig, audio_base: Optional[Path] = None, asr_pipe=None) -> None:
+        """``asr_pipe``: the cascade's ASR model when it is not ``pipe`` (a parser trained apart)."""
         self.pipe, self.cfg, self.audio_base = pipe, config.validate(), audio_base
         task = config.dialogue_task if config.mode == "e2e" else config.command_task
         self.decoder = Decoder(pipe, task, config.max_len)
         # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
-        self.asr = Decoder(pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
+        self.asr = Decoder(asr_pipe or pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
         self.whisper = None
         if config.mode == "cascade-whisper":
             from speechlm.eval.recognizers import build_recognizer
@@ -556,7 +557,7 @@ def read_jsonl_ids(path: Path) -> dict[str, dict]:
 
 
 def run_agent(pipe, episodes: list[Episode], out_dir: str | Path, config: LoopConfig,
-              audio_base: Optional[Path] = None, chunk: int = 0) -> dict[str, int]:
+              audio_base: Optional[Path] = None, chunk: int = 0, asr_pipe=None) -> dict[str, int]:
     """Run the loop over ``episodes`` into ``out_dir`` (``predictions.jsonl``, ``final_states.jsonl``,
     ``wav/`` with ``speak``). Resumable: episodes already in both files are skipped; results are
     appended chunk by chunk (``chunk`` episodes, default 4 batches), so a killed run loses at most one."""
@@ -579,7 +580,7 @@ def run_agent(pipe, episodes: list[Episode], out_dir: str | Path, config: LoopCo
     if done:
         log.info("%s: %d of %d episodes already done, %d to run", out, len(episodes) - len(todo), len(episodes),
                  len(todo))
-    loop = AgentLoop(pipe, config, audio_base)
+    loop = AgentLoop(pipe, config, audio_base, asr_pipe)
     chunk = chunk or 4 * config.batch_size
     bar = tqdm(total=len(todo), desc=f"agent {config.mode}", unit="episode", disable=None)
     for i in range(0, len(todo), chunk):

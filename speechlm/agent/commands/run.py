@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dialogue-task", default=d.dialogue_task, help="the e2e task")
     p.add_argument("--command-task", default=d.command_task, help="the cascade's text task")
     p.add_argument("--asr-task", default=d.asr_task, help="the cascade's ASR task")
+    p.add_argument("--asr-model-dir", default=None,
+                   help="cascade: the packed model whose ASR task transcribes (default: --model-dir), e.g. the "
+                        "recipe's SpeechLM when --model-dir is a parser trained apart")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per job (0: the cores divided by --nj). The loop's small decoding batches "
                         "run fastest on one thread (48 episode steps on the 2-core machine, busy: 2.7 s with 1 "
@@ -58,8 +61,9 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
     for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "dialogue_task",
-                 "command_task", "asr_task", "seed"):
-        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+                 "command_task", "asr_task", "seed", "asr_model_dir"):
+        if getattr(args, flag) is not None:
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "ttft", "speak"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
@@ -129,9 +133,12 @@ def main(args: argparse.Namespace) -> int:
             episodes = episodes[args.shard - 1 :: args.nj]
             out = out / "shards" / str(args.shard)
         pipe = speechlm.load(args.model_dir)
-        stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent)
+        asr_pipe = speechlm.load(args.asr_model_dir) if args.asr_model_dir and args.mode == "cascade" else None
+        stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent,
+                          asr_pipe=asr_pipe)
     wall = time.perf_counter() - t0
-    write_text(out / "run.info", f"model_dir {args.model_dir}\nepisodes {args.episodes}\nmode {args.mode}\n"
+    asr_line = f"asr_model_dir {args.asr_model_dir}\n" if args.asr_model_dir else ""
+    write_text(out / "run.info", f"model_dir {args.model_dir}\n{asr_line}episodes {args.episodes}\nmode {args.mode}\n"
                                  f"nj {args.nj}\nran {stats['ran']}\nskipped {stats['skipped']}\nwall_s {wall:.1f}\n")
     log.info("agent run (%s): %d episodes (%d run now, %d done before) in %.1f s -> %s", args.mode,
              stats["episodes"], stats["ran"], stats["skipped"], wall, out / "predictions.jsonl")
