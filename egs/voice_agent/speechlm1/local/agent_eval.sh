@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stages 10-12 of the voice-agent recipe: run the packed model as an agent on the held-out episodes
 # (end to end, and as cascades), score the runs side by side, and forecast task success from
-# teacher-forced token statistics of every checkpoint. Each stage skips work whose outputs are
-# newer than the packed model. Run from the recipe dir (run.sh calls it).
+# teacher-forced token statistics of every checkpoint. With --parser, the text-parsing modes
+# (cascade, cascade-whisper, text) parse with that packed model (local/train_parser.sh) and the
+# cascade transcribes with the experiment's ASR task. Each stage skips work whose outputs are
+# newer than the packed models. Run from the recipe dir (run.sh calls it).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/agent_eval.sh) $*" >&2; }
@@ -21,6 +23,7 @@ modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run -
 noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
 nj=2                           # parallel agent jobs
 dialogue_task=spoken_dialogue  # the e2e task (spoken_dialogue_monologue: the model writes what it heard first)
+parser=                        # packed parser model of the text-parsing modes (empty: the experiment's command task)
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
@@ -28,12 +31,13 @@ forecast_limit=60              # episodes per checkpoint run in the forecast (0:
 . utils/parse_options.sh
 (( $# == 0 )) || die "unexpected argument(s): $*"
 [[ -f ${exp}/packed/.done ]] || die "${exp}/packed is not complete: run stages 1-9 first"
+[[ -z ${parser} || -f ${parser}/.done ]] || die "${parser} is not complete: run local/train_parser.sh first"
 stage_on() { (( stage <= $1 && stop_stage >= $1 )); }
 slm=(python3 -m speechlm)
 read -ra sets <<< "${test_sets}"
 read -ra mode_list <<< "${modes}"
 read -ra noisy_mode_list <<< "${noisy_modes}"
-newer() { [[ -f $1 && $1 -nt ${exp}/packed/.done ]]; }
+newer() { [[ -f $1 && $1 -nt ${exp}/packed/.done && ( -z ${parser} || $1 -nt ${parser}/.done ) ]]; }
 
 if stage_on 10; then
   for s in "${sets[@]}"; do
@@ -43,9 +47,11 @@ if stage_on 10; then
     if [[ ${s} == *noisy* ]]; then set_modes=("${noisy_mode_list[@]}"); fi
     for m in "${set_modes[@]}"; do
       out=${exp}/agent_${s}_${m}
-      log "Stage 10: agent run (${m}): ${exp}/packed + ${eps} -> ${out}"
+      model=(--model-dir "${exp}/packed")
+      if [[ -n ${parser} && ${m} != e2e ]]; then model=(--model-dir "${parser}" --asr-model-dir "${exp}/packed"); fi
+      log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
-      "${slm[@]}" agent run --model-dir "${exp}/packed" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}" \
+      "${slm[@]}" agent run "${model[@]}" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}" \
         --dialogue-task "${dialogue_task}"
       touch "${out}/.done"
     done
