@@ -51,6 +51,11 @@ if stage_on 10; then
       if [[ -n ${parser} && ${m} != e2e ]]; then model=(--model-dir "${parser}" --asr-model-dir "${exp}/packed"); fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
+      # a run older than the models (finished or killed) is another model's: start it again
+      if [[ -e ${out}/predictions.jsonl ]] && ! newer "${out}/predictions.jsonl"; then
+        log "Stage 10: ${out} is older than the models: run again from the start"
+        rm -rf "${out}"
+      fi
       "${slm[@]}" agent run "${model[@]}" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}" \
         --dialogue-task "${dialogue_task}"
       touch "${out}/.done"
