@@ -48,7 +48,8 @@ if stage_on 10; then
     for m in "${set_modes[@]}"; do
       out=${exp}/agent_${s}_${m}
       model=(--model-dir "${exp}/packed")
-      if [[ -n ${parser} && ${m} != e2e ]]; then model=(--model-dir "${parser}" --asr-model-dir "${exp}/packed"); fi
+      if [[ -n ${parser} && ${m} != e2e ]]; then model=(--model-dir "${parser}"); fi
+      if [[ -n ${parser} && ${m} == cascade ]]; then model+=(--asr-model-dir "${exp}/packed"); fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
       # a run older than the models (finished or killed) is another model's: start it again
