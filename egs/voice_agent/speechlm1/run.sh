@@ -29,6 +29,8 @@ while (( $# > 0 )); do
     *) args+=("$1"); shift ;;
   esac
 done
+[[ ${parser} == true || ${parser} == false ]] || { echo "run.sh: --parser is true or false, got '${parser}'" >&2; exit 2; }
+read -ra parser_cmd <<< "local/train_parser.sh ${parser_opts}"
 
 opts=(
   --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 200 --nj 2 --seed 1"
@@ -52,9 +54,6 @@ if (( stage <= 5 && stop_stage >= 5 )); then
   python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
   python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
-[[ ${parser} == true || ${parser} == false ]] || { echo "run.sh: --parser is true or false, got '${parser}'" >&2; exit 2; }
-# shellcheck disable=SC2086
-train_parser() { local/train_parser.sh ${parser_opts}; }
 # the cores this process may use, split in two halves (one for each training)
 read -ra cpus <<< "$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))' 2> /dev/null || echo 0)"
 half=$(( ${#cpus[@]} / 2 ))
@@ -68,8 +67,7 @@ if (( stop_stage >= 6 && stage <= 9 )); then
     if (( first <= 7 )); then run_stages "${first}" 7; fi
     mkdir -p exp
     echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stage 8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
-    # shellcheck disable=SC2086
-    taskset -c "$(join "${cpus[@]:half}")" local/train_parser.sh ${parser_opts} > exp/train_parser.log 2>&1 &
+    taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
     parser_pid=$!
     taskset -c "$(join "${cpus[@]:0:half}")" ./speechlm.sh --stage 8 --stop_stage 8 "${opts[@]}" ${args[@]+"${args[@]}"}
     wait "${parser_pid}" || { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
@@ -81,7 +79,7 @@ if (( stop_stage >= 6 && stage <= 9 )); then
 fi
 eval_opts=()
 if [[ ${parser} == true ]]; then
-  if (( stop_stage >= 9 && stage <= 9 )); then train_parser; fi  # kept if it trained next to stage 8
+  if (( stop_stage >= 9 && stage <= 9 )); then "${parser_cmd[@]}"; fi  # kept if it trained next to stage 8
   eval_opts=(--parser exp/parser/packed)
 fi
 if (( stop_stage >= 10 )); then

