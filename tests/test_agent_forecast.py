@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 
@@ -96,6 +97,15 @@ def test_forecast_over_checkpoints(run, tmp_path):
     rows2 = json.loads((again / "forecast.json").read_text())["checkpoints"]
     assert [r["success"] for r in rows2] == [0.0, 100.0]
     assert rows2[1]["top1"] == pytest.approx(last["top1"])
+
+    # an agent run older than its checkpoint (one of a retrained run of that name) runs again
+    stale = tmp_path / "stale"
+    shutil.copytree(out / "runs" / "step_00000000", stale / "runs" / "step_00000150")
+    for f in (stale / "runs" / "step_00000150").rglob("*"):
+        os.utime(f, (0, 0))
+    assert main(["agent", "forecast", "--exp-dir", str(exp), "--episodes", str(episodes), "--out-dir", str(stale),
+                 "--checkpoints", "step_00000150", "--run-agent"]) == 0
+    assert json.loads((stale / "forecast.json").read_text())["checkpoints"][0]["success"] == 100.0
 
 
 def test_token_stats_from_a_tokenized_dump_equal_those_from_episodes(run, tmp_path):

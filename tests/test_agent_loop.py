@@ -16,7 +16,7 @@ from speechlm.agent.calls import Call, format_result, format_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode, read_episodes, write_episodes
 from speechlm.agent.intents import intent_to_call
-from speechlm.agent.loop import LoopConfig, classify_turn, history_text, run_agent, spoken_form
+from speechlm.agent.loop import AgentLoop, LoopConfig, classify_turn, history_text, run_agent, spoken_form
 from speechlm.models import SpeechLM
 from conftest import synth
 from test_model_helpers import packed_model_dir, train
@@ -271,6 +271,22 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
     assert [r["id"] for r in records if not r["success"]] == []
     assert s["success"] == s["call_em"] == s["intent_acc"] == s["slu_f1"] == 100.0
     assert s["invalid_rate"] == 0.0 and s["n_tool_error"] > 0 and s["recovery_rate"] == 100.0
+
+
+def test_loop_grounds_a_parsed_value_in_the_request(untrained_dir):
+    """A value the user did not say runs as the user's closest words, and the step records it;
+    --ground 0 runs the call as decoded."""
+    ep = Episode(id="g1", turns=[{"text": "switch the garage light on"}],
+                 expected_calls=[{"name": "lights", "args": {"action": "on", "house_place": "garage"}}])
+    for ground, place in ((0.5, "garage"), (0.0, "garden")):
+        loop = AgentLoop(speechlm.load(untrained_dir), LoopConfig(mode="text", ground=ground))
+        run = loop.start(ep)
+        loop.prepare([run])
+        assert loop.apply(run, "call lights action = on ; house_place = garden", retry=False) == "call"
+        assert run.calls[0]["args"]["house_place"] == place
+        assert run.steps[-1].get("grounded") == ({"house_place": ["garden", "garage"]} if ground else None)
+    with pytest.raises(ValueError, match="ground"):
+        LoopConfig(ground=1.5).validate()
 
 
 def test_run_command_with_two_jobs_merges_their_shards(untrained_dir, episodes_file, tmp_path):

@@ -60,6 +60,7 @@ class LoopConfig:
     max_len: int = 200  # target tokens per assistant turn (caps the model dir's decode max_len)
     retry: bool = True
     retry_temperature: float = 0.7
+    ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
     dialogue_task: str = "spoken_dialogue"
@@ -73,6 +74,8 @@ class LoopConfig:
             raise ValueError(f"agent mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.max_turns < 1 or self.batch_size < 1 or self.max_len < 1:
             raise ValueError("agent: max_turns, batch_size and max_len must be >= 1")
+        if not 0 <= self.ground <= 1:
+            raise ValueError(f"agent: ground is a character distance in [0, 1], got {self.ground}")
         return self
 
 
@@ -362,7 +365,9 @@ class AgentLoop:
             else:
                 run.ended = "answer"
             return kind
-        call: Call = payload
+        call, grounded = self.ground(run, payload)
+        if grounded:
+            run.steps[-1]["grounded"] = grounded
         if run.timing["first_call"] is None:
             run.timing["first_call"] = run.elapsed
         t0 = time.perf_counter()
@@ -377,6 +382,15 @@ class AgentLoop:
         if run.steps_this_turn >= self.cfg.max_turns:
             run.ended = "max_turns"
         return kind
+
+    def ground(self, run: EpisodeRun, call: Call) -> tuple[Call, dict]:
+        """``call`` with its values grounded in the user's words so far (:mod:`speechlm.agent.ground`);
+        the e2e model without a monologue has no words to ground in."""
+        from speechlm.agent.ground import ground_call
+
+        said = [t["text"] for t in run.history if t["role"] == "user" and t["text"]]
+        seen = [t["text"] for t in run.history if t["role"] == "tool"]
+        return ground_call(call, said, seen, self.cfg.ground)
 
     def retry_config(self, step: int):
         import copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 log = logging.getLogger("speechlm.agent.forecast")
@@ -75,6 +76,11 @@ def main(args: argparse.Namespace) -> int:
             from speechlm.agent.score import score_run
 
             eps = episodes[: args.agent_limit] if args.agent_limit else episodes
+            preds = run_dir / "predictions.jsonl"
+            if preds.is_file() and preds.stat().st_mtime < (ckpt / "model.safetensors").stat().st_mtime:
+                # an agent run of an earlier checkpoint of that name (a retrained run): never resume it
+                log.info("%s: older than %s, run again", run_dir, ckpt)
+                shutil.rmtree(run_dir)
             task = {"dialogue_task": args.task} if args.mode == "e2e" else {}  # the scored task is the one run
             run_agent(pipe, eps, run_dir, LoopConfig(mode=args.mode, batch_size=args.batch_size, **task), audio_base)
             row["success"] = score_run(run_dir, eps, ckpt.name, Path(args.episodes).stem)["success"]

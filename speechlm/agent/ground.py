@@ -1,0 +1,88 @@
+"""Grounding a call's argument values in what the user said.
+
+A parser that has never seen a slot value tends to write the nearest value it knows
+(``garage`` -> ``garden``, ``ten forty am`` -> ``ten forty five am``): a fluent value that the
+request does not hold. Slot values are spans of what was said (SLURP's annotation is spans) or
+of what a tool returned (a context transition copies an event from the calendar), so a value
+found in neither is replaced by the closest span of the user's words when that span is close
+enough (character edit distance over the longer length <= ``max_distance``) and reads like a
+value: a span never starts or ends with a function word or a filler (``to my`` is no date,
+``shop in`` no list; ``the`` may start one: ``the airport``). Values found
+verbatim, enum arguments, and values with no close span (a time computed from a tool's
+result, a synonym such as ``kitchen`` for ``cooking area``) are kept.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from speechlm.agent.calls import Call
+from speechlm.agent.slu_f1 import char_distance
+from speechlm.agent.tools import get_tool
+
+
+# English function words and fillers: never the first or last word of a slot value
+EDGE_WORDS = frozenset("""a an and are as at be but by can could do for from had has have he her him his how i if in
+into is it its me my no not of off on or our she so than that their them then there they this those to up us was we
+were what when where which who will with would you your um uh hmm er erm ah oh please""".split())
+
+
+def value_like(words: Sequence[str]) -> bool:
+    """Whether a span of words can be a slot value: no function word or filler at either end
+    (``the`` may start it)."""
+    return bool(words) and words[0] not in EDGE_WORDS and words[-1] not in EDGE_WORDS | {"the"}
+
+
+def _words(text: str) -> list[str]:
+    # a possessive grounds its owner: "mary's email" holds the person "mary"
+    return [w[:-2] if w.endswith("'s") else w for w in text.lower().split()]
+
+
+def _content(text: str) -> str:
+    # "the work" and "work" name the same place: an article is no reason to keep a value
+    return text[4:] if text.startswith("the ") else text
+
+
+def holds(text: str, value: str) -> bool:
+    """Whether ``value``'s words occur as consecutive words of ``text``."""
+    words, v = _words(text), value.lower().split()
+    n = len(v)
+    return n > 0 and any(words[i : i + n] == v for i in range(len(words) - n + 1))
+
+
+def nearest_span(value: str, texts: Sequence[str]) -> Optional[tuple[str, float]]:
+    """The word span of ``texts`` closest to ``value`` (one word fewer to one more, reading like a
+    value: :func:`value_like`) and its character distance (a leading ``the`` aside); ties go to
+    the span with as many words as the value."""
+    n = len(value.split())
+    best: Optional[tuple[float, int, str]] = None
+    for text in texts:
+        words = text.lower().split()
+        for size in range(max(1, n - 1), n + 2):
+            for i in range(len(words) - size + 1):
+                if not value_like(words[i : i + size]):
+                    continue
+                span = " ".join(words[i : i + size])
+                key = (char_distance(_content(value), _content(span)), abs(size - n), span)
+                if best is None or key < best:
+                    best = key
+    return None if best is None else (best[2], best[0])
+
+
+def ground_call(call: Call, said: Sequence[str], seen: Sequence[str] = (),
+                max_distance: float = 0.5) -> tuple[Call, dict[str, list[str]]]:
+    """``call`` with each free value that neither ``said`` (the user's words) nor ``seen`` (tool
+    results) holds replaced by its nearest span of ``said`` within ``max_distance``; returns the
+    call and the replacements (argument -> ``[old, new]``). ``max_distance <= 0`` keeps all."""
+    if max_distance <= 0:
+        return call, {}
+    props = get_tool(call.name).parameters.get("properties", {})
+    args, changed = dict(call.args), {}
+    for key, value in call.args.items():
+        if not isinstance(value, str) or not value.strip() or "enum" in props.get(key, {}):
+            continue
+        if any(holds(t, value) for t in (*said, *seen)):
+            continue
+        near = nearest_span(value, said)
+        if near is not None and near[1] <= max_distance:
+            args[key], changed[key] = near[0], [value, near[0]]
+    return (Call(call.name, args), changed) if changed else (call, {})

@@ -1,0 +1,41 @@
+"""Grounding a call's values in the user's words (speechlm/agent/ground.py) and in the loop."""
+import pytest
+
+from speechlm.agent.calls import Call
+from speechlm.agent.ground import ground_call, holds, nearest_span
+
+
+def test_holds_whole_words_and_possessives():
+    assert holds("turn on the garage light", "garage")
+    assert not holds("turn on the garages light", "garage")
+    assert holds("what is mary's email", "mary")
+    assert holds("wake me at ten forty am", "ten forty am")
+    assert not holds("wake me at ten forty am", "ten forty five am")
+
+
+def test_nearest_span_prefers_the_value_length_on_ties():
+    assert nearest_span("ten forty five am", ["wake me at ten forty am please"]) == ("ten forty am", pytest.approx(5 / 17))
+    assert nearest_span("x", []) is None
+
+
+def test_ground_call_replaces_a_value_not_said_by_the_closest_span():
+    call = Call("lights", {"action": "on", "house_place": "garden"})
+    out, changed = ground_call(call, ["switch the garage light on"])
+    assert out.args == {"action": "on", "house_place": "garage"}
+    assert changed == {"house_place": ["garden", "garage"]}
+    # off: the call as decoded
+    assert ground_call(call, ["switch the garage light on"], max_distance=0) == (call, {})
+
+
+def test_ground_call_keeps_said_seen_far_and_enum_values():
+    said = ["when is my dentist appointment and set an alarm half an hour before it"]
+    seen = ["dentist appointment at ten am on wednesday"]
+    # verbatim in a tool's result (a context transition) or computed from it (nothing close): kept
+    call = Call("alarm", {"action": "set", "time": "nine thirty am", "date": "wednesday"})
+    assert ground_call(call, said, seen) == (call, {})
+    # a synonym with no close span: kept
+    kitchen = Call("lights", {"action": "on", "house_place": "kitchen"})
+    assert ground_call(kitchen, ["flick the cooking area light on"]) == (kitchen, {})
+    # enum values are the tool's business (its schema check), never replaced
+    up = Call("volume", {"action": "up"})
+    assert ground_call(up, ["make it louder"]) == (up, {})
