@@ -289,6 +289,54 @@ def test_loop_grounds_a_parsed_value_in_the_request(untrained_dir):
         LoopConfig(ground=1.5).validate()
 
 
+def test_decoding_follows_a_span_rule(untrained_dir):
+    """Sampled text under a SpanFollower: after an opening token only the allowed ones until a
+    closing one (each of the n-best samples keeps its own state); free sampling breaks the rule."""
+    import copy
+    import re
+
+    from speechlm.infer.follow import SpanFollower
+
+    loop = AgentLoop(speechlm.load(untrained_dir), LoopConfig(mode="text"))
+    d = loop.decoder
+    (e,), (x,), (s,) = (d.local_ids(c) for c in "exs")
+    run = loop.start(Episode(id="f1", turns=[{"text": "turn on the lights"}]))
+    loop.prepare([run])
+    _, prompts = loop.encode_all([run])
+    cfg = copy.copy(d.config)
+    cfg.search, cfg.nbest, cfg.temperature, cfg.top_k, cfg.seed, cfg.min_len = "sample", 4, 3.0, 0, 1, 60
+    broken = re.compile("ex*[^xs]")  # an opened span holding something else
+    free = d(prompts, ["f1"], cfg.validate())[0]
+    held = d(prompts, ["f1"], cfg, [SpanFollower(d.tokenizer, {e}, {s}, {x})])[0]
+    assert any(broken.search(t) for t in free)
+    assert sum(t.count("e") for t in held) >= 4 and not any(broken.search(t) for t in held), held
+    cfg.search = "beam"
+    with pytest.raises(ValueError, match="greedy or sample"):
+        d(prompts, ["f1"], cfg, [SpanFollower(d.tokenizer, {e}, {s}, {x})])
+
+
+def test_cascade_values_may_hold_only_words_said_seen_or_closed(untrained_dir):
+    """The loop's value rule (copy_values): opened by ``=``, closed by ``;``, inside it the tokens
+    of the request, the tools' results and the closed words; off for e2e and --no-copy-values."""
+    from speechlm.agent.ground import closed_words
+
+    pipe = speechlm.load(untrained_dir)
+    loop = AgentLoop(pipe, LoopConfig(mode="text"))
+    run = loop.start(Episode(id="c1", turns=[{"text": "zzz"}]))
+    loop.prepare([run])
+    run.history.append({"role": "tool", "text": "ok: qqq"})
+    (f,) = loop.followers([run])
+    d = loop.decoder
+    assert f.allowed() is None
+    f.observe(min(d.marks("=")))
+    assert set(f.allowed()) == d.local_ids("zzz ok: qqq " + closed_words()) | d.marks(";")
+    assert d.local_ids("z") <= set(f.allowed())
+    f.observe(min(d.marks(";")))
+    assert f.allowed() is None
+    assert AgentLoop(pipe, LoopConfig(mode="text", copy_values=False)).followers([run]) is None
+    assert AgentLoop(pipe, LoopConfig(mode="e2e")).followers([run]) is None
+
+
 def test_run_command_with_two_jobs_merges_their_shards(untrained_dir, episodes_file, tmp_path):
     from speechlm.cli import main
 

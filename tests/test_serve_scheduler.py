@@ -126,6 +126,29 @@ def test_batches_form_and_max_batch_one_decodes_one_at_a_time(pipe):
             assert s["mean_batch"] > 1 and s["batches"] < 8, s
 
 
+def test_a_request_with_a_follower_obeys_it_in_a_shared_batch(pipe):
+    """A request's own decoding rule (a SpanFollower: after ``=`` only the letters of ``bed``)
+    holds for that request while its batch mate decodes freely, as it would alone."""
+    import re
+
+    from speechlm.infer.follow import SpanFollower
+
+    tok = pipe.template("command").targets[0].tokenizer
+    ids = lambda text: set(pipe.tokenizers[tok].encode(text).reshape(-1).tolist())  # noqa: E731
+    rule = SpanFollower(tok, ids("="), ids(";"), ids("bed"))
+    free = alone(pipe, "command", REQUESTS[0])
+    assert free[0] == "call lights_off room=kitchen"
+    with BatchScheduler(pipe, max_batch=4, window_s=2.0) as sched:
+        futs = [sched.submit_future("command", REQUESTS[0], follower=rule), sched.submit_future("command", REQUESTS[0])]
+        held, mate = (f.result(timeout=120) for f in futs)
+        assert sched.stats()["batch_sizes"] == {2: 1}
+        with pytest.raises(RequestError, match="greedy or sample"):
+            sched.submit_future("command", REQUESTS[0], DecodeConfig(search="beam", beam_size=2), follower=rule)
+    assert mate == free
+    value = held[0].partition("=")[2]
+    assert held[0].startswith("call lights_off room=") and re.fullmatch("[bed]*", value), held
+
+
 def test_a_bad_request_fails_alone(pipe, wavs, tmp_path):
     """Unreadable audio, a shell pipe, an empty text, an input longer than the context and a
     missing input fail with a RequestError naming the request and the reason; their batch mates

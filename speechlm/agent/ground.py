@@ -1,5 +1,11 @@
 """Grounding a call's argument values in what the user said.
 
+While decoding (:func:`value_texts`, the agent loop's ``copy_values``): a value may hold only the words
+of what the user said, of what the tools returned, and of :func:`closed_words` (numbers, days,
+the tools' enum values: a time computed from an event's time is said by nobody).
+
+After decoding (:func:`ground_call`):
+
 A parser that has never seen a slot value tends to write the nearest value it knows
 (``garage`` -> ``garden``, ``ten forty am`` -> ``ten forty five am``): a fluent value that the
 request does not hold. Slot values are spans of what was said (SLURP's annotation is spans) or
@@ -66,6 +72,27 @@ def nearest_span(value: str, texts: Sequence[str]) -> Optional[tuple[str, float]
                 if best is None or key < best:
                     best = key
     return None if best is None else (best[2], best[0])
+
+
+def closed_words() -> str:
+    """Words any value may hold though nobody said them: numbers and times, days and parts of
+    days, and the tools' enum values."""
+    from speechlm.agent.loop import number_words
+    from speechlm.agent.tools import TOOLS, get_tool
+
+    words = [number_words(n) for n in range(100)] + ["hundred thousand am pm oh half quarter noon midnight",
+             "today tomorrow tonight yesterday monday tuesday wednesday thursday friday saturday sunday",
+             "weekend week next this morning afternoon evening night the"]
+    for name in TOOLS:
+        for prop in get_tool(name).parameters.get("properties", {}).values():
+            words += [str(v) for v in prop.get("enum", ())]
+    return " ".join(words)
+
+
+def value_texts(said: Sequence[str], seen: Sequence[str] = ()) -> list[str]:
+    """The texts whose words a call's values may hold (``said``: the user's words, ``seen``: tool
+    results)."""
+    return [*said, *seen, closed_words()]
 
 
 def ground_call(call: Call, said: Sequence[str], seen: Sequence[str] = (),

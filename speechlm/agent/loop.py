@@ -60,6 +60,7 @@ class LoopConfig:
     max_len: int = 200  # target tokens per assistant turn (caps the model dir's decode max_len)
     retry: bool = True
     retry_temperature: float = 0.7
+    copy_values: bool = True  # decode values from the words said, returned by tools, or closed_words (cascades)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
@@ -217,10 +218,30 @@ class Decoder:
         self.pipe.prompt_example(self.template, toks, utt)
         return toks
 
-    def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None) -> list[list[str]]:
-        """Hypothesis texts (best first) of each prompt."""
-        outs = self.pipe.generate_outputs(self.task, inputs, config or self.config, ids)
+    def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None,
+                 followers=None) -> list[list[str]]:
+        """Hypothesis texts (best first) of each prompt (``followers``: a rule each, or None)."""
+        outs = self.pipe.generate_outputs(self.task, inputs, config or self.config, ids, followers)
         return [[str(self.pipe.detokenize(self.tokenizer, o.tokens)) for o in row] for row in outs]
+
+    def local_ids(self, text: str) -> set[int]:
+        return set(np.asarray(self.pipe.tokenizers[self.tokenizer].encode(text)).reshape(-1).tolist())
+
+    def marks(self, char: str) -> set[int]:
+        """Local ids of the tokens that hold ``char`` where a call writes it (`` = ``, `` ; ``)."""
+        tok = self.pipe.tokenizers[self.tokenizer]
+        return {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
+
+    def value_follower(self, texts: list[str]):
+        """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of ``texts``."""
+        from speechlm.infer.follow import SpanFollower
+
+        if not hasattr(self, "_marks"):
+            self._marks = (self.marks("="), self.marks(";"))
+        ids: set[int] = set()
+        for t in texts:
+            ids |= self.local_ids(t)
+        return SpanFollower(self.tokenizer, *self._marks, ids)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -235,6 +256,12 @@ class AgentLoop:
         # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
         self.asr = Decoder(asr_pipe or pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
+        # values copied while decoding: the cascades know the user's words before the call (the
+        # e2e model hears them); greedy and sampling searches only
+        self.copy_values = config.copy_values and config.mode != "e2e" and self.decoder.config.search in ("greedy", "sample")
+        if config.copy_values and config.mode != "e2e" and not self.copy_values:
+            log.info("agent: %s search: values are not copied while decoding (greedy or sample)",
+                     self.decoder.config.search)
         self.whisper = None
         if config.mode == "cascade-whisper":
             from speechlm.eval.recognizers import build_recognizer
@@ -383,14 +410,25 @@ class AgentLoop:
             run.ended = "max_turns"
         return kind
 
+    @staticmethod
+    def said_seen(run: EpisodeRun) -> tuple[list[str], list[str]]:
+        """The user's words so far and the tools' results (the e2e model without a monologue has no words)."""
+        said = [t["text"] for t in run.history if t["role"] == "user" and t["text"]]
+        return said, [t["text"] for t in run.history if t["role"] == "tool"]
+
     def ground(self, run: EpisodeRun, call: Call) -> tuple[Call, dict]:
-        """``call`` with its values grounded in the user's words so far (:mod:`speechlm.agent.ground`);
-        the e2e model without a monologue has no words to ground in."""
+        """``call`` with its values grounded in the user's words so far (:mod:`speechlm.agent.ground`)."""
         from speechlm.agent.ground import ground_call
 
-        said = [t["text"] for t in run.history if t["role"] == "user" and t["text"]]
-        seen = [t["text"] for t in run.history if t["role"] == "tool"]
-        return ground_call(call, said, seen, self.cfg.ground)
+        return ground_call(call, *self.said_seen(run), self.cfg.ground)
+
+    def followers(self, runs: list[EpisodeRun]) -> Optional[list]:
+        """The value-copying rule of each run's next step (``copy_values``), else None."""
+        if not self.copy_values:
+            return None
+        from speechlm.agent.ground import value_texts
+
+        return [self.decoder.value_follower(value_texts(*self.said_seen(r))) for r in runs]
 
     def retry_config(self, step: int):
         import copy
@@ -457,7 +495,7 @@ class AgentLoop:
                 for r in chunk:
                     r.timing["ttft"] = r.elapsed + dt
             t0 = time.perf_counter()
-            hyps = self.decoder(inputs, ids, cfg)
+            hyps = self.decoder(inputs, ids, cfg, self.followers(chunk))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
                 r.timing["decode"] += dt
@@ -473,7 +511,7 @@ class AgentLoop:
             chunk, inputs = self.encode_all(retry[i : i + B])
             ids = [f"{r.ep.id}/{wave}/retry" for r in chunk]
             t0 = time.perf_counter()
-            hyps = self.decoder(inputs, ids, self.retry_config(wave))
+            hyps = self.decoder(inputs, ids, self.retry_config(wave), self.followers(chunk))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
                 r.timing["decode"] += dt

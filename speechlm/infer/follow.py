@@ -1,4 +1,10 @@
-"""Phone-following decoding: a target's phone stream walks through the text's phones in order.
+"""Decoding that follows a rule: a row's target may take only what its :class:`Follower` allows.
+
+:class:`SpanFollower`: inside spans of a text target (from an opening token to a closing one),
+only given tokens: the agent's call values may hold only words the user said or a tool returned
+(:mod:`speechlm.agent.loop`).
+
+Phone following: a target's phone stream walks through the text's phones in order.
 
 A TTS target led by a phone stream (:mod:`speechlm.tokenizers.codec2_phones`) says, frame by frame,
 which phone it speaks. Left free, the model's phone stream wanders off the text (the mini recipe's
@@ -17,7 +23,57 @@ from speechlm.config import ConfigError
 from speechlm.models.next_phone import SILENCE, phone_runs
 
 
-class PhoneFollower:
+class Follower:
+    """The rule one row's target follows (``RowState.follower``); these defaults constrain nothing."""
+
+    def applies(self, tokenizer: str, stream: int) -> bool:
+        """Whether the rule governs ``tokenizer``'s stream ``stream``."""
+        return False
+
+    def allowed(self) -> list[int] | None:
+        """Local ids the next token may take (None: any)."""
+        return None
+
+    def may_end(self) -> bool:
+        return True
+
+    def observe(self, value: int) -> None:
+        """Record the local id the row took."""
+
+    def pace(self, predicted: int) -> None:
+        """The target's predicted length (frames)."""
+
+    def length(self, j: int, predicted: int) -> int:
+        """The target length the progress input is told at frame ``j``."""
+        return predicted
+
+    def next_phone(self) -> int:
+        return -1
+
+
+class SpanFollower(Follower):
+    """Text target ``tokenizer``: after a token of ``opens`` and until one of ``closes`` (or the
+    end), only the tokens of ``inside`` (or a closing token) may follow (local ids)."""
+
+    def __init__(self, tokenizer: str, opens: Sequence[int], closes: Sequence[int], inside: Sequence[int]) -> None:
+        self.tokenizer, self.opens, self.closes = tokenizer, frozenset(opens), frozenset(closes)
+        self.inside = sorted(set(inside) | self.closes)
+        self.open = False
+
+    def applies(self, tokenizer: str, stream: int) -> bool:
+        return tokenizer == self.tokenizer and stream == 0
+
+    def allowed(self) -> list[int] | None:
+        return self.inside if self.open else None
+
+    def observe(self, value: int) -> None:
+        if value in self.opens:
+            self.open = True
+        elif value in self.closes:
+            self.open = False
+
+
+class PhoneFollower(Follower):
     """Stream ``stream`` of target tokenizer ``tokenizer`` must spell ``phones`` (local ids, runs of
     one phone merged) in order, every phone for at least one frame, with runs of ``silence``."""
 
@@ -99,4 +155,4 @@ def prompt_followers(vocab, prompts, targets: list[list[str]], config) -> list[P
     return out
 
 
-__all__ = ["PhoneFollower", "prompt_followers"]
+__all__ = ["Follower", "SpanFollower", "PhoneFollower", "prompt_followers"]

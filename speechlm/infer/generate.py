@@ -10,9 +10,10 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
-from speechlm.infer.follow import prompt_followers
+from speechlm.infer.follow import Follower, prompt_followers
 from speechlm.infer.sampling import filter_logits, ordinal_estimate, repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 
@@ -215,13 +216,13 @@ class Chooser:
             where[glob] = torch.arange(len(glob), device=device)
             pos = where[a:b]
             if bool((pos < 0).any()):
-                raise ValueError(f"ordinal decoding: {key[0]!r} stream {key[1]} has values outside model "
+                raise ValueError(f"ordinal / followed decoding: {key[0]!r} stream {key[1]} has values outside model "
                                  f"stream {k}'s columns")
             self._value_cols[ck] = pos
         return self._value_cols[ck]
 
     def following(self, acts: list[tuple]) -> list[tuple]:
-        """``(row, follower, key)`` of the rows whose :class:`~speechlm.infer.follow.PhoneFollower`
+        """``(row, follower, key)`` of the rows whose :class:`~speechlm.infer.follow.Follower`
         governs the stream they sample in this call."""
         if len(self.rows) != len(acts):
             return []
@@ -229,14 +230,17 @@ class Chooser:
                 if a[0] != FORCE and st.follower is not None and st.follower.applies(a[1][0], a[1][1])]
 
     def follow_rule(self, k: int, logits: torch.Tensor, following: list[tuple], cols: torch.Tensor | None) -> torch.Tensor:
-        """Phone following: those rows may take only the phones their follower allows, and end only
-        once it has reached the last phone."""
+        """Those rows may take only what their follower allows (phone following: the phones of the
+        text in order), and end only once it lets them."""
         keep = torch.ones_like(logits, dtype=torch.bool)
         glob = None
         for r, f, key in following:
+            allowed = f.allowed()
+            if allowed is None:
+                continue
             pos = self.value_columns(k, key, cols, logits.shape[1], logits.device)
             keep[r] = False
-            keep[r, pos[f.allowed()]] = True
+            keep[r, pos[allowed]] = True
             if key[2] and f.may_end():
                 if glob is None:
                     glob = self.masker.to_global(k, cols if cols is not None else torch.arange(logits.shape[1], device=logits.device))
@@ -288,7 +292,8 @@ def choose_rows(model, h: torch.Tensor, acts: list[list[tuple]], chooser: Choose
 @torch.no_grad()
 def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None,
                   on_step: StepHook | None = None,
-                  ordinal_fields: dict[str, list[list[int]]] | None = None) -> list[list[Hypothesis]]:
+                  ordinal_fields: dict[str, list[list[int]]] | None = None,
+                  followers: Sequence[Follower | None] | None = None) -> list[list[Hypothesis]]:
     """Greedy / sampling decoding of every prompt (``config.nbest`` samples each).
 
     ``on_step(active, states)``, when given, is called after every decoding step with the indices
@@ -300,6 +305,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     ``p * nbest + s``. Streams a strategy fills after the last step (``Pattern.fills_later``, e.g.
     ar_nar's streams 1..) are not final there.
     ``ordinal_fields``: the tokenizers' ordinal fields, for ``config.ordinal`` (see :class:`Chooser`).
+    ``followers``: a rule per prompt (:mod:`speechlm.infer.follow`; each sample gets its own copy).
     """
     config.validate()
     model.eval()
@@ -310,9 +316,16 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
     targets = target_tokenizers(model, prompts, templates)
     limits = length_limits(prompts, config)
     states = [RowState(model.pattern, t, model.vocab, lo, hi) for t, (lo, hi) in zip(targets, limits)]
+    if config.follow_phones and followers is not None:
+        raise ConfigError("decode: follow_phones and the caller's followers are one rule too many")
     if config.follow_phones:
         for st, f in zip(states, prompt_followers(model.vocab, prompts, targets, config)):
             st.follower = f
+    elif followers is not None:
+        if len(followers) * config.nbest != B:
+            raise ValueError(f"decode: {len(followers)} followers for {B // config.nbest} prompts")
+        for i, st in enumerate(states):
+            st.follower = copy.deepcopy(followers[i // config.nbest])
     reads_phones = model.next_phone is not None and any(model.config.next_phone in t for t in targets)
     if reads_phones and not config.follow_phones:
         raise ConfigError(f"decode: the model reads the text's next phone in {model.config.next_phone!r} targets "
@@ -353,10 +366,14 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
 
 
 def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict | None = None,
-                   ordinal_fields: dict[str, list[list[int]]] | None = None) -> list[list[Hypothesis]]:
+                   ordinal_fields: dict[str, list[list[int]]] | None = None,
+                   followers: Sequence[Follower | None] | None = None) -> list[list[Hypothesis]]:
     """Hypotheses per prompt for any ``config.search`` (beam and CTC searches: text targets;
-    ``ordinal_fields``: the tokenizers' ordinal fields for ``config.ordinal``, see :class:`Chooser`)."""
+    ``ordinal_fields``: the tokenizers' ordinal fields for ``config.ordinal``, see :class:`Chooser`;
+    ``followers``: greedy and sampling searches, see :func:`sample_decode`)."""
     config.validate()
+    if followers is not None and config.search not in ("greedy", "sample"):
+        raise ConfigError(f"decode: followed decoding needs search greedy or sample, not {config.search!r}")
     if config.search == "beam":
         from speechlm.infer.search import beam_search
 
@@ -365,7 +382,7 @@ def generate_nbest(model, prompts: Batch, config: DecodeConfig, templates: dict 
         from speechlm.infer.search import ctc_greedy
 
         return ctc_greedy(model, prompts, config.precision)
-    return sample_decode(model, prompts, config, templates, ordinal_fields=ordinal_fields)
+    return sample_decode(model, prompts, config, templates, ordinal_fields=ordinal_fields, followers=followers)
 
 
 def generate(model, prompts: Batch, config: DecodeConfig | None = None, templates: dict | None = None) -> list[np.ndarray]:

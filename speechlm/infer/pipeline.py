@@ -192,10 +192,11 @@ class Pipeline:
         return [(h[0].tokens, h[0].stopped) for h in self.generate_outputs(task, batch_inputs, config, ids)]
 
     def generate_outputs(self, task: str, batch_inputs: Sequence[dict[str, np.ndarray]], config=None,
-                         ids: Sequence[str] | None = None) -> list[list["Output"]]:
+                         ids: Sequence[str] | None = None, followers=None) -> list[list["Output"]]:
         """The ``config.nbest`` hypotheses (:class:`Output`) of each input (condition tokens): beam
         search best first, samples in the order drawn. Inputs beyond the model's context are an
-        :class:`InputError` naming the input's id (``ids``, default ``input0``, ``input1``, ...)."""
+        :class:`InputError` naming the input's id (``ids``, default ``input0``, ``input1``, ...).
+        ``followers``: a decoding rule per input (:mod:`speechlm.infer.follow`), or None."""
         from speechlm.infer.generate import DecodeConfig, generate_nbest
 
         template = self.template(task)
@@ -204,7 +205,7 @@ class Pipeline:
         examples = [self.prompt_example(template, segs, u) for u, segs in zip(ids, batch_inputs)]
         with torch.inference_mode():
             hyps = generate_nbest(self.model, collate(examples, self.vocab.pad_id).to(self.device),
-                                  config or DecodeConfig(), ordinal_fields=self.ordinal_fields())
+                                  config or DecodeConfig(), ordinal_fields=self.ordinal_fields(), followers=followers)
         S, pad = self.model.n_streams, self.vocab.pad_id
         return [[Output(self.to_local(target.tokenizer, h.frames(S, pad)), h.stopped, float(h.score)) for h in hs]
                 for hs in hyps]

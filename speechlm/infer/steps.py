@@ -67,7 +67,7 @@ class RowState:
         self.seg = 0
         self.progress_len = 0  # frames of the one audio target, for models with the progress input
         self.done = False
-        self.follower = None  # a PhoneFollower its phone stream obeys (speechlm.infer.follow)
+        self.follower = None  # the rule its target follows (speechlm.infer.follow)
         self.hyp = Hypothesis()
         self._start()
 

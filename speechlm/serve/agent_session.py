@@ -41,14 +41,16 @@ EventSink = Callable[[dict], None]
 
 class ScheduledDecoder(Decoder):
     """A loop :class:`~speechlm.agent.loop.Decoder` whose prompts go through the scheduler
-    (``submit_sync(task, condition_tokens, config) -> n-best texts``) instead of decoding alone."""
+    (``submit_sync(task, condition_tokens, config, follower=...) -> n-best texts``) instead of decoding alone."""
 
     def __init__(self, base: Decoder, submit_sync: Callable[..., list[str]]) -> None:
         self.__dict__.update(base.__dict__)  # task, template, tokenizer, config of the base decoder
         self._submit = submit_sync
 
-    def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None) -> list[list[str]]:
-        return [list(self._submit(self.task, inp, config or self.config)) for inp in inputs]
+    def __call__(self, inputs: list[dict[str, np.ndarray]], ids: list[str], config=None,
+                 followers=None) -> list[list[str]]:
+        return [list(self._submit(self.task, inp, config or self.config, follower=f))
+                for inp, f in zip(inputs, followers or [None] * len(inputs))]
 
 
 @dataclass

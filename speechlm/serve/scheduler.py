@@ -84,6 +84,7 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     queued: float = 0.0  # when its prompt was ready
     example: Any = None  # the decoding prompt (speechlm.data.sequence.Example)
+    follower: Any = None  # a decoding rule of its own (speechlm.infer.follow), greedy and sampling searches
 
 
 class BatchScheduler:
@@ -117,14 +118,18 @@ class BatchScheduler:
 
     # ---- submitting ------------------------------------------------------------------------------
     def submit_future(self, task: str, inputs: dict[str, Any], config: DecodeConfig | None = None,
-                      request_id: str | None = None) -> concurrent.futures.Future:
+                      request_id: str | None = None, follower=None) -> concurrent.futures.Future:
         """Queue one request; its future gives the n-best outputs (best first): texts for text
-        targets, ``(wav, sample_rate)`` for audio targets. Cancel the future to drop the request."""
+        targets, ``(wav, sample_rate)`` for audio targets. Cancel the future to drop the request.
+        ``follower``: a rule its decoding follows (:mod:`speechlm.infer.follow`)."""
         rid = request_id or f"req{next(self._ids)}"
         config = self._config(task, config, rid)
         if not isinstance(inputs, dict):
             raise RequestError(f"{rid}: inputs must be a dict of segment name -> value, got {type(inputs).__name__}")
-        req = Request(rid, task, dict(inputs), config, (task, dataclasses.astuple(config)), concurrent.futures.Future())
+        if follower is not None and config.search not in ("greedy", "sample"):
+            raise RequestError(f"{rid}: followed decoding needs search greedy or sample, not {config.search!r}")
+        req = Request(rid, task, dict(inputs), config, (task, dataclasses.astuple(config)), concurrent.futures.Future(),
+                      follower=follower)
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the scheduler is closed; no new requests are taken")
@@ -138,9 +143,9 @@ class BatchScheduler:
         return req.future
 
     def submit_sync(self, task: str, inputs: dict[str, Any], config: DecodeConfig | None = None,
-                    timeout: float | None = None) -> list[Any]:
+                    timeout: float | None = None, follower=None) -> list[Any]:
         """:meth:`submit_future` and wait (from a thread); a timeout cancels the request."""
-        fut = self.submit_future(task, inputs, config)
+        fut = self.submit_future(task, inputs, config, follower=follower)
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -291,7 +296,9 @@ class BatchScheduler:
             if config.search in ("greedy", "sample"):
                 watch = StepWatch(self, batch, config.nbest, target.tokenizer,
                                   early=not pipe.model.pattern.fills_later(pipe.vocab.n_streams(target.tokenizer)))
-                hyps = sample_decode(pipe.model, prompts, config, on_step=watch, ordinal_fields=pipe.ordinal_fields())
+                followers = [r.follower for r in batch] if any(r.follower is not None for r in batch) else None
+                hyps = sample_decode(pipe.model, prompts, config, on_step=watch, ordinal_fields=pipe.ordinal_fields(),
+                                     followers=followers)
                 self._count("steps", watch.steps)
             else:  # beam and CTC searches: no step hook
                 hyps = generate_nbest(pipe.model, prompts, config)
