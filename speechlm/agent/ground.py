@@ -1,21 +1,19 @@
-"""Grounding a call's argument values in what the user said.
-
-While decoding (:func:`value_texts`, the agent loop's ``copy_values``): a value may hold only the words
-of what the user said, of what the tools returned, and of :func:`closed_words` (numbers, days,
-the tools' enum values: a time computed from an event's time is said by nobody).
-
-After decoding (:func:`ground_call`):
+"""Tying a call's argument values to what the user said.
 
 A parser that has never seen a slot value tends to write the nearest value it knows
 (``garage`` -> ``garden``, ``ten forty am`` -> ``ten forty five am``): a fluent value that the
-request does not hold. Slot values are spans of what was said (SLURP's annotation is spans) or
-of what a tool returned (a context transition copies an event from the calendar), so a value
-found in neither is replaced by the closest span of the user's words when that span is close
-enough (character edit distance over the longer length <= ``max_distance``) and reads like a
-value: a span never starts or ends with a function word or a filler (``to my`` is no date,
-``shop in`` no list; ``the`` may start one: ``the airport``). Values found
-verbatim, enum arguments, and values with no close span (a time computed from a tool's
-result, a synonym such as ``kitchen`` for ``cooking area``) are kept.
+request does not hold. Slot values are spans of what was said (SLURP annotates spans) or of what
+a tool returned (a context transition copies an event from the calendar), so:
+
+- while decoding (the agent loop's ``copy_values``), a value may hold
+  only the words of what the user said, of what the tools returned, and of :func:`closed_words`
+  (numbers, days, the tools' enum values: a time computed from an event's time is said by nobody);
+- after decoding (:func:`ground_call`), a value found in neither is replaced by the closest span
+  of the user's words when that span is close enough (character edit distance over the longer
+  length <= ``max_distance``) and reads like a value: no function word or filler at either end
+  (``to my`` is no date, ``shop in`` no list; ``the`` may start one: ``the airport``). Enum
+  arguments and values with no close span (a time computed from a tool's result, a synonym such
+  as ``kitchen`` for ``cooking area``) are kept.
 """
 from __future__ import annotations
 
@@ -87,12 +85,6 @@ def closed_words() -> str:
         for prop in get_tool(name).parameters.get("properties", {}).values():
             words += [str(v) for v in prop.get("enum", ())]
     return " ".join(words)
-
-
-def value_texts(said: Sequence[str], seen: Sequence[str] = ()) -> list[str]:
-    """The texts whose words a call's values may hold (``said``: the user's words, ``seen``: tool
-    results)."""
-    return [*said, *seen, closed_words()]
 
 
 def ground_call(call: Call, said: Sequence[str], seen: Sequence[str] = (),

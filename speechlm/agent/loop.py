@@ -60,7 +60,7 @@ class LoopConfig:
     max_len: int = 200  # target tokens per assistant turn (caps the model dir's decode max_len)
     retry: bool = True
     retry_temperature: float = 0.7
-    copy_values: bool = True  # decode values from the words said, returned by tools, or closed_words (cascades)
+    copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
@@ -233,12 +233,15 @@ class Decoder:
         return {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
 
     def value_follower(self, texts: list[str]):
-        """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of ``texts``."""
+        """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of
+        ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`)."""
+        from speechlm.agent.ground import closed_words
         from speechlm.infer.follow import SpanFollower
 
         if not hasattr(self, "_marks"):
             self._marks = (self.marks("="), self.marks(";"))
-        ids: set[int] = set()
+            self._closed = self.local_ids(closed_words())
+        ids = set(self._closed)
         for t in texts:
             ids |= self.local_ids(t)
         return SpanFollower(self.tokenizer, *self._marks, ids)
@@ -426,9 +429,7 @@ class AgentLoop:
         """The value-copying rule of each run's next step (``copy_values``), else None."""
         if not self.copy_values:
             return None
-        from speechlm.agent.ground import value_texts
-
-        return [self.decoder.value_follower(value_texts(*self.said_seen(r))) for r in runs]
+        return [self.decoder.value_follower([*said, *seen]) for said, seen in map(self.said_seen, runs)]
 
     def retry_config(self, step: int):
         import copy
