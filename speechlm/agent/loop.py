@@ -260,7 +260,8 @@ class AgentLoop:
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
         self.asr = Decoder(asr_pipe or pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
         # values copied while decoding: the cascades know the user's words before the call (the
-        # e2e model hears them); greedy and sampling searches only
+        # e2e model's own heard words were measured a worse source: the recipe README); greedy
+        # and sampling searches only
         self.copy_values = config.copy_values and config.mode != "e2e" and self.decoder.config.search in ("greedy", "sample")
         if config.copy_values and config.mode != "e2e" and not self.copy_values:
             log.info("agent: %s search: values are not copied while decoding (greedy or sample)",
