@@ -13,9 +13,15 @@ def test_holds_whole_words_and_possessives():
     assert not holds("wake me at ten forty am", "ten forty five am")
 
 
-def test_nearest_span_prefers_the_value_length_on_ties():
+def test_nearest_span_reads_like_a_value():
     assert nearest_span("ten forty five am", ["wake me at ten forty am please"]) == ("ten forty am", pytest.approx(5 / 17))
     assert nearest_span("x", []) is None
+    # no function word at either end: `to my` is closer to `today` but is no value
+    assert nearest_span("today", ["add the next one to my calendar"])[0] == "calendar"
+    assert ground_call(Call("calendar", {"action": "set", "date": "today"}),
+                       ["add the next one to my calendar"]) == (Call("calendar", {"action": "set", "date": "today"}), {})
+    # a leading `the` aside: `the work` is `work`, not `the time`
+    assert nearest_span("the work", ["check the traffic to work and what is the time"]) == ("work", 0.0)
 
 
 def test_ground_call_replaces_a_value_not_said_by_the_closest_span():

@@ -76,7 +76,7 @@ def closed_words() -> str:
     """Words any value may hold though nobody said them: numbers and times, days and parts of
     days, and the tools' enum values."""
     from speechlm.agent.loop import number_words
-    from speechlm.agent.tools import TOOLS, get_tool
+    from speechlm.agent.tools import TOOLS
 
     words = [number_words(n) for n in range(100)] + ["hundred thousand am pm oh half quarter noon midnight",
              "today tomorrow tonight yesterday monday tuesday wednesday thursday friday saturday sunday",

@@ -18,7 +18,10 @@ the tool does not take is an *invalid call*: it is recorded and the step is retr
 the next hypothesis (the second of a beam, else a sample at ``retry_temperature``); a second
 invalid turn ends the episode. A call with a missing or bad argument value is a real call: the
 environment refuses it (state unchanged) and the error goes back to the model, which may
-correct it or ask back (the recovery episodes). An answer ends the user turn: the episode goes
+correct it or ask back (the recovery episodes). A cascade's call values are tied to what was
+said (:mod:`speechlm.agent.ground`): decoded from the user's words, the tools' results and closed
+words only (``copy_values``), and a value still not said is replaced by the user's closest words
+(``ground``). An answer ends the user turn: the episode goes
 on with the next user turn when it has one (a reply to an ask-back), else it ends. At most
 ``max_turns`` assistant steps per user turn.
 

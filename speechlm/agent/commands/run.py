@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cascades: let a call's values hold any word (default: only words the user said, a tool "
                         "returned, numbers, days and the tools' enum values)")
     p.add_argument("--ground", type=float, default=d.ground,
-                   help="a call's value that the user did not say (nor a tool return) becomes the user's closest "
+                   help="a call's value that neither the user said nor a tool returned becomes the user's closest "
                         "word span when their character distance is at most this (0: keep values as decoded)")
     p.add_argument("--ttft", action="store_true", help="also time the first token of each request (one more prefill)")
     p.add_argument("--speak", action="store_true",
@@ -57,10 +57,8 @@ def _loop_config(args: argparse.Namespace):
     from speechlm.agent.loop import LoopConfig
 
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
-                      retry=not args.no_retry, retry_temperature=args.retry_temperature, ground=args.ground,
-                      copy_values=not args.no_copy_values,
-                      ttft=args.ttft,
-                      speak=args.speak, dialogue_task=args.dialogue_task, command_task=args.command_task,
+                      retry=not args.no_retry, retry_temperature=args.retry_temperature,
+                      copy_values=not args.no_copy_values, ground=args.ground, ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task, command_task=args.command_task,
                       asr_task=args.asr_task, seed=args.seed).validate()
 
 
