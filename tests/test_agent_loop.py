@@ -94,7 +94,7 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
     pipe = speechlm.load(untrained_dir)
     out = tmp_path / "run"
     eps = read_episodes(episodes_file)
-    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30), audio_base=episodes_file.parent)
+    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)
     assert stats == {"episodes": 2, "ran": 2, "skipped": 0}
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     states = [json.loads(line) for line in (out / "final_states.jsonl").read_text().splitlines()]
@@ -109,10 +109,10 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
     assert all(s["state"] == make_env().state for s in states)
 
     # resumable: a rerun skips finished episodes; a torn record is dropped and redone
-    assert run_agent(pipe, eps, out, LoopConfig(max_len=30), audio_base=episodes_file.parent)["ran"] == 0
+    assert run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)["ran"] == 0
     lines = (out / "predictions.jsonl").read_text().splitlines()
     (out / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
-    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30), audio_base=episodes_file.parent)
+    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)
     assert stats["ran"] == 1
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
     assert len((out / "final_states.jsonl").read_text().splitlines()) == 2
@@ -121,7 +121,7 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
 def test_cascade_modes_transcribe_then_parse(untrained_dir, episodes_file, tmp_path):
     pipe = speechlm.load(untrained_dir)
     eps = read_episodes(episodes_file)[:1]
-    run_agent(pipe, eps, tmp_path / "text", LoopConfig(mode="text", max_len=20, retry=False), episodes_file.parent)
+    run_agent(pipe, eps, tmp_path / "text", LoopConfig(mode="text", max_len=20, retry=False, valid_calls=False), episodes_file.parent)
     p = json.loads((tmp_path / "text" / "predictions.jsonl").read_text())
     assert p["mode"] == "text" and p["transcripts"] == ["turn off the kitchen lights"]
     assert len(p["invalid_calls"]) == 1 and p["ended"] == "invalid"  # no retry asked
@@ -321,7 +321,7 @@ def test_cascade_values_may_hold_only_words_said_seen_or_closed(untrained_dir):
     from speechlm.agent.ground import closed_words
 
     pipe = speechlm.load(untrained_dir)
-    loop = AgentLoop(pipe, LoopConfig(mode="text"))
+    loop = AgentLoop(pipe, LoopConfig(mode="text", valid_calls=False))  # the rule alone (test_agent_grammar: with it)
     run = loop.start(Episode(id="c1", turns=[{"text": "zzz"}]))
     loop.prepare([run])
     run.history.append({"role": "tool", "text": "ok: qqq"})
@@ -333,8 +333,8 @@ def test_cascade_values_may_hold_only_words_said_seen_or_closed(untrained_dir):
     assert d.local_ids("z") <= set(f.allowed())
     f.observe(min(d.marks(";")))
     assert f.allowed() is None
-    assert AgentLoop(pipe, LoopConfig(mode="text", copy_values=False)).followers([run]) is None
-    assert AgentLoop(pipe, LoopConfig(mode="e2e")).followers([run]) is None
+    assert AgentLoop(pipe, LoopConfig(mode="text", copy_values=False, valid_calls=False)).followers([run]) is None
+    assert AgentLoop(pipe, LoopConfig(mode="e2e", valid_calls=False)).followers([run]) is None
 
 
 def test_run_command_with_two_jobs_merges_their_shards(untrained_dir, episodes_file, tmp_path):

@@ -63,6 +63,7 @@ class LoopConfig:
     max_len: int = 200  # target tokens per assistant turn (caps the model dir's decode max_len)
     retry: bool = True
     retry_temperature: float = 0.7
+    valid_calls: bool = True  # decode only calls the tools accept, or answers (speechlm.agent.grammar)
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
@@ -235,19 +236,37 @@ class Decoder:
         tok = self.pipe.tokenizers[self.tokenizer]
         return {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
 
-    def value_follower(self, texts: list[str]):
-        """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of
-        ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`)."""
+    def value_ids(self, texts: list[str]) -> set[int]:
+        """The tokens of ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`)."""
         from speechlm.agent.ground import closed_words
-        from speechlm.infer.follow import SpanFollower
 
-        if not hasattr(self, "_marks"):
-            self._marks = (self.marks("="), self.marks(";"))
+        if not hasattr(self, "_closed"):
             self._closed = self.local_ids(closed_words())
         ids = set(self._closed)
         for t in texts:
             ids |= self.local_ids(t)
-        return SpanFollower(self.tokenizer, *self._marks, ids)
+        return ids
+
+    def value_follower(self, texts: list[str]):
+        """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of
+        ``texts`` and of the closed words."""
+        from speechlm.infer.follow import SpanFollower
+
+        return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts))
+
+    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None):
+        """A rule that lets a turn be only a call the tools accept, or an answer
+        (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold."""
+        if getattr(self, "_grammar", None) is None or self._grammar[0] != monologue:
+            from speechlm.agent.grammar import CallGrammar
+            from speechlm.agent.tools import TOOLS
+
+            tok = self.pipe.tokenizers[self.tokenizer]
+            encode = lambda text: np.asarray(tok.encode(text)).reshape(-1).tolist()  # noqa: E731
+            a, b = self.pipe.vocab.stream_range(self.tokenizer, 0)
+            self._grammar = (monologue, CallGrammar(self.tokenizer, encode, b - a, [TOOLS.get(n) for n in TOOLS.names()],
+                                                    {c: self.marks(c) for c in "=;|"}, monologue))
+        return self._grammar[1].follower(inside)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -262,12 +281,14 @@ class AgentLoop:
         # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
         self.asr = Decoder(asr_pipe or pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
-        # values copied while decoding: the cascades know the user's words before the call (the
-        # e2e model's own heard words were measured a worse source: the recipe README); greedy
-        # and sampling searches only
-        self.copy_values = config.copy_values and config.mode != "e2e" and self.decoder.config.search in ("greedy", "sample")
-        if config.copy_values and config.mode != "e2e" and not self.copy_values:
-            log.info("agent: %s search: values are not copied while decoding (greedy or sample)",
+        # decoding rules (greedy and sampling searches only): valid calls; values copied, in the
+        # cascades, which know the user's words before the call (the e2e model's own heard words
+        # were measured a worse source: the recipe README)
+        followable = self.decoder.config.search in ("greedy", "sample")
+        self.valid_calls = config.valid_calls and followable
+        self.copy_values = config.copy_values and config.mode != "e2e" and followable
+        if not followable and (config.valid_calls or (config.copy_values and config.mode != "e2e")):
+            log.info("agent: %s search: calls are not constrained while decoding (greedy or sample)",
                      self.decoder.config.search)
         self.whisper = None
         if config.mode == "cascade-whisper":
@@ -430,10 +451,16 @@ class AgentLoop:
         return ground_call(call, *self.said_seen(run), self.cfg.ground)
 
     def followers(self, runs: list[EpisodeRun]) -> Optional[list]:
-        """The value-copying rule of each run's next step (``copy_values``), else None."""
-        if not self.copy_values:
+        """The decoding rule of each run's next step: valid calls only (``valid_calls``), their values
+        copied (``copy_values``); None when neither."""
+        if not (self.valid_calls or self.copy_values):
             return None
-        return [self.decoder.value_follower([*said, *seen]) for said, seen in map(self.said_seen, runs)]
+        out = []
+        for said, seen in map(self.said_seen, runs):
+            inside = self.decoder.value_ids([*said, *seen]) if self.copy_values else None
+            out.append(self.decoder.call_follower(self.monologue, inside) if self.valid_calls
+                       else self.decoder.value_follower([*said, *seen]))
+        return out
 
     def retry_config(self, step: int):
         import copy

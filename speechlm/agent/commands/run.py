@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-retry", action="store_true", help="no second hypothesis after an invalid call")
     p.add_argument("--retry-temperature", type=float, default=d.retry_temperature,
                    help="sampling temperature of the retry (greedy/sampling decode configs)")
+    p.add_argument("--no-valid-calls", action="store_true",
+                   help="let the model write any turn (default: decoding allows only calls of known tools with "
+                        "their own arguments, each once, and enum values from the tool's schema, or an answer)")
     p.add_argument("--no-copy-values", action="store_true",
                    help="cascades: let a call's values hold any word (default: only words the user said, a tool "
                         "returned, numbers, days and the tools' enum values)")
@@ -58,8 +61,9 @@ def _loop_config(args: argparse.Namespace):
 
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
-                      copy_values=not args.no_copy_values, ground=args.ground, ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task, command_task=args.command_task,
-                      asr_task=args.asr_task, seed=args.seed).validate()
+                      valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values, ground=args.ground,
+                      ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task,
+                      command_task=args.command_task, asr_task=args.asr_task, seed=args.seed).validate()
 
 
 def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[str]:
@@ -70,7 +74,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
                  "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    for flag in ("no_retry", "no_copy_values", "ttft", "speak"):
+    for flag in ("no_retry", "no_valid_calls", "no_copy_values", "ttft", "speak"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     return cmd

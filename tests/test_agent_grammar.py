@@ -1,0 +1,109 @@
+"""Decoding constrained to valid calls (speechlm.agent.grammar) with a real tiny model's tokenizer:
+the rule walks valid turns and refuses an unknown tool, an unknown or repeated argument and a
+value outside an enum; an untrained model sampled under it writes only turns the tools accept,
+while sampled free it does not."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import speechlm
+from speechlm.agent.episodes import Episode
+from speechlm.agent.loop import AgentLoop, LoopConfig, classify_turn
+from speechlm.agent.tools import get_tool, validate_args
+from test_agent_loop import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory) -> AgentLoop:
+    return AgentLoop(speechlm.load(make_model_dir(tmp_path_factory.mktemp("grammar") / "model")),
+                     LoopConfig(mode="text", copy_values=False))
+
+
+def ids(loop: AgentLoop, text: str) -> list[int]:
+    """``text``'s local ids in the model's text tokenizer."""
+    return np.asarray(loop.pipe.tokenizers[loop.decoder.tokenizer].encode(text)).reshape(-1).tolist() if text else []
+
+
+def refused_at(follower, tokens: list[int]) -> int:
+    """The index of the first token the rule does not allow (-1: all allowed)."""
+    for i, t in enumerate(tokens):
+        allowed = follower.allowed()
+        if allowed is not None and int(t) not in allowed:
+            return i
+        follower.observe(int(t))
+    return -1
+
+
+def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
+    d = loop.decoder
+    for text in ("call lights action = dim ; house_place = kitchen", "call lights house_place = the den",
+                 "call chat action = joke", "say it is done", "call weather"):
+        f = d.call_follower(False)
+        assert refused_at(f, ids(loop, text)) == -1, text
+        assert f.may_end(), text
+    for text, where in (("call lightz action = on", "call light"), ("call lights colour = red", "call lights colo"),
+                        ("call lights action = down", "call lights action = d"),
+                        ("call lights action = on ; action = off", "call lights action = on ; "),
+                        ("hello there", "")):
+        f = d.call_follower(False)
+        assert refused_at(f, ids(loop, text)) == len(ids(loop, where)), text
+    # copied values: only the given tokens, at least one; no turn ends mid-name
+    f = d.call_follower(False, inside=d.local_ids("the kitchen"))
+    assert refused_at(f, ids(loop, "call lights house_pl")) == -1 and not f.may_end()
+    refused_at(f, ids(loop, "ace ="))
+    assert not f.may_end() and not set(f.allowed()) & d.marks(";")
+    assert refused_at(f, ids(loop, " kitchen")) == -1 and f.may_end()
+    assert refused_at(d.call_follower(False, inside=d.local_ids("the kitchen")),
+                      ids(loop, "call lights house_place = garden")) == len(ids(loop, "call lights house_place = "))
+    for turn in ("call lights action = on", "say ok"):  # an inner monologue: words up to '|', then a turn
+        f = d.call_follower(True)
+        refused_at(f, ids(loop, "user zzz qq"))
+        assert not f.may_end()
+        assert refused_at(f, ids(loop, "user zzz qq | " + turn)[len(ids(loop, "user zzz qq")):]) == -1 and f.may_end()
+    assert refused_at(d.call_follower(False), ids(loop, "sayit")) == 3
+
+
+def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop):
+    d = loop.decoder
+    run = loop.start(Episode(id="g1", turns=[{"text": "turn on the kitchen lights"}]))
+    loop.prepare([run])
+    _, prompts = loop.encode_all([run])
+    cfg = copy.copy(d.config)
+    cfg.search, cfg.nbest, cfg.temperature, cfg.top_k, cfg.seed, cfg.max_len = "sample", 8, 1.0, 0, 3, 200
+    free = d(prompts, ["g1"], cfg.validate())[0]
+    held = d(prompts, ["g1"], cfg, loop.followers([run]))[0]
+    assert all(classify_turn(t)[0] == "invalid" for t in free), free
+    kinds = [classify_turn(t) for t in held]
+    assert all(k != "invalid" for k, _, _ in kinds), held
+    calls = [c for k, c, _ in kinds if k == "call"]
+    assert calls, held
+    for c in calls:  # enums too: the schema accepts every call but for a missing argument
+        try:
+            validate_args(get_tool(c.name), c.args)
+        except Exception as e:  # noqa: BLE001
+            assert "missing argument" in str(e), (c, e)
+
+
+def test_valid_calls_can_be_turned_off(loop):
+    pipe = loop.pipe
+    run = loop.start(Episode(id="g2", turns=[{"text": "zzz"}]))
+    loop.prepare([run])
+    assert AgentLoop(pipe, LoopConfig(mode="text", valid_calls=False, copy_values=False)).followers([run]) is None
+    (f,) = AgentLoop(pipe, LoopConfig(mode="e2e")).followers([run])
+    assert f.inside is None  # e2e: the grammar, values not copied
+
+
+def test_the_run_command_turns_the_rule_off_in_every_job():
+    import argparse
+
+    from speechlm.agent.commands.run import _child_command, _loop_config, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    on = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o"])
+    off = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--no-valid-calls", "--nj", "2"])
+    assert _loop_config(on).valid_calls and not _loop_config(off).valid_calls
+    assert "--no-valid-calls" in _child_command(off, 1, 1) and "--no-valid-calls" not in _child_command(on, 1, 1)
