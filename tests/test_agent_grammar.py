@@ -96,7 +96,7 @@ def test_valid_calls_can_be_turned_off(loop):
     assert f.inside is None  # e2e: the grammar, values not copied
 
 
-def test_the_run_command_turns_the_rule_off_in_every_job():
+def test_the_run_command_passes_the_rule_and_the_whisper_prompt_to_every_job():
     import argparse
 
     from speechlm.agent.commands.run import _child_command, _loop_config, add_arguments
@@ -107,3 +107,7 @@ def test_the_run_command_turns_the_rule_off_in_every_job():
     off = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--no-valid-calls", "--nj", "2"])
     assert _loop_config(on).valid_calls and not _loop_config(off).valid_calls
     assert "--no-valid-calls" in _child_command(off, 1, 1) and "--no-valid-calls" not in _child_command(on, 1, 1)
+    bare = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--whisper-prompt", ""])
+    assert _loop_config(bare).whisper_prompt == "" and _loop_config(on).whisper_prompt
+    cmd = _child_command(bare, 1, 1)
+    assert cmd[cmd.index("--whisper-prompt") + 1] == ""  # every job hears without one

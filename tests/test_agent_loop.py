@@ -142,6 +142,12 @@ def test_cascade_whisper_hears_the_request(untrained_dir, episodes_file, tmp_pat
     heard = p["transcripts"][0]  # Whisper tiny.en mishears espeak-ng often; the form is what matters here
     assert heard and heard == spoken_form(heard) and not any(c.isdigit() or c in ".,!" for c in heard)
     assert p["timings"]["asr"] > 0
+    # Whisper reads the loop's prompt before each request (--whisper-prompt; '' for none)
+    from speechlm.agent.loop import WHISPER_PROMPT
+
+    assert AgentLoop(pipe, LoopConfig(mode="cascade-whisper")).whisper.prompt == WHISPER_PROMPT
+    bare = AgentLoop(pipe, LoopConfig(mode="cascade-whisper", whisper_prompt="")).whisper
+    assert bare.prompt is None and "prompt" not in bare.describe()
 
 
 def reference_examples(pipe, episodes, base: Path, task="spoken_dialogue"):

@@ -254,6 +254,23 @@ def test_case21_input_beyond_the_context_is_refused_with_the_limit(model_dir, wa
     assert list(kaldi_file(out / "text")) == ["a1"]
 
 
+def test_an_output_ends_where_the_context_does(model_dir, wavs):
+    """Prompt and text output together fit the model's context, whatever the decode max_len, in
+    sampling and beam search (an HF model indexed past its position table: an IndexError in the
+    agent loop's parser, a BERT of 512 positions; before the fix the output ran to max_len)."""
+    pipe = speechlm.load(model_dir)
+    tpl = pipe.template("asr")
+    inputs = pipe.condition_tokens(tpl, {"speech": str(wavs["a1"])}, "a1")
+    room = CONTEXT - pipe.prompt_positions(pipe.prompt_example(tpl, inputs, "a1"))
+    assert 0 < room < 200
+    for search in ("greedy", "sample", "beam"):
+        cfg = DecodeConfig(search=search, max_len=400, min_len=300, beam_size=2, nbest=1 if search == "greedy" else 2,
+                           temperature=2.0, ctc_weight=0.0).validate()
+        outs = pipe.generate_outputs("asr", [inputs], cfg)[0]
+        assert all(len(o.tokens) <= room for o in outs), (search, room, [len(o.tokens) for o in outs])
+        assert any(len(o.tokens) == room for o in outs), search  # min_len asked for more: cut at the context
+
+
 # ---- case 24 -------------------------------------------------------------------------------------
 def test_case24_nbest_lists_are_written_and_returned(model_dir, wavs, tmp_path):
     conf = tmp_path / "beam.yaml"

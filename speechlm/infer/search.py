@@ -16,7 +16,7 @@ import torch
 from speechlm.data.batch import Batch
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext
-from speechlm.infer.generate import length_limits, target_tokenizers
+from speechlm.infer.generate import context_room, length_limits, target_tokenizers
 from speechlm.infer.steps import Hypothesis, Segment
 from speechlm.models.features import ctc_frames
 
@@ -131,6 +131,9 @@ def beam_search(model, prompts: Batch, config: DecodeConfig) -> list[list[Hypoth
     S2 = model.pattern.model_streams
     with model.autocast(dev, config.precision):
         ctx, h = DecodeContext.prefill(model, prompts)
+        room = context_room(model, ctx, B)  # a hypothesis ends where the model's context does
+        if room is not None:
+            limits = [(min(lo, max(1, r)), min(hi, max(1, r))) for (lo, hi), r in zip(limits, room)]
         rows = torch.arange(B, device=dev).repeat_interleave(W)
         ctx.select(rows)
         h = h[rows]

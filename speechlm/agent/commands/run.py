@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground", type=float, default=d.ground,
                    help="a call's value that neither the user said nor a tool returned becomes the user's closest "
                         "word span when their character distance is at most this (0: keep values as decoded)")
+    p.add_argument("--whisper-prompt", default=d.whisper_prompt,
+                   help="cascade-whisper: text Whisper reads as said before each request, which leans it to a "
+                        "voice assistant's words ('' for none; default: a few requests to a home assistant)")
     p.add_argument("--ttft", action="store_true", help="also time the first token of each request (one more prefill)")
     p.add_argument("--speak", action="store_true",
                    help="speak the answers into OUT_DIR/wav/: the model's plain_tts task if it has one, else espeak-ng")
@@ -62,7 +65,7 @@ def _loop_config(args: argparse.Namespace):
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values, ground=args.ground,
-                      ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task,
+                      whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task,
                       command_task=args.command_task, asr_task=args.asr_task, seed=args.seed).validate()
 
 
@@ -70,8 +73,8 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
     cmd = [sys.executable, "-m", "speechlm", "agent", "run", "--model-dir", str(args.model_dir), "--episodes",
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
-    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "dialogue_task",
-                 "command_task", "asr_task", "seed", "asr_model_dir"):
+    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "whisper_prompt",
+                 "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "no_valid_calls", "no_copy_values", "ttft", "speak"):
