@@ -54,7 +54,6 @@ class CallGrammar:
         reserved = self.semicolons | self.pipes | frozenset(marks["="])
         self.words = [i for i in range(n_tokens) if i not in reserved]  # what a free value may hold
         self.any = list(range(n_tokens))
-        self.head = Node()  # from the turn's first token to its first argument's '='
         self.args: dict[str, dict[str, list[int]]] = {}  # tool -> arg -> tokens of "<arg> ="
         self.enums: dict[tuple[str, str], Node] = {}  # (tool, arg) -> trie of its values
 
@@ -75,7 +74,7 @@ class CallGrammar:
             node.add(spell(ANSWER_PREFIX + "a")[: -len(encode("a"))], ("say",))
             return node
 
-        self.head = heads(lambda text: [int(t) for t in encode(text)])
+        self.head = heads(lambda text: [int(t) for t in encode(text)])  # up to the first argument's '='
         self.resume = self.head  # the turn after an inner monologue's '|'
         if monologue:
             self.head.add(encode(USER_PREFIX.strip()), ("user",))
@@ -107,7 +106,7 @@ class CallFollower(Follower):
 
     def __init__(self, grammar: CallGrammar, inside: list[int] | None) -> None:
         self.grammar, self.inside = grammar, inside
-        self.phase = "head"  # head | args | enum | value | free | monologue
+        self.phase = "head"  # head | args | enum | value | free (an answer) | monologue | off (left the rule)
         self.node: Node | None = grammar.head
         self.tool: str | None = None
         self.used: set[str] = set()
