@@ -58,6 +58,9 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
     assert refused_at(f, ids(loop, " kitchen")) == -1 and f.may_end()
     assert refused_at(d.call_follower(False, inside=d.local_ids("the kitchen")),
                       ids(loop, "call lights house_place = garden")) == len(ids(loop, "call lights house_place = "))
+    f = d.call_follower(False, inside=d.local_ids("the kitchen"), max_value=3)  # a value no longer than its source
+    assert refused_at(f, ids(loop, "call lights house_place = ki")) == -1
+    assert set(f.allowed()) == d.marks(";") and f.may_end()
     for turn in ("call lights action = on", "say ok"):  # an inner monologue: words up to '|', then a turn
         f = d.call_follower(True)
         refused_at(f, ids(loop, "user zzz qq"))
@@ -66,15 +69,19 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
     assert refused_at(d.call_follower(False), ids(loop, "sayit")) == 3
 
 
-def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop):
+@pytest.mark.parametrize("copied", [False, True])
+def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop, copied):
+    request = "turn on the kitchen lights"
+    loop = AgentLoop(loop.pipe, LoopConfig(mode="text", copy_values=copied))
     d = loop.decoder
-    run = loop.start(Episode(id="g1", turns=[{"text": "turn on the kitchen lights"}]))
+    run = loop.start(Episode(id="g1", turns=[{"text": request}]))
     loop.prepare([run])
     _, prompts = loop.encode_all([run])
     cfg = copy.copy(d.config)
     cfg.search, cfg.nbest, cfg.temperature, cfg.top_k, cfg.seed, cfg.max_len = "sample", 8, 1.0, 0, 3, 200
     free = d(prompts, ["g1"], cfg.validate())[0]
-    held = d(prompts, ["g1"], cfg, loop.followers([run]))[0]
+    (rule,) = loop.followers([run])
+    held = d(prompts, ["g1"], cfg, [rule])[0]
     assert all(classify_turn(t)[0] == "invalid" for t in free), free
     kinds = [classify_turn(t) for t in held]
     assert all(k != "invalid" for k, _, _ in kinds), held
@@ -85,6 +92,10 @@ def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop):
             validate_args(get_tool(c.name), c.args)
         except Exception as e:  # noqa: BLE001
             assert "missing argument" in str(e), (c, e)
+    if copied:  # values: the request's characters (and closed words), no longer than the request
+        assert rule.max_value == len(ids(loop, request))
+        values = [v for c in calls for k, v in c.args.items() if k != "action"]
+        assert values and all(len(v) <= len(request) for v in values), values
 
 
 def test_valid_calls_can_be_turned_off(loop):

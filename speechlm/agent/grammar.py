@@ -10,7 +10,9 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
   (an unknown tool or argument is a structural error, never the environment's business);
 - an argument with a schema enum (``action``) only one of its values;
 - another value: any token but ``=``, ``;`` and ``|``, or with ``inside`` (the loop's
-  ``copy_values``) only those tokens, at least one, then `` ; `` and the next argument, or the end;
+  ``copy_values``) only those tokens, at least one and at most ``max_value`` (a span of what was
+  said or returned is no longer than the longest of those texts: a runaway ``yo yo yo ...`` ends
+  there), then `` ; `` and the next argument, or the end;
 - an inner monologue: any words, then ``|`` and a turn (it may not end before).
 
 A missing required argument stays possible: the environment answers it with an error the model
@@ -89,9 +91,10 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value}"), ("value",))
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
-    def follower(self, inside: Iterable[int] | None = None) -> "CallFollower":
-        """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any)."""
-        return CallFollower(self, None if inside is None else sorted(set(inside)))
+    def follower(self, inside: Iterable[int] | None = None, max_value: int | None = None) -> "CallFollower":
+        """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any);
+        ``max_value``: the most tokens it may hold (None: no limit)."""
+        return CallFollower(self, None if inside is None else sorted(set(inside)), max_value)
 
     def arg_trie(self, tool: str, used: set[str]) -> Node:
         node = Node()
@@ -104,8 +107,8 @@ class CallGrammar:
 class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
-    def __init__(self, grammar: CallGrammar, inside: list[int] | None) -> None:
-        self.grammar, self.inside = grammar, inside
+    def __init__(self, grammar: CallGrammar, inside: list[int] | None, max_value: int | None = None) -> None:
+        self.grammar, self.inside, self.max_value = grammar, inside, max_value
         self.phase = "head"  # head | args | enum | value | free (an answer) | monologue | off (left the rule)
         self.node: Node | None = grammar.head
         self.tool: str | None = None
@@ -130,8 +133,11 @@ class CallFollower(Follower):
             out = [t for t in self.node.next if self.more_args() or t not in semis]
             return out if out or self.may_end() else None  # never a row without a choice
         if self.phase == "value":
+            more = sorted(semis) if self.n_value and self.more_args() else []
+            if self.max_value is not None and self.n_value >= self.max_value:
+                return more  # the value is as long as it may be: the next argument or the end
             words = self.grammar.words if self.inside is None else [t for t in self.inside if t not in semis]
-            return words + (sorted(semis) if self.n_value and self.more_args() else [])
+            return words + more
         return self.grammar.any if self.phase == "monologue" else None
 
     def may_end(self) -> bool:

@@ -233,8 +233,12 @@ class Decoder:
         outs = self.pipe.generate_outputs(self.task, inputs, config or self.config, ids, followers)
         return [[str(self.pipe.detokenize(self.tokenizer, o.tokens)) for o in row] for row in outs]
 
+    def encode_text(self, text: str) -> list[int]:
+        """``text``'s local ids in the target's tokenizer, in order."""
+        return np.asarray(self.pipe.tokenizers[self.tokenizer].encode(text)).reshape(-1).tolist()
+
     def local_ids(self, text: str) -> set[int]:
-        return set(np.asarray(self.pipe.tokenizers[self.tokenizer].encode(text)).reshape(-1).tolist())
+        return set(self.encode_text(text))
 
     def marks(self, char: str) -> set[int]:
         """Local ids of the tokens that hold ``char`` where a call writes it (`` = ``, `` ; ``)."""
@@ -259,19 +263,19 @@ class Decoder:
 
         return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts))
 
-    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None):
+    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None, max_value: Optional[int] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
-        (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold."""
+        (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold, at most
+        ``max_value`` of them."""
         if getattr(self, "_grammar", None) is None or self._grammar[0] != monologue:
             from speechlm.agent.grammar import CallGrammar
             from speechlm.agent.tools import TOOLS
 
-            tok = self.pipe.tokenizers[self.tokenizer]
-            encode = lambda text: np.asarray(tok.encode(text)).reshape(-1).tolist()  # noqa: E731
             a, b = self.pipe.vocab.stream_range(self.tokenizer, 0)
-            self._grammar = (monologue, CallGrammar(self.tokenizer, encode, b - a, [TOOLS.get(n) for n in TOOLS.names()],
+            self._grammar = (monologue, CallGrammar(self.tokenizer, self.encode_text, b - a,
+                                                    [TOOLS.get(n) for n in TOOLS.names()],
                                                     {c: self.marks(c) for c in "=;|"}, monologue))
-        return self._grammar[1].follower(inside)
+        return self._grammar[1].follower(inside, max_value)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -462,9 +466,14 @@ class AgentLoop:
             return None
         out = []
         for said, seen in map(self.said_seen, runs):
-            inside = self.decoder.value_ids([*said, *seen]) if self.copy_values else None
-            out.append(self.decoder.call_follower(self.monologue, inside) if self.valid_calls
-                       else self.decoder.value_follower([*said, *seen]))
+            texts = [*said, *seen]
+            if not self.valid_calls:
+                out.append(self.decoder.value_follower(texts))
+            elif self.copy_values:  # a value is a span of one of those texts (or a few closed words)
+                longest = max((len(self.decoder.encode_text(t)) for t in texts), default=0)
+                out.append(self.decoder.call_follower(self.monologue, self.decoder.value_ids(texts), max(longest, 8)))
+            else:
+                out.append(self.decoder.call_follower(self.monologue))
         return out
 
     def retry_config(self, step: int):
