@@ -27,7 +27,7 @@ pytestmark = [
 ]
 
 # Floors below the README's measured numbers (intent accuracy on held-out templates and voices:
-# 2026-12-05, run U: text parser (the fine-tuned MiniLM, valid calls only) 81.0%, Whisper cascade
+# 2026-12-05, run U: text parser (the fine-tuned MiniLM, valid calls only) 80.5%, Whisper cascade
 # 57.5%, end-to-end agent 23.5%; run L, the parser from scratch: 47.0%, 36.5%, 20.5%; chance is 1 in 59).
 MIN_TEXT_INTENT_ACC = 60.0
 MIN_WHISPER_INTENT_ACC = 40.0
