@@ -51,10 +51,11 @@ log = logging.getLogger(__name__)
 
 MODES = ("e2e", "cascade", "cascade-whisper", "text")
 # what cascade-whisper's Whisper reads as said before each request: a voice assistant's requests
-# lean it to their words (recipe README, "A prompt for Whisper")
+# lean it to their words (recipe README, "Valid calls only, and a prompt for Whisper")
 WHISPER_PROMPT = ("Hey computer, set an alarm for seven thirty am, turn off the kitchen lights, play some jazz, "
                   "what's the weather in London tomorrow, add milk to my shopping list, email John.")
 STRUCTURAL = ("unknown_tool", "unknown")  # ToolError kinds that make a call invalid (not the env's business)
+MIN_VALUE_TOKENS = 8  # a copied value's length bound never below this: a closed-word value ("nine forty five am")
 
 
 @dataclass
@@ -471,7 +472,8 @@ class AgentLoop:
                 out.append(self.decoder.value_follower(texts))
             elif self.copy_values:  # a value is a span of one of those texts (or a few closed words)
                 longest = max((len(self.decoder.encode_text(t)) for t in texts), default=0)
-                out.append(self.decoder.call_follower(self.monologue, self.decoder.value_ids(texts), max(longest, 8)))
+                out.append(self.decoder.call_follower(self.monologue, self.decoder.value_ids(texts),
+                                                      max(longest, MIN_VALUE_TOKENS)))
             else:
                 out.append(self.decoder.call_follower(self.monologue))
         return out
