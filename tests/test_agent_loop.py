@@ -94,7 +94,8 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
     pipe = speechlm.load(untrained_dir)
     out = tmp_path / "run"
     eps = read_episodes(episodes_file)
-    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)
+    garbage = LoopConfig(max_len=30, valid_calls=False)  # free decoding: the untrained model's turns are invalid
+    stats = run_agent(pipe, eps, out, garbage, audio_base=episodes_file.parent)
     assert stats == {"episodes": 2, "ran": 2, "skipped": 0}
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     states = [json.loads(line) for line in (out / "final_states.jsonl").read_text().splitlines()]
@@ -109,10 +110,10 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
     assert all(s["state"] == make_env().state for s in states)
 
     # resumable: a rerun skips finished episodes; a torn record is dropped and redone
-    assert run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)["ran"] == 0
+    assert run_agent(pipe, eps, out, garbage, audio_base=episodes_file.parent)["ran"] == 0
     lines = (out / "predictions.jsonl").read_text().splitlines()
     (out / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
-    stats = run_agent(pipe, eps, out, LoopConfig(max_len=30, valid_calls=False), audio_base=episodes_file.parent)
+    stats = run_agent(pipe, eps, out, garbage, audio_base=episodes_file.parent)
     assert stats["ran"] == 1
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
     assert len((out / "final_states.jsonl").read_text().splitlines()) == 2
@@ -121,7 +122,8 @@ def test_untrained_model_garbage_is_recorded_as_invalid_and_the_run_ends(untrain
 def test_cascade_modes_transcribe_then_parse(untrained_dir, episodes_file, tmp_path):
     pipe = speechlm.load(untrained_dir)
     eps = read_episodes(episodes_file)[:1]
-    run_agent(pipe, eps, tmp_path / "text", LoopConfig(mode="text", max_len=20, retry=False, valid_calls=False), episodes_file.parent)
+    run_agent(pipe, eps, tmp_path / "text", LoopConfig(mode="text", max_len=20, retry=False, valid_calls=False),
+              episodes_file.parent)
     p = json.loads((tmp_path / "text" / "predictions.jsonl").read_text())
     assert p["mode"] == "text" and p["transcripts"] == ["turn off the kitchen lights"]
     assert len(p["invalid_calls"]) == 1 and p["ended"] == "invalid"  # no retry asked

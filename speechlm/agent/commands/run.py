@@ -65,8 +65,9 @@ def _loop_config(args: argparse.Namespace):
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values, ground=args.ground,
-                      whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak, dialogue_task=args.dialogue_task,
-                      command_task=args.command_task, asr_task=args.asr_task, seed=args.seed).validate()
+                      whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
+                      dialogue_task=args.dialogue_task, command_task=args.command_task, asr_task=args.asr_task,
+                      seed=args.seed).validate()
 
 
 def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[str]:
