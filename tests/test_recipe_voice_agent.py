@@ -75,6 +75,8 @@ def test_the_agent_understands_held_out_requests(recipe):
     assert got[("test", "e2e")]["invalid_rate"] <= MAX_E2E_INVALID and got[("test", "e2e")]["turns"] >= 1.5
     for key in ("success_atomic", "success_compositional", "recovery_rate", "slu_f1"):
         assert got[("test", "e2e")][key] is not None, key
+    # decoding writes only valid calls (run S, before the rule: 1.0% of the text mode's turns invalid; run U: 0.0)
+    assert got[("test", "text")]["invalid_rate"] <= 0.5
     # the parser's values are grounded in the request (run R: 26 text episodes had a value replaced)
     preds = (recipe / "exp/voice_agent/agent_test_text/predictions.jsonl").read_text().splitlines()
     assert sum(any("grounded" in s for s in json.loads(p)["steps"]) for p in preds) >= 5

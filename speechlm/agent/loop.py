@@ -220,6 +220,10 @@ class Decoder:
         self.tokenizer = target.tokenizer
         self.config = pipe.decode_config(task)
         self.config.max_len = min(self.config.max_len, max_len)
+        # built on first use, kept for every step: the decoding rules' token sets
+        self._marks: dict[str, set[int]] = {}
+        self._closed: Optional[set[int]] = None
+        self._grammars: dict[bool, Any] = {}  # monologue -> CallGrammar
 
     def encode(self, inputs: dict[str, Any], utt: str) -> dict[str, np.ndarray]:
         """Condition tokens of one prompt; an input that cannot be decoded (no tokens, longer than
@@ -243,40 +247,45 @@ class Decoder:
 
     def marks(self, char: str) -> set[int]:
         """Local ids of the tokens that hold ``char`` where a call writes it (`` = ``, `` ; ``)."""
-        tok = self.pipe.tokenizers[self.tokenizer]
-        return {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
+        if char not in self._marks:
+            tok = self.pipe.tokenizers[self.tokenizer]
+            self._marks[char] = {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
+        return self._marks[char]
 
-    def value_ids(self, texts: list[str]) -> set[int]:
-        """The tokens of ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`)."""
+    def value_ids(self, texts: list[str]) -> tuple[set[int], int]:
+        """The tokens of ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`),
+        and the most tokens one of ``texts`` holds."""
         from speechlm.agent.ground import closed_words
 
-        if not hasattr(self, "_closed"):
+        if self._closed is None:
             self._closed = self.local_ids(closed_words())
-        ids = set(self._closed)
+        ids, longest = set(self._closed), 0
         for t in texts:
-            ids |= self.local_ids(t)
-        return ids
+            toks = self.encode_text(t)
+            ids.update(toks)
+            longest = max(longest, len(toks))
+        return ids, longest
 
     def value_follower(self, texts: list[str]):
         """A rule that lets a call's values (after `` = ``, until `` ; ``) hold only the tokens of
         ``texts`` and of the closed words."""
         from speechlm.infer.follow import SpanFollower
 
-        return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts))
+        return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts)[0])
 
     def call_follower(self, monologue: bool, inside: Optional[set[int]] = None, max_value: Optional[int] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
         (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold, at most
         ``max_value`` of them."""
-        if getattr(self, "_grammar", None) is None or self._grammar[0] != monologue:
+        if monologue not in self._grammars:
             from speechlm.agent.grammar import CallGrammar
             from speechlm.agent.tools import TOOLS
 
             a, b = self.pipe.vocab.stream_range(self.tokenizer, 0)
-            self._grammar = (monologue, CallGrammar(self.tokenizer, self.encode_text, b - a,
+            self._grammars[monologue] = CallGrammar(self.tokenizer, self.encode_text, b - a,
                                                     [TOOLS.get(n) for n in TOOLS.names()],
-                                                    {c: self.marks(c) for c in "=;|"}, monologue))
-        return self._grammar[1].follower(inside, max_value)
+                                                    {c: self.marks(c) for c in "=;|"}, monologue)
+        return self._grammars[monologue].follower(inside, max_value)
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -471,9 +480,8 @@ class AgentLoop:
             if not self.valid_calls:
                 out.append(self.decoder.value_follower(texts))
             elif self.copy_values:  # a value is a span of one of those texts (or a few closed words)
-                longest = max((len(self.decoder.encode_text(t)) for t in texts), default=0)
-                out.append(self.decoder.call_follower(self.monologue, self.decoder.value_ids(texts),
-                                                      max(longest, MIN_VALUE_TOKENS)))
+                ids, longest = self.decoder.value_ids(texts)
+                out.append(self.decoder.call_follower(self.monologue, ids, max(longest, MIN_VALUE_TOKENS)))
             else:
                 out.append(self.decoder.call_follower(self.monologue))
         return out

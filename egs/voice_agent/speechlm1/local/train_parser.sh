@@ -4,8 +4,9 @@
 # tools/pretrained/ from PyPI), fine-tuned on the command task (the user's words + the dialogue
 # so far -> the next assistant turn) of the same episode texts the recipe's model reads, with the
 # encoder's own WordPiece vocabulary. It reads causally (prefix-LM: bidirectionally over the
-# request and history) as the hf backbone. What it knows of English carries the parser over phrasings that ~10 templates per
-# intent cannot teach (README, "A pretrained parser"). local/agent_eval.sh --parser runs it.
+# request and history) as the hf backbone. What it knows of English carries the parser over
+# phrasings that ~10 templates per intent cannot teach (README, "A pretrained parser").
+# local/agent_eval.sh --parser runs it.
 # Resumable: tokenization and training resume, a finished packed model is kept.
 set -euo pipefail
 
