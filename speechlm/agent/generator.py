@@ -378,10 +378,12 @@ def make_inform(rng: random.Random, ph: Phrasings, split: str) -> Made:
                 "recovery", {"recovery": "inform", "error": d.error.kind, "template": template})
 
 
-def template_yield(split: str, tries: int = 8, seed: int = 0) -> dict[tuple[str, str], int]:
+def template_yield(split: str, tries: int = 8, seed: int = 0,
+                   phrasings: Optional[str] = None) -> dict[tuple[str, str], int]:
     """``(intent, template) -> episodes made in `tries` draws`` for every atomic template of
-    ``split``: a template that never makes an episode asks for a value its tool cannot act on."""
-    ph = load_phrasings(split)
+    ``split`` (or of the file ``phrasings``, with ``split``'s values): a template that never makes
+    an episode asks for a value its tool cannot act on."""
+    ph = load_phrasings(phrasings or split)
     rng = random.Random(seed)
     out = {}
     for intent, templates in ph.intents.items():

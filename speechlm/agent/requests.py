@@ -12,7 +12,7 @@ import hashlib
 import logging
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
@@ -190,6 +190,9 @@ def load_phrasings(split_or_path: str) -> Phrasings:
 
 
 HELD_OUT = ("templates", "author")  # how the test split's phrasings are kept from training
+# Authors whose phrasings only training reads, in either way of holding out (author C: many
+# people's ways of asking, written without reading the other two files).
+TRAINING_ONLY = ("train_c.yaml",)
 
 
 def _held_part(key: str, lines: list, test: bool) -> list:
@@ -209,15 +212,17 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
     (training author A's full sentences, test author B's chatty fragments: a style training never
     sees). ``"templates"``: both files pooled, and a quarter of every list (each intent's templates,
     wrappers, answers, corrections...) held out for the test split by a stable hash, so the test
-    requests use templates training never sees, in styles it does."""
+    requests use templates training never sees, in styles it does. Either way the training split
+    also reads the training-only authors (:data:`TRAINING_ONLY`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if held_out not in HELD_OUT:
         raise ValueError(f"held_out must be one of {', '.join(HELD_OUT)}, got {held_out!r}")
-    if held_out == "author":
-        return load_phrasings(split)
-    a, b = load_phrasings("train"), load_phrasings("test")
     test = split == "test"
+    if held_out == "author":
+        ph = load_phrasings(split)
+        return ph if test else _with_training_authors(ph)
+    a, b = load_phrasings("train"), load_phrasings("test")
 
     def lists(name: str) -> list[str]:
         return _held_part(name, getattr(a, name) + getattr(b, name), test)
@@ -233,7 +238,7 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
         if kept := _held_part(f"corrections/{slot}", list(both), test):
             corrections[slot] = {said: both[said] for said in kept}
 
-    return Phrasings(
+    pooled = Phrasings(
         path=f"{a.path} + {b.path} ({split}: {'a quarter' if test else 'three quarters'} of each list)",
         style="both authors, templates held out", wake_words=lists("wake_words"),
         wake_rate=(a.wake_rate + b.wake_rate) / 2, openers=lists("openers"),
@@ -242,6 +247,22 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
         intents=per_key("intents"), underspecified=per_key("underspecified"), answers=lists("answers"),
         transitions=per_key("transitions"), corrections=corrections,
         casual=None if test else a.casual)
+    return pooled if test else _with_training_authors(pooled)
+
+
+def _with_training_authors(ph: Phrasings) -> Phrasings:
+    """``ph`` with the request templates and wrappers of the training-only authors
+    (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of them a test line."""
+    def union(mine: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {k: list(dict.fromkeys(mine.get(k, []) + theirs.get(k, []))) for k in dict.fromkeys([*mine, *theirs])}
+
+    for name in TRAINING_ONLY:
+        extra = load_phrasings(str(PHRASING_DIR / name))
+        ph = replace(ph, path=f"{ph.path} + {extra.path}", intents=union(ph.intents, extra.intents),
+                     underspecified=union(ph.underspecified, extra.underspecified),
+                     **{k: list(dict.fromkeys(getattr(ph, k) + getattr(extra, k)))
+                        for k in ("wake_words", "openers", "closers", "connectors", "answers")})
+    return ph
 
 
 @lru_cache(maxsize=1)
