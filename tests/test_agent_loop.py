@@ -244,12 +244,14 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
 
 
 @pytest.mark.parametrize("mode", ["e2e", "text", "monologue"])
-def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
+def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode, tmp_path):
     """Each generated episode's reference assistant turns, played through the loop, see the
-    data-dir writer's history at every step (e2e, cascade and monologue forms), move on to the
-    next user turn after an ask-back, and end with success, exact calls and the episode's intent
-    and slots; a monologue's words become the transcript and the user turn of later steps."""
-    from speechlm.agent.datadir import dialogue_steps
+    data-dir writer's history (e2e, cascade and monologue forms) and names of the home (the
+    cascade's ``known``) at every step, move on to the next user turn after an ask-back, and end
+    with success, exact calls and the episode's intent and slots; a monologue's words become the
+    transcript and the user turn of later steps."""
+    from speechlm.agent.datadir import dialogue_steps, speaker_of, write_dialogue_dir
+    from speechlm.data.kaldi import read_file
     from speechlm.agent.generator import generate_episodes
     from speechlm.agent.loop import AgentLoop
     from speechlm.agent.score import summarize
@@ -260,14 +262,19 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode):
     config = LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue") if mode == "monologue" else LoopConfig(mode=mode)
     loop = AgentLoop(speechlm.load(untrained_dir), config)
     assert loop.monologue == (mode == "monologue")
+    write_dialogue_dir(eps, tmp_path / "data", require_audio=False)
+    known = read_file(tmp_path / "data" / "known")
+    assert sum(v != "none" for v in known.values()) > len(known) / 4
     preds, states = {}, {}
     for ep in eps:
         run = loop.start(ep)
-        for step in dialogue_steps(ep):
+        for k, step in enumerate(dialogue_steps(ep)):
             assert not run.done and run.user == step.user
             loop.prepare([run])
             want = {"e2e": step.history, "text": step.history_cascade, "monologue": step.history_monologue}[mode]
             assert history_text(run) == want, ep.id
+            if mode == "text":
+                assert loop.step_inputs(run)["known"] == known[f"{speaker_of(ep)}-{ep.id}-{k:02d}"], ep.id
             target = step.target_monologue if mode == "monologue" else step.target
             assert target.startswith("user ") == (mode == "monologue" and step.first)
             assert loop.apply(run, target, retry=False) in ("call", "answer")

@@ -8,6 +8,8 @@ the user turn it answers, the dialogue before it as text, and the assistant turn
     history          <utt> <assistant and tool turns so far>        (spoken_dialogue: no user words,
                                                                       the e2e model only hears them)
     history.cascade  <utt> <earlier user turns too, as "user ...">  (command: the cascade's parser)
+    known            <utt> <names of the home said in the user turn, "slot = name ; ...", or none>
+                                                                     (command: speechlm.agent.known)
     response         <utt> <call ... | say ...>                     (the target turn)
     history.monologue  <utt> <the cascade form, plus the current user turn once it was written>
     response.monologue <utt> <"user <words> | " + the target turn on a user turn's first step,
@@ -31,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechlm.agent.calls import CALL_PREFIX, TURN_SEP, USER_PREFIX, canonical_turn, render_history
+from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
+from speechlm.agent.known import known_names
 from speechlm.data.kaldi import spk2utt_from_utt2spk, write_file
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class Step:
     first: bool  # the first step after its user turn
     history_monologue: str = ""  # e2e with an inner monologue
     target_monologue: str = ""  # "user <words> | <target>" on a first step, else the target
+    known: str = "none"  # names of the home said in the user turn (speechlm.agent.known)
 
 
 def reference_of(episode: Episode) -> list[dict]:
@@ -66,6 +71,7 @@ def reference_of(episode: Episode) -> list[dict]:
 def dialogue_steps(episode: Episode) -> list[Step]:
     """The assistant steps of ``episode`` with the history each one is conditioned on."""
     ref = reference_of(episode)
+    state = make_env(state=episode.initial_state).state
     steps: list[Step] = []
     done: list[dict] = []  # turns before the current user turn plus the steps after it
     user = -1
@@ -92,7 +98,8 @@ def dialogue_steps(episode: Episode) -> list[Step]:
             else:
                 mono_history, mono_target = render_history(done), turn["text"]
             steps.append(Step(user, render_history(e2e), render_history(cascade), turn["text"], first,
-                              mono_history, mono_target))
+                              mono_history, mono_target,
+                              known_names(" ".join(episode.turns[user]["text"].split()), state)))
             first = False
         done.append(turn)
     if user + 1 != len(episode.turns):
@@ -121,9 +128,9 @@ def write_dialogue_dir(episodes: list[Episode], out: str | os.PathLike, require_
     Episodes whose user turns lack audio are an error when ``require_audio`` (synthesize them
     first); else they are written without ``wav.scp`` (a text-only ``command`` data dir)."""
     out = Path(out)
-    files: dict[str, dict[str, str]] = {k: {} for k in ("wav.scp", "text", "history", "history.cascade", "response",
-                                                         "history.monologue", "response.monologue", "text.2",
-                                                         "utt2spk", "utt2num_samples")}
+    files: dict[str, dict[str, str]] = {k: {} for k in ("wav.scp", "text", "history", "history.cascade", "known",
+                                                         "response", "history.monologue", "response.monologue",
+                                                         "text.2", "utt2spk", "utt2num_samples")}
     missing_audio = [ep.id for ep in episodes if not all(t.get("audio") for t in ep.turns)]
     if missing_audio and require_audio:
         raise ValueError(f"{len(missing_audio)} episode(s) have user turns without audio (e.g. "
@@ -140,6 +147,7 @@ def write_dialogue_dir(episodes: list[Episode], out: str | os.PathLike, require_
             files["text"][utt] = " ".join(turn["text"].split())
             files["history"][utt] = step.history
             files["history.cascade"][utt] = step.history_cascade
+            files["known"][utt] = step.known
             files["response"][utt] = step.target
             files["history.monologue"][utt] = step.history_monologue
             files["response.monologue"][utt] = step.target_monologue

@@ -181,7 +181,8 @@ def reference_steps(episodes: list, template) -> list[dict]:
         for k, step in enumerate(dialogue_steps(ep)):
             turn = ep.turns[step.user]
             by_source = {"wav.scp": turn.get("audio"), "text": " ".join(turn["text"].split()),
-                         "history": step.history, "history.cascade": step.history_cascade, "response": step.target,
+                         "history": step.history, "history.cascade": step.history_cascade, "known": step.known,
+                         "response": step.target,
                          "text.2": step.target.split(" ", 1)[1] if step.target.startswith("call ") else None}
             rec = {"id": f"{ep.id}-{k:02d}"}
             for seg in template.segments:

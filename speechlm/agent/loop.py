@@ -44,6 +44,7 @@ import numpy as np
 from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, format_turn, normalize_words,
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
+from speechlm.agent.known import known_names
 from speechlm.agent.episodes import Episode
 from speechlm.agent.tools import ToolError, get_tool, validate_args
 
@@ -108,7 +109,7 @@ class EpisodeRun:
     timing: dict = field(default_factory=lambda: {"asr": 0.0, "encode": 0.0, "decode": 0.0, "tool": 0.0,
                                                   "ttft": None, "first_call": None})
     audio_seconds: float = 0.0
-    cache: dict = field(default_factory=dict)  # user turn -> audio tokens
+    cache: dict = field(default_factory=dict)  # user turn -> audio tokens; ("known", user turn) -> its names
     speech: Optional[str] = None
     error: Optional[str] = None  # why an input could not be decoded (ended == "input_error")
 
@@ -326,9 +327,9 @@ class AgentLoop:
         if self.cfg.mode == "e2e" and (len(audio) != 1 or len(text) > 1):
             raise ValueError(f"task {tpl.name!r}: the e2e agent needs one audio condition (the user's speech) "
                              f"and at most one text condition (the history)")
-        if self.cfg.mode != "e2e" and (audio or not 1 <= len(text) <= 2):
+        if self.cfg.mode != "e2e" and (audio or not 1 <= len(text) <= 3):
             raise ValueError(f"task {tpl.name!r}: the cascade needs text conditions only: the request "
-                             f"(and the history)")
+                             f"(and the names it holds, and the history)")
 
     # -- inputs
     def request_audio(self, run: EpisodeRun) -> str:
@@ -352,10 +353,18 @@ class AgentLoop:
                     out[seg.name] = hist
             return out
         text_segs = [s for s in tpl.conditions if not s.is_audio]
-        # the request segment reads the data dir's ``text``; the other one the history
+        # the request segment reads the data dir's ``text``, ``known`` the names it holds; the other one the history
         request = next((s for s in text_segs if s.source == "text"), text_segs[0])
         for seg in text_segs:
-            out[seg.name] = run.transcripts[run.user] if seg is request else hist
+            if seg is request:
+                out[seg.name] = run.transcripts[run.user]
+            elif seg.source == "known":  # as the data dir has it: the names of the episode's initial state
+                if ("known", run.user) not in run.cache:
+                    state = make_env(self.cfg.env, run.ep.initial_state).state
+                    run.cache["known", run.user] = known_names(run.transcripts[run.user], state)
+                out[seg.name] = run.cache["known", run.user]
+            else:
+                out[seg.name] = hist
         return out
 
     def transcribe(self, runs: list[EpisodeRun]) -> None:

@@ -28,7 +28,7 @@ MODALITIES = ("text", "audio", "spk_prompt")
 
 #: Data-dir files a segment may take its value from.
 SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wav.prev.scp",
-           "history", "history.cascade", "response",  # the voice-agent dialogue steps (speechlm/agent/datadir.py)
+           "history", "history.cascade", "known", "response",  # the voice-agent dialogue steps (speechlm/agent/datadir.py)
            "history.monologue", "response.monologue")
 
 #: the built-in templates (inside the package, so an installed wheel has them too)

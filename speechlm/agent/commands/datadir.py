@@ -7,7 +7,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", required=True, help="episodes JSONL whose user turns have audio (speechlm agent synth)")
     p.add_argument("--out-dir", required=True, help="the step data dir (wav.scp, text, history, history.cascade, "
-                                                    "response, text.2, utt2spk, spk2utt)")
+                                                    "known, response, text.2, utt2spk, spk2utt)")
     p.add_argument("--asr-dir", default=None, help="also an asr data dir with one utterance per user turn")
     p.add_argument("--text-only", action="store_true",
                    help="episodes without audio: write no wav.scp (a data dir for the text-only command task)")

@@ -1,0 +1,75 @@
+"""Names the home knows, found in what the user said: a gazetteer for the cascade's parser.
+
+A parser that has never seen a podcast called ``the daily`` cannot tell ``put on the daily``
+from a calendar entry; the home can: the name is in its podcast catalogue. :func:`known_names`
+lists the spans of a request that name something of the environment's state (a podcast, a game,
+a song, a room, a contact, an event...), in the calls' own ``slot = value`` form, and the
+``command`` task reads that list as a condition (data-dir file ``known``), in training and in the
+agent loop alike. The catalogue is the episode's initial state: a real assistant looks its
+catalogues up the same way, and held-out test values are in it as any new item would be.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from speechlm.agent.calls import EMPTY_HISTORY
+from speechlm.agent.ground import EDGE_WORDS
+
+# slot -> the names of the state it takes (catalogues, devices, contacts, calendar, lists)
+CATALOGUES: dict[str, Callable[[dict], list[str]]] = {
+    "podcast_name": lambda s: list(s["world"]["podcasts"]),
+    "radio_name": lambda s: list(s["world"]["radio"]),
+    "audiobook_name": lambda s: [b["title"] for b in s["world"]["audiobooks"]],
+    "game_name": lambda s: list(s["world"]["games"]),
+    "song_name": lambda s: [x["title"] for x in s["world"]["songs"]],
+    "artist_name": lambda s: [x["artist"] for x in s["world"]["songs"]],
+    "music_genre": lambda s: [x["genre"] for x in s["world"]["songs"]],
+    "news_topic": lambda s: list(s["world"]["news"]),
+    "definition_word": lambda s: list(s["world"]["definitions"]),
+    "currency_name": lambda s: list(s["world"]["currencies"]),
+    "food_type": lambda s: list(s["world"]["recipes"]) + [m["food"] for m in s["world"]["menus"].values()],
+    "business_name": lambda s: list(s["world"]["stocks"]) + list(s["world"]["menus"]),
+    "house_place": lambda s: list(s["devices"]["lights"]),
+    "device_type": lambda s: list(s["devices"]["plugs"]),
+    "person": lambda s: list(s["contacts"]),
+    "event_name": lambda s: [e["event"] for e in s["calendar"]],
+    "list_name": lambda s: list(s["lists"]),
+}
+MAX_WORDS = 6  # the longest name looked for
+
+
+def catalogue(state: dict) -> dict[tuple[str, ...], list[str]]:
+    """``name words -> slots`` of every name in ``state`` (missing parts of a state are skipped)."""
+    out: dict[tuple[str, ...], list[str]] = {}
+    for slot, names in CATALOGUES.items():
+        try:
+            found = names(state)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        for name in found:
+            words = tuple(str(name).lower().split())
+            # a lone function word names nothing a request would be about
+            if words and len(words) <= MAX_WORDS and not (len(words) == 1 and words[0] in EDGE_WORDS):
+                out.setdefault(words, [])
+                if slot not in out[words]:
+                    out[words].append(slot)
+    return out
+
+
+def known_names(text: str, state: dict) -> str:
+    """The names of ``state`` said in ``text``, as ``slot = name ; ...`` in order of appearance
+    (the longest name where names overlap), or ``none`` (as an empty history reads)."""
+    table = catalogue(state)
+    words = text.lower().split()
+    parts: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(MAX_WORDS, len(words) - i), 0, -1):
+            span = tuple(words[i:i + n])
+            if span in table:
+                parts += [f"{slot} = {' '.join(span)}" for slot in table[span]]
+                i += n
+                break
+        else:
+            i += 1
+    return " ; ".join(parts) if parts else EMPTY_HISTORY
