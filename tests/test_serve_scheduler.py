@@ -37,9 +37,9 @@ STEPS = [
     ("play some jazz", "none", "call music_play genre=jazz"),
 ]
 # requests of different lengths, seen and unseen in training
-REQUESTS = [{"request": r, "history": h} for r, h, _ in STEPS] + [
-    {"request": "turn on the bedroom lamp please", "history": "none"},
-    {"request": "set a timer", "history": "user: hello | assistant: say hi there how can i help"},
+REQUESTS = [{"request": r, "known": "none", "history": h} for r, h, _ in STEPS] + [
+    {"request": "turn on the bedroom lamp please", "known": "house_place = bedroom", "history": "none"},
+    {"request": "set a timer", "known": "none", "history": "user: hello | assistant: say hi there how can i help"},
 ]
 CONTEXT = 320  # positions: small, so that a too-long input is cheap to make
 
@@ -53,7 +53,7 @@ def model_dir(tmp_path_factory) -> Path:
     tpl = pipe.template("command")
     exs = []
     for i, (req, hist, resp) in enumerate(STEPS):
-        segs = {"request": req, "history": hist, "response": resp}
+        segs = {"request": req, "known": "none", "history": hist, "response": resp}
         toks = {s.name: pipe.encode_value(s.tokenizer, segs[s.name]) for s in tpl.conditions + tpl.targets}
         exs.append(build_example(f"step{i}", tpl, toks, pipe.vocab, model.n_streams))
     losses = train(model, collate(exs, pipe.vocab.pad_id), steps=120, lr=5e-3)
@@ -160,8 +160,8 @@ def test_a_bad_request_fails_alone(pipe, wavs, tmp_path):
         "unreadable": ("asr", {"speech": str(bad_wav)}),
         "missing file": ("asr", {"speech": str(tmp_path / "absent.wav")}),
         "pipe": ("asr", {"speech": f"cat {wavs[0]} |"}),
-        "empty": ("command", {"request": "", "history": "none"}),
-        "too long": ("command", {"request": "turn on the lights " * 40, "history": "none"}),
+        "empty": ("command", {"request": "", "known": "none", "history": "none"}),
+        "too long": ("command", {"request": "turn on the lights " * 40, "known": "none", "history": "none"}),
         "missing input": ("command", {"request": "hello"}),
     }
     with BatchScheduler(pipe, max_batch=16, window_s=0.3) as sched:
@@ -224,8 +224,8 @@ def test_short_requests_are_answered_early_and_cancelled_rows_leave_the_batch(pi
     batch at the next step, so the batch ends far before their output length."""
     # output length = half the condition rows: a few tokens for the short request, ~70 for the long
     config = DecodeConfig(search="greedy", min_len_ratio=0.5, max_len_ratio=0.5, max_len=300)
-    long_req = {"request": "turn on the lights " * 7, "history": "none"}
-    short_req = {"request": "hi", "history": "none"}
+    long_req = {"request": "turn on the lights " * 7, "known": "none", "history": "none"}
+    short_req = {"request": "hi", "known": "none", "history": "none"}
     want_long = alone(pipe, "command", long_req, config)
     want_short = alone(pipe, "command", short_req, config)
     assert len(want_long[0]) > 60 and len(want_short[0]) < 10
