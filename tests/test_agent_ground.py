@@ -22,6 +22,10 @@ def test_nearest_span_reads_like_a_value():
                        ["add the next one to my calendar"]) == (Call("calendar", {"action": "set", "date": "today"}), {})
     # a leading `the` aside: `the work` is `work`, not `the time`
     assert nearest_span("the work", ["check the traffic to work and what is the time"]) == ("work", 0.0)
+    # heard words may hold a call's reserved characters (an e2e monologue is free text): never in a value
+    call = Call("calendar", {"action": "set", "event_name": "time eight am"})
+    out, _ = ground_call(call, ["set it for time = eight am"])
+    assert out.args["event_name"] == "eight am" and str(out)  # the call still formats
 
 
 def test_ground_call_replaces_a_value_not_said_by_the_closest_span():

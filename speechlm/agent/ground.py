@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from speechlm.agent.calls import Call
+from speechlm.agent.calls import RESERVED, Call
 from speechlm.agent.slu_f1 import char_distance
 from speechlm.agent.tools import get_tool
 
@@ -32,8 +32,10 @@ were what when where which who will with would you your um uh hmm er erm ah oh p
 
 def value_like(words: Sequence[str]) -> bool:
     """Whether a span of words can be a slot value: no function word or filler at either end
-    (``the`` may start it)."""
-    return bool(words) and words[0] not in EDGE_WORDS and words[-1] not in EDGE_WORDS | {"the"}
+    (``the`` may start it), and no character a call reserves (an e2e model's heard words are
+    free text: ``time = eight am`` is no event)."""
+    return (bool(words) and words[0] not in EDGE_WORDS and words[-1] not in EDGE_WORDS | {"the"}
+            and not any(c in w for w in words for c in RESERVED))
 
 
 def _words(text: str) -> list[str]:

@@ -44,8 +44,8 @@ import numpy as np
 from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, format_turn, normalize_words,
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
-from speechlm.agent.known import known_names
 from speechlm.agent.episodes import Episode
+from speechlm.agent.known import known_names
 from speechlm.agent.tools import ToolError, get_tool, validate_args
 
 log = logging.getLogger(__name__)
