@@ -7,18 +7,21 @@ from speechlm.agent.known import catalogue, known_names
 
 def test_names_of_the_state_said_in_a_request_are_listed_in_order():
     state = default_state()
+    names = catalogue(state)
     podcast, game = next(iter(state["world"]["podcasts"])), next(iter(state["world"]["games"]))
-    assert known_names(f"um put on {podcast} and then {game} time", state) == \
+    assert known_names(f"um put on {podcast} and then {game} time", names) == \
         f"podcast_name = {podcast} ; game_name = {game}"
-    assert known_names("lights off in the living room", state) == "house_place = living room"  # the longest name
-    assert known_names("what a lovely day", state) == "none"
-    assert ("the",) not in catalogue(state)  # a lone function word names nothing
+    assert known_names("lights off in the living room", names) == "house_place = living room"  # the longest name
+    assert known_names("what a lovely day", names) == "none"
+    assert ("the",) not in names  # a lone function word names nothing
+    del state["world"]  # a state without catalogues still names its rooms
+    assert known_names("lights off in the living room", catalogue(state)) == "house_place = living room"
 
 
 def test_a_new_name_is_known_once_the_state_holds_it_under_every_slot_it_names():
     state = default_state()
-    assert known_names("email zoe", state) == "none"
+    assert known_names("email zoe", catalogue(state)) == "none"
     state["contacts"]["zoe"] = {"email": "zoe at example dot com", "phone": "", "relation": ""}
-    assert known_names("email zoe", state) == "person = zoe"
+    assert known_names("email zoe", catalogue(state)) == "person = zoe"
     state["lists"]["zoe"] = []
-    assert known_names("email zoe", state) == "person = zoe ; list_name = zoe"
+    assert known_names("email zoe", catalogue(state)) == "person = zoe ; list_name = zoe"

@@ -27,8 +27,8 @@ pytestmark = [
 ]
 
 # Floors below the README's measured numbers (intent accuracy on held-out templates and voices:
-# 2026-12-05, run U: text parser (the fine-tuned MiniLM, valid calls only) 80.5%, Whisper cascade
-# 57.5%, end-to-end agent 23.5%; run L, the parser from scratch: 47.0%, 36.5%, 20.5%; chance is 1 in 59).
+# 2026-12-05, run V: text parser (the fine-tuned MiniLM, valid calls only, known names) 86.5%,
+# Whisper cascade 64.5%, end-to-end agent 20.5%; run L, the parser from scratch: 47.0%, 36.5%, 20.5%; chance is 1 in 59).
 MIN_TEXT_INTENT_ACC = 60.0
 MIN_WHISPER_INTENT_ACC = 40.0
 MIN_E2E_INTENT_ACC = 15.0

@@ -32,10 +32,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechlm.agent.calls import CALL_PREFIX, TURN_SEP, USER_PREFIX, canonical_turn, render_history
+from speechlm.agent.calls import CALL_PREFIX, EMPTY_HISTORY, TURN_SEP, USER_PREFIX, canonical_turn, render_history
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
-from speechlm.agent.known import known_names
+from speechlm.agent.known import catalogue, known_names
 from speechlm.data.kaldi import spk2utt_from_utt2spk, write_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Step:
     first: bool  # the first step after its user turn
     history_monologue: str = ""  # e2e with an inner monologue
     target_monologue: str = ""  # "user <words> | <target>" on a first step, else the target
-    known: str = "none"  # names of the home said in the user turn (speechlm.agent.known)
+    known: str = EMPTY_HISTORY  # names of the home said in the user turn (speechlm.agent.known)
 
 
 def reference_of(episode: Episode) -> list[dict]:
@@ -71,7 +71,7 @@ def reference_of(episode: Episode) -> list[dict]:
 def dialogue_steps(episode: Episode) -> list[Step]:
     """The assistant steps of ``episode`` with the history each one is conditioned on."""
     ref = reference_of(episode)
-    state = make_env(state=episode.initial_state).state
+    names = catalogue(make_env(state=episode.initial_state).state)
     steps: list[Step] = []
     done: list[dict] = []  # turns before the current user turn plus the steps after it
     user = -1
@@ -99,7 +99,7 @@ def dialogue_steps(episode: Episode) -> list[Step]:
                 mono_history, mono_target = render_history(done), turn["text"]
             steps.append(Step(user, render_history(e2e), render_history(cascade), turn["text"], first,
                               mono_history, mono_target,
-                              known_names(" ".join(episode.turns[user]["text"].split()), state)))
+                              known_names(" ".join(episode.turns[user]["text"].split()), names)))
             first = False
         done.append(turn)
     if user + 1 != len(episode.turns):

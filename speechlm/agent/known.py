@@ -39,12 +39,13 @@ MAX_WORDS = 6  # the longest name looked for
 
 
 def catalogue(state: dict) -> dict[tuple[str, ...], list[str]]:
-    """``name words -> slots`` of every name in ``state`` (missing parts of a state are skipped)."""
+    """``name words -> slots`` of every name in ``state`` (a part the state lacks is skipped);
+    built once per episode, read by :func:`known_names` at every step."""
     out: dict[tuple[str, ...], list[str]] = {}
     for slot, names in CATALOGUES.items():
         try:
             found = names(state)
-        except (KeyError, TypeError, AttributeError):
+        except KeyError:
             continue
         for name in found:
             words = tuple(str(name).lower().split())
@@ -56,10 +57,10 @@ def catalogue(state: dict) -> dict[tuple[str, ...], list[str]]:
     return out
 
 
-def known_names(text: str, state: dict) -> str:
-    """The names of ``state`` said in ``text``, as ``slot = name ; ...`` in order of appearance
-    (the longest name where names overlap), or ``none`` (as an empty history reads)."""
-    table = catalogue(state)
+def known_names(text: str, table: dict[tuple[str, ...], list[str]]) -> str:
+    """The names of ``table`` (:func:`catalogue`) said in ``text``, as ``slot = name ; ...`` in
+    order of appearance (the longest name where names overlap), or ``none`` (as an empty history
+    reads)."""
     words = text.lower().split()
     parts: list[str] = []
     i = 0

@@ -45,7 +45,7 @@ from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, fo
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
-from speechlm.agent.known import known_names
+from speechlm.agent.known import catalogue, known_names
 from speechlm.agent.tools import ToolError, get_tool, validate_args
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class EpisodeRun:
     timing: dict = field(default_factory=lambda: {"asr": 0.0, "encode": 0.0, "decode": 0.0, "tool": 0.0,
                                                   "ttft": None, "first_call": None})
     audio_seconds: float = 0.0
-    cache: dict = field(default_factory=dict)  # user turn -> audio tokens; ("known", user turn) -> its names
+    cache: dict = field(default_factory=dict)  # user turn -> audio tokens; "names" -> the catalogue
     speech: Optional[str] = None
     error: Optional[str] = None  # why an input could not be decoded (ended == "input_error")
 
@@ -359,10 +359,9 @@ class AgentLoop:
             if seg is request:
                 out[seg.name] = run.transcripts[run.user]
             elif seg.source == "known":  # as the data dir has it: the names of the episode's initial state
-                if ("known", run.user) not in run.cache:
-                    state = make_env(self.cfg.env, run.ep.initial_state).state
-                    run.cache["known", run.user] = known_names(run.transcripts[run.user], state)
-                out[seg.name] = run.cache["known", run.user]
+                if "names" not in run.cache:
+                    run.cache["names"] = catalogue(make_env(self.cfg.env, run.ep.initial_state).state)
+                out[seg.name] = known_names(run.transcripts[run.user], run.cache["names"])
             else:
                 out[seg.name] = hist
         return out
