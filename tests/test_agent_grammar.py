@@ -122,3 +122,34 @@ def test_the_run_command_passes_the_rule_and_the_whisper_prompt_to_every_job():
     assert _loop_config(bare).whisper_prompt == "" and _loop_config(on).whisper_prompt
     cmd = _child_command(bare, 1, 1)
     assert cmd[cmd.index("--whisper-prompt") + 1] == ""  # every job hears without one
+
+
+def test_an_answer_is_one_of_the_options_and_ends_only_at_one(loop):
+    d = loop.decoder
+    opts = ["lights on in the kitchen", "lights on in the kitchen and it is sunny", "done"]
+    for text in opts:
+        f = d.call_follower(False, answers=opts)
+        assert refused_at(f, ids(loop, "say " + text)) == -1 and f.may_end(), text
+    f = d.call_follower(False, answers=opts)
+    assert refused_at(f, ids(loop, "say lights on in the kitchen and it is sunny")) == -1 and f.allowed() == []
+    f = d.call_follower(False, answers=opts)
+    assert refused_at(f, ids(loop, "say lights on in the garden")) == len(ids(loop, "say lights on in the "))
+    f = d.call_follower(False, answers=opts)
+    refused_at(f, ids(loop, "say lights on in the kitch"))
+    assert not f.may_end()  # no answer ends mid-option
+    # calls are as before; without options an answer is free words
+    assert refused_at(d.call_follower(False, answers=opts), ids(loop, "call lights action = on")) == -1
+    assert refused_at(d.call_follower(False), ids(loop, "say lights on in the garden")) == -1
+
+
+def test_the_run_command_passes_free_answers_to_every_job():
+    import argparse
+
+    from speechlm.agent.commands.run import _child_command, _loop_config, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    on = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--nj", "2"])
+    free = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--nj", "2", "--free-answers"])
+    assert _loop_config(on).valid_answers and not _loop_config(free).valid_answers
+    assert "--free-answers" in _child_command(free, 1, 1) and "--free-answers" not in _child_command(on, 1, 1)

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import speechlm
@@ -24,11 +25,11 @@ from test_model_helpers import packed_model_dir, train
 CHARS = ["<unk>", "<space>", *"abcdefghijklmnopqrstuvwxyz0123456789_=;|:'?.,-"]
 TASKS = ("spoken_dialogue", "command", "asr", "spoken_dialogue_monologue")
 
-# (id, request, intent, slots, answer)
+# (id, request, intent, slots, answer: the tool's result, as every reference answer restates it)
 REQUESTS = [
     ("ep-lights", "turn off the kitchen lights", "iot_hue_lightoff", [["house_place", "kitchen"]],
-     "the kitchen lights are off"),
-    ("ep-alarm", "wake me up at seven am", "alarm_set", [["time", "seven am"]], "alarm set for seven am"),
+     "lights off in the kitchen"),
+    ("ep-alarm", "wake me up at seven am", "alarm_set", [["time", "seven am"]], "alarm set for seven am tomorrow"),
 ]
 
 
@@ -239,7 +240,7 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert main(["agent", "chat", "--model-dir", str(trained_dir), "--wav-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "assistant: call lights action = off ; house_place = kitchen" in out
-    assert "tool: ok:" in out and "assistant: say the kitchen lights are off" in out
+    assert "tool: ok:" in out and f"assistant: say {REQUESTS[0][4]}" in out
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
 
 
@@ -277,6 +278,12 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode, tm
                 assert loop.step_inputs(run)["known"] == known[f"{speaker_of(ep)}-{ep.id}-{k:02d}"], ep.id
             target = step.target_monologue if mode == "monologue" else step.target
             assert target.startswith("user ") == (mode == "monologue" and step.first)
+            (rule,) = loop.followers([run])  # valid calls and answers: every reference turn is one
+            tokens = np.asarray(loop.pipe.tokenizers[loop.decoder.tokenizer].encode(target)).reshape(-1).tolist()
+            for t in tokens:
+                assert rule.allowed() is None or t in rule.allowed(), (ep.id, target)
+                rule.observe(t)
+            assert rule.may_end(), (ep.id, target)
             assert loop.apply(run, target, retry=False) in ("call", "answer")
         assert run.ended == "answer", ep.id
         if mode == "monologue":

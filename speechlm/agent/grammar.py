@@ -13,7 +13,9 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
   ``copy_values``) only those tokens, at least one and at most ``max_value`` (a span of what was
   said or returned is no longer than the longest of those texts: a runaway ``yo yo yo ...`` ends
   there), then `` ; `` and the next argument, or the end;
-- an inner monologue: any words, then ``|`` and a turn (it may not end before).
+- an inner monologue: any words, then ``|`` and a turn (it may not end before);
+- with ``answers`` (the loop's ``valid_answers``), an answer only one of those texts
+  (:mod:`speechlm.agent.answers`), else free words.
 
 A missing required argument stays possible: the environment answers it with an error the model
 can act on (ask back), as the recovery episodes teach. Spellings are the tokenizer's own tokens
@@ -64,6 +66,8 @@ class CallGrammar:
             full, pre = [int(t) for t in encode(before + text)], [int(t) for t in encode(before)]
             return full[len(pre):] if full[: len(pre)] == pre else [int(t) for t in encode(text.strip())]
 
+        self._encode = encode
+        self._say = [int(t) for t in encode(ANSWER_PREFIX + "a")][: -len(encode("a"))]  # as the heads spell it
         tools = list(tools)
 
         def heads(spell: Callable[[str], list[int]]) -> Node:
@@ -73,7 +77,7 @@ class CallGrammar:
                 for arg in tool.parameters.get("properties", {}):
                     node.add(spell(f"{CALL_PREFIX}{tool.name} {arg} ="), ("arg", tool.name, arg))
             # "say " up to its words (a char tokenizer's space included)
-            node.add(spell(ANSWER_PREFIX + "a")[: -len(encode("a"))], ("say",))
+            node.add(spell(ANSWER_PREFIX + "a")[: -len(encode("a"))], ("say",))  # as self._say
             return node
 
         self.head = heads(lambda text: [int(t) for t in encode(text)])  # up to the first argument's '='
@@ -91,10 +95,20 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value}"), ("value",))
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
-    def follower(self, inside: Iterable[int] | None = None, max_value: int | None = None) -> "CallFollower":
+    def follower(self, inside: Iterable[int] | None = None, max_value: int | None = None,
+                 answers: Node | None = None) -> "CallFollower":
         """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any);
-        ``max_value``: the most tokens it may hold (None: no limit)."""
-        return CallFollower(self, None if inside is None else sorted(set(inside)), max_value)
+        ``max_value``: the most tokens it may hold (None: no limit); ``answers``: the only answers
+        it may give (:meth:`answer_trie`; None: any words)."""
+        return CallFollower(self, None if inside is None else sorted(set(inside)), max_value, answers)
+
+    def answer_trie(self, texts: Iterable[str]) -> Node:
+        """The tokens of each of ``texts`` where it follows ``say``, as a trie."""
+        node, n = Node(), len(self._say)
+        for text in texts:
+            full = [int(t) for t in self._encode(ANSWER_PREFIX + text)]
+            node.add(full[n:] if full[:n] == self._say else [int(t) for t in self._encode(text)], ("answer", text))
+        return node
 
     def arg_trie(self, tool: str, used: set[str]) -> Node:
         node = Node()
@@ -107,9 +121,11 @@ class CallGrammar:
 class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
-    def __init__(self, grammar: CallGrammar, inside: list[int] | None, max_value: int | None = None) -> None:
-        self.grammar, self.inside, self.max_value = grammar, inside, max_value
-        self.phase = "head"  # head | args | enum | value | free (an answer) | monologue | off (left the rule)
+    def __init__(self, grammar: CallGrammar, inside: list[int] | None, max_value: int | None = None,
+                 answers: Node | None = None) -> None:
+        self.grammar, self.inside, self.max_value, self.answers = grammar, inside, max_value, answers
+        # head | args | enum | value | free (an answer) | answer (one of answers) | monologue | off (left the rule)
+        self.phase = "head"
         self.node: Node | None = grammar.head
         self.tool: str | None = None
         self.used: set[str] = set()
@@ -129,6 +145,8 @@ class CallFollower(Follower):
 
     def allowed(self) -> list[int] | None:
         semis = self.grammar.semicolons
+        if self.phase == "answer":
+            return list(self.node.next)  # empty at the end of the longest option: the row ends
         if self.phase in ("head", "args", "enum"):
             out = [t for t in self.node.next if self.more_args() or t not in semis]
             return out if out or self.may_end() else None  # never a row without a choice
@@ -145,6 +163,8 @@ class CallFollower(Follower):
             return self.node.tag is not None and self.node.tag[0] == "call"
         if self.phase == "enum":
             return self.node.tag is not None and self.node.tag[0] == "value"
+        if self.phase == "answer":
+            return self.node.tag is not None
         if self.phase == "value":
             return self.n_value > 0
         return self.phase not in ("args", "monologue")  # a monologue goes on to a turn
@@ -161,6 +181,11 @@ class CallFollower(Follower):
         if self.phase == "value":
             self.n_value += 1
             return
+        if self.phase == "answer":
+            self.node = self.node.next.get(value)
+            if self.node is None:
+                self.phase = "off"
+            return
         if self.phase not in ("head", "args", "enum"):
             return
         node = self.node.next.get(value)
@@ -172,7 +197,7 @@ class CallFollower(Follower):
         if self.phase == "enum" or tag is None or (tag[0] == "call" and node.next):
             return
         if tag[0] == "say":
-            self.phase = "free"
+            self.phase, self.node = ("free", None) if self.answers is None else ("answer", self.answers)
         elif tag[0] == "user":
             self.phase = "monologue"
         elif tag[0] == "arg":

@@ -21,7 +21,8 @@ environment refuses it (state unchanged) and the error goes back to the model, w
 correct it or ask back (the recovery episodes). A cascade's call values are tied to what was
 said (:mod:`speechlm.agent.ground`): decoded from the user's words, the tools' results and closed
 words only (``copy_values``), and a value still not said is replaced by the user's closest words
-(``ground``). An answer ends the user turn: the episode goes
+(``ground``); an answer restates the tools' results, reports an error or asks back
+(``valid_answers``, :mod:`speechlm.agent.answers`). An answer ends the user turn: the episode goes
 on with the next user turn when it has one (a reply to an ask-back), else it ends. At most
 ``max_turns`` assistant steps per user turn.
 
@@ -71,6 +72,7 @@ class LoopConfig:
     retry_temperature: float = 0.7
     valid_calls: bool = True  # decode only calls the tools accept, or answers (speechlm.agent.grammar)
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
+    valid_answers: bool = True  # with valid_calls: an answer restates the tools' results (speechlm.agent.answers)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
@@ -274,10 +276,16 @@ class Decoder:
 
         return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts)[0])
 
-    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None, max_value: Optional[int] = None):
+    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None, max_value: Optional[int] = None,
+                      answers: Optional[list[str]] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
         (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold, at most
-        ``max_value`` of them."""
+        ``max_value`` of them; ``answers``: the only answers it may give (None: any words)."""
+        grammar = self.grammar(monologue)
+        return grammar.follower(inside, max_value, None if answers is None else grammar.answer_trie(answers))
+
+    def grammar(self, monologue: bool):
+        """The :class:`~speechlm.agent.grammar.CallGrammar` of this tokenizer (built once)."""
         if monologue not in self._grammars:
             from speechlm.agent.grammar import CallGrammar
             from speechlm.agent.tools import TOOLS
@@ -286,7 +294,7 @@ class Decoder:
             self._grammars[monologue] = CallGrammar(self.tokenizer, self.encode_text, b - a,
                                                     [TOOLS.get(n) for n in TOOLS.names()],
                                                     {c: self.marks(c) for c in "=;|"}, monologue)
-        return self._grammars[monologue].follower(inside, max_value)
+        return self._grammars[monologue]
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -307,6 +315,8 @@ class AgentLoop:
         followable = self.decoder.config.search in ("greedy", "sample")
         self.valid_calls = config.valid_calls and followable
         self.copy_values = config.copy_values and config.mode != "e2e" and followable
+        self.valid_answers = config.valid_answers and self.valid_calls
+        self._questions: Optional[list[str]] = None
         if not followable and (config.valid_calls or (config.copy_values and config.mode != "e2e")):
             log.info("agent: %s search: calls are not constrained while decoding (greedy or sample)",
                      self.decoder.config.search)
@@ -439,6 +449,10 @@ class AgentLoop:
             return kind
         run.steps_this_turn += 1
         if kind == "answer":
+            if self.valid_answers:  # the option's own words (a tokenizer may space them otherwise)
+                from speechlm.agent.answers import canonical_answer
+
+                payload = canonical_answer(payload, self.answer_options(run)) or payload
             run.history.append({"role": "assistant", "text": format_turn("answer", payload)})
             run.answer = payload
             if run.user + 1 < len(run.ep.turns):
@@ -477,21 +491,32 @@ class AgentLoop:
 
         return ground_call(call, *self.said_seen(run), self.cfg.ground)
 
+    def answer_options(self, run: EpisodeRun) -> list[str]:
+        """The answers ``run``'s next turn may give (:func:`speechlm.agent.answers.answer_options`)."""
+        from speechlm.agent.answers import answer_options, ask_backs
+
+        if self._questions is None:
+            self._questions = ask_backs()
+        return answer_options(run.history, self._questions)
+
     def followers(self, runs: list[EpisodeRun]) -> Optional[list]:
         """The decoding rule of each run's next step: valid calls only (``valid_calls``), their values
-        copied (``copy_values``); None when neither."""
+        copied (``copy_values``), answers that restate the results (``valid_answers``); None when none."""
         if not (self.valid_calls or self.copy_values):
             return None
         out = []
-        for said, seen in map(self.said_seen, runs):
+        for run in runs:
+            said, seen = self.said_seen(run)
             texts = [*said, *seen]
             if not self.valid_calls:
                 out.append(self.decoder.value_follower(texts))
-            elif self.copy_values:  # a value is a span of one of those texts (or a few closed words)
+                continue
+            answers = self.answer_options(run) if self.valid_answers else None
+            if self.copy_values:  # a value is a span of one of those texts (or a few closed words)
                 ids, longest = self.decoder.value_ids(texts)
-                out.append(self.decoder.call_follower(self.monologue, ids, max(longest, MIN_VALUE_TOKENS)))
+                out.append(self.decoder.call_follower(self.monologue, ids, max(longest, MIN_VALUE_TOKENS), answers))
             else:
-                out.append(self.decoder.call_follower(self.monologue))
+                out.append(self.decoder.call_follower(self.monologue, answers=answers))
         return out
 
     def retry_config(self, step: int):
