@@ -43,6 +43,11 @@ def test_ground_call_keeps_said_seen_far_and_enum_values():
     # verbatim in a tool's result (a context transition) or computed from it (nothing close): kept
     call = Call("alarm", {"action": "set", "time": "nine thirty am", "date": "wednesday"})
     assert ground_call(call, said, seen) == (call, {})
+    # a time relative to another: the request's offset, the calendar's time (each said or seen): kept
+    rel = Call("alarm", {"action": "set", "time": "half an hour before ten am", "date": "wednesday"})
+    assert ground_call(rel, said, seen) == (rel, {})
+    far = Call("alarm", {"action": "set", "time": "half an hour before noon"})  # noon: nobody said it
+    assert ground_call(far, said, seen)[0] != far
     # a synonym with no close span: kept
     kitchen = Call("lights", {"action": "on", "house_place": "kitchen"})
     assert ground_call(kitchen, ["flick the cooking area light on"]) == (kitchen, {})

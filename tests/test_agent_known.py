@@ -25,3 +25,11 @@ def test_a_new_name_is_known_once_the_state_holds_it_under_every_slot_it_names()
     assert known_names("email zoe", catalogue(state)) == "person = zoe"
     state["lists"]["zoe"] = []
     assert known_names("email zoe", catalogue(state)) == "person = zoe ; list_name = zoe"
+
+
+def test_places_and_kinds_of_transport_business_and_film_are_known():
+    names = catalogue(default_state())
+    assert known_names("check the bus times to manchester", names) == "transport_type = bus ; place_name = manchester"
+    assert known_names("where can i find a pub in london", names) == "business_type = pub ; place_name = london"
+    assert known_names("a thriller film please", names) == "movie_type = thriller"
+    assert known_names("what is the time in new york", names) == "place_name = new york"  # once, though in many tables

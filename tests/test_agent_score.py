@@ -223,3 +223,14 @@ def test_heard_wer_of_what_the_agent_wrote_down(tmp_path):
     assert s["heard_wer"] == pytest.approx(100 * 3 / 10)
     assert s["heard_wer_first"] == pytest.approx(100 * 2 / 7)
     assert s["heard_wer_by_engine"] == {"espeak-ng": pytest.approx(40.0), "flite": pytest.approx(20.0)}
+
+
+def test_a_time_spelled_another_way_is_the_same_call():
+    from speechlm.agent.score import call_key
+
+    alarm = {"name": "alarm", "args": {"action": "set", "time": "nine thirty am", "date": "wednesday"}}
+    for same in ("half an hour before ten am", "half past nine am", "9:30"):
+        assert call_key({**alarm, "args": {**alarm["args"], "time": same}}) == call_key(alarm), same
+    assert call_key({**alarm, "args": {**alarm["args"], "time": "an hour before ten am"}}) != call_key(alarm)
+    odd = {"name": "alarm", "args": {"action": "set", "time": "teatime"}}  # not a time: compared as written
+    assert call_key(odd) != call_key({"name": "alarm", "args": {"action": "set", "time": "tea time"}})

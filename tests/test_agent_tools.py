@@ -9,7 +9,8 @@ import pytest
 from speechlm.agent.calls import Call, format_call, parse_call
 from speechlm.agent.env import Environment, default_state, make_env
 from speechlm.agent.intents import INTENTS, SCENARIOS, call_to_intent, entities, intent_table, intent_to_call, scenario_of
-from speechlm.agent.spoken import format_date, format_time, number_to_words, parse_date, parse_time, words_to_number
+from speechlm.agent.spoken import (format_date, format_time, number_to_words, parse_date, parse_duration, parse_time,
+                                   words_to_number)
 from speechlm.agent.tools import TOOLS, ToolError, get_tool, validate_args
 
 # one request per intent: slots as an SLURP annotation would give them
@@ -280,6 +281,21 @@ def test_relative_times_use_the_clock():
     env.execute("alarm action=set ; time=in half an hour")  # past midnight: tomorrow
     assert ("2026-03-03", "00:20") in {(a["date"], a["time"]) for a in env.state["alarms"]}
     assert parse_time("a quarter past seven") == 7 * 60 + 15 and parse_time("half seven") == 7 * 60 + 30
+
+
+def test_a_time_relative_to_another_is_worked_out():
+    assert parse_time("three hours before eleven forty five am") == 8 * 60 + 45
+    assert parse_time("an hour and a half after ten pm") == 23 * 60 + 30
+    assert parse_time("half an hour before midnight") == 23 * 60 + 30
+    assert parse_time("ten minutes after six") == 6 * 60 + 10  # read either way: the same time
+    assert parse_time("quarter after seven") == 7 * 60 + 15  # a clock time, no duration
+    assert parse_duration("forty five minutes") == 45 and parse_duration("two hours") == 120
+    for bad in ("three days before noon", "an hour before lunch", "zero minutes"):
+        with pytest.raises(ValueError):
+            parse_time(bad) if "before" in bad else parse_duration(bad)
+    env = make_env()
+    env.execute("alarm action=set ; time=forty five minutes before seven pm ; date=friday")
+    assert any(a["time"] == "18:15" for a in env.state["alarms"])
 
 
 FUZZ_VALUES = ["seven am", "tomorrow", "friday", "blue", "kitchen", "the bedroom", "paris", "twenty percent", "to five",

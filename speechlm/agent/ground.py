@@ -7,13 +7,14 @@ a tool returned (a context transition copies an event from the calendar), so:
 
 - while decoding (the agent loop's ``copy_values``), a value may hold
   only the words of what the user said, of what the tools returned, and of :func:`closed_words`
-  (numbers, days, the tools' enum values: a time computed from an event's time is said by nobody);
-- after decoding (:func:`ground_call`), a value found in neither is replaced by the closest span
+  (numbers, days, ``before`` and ``after``, the tools' enum values);
+- after decoding (:func:`ground_call`), a value found in neither (a time relative to another,
+  ``half an hour before ten am``, is found when each side is) is replaced by the closest span
   of the user's words when that span is close enough (character edit distance over the longer
   length <= ``max_distance``) and reads like a value: no function word or filler at either end
   (``to my`` is no date, ``shop in`` no list; ``the`` may start one: ``the airport``). Enum
-  arguments and values with no close span (a time computed from a tool's result, a synonym such
-  as ``kitchen`` for ``cooking area``) are kept.
+  arguments and values with no close span (a synonym such as ``kitchen`` for ``cooking area``)
+  are kept.
 """
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ def holds(text: str, value: str) -> bool:
     return n > 0 and any(words[i : i + n] == v for i in range(len(words) - n + 1))
 
 
+def held(value: str, texts: Sequence[str]) -> bool:
+    """Whether one of ``texts`` holds ``value``, or, for a time relative to another (``three hours
+    before eleven am``: the request's offset, a calendar entry's time), one holds each side."""
+    if any(holds(t, value) for t in texts):
+        return True
+    for sep in (" before ", " after "):
+        left, found, right = value.partition(sep)
+        if found and left.strip() and right.strip() and held(left, texts) and held(right, texts):
+            return True
+    return False
+
+
 def nearest_span(value: str, texts: Sequence[str]) -> Optional[tuple[str, float]]:
     """The word span of ``texts`` closest to ``value`` (one word fewer to one more, reading like a
     value: :func:`value_like`) and its character distance (a leading ``the`` aside); ties go to
@@ -82,7 +95,8 @@ def closed_words() -> str:
 
     words = [number_words(n) for n in range(100)] + ["hundred thousand am pm oh half quarter noon midnight",
              "today tomorrow tonight yesterday monday tuesday wednesday thursday friday saturday sunday",
-             "weekend week next this morning afternoon evening night the"]
+             "weekend week next this morning afternoon evening night the",
+             "minute minutes hour hours before after"]
     for name in TOOLS:
         for prop in get_tool(name).parameters.get("properties", {}).values():
             words += [str(v) for v in prop.get("enum", ())]
@@ -101,7 +115,7 @@ def ground_call(call: Call, said: Sequence[str], seen: Sequence[str] = (),
     for key, value in call.args.items():
         if not isinstance(value, str) or not value.strip() or "enum" in props.get(key, {}):
             continue
-        if any(holds(t, value) for t in (*said, *seen)):
+        if held(value, (*said, *seen)):
             continue
         near = nearest_span(value, said)
         if near is not None and near[1] <= max_distance:

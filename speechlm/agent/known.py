@@ -3,9 +3,9 @@
 A parser that has never seen a podcast called ``the daily`` cannot tell ``put on the daily``
 from a calendar entry; the home can: the name is in its podcast catalogue. :func:`known_names`
 lists the spans of a request that name something of the environment's state (a podcast, a game,
-a song, a room, a contact, an event...), in the calls' own ``slot = value`` form, and the
-``command`` task reads that list as a condition (data-dir file ``known``), in training and in the
-agent loop alike. The catalogue is the episode's initial state: a real assistant looks its
+a song, a room, a contact, an event, a place, a kind of transport, business or film...), in the
+calls' own ``slot = value`` form, and the ``command`` task reads that list as a condition
+(data-dir file ``known``), in training and in the agent loop alike. The catalogue is the episode's initial state: a real assistant looks its
 catalogues up the same way, and held-out test values are in it as any new item would be.
 """
 from __future__ import annotations
@@ -34,6 +34,12 @@ CATALOGUES: dict[str, Callable[[dict], list[str]]] = {
     "person": lambda s: list(s["contacts"]),
     "event_name": lambda s: [e["event"] for e in s["calendar"]],
     "list_name": lambda s: list(s["lists"]),
+    "place_name": lambda s: [*s["world"]["weather"], *s["world"]["timezones"], *s["world"]["traffic"],
+                             *(d for dests in s["world"]["transport"].values() for d in dests),
+                             *(x["place"] for x in s["world"]["locations"] + s["world"]["events"])],
+    "transport_type": lambda s: list(s["world"]["transport"]),
+    "business_type": lambda s: [x["type"] for x in s["world"]["locations"]],
+    "movie_type": lambda s: [x["genre"] for x in s["world"]["movies"]],
 }
 MAX_WORDS = 6  # the longest name looked for
 

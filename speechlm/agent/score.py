@@ -36,6 +36,7 @@ from speechlm.agent.calls import Call, format_call, normalize_words
 from speechlm.agent.episodes import Episode, success
 from speechlm.agent.loop import spoken_form
 from speechlm.agent.slu_f1 import SLUF1, levenshtein
+from speechlm.agent.spoken import format_time, parse_time
 from speechlm.utils.fileio import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,22 @@ AGENT_COLUMNS: list[tuple[str, str, int]] = [
 ]
 
 
-def call_key(c: dict) -> str:
-    """Canonical text of a call dict (argument order, case and spaces do not matter)."""
+def _clock(args: dict) -> dict:
+    """``args`` with a ``time`` the tools read as a clock time in its one spelling (``three hours
+    before eleven am`` and ``eight am`` are the same alarm)."""
+    if "time" not in args:
+        return args
     try:
-        return format_call(Call(str(c["name"]), {str(k): str(v) for k, v in (c.get("args") or {}).items()}))
+        return {**args, "time": format_time(parse_time(str(args["time"]), args.get("timeofday")))}
+    except ValueError:
+        return args
+
+
+def call_key(c: dict) -> str:
+    """Canonical text of a call dict (argument order, case, spaces and the spelling of a time do
+    not matter)."""
+    try:
+        return format_call(Call(str(c["name"]), {str(k): str(v) for k, v in _clock(c.get("args") or {}).items()}))
     except ValueError:  # a value format_call refuses: compare normalised JSON instead
         return json.dumps({"name": c["name"], "args": {k: normalize_words(v) for k, v in sorted(c["args"].items())}})
 

@@ -127,11 +127,39 @@ def _strip_marker(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+def parse_duration(text: str) -> int:
+    """Spoken duration -> minutes: ``an hour``, ``two hours``, ``forty five minutes``, ``half an
+    hour``, ``an hour and a half``; ValueError otherwise."""
+    t = " ".join(text.lower().split())
+    if t == "half an hour":
+        return 30
+    half = t.endswith(" and a half")
+    m = re.fullmatch(r"(.+?) (minute|minutes|hour|hours)", t[: -len(" and a half")] if half else t)
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    amount = words_to_number(m.group(1)) + (0.5 if half else 0)
+    minutes = amount * (60 if m.group(2).startswith("hour") else 1)
+    if not 0 < minutes <= 24 * 60:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(round(minutes))
+
+
 def parse_time(text: str, timeofday: str | None = None) -> int:
     """Spoken time -> minutes after midnight: ``seven``, ``seven thirty pm``, ``7:30``, ``half past
-    six``, ``quarter to eight``, ``noon``; ``timeofday`` (morning/evening...) decides am/pm when
-    the time does not. ValueError when the words are not a time."""
+    six``, ``quarter to eight``, ``noon``, ``three hours before eleven forty five am`` (a time
+    relative to another, as an assistant copies it from a request and a calendar entry);
+    ``timeofday`` (morning/evening...) decides am/pm when the time does not. ValueError when the
+    words are not a time."""
     t = " ".join(text.lower().replace("o'clock", "").replace("oclock", "").split())
+    rel = re.fullmatch(r"(.+?) (before|after) (.+)", t)
+    if rel:
+        try:
+            minutes = parse_duration(rel.group(1))
+        except ValueError:  # "quarter after seven": a clock time, read below
+            minutes = None
+        if minutes is not None:
+            base = parse_time(rel.group(3), timeofday)
+            return (base + (minutes if rel.group(2) == "after" else -minutes)) % 1440
     t = re.sub(r"^(at|for|by|around|about) ", "", t)
     t = re.sub(r"^a (quarter|half) ", r"\1 ", t)
     half = re.fullmatch(r"half ([a-z]+)", t)  # british "half seven" = seven thirty
