@@ -67,7 +67,7 @@ class CallGrammar:
             return full[len(pre):] if full[: len(pre)] == pre else [int(t) for t in encode(text.strip())]
 
         self._encode = encode
-        self._say = [int(t) for t in encode(ANSWER_PREFIX + "a")][: -len(encode("a"))]  # as the heads spell it
+        self._say = [int(t) for t in encode(ANSWER_PREFIX + "a")][: -len(encode("a"))]  # "say " as a head spells it
         tools = list(tools)
 
         def heads(spell: Callable[[str], list[int]]) -> Node:
@@ -77,7 +77,7 @@ class CallGrammar:
                 for arg in tool.parameters.get("properties", {}):
                     node.add(spell(f"{CALL_PREFIX}{tool.name} {arg} ="), ("arg", tool.name, arg))
             # "say " up to its words (a char tokenizer's space included)
-            node.add(spell(ANSWER_PREFIX + "a")[: -len(encode("a"))], ("say",))  # as self._say
+            node.add(spell(ANSWER_PREFIX + "a")[: -len(encode("a"))], ("say",))
             return node
 
         self.head = heads(lambda text: [int(t) for t in encode(text)])  # up to the first argument's '='

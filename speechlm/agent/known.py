@@ -5,8 +5,9 @@ from a calendar entry; the home can: the name is in its podcast catalogue. :func
 lists the spans of a request that name something of the environment's state (a podcast, a game,
 a song, a room, a contact, an event, a place, a kind of transport, business or film...), in the
 calls' own ``slot = value`` form, and the ``command`` task reads that list as a condition
-(data-dir file ``known``), in training and in the agent loop alike. The catalogue is the episode's initial state: a real assistant looks its
-catalogues up the same way, and held-out test values are in it as any new item would be.
+(data-dir file ``known``), in training and in the agent loop alike. The catalogue is the
+episode's initial state: a real assistant looks its catalogues up the same way, and held-out
+test values are in it as any new item would be.
 """
 from __future__ import annotations
 
