@@ -11,6 +11,7 @@ import pytest
 
 import speechlm
 from speechlm.agent.episodes import Episode
+from speechlm.agent.ground import CLOSED_ARGS
 from speechlm.agent.loop import AgentLoop, LoopConfig, classify_turn
 from speechlm.agent.tools import get_tool, validate_args
 from test_agent_loop import make_model_dir
@@ -50,17 +51,23 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
                         ("hello there", "")):
         f = d.call_follower(False)
         assert refused_at(f, ids(loop, text)) == len(ids(loop, where)), text
-    # copied values: only the given tokens, at least one; no turn ends mid-name
-    f = d.call_follower(False, inside=d.local_ids("the kitchen"))
+    # copied values: a span of what was said or returned, at least one token; no turn ends mid-name
+    f = d.call_follower(False, ["turn on the kitchen light"])
     assert refused_at(f, ids(loop, "call lights house_pl")) == -1 and not f.may_end()
     refused_at(f, ids(loop, "ace ="))
     assert not f.may_end() and not set(f.allowed()) & d.marks(";")
     assert refused_at(f, ids(loop, " kitchen")) == -1 and f.may_end()
-    assert refused_at(d.call_follower(False, inside=d.local_ids("the kitchen")),
-                      ids(loop, "call lights house_place = garden")) == len(ids(loop, "call lights house_place = "))
-    f = d.call_follower(False, inside=d.local_ids("the kitchen"), max_value=3)  # a value no longer than its source
-    assert refused_at(f, ids(loop, "call lights house_place = ki")) == -1
-    assert set(f.allowed()) == d.marks(";") and f.may_end()
+    for value, where in (("call lights house_place = garden", "call lights house_place = "),  # a word nobody said
+                         ("call lights house_place = kitchen the", "call lights house_place = kitchen "),  # not in this order
+                         ("call lights house_place = six", "call lights house_place = ")):  # a name is no number
+        assert refused_at(d.call_follower(False, ["the kitchen"]), ids(loop, value)) == len(ids(loop, where)), value
+    f = d.call_follower(False, ["the kitchen"])  # the span ends where its text does (a char tokenizer: " ;" next)
+    assert refused_at(f, ids(loop, "call lights house_place = the kitchen")) == -1
+    assert set(f.allowed()) == d.marks(";") | set(d.grammar(False).sep_lead) and f.may_end()
+    # a time is composed: the request's offset, the calendar's time and closed words
+    texts = ["set an alarm half an hour before it", "ok: dinner friday at seven pm"]
+    for call in ("call alarm time = half an hour before seven pm ; date = friday", "call alarm time = nine oh five pm"):
+        assert refused_at(d.call_follower(False, texts), ids(loop, call)) == -1, call
     for turn in ("call lights action = on", "say ok"):  # an inner monologue: words up to '|', then a turn
         f = d.call_follower(True)
         refused_at(f, ids(loop, "user zzz qq"))
@@ -92,10 +99,11 @@ def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop, copied)
             validate_args(get_tool(c.name), c.args)
         except Exception as e:  # noqa: BLE001
             assert "missing argument" in str(e), (c, e)
-    if copied:  # values: the request's characters (and closed words), no longer than the request
-        assert rule.max_value == len(ids(loop, request))
-        values = [v for c in calls for k, v in c.args.items() if k != "action"]
-        assert values and all(len(v) <= len(request) for v in values), values
+    if copied:  # values: spans of the request; a time or a date: its tokens and closed words, no longer than it
+        assert rule.max_value == len(ids(loop, " " + request))
+        values = [(k, v) for c in calls for k, v in c.args.items() if k != "action"]
+        assert values and all(v in request if k not in CLOSED_ARGS else len(v) <= len(request) + 1
+                              for k, v in values), values
 
 
 def test_valid_calls_can_be_turned_off(loop):

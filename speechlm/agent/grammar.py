@@ -9,8 +9,11 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
 - a tool's name and its argument names only as the tools spell them, and no argument twice
   (an unknown tool or argument is a structural error, never the environment's business);
 - an argument with a schema enum (``action``) only one of its values;
-- another value: any token but ``=``, ``;`` and ``|``, or with ``inside`` (the loop's
-  ``copy_values``) only those tokens, at least one and at most ``max_value`` (a span of what was
+- another value: any token but ``=``, ``;`` and ``|``; with ``spans`` (the loop's
+  ``copy_values``: the token sequences of what the user said and the tools returned) a span of
+  one of them, word pieces in their order; for a time, a date or a number
+  (:data:`~speechlm.agent.ground.CLOSED_ARGS`, composed of words from here and there: ``half an
+  hour before ten am``) any tokens of ``inside`` and ``closed``; at least one and at most ``max_value`` (a span of what was
   said or returned is no longer than the longest of those texts: a runaway ``yo yo yo ...`` ends
   there), then `` ; `` and the next argument, or the end;
 - an inner monologue: any words, then ``|`` and a turn (it may not end before);
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from speechlm.agent.calls import ANSWER_PREFIX, CALL_PREFIX, USER_PREFIX
+from speechlm.agent.ground import CLOSED_ARGS
 from speechlm.infer.follow import Follower
 
 
@@ -56,6 +60,7 @@ class CallGrammar:
         self.tokenizer = tokenizer
         self.semicolons, self.pipes = frozenset(marks[";"]), frozenset(marks["|"])
         reserved = self.semicolons | self.pipes | frozenset(marks["="])
+        self.reserved = reserved
         self.words = [i for i in range(n_tokens) if i not in reserved]  # what a free value may hold
         self.any = list(range(n_tokens))
         self.args: dict[str, dict[str, list[int]]] = {}  # tool -> arg -> tokens of "<arg> ="
@@ -67,6 +72,9 @@ class CallGrammar:
             return full[len(pre):] if full[: len(pre)] == pre else [int(t) for t in encode(text.strip())]
 
         self._encode = encode
+        # a char tokenizer spells " ;" with a space first: it may end a copied value anywhere
+        lead = after("a", " ;")[:1]
+        self.sep_lead = [t for t in lead if t not in self.semicolons]
         self._say = [int(t) for t in encode(ANSWER_PREFIX + "a")][: -len(encode("a"))]  # "say " as a head spells it
         tools = list(tools)
 
@@ -96,11 +104,21 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
     def follower(self, inside: Iterable[int] | None = None, max_value: int | None = None,
-                 answers: Node | None = None) -> "CallFollower":
-        """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any);
-        ``max_value``: the most tokens it may hold (None: no limit); ``answers``: the only answers
-        it may give (:meth:`answer_trie`; None: any words)."""
-        return CallFollower(self, None if inside is None else sorted(set(inside)), max_value, answers)
+                 answers: Node | None = None, closed: Iterable[int] = (),
+                 spans: list[list[int]] | None = None) -> "CallFollower":
+        """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any),
+        with ``closed`` too for an argument of ``CLOSED_ARGS``; ``max_value``: the most tokens it may
+        hold (None: no limit); ``answers``: the only answers it may give (:meth:`answer_trie`; None:
+        any words); ``spans``: token sequences a value outside ``CLOSED_ARGS`` is a span of."""
+        if inside is None:
+            return CallFollower(self, None, max_value, answers, spans=spans)
+        inside = set(inside)
+        return CallFollower(self, sorted(inside), max_value, answers, sorted(inside | set(closed)), spans)
+
+    def value_tokens(self, text: str) -> list[int]:
+        """The tokens of ``text`` where a value spells it (after `` = ``)."""
+        full, pre = [int(t) for t in self._encode("a = " + text)], [int(t) for t in self._encode("a =")]
+        return full[len(pre):] if full[: len(pre)] == pre else [int(t) for t in self._encode(text)]
 
     def answer_trie(self, texts: Iterable[str]) -> Node:
         """The tokens of each of ``texts`` where it follows ``say``, as a trie."""
@@ -122,8 +140,19 @@ class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
     def __init__(self, grammar: CallGrammar, inside: list[int] | None, max_value: int | None = None,
-                 answers: Node | None = None) -> None:
+                 answers: Node | None = None, inside_closed: list[int] | None = None,
+                 spans: list[list[int]] | None = None) -> None:
         self.grammar, self.inside, self.max_value, self.answers = grammar, inside, max_value, answers
+        self.inside_closed = inside if inside_closed is None else inside_closed
+        self.value_words = inside  # what the current value may hold (None: any word)
+        self.spans = spans
+        self.starts: dict[int, list[tuple[int, int]]] = {}  # token -> where it occurs in spans
+        for i, seq in enumerate(spans or ()):
+            for p, t in enumerate(seq):
+                if t not in grammar.reserved:
+                    self.starts.setdefault(t, []).append((i, p))
+        self.in_span = False  # the current value is a span of ``spans``
+        self.at: list[tuple[int, int]] = []  # where the current value's last token is in spans
         # head | args | enum | value | free (an answer) | answer (one of answers) | monologue | off (left the rule)
         self.phase = "head"
         self.node: Node | None = grammar.head
@@ -152,9 +181,14 @@ class CallFollower(Follower):
             return out if out or self.may_end() else None  # never a row without a choice
         if self.phase == "value":
             more = sorted(semis) if self.n_value and self.more_args() else []
+            if self.in_span:
+                if not self.n_value:
+                    return list(self.starts)
+                nxt = {self.spans[i][p + 1] for i, p in self.at if p + 1 < len(self.spans[i])}
+                return sorted((nxt | set(self.grammar.sep_lead)) - self.grammar.reserved) + more
             if self.max_value is not None and self.n_value >= self.max_value:
                 return more  # the value is as long as it may be: the next argument or the end
-            words = self.grammar.words if self.inside is None else [t for t in self.inside if t not in semis]
+            words = self.grammar.words if self.value_words is None else [t for t in self.value_words if t not in semis]
             return words + more
         return self.grammar.any if self.phase == "monologue" else None
 
@@ -180,6 +214,10 @@ class CallFollower(Follower):
             return
         if self.phase == "value":
             self.n_value += 1
+            if self.in_span:
+                self.at = (list(self.starts.get(value, ())) if self.n_value == 1 else
+                           [(i, p + 1) for i, p in self.at
+                            if p + 1 < len(self.spans[i]) and self.spans[i][p + 1] == value])
             return
         if self.phase == "answer":
             self.node = self.node.next.get(value)
@@ -203,6 +241,8 @@ class CallFollower(Follower):
         elif tag[0] == "arg":
             _, self.tool, arg = tag
             self.used.add(arg)
+            self.value_words = self.inside_closed if arg in CLOSED_ARGS else self.inside
+            self.in_span = self.spans is not None and arg not in CLOSED_ARGS
             trie = g.enums.get((self.tool, arg))
             self.phase, self.node, self.n_value = ("enum", trie, 0) if trie is not None else ("value", None, 0)
 

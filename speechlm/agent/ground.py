@@ -6,8 +6,10 @@ request does not hold. Slot values are spans of what was said (SLURP annotates s
 a tool returned (a context transition copies an event from the calendar), so:
 
 - while decoding (the agent loop's ``copy_values``), a value may hold
-  only the words of what the user said, of what the tools returned, and of :func:`closed_words`
-  (numbers, days, ``before`` and ``after``, the tools' enum values);
+  only the words of what the user said and of what the tools returned, and a time, a date or a
+  number (:data:`CLOSED_ARGS`) those of :func:`closed_words` too (numbers, days, ``before`` and
+  ``after``: an alarm half an hour before a ten am meeting is at ``nine thirty am``, which nobody
+  said; a word is no number: ``explain the word democracy`` is not ``six``);
 - after decoding (:func:`ground_call`), a value found in neither (a time relative to another,
   ``half an hour before ten am``, is found when each side is) is replaced by the closest span
   of the user's words when that span is close enough (character edit distance over the longer
@@ -87,9 +89,14 @@ def nearest_span(value: str, texts: Sequence[str]) -> Optional[tuple[str, float]
     return None if best is None else (best[2], best[0])
 
 
+# the arguments whose values may hold closed words: times, dates and numbers
+CLOSED_ARGS = frozenset({"time", "date", "timeofday", "expression", "change_amount", "phone_number",
+                         "general_frequency"})
+
+
 def closed_words() -> str:
-    """Words any value may hold though nobody said them: numbers and times, days and parts of
-    days, and the tools' enum values."""
+    """Words a value of :data:`CLOSED_ARGS` may hold though nobody said them: numbers and times,
+    days and parts of days, and the tools' enum values."""
     from speechlm.agent.loop import number_words
     from speechlm.agent.tools import TOOLS
 

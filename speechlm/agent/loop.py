@@ -255,14 +255,17 @@ class Decoder:
             self._marks[char] = {i for i in self.local_ids(f"a {char} b") if char in str(tok.decode(np.array([[i]])))}
         return self._marks[char]
 
-    def value_ids(self, texts: list[str]) -> tuple[set[int], int]:
-        """The tokens of ``texts`` and of the closed words (:func:`speechlm.agent.ground.closed_words`),
-        and the most tokens one of ``texts`` holds."""
+    def closed_ids(self) -> set[int]:
+        """The tokens of the closed words (:func:`speechlm.agent.ground.closed_words`)."""
         from speechlm.agent.ground import closed_words
 
         if self._closed is None:
             self._closed = self.local_ids(closed_words())
-        ids, longest = set(self._closed), 0
+        return self._closed
+
+    def value_ids(self, texts: list[str]) -> tuple[set[int], int]:
+        """The tokens of ``texts`` and of the closed words, and the most tokens one of ``texts`` holds."""
+        ids, longest = set(self.closed_ids()), 0
         for t in texts:
             toks = self.encode_text(t)
             ids.update(toks)
@@ -276,13 +279,19 @@ class Decoder:
 
         return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts)[0])
 
-    def call_follower(self, monologue: bool, inside: Optional[set[int]] = None, max_value: Optional[int] = None,
-                      answers: Optional[list[str]] = None):
+    def call_follower(self, monologue: bool, texts: Optional[list[str]] = None, answers: Optional[list[str]] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
-        (:mod:`speechlm.agent.grammar`); ``inside``: the only tokens a free value may hold, at most
-        ``max_value`` of them; ``answers``: the only answers it may give (None: any words)."""
+        (:mod:`speechlm.agent.grammar`); with ``texts`` a free value is a span of one of them (a
+        time, a date or a number: any of their tokens and the closed words, no longer than the
+        longest text); ``answers``: the only answers it may give (None: any words)."""
         grammar = self.grammar(monologue)
-        return grammar.follower(inside, max_value, None if answers is None else grammar.answer_trie(answers))
+        trie = None if answers is None else grammar.answer_trie(answers)
+        if texts is None:
+            return grammar.follower(answers=trie)
+        spans = [grammar.value_tokens(t) for t in texts]
+        longest = max((len(s) for s in spans), default=0)
+        return grammar.follower({t for s in spans for t in s}, max(longest, MIN_VALUE_TOKENS), trie,
+                                self.closed_ids(), spans)
 
     def grammar(self, monologue: bool):
         """The :class:`~speechlm.agent.grammar.CallGrammar` of this tokenizer (built once)."""
@@ -512,11 +521,7 @@ class AgentLoop:
                 out.append(self.decoder.value_follower(texts))
                 continue
             answers = self.answer_options(run) if self.valid_answers else None
-            if self.copy_values:  # a value is a span of one of those texts (or a few closed words)
-                ids, longest = self.decoder.value_ids(texts)
-                out.append(self.decoder.call_follower(self.monologue, ids, max(longest, MIN_VALUE_TOKENS), answers))
-            else:
-                out.append(self.decoder.call_follower(self.monologue, answers=answers))
+            out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers))
         return out
 
     def retry_config(self, step: int):
