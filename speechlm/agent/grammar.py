@@ -11,11 +11,11 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
 - an argument with a schema enum (``action``) only one of its values;
 - another value: any token but ``=``, ``;`` and ``|``; with ``spans`` (the loop's
   ``copy_values``: the token sequences of what the user said and the tools returned) a span of
-  one of them, word pieces in their order; for a time, a date or a number
-  (:data:`~speechlm.agent.ground.CLOSED_ARGS`, composed of words from here and there: ``half an
-  hour before ten am``) any tokens of ``inside`` and ``closed``; at least one and at most ``max_value`` (a span of what was
-  said or returned is no longer than the longest of those texts: a runaway ``yo yo yo ...`` ends
-  there), then `` ; `` and the next argument, or the end;
+  one of them, word pieces in their order (no ``yo yo yo ...``, no enum word of another tool);
+  for a time, a date or a number (:data:`~speechlm.agent.ground.CLOSED_ARGS`, composed of words
+  from here and there: ``half an hour before ten am``) any tokens of ``inside`` and ``closed``, at
+  most ``max_value`` of them (no longer than the longest text); at least one token, then `` ; ``
+  and the next argument, or the end;
 - an inner monologue: any words, then ``|`` and a turn (it may not end before);
 - with ``answers`` (the loop's ``valid_answers``), an answer only one of those texts
   (:mod:`speechlm.agent.answers`), else free words.
