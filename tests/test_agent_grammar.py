@@ -68,6 +68,9 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
     texts = ["set an alarm half an hour before it", "ok: dinner friday at seven pm"]
     for call in ("call alarm time = half an hour before seven pm ; date = friday", "call alarm time = nine oh five pm"):
         assert refused_at(d.call_follower(False, texts), ids(loop, call)) == -1, call
+    f = d.grammar(False).follower([ids(loop, "hi")], d.closed_ids(), max_value=3)  # such a value has a length bound
+    assert refused_at(f, ids(loop, "call alarm time = nine")) == len(ids(loop, "call alarm time =")) + 3
+    assert set(f.allowed()) == d.marks(";")
     for turn in ("call lights action = on", "say ok"):  # an inner monologue: words up to '|', then a turn
         f = d.call_follower(True)
         refused_at(f, ids(loop, "user zzz qq"))
@@ -112,7 +115,7 @@ def test_valid_calls_can_be_turned_off(loop):
     loop.prepare([run])
     assert AgentLoop(pipe, LoopConfig(mode="text", valid_calls=False, copy_values=False)).followers([run]) is None
     (f,) = AgentLoop(pipe, LoopConfig(mode="e2e")).followers([run])
-    assert f.inside is None  # e2e: the grammar, values not copied
+    assert f.spans is None and f.bag is None  # e2e: the grammar, values not copied
 
 
 def test_the_run_command_passes_the_rule_and_the_whisper_prompt_to_every_job():

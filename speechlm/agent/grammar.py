@@ -13,7 +13,7 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
   ``copy_values``: the token sequences of what the user said and the tools returned) a span of
   one of them, word pieces in their order (no ``yo yo yo ...``, no enum word of another tool);
   for a time, a date or a number (:data:`~speechlm.agent.ground.CLOSED_ARGS`, composed of words
-  from here and there: ``half an hour before ten am``) any tokens of ``inside`` and ``closed``, at
+  from here and there: ``half an hour before ten am``) any tokens of ``spans`` and ``closed``, at
   most ``max_value`` of them (no longer than the longest text); at least one token, then `` ; ``
   and the next argument, or the end;
 - an inner monologue: any words, then ``|`` and a turn (it may not end before);
@@ -76,6 +76,7 @@ class CallGrammar:
         lead = after("a", " ;")[:1]
         self.sep_lead = [t for t in lead if t not in self.semicolons]
         self._say = [int(t) for t in encode(ANSWER_PREFIX + "a")][: -len(encode("a"))]  # "say " as a head spells it
+        self._answers: dict[str, list[int]] = {}  # answer text -> its tokens after "say"
         tools = list(tools)
 
         def heads(spell: Callable[[str], list[int]]) -> Node:
@@ -103,29 +104,36 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value}"), ("value",))
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
-    def follower(self, inside: Iterable[int] | None = None, max_value: int | None = None,
-                 answers: Node | None = None, closed: Iterable[int] = (),
-                 spans: list[list[int]] | None = None) -> "CallFollower":
-        """A fresh rule for one row; ``inside``: the only tokens a free value may hold (None: any),
-        with ``closed`` too for an argument of ``CLOSED_ARGS``; ``max_value``: the most tokens it may
-        hold (None: no limit); ``answers``: the only answers it may give (:meth:`answer_trie`; None:
-        any words); ``spans``: token sequences a value outside ``CLOSED_ARGS`` is a span of."""
-        if inside is None:
-            return CallFollower(self, None, max_value, answers, spans=spans)
-        inside = set(inside)
-        return CallFollower(self, sorted(inside), max_value, answers, sorted(inside | set(closed)), spans)
+    def follower(self, spans: list[list[int]] | None = None, closed: Iterable[int] = (), max_value: int | None = None,
+                 answers: Node | None = None) -> "CallFollower":
+        """A fresh rule for one row. ``spans``: token sequences (:meth:`value_tokens`) a free value
+        is a span of, or, for an argument of ``CLOSED_ARGS``, holds any tokens of, with ``closed``
+        too, at most ``max_value`` of them (None: values are free); ``answers``: the only answers
+        it may give (:meth:`answer_trie`; None: any words)."""
+        bag = None if spans is None else sorted({t for seq in spans for t in seq} | set(closed))
+        return CallFollower(self, spans, bag, max_value, answers)
 
     def value_tokens(self, text: str) -> list[int]:
         """The tokens of ``text`` where a value spells it (after `` = ``)."""
         full, pre = [int(t) for t in self._encode("a = " + text)], [int(t) for t in self._encode("a =")]
         return full[len(pre):] if full[: len(pre)] == pre else [int(t) for t in self._encode(text)]
 
+    def answer_tokens(self, text: str) -> list[int]:
+        """The tokens of ``text`` where it follows ``say`` (kept: the questions back and most results
+        come again at every step)."""
+        if text not in self._answers:
+            if len(self._answers) >= 50_000:  # a long-running server: start over rather than grow
+                self._answers.clear()
+            n = len(self._say)
+            full = [int(t) for t in self._encode(ANSWER_PREFIX + text)]
+            self._answers[text] = full[n:] if full[:n] == self._say else [int(t) for t in self._encode(text)]
+        return self._answers[text]
+
     def answer_trie(self, texts: Iterable[str]) -> Node:
         """The tokens of each of ``texts`` where it follows ``say``, as a trie."""
-        node, n = Node(), len(self._say)
+        node = Node()
         for text in texts:
-            full = [int(t) for t in self._encode(ANSWER_PREFIX + text)]
-            node.add(full[n:] if full[:n] == self._say else [int(t) for t in self._encode(text)], ("answer", text))
+            node.add(self.answer_tokens(text), ("answer", text))
         return node
 
     def arg_trie(self, tool: str, used: set[str]) -> Node:
@@ -139,19 +147,15 @@ class CallGrammar:
 class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
-    def __init__(self, grammar: CallGrammar, inside: list[int] | None, max_value: int | None = None,
-                 answers: Node | None = None, inside_closed: list[int] | None = None,
-                 spans: list[list[int]] | None = None) -> None:
-        self.grammar, self.inside, self.max_value, self.answers = grammar, inside, max_value, answers
-        self.inside_closed = inside if inside_closed is None else inside_closed
-        self.value_words = inside  # what the current value may hold (None: any word)
-        self.spans = spans
+    def __init__(self, grammar: CallGrammar, spans: list[list[int]] | None = None, bag: list[int] | None = None,
+                 max_value: int | None = None, answers: Node | None = None) -> None:
+        self.grammar, self.spans, self.bag, self.max_value, self.answers = grammar, spans, bag, max_value, answers
         self.starts: dict[int, list[tuple[int, int]]] = {}  # token -> where it occurs in spans
         for i, seq in enumerate(spans or ()):
             for p, t in enumerate(seq):
                 if t not in grammar.reserved:
                     self.starts.setdefault(t, []).append((i, p))
-        self.in_span = False  # the current value is a span of ``spans``
+        self.in_span = False  # the current value is a span of ``spans`` (else: of the bag, or free)
         self.at: list[tuple[int, int]] = []  # where the current value's last token is in spans
         # head | args | enum | value | free (an answer) | answer (one of answers) | monologue | off (left the rule)
         self.phase = "head"
@@ -188,7 +192,7 @@ class CallFollower(Follower):
                 return sorted((nxt | set(self.grammar.sep_lead)) - self.grammar.reserved) + more
             if self.max_value is not None and self.n_value >= self.max_value:
                 return more  # the value is as long as it may be: the next argument or the end
-            words = self.grammar.words if self.value_words is None else [t for t in self.value_words if t not in semis]
+            words = self.grammar.words if self.bag is None else [t for t in self.bag if t not in semis]
             return words + more
         return self.grammar.any if self.phase == "monologue" else None
 
@@ -241,7 +245,6 @@ class CallFollower(Follower):
         elif tag[0] == "arg":
             _, self.tool, arg = tag
             self.used.add(arg)
-            self.value_words = self.inside_closed if arg in CLOSED_ARGS else self.inside
             self.in_span = self.spans is not None and arg not in CLOSED_ARGS
             trie = g.enums.get((self.tool, arg))
             self.phase, self.node, self.n_value = ("enum", trie, 0) if trie is not None else ("value", None, 0)

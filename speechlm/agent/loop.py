@@ -290,8 +290,7 @@ class Decoder:
             return grammar.follower(answers=trie)
         spans = [grammar.value_tokens(t) for t in texts]
         longest = max((len(s) for s in spans), default=0)
-        return grammar.follower({t for s in spans for t in s}, max(longest, MIN_VALUE_TOKENS), trie,
-                                self.closed_ids(), spans)
+        return grammar.follower(spans, self.closed_ids(), max(longest, MIN_VALUE_TOKENS), trie)
 
     def grammar(self, monologue: bool):
         """The :class:`~speechlm.agent.grammar.CallGrammar` of this tokenizer (built once)."""

@@ -129,16 +129,12 @@ def _strip_marker(text: str) -> tuple[str, str | None]:
 
 def parse_duration(text: str) -> int:
     """Spoken duration -> minutes: ``an hour``, ``two hours``, ``forty five minutes``, ``half an
-    hour``, ``an hour and a half``; ValueError otherwise."""
-    t = " ".join(text.lower().split())
-    if t == "half an hour":
-        return 30
-    half = t.endswith(" and a half")
-    m = re.fullmatch(r"(.+?) (minute|minutes|hour|hours)", t[: -len(" and a half")] if half else t)
+    hour``, ``an hour and a half``, ``one and a half hours`` (at most a day); ValueError otherwise."""
+    m = re.fullmatch(r"(.+?) (minute|minutes|hour|hours)( and a half)?", " ".join(text.lower().split()))
     if not m:
         raise ValueError(f"not a duration: {text!r}")
-    amount = words_to_number(m.group(1)) + (0.5 if half else 0)
-    minutes = amount * (60 if m.group(2).startswith("hour") else 1)
+    amount = words_to_number(m.group(1).replace("half an", "point five").replace("a half", "point five"))
+    minutes = (amount + (0.5 if m.group(3) else 0)) * (60 if m.group(2).startswith("hour") else 1)
     if not 0 < minutes <= 24 * 60:
         raise ValueError(f"not a duration: {text!r}")
     return int(round(minutes))

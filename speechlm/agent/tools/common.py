@@ -6,7 +6,7 @@ import difflib
 import re
 from typing import Iterable
 
-from speechlm.agent.spoken import format_date, format_time, from_hhmm, parse_date, parse_iso, parse_time, words_to_number
+from speechlm.agent.spoken import format_date, format_time, from_hhmm, parse_date, parse_duration, parse_iso, parse_time
 from speechlm.agent.tools.base import ToolError
 
 FILLERS = re.compile(r"^(the|my|a|an|our|some|this|that) ")
@@ -30,7 +30,7 @@ def get_date(state: dict, args: dict, key: str = "date", default: dt.date | None
         raise ToolError(f"cannot read the {key} {args[key]}; say a day like tomorrow or friday", "invalid", key) from None
 
 
-RELATIVE_RE = re.compile(r"(?:in )?(.+?) (minute|minutes|hour|hours)(?: from now)?")
+RELATIVE_RE = re.compile(r"(?:in )?(.+?)(?: from now)?")  # a duration from the clock: "in twenty minutes"
 
 
 def get_time(args: dict, key: str = "time", required: bool = False, tool: str = "",
@@ -48,12 +48,12 @@ def get_time(args: dict, key: str = "time", required: bool = False, tool: str = 
     m = RELATIVE_RE.fullmatch(" ".join(args[key].lower().split()))
     if state is not None and m:
         try:
-            amount = words_to_number(m.group(1).replace("half an", "point five").replace("a half", "point five"))
+            minutes = parse_duration(m.group(1))
         except ValueError:
-            amount = None
-        if amount is not None and 0 < amount <= 24 * 60:
+            minutes = None
+        if minutes is not None:
             t = now(state)
-            return int(t.hour * 60 + t.minute + amount * (60 if m.group(2).startswith("hour") else 1)) % 1440
+            return (t.hour * 60 + t.minute + minutes) % 1440
     raise ToolError(f"cannot read the {key} {args[key]}; say a time like seven thirty am", "invalid", key)
 
 
