@@ -79,6 +79,19 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
     assert refused_at(d.call_follower(False), ids(loop, "sayit")) == 3
 
 
+def test_a_monologue_heard_by_the_asr_task_is_forced(loop):
+    d = loop.decoder
+    heard = d.grammar(True).heard_tokens("turn on the light")
+    assert heard == ids(loop, "user turn on the light |")
+    f = d.call_follower(True, heard=heard)
+    for t in heard:  # those tokens only, one after the other, and no end before a turn
+        assert f.allowed() == [t] and not f.may_end()
+        f.observe(t)
+    turn = ids(loop, "user turn on the light | call lights action = on")[len(heard):]
+    assert refused_at(f, turn) == -1 and f.may_end()
+    assert refused_at(d.call_follower(True, heard=heard), ids(loop, "user turn off")) == len(ids(loop, "user turn o"))
+
+
 @pytest.mark.parametrize("copied", [False, True])
 def test_an_untrained_model_writes_only_valid_turns_under_the_rule(loop, copied):
     request = "turn on the kitchen lights"

@@ -260,7 +260,8 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode, tm
     eps = generate_episodes(45, "test", seed=3)
     assert {e.kind for e in eps} == {"atomic", "compositional", "recovery"}
     assert any(len(e.turns) > 1 for e in eps)  # ask-back episodes
-    config = LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue") if mode == "monologue" else LoopConfig(mode=mode)
+    config = (LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue", hear="monologue")
+              if mode == "monologue" else LoopConfig(mode=mode))
     loop = AgentLoop(speechlm.load(untrained_dir), config)
     assert loop.monologue == (mode == "monologue")
     write_dialogue_dir(eps, tmp_path / "data", require_audio=False)
@@ -293,6 +294,31 @@ def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode, tm
     assert [r["id"] for r in records if not r["success"]] == []
     assert s["success"] == s["call_em"] == s["intent_acc"] == s["slu_f1"] == 100.0
     assert s["invalid_rate"] == 0.0 and s["n_tool_error"] > 0 and s["recovery_rate"] == 100.0
+
+
+def test_e2e_hears_with_its_asr_task(untrained_dir, episodes_file, tmp_path):
+    """``hear: asr`` (the default where the model has the task): the model's asr task transcribes
+    the request, as the cascade's would, and the e2e turn starts with exactly those words as its
+    monologue, with valid calls or without; ``hear: monologue`` lets the model write its own."""
+    pipe = speechlm.load(untrained_dir)
+    eps = read_episodes(episodes_file)
+    common = dict(max_len=30, retry=False, max_turns=1)
+    run_agent(pipe, eps, tmp_path / "cascade", LoopConfig(mode="cascade", **common), audio_base=episodes_file.parent)
+    heard = {p["id"]: p["transcripts"] for p in map(json.loads, (tmp_path / "cascade" / "predictions.jsonl").open())}
+    assert any(t[0] for t in heard.values())
+    for valid in (True, False):
+        config = LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue", valid_calls=valid, **common)
+        loop = AgentLoop(pipe, config, episodes_file.parent)
+        assert loop.asr is not None
+        out = tmp_path / f"e2e_{valid}"
+        run_agent(pipe, eps, out, config, audio_base=episodes_file.parent)
+        for p in map(json.loads, (out / "predictions.jsonl").open()):
+            assert p["transcripts"] == heard[p["id"]]
+            assert p["steps"][0]["text"].startswith(f"user {heard[p['id']][0]} |".replace("  ", " ")), p["steps"][0]
+    config = LoopConfig(mode="e2e", dialogue_task="spoken_dialogue_monologue", hear="monologue")
+    assert AgentLoop(pipe, config).asr is None
+    with pytest.raises(ValueError, match="no|none"):
+        AgentLoop(pipe, LoopConfig(mode="e2e", hear="asr"))  # spoken_dialogue has no inner monologue
 
 
 def test_loop_grounds_a_parsed_value_in_the_request(untrained_dir):

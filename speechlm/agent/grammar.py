@@ -16,7 +16,8 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
   from here and there: ``half an hour before ten am``) any tokens of ``spans`` and ``closed``, at
   most ``max_value`` of them (no longer than the longest text); at least one token, then `` ; ``
   and the next argument, or the end;
-- an inner monologue: any words, then ``|`` and a turn (it may not end before);
+- an inner monologue: any words, then ``|`` and a turn (it may not end before); with ``heard``
+  (the loop's ``hear: asr``) exactly those tokens, the words the model's ASR task heard;
 - with ``answers`` (the loop's ``valid_answers``), an answer only one of those texts
   (:mod:`speechlm.agent.answers`), else free words.
 
@@ -30,7 +31,7 @@ import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from speechlm.agent.calls import ANSWER_PREFIX, CALL_PREFIX, USER_PREFIX
+from speechlm.agent.calls import ANSWER_PREFIX, CALL_PREFIX, TURN_SEP, USER_PREFIX
 from speechlm.agent.ground import CLOSED_ARGS
 from speechlm.infer.follow import Follower
 
@@ -105,13 +106,18 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
     def follower(self, spans: list[list[int]] | None = None, closed: Iterable[int] = (), max_value: int | None = None,
-                 answers: Node | None = None) -> "CallFollower":
+                 answers: Node | None = None, heard: list[int] | None = None) -> "CallFollower":
         """A fresh rule for one row. ``spans``: token sequences (:meth:`value_tokens`) a free value
         is a span of, or, for an argument of ``CLOSED_ARGS``, holds any tokens of, with ``closed``
         too, at most ``max_value`` of them (None: values are free); ``answers``: the only answers
-        it may give (:meth:`answer_trie`; None: any words)."""
+        it may give (:meth:`answer_trie`; None: any words); ``heard``: the row's inner monologue,
+        as :meth:`heard_tokens` spells it (None: the model writes its own)."""
         bag = None if spans is None else sorted({t for seq in spans for t in seq} | set(closed))
-        return CallFollower(self, spans, bag, max_value, answers)
+        return CallFollower(self, spans, bag, max_value, answers, heard)
+
+    def heard_tokens(self, words: str) -> list[int]:
+        """The tokens of an inner monologue ``user <words> |`` as a turn's target starts with it."""
+        return [int(t) for t in self._encode(f"{USER_PREFIX}{words}{TURN_SEP.rstrip()}")]
 
     def value_tokens(self, text: str) -> list[int]:
         """The tokens of ``text`` where a value spells it (after `` = ``)."""
@@ -148,8 +154,9 @@ class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
     def __init__(self, grammar: CallGrammar, spans: list[list[int]] | None = None, bag: list[int] | None = None,
-                 max_value: int | None = None, answers: Node | None = None) -> None:
+                 max_value: int | None = None, answers: Node | None = None, heard: list[int] | None = None) -> None:
         self.grammar, self.spans, self.bag, self.max_value, self.answers = grammar, spans, bag, max_value, answers
+        self.heard, self.n_heard = heard, 0
         self.starts: dict[int, list[tuple[int, int]]] = {}  # token -> where it occurs in spans
         for i, seq in enumerate(spans or ()):
             for p, t in enumerate(seq):
@@ -157,8 +164,9 @@ class CallFollower(Follower):
                     self.starts.setdefault(t, []).append((i, p))
         self.in_span = False  # the current value is a span of ``spans`` (else: of the bag, or free)
         self.at: list[tuple[int, int]] = []  # where the current value's last token is in spans
-        # head | args | enum | value | free (an answer) | answer (one of answers) | monologue | off (left the rule)
-        self.phase = "head"
+        # heard (forced) | head | args | enum | value | free (an answer) | answer (one of answers) | monologue |
+        # off (left the rule)
+        self.phase = "heard" if heard else "head"
         self.node: Node | None = grammar.head
         self.tool: str | None = None
         self.used: set[str] = set()
@@ -178,6 +186,8 @@ class CallFollower(Follower):
 
     def allowed(self) -> list[int] | None:
         semis = self.grammar.semicolons
+        if self.phase == "heard":
+            return [self.heard[self.n_heard]]
         if self.phase == "answer":
             return list(self.node.next)  # empty at the end of the longest option: the row ends
         if self.phase in ("head", "args", "enum"):
@@ -205,10 +215,15 @@ class CallFollower(Follower):
             return self.node.tag is not None
         if self.phase == "value":
             return self.n_value > 0
-        return self.phase not in ("args", "monologue")  # a monologue goes on to a turn
+        return self.phase not in ("args", "monologue", "heard")  # a monologue goes on to a turn
 
     def observe(self, value: int) -> None:
         g = self.grammar
+        if self.phase == "heard":
+            self.n_heard += 1
+            if self.n_heard == len(self.heard):
+                self.phase, self.node = "head", g.resume
+            return
         if self.phase == "monologue":
             if value in g.pipes:
                 self.phase, self.node = "head", g.resume

@@ -52,6 +52,7 @@ from speechlm.agent.tools import ToolError, get_tool, validate_args
 log = logging.getLogger(__name__)
 
 MODES = ("e2e", "cascade", "cascade-whisper", "text")
+HEAR = ("auto", "asr", "monologue")
 # what cascade-whisper's Whisper reads as said before each request: a voice assistant's requests
 # lean it to their words (recipe README, "Valid calls only, and a prompt for Whisper")
 WHISPER_PROMPT = ("Hey computer, set an alarm for seven thirty am, turn off the kitchen lights, play some jazz, "
@@ -74,6 +75,10 @@ class LoopConfig:
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
     valid_answers: bool = True  # with valid_calls: an answer restates the tools' results (speechlm.agent.answers)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
+    # e2e with an inner monologue: who writes the words heard. asr: the model's own asr task with its
+    # decode config (joint CTC/attention beam in the recipe), forced as the monologue; monologue: the
+    # dialogue task's free-running words; auto: asr where the model has that task (recipe README, run Z)
+    hear: str = "auto"
     whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
@@ -90,6 +95,8 @@ class LoopConfig:
             raise ValueError("agent: max_turns, batch_size and max_len must be >= 1")
         if not 0 <= self.ground <= 1:
             raise ValueError(f"agent: ground is a character distance in [0, 1], got {self.ground}")
+        if self.hear not in HEAR:
+            raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
 
 
@@ -279,18 +286,20 @@ class Decoder:
 
         return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts)[0])
 
-    def call_follower(self, monologue: bool, texts: Optional[list[str]] = None, answers: Optional[list[str]] = None):
+    def call_follower(self, monologue: bool, texts: Optional[list[str]] = None, answers: Optional[list[str]] = None,
+                      heard: Optional[list[int]] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
         (:mod:`speechlm.agent.grammar`); with ``texts`` a free value is a span of one of them (a
         time, a date or a number: any of their tokens and the closed words, no longer than the
-        longest text); ``answers``: the only answers it may give (None: any words)."""
+        longest text); ``answers``: the only answers it may give (None: any words); ``heard``: the
+        inner monologue's tokens (None: the model's own)."""
         grammar = self.grammar(monologue)
         trie = None if answers is None else grammar.answer_trie(answers)
         if texts is None:
-            return grammar.follower(answers=trie)
+            return grammar.follower(answers=trie, heard=heard)
         spans = [grammar.value_tokens(t) for t in texts]
         longest = max((len(s) for s in spans), default=0)
-        return grammar.follower(spans, self.closed_ids(), max(longest, MIN_VALUE_TOKENS), trie)
+        return grammar.follower(spans, self.closed_ids(), max(longest, MIN_VALUE_TOKENS), trie, heard)
 
     def grammar(self, monologue: bool):
         """The :class:`~speechlm.agent.grammar.CallGrammar` of this tokenizer (built once)."""
@@ -317,6 +326,14 @@ class AgentLoop:
         # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"
         self.asr = Decoder(asr_pipe or pipe, config.asr_task, config.max_len) if config.mode == "cascade" else None
+        if self.monologue and config.hear != "monologue":
+            if config.asr_task in pipe.templates:
+                self.asr = Decoder(pipe, config.asr_task, config.max_len)
+            elif config.hear == "asr":
+                raise ValueError(f"agent: hear asr needs the model's {config.asr_task!r} task; it has: "
+                                 f"{', '.join(pipe.templates)}")
+        elif config.hear == "asr" and config.mode == "e2e":
+            raise ValueError(f"agent: hear asr forces an inner monologue, and task {task!r} has none")
         # decoding rules (greedy and sampling searches only): valid calls; values copied, in the
         # cascades, which know the user's words before the call (the e2e model's own heard words
         # were measured a worse source: the recipe README)
@@ -507,20 +524,35 @@ class AgentLoop:
             self._questions = ask_backs()
         return answer_options(run.history, self._questions)
 
+    def hearing(self, run: EpisodeRun) -> bool:
+        """Whether ``run``'s next e2e step starts with the words heard (its user turn's first)."""
+        return self.monologue and any(t.get("current") for t in run.history if t["role"] == "user")
+
+    def heard_tokens(self, run: EpisodeRun) -> Optional[list[int]]:
+        """The monologue's tokens when the asr task heard the words of ``run``'s next step (else None)."""
+        if self.cfg.mode == "e2e" and self.asr is not None and self.hearing(run):
+            return self.decoder.grammar(True).heard_tokens(run.transcripts[run.user])
+        return None
+
     def followers(self, runs: list[EpisodeRun]) -> Optional[list]:
         """The decoding rule of each run's next step: valid calls only (``valid_calls``), their values
-        copied (``copy_values``), answers that restate the results (``valid_answers``); None when none."""
-        if not (self.valid_calls or self.copy_values):
+        copied (``copy_values``), answers that restate the results (``valid_answers``), the words the
+        asr task heard as the monologue (``hear``); None when none."""
+        from speechlm.infer.follow import PrefixFollower
+
+        if not (self.valid_calls or self.copy_values or (self.cfg.mode == "e2e" and self.asr is not None)):
             return None
         out = []
         for run in runs:
             said, seen = self.said_seen(run)
             texts = [*said, *seen]
-            if not self.valid_calls:
-                out.append(self.decoder.value_follower(texts))
+            heard = self.heard_tokens(run)
+            if not self.valid_calls:  # (e2e copies no values)
+                out.append(self.decoder.value_follower(texts) if self.copy_values else
+                           PrefixFollower(self.decoder.tokenizer, heard or []))
                 continue
             answers = self.answer_options(run) if self.valid_answers else None
-            out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers))
+            out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers, heard))
         return out
 
     def retry_config(self, step: int):
@@ -552,8 +584,11 @@ class AgentLoop:
         return ok, inputs
 
     def prepare(self, runs: list[EpisodeRun]) -> None:
-        """Before a step: the cascades transcribe new user turns; the words go into the history."""
-        if self.cfg.mode != "e2e":
+        """Before a step: the cascades transcribe new user turns; the words go into the history (an
+        e2e model that hears with its asr task writes them as its monologue: :meth:`followers`)."""
+        if self.cfg.mode == "e2e" and self.asr is not None:
+            self.transcribe([r for r in runs if self.hearing(r)])
+        elif self.cfg.mode != "e2e":
             self.transcribe(runs)
             for r in runs:
                 entry = next(t for t in reversed(r.history) if t["role"] == "user")
@@ -587,8 +622,15 @@ class AgentLoop:
                 dt = time.perf_counter() - t0
                 for r in chunk:
                     r.timing["ttft"] = r.elapsed + dt
+            step_cfg = cfg
+            heard = max((len(self.heard_tokens(r) or ()) for r in chunk), default=0)
+            if heard:  # the words heard come on top of the turn
+                import copy
+
+                step_cfg = copy.copy(cfg)
+                step_cfg.max_len += heard
             t0 = time.perf_counter()
-            hyps = self.decoder(inputs, ids, cfg, self.followers(chunk))
+            hyps = self.decoder(inputs, ids, step_cfg, self.followers(chunk))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
                 r.timing["decode"] += dt

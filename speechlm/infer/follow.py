@@ -2,7 +2,8 @@
 
 :class:`SpanFollower`: inside spans of a text target (from an opening token to a closing one),
 only given tokens: the agent's call values may hold only words the user said or a tool returned
-(:mod:`speechlm.agent.loop`).
+(:mod:`speechlm.agent.loop`). :class:`PrefixFollower`: a target that starts with given tokens
+(the agent's inner monologue, when the model's asr task heard the words).
 
 Phone following: a target's phone stream walks through the text's phones in order.
 
@@ -71,6 +72,25 @@ class SpanFollower(Follower):
             self.open = True
         elif value in self.closes:
             self.open = False
+
+
+class PrefixFollower(Follower):
+    """Text target ``tokenizer``: exactly the tokens of ``prefix`` first (local ids), then anything."""
+
+    def __init__(self, tokenizer: str, prefix: Sequence[int]) -> None:
+        self.tokenizer, self.prefix, self.n = tokenizer, list(prefix), 0
+
+    def applies(self, tokenizer: str, stream: int) -> bool:
+        return tokenizer == self.tokenizer and stream == 0
+
+    def allowed(self) -> list[int] | None:
+        return [self.prefix[self.n]] if self.n < len(self.prefix) else None
+
+    def may_end(self) -> bool:
+        return self.n >= len(self.prefix)
+
+    def observe(self, value: int) -> None:
+        self.n += 1
 
 
 class PhoneFollower(Follower):
@@ -155,4 +175,4 @@ def prompt_followers(vocab, prompts, targets: list[list[str]], config) -> list[P
     return out
 
 
-__all__ = ["Follower", "SpanFollower", "PhoneFollower", "prompt_followers"]
+__all__ = ["Follower", "SpanFollower", "PrefixFollower", "PhoneFollower", "prompt_followers"]

@@ -11,7 +11,7 @@ log = logging.getLogger("speechlm.agent.run")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from speechlm.agent.loop import MODES, LoopConfig
+    from speechlm.agent.loop import HEAR, MODES, LoopConfig
 
     d = LoopConfig()
     p.add_argument("--model-dir", required=True, help="packed model dir (speechlm pack) with the agent tasks")
@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground", type=float, default=d.ground,
                    help="a call's value that neither the user said nor a tool returned becomes the user's closest "
                         "word span when their character distance is at most this (0: keep values as decoded)")
+    p.add_argument("--hear", default=d.hear, choices=HEAR,
+                   help="e2e with an inner monologue: asr: the model's asr task (its decode config, e.g. joint "
+                        "CTC/attention beam) hears the words the monologue then holds; monologue: the dialogue task "
+                        "writes them itself; auto (default): asr where the model has that task")
     p.add_argument("--whisper-prompt", default=d.whisper_prompt,
                    help="cascade-whisper: text Whisper reads as said before each request, which leans it to a "
                         "voice assistant's words ('' for none; default: a few requests to a home assistant)")
@@ -68,7 +72,7 @@ def _loop_config(args: argparse.Namespace):
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
-                      valid_answers=not args.free_answers, ground=args.ground,
+                      valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task, command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
@@ -78,7 +82,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
     cmd = [sys.executable, "-m", "speechlm", "agent", "run", "--model-dir", str(args.model_dir), "--episodes",
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
-    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "whisper_prompt",
+    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "hear", "whisper_prompt",
                  "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
