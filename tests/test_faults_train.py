@@ -292,3 +292,14 @@ def test_init_from_a_run_dir_uses_its_final_model(dumps, tmp_path):
     assert _cli(dumps, tmp_path / "b", "--max-steps", "2", "--init-from", str(tmp_path / "a")) == 0
     run = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
     assert Path(run["init_from"]) == tmp_path / "a" / "checkpoints" / "step_00000002"
+
+
+def test_ctc_tasks_must_be_tasks_of_the_training_data(dumps, tmp_path, caplog):
+    from speechlm.cli import main
+
+    conf = tmp_path / "model.yaml"
+    conf.write_text(Path(TINY).read_text() + "\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nctc_tasks: [spoken_command]\n")
+    assert main(["train", "--data", f"asr:a:{dumps / 'asr'}:1", "--vocab", str(dumps / "token_list.json"),
+                 "--model-config", str(conf), "--train-config", TRAIN, "--out-dir", str(tmp_path / "exp"),
+                 "--set", "max_steps=1", "--set", "progress_bar=false"]) != 0
+    assert "ctc_tasks: spoken_command not among the training data's tasks (asr)" in caplog.text

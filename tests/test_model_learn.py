@@ -321,3 +321,25 @@ def test_stream0_scores_audio_targets_over_their_own_range_plus_specials(full):
         model.head.weight[a:b] += 5.0 * torch.randn(b - a, model.head.weight.shape[1])
     changed = abs(float(model(batch).loss_sum) - before) > 1e-4
     assert changed == full
+
+
+def test_ctc_tasks_train_the_ctc_head_on_their_examples_only():
+    """``model.ctc_tasks``: only those tasks' rows enter the CTC loss (an agent's call after its
+    monologue is not what was said); empty: every audio-conditioned text target."""
+    import dataclasses
+
+    vocab = toy_vocab(2)
+    asr = toy_examples(vocab, 4, tasks=("asr",))
+    other = [dataclasses.replace(e, task="spoken_command") for e in toy_examples(vocab, 2, tasks=("asr",))]
+    batch = collate(asr + other)
+    n_text = [int((batch.kinds[i] == 4).sum()) for i in range(len(batch.tasks))]
+    counts = {}
+    for tasks in ([], ["asr"], ["spoken_command"]):
+        torch.manual_seed(0)
+        model = SpeechLM(tiny_config("delay", ctc_weight=0.3, ctc_tokenizer="text_bpe", ctc_tasks=tasks), vocab)
+        counts[tuple(tasks)] = float(model(batch).stats["ctc"][1])
+    assert counts[()] == sum(n_text)
+    assert counts[("asr",)] == sum(n for n, t in zip(n_text, batch.tasks) if t == "asr") < sum(n_text)
+    assert counts[("spoken_command",)] == sum(n for n, t in zip(n_text, batch.tasks) if t == "spoken_command")
+    with pytest.raises(ConfigError, match="ctc_tasks"):
+        tiny_config("delay", ctc_tasks=["asr"]).validate()

@@ -70,6 +70,10 @@ class ModelConfig:
     prefix_lm: bool = True  # honour Batch.prefix_lens (bidirectional attention over conditions)
     ctc_weight: float = 0.0  # auxiliary CTC over audio-conditioned text targets (0 = no CTC head)
     ctc_tokenizer: str | None = None  # text tokenizer the CTC head predicts (required if ctc_weight > 0)
+    # the tasks whose examples train the CTC head (empty: every task with audio conditions and text
+    # targets); name the transcribing ones where another task's target is not what was said (an
+    # agent's call after its monologue)
+    ctc_tasks: list[str] = field(default_factory=list)
     # TTS alignment: guided-attention loss on head 0 of one layer (audio targets -> text conditions)
     guided_attn_weight: float = 0.0  # per generated frame, against ~30 for the frame's cross-entropy
     guided_attn_layer: int = -1  # -1: the middle layer (builtin backbone only)
@@ -133,6 +137,9 @@ class ModelConfig:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:
             raise ConfigError("model.ctc_tokenizer: ctc_weight > 0 needs the name of the text tokenizer to predict")
+        if self.ctc_tasks and self.ctc_weight <= 0:
+            raise ConfigError("model.ctc_tasks: names the tasks that train the CTC head, and there is none "
+                              "(ctc_weight is 0)")
         if self.guided_attn_weight > 0:
             if self.backbone != "builtin":
                 raise ConfigError("model.guided_attn_weight: the guided-attention loss needs the builtin backbone")

@@ -138,11 +138,15 @@ def ctc_targets(ctc_range: tuple[int, int], lay) -> tuple[torch.Tensor, torch.Te
     return labels, n, usable
 
 
-def ctc_loss(ctc_head: nn.Module, ctc_range: tuple[int, int], prep, h: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range."""
+def ctc_loss(ctc_head: nn.Module, ctc_range: tuple[int, int], prep, h: torch.Tensor, stats: dict,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed CTC over rows with audio conditions and text targets in the CTC tokenizer's range
+    (``rows [B]``: only those rows, e.g. the examples of the transcribing tasks)."""
     frames, n_in = ctc_frames(prep.kinds, h)
     labels, n_out, usable = ctc_targets(ctc_range, prep.layout)
     usable = usable & (n_in > 0)
+    if rows is not None:
+        usable = usable & rows
     if not bool(usable.any()):
         return h.new_zeros((), dtype=torch.float32)
     logp = ctc_head(frames[usable]).float().log_softmax(-1).transpose(0, 1)

@@ -324,7 +324,10 @@ class SpeechLM(nn.Module):
         with self.head.shared_rows():
             loss_sum, weight_sum = self.pattern.loss(self, prep, h, y, w, sw, stats, rows_in)
         if self.ctc_range is not None:
-            loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats)
+            rows = None
+            if self.config.ctc_tasks:
+                rows = torch.tensor([t in self.config.ctc_tasks for t in batch.tasks], device=h.device)
+            loss_sum = loss_sum + self.config.ctc_weight * ctc_loss(self.ctc_head, self.ctc_range, prep, h, stats, rows)
         if guided:
             probs, self.guided_attn.probs = self.guided_attn.probs, None
             loss_sum = loss_sum + self.config.guided_attn_weight * guided_attention_loss(

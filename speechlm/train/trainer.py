@@ -91,6 +91,11 @@ class Trainer:
             build.enable_activation_checkpointing(self.model)
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
         self._setup_data()
+        tasks = {e.spec.task for e in self.train_data.entries}
+        unknown = [t for t in self.model_config.ctc_tasks if t not in tasks]
+        if unknown:
+            raise ValueError(f"model.ctc_tasks: {', '.join(unknown)} not among the training data's tasks "
+                             f"({', '.join(sorted(tasks))})")
         self.distributed = make_distributed(cfg.distributed, env, **({"config_path": cfg.deepspeed_config,
                                             "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip}
                                             if cfg.distributed == "deepspeed" else {}))
