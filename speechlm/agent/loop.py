@@ -335,8 +335,8 @@ class AgentLoop:
         elif config.hear == "asr" and config.mode == "e2e":
             raise ValueError(f"agent: hear asr forces an inner monologue, and task {task!r} has none")
         # decoding rules (greedy and sampling searches only): valid calls; values copied, in the
-        # cascades, which know the user's words before the call (the e2e model's own heard words
-        # were measured a worse source: the recipe README)
+        # cascades, which know the user's words before the call (the e2e model's heard words were
+        # measured no better a source, its monologue's or its asr task's: the recipe README)
         followable = self.decoder.config.search in ("greedy", "sample")
         self.valid_calls = config.valid_calls and followable
         self.copy_values = config.copy_values and config.mode != "e2e" and followable
