@@ -89,6 +89,16 @@ def test_forecast_over_checkpoints(run, tmp_path):
     assert rho["top1"] is not None and rho["top1"] > 0 and rho["nll"] < 0
     assert "| step_00000150 | 150 |" in (out / "forecast.md").read_text()
 
+    # two jobs, each over every second checkpoint: the same rows, in the checkpoints' order
+    two = tmp_path / "two"
+    assert main(["agent", "forecast", "--exp-dir", str(exp), "--episodes", str(episodes), "--out-dir", str(two),
+                 "--run-agent", "--nj", "2"]) == 0
+    rows_nj = json.loads((two / "forecast.json").read_text())["checkpoints"]
+    assert [r["step"] for r in rows_nj] == [0, 10, 30, 150]
+    assert [r["success"] for r in rows_nj] == [r["success"] for r in rows]
+    assert [r["top1"] for r in rows_nj] == pytest.approx([r["top1"] for r in rows])
+    assert (two / "jobs" / "2" / "forecast.json").is_file() and (two / "runs" / "step_00000010").is_dir()
+
     # without --run-agent the success column comes from the runs already scored
     again = tmp_path / "again"
     shutil.copytree(out / "runs", again / "runs")

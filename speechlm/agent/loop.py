@@ -6,7 +6,10 @@ Modes (what turns the user's speech into the model's input):
 - ``e2e``: the model's ``spoken_dialogue`` task reads the user turn's speech and the history text;
   with a task whose target is ``response.monologue`` (``spoken_dialogue_monologue``) the model
   first writes what it heard (``user <words> | <turn>``, an inner monologue): the words join the
-  history as the user's turn, like a cascade's transcript, and the turn is applied;
+  history as the user's turn, like a cascade's transcript, and the turn is applied; with ``hear``
+  (``auto``: where the model has an ``asr`` task) those words are what its ``asr`` task hears with
+  its own decoding options (the recipe's: joint CTC/attention beam search), and the model writes
+  the turn after them;
 - ``cascade``: the model's ``asr`` task transcribes the turn, its text-only ``command`` task
   reads the transcript and the history;
 - ``cascade-whisper``: the bundled Whisper tiny.en transcribes instead of the model's ASR;

@@ -33,15 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode YAML for --run-agent (default: EXP/decode.yaml, else EXP/packed/decode.yaml)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    p.add_argument("--nj", type=int, default=1,
+                   help="parallel jobs, each over every NJ-th checkpoint (logs and tables in OUT_DIR/jobs/I/), "
+                        "merged at the end")
 
 
 def main(args: argparse.Namespace) -> int:
-    from speechlm.agent.episodes import read_episodes
-    from speechlm.agent.forecast import (STATS, checkpoint_step, examples_from_dump, examples_from_steps,
-                                         find_checkpoints, pipeline_for, reference_steps, render_table, spearman,
-                                         token_stats)
+    from speechlm.agent.forecast import STATS, find_checkpoints, render_table, spearman
     from speechlm.utils.fileio import write_json, write_text
 
+    if args.nj < 1:
+        raise ValueError(f"--nj must be >= 1, got {args.nj}")
     if args.threads:
         import torch
 
@@ -50,6 +52,50 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out_dir or exp / "forecast")
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
     ckpts = find_checkpoints(exp, args.checkpoints)
+    nj = min(args.nj, len(ckpts))
+    rows = _run_jobs(args, ckpts, nj, out, runs_dir) if nj > 1 else _rows(args, ckpts, exp, runs_dir)
+    corr = {k: spearman([r[k] for r in rows], [r["success"] for r in rows]) for k in STATS}
+    write_json(out / "forecast.json", {"exp_dir": str(exp), "episodes": str(args.episodes), "task": args.task,
+                                       "data": args.data, "checkpoints": rows, "spearman": corr})
+    table = render_table(rows, corr)
+    write_text(out / "forecast.md", f"# Forecasts of task success: {exp.name}\n\nReference steps: "
+               f"{args.data or args.episodes} ({rows[0]['tokens'] if rows else 0} target tokens, task {args.task}).\n\n"
+               + table)
+    print(table)
+    return 0
+
+
+def _run_jobs(args: argparse.Namespace, ckpts: list[Path], nj: int, out: Path, runs_dir: Path) -> list[dict]:
+    """The rows of ``ckpts`` from ``nj`` child processes, each over every ``nj``-th checkpoint."""
+    import os
+    import sys
+
+    from speechlm.utils.jobs import run_jobs
+
+    jobs = []
+    for i in range(1, nj + 1):
+        cmd = [sys.executable, "-m", "speechlm", "agent", "forecast", "--exp-dir", str(args.exp_dir),
+               "--episodes", str(args.episodes), "--task", args.task, "--limit", str(args.limit),
+               "--out-dir", str(out / "jobs" / str(i)), "--runs-dir", str(runs_dir), "--mode", args.mode,
+               "--agent-limit", str(args.agent_limit), "--batch-size", str(args.batch_size),
+               "--threads", str(args.threads), "--checkpoints", *[str(c) for c in ckpts[i - 1 :: nj]]]
+        cmd += ["--data", args.data] if args.data else []
+        cmd += ["--decode-config", args.decode_config] if args.decode_config else []
+        cmd += ["--run-agent"] if args.run_agent else []
+        jobs.append((i, cmd, out / "jobs" / str(i) / "forecast.log"))
+    run_jobs(jobs, dict(os.environ), "agent forecast job", nj)
+    rows = [r for i in range(1, nj + 1)
+            for r in json.loads((out / "jobs" / str(i) / "forecast.json").read_text())["checkpoints"]]
+    order = {str(c): k for k, c in enumerate(ckpts)}
+    return sorted(rows, key=lambda r: order[r["path"]])
+
+
+def _rows(args: argparse.Namespace, ckpts: list[Path], exp: Path, runs_dir: Path) -> list[dict]:
+    """Per checkpoint: its token statistics on the reference steps and, from runs, its task success."""
+    from speechlm.agent.episodes import read_episodes
+    from speechlm.agent.forecast import (STATS, checkpoint_step, examples_from_dump, examples_from_steps,
+                                         pipeline_for, reference_steps, token_stats)
+
     episodes = read_episodes(args.episodes)
     audio_base = Path(args.episodes).resolve().parent
     examples = None
@@ -89,12 +135,4 @@ def main(args: argparse.Namespace) -> int:
         log.info("%s: %s", ckpt.name, ", ".join(f"{k} {row[k]:.3f}" for k in STATS) +
                  (f", success {row['success']:.1f}%" if row["success"] is not None else ""))
         rows.append(row)
-    corr = {k: spearman([r[k] for r in rows], [r["success"] for r in rows]) for k in STATS}
-    write_json(out / "forecast.json", {"exp_dir": str(exp), "episodes": str(args.episodes), "task": args.task,
-                                       "data": args.data, "checkpoints": rows, "spearman": corr})
-    table = render_table(rows, corr)
-    write_text(out / "forecast.md", f"# Forecasts of task success: {exp.name}\n\nReference steps: "
-               f"{args.data or args.episodes} ({rows[0]['tokens'] if rows else 0} target tokens, task {args.task}).\n\n"
-               + table)
-    print(table)
-    return 0
+    return rows

@@ -21,7 +21,7 @@ episodes_dir=data/local/agent  # <set>/episodes.jsonl: the spoken episodes of lo
 test_sets="test test_noisy"    # episode sets to run the agent on
 modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
 noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
-nj=2                           # parallel agent jobs
+nj=2                           # parallel agent jobs (and forecast jobs, over the checkpoints)
 dialogue_task=spoken_dialogue  # the e2e task (spoken_dialogue_monologue: the model writes what it heard first)
 parser=                        # packed parser model of the text-parsing modes (empty: the experiment's command task)
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
@@ -92,7 +92,7 @@ if stage_on 12; then
   else
     "${slm[@]}" agent forecast --exp-dir "${exp}" --episodes "${episodes_dir}/${forecast_set}/episodes.jsonl" \
       --task "${dialogue_task}" --data "${dialogue_task}:${forecast_set}:dump/${forecast_set}/${dialogue_task}" \
-      --run-agent --mode e2e --agent-limit "${forecast_limit}" --out-dir "${out}"
+      --run-agent --mode e2e --agent-limit "${forecast_limit}" --out-dir "${out}" --nj "${nj}"
     touch "${out}/.done"
   fi
   cat "${out}/forecast.md"
