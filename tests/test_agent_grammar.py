@@ -177,3 +177,7 @@ def test_the_run_command_passes_free_answers_to_every_job():
     free = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--nj", "2", "--free-answers"])
     assert _loop_config(on).valid_answers and not _loop_config(free).valid_answers
     assert "--free-answers" in _child_command(free, 1, 1) and "--free-answers" not in _child_command(on, 1, 1)
+    mono = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--nj", "2", "--hear", "monologue"])
+    assert _loop_config(on).hear == "auto" and _loop_config(mono).hear == "monologue"
+    cmd = _child_command(mono, 1, 1)
+    assert cmd[cmd.index("--hear") + 1] == "monologue"  # every job hears the same way
