@@ -244,6 +244,24 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
 
 
+def test_chat_and_run_take_the_models_own_dialogue_task(episodes_file, monkeypatch, capsys, tmp_path):
+    """A model with the monologue task alone (as the voice_agent recipe packs it) runs and chats
+    without --dialogue-task; its monologue is what it heard."""
+    from speechlm.cli import main
+
+    model = packed_model_dir(tmp_path / "model", ("spoken_dialogue_monologue", "command", "asr"), CHARS,
+                             decode="search: greedy\nmax_len: 30\n", phone=False, prefix_lm=True)
+    wav = episodes_file.parent / "ep-lights.wav"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{wav}\n"))
+    assert main(["agent", "chat", "--model-dir", str(model), "--max-turns", "1"]) == 0
+    assert "(heard: " in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["agent", "run", "--model-dir", str(model), "--episodes", str(episodes_file), "--out-dir", str(out),
+                 "--no-retry", "--max-turns", "1"]) == 0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == len(REQUESTS) and all(p["steps"][0]["text"].startswith("user ") for p in preds)
+
+
 @pytest.mark.parametrize("mode", ["e2e", "text", "monologue"])
 def test_reference_turns_played_through_the_loop_succeed(untrained_dir, mode, tmp_path):
     """Each generated episode's reference assistant turns, played through the loop, see the

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("e2e", "cascade", "cascade-whisper", "text")
 HEAR = ("auto", "asr", "monologue")
+DIALOGUE_TASKS = ("spoken_dialogue", "spoken_dialogue_monologue")  # the e2e agent's task, first found
 # what cascade-whisper's Whisper reads as said before each request: a voice assistant's requests
 # lean it to their words (recipe README, "Valid calls only, and a prompt for Whisper")
 WHISPER_PROMPT = ("Hey computer, set an alarm for seven thirty am, turn off the kitchen lights, play some jazz, "
@@ -101,6 +102,12 @@ class LoopConfig:
         if self.hear not in HEAR:
             raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
+
+
+def default_dialogue_task(pipe) -> str:
+    """The e2e task of ``pipe``: ``spoken_dialogue`` where the model has it, else
+    ``spoken_dialogue_monologue`` (the voice_agent recipe packs the monologue task alone)."""
+    return next((t for t in DIALOGUE_TASKS if t in pipe.templates), DIALOGUE_TASKS[0])
 
 
 @dataclass

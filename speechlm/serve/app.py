@@ -58,7 +58,6 @@ from speechlm.serve.openai_format import (SPEECH_FORMATS, TRANSCRIPTION_FORMATS,
 log = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "default"  # the model's prompt-free TTS task
-DIALOGUE_TASKS = ("spoken_dialogue", "spoken_dialogue_monologue")  # the e2e agent's task, first found
 
 
 @dataclass
@@ -170,7 +169,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     import speechlm
-    from speechlm.agent.loop import LoopConfig
+    from speechlm.agent.loop import LoopConfig, default_dialogue_task
     from speechlm.agent.tools import TOOLS
     from speechlm.serve.scheduler import BatchScheduler
 
@@ -189,9 +188,8 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     state.stream_executor = concurrent.futures.ThreadPoolExecutor(limits.max_streams, thread_name_prefix="speechlm-tts")
     state.stream_slots = asyncio.Semaphore(limits.max_streams)
     try:
-        if dialogue_task is None:  # the voice_agent recipe packs the monologue task alone
-            dialogue_task = next((t for t in DIALOGUE_TASKS if t in pipe.templates), DIALOGUE_TASKS[0])
-        cfg = LoopConfig(mode=agent_mode, max_turns=max_agent_steps, batch_size=1, dialogue_task=dialogue_task)
+        cfg = LoopConfig(mode=agent_mode, max_turns=max_agent_steps, batch_size=1,
+                         dialogue_task=dialogue_task or default_dialogue_task(pipe))
         state.agent = AgentService(pipe, scheduler.submit_sync, cfg, sessions, limits.max_audio_s)
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
         state.agent_error = str(e.args[0] if isinstance(e, KeyError) and e.args else e)

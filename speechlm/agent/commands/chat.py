@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="e2e", choices=MODES, help="as in `speechlm agent run`")
     p.add_argument("--state", default=None, help="initial environment state (a JSON file saved by Environment.save)")
     p.add_argument("--max-turns", type=int, default=4, help="assistant steps per user turn")
+    p.add_argument("--dialogue-task", default=None,
+                   help="the e2e task (default: spoken_dialogue where the model has it, else spoken_dialogue_monologue)")
     p.add_argument("--speak", action="store_true", help="also speak each answer into --wav-dir")
     p.add_argument("--wav-dir", default=None, help="where typed lines' speech and spoken answers go (default: a temp dir)")
 
@@ -28,13 +30,15 @@ def main(args: argparse.Namespace) -> int:
     import speechlm
     from speechlm.agent.env import Environment
     from speechlm.agent.episodes import Episode
-    from speechlm.agent.loop import AgentLoop, LoopConfig
+    from speechlm.agent.loop import AgentLoop, LoopConfig, default_dialogue_task
 
     import torch
 
     torch.set_num_threads(1)  # one user's small decoding steps: one thread is fastest (see agent run --threads)
     pipe = speechlm.load(args.model_dir)
-    loop = AgentLoop(pipe, LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=1, speak=args.speak))
+    task = args.dialogue_task or default_dialogue_task(pipe)
+    loop = AgentLoop(pipe, LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=1, speak=args.speak,
+                                      dialogue_task=task))
     wav_dir = Path(args.wav_dir or tempfile.mkdtemp(prefix="speechlm-chat-"))
     wav_dir.mkdir(parents=True, exist_ok=True)
     state = Environment.load(args.state).state if args.state else None

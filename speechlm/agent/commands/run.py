@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttft", action="store_true", help="also time the first token of each request (one more prefill)")
     p.add_argument("--speak", action="store_true",
                    help="speak the answers into OUT_DIR/wav/: the model's plain_tts task if it has one, else espeak-ng")
-    p.add_argument("--dialogue-task", default=d.dialogue_task, help="the e2e task")
+    p.add_argument("--dialogue-task", default=None,
+                   help="the e2e task (default: spoken_dialogue where the model has it, else spoken_dialogue_monologue)")
     p.add_argument("--command-task", default=d.command_task, help="the cascade's text task")
     p.add_argument("--asr-task", default=d.asr_task, help="the cascade's ASR task")
     p.add_argument("--asr-model-dir", default=None,
@@ -69,12 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _loop_config(args: argparse.Namespace):
     from speechlm.agent.loop import LoopConfig
 
+    d = LoopConfig()
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
-                      dialogue_task=args.dialogue_task, command_task=args.command_task, asr_task=args.asr_task,
+                      dialogue_task=args.dialogue_task or d.dialogue_task, command_task=args.command_task,
+                      asr_task=args.asr_task,
                       seed=args.seed).validate()
 
 
@@ -130,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
 
     import speechlm
     from speechlm.agent.episodes import read_episodes
-    from speechlm.agent.loop import run_agent
+    from speechlm.agent.loop import default_dialogue_task, run_agent
     from speechlm.utils.fileio import write_text
 
     if args.nj < 1 or (args.shard is not None and not 1 <= args.shard <= args.nj):
@@ -155,6 +158,8 @@ def main(args: argparse.Namespace) -> int:
             episodes = episodes[args.shard - 1 :: args.nj]
             out = out / "shards" / str(args.shard)
         pipe = speechlm.load(args.model_dir)
+        if args.dialogue_task is None:
+            cfg.dialogue_task = default_dialogue_task(pipe)
         asr_pipe = speechlm.load(args.asr_model_dir) if args.asr_model_dir and args.mode == "cascade" else None
         stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent,
                           asr_pipe=asr_pipe)
