@@ -344,6 +344,7 @@ class AgentLoop:
                                  f"{', '.join(pipe.templates)}")
         elif config.hear == "asr" and config.mode == "e2e":
             raise ValueError(f"agent: hear asr forces an inner monologue, and task {task!r} has none")
+        self.hears = self.monologue and self.asr is not None  # the asr task writes the monologue's words
         # decoding rules (greedy and sampling searches only): valid calls; values copied, in the
         # cascades, which know the user's words before the call (the e2e model's heard words were
         # measured no better a source, its monologue's or its asr task's: the recipe README)
@@ -535,34 +536,35 @@ class AgentLoop:
         return answer_options(run.history, self._questions)
 
     def hearing(self, run: EpisodeRun) -> bool:
-        """Whether ``run``'s next e2e step starts with the words heard (its user turn's first)."""
-        return self.monologue and any(t.get("current") for t in run.history if t["role"] == "user")
+        """Whether the asr task hears ``run``'s next step (its user turn's first: words not yet written)."""
+        return self.hears and any(t.get("current") for t in run.history if t["role"] == "user")
 
     def heard_tokens(self, run: EpisodeRun) -> Optional[list[int]]:
         """The monologue's tokens when the asr task heard the words of ``run``'s next step (else None)."""
-        if self.cfg.mode == "e2e" and self.asr is not None and self.hearing(run):
-            return self.decoder.grammar(True).heard_tokens(run.transcripts[run.user])
-        return None
+        return self.decoder.grammar(True).heard_tokens(run.transcripts[run.user]) if self.hearing(run) else None
 
-    def followers(self, runs: list[EpisodeRun]) -> Optional[list]:
+    def followers(self, runs: list[EpisodeRun], heard: Optional[list] = None) -> Optional[list]:
         """The decoding rule of each run's next step: valid calls only (``valid_calls``), their values
         copied (``copy_values``), answers that restate the results (``valid_answers``), the words the
-        asr task heard as the monologue (``hear``); None when none."""
+        asr task heard as the monologue (``hear``; ``heard``: each run's :meth:`heard_tokens`, if known);
+        None when none."""
         from speechlm.infer.follow import PrefixFollower
 
-        if not (self.valid_calls or self.copy_values or (self.cfg.mode == "e2e" and self.asr is not None)):
+        if not (self.valid_calls or self.copy_values or self.hears):
             return None
+        if heard is None:
+            heard = [self.heard_tokens(r) for r in runs]
         out = []
-        for run in runs:
+        for run, heard_run in zip(runs, heard):
             said, seen = self.said_seen(run)
             texts = [*said, *seen]
-            heard = self.heard_tokens(run)
             if not self.valid_calls:  # (e2e copies no values)
                 out.append(self.decoder.value_follower(texts) if self.copy_values else
-                           PrefixFollower(self.decoder.tokenizer, heard or []))
+                           PrefixFollower(self.decoder.tokenizer, heard_run or []))
                 continue
             answers = self.answer_options(run) if self.valid_answers else None
-            out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers, heard))
+            out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers,
+                                                  heard_run))
         return out
 
     def retry_config(self, step: int):
@@ -596,7 +598,7 @@ class AgentLoop:
     def prepare(self, runs: list[EpisodeRun]) -> None:
         """Before a step: the cascades transcribe new user turns; the words go into the history (an
         e2e model that hears with its asr task writes them as its monologue: :meth:`followers`)."""
-        if self.cfg.mode == "e2e" and self.asr is not None:
+        if self.hears:
             self.transcribe([r for r in runs if self.hearing(r)])
         elif self.cfg.mode != "e2e":
             self.transcribe(runs)
@@ -632,15 +634,15 @@ class AgentLoop:
                 dt = time.perf_counter() - t0
                 for r in chunk:
                     r.timing["ttft"] = r.elapsed + dt
-            step_cfg = cfg
-            heard = max((len(self.heard_tokens(r) or ()) for r in chunk), default=0)
-            if heard:  # the words heard come on top of the turn
+            step_cfg, heard = cfg, [self.heard_tokens(r) for r in chunk]
+            longest = max(len(h or ()) for h in heard)
+            if longest:  # the words heard come on top of the turn
                 import copy
 
                 step_cfg = copy.copy(cfg)
-                step_cfg.max_len += heard
+                step_cfg.max_len += longest
             t0 = time.perf_counter()
-            hyps = self.decoder(inputs, ids, step_cfg, self.followers(chunk))
+            hyps = self.decoder(inputs, ids, step_cfg, self.followers(chunk, heard))
             dt = time.perf_counter() - t0
             for r, h in zip(chunk, hyps):
                 r.timing["decode"] += dt

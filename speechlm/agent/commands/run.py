@@ -70,13 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _loop_config(args: argparse.Namespace):
     from speechlm.agent.loop import LoopConfig
 
-    d = LoopConfig()
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
-                      dialogue_task=args.dialogue_task or d.dialogue_task, command_task=args.command_task,
+                      dialogue_task=args.dialogue_task or LoopConfig.dialogue_task, command_task=args.command_task,
                       asr_task=args.asr_task,
                       seed=args.seed).validate()
 
