@@ -86,7 +86,7 @@ class LoopConfig:
     whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
-    dialogue_task: str = "spoken_dialogue"
+    dialogue_task: str = ""  # the e2e task; "": the model's own (DIALOGUE_TASKS, the first it has)
     command_task: str = "command"
     asr_task: str = "asr"
     env: str = "home"
@@ -102,12 +102,6 @@ class LoopConfig:
         if self.hear not in HEAR:
             raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
-
-
-def default_dialogue_task(pipe) -> str:
-    """The e2e task of ``pipe``: ``spoken_dialogue`` where the model has it, else
-    ``spoken_dialogue_monologue`` (the voice_agent recipe packs the monologue task alone)."""
-    return next((t for t in DIALOGUE_TASKS if t in pipe.templates), DIALOGUE_TASKS[0])
 
 
 @dataclass
@@ -331,7 +325,9 @@ class AgentLoop:
     def __init__(self, pipe, config: LoopConfig, audio_base: Optional[Path] = None, asr_pipe=None) -> None:
         """``asr_pipe``: the cascade's ASR model when it is not ``pipe`` (a parser trained apart)."""
         self.pipe, self.cfg, self.audio_base = pipe, config.validate(), audio_base
-        task = config.dialogue_task if config.mode == "e2e" else config.command_task
+        # the voice_agent recipe packs the monologue task alone: a model's own dialogue task by default
+        dialogue = config.dialogue_task or next((t for t in DIALOGUE_TASKS if t in pipe.templates), DIALOGUE_TASKS[0])
+        task = dialogue if config.mode == "e2e" else config.command_task
         self.decoder = Decoder(pipe, task, config.max_len)
         # an inner monologue: the e2e task's target holds what the user said (see datadir.py)
         self.monologue = config.mode == "e2e" and self.decoder.template.targets[0].source == "response.monologue"

@@ -169,7 +169,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     import speechlm
-    from speechlm.agent.loop import LoopConfig, default_dialogue_task
+    from speechlm.agent.loop import LoopConfig
     from speechlm.agent.tools import TOOLS
     from speechlm.serve.scheduler import BatchScheduler
 
@@ -189,7 +189,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     state.stream_slots = asyncio.Semaphore(limits.max_streams)
     try:
         cfg = LoopConfig(mode=agent_mode, max_turns=max_agent_steps, batch_size=1,
-                         dialogue_task=dialogue_task or default_dialogue_task(pipe))
+                         dialogue_task=dialogue_task or "")
         state.agent = AgentService(pipe, scheduler.submit_sync, cfg, sessions, limits.max_audio_s)
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
         state.agent_error = str(e.args[0] if isinstance(e, KeyError) and e.args else e)

@@ -30,15 +30,14 @@ def main(args: argparse.Namespace) -> int:
     import speechlm
     from speechlm.agent.env import Environment
     from speechlm.agent.episodes import Episode
-    from speechlm.agent.loop import AgentLoop, LoopConfig, default_dialogue_task
+    from speechlm.agent.loop import AgentLoop, LoopConfig
 
     import torch
 
     torch.set_num_threads(1)  # one user's small decoding steps: one thread is fastest (see agent run --threads)
     pipe = speechlm.load(args.model_dir)
-    task = args.dialogue_task or default_dialogue_task(pipe)
     loop = AgentLoop(pipe, LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=1, speak=args.speak,
-                                      dialogue_task=task))
+                                      dialogue_task=args.dialogue_task or ""))
     wav_dir = Path(args.wav_dir or tempfile.mkdtemp(prefix="speechlm-chat-"))
     wav_dir.mkdir(parents=True, exist_ok=True)
     state = Environment.load(args.state).state if args.state else None

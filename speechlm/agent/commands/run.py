@@ -75,8 +75,7 @@ def _loop_config(args: argparse.Namespace):
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
-                      dialogue_task=args.dialogue_task or LoopConfig.dialogue_task, command_task=args.command_task,
-                      asr_task=args.asr_task,
+                      dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
 
 
@@ -132,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
 
     import speechlm
     from speechlm.agent.episodes import read_episodes
-    from speechlm.agent.loop import default_dialogue_task, run_agent
+    from speechlm.agent.loop import run_agent
     from speechlm.utils.fileio import write_text
 
     if args.nj < 1 or (args.shard is not None and not 1 <= args.shard <= args.nj):
@@ -157,8 +156,6 @@ def main(args: argparse.Namespace) -> int:
             episodes = episodes[args.shard - 1 :: args.nj]
             out = out / "shards" / str(args.shard)
         pipe = speechlm.load(args.model_dir)
-        if args.dialogue_task is None:
-            cfg.dialogue_task = default_dialogue_task(pipe)
         asr_pipe = speechlm.load(args.asr_model_dir) if args.asr_model_dir and args.mode == "cascade" else None
         stats = run_agent(pipe, episodes, out, cfg, audio_base=Path(args.episodes).resolve().parent,
                           asr_pipe=asr_pipe)
