@@ -9,6 +9,11 @@ Layout (append-only: adding a task or a tokenizer never moves an existing id)::
       codec/s0/0 .. codec/s0/255      one contiguous range per tokenizer stream
       codec/s1/0 .. ...
 
+A tokenizer may share streams with one added before it (``rows_of`` in ``tokenizers.yaml``): its
+shared streams then take the other's range (the same ids, so the same embedding and output rows)
+and add no tokens. A phone-led Codec 2 target shares its Codec 2 streams with the ``codec`` that ASR
+reads, so that both tasks train one set of rows.
+
 Tokens are stored local to their tokenizer (``[frames, streams]`` int arrays) and shifted into
 this space with :meth:`Vocabulary.offset` when sequences are built.
 
@@ -72,9 +77,21 @@ class Vocabulary:
             self.tasks[name] = self._append(f"<task:{name}>")
         return self.tasks[name]
 
-    def add_tokenizer(self, name: str, codebook_sizes: list[int]) -> None:
-        """Add a segment marker and one contiguous range per stream (no-op if the same shape exists)."""
+    def add_tokenizer(self, name: str, codebook_sizes: list[int],
+                      shared: dict[int, tuple[str, int]] | None = None) -> None:
+        """Add a segment marker and one contiguous range per stream (no-op if the same layout exists).
+
+        ``shared`` maps a stream ``k`` of this tokenizer to ``(tokenizer, stream)`` already in the
+        vocabulary, whose range (of the same size) stream ``k`` then uses instead of a new one."""
         sizes = [int(s) for s in codebook_sizes]
+        shared = shared or {}
+        for k, (other, j) in shared.items():
+            if not 0 <= k < len(sizes):
+                raise VocabularyError(f"tokenizer {name!r} has {len(sizes)} streams, it cannot share stream {k}")
+            size = self._check_tok(other)[j][1] if j < self.n_streams(other) else None
+            if size != sizes[k]:
+                raise VocabularyError(f"tokenizer {name!r} stream {k} ({sizes[k]} ids) cannot share the rows of "
+                                      f"{other!r} stream {j} ({size if size is not None else 'no such stream'})")
         if name in self.ranges:
             old = [s for _, s in self.ranges[name]]
             if old != sizes:
@@ -82,15 +99,35 @@ class Vocabulary:
                     f"tokenizer {name!r} is in the vocabulary with stream sizes {old}, "
                     f"cannot change them to {sizes} (ids are append-only; use a new tokenizer name)"
                 )
+            same = all(r == (self.ranges[shared[k][0]][shared[k][1]] if k in shared else r)
+                       and (k in shared or self.tokenizer_of(r[0]) == (name, k))
+                       for k, r in enumerate(self.ranges[name]))
+            if not same:
+                raise VocabularyError(f"tokenizer {name!r} is in the vocabulary with other shared rows than "
+                                      f"{shared or 'none'} (ids are append-only; use a new tokenizer name)")
             return
         self.markers[name] = self._append(f"<seg:{name}>")
         ranges = []
         for k, size in enumerate(sizes):
+            if k in shared:
+                other, j = shared[k]
+                ranges.append(self.ranges[other][j])
+                continue
             start = len(self.tokens)
             self.tokens.extend(f"{name}/s{k}/{i}" for i in range(size))
             self._index.update((f"{name}/s{k}/{i}", start + i) for i in range(size))
             ranges.append((start, size))
         self.ranges[name] = ranges
+
+    def unique_ranges(self) -> list[tuple[str, int, int, int]]:
+        """``(tokenizer, stream, start, end)`` of each range once (a shared range under its owner)."""
+        out, seen = [], set()
+        for name, ranges in self.ranges.items():
+            for k, (start, size) in enumerate(ranges):
+                if (start, size) not in seen:
+                    seen.add((start, size))
+                    out.append((name, k, start, start + size))
+        return out
 
     # ---- lookups ---------------------------------------------------------------------
     def _check_tok(self, name: str) -> list[tuple[int, int]]:
@@ -125,7 +162,8 @@ class Vocabulary:
         return len(self._check_tok(tokenizer))
 
     def tokenizer_of(self, token_id: int) -> tuple[str, int] | None:
-        """(tokenizer, stream) that owns ``token_id``, or None for special/task/marker tokens."""
+        """(tokenizer, stream) that owns ``token_id``, or None for special/task/marker tokens; an id of
+        shared rows belongs to the tokenizer that added them."""
         for name, ranges in self.ranges.items():
             for k, (start, size) in enumerate(ranges):
                 if start <= token_id < start + size:

@@ -198,6 +198,9 @@ def test_cli_writes_report_audio_and_spectrograms(tts_setup):
     # the same frames read with the next sentence's text: other conditions, so other predictions
     own, other = r["teacher_forced"]["true_length"]["all"], r["teacher_forced"]["other_text"]["all"]
     assert abs(other["ce"] - own["ce"]) > 1e-6 and "reading the text" in md
+    # and with a prompt of the other speaker's voice (the two limited utterances are both spk0's)
+    voice = r["teacher_forced"]["other_voice"]["all"]
+    assert abs(voice["ce"] - own["ce"]) > 1e-6 and "reading the voice" in md
     mtime = (out / "diagnose.json").stat().st_mtime
     assert cli(args) == 0 and (out / "diagnose.json").stat().st_mtime == mtime  # complete: skipped
 
@@ -214,6 +217,15 @@ def test_example_takes_named_segments_from_another_example(tts_setup):
     assert np.array_equal(segment(swapped, TEXT_COND), segment(donor, TEXT_COND))
     assert not np.array_equal(segment(swapped, TEXT_COND), segment(own, TEXT_COND))
     assert np.array_equal(segment(swapped, AUDIO_TGT), segment(own, AUDIO_TGT))  # its own target
+    # a speaker prompt taken from another example is that example's prompt (here: the other speaker's)
+    from speechlm.diagnose.tts import other_voice
+    from speechlm.data.sequence import AUDIO_COND
+
+    j = int(other_voice(data)[0])
+    assert data.utt_id(j).split("-")[0] != data.utt_id(0).split("-")[0]
+    voiced = data.example(0, segments_of={"prompt": j})
+    assert np.array_equal(segment(voiced, AUDIO_COND), segment(data.example(j), AUDIO_COND))
+    assert np.array_equal(segment(voiced, TEXT_COND), segment(own, TEXT_COND))
 
 
 def test_summary_compares_free_running_error_with_another_sentences_frames():

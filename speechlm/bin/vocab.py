@@ -36,11 +36,30 @@ def build_vocab(tokenizers_yaml: str, tasks: list[str], base=None):
     from speechlm.vocab import Vocabulary
 
     vocab = base or Vocabulary()
-    for name, tok in load_tokenizers(tokenizers_yaml).items():
-        vocab.add_tokenizer(name, tok.codebook_sizes)
+    toks = load_tokenizers(tokenizers_yaml)
+    for name, tok in toks.items():
+        vocab.add_tokenizer(name, tok.codebook_sizes, shared_streams(tokenizers_yaml, name, tok, toks, vocab))
     for t in tasks:
         vocab.add_task(t)
     return vocab
+
+
+def shared_streams(where, name: str, tok, toks: dict, vocab) -> dict[int, tuple[str, int]]:
+    """``{stream: (rows_of, its stream)}`` for the streams of ``tok`` named as one of its ``rows_of``'s."""
+    from speechlm.config import ConfigError
+
+    other = tok.rows_of
+    if other is None:
+        return {}
+    if other not in toks or other not in vocab.ranges:
+        where_ = "defined before it" if other in toks else "a tokenizer of the same file"
+        raise ConfigError(f"{where}:{name}.rows_of: {other!r} must be {where_} (its rows are added first)")
+    theirs = {n: j for j, n in enumerate(toks[other].stream_names)}
+    shared = {k: (other, theirs[n]) for k, n in enumerate(tok.stream_names) if n in theirs}
+    if not shared:
+        raise ConfigError(f"{where}:{name}.rows_of: no stream of {name!r} ({', '.join(tok.stream_names)}) is "
+                          f"named as a stream of {other!r} ({', '.join(toks[other].stream_names)})")
+    return shared
 
 
 def main(args: argparse.Namespace) -> int:

@@ -181,7 +181,8 @@ class TaskData:
         the conditions are left empty (markers kept, tokens dropped: the unconditional sequence
         classifier-free guidance needs); both are pure functions of (seed, utterance, epoch).
         ``segments_of`` takes the named segments from other kept examples instead (segment name ->
-        example index): e.g. another sentence's text, to measure how much a model reads it.
+        example index): e.g. another sentence's text, or a speaker prompt of another example's
+        speaker, to measure how much a model reads it.
         """
         row = int(self.rows[i])
         utt = self.ids[row].decode()
@@ -190,10 +191,10 @@ class TaskData:
             [self.seed, epoch, zlib.crc32(self.ids[row]), 2]).random() < t.condition_dropout
         segs: dict[str, np.ndarray] = {}
         for seg in t.segments:
+            src = int(self.rows[segments_of[seg.name]]) if segments_of and seg.name in segments_of else row
             if seg.modality == "spk_prompt":
-                segs[seg.name] = self._prompt.prompt(row, seg, epoch)
+                segs[seg.name] = self._prompt.prompt(src, seg, epoch)
             else:
-                src = int(self.rows[segments_of[seg.name]]) if segments_of and seg.name in segments_of else row
                 segs[seg.name] = self.tokens(src, seg.name)
         ex = build_example(utt, t, segs, self.vocab, self.n_streams)
         if drop:  # the same rule decoding uses for the unconditional branch of guidance

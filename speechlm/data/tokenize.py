@@ -90,6 +90,7 @@ def plan(job: TokenizeJob):
             raise ConfigError(f"{job.tokenizers}: no tokenizer named {seg.tokenizer!r} (segment {seg.name!r} of "
                               f"task {template.name!r}){suggest(seg.tokenizer, specs)}; it defines: {', '.join(specs)}")
         spec = dict(specs[seg.tokenizer])
+        spec.pop("rows_of", None)  # where the ids go in the vocabulary, not what the tokens are
         if seg.tokenizer not in digests:
             digests[seg.tokenizer] = file_digests(spec)
         fp = _fingerprint(spec, seg.name, rows, digests[seg.tokenizer])

@@ -64,6 +64,11 @@ def summary_lines(r: dict) -> list[str]:
         out.append(f"reading the text: teacher-forced CE {_f(a['ce'])} nats with its own text, {_f(b['ce'])} with "
                    f"the next sentence's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); a gap near zero: the model "
                    f"predicts from the audio history, not the text")
+    if "other_voice" in tf:
+        a, b = tf["true_length"]["all"], tf["other_voice"]["all"]
+        out.append(f"reading the voice: teacher-forced CE {_f(a['ce'])} nats with a prompt of its own voice, "
+                   f"{_f(b['ce'])} with another voice's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); a gap near "
+                   f"zero: the prompt does not set the voice")
     deg = r.get("degradation") or {}
     if deg:
         worst = sorted(deg, key=lambda n: -deg[n]["dtw_over_tf"])[:4]
@@ -110,12 +115,13 @@ def write_report(path: str | Path, r: dict) -> Path:
                         [[k, v["wer"], v["cer"], v["wer"] / floor if floor else None] for k, v in res.items()])
     lines += ["## Teacher-forced accuracy per stream (argmax over the stream's codebook)", ""]
     tf = r["teacher_forced"]
-    pl, ot = tf.get("predicted_length"), tf.get("other_text")
+    pl, ot, ov = tf.get("predicted_length"), tf.get("other_text"), tf.get("other_voice")
     header = (["stream", "acc (true length)", "CE nats (true length)"]
               + (["acc (predicted length)", "CE (predicted length)"] if pl else [])
-              + (["acc (next sentence's text)", "CE (next sentence's text)"] if ot else []))
+              + (["acc (next sentence's text)", "CE (next sentence's text)"] if ot else [])
+              + (["acc (another voice's prompt)", "CE (another voice's prompt)"] if ov else []))
     lines += _table(header, [[s, v["acc"], v["ce"]] + ([pl[s]["acc"], pl[s]["ce"]] if pl else [])
-                             + ([ot[s]["acc"], ot[s]["ce"]] if ot else [])
+                             + ([ot[s]["acc"], ot[s]["ce"]] if ot else []) + ([ov[s]["acc"], ov[s]["ce"]] if ov else [])
                              for s, v in tf["true_length"].items()])
     ln = r["lengths"]
     lines += ["Lengths: " + ", ".join(f"{k} {_f(v)}" for k, v in ln.items()), ""]

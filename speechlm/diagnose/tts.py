@@ -199,9 +199,12 @@ def diagnose(opts: DiagnoseOptions) -> dict:
     sets = {name: WavSet(out, name, tok.sample_rate) for name in
             ["codec", "tf_argmax"] + (["tf_expected"] if fields else []) + (["tf_sample"] if sampling else [])
             + (["tf_argmax_predlen"] if progress else [])}
-    tf_true, tf_pred, tf_other = Sums(), Sums(), Sums()
+    tf_true, tf_pred, tf_other, tf_voice = Sums(), Sums(), Sums(), Sums()
     # the text conditions of the next sentence: a model that reads its text predicts worse with them
     text_segs = [c.name for c in template.conditions if c.modality == "text"]
+    # the speaker prompt of the next utterance of another voice: a model that reads it, likewise
+    prompt_segs = [c.name for c in template.conditions if c.modality == "spk_prompt"]
+    voice_of = other_voice(data) if prompt_segs else None
     parity = {"true_length": ParityStats(model)}
     if progress:
         parity["predicted_length"] = ParityStats(model)
@@ -238,6 +241,11 @@ def diagnose(opts: DiagnoseOptions) -> dict:
             if other is not None:
                 for tr in target_rows(model, other):
                     tf_other.add(stream_stats(frame_logits(model, tr), tr.frames))
+            if voice_of is not None:
+                voiced = [data.example(i, segments_of=dict.fromkeys(prompt_segs, voice_of[i]))
+                          for i in range(start, start + len(exs)) if voice_of[i] >= 0]
+                for tr in target_rows(model, collate(voiced, model.vocab.pad_id).to(dev)) if voiced else []:
+                    tf_voice.add(stream_stats(frame_logits(model, tr), tr.frames))
             # decoding as it runs: the progress input from the length head's prediction
             rec = decode_forced(model, prompts, truth, None, opts.precision, opts.kv_cache, L.decode.length_scale)
             used = [r.progress_len for r in rec]
@@ -320,6 +328,8 @@ def diagnose(opts: DiagnoseOptions) -> dict:
         result["teacher_forced"]["predicted_length"] = tf_pred.table(names)
     if tf_other.per:
         result["teacher_forced"]["other_text"] = tf_other.table(names)
+    if tf_voice.per:
+        result["teacher_forced"]["other_voice"] = tf_voice.table(names)
     if fields:
         result["fields"] = {k: e.summary() for k, e in ferr.items()}
         result["drift"] = {k: e.drift() for k, e in ferr.items()}
@@ -331,6 +341,17 @@ def diagnose(opts: DiagnoseOptions) -> dict:
     write_report(out / "diagnose.md", result)
     mark_done(out / "diagnose.json")
     return result
+
+
+def other_voice(data) -> np.ndarray:
+    """Per kept example, the next kept example (cyclically) of another speaker, or -1 if none."""
+    spk = np.asarray(data.spk)[np.asarray(data.rows)]
+    n = len(spk)
+    out = np.full(n, -1, dtype=np.int64)
+    for i in range(n):
+        j = next((j % n for j in range(i + 1, i + n) if spk[j % n] != spk[i]), -1)
+        out[i] = j
+    return out
 
 
 def tol(precision: str) -> float:

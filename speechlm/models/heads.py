@@ -24,8 +24,8 @@ def stream_ids_from_vocab(vocab: Vocabulary, n_streams: int) -> list[torch.Tenso
     """Global ids allowed in each stream k > 0: the union of every tokenizer's stream-k range."""
     out: list[torch.Tensor | None] = [None]
     for k in range(1, n_streams):
-        ids = [torch.arange(*vocab.stream_range(name, k)) for name in vocab.ranges if vocab.n_streams(name) > k]
-        out.append(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64))
+        ids = {vocab.stream_range(name, k) for name in vocab.ranges if vocab.n_streams(name) > k}  # shared once
+        out.append(torch.cat([torch.arange(a, b) for a, b in sorted(ids)]) if ids else torch.zeros(0, dtype=torch.int64))
     return out
 
 

@@ -92,10 +92,8 @@ class SpeechLM(nn.Module):
         self.embed = StreamEmbedding(V, D, vocab.pad_id)
         self.head = OutputHead(D, V, stream_ids_from_vocab(vocab, S2), self.embed.weight if config.tie_embeddings else None)
         if not config.stream0_full_vocab:
-            ranges, first = [], []
-            for t in vocab.ranges:
-                first += [len(ranges)] * vocab.n_streams(t)
-                ranges += [vocab.stream_range(t, k) for k in range(vocab.n_streams(t))]
+            ranges = [(a, b) for _, _, a, b in vocab.unique_ranges()]  # shared rows are one group
+            first = [ranges.index(vocab.stream_range(t, 0)) for t, _, _, _ in vocab.unique_ranges()]
             inside = torch.zeros(V, dtype=torch.bool)
             for a, b in ranges:
                 inside[a:b] = True

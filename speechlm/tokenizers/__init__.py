@@ -6,6 +6,7 @@ its options, e.g.::
     codec: {type: codec2}
     phone: {type: g2p}
     text_bpe: {type: sentencepiece, model: dump/bpe/bpe.model}
+    codec_ph: {type: codec2_phones, rows_of: codec}   # its Codec 2 streams use codec's rows
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def build_tokenizer(spec: dict[str, Any], base_dir: str | os.PathLike | None = N
         raise ConfigError(f"{where}: expected a mapping with a 'type' key, got {spec!r}")
     opts = dict(spec)
     kind = opts.pop("type")
+    rows_of = opts.pop("rows_of", None)  # any type: read by the vocabulary, not the tokenizer
+    if rows_of is not None and not isinstance(rows_of, str):
+        raise ConfigError(f"{where}.rows_of: expected the name of another tokenizer, got {rows_of!r}")
     try:
         cls = TOKENIZERS.get(kind)
     except KeyError as e:
@@ -75,6 +79,7 @@ def build_tokenizer(spec: dict[str, Any], base_dir: str | os.PathLike | None = N
             ) from None
         raise ConfigError(f"{where}: {e}") from None
     tok.options = dict(spec)
+    tok.rows_of = rows_of
     return tok
 
 

@@ -23,6 +23,9 @@ class Tokenizer(abc.ABC):
     modality: str = "text"
     #: Options this tokenizer was built with (saved to ``tokenizers.yaml`` when packing).
     options: dict[str, Any]
+    #: ``rows_of`` in ``tokenizers.yaml`` (any type): the tokenizer whose vocabulary rows this one's
+    #: streams of the same name reuse (:meth:`speechlm.vocab.Vocabulary.add_tokenizer`), or None.
+    rows_of: str | None = None
 
     @property
     @abc.abstractmethod
@@ -32,6 +35,11 @@ class Tokenizer(abc.ABC):
     @property
     def n_streams(self) -> int:
         return len(self.codebook_sizes)
+
+    @property
+    def stream_names(self) -> list[str]:
+        """A name per stream; streams of one name share rows under ``rows_of``."""
+        return [f"s{k}" for k in range(self.n_streams)]
 
     @property
     def frame_rate(self) -> float | None:
