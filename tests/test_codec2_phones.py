@@ -135,6 +135,25 @@ def test_espeak_phones_spells_what_espeak_speaks():
     assert tok.phones == list(PHONES)  # the phone stream's inventory: decoding can hold one to the other
 
 
+def test_phone_list_spells_the_phones_another_accent_speaks(tmp_path):
+    """An en-029 voice speaks other phones than espeak_phones' en-us spelling of the same text; the
+    alignment's phones through phone_list are exactly the runs of the target's phone stream."""
+    from speechlm.models.next_phone import SILENCE, phone_runs
+    from speechlm.tokenizers import build_tokenizer
+
+    samples, sr, phones = _aligned_wav(tmp_path / "a.wav", voice="en-029")
+    spoken = build_tokenizer({"type": "phone_list"}).encode(" ".join(p for _, _, p in phones))[:, 0].tolist()
+    us = build_tokenizer({"type": "espeak_phones"}).encode(TEXT)[:, 0].tolist()
+    stream = build_tokenizer({"type": "codec2_phones"}).encode_file(samples.astype(np.float32) / 32768, sr,
+                                                                   tmp_path / "a.wav")[:, 0].tolist()
+    assert phone_runs(spoken, SILENCE) != phone_runs(us, SILENCE)  # the accents differ
+    framed = phone_runs(stream, SILENCE)  # phones shorter than a frame may be missing from the stream
+    assert set(framed) <= set(spoken) and framed == [p for p in phone_runs(spoken, SILENCE) if p in framed]
+    tok = build_tokenizer({"type": "phone_list"})
+    assert tok.encode("m aɪ nope <sil>")[:, 0].tolist() == [tok.phones.index("m"), tok.phones.index("aɪ"), 1, 0]
+    assert tok.decode(tok.encode("m aɪ")) == "m aɪ"
+
+
 def test_decoding_encodes_a_prompt_file_with_its_alignment(tmp_path):
     """Pipeline.encode_value (speaker prompts at decoding) reads the alignment beside a wav path."""
     from types import SimpleNamespace

@@ -109,11 +109,15 @@ def _chooser(factory):
 
 
 def decode_forced(model, prompts: Batch, truth: list[TargetRows], progress_len: list[int] | None = None,
-                  precision: str = "fp32", kv_cache: bool = True, length_scale: float = 1.0) -> list[Recorded]:
+                  precision: str = "fp32", kv_cache: bool = True, length_scale: float = 1.0,
+                  follow_phones: str = "") -> list[Recorded]:
     """Run the decoding loop on ``prompts`` (each ending with its target's marker) with the true
-    rows of ``truth`` forced; returns what decoding computed per prompt."""
+    rows of ``truth`` forced; returns what decoding computed per prompt. ``follow_phones``: the
+    phone tokenizer a model that reads the next phone decodes with (its follower walks the forced
+    phones)."""
     cfg = DecodeConfig(search="greedy", max_len=max(len(t.frames) for t in truth) + 8, precision=precision,
-                       kv_cache=kv_cache, length_scale=length_scale, batch_size=max(1, len(truth)))
+                       kv_cache=kv_cache, length_scale=length_scale, batch_size=max(1, len(truth)),
+                       follow_phones=follow_phones)
     made: list[ForcingChooser] = []
 
     def factory(*args, **kwargs) -> ForcingChooser:

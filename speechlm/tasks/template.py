@@ -29,7 +29,8 @@ MODALITIES = ("text", "audio", "spk_prompt")
 #: Data-dir files a segment may take its value from.
 SOURCES = ("wav.scp", "text", "utt2spk", "text.2", "wav.2.scp", "text.prev", "wav.prev.scp",
            "history", "history.cascade", "known", "response",  # the voice-agent dialogue steps (speechlm/agent/datadir.py)
-           "history.monologue", "response.monologue")
+           "history.monologue", "response.monologue",
+           "phones")  # the phones each utterance speaks, space separated (mini_espeak: local/data.sh --align true)
 
 #: the built-in templates (inside the package, so an installed wheel has them too)
 BUILTIN_DIR = builtin_dir("tasks")

@@ -21,7 +21,7 @@ from speechlm.tokenizers.base import TOKENIZERS, AudioTokenizer, TextTokenizer, 
 
 # Modules that register tokenizers; imported on first use so light commands stay fast.
 # Adding a tokenizer: one file in speechlm/tokenizers/ plus its module name here.
-_MODULES = ["text", "g2p", "hf_text", "codec2", "codec2_phones", "espeak_phones", "hf_codec", "espnet_codec", "ssl", "codec_ssl"]
+_MODULES = ["text", "g2p", "hf_text", "codec2", "codec2_phones", "espeak_phones", "phone_list", "hf_codec", "espnet_codec", "ssl", "codec_ssl"]
 
 
 def _load_plugins() -> None:
