@@ -171,16 +171,26 @@ def test_one_voice_corpus(tmp_path):
 
 
 def test_aligned_corpus(tmp_path):
-    """--align true writes each wav's phones beside it, for plain voices and +variants alike."""
+    """--align true writes each wav's phones beside it, for plain voices and +variants alike, and
+    each utterance's phones in order to data/<set>/phones (what its voice speaks: accents differ)."""
     from speechlm.data.espeak_align import read_phn
 
     recipe = recipe_copy(tmp_path / "one")
     data_sh(recipe, "--num_utts", "12", "--num_test", "2", "--seed", "3", "--voices", "en-us,en-gb+f3:190:35",
             "--align", "true")
     for split in ("train", "test"):
+        spoken = dict(read_map(recipe / "data" / split / "phones"))
         for utt, wav in read_map(recipe / "data" / split / "wav.scp"):
             phones = read_phn(Path(wav).with_suffix(".phn"))
             assert phones and phones[-1][1] <= sf.info(wav).duration, utt
+            assert spoken[utt].split() == [p for _, _, p in phones], utt
+    from speechlm.tokenizers import build_tokenizer
+
+    us = build_tokenizer({"type": "espeak_phones"})  # the en-us spelling of the text
+    texts = dict(read_map(recipe / "data" / "train" / "text"))
+    differs = {utt.startswith("en-gb") for utt, line in read_map(recipe / "data" / "train" / "phones")
+               if line.split() != us.phonemes(texts[utt])}
+    assert differs == {True}  # the en-gb voice speaks other phones than en-us (and en-us its own)
 
 
 def test_phone_experiment_configs_fit_together():

@@ -412,8 +412,22 @@ def cmd_write(args) -> None:
         raise SystemExit(f"{len(missing)} wav files missing or unreadable under {wav_dir} "
                          f"(e.g. {', '.join(missing[:5])}); re-run local/data.sh to synthesize them")
     for split, utts in splits.items():
-        write_data_dir(Path(args.out) / split, utts)
+        out = write_data_dir(Path(args.out) / split, utts)
+        write_phones(out, utts)
     print(f"mini_espeak: {sum(map(len, splits.values()))} utterances, {seconds / 3600:.2f} hours", file=sys.stderr)
+
+
+def write_phones(out: Path, utts: list) -> None:
+    """``phones``: each utterance's phones as its voice spoke them (from the ``.phn`` alignments
+    beside the wavs; the ``phone_list`` tokenizer reads them), when every wav has one; else none."""
+    from speechlm.data.espeak_align import phn_path, read_phn
+    from speechlm.data.kaldi import write_file
+
+    phns = {u.utt: phn_path(u.wav) for u in utts}
+    if not all(p.is_file() for p in phns.values()):
+        (out / "phones").unlink(missing_ok=True)  # a stale one would not match the wavs
+        return
+    write_file(out / "phones", {utt: " ".join(ph for _, _, ph in read_phn(p)) or "<sil>" for utt, p in phns.items()})
 
 
 def main(argv=None) -> None:
