@@ -120,3 +120,30 @@ def test_decoding_a_model_that_reads_phones_needs_the_follower(setup):
     prompts = collate([_example(vocab, tpl, 0, [3, 5])], vocab.pad_id)
     with pytest.raises(ConfigError, match="follow_phones"):
         sample_decode(model, prompts, DecodeConfig(max_len=5))
+
+
+def test_forced_decoding_of_true_frames_matches_teacher_forcing(setup):
+    """tts-diagnose's decode-path parity for a model that reads the next phone: decoding the true
+    frames (the follower walking their phones) computes the teacher-forced logits slot for slot."""
+    from speechlm.diagnose.parity import ParityStats, decode_forced
+    from speechlm.diagnose.teacher import target_rows
+
+    vocab, tpl = setup
+    model = _model(vocab, next_phone="codec_ph")
+    with torch.no_grad():
+        model.next_phone.table.weight.normal_(0.0, 2.0)  # the input matters
+    rng = np.random.default_rng(0)
+    exs = []
+    for i, text in enumerate([[3, 5, 7, 2], [4, 9, 1]]):
+        phones = np.concatenate([[0], np.repeat(text, rng.integers(1, 4, len(text))), [0]])
+        frames = np.stack([phones, rng.integers(0, 8, len(phones)), rng.integers(0, 8, len(phones))], 1)
+        exs.append(_example(vocab, tpl, i, text, frames))
+    full = collate(exs, vocab.pad_id)
+    prompts = collate([_example(vocab, tpl, i, t) for i, t in enumerate([[3, 5, 7, 2], [4, 9, 1]])], vocab.pad_id)
+    with torch.no_grad():
+        truth = target_rows(model, full)
+        stats = ParityStats(model)
+        stats.add(truth, decode_forced(model, prompts, truth))
+    s = stats.summary()
+    assert s["n_mismatches"] == 0, s["mismatches"]
+    assert s["max_abs_diff"] < 1e-3 and s["slots"] > 20

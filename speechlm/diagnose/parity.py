@@ -25,6 +25,7 @@ import torch
 from speechlm.data.batch import Batch
 from speechlm.diagnose.teacher import TargetRows, slot_logits
 from speechlm.infer.config import DecodeConfig
+from speechlm.infer.follow import PhoneFollower
 from speechlm.infer.generate import Chooser, sample_decode
 from speechlm.infer.steps import FORCE
 
@@ -92,7 +93,20 @@ class ForcingChooser(Chooser):
             rec.logits[(j, k)] = logits[i]
             rec.keys[(j, k)] = act[1]
             out.append(true_id)
+            tok, src = act[1][0], act[1][1]
+            if st.follower is not None and st.follower.applies(tok, src):  # as the chooser tells it
+                a, e = self.model.vocab.stream_range(tok, src)
+                if a <= true_id < e:
+                    st.follower.observe(true_id - a)
         return torch.tensor(out, device=h.device)
+
+
+class TrueWalk(PhoneFollower):
+    """The phone follower over a target's own phone stream, telling the progress input the length
+    it is given (decoding stretches it while phones are left): the next-phone input training sees."""
+
+    def length(self, j: int, predicted: int) -> int:
+        return predicted
 
 
 @contextlib.contextmanager
@@ -109,15 +123,16 @@ def _chooser(factory):
 
 
 def decode_forced(model, prompts: Batch, truth: list[TargetRows], progress_len: list[int] | None = None,
-                  precision: str = "fp32", kv_cache: bool = True, length_scale: float = 1.0,
-                  follow_phones: str = "") -> list[Recorded]:
+                  precision: str = "fp32", kv_cache: bool = True, length_scale: float = 1.0) -> list[Recorded]:
     """Run the decoding loop on ``prompts`` (each ending with its target's marker) with the true
-    rows of ``truth`` forced; returns what decoding computed per prompt. ``follow_phones``: the
-    phone tokenizer a model that reads the next phone decodes with (its follower walks the forced
-    phones)."""
+    rows of ``truth`` forced; returns what decoding computed per prompt. A model that reads the
+    next phone (``model.next_phone``) is told it by a follower of the true phone stream, walked as
+    training walks it (:class:`TrueWalk`)."""
     cfg = DecodeConfig(search="greedy", max_len=max(len(t.frames) for t in truth) + 8, precision=precision,
-                       kv_cache=kv_cache, length_scale=length_scale, batch_size=max(1, len(truth)),
-                       follow_phones=follow_phones)
+                       kv_cache=kv_cache, length_scale=length_scale, batch_size=max(1, len(truth)))
+    followers = None
+    if model.next_phone is not None:
+        followers = [TrueWalk(model.config.next_phone, 0, t.frames[:, 0].tolist()) for t in truth]
     made: list[ForcingChooser] = []
 
     def factory(*args, **kwargs) -> ForcingChooser:
@@ -125,7 +140,7 @@ def decode_forced(model, prompts: Batch, truth: list[TargetRows], progress_len: 
         return made[-1]
 
     with _chooser(factory):
-        sample_decode(model, prompts, cfg)
+        sample_decode(model, prompts, cfg, followers=followers)
     if len(made) != 1:
         raise RuntimeError(f"decode_forced: decoding built {len(made)} choosers, expected 1")
     return made[0].rec

@@ -247,14 +247,13 @@ def diagnose(opts: DiagnoseOptions) -> dict:
                 for tr in target_rows(model, collate(voiced, model.vocab.pad_id).to(dev)) if voiced else []:
                     tf_voice.add(stream_stats(frame_logits(model, tr), tr.frames))
             # decoding as it runs: the progress input from the length head's prediction
-            follow = L.decode.follow_phones if model.next_phone is not None else ""
-            rec = decode_forced(model, prompts, truth, None, opts.precision, opts.kv_cache, L.decode.length_scale, follow)
+            rec = decode_forced(model, prompts, truth, None, opts.precision, opts.kv_cache, L.decode.length_scale)
             used = [r.progress_len for r in rec]
             pred = target_rows(model, full, used) if progress else None
             if progress:
                 parity["predicted_length"].add(pred, rec)
                 rec = decode_forced(model, prompts, truth, [len(t.frames) for t in truth], opts.precision,
-                                    opts.kv_cache, L.decode.length_scale, follow)
+                                    opts.kv_cache, L.decode.length_scale)
             parity["true_length"].add(truth, rec)
         for b, tr in enumerate(truth):
             utt = tr.id

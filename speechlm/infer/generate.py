@@ -23,7 +23,7 @@ from speechlm.data.batch import Batch
 from speechlm.data.sequence import AUDIO_COND, TEXT_COND
 from speechlm.infer.config import DecodeConfig
 from speechlm.infer.context import DecodeContext, concat_batches, unconditional
-from speechlm.infer.follow import Follower, prompt_followers
+from speechlm.infer.follow import Follower, PhoneFollower, prompt_followers
 from speechlm.infer.sampling import filter_logits, ordinal_estimate, repetition_penalty, sample
 from speechlm.infer.steps import FORCE, Hypothesis, Masker, RowState
 
@@ -348,7 +348,7 @@ def sample_decode(model, prompts: Batch, config: DecodeConfig, templates: dict |
         for i, st in enumerate(states):
             st.follower = copy.deepcopy(followers[i // config.nbest])
     reads_phones = model.next_phone is not None and any(model.config.next_phone in t for t in targets)
-    if reads_phones and not config.follow_phones:
+    if reads_phones and not config.follow_phones and not any(isinstance(f, PhoneFollower) for f in followers or []):
         raise ConfigError(f"decode: the model reads the text's next phone in {model.config.next_phone!r} targets "
                           f"(model.next_phone): decode them with follow_phones (the text condition's phone tokenizer)")
     guided = config.cfg_scale != 1.0
