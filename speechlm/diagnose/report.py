@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: a condition whose swap costs the teacher-forced CE less than this (nats per slot) is not read
+READ_GAP = 0.01
+
 
 def _f(v, digits: int = 3) -> str:
     if v is None:
@@ -59,16 +62,17 @@ def summary_lines(r: dict) -> list[str]:
         out.append(f"teacher-forced accuracy {_f(a['acc'])} with the true length, {_f(b['acc'])} with the "
                    f"predicted one (CE {_f(a['ce'])} -> {_f(b['ce'])}; predicted/true length "
                    f"{_f(r['lengths'].get('predicted_over_true_mean'))})")
-    if "other_text" in tf:
-        a, b = tf["true_length"]["all"], tf["other_text"]["all"]
-        out.append(f"reading the text: teacher-forced CE {_f(a['ce'])} nats with its own text, {_f(b['ce'])} with "
-                   f"the next sentence's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); a gap near zero: the model "
-                   f"predicts from the audio history, not the text")
-    if "other_voice" in tf:
-        a, b = tf["true_length"]["all"], tf["other_voice"]["all"]
-        out.append(f"reading the voice: teacher-forced CE {_f(a['ce'])} nats with a prompt of its own voice, "
-                   f"{_f(b['ce'])} with another voice's (accuracy {_f(a['acc'])} -> {_f(b['acc'])}); a gap near "
-                   f"zero: the prompt does not set the voice")
+    for key, what, own, other, unread in (
+            ("other_text", "the text", "its own text", "the next sentence's", "the model predicts from the audio "
+             "history, not the text"),
+            ("other_voice", "the voice", "a prompt of its own voice", "another voice's", "the prompt does not set "
+             "the voice")):
+        if key in tf:
+            a, b = tf["true_length"]["all"], tf[key]["all"]
+            gap = b["ce"] - a["ce"]
+            out.append(f"reading {what}: teacher-forced CE {_f(a['ce'])} nats with {own}, {_f(b['ce'])} with {other} "
+                       f"(accuracy {_f(a['acc'])} -> {_f(b['acc'])})" + (f"; a gap under {READ_GAP} nats: {unread}"
+                                                                        if gap < READ_GAP else ""))
     deg = r.get("degradation") or {}
     if deg:
         worst = sorted(deg, key=lambda n: -deg[n]["dtw_over_tf"])[:4]
