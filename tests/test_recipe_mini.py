@@ -207,12 +207,14 @@ def test_phone_experiment_configs_fit_together():
     toks = load_yaml(conf / "tokenizers_phones.yaml")
     for spec in toks.values():
         tokenizer_class(spec["type"])  # registered
-    tpl = load_template_file(conf / "tasks" / "tts_phones.yaml")
-    assert {s.tokenizer for s in tpl.conditions + tpl.targets} <= set(toks)
     decode = load_yaml(conf / "decode_phones.yaml")
-    check_decode_options(decode, "decode_phones.yaml", {"asr", "tts_phones"})
-    follow = decode_config_for(decode, "tts_phones", "decode_phones.yaml").follow_phones
-    phones = next(s for s in tpl.conditions if s.tokenizer == follow)
-    assert toks[follow]["type"] == "espeak_phones" and phones.modality == "text"
-    assert toks[tpl.targets[0].tokenizer]["type"] == "codec2_phones"
-    assert model.next_phone == tpl.targets[0].tokenizer  # the target that reads the text's next phone
+    check_decode_options(decode, "decode_phones.yaml", {"asr", "tts_phones", "tts_spoken_phones"})
+    for task, kind in (("tts_phones", "espeak_phones"), ("tts_spoken_phones", "phone_list")):
+        tpl = load_template_file(conf / "tasks" / f"{task}.yaml")
+        assert {s.tokenizer for s in tpl.conditions + tpl.targets} <= set(toks)
+        follow = decode_config_for(decode, task, "decode_phones.yaml").follow_phones
+        phones = next(s for s in tpl.conditions if s.tokenizer == follow)
+        assert toks[follow]["type"] == kind and phones.modality == "text"
+        assert toks[tpl.targets[0].tokenizer]["type"] == "codec2_phones"
+        assert model.next_phone == tpl.targets[0].tokenizer  # the target that reads the text's next phone
+    assert toks["codec_ph"]["rows_of"] == "codec"  # the TTS target trains the Codec 2 rows ASR reads

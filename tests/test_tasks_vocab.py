@@ -136,3 +136,24 @@ def test_prepare_reads_extra_source_files(tmp_path, data_dir):
     assert summary["kept"] == 6
     _, rows = read_manifest(tmp_path / "sc")
     assert json.loads(next(rows)["segments"]["command"])["intent"]
+
+
+def test_manifest_keeps_the_words_for_scoring_when_no_segment_reads_them(tmp_path, data_dir):
+    """A TTS template whose text condition is the spoken phones (source ``phones``): the manifest
+    rows keep the data dir's words, and the scorer's references are those words, not the phones."""
+    from speechlm.data.kaldi import read_file
+    from speechlm.data.manifest import prepare_manifest
+    from speechlm.eval.sources import read_references
+    from speechlm.tasks.template import load_template_file
+
+    text = read_file(data_dir / "text")
+    (data_dir / "phones").write_text("".join(f"{u} m aɪ {i}\n" for i, u in enumerate(sorted(text))))
+    tpl = tmp_path / "tts_sp.yaml"
+    tpl.write_text("name: tts_sp\nconditions:\n  - {name: phones, modality: text, tokenizer: p, source: phones}\n"
+                   "targets:\n  - {name: speech, modality: audio, tokenizer: codec, source: wav.scp}\n")
+    prepare_manifest(load_template_file(tpl), data_dir, tmp_path / "sp")
+    refs = read_references(tmp_path / "sp")
+    assert refs.text == text and "the words" in refs.text_source
+    prepare_manifest(load_template("tts"), data_dir, tmp_path / "tts")  # its phones are read from text
+    rows = list(read_manifest(tmp_path / "tts")[1])
+    assert all("text" not in r for r in rows) and read_references(tmp_path / "tts").text == text

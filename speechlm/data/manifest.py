@@ -61,6 +61,8 @@ def prepare_manifest(template: TaskTemplate, data_dir: str | os.PathLike, out_di
     dropped: Counter = Counter()
     examples: list[str] = []
     utt2spk = data.files.get("utt2spk", {})
+    # the words, for scoring, where no segment holds them (e.g. TTS from the phones each voice speaks)
+    words = {} if "text" in needed else data.files.get("text", {})
     for utt in data.utt_ids:
         segs = {}
         for seg in template.segments:
@@ -70,7 +72,10 @@ def prepare_manifest(template: TaskTemplate, data_dir: str | os.PathLike, out_di
                 break
             segs[seg.name] = v
         else:
-            examples.append(json.dumps({"id": utt, "spk": utt2spk.get(utt, utt), "segments": segs}, ensure_ascii=False))
+            row = {"id": utt, "spk": utt2spk.get(utt, utt), "segments": segs}
+            if utt in words:
+                row["text"] = words[utt]
+            examples.append(json.dumps(row, ensure_ascii=False))
     out_dir.mkdir(parents=True, exist_ok=True)
     template.save(out_dir / TEMPLATE)
     with atomic_open(manifest) as f:

@@ -139,6 +139,7 @@ def read_manifest_refs(ref_dir: Path) -> References:
     texts: dict[str, str] = {}
     wavs: dict[str, Any] = {}
     path = ref_dir / "manifest.jsonl"
+    label = f"segment {text_seg!r}"
     for n, rec in enumerate(examples, 1):
         try:
             utt, segs = rec["id"], rec["segments"]
@@ -146,12 +147,14 @@ def read_manifest_refs(ref_dir: Path) -> References:
             raise ValueError(f"{path}:{n}: not a manifest line (missing {e})") from e
         if utt in texts or utt in wavs:
             raise ValueError(f"{path}:{n}: duplicate utterance id {utt!r}")
-        if text_seg and text_seg in segs:
+        if text_target is None and "text" in rec:  # the words, where the text condition spells them otherwise
+            texts[utt], label = str(rec["text"]), "the words, field 'text'"
+        elif text_seg and text_seg in segs:
             texts[utt] = str(segs[text_seg])
         if wav_seg and wav_seg in segs:
             wavs[utt] = _segment_audio(segs[wav_seg], ref_dir)
     if texts:
-        refs.text, refs.text_source = texts, f"{path} (segment {text_seg!r})"
+        refs.text, refs.text_source = texts, f"{path} ({label})"
     if wavs:
         refs.wav, refs.wav_source = wavs, f"{path} (segment {wav_seg!r})"
     return refs
