@@ -70,6 +70,9 @@ def test_vocab_cli_shares_the_streams_of_the_same_name(tmp_path):
     toks.write_text("phone: {type: g2p}\ncodec_ph: {type: codec2_phones, rows_of: phone}\n")
     with pytest.raises(ConfigError, match=r"no stream of 'codec_ph' .* is named as a stream of 'phone' \(s0\)"):
         build_vocab(str(toks), ["asr"])
+    toks.write_text("codec: {type: codec2}\ncodec_ph: {type: codec2_phones, rows_of: codek}\n")
+    with pytest.raises(ConfigError, match=r"rows_of: no tokenizer 'codek' in this file; it defines: codec, codec_ph"):
+        build_vocab(str(toks), ["asr"])
     toks.write_text("codec: {type: codec2}\ncodec_ph: {type: codec2_phones, rows_of: [codec]}\n")
     with pytest.raises(ConfigError, match="rows_of: expected the name of another tokenizer"):
         build_vocab(str(toks), ["asr"])

@@ -45,15 +45,17 @@ def build_vocab(tokenizers_yaml: str, tasks: list[str], base=None):
 
 
 def shared_streams(where, name: str, tok, toks: dict, vocab) -> dict[int, tuple[str, int]]:
-    """``{stream: (rows_of, its stream)}`` for the streams of ``tok`` named as one of its ``rows_of``'s."""
+    """``{stream: (tokenizer, its stream)}``: the streams of ``tok`` that share the rows of the
+    same-named streams of its ``rows_of`` tokenizer."""
     from speechlm.config import ConfigError
 
     other = tok.rows_of
     if other is None:
         return {}
-    if other not in toks or other not in vocab.ranges:
-        where_ = "defined before it" if other in toks else "a tokenizer of the same file"
-        raise ConfigError(f"{where}:{name}.rows_of: {other!r} must be {where_} (its rows are added first)")
+    if other not in toks:
+        raise ConfigError(f"{where}:{name}.rows_of: no tokenizer {other!r} in this file; it defines: {', '.join(toks)}")
+    if other not in vocab.ranges:
+        raise ConfigError(f"{where}:{name}.rows_of: {other!r} must be defined before it (its rows are added first)")
     theirs = {n: j for j, n in enumerate(toks[other].stream_names)}
     shared = {k: (other, theirs[n]) for k, n in enumerate(tok.stream_names) if n in theirs}
     if not shared:
