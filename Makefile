@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2    # pytest-xdist workers for `make test` (each test runs torch on one thread)
 
 .PHONY: install demo test test-slow bench clean
 
@@ -12,7 +13,7 @@ demo: install
 	cd egs/mini_espeak/speechlm1 && ./run.sh
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 test-slow: install
 	$(PY) -m pytest -q -m slow --run-slow tests
