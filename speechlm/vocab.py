@@ -99,10 +99,9 @@ class Vocabulary:
                     f"tokenizer {name!r} is in the vocabulary with stream sizes {old}, "
                     f"cannot change them to {sizes} (ids are append-only; use a new tokenizer name)"
                 )
-            same = all(r == (self.ranges[shared[k][0]][shared[k][1]] if k in shared else r)
-                       and (k in shared or self.tokenizer_of(r[0]) == (name, k))
-                       for k, r in enumerate(self.ranges[name]))
-            if not same:
+            want = {k: self.ranges[other][j] for k, (other, j) in shared.items()}
+            have = {k: r for k, r in enumerate(self.ranges[name]) if self.tokenizer_of(r[0]) != (name, k)}
+            if have != want:
                 raise VocabularyError(f"tokenizer {name!r} is in the vocabulary with other shared rows than "
                                       f"{shared or 'none'} (ids are append-only; use a new tokenizer name)")
             return

@@ -241,3 +241,19 @@ def test_summary_compares_free_running_error_with_another_sentences_frames():
     line = [s for s in summary_lines(r) if "another sentence" in s]
     assert line == ["free-running field error / another sentence's frames (chance; both aligned by duration): "
                     "0.750x on average; at >= 0.9x: pitch"]
+
+
+def test_summary_says_a_condition_is_unread_only_when_swapping_it_costs_nothing():
+    from speechlm.diagnose.report import READ_GAP, summary_lines
+
+    def lines(gap_text: float, gap_voice: float) -> list[str]:
+        own = {"all": {"ce": 3.0, "acc": 0.3}}
+        tf = {"true_length": own, "other_text": {"all": {"ce": 3.0 + gap_text, "acc": 0.3}},
+              "other_voice": {"all": {"ce": 3.0 + gap_voice, "acc": 0.3}}}
+        return summary_lines({"parity": {}, "teacher_forced": tf, "lengths": {}})
+
+    text, voice = lines(READ_GAP / 2, 0.3)
+    assert text.startswith("reading the text") and "not the text" in text
+    assert voice.startswith("reading the voice") and "does not set" not in voice and "3.300" in voice
+    text, voice = lines(0.3, 0.0)
+    assert "not the text" not in text and "does not set the voice" in voice

@@ -49,6 +49,8 @@ def test_shared_streams_reuse_the_rows_and_add_no_tokens(tmp_path):
     assert len(again) == len(shared)
     with pytest.raises(VocabularyError, match="other shared rows"):
         again.add_tokenizer("codec_ph", [N_PH, 8, 8])  # its ids cannot move to rows of its own
+    with pytest.raises(VocabularyError, match="other shared rows"):  # nor rows of its own to shared ones
+        own.add_tokenizer("codec_ph", [N_PH, 8, 8], {1: ("codec", 0), 2: ("codec", 1)})
     with pytest.raises(VocabularyError, match=r"stream 0 \(12 ids\) cannot share the rows of 'codec' stream 0 \(8\)"):
         again.add_tokenizer("other", [N_PH], {0: ("codec", 0)})
     with pytest.raises(VocabularyError, match="'nope' is not in the vocabulary"):

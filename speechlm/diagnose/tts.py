@@ -241,10 +241,10 @@ def diagnose(opts: DiagnoseOptions) -> dict:
             if other is not None:
                 for tr in target_rows(model, other):
                     tf_other.add(stream_stats(frame_logits(model, tr), tr.frames))
-            if voice_of is not None:
-                voiced = [data.example(i, segments_of=dict.fromkeys(prompt_segs, voice_of[i]))
-                          for i in range(start, start + len(exs)) if voice_of[i] >= 0]
-                for tr in target_rows(model, collate(voiced, model.vocab.pad_id).to(dev)) if voiced else []:
+            voiced = [data.example(i, segments_of=dict.fromkeys(prompt_segs, voice_of[i]))
+                      for i in range(start, start + len(exs)) if voice_of is not None and voice_of[i] >= 0]
+            if voiced:
+                for tr in target_rows(model, collate(voiced, model.vocab.pad_id).to(dev)):
                     tf_voice.add(stream_stats(frame_logits(model, tr), tr.frames))
             # decoding as it runs: the progress input from the length head's prediction
             rec = decode_forced(model, prompts, truth, None, opts.precision, opts.kv_cache, L.decode.length_scale)
@@ -347,11 +347,8 @@ def other_voice(data) -> np.ndarray:
     """Per kept example, the next kept example (cyclically) of another speaker, or -1 if none."""
     spk = np.asarray(data.spk)[np.asarray(data.rows)]
     n = len(spk)
-    out = np.full(n, -1, dtype=np.int64)
-    for i in range(n):
-        j = next((j % n for j in range(i + 1, i + n) if spk[j % n] != spk[i]), -1)
-        out[i] = j
-    return out
+    return np.array([next((j % n for j in range(i + 1, i + n) if spk[j % n] != spk[i]), -1) for i in range(n)],
+                    dtype=np.int64)
 
 
 def tol(precision: str) -> float:

@@ -10,39 +10,25 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
-from speechlm.tokenizers.base import TOKENIZERS, TextTokenizer
-from speechlm.tokenizers.codec2_phones import PHONES
+from speechlm.tokenizers.base import TOKENIZERS
+from speechlm.tokenizers.phone_list import PhoneListTokenizer
 
 
 @TOKENIZERS.register("espeak_phones")
-class EspeakPhonesTokenizer(TextTokenizer):
+class EspeakPhonesTokenizer(PhoneListTokenizer):
     """The phones of ``voice`` (an espeak-ng voice or language: ``en-us``) for a text; ids are
     :data:`~speechlm.tokenizers.codec2_phones.PHONES` (silence is never emitted; 1 = a phone not listed)."""
 
     def __init__(self, voice: str = "en-us", cache_size: int = 100_000) -> None:
+        super().__init__()
         self.voice = voice
-        self.phones = list(PHONES)
-        self.phone_index = {p: i for i, p in enumerate(self.phones)}
         self._phonemize = functools.lru_cache(maxsize=cache_size)(self._speak)
-
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return [len(self.phones)]
 
     def _speak(self, text: str) -> tuple[str, ...]:
         from speechlm.data.espeak_align import synthesize
 
         return tuple(p for _, _, p in synthesize(text, self.voice)[2])
 
-    def phonemes(self, text: str) -> list[str]:
-        """The phones espeak-ng speaks for ``text``."""
-        return list(self._phonemize(text.strip()))
-
-    def encode(self, value: str) -> np.ndarray:
-        ids = [self.phone_index.get(p, 1) for p in self.phonemes(value)]
-        return np.asarray(ids, dtype=np.int32).reshape(-1, 1)
-
-    def decode(self, tokens: np.ndarray) -> str:
-        return " ".join(self.phones[i] for i in self._column(tokens))
+    def phonemes(self, value: str) -> list[str]:
+        """The phones espeak-ng speaks for ``value``."""
+        return list(self._phonemize(value.strip()))

@@ -1,7 +1,8 @@
 """Spelled phones -> ids of the ``codec2_phones`` inventory: for a condition whose phones are given.
 
 ``espeak_phones`` spells a text in one voice's accent (``en-us``); a corpus of many accents speaks
-other phones for the same words (espeak-ng's ``en-029`` says ``eː`` where ``en-us`` says ``eɪ``),
+other phones for the same words (for "there ... chance" espeak-ng's ``en-029`` says
+``d eə ... tʃ aa n s`` where ``en-us`` says ``ð ɛ ... tʃ æ n s``),
 so a phone-led target's phone stream would walk through phones its condition does not hold. When
 the data preparation knows the phones each utterance speaks (``mini_espeak``'s ``local/data.sh
 --align true`` writes them, one line per utterance, to ``data/<set>/phones``), this tokenizer reads
@@ -27,8 +28,12 @@ class PhoneListTokenizer(TextTokenizer):
     def codebook_sizes(self) -> list[int]:
         return [len(self.phones)]
 
+    def phonemes(self, value: str) -> list[str]:
+        """The phones ``value`` spells."""
+        return value.split()
+
     def encode(self, value: str) -> np.ndarray:
-        ids = [self.phone_index.get(p, 1) for p in value.split()]
+        ids = [self.phone_index.get(p, 1) for p in self.phonemes(value)]
         return np.asarray(ids, dtype=np.int32).reshape(-1, 1)
 
     def decode(self, tokens: np.ndarray) -> str:

@@ -28,7 +28,7 @@ import sys
 import wave
 from pathlib import Path
 
-from speechlm.data.kaldi import Utt, write_data_dir
+from speechlm.data.kaldi import Utt, write_data_dir, write_file
 
 # ---------------------------------------------------------------------------------------------
 # Voices. Accents are espeak-ng English voices; variants change the timbre (m = male, f = female,
@@ -421,7 +421,6 @@ def write_phones(out: Path, utts: list) -> None:
     """``phones``: each utterance's phones as its voice spoke them (from the ``.phn`` alignments
     beside the wavs; the ``phone_list`` tokenizer reads them), when every wav has one; else none."""
     from speechlm.data.espeak_align import phn_path, read_phn
-    from speechlm.data.kaldi import write_file
 
     phns = {u.utt: phn_path(u.wav) for u in utts}
     if not all(p.is_file() for p in phns.values()):
