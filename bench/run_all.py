@@ -85,7 +85,7 @@ def benches(threads: int) -> list[Bench]:
         Bench("index_memory", "train_index_memory.py", "Data loading: indexing a large manifest (memory)",
               ["--n", "200000"], ["--n", "20000"]),
         Bench("train_speed", "train_speed.py", "Training through the Trainer (data loading included)",
-              ["--model-config", "tiny", "--steps", "6", "--threads", str(threads)],
+              ["--model-config", "tiny", "--steps", "6", "--threads", str(threads), "--freeze-layers", "0", "1"],
               ["--model-config", "tiny", "--steps", "2", "--threads", str(threads)]),
         Bench("decode", "decode.py", "Decoding: KV cache, batch scaling, ours vs transformers",
               [*t, "--steps", "40", "--long-steps", "150", "--rounds", "2", "--strategies", "delay", "multiscale",

@@ -1,6 +1,6 @@
-"""Training throughput on this machine: tokens/s per precision (and thread count).
+"""Training throughput on this machine: tokens/s per precision (and thread count, and frozen layers).
 
-    python bench/train_speed.py [--model-config 30m] [--steps 6] [--threads 1 2]
+    python bench/train_speed.py [--model-config 30m] [--steps 6] [--threads 1 2] [--freeze-layers 0 2 4]
 
 Trains on a synthetic ASR+TTS corpus through the real Trainer (one process) and prints
 non-padding positions per second after a warm-up step, for fp32 and, where the CPU has native
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 
-def run(root: Path, model_config: str, precision: str, threads: int, steps: int, batch_tokens: int) -> float:
+def run(root: Path, model_config: str, precision: str, threads: int, steps: int, batch_tokens: int,
+        freeze: int = 0) -> float:
     import torch
 
     from speechlm.conf import resolve_config
@@ -33,9 +34,10 @@ def run(root: Path, model_config: str, precision: str, threads: int, steps: int,
                                    "threads": threads, "valid_every": 0, "save_every": 0, "progress_bar": False,
                                    "tensorboard": False, "plot": False, "warmup_steps": 1, "pool_size": 500})
     mc = load_config(ModelConfig, resolve_config("model", model_config))
+    mc.freeze_layers = freeze
     tr = Trainer(cfg, mc, synthetic_vocab(["asr", "tts"]),
                  [DataSpec.parse(f"asr:s:{root / 'asr'}"), DataSpec.parse(f"tts:s:{root / 'tts'}")],
-                 str(root / f"exp_{precision}_{threads}")).setup()
+                 str(root / f"exp_{precision}_{threads}_{freeze}")).setup()
     from speechlm.data.loader import train_batches
 
     it = iter(train_batches(tr.train_data, tr.sampler, 0, 0, 1))
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--batch-tokens", type=int, default=4000)
+    p.add_argument("--freeze-layers", type=int, nargs="+", default=[0],
+                   help="model.freeze_layers values (the first N backbone layers get no gradient)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -72,16 +76,17 @@ def main() -> None:
         make_dump(root / "tts", "tts", 400, seed=1, frames=(50, 300), text_len=(5, 60), prefix="t")
         print(f"model {args.model_config}, {args.steps} steps of {args.batch_tokens} tokens, "
               f"device {'cuda' if gpu else 'cpu'}")
-        print(f"{'precision':>9} {'threads':>7} {'tokens/s':>9}")
+        print(f"{'precision':>9} {'threads':>7} {'frozen':>6} {'tokens/s':>9}")
         base = None
         rows = []
         for threads in args.threads:
             for prec in precisions:
-                rate = run(root, args.model_config, prec, threads, args.steps, args.batch_tokens)
-                base = base or rate
-                print(f"{prec:>9} {threads:>7} {rate:>9.0f}  ({rate / base:.2f}x)")
-                rows.append({"model": args.model_config, "precision": prec, "threads": threads, "tokens_per_s": rate,
-                             "vs_first": rate / base})
+                for freeze in args.freeze_layers:
+                    rate = run(root, args.model_config, prec, threads, args.steps, args.batch_tokens, freeze)
+                    base = base or rate
+                    print(f"{prec:>9} {threads:>7} {freeze:>6} {rate:>9.0f}  ({rate / base:.2f}x)")
+                    rows.append({"model": args.model_config, "precision": prec, "threads": threads,
+                                 "freeze_layers": freeze, "tokens_per_s": rate, "vs_first": rate / base})
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
 

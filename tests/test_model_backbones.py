@@ -252,3 +252,56 @@ def test_builtin_dropout_acts_on_each_sublayer_in_training_only():
     for layer in dropped.layers:
         layer.dropout = 0.0
     assert torch.equal(dropped(x), plain(x))
+
+
+@pytest.mark.parametrize("backbone", ["builtin", "hf", "hf_bert"])
+def test_frozen_layers_get_no_gradient_and_do_not_move(backbone, llama_dir, bert_dir, tmp_path):
+    """model.freeze_layers: the first layers (and an encoder's own embedding layer) get no gradient
+    and keep their weights through an optimizer step; the layers above and the tied rows train; the
+    forward is that of the unfrozen model; a saved model loads frozen again."""
+    from speechlm.train.build import make_optimizer
+    from speechlm.train.config import TrainConfig
+
+    vocab = toy_vocab(2)
+    kw = backbone_kw(backbone, llama_dir, bert_dir)
+    torch.manual_seed(0)
+    free = SpeechLM(tiny_config("delay", **kw), vocab)
+    torch.manual_seed(0)
+    model = SpeechLM(tiny_config("delay", freeze_layers=1, **kw), vocab)
+    model.load_state_dict(free.state_dict())
+    batch = collate(toy_examples(vocab, 2))
+    with torch.no_grad():
+        assert torch.equal(free.eval()(batch).loss, model.eval()(batch).loss)
+    model.train()
+    body = model.backbone.body if backbone != "builtin" else model.backbone
+    layers = body.layers if backbone in ("builtin", "hf") else body.encoder.layer
+    frozen = list(layers[0].parameters()) + (list(body.embeddings.parameters()) if backbone == "hf_bert" else [])
+    before = [p.detach().clone() for p in frozen]
+    trained = layers[1].parameters()
+    opt = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.0))
+    assert not {id(p) for p in frozen} & {id(p) for g in opt.param_groups for p in g["params"]}
+    model(batch).loss.backward()
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    assert model.embed.weight.grad is not None  # through the tied output head
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before))
+    model.save_pretrained(tmp_path / "m")
+    loaded = SpeechLM.from_pretrained(tmp_path / "m")
+    loaded_layers = (loaded.backbone.body.encoder.layer if backbone == "hf_bert" else
+                     (loaded.backbone.body.layers if backbone == "hf" else loaded.backbone.layers))
+    assert not any(p.requires_grad for p in loaded_layers[0].parameters())
+    assert all(p.requires_grad for p in loaded_layers[1].parameters())
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(freeze_layers=3), "more than the backbone's 2 layers"),
+    (dict(freeze_layers=1, cond_reduction=2), "cond_reduction would never learn"),
+    (dict(freeze_layers=1, tie_embeddings=False), "tie_embeddings: false would never learn"),
+    (dict(freeze_layers=-1), "freeze_layers must be >= 0"),
+])
+def test_frozen_layers_refuse_what_could_not_learn(kw, words):
+    from speechlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        SpeechLM(tiny_config("delay", **kw), toy_vocab(2))

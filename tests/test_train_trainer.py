@@ -190,3 +190,36 @@ def test_token_budget_and_bf16(dumps, tmp_path):
     per_step = tr.tokens / tr.step
     assert tr.tokens - per_step * 1.5 < 2000  # stopped at the first step past the budget
     assert latest_checkpoint(tmp_path / "tok" / "checkpoints").name == f"step_{tr.step:08d}"
+
+
+def test_automatic_threads_take_up_cores_handed_over_mid_run(dumps, tmp_path, caplog):
+    """threads: 0 follows the cores the process may use while it trains (the voice-agent recipe
+    hands the cores of a finished training to the one that goes on, with taskset -p)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores")
+    before, main = torch.get_num_threads(), threading.get_native_id()
+
+    def hand_over():
+        os.sched_setaffinity(main, set(cores))
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        os.sched_setaffinity(0, {cores[0]})
+        tr = _trainer(dumps, tmp_path / "t", threads=0, max_steps=5000, save_every=0, valid_every=0,
+                      log_example_ids=False)
+        assert torch.get_num_threads() == 1
+        threading.Timer(1.0, hand_over).start()
+        with caplog.at_level("INFO", logger="speechlm.train.trainer"):
+            tr.train()
+        assert torch.get_num_threads() == len(cores)
+        assert f"the cores this process may use changed: 1 -> {len(cores)} torch threads" in caplog.text
+    finally:
+        os.sched_setaffinity(0, set(cores))
+        torch.set_num_threads(before)

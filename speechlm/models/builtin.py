@@ -329,6 +329,11 @@ class BuiltinDecoder(nn.Module):
             z = mm_add(z, F.silu(g) * u, w.down[i])
         return rms_unit(z, eps) * w.norm.to(z.dtype)
 
+    def freeze(self, n: int) -> None:
+        """No gradient for the first ``n`` layers."""
+        for layer in self.layers[:n]:
+            layer.requires_grad_(False)
+
     def init_weights(self, std: float = 0.02) -> None:
         for name, p in self.named_parameters():
             if p.dim() == 2:

@@ -52,6 +52,11 @@ class ModelConfig:
     hf_path: str | None = None  # local directory of a transformers causal LM
     hf_text_tokenizer: str | None = None  # vocabulary tokenizer that IS the LLM's tokenizer: copy its rows
     freeze_text_rows: bool = False  # keep the copied text rows fixed (gradients zeroed)
+    # keep the backbone's first N layers (and an hf encoder's own embedding layer) as loaded: no
+    # gradient reaches them or the input embeddings, so the backward pass stops above layer N and a
+    # step costs ~N/n_layers of the backbone's backward less; the joint token rows then learn through
+    # the tied output head only (0 = train every layer). For fine-tuning a pretrained backbone.
+    freeze_layers: int = 0
     # embeddings and heads
     tie_embeddings: bool = True
     # loss weight per stream of audio targets ([] = all 1); text targets (stream 0) keep weight 1
@@ -133,6 +138,15 @@ class ModelConfig:
             elif getattr(self, key) is not None:
                 raise ConfigError(f"model.{key}: only the {' / '.join(owners)} strategy reads it, and the strategy "
                                   f"is {self.strategy!r}: remove the key (or set model.strategy: {owners[0]})")
+        if self.freeze_layers < 0:
+            raise ConfigError(f"model.freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.freeze_layers > 0:
+            below = [k for k, on in (("cond_reduction", self.cond_reduction > 1), ("progress", self.progress),
+                                     ("next_phone", bool(self.next_phone)),
+                                     ("tie_embeddings: false", not self.tie_embeddings)) if on]
+            if below:
+                raise ConfigError(f"model.freeze_layers: no gradient reaches below the first trained layer, so "
+                                  f"{', '.join(below)} would never learn; turn it off or set freeze_layers: 0")
         if self.backbone == "hf" and not self.hf_path:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:

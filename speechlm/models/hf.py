@@ -107,6 +107,22 @@ class HFBackbone(nn.Module):
         else:
             self.body.gradient_checkpointing_disable()
 
+    def freeze(self, n: int) -> None:
+        """No gradient for the first ``n`` layers and every parameter before them (an encoder's own
+        position/type embeddings and their norm)."""
+        layers = next((m for m in self.body.modules() if isinstance(m, nn.ModuleList) and len(m) == self.n_layers),
+                      None)
+        if layers is None:
+            raise ValueError(f"hf backbone {type(self.body).__name__}: no list of its {self.n_layers} layers found "
+                             f"(model.freeze_layers needs one)")
+        first = {id(p) for p in layers[0].parameters()}
+        for p in self.body.parameters():
+            if id(p) in first:
+                break
+            p.requires_grad_(False)
+        for layer in layers[:n]:
+            layer.requires_grad_(False)
+
     def new_cache(self, batch_size: int = 1) -> HFCache:
         return HFCache(self.config)
 

@@ -115,6 +115,11 @@ class SpeechLM(nn.Module):
             self.backbone.init_weights(config.init_std)
         if hasattr(self.backbone, "pretrained_rows") and _backbone_dir is None:
             self._copy_pretrained_rows()
+        if config.freeze_layers:
+            if config.freeze_layers > self.backbone.n_layers:
+                raise ConfigError(f"model.freeze_layers {config.freeze_layers} is more than the backbone's "
+                                  f"{self.backbone.n_layers} layers")
+            self.backbone.freeze(config.freeze_layers)
         # made last, so that a model with the head starts from the same weights as one without
         self.length_head = (
             nn.Sequential(nn.Linear(3 * D, D), nn.GELU(), nn.Linear(D, 1)) if config.length_weight > 0 else None
@@ -217,7 +222,8 @@ class SpeechLM(nn.Module):
             x = x + self.progress(*prep.progress).to(x.dtype)
         if prep.next_phone is not None:
             x = x + self.next_phone(prep.next_phone).to(x.dtype)
-        return self.stacker(x, prep.red) if self.stacker is not None else x
+        x = self.stacker(x, prep.red) if self.stacker is not None else x
+        return x.detach() if self.config.freeze_layers else x  # the frozen layers below need no gradient
 
     @staticmethod
     def attention_mask(prep: Prepared, bidirectional: bool = False) -> torch.Tensor | None:

@@ -79,6 +79,7 @@ class Trainer:
         cfg = self.cfg
         self.env = env = init_distributed(cfg.device, cfg.threads)
         self.W, self.A = env.world_size, cfg.grad_accum
+        self._threads = torch.get_num_threads()
         self._check_resume_options()
         random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
         build.apply_init_source(self.model_config, self.init_from)
@@ -119,6 +120,17 @@ class Trainer:
                  self.amp or "fp32", len(self.train_data),
                  f", {len(self.valid_data)} valid" if self.valid_data else "")
         return self
+
+    def _follow_cores(self) -> None:
+        """Automatic threads follow the cores the process may use (recipes hand a finished
+        neighbour's cores to a training that goes on: egs/voice_agent/speechlm1/run.sh)."""
+        from speechlm.utils.threads import follow_cores
+
+        n = follow_cores(self._threads, self.env.local_world_size)
+        if n != self._threads:
+            log.info("step %d: the cores this process may use changed: %d -> %d torch threads", self.step,
+                     self._threads, n)
+            self._threads = n
 
     def _check_resume_options(self) -> None:
         """Resuming (the run dir has its config.yaml and a checkpoint): compare the options with
@@ -200,6 +212,8 @@ class Trainer:
                     if b.meta["index"] != want:
                         raise RuntimeError(f"data order broken: got global batch {b.meta['index']}, expected {want}")
                 loss = self.train_step(micro, interval)
+                if cfg.threads <= 0 and env.device.type == "cpu":
+                    self._follow_cores()
                 if cfg.log_every and self.step % cfg.log_every == 0:
                     self._log_interval(interval, loss)
                     interval = StepStats()

@@ -59,6 +59,8 @@ read -ra cpus <<< "$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0
 half=$(( ${#cpus[@]} / 2 ))
 join() { local IFS=,; echo "$*"; }
 parser_pid=
+# every process of a tree may use these cores (a training with automatic threads then takes them up)
+widen() { local child; for child in $(pgrep -P "$1"); do widen "${child}" "$2"; done; taskset -a -p -c "$2" "$1" > /dev/null 2>&1 || true; }
 stop_parser() { if [[ -n ${parser_pid} ]]; then pkill -TERM -P "${parser_pid}" || true; kill "${parser_pid}" 2> /dev/null || true; fi; }
 trap stop_parser EXIT
 if (( stop_stage >= 6 && stage <= 9 )); then
@@ -70,6 +72,11 @@ if (( stop_stage >= 6 && stage <= 9 )); then
     taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
     parser_pid=$!
     taskset -c "$(join "${cpus[@]:0:half}")" ./speechlm.sh --stage 8 --stop_stage 8 "${opts[@]}" ${args[@]+"${args[@]}"}
+    # stage 8 is done: the parser, if still training (fp32 CPUs: it takes ~1.4x stage 8), gets every core
+    if kill -0 "${parser_pid}" 2> /dev/null; then
+      echo "run.sh: stage 8 done; local/train_parser.sh goes on on cores $(join "${cpus[@]}")" >&2
+      widen "${parser_pid}" "$(join "${cpus[@]}")"
+    fi
     wait "${parser_pid}" || { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
     parser_pid=
     if (( last >= 9 )); then run_stages 9 9; fi
