@@ -1,4 +1,4 @@
-"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-31 minutes on 2 CPU cores with native bf16, 49 in fp32).
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-31 minutes on 2 CPU cores with native bf16, 45 in fp32).
 
 CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
 of every mode on the clean and noisy held-out sets, the text-parsing modes with the fine-tuned

@@ -48,7 +48,9 @@ class TrainConfig:
     # fp32 | bf16 | fp16 (autocast; fp16 on GPU only, with a loss scaler) | auto = bf16 on a GPU or
     # CPU that has it, else fp16 on a GPU, fp32 on CPU
     precision: str = "fp32"
-    threads: int = 0  # torch threads per process; 0 = cores / processes on this node
+    # torch threads per process; 0 = cores / processes on this node, followed while training (a run
+    # given more cores with taskset -p takes them up)
+    threads: int = 0
     distributed: str = "ddp"  # ddp (also one process) | fsdp (FSDP2 fully_shard) | deepspeed
     deepspeed_config: str | None = None  # JSON file (ZeRO stage etc.) for distributed: deepspeed
     activation_checkpointing: bool = False  # recompute each backbone layer in the backward pass (both backbones)
