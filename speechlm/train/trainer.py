@@ -40,6 +40,7 @@ from speechlm.train.memory import peak_rss_mb
 from speechlm.train.monitor import Monitor
 from speechlm.train.numerics import StepStats, all_reduce_sum, lr_factor, micro_loss_scale, rescale_gradients
 from speechlm.utils.precision import autocast, autocast_dtype
+from speechlm.utils.threads import available_cores, set_threads
 from speechlm.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,6 @@ class Trainer:
         cfg = self.cfg
         self.env = env = init_distributed(cfg.device, cfg.threads)
         self.W, self.A = env.world_size, cfg.grad_accum
-        self._threads = torch.get_num_threads()
         self._check_resume_options()
         random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
         build.apply_init_source(self.model_config, self.init_from)
@@ -124,13 +124,11 @@ class Trainer:
     def _follow_cores(self) -> None:
         """Automatic threads follow the cores the process may use (recipes hand a finished
         neighbour's cores to a training that goes on: egs/voice_agent/speechlm1/run.sh)."""
-        from speechlm.utils.threads import follow_cores
-
-        n = follow_cores(self._threads, self.env.local_world_size)
-        if n != self._threads:
+        n = max(1, available_cores() // self.env.local_world_size)
+        if n != torch.get_num_threads():
             log.info("step %d: the cores this process may use changed: %d -> %d torch threads", self.step,
-                     self._threads, n)
-            self._threads = n
+                     torch.get_num_threads(), n)
+            set_threads(n)
 
     def _check_resume_options(self) -> None:
         """Resuming (the run dir has its config.yaml and a checkpoint): compare the options with

@@ -20,13 +20,3 @@ def set_threads(n: int | None = None, jobs: int = 1) -> int:
     torch.set_num_threads(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     return n
-
-
-def follow_cores(current: int, jobs: int = 1) -> int:
-    """For automatic threads (``threads: 0``) in a long run: when the cores this process may use
-    changed since ``current`` was set (a recipe hands a finished neighbour's cores over with
-    ``taskset -p``), set cores // jobs and return it; else return ``current``."""
-    n = max(1, available_cores() // max(1, jobs))
-    if n != current:
-        set_threads(n)
-    return n
