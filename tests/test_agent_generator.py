@@ -13,8 +13,8 @@ from speechlm.agent.calls import parse_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import read_episodes, success, write_episodes
 from speechlm.agent.generator import DEFAULT_MIX, generate_episodes
-from speechlm.agent.requests import (PHRASING_DIR, TRAINING_ONLY, heldout, load_phrasings, load_values,
-                                     split_phrasings)
+from speechlm.agent.requests import (PHRASING_DIR, SPLITS, TRAINING_ONLY, TRANSITIONS, heldout, load_phrasings,
+                                     load_values, split_phrasings)
 from speechlm.agent.intents import INTENTS, call_to_intent
 from speechlm.agent.calls import Call
 
@@ -54,6 +54,11 @@ def test_load_phrasings_names_a_bad_slot(tmp_path):
         load_phrasings(str(path))
     path.write_text(text.replace("set an alarm for {time}\n", "set an alarm for 7\n", 1))
     with pytest.raises(ValueError, match="numbers spelled out"):
+        load_phrasings(str(path))
+    # a transition's template says exactly the slots the generator fills
+    path.write_text(text.replace("add the next one to my calendar", "add the next one to my {list_name}", 1))
+    with pytest.raises(ValueError, match=r"transport_calendar: .*must say \{place_name\} and \{transport_type\} "
+                                         r"once each, and no other slot"):
         load_phrasings(str(path))
 
 
@@ -172,6 +177,7 @@ def test_pooled_split_holds_out_a_quarter_of_both_authors_templates():
 def test_training_only_authors_add_templates_to_training_and_never_to_test(held_out):
     train, test = split_phrasings("train", held_out), split_phrasings("test", held_out)
     authors = set(load_phrasings("train").all_lines()) | set(load_phrasings("test").all_lines())
+    said_by_a_or_b = {w for n in SPLITS for table in load_phrasings(n).corrections.values() for w in table}
     for name in TRAINING_ONLY:
         extra = load_phrasings(str(PHRASING_DIR / name))
         assert set(extra.intents) == set(INTENTS)
@@ -181,6 +187,15 @@ def test_training_only_authors_add_templates_to_training_and_never_to_test(held_
         assert set(extra.wake_words) <= set(train.wake_words)
         for intent, ts in extra.underspecified.items():
             assert set(ts) <= set(train.underspecified[intent])
+        assert set(extra.transitions) == set(TRANSITIONS)  # more ways to ask for two dependent calls
+        for kind, ts in extra.transitions.items():
+            assert set(ts) <= set(train.transitions[kind]) and not set(ts) & set(test.transitions.get(kind, []))
+        # more words the tools do not know, none of them author A's or B's (so no test one)
+        said = {w for table in extra.corrections.values() for w in table}
+        assert said and not said & said_by_a_or_b
+        for slot, table in extra.corrections.items():
+            assert table.items() <= train.corrections[slot].items()
+            assert not set(table) & set(test.corrections.get(slot, {}))
     assert not set(train.all_lines()) & set(test.all_lines())
     with pytest.raises(ValueError, match="held_out must be one of"):
         split_phrasings("test", "voices")

@@ -294,13 +294,36 @@ def test_frozen_layers_get_no_gradient_and_do_not_move(backbone, llama_dir, bert
     assert all(p.requires_grad for p in loaded_layers[1].parameters())
 
 
+@pytest.mark.parametrize("backbone", ["hf", "hf_bert"])
+def test_hf_layers_keeps_the_first_layers_of_the_pretrained_model(backbone, llama_dir, bert_dir, tmp_path):
+    """model.hf_layers: the body has that many layers, holding the pretrained model's first ones;
+    a saved model loads with them, and more layers than the model has is an error."""
+    vocab = toy_vocab(2)
+    kw = backbone_kw(backbone, llama_dir, bert_dir)
+    full = SpeechLM(tiny_config("delay", **kw), vocab)
+    model = SpeechLM(tiny_config("delay", hf_layers=1, **kw), vocab).eval()
+    layers = lambda m: m.backbone.body.layers if backbone == "hf" else m.backbone.body.encoder.layer
+    assert len(layers(full)) == 2 and len(layers(model)) == 1 and model.backbone.n_layers == 1
+    kept, first = layers(model)[0].state_dict(), layers(full)[0].state_dict()
+    assert kept.keys() == first.keys() and all(torch.equal(kept[k], first[k]) for k in kept)
+    model.save_pretrained(tmp_path / "m")
+    loaded = SpeechLM.from_pretrained(tmp_path / "m").eval()
+    assert len(layers(loaded)) == 1
+    batch = collate(toy_examples(vocab, 2))
+    with torch.no_grad():
+        assert torch.allclose(model(batch).loss, loaded(batch).loss, atol=1e-6)
+    with pytest.raises(ValueError, match="model.hf_layers 3: .* has 2 layers"):
+        SpeechLM(tiny_config("delay", hf_layers=3, **kw), vocab)
+
+
 @pytest.mark.parametrize("kw, words", [
+    (dict(hf_layers=2), "hf_layers: .* backbone 'builtin'"),
     (dict(freeze_layers=3), "more than the backbone's 2 layers"),
     (dict(freeze_layers=1, cond_reduction=2), "cond_reduction would never learn"),
     (dict(freeze_layers=1, tie_embeddings=False), "tie_embeddings: false would never learn"),
     (dict(freeze_layers=-1), "freeze_layers must be >= 0"),
 ])
-def test_frozen_layers_refuse_what_could_not_learn(kw, words):
+def test_bad_layer_options_are_refused(kw, words):
     from speechlm.config import ConfigError
 
     with pytest.raises(ConfigError, match=words):

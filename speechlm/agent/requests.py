@@ -39,6 +39,9 @@ _PHRASING_KEYS = {"style", "wake_words", "wake_rate", "openers", "opener_rate", 
                   "connectors", "intents", "underspecified", "answers", "transitions", "corrections", "casual"}
 _CASUAL_KEYS = {"rate", "fillers", "drop_words", "front_words"}
 TRANSITIONS = ("calendar_alarm", "alarm_remove_first", "transport_calendar")
+# what each transition's templates say: the generator fills exactly these (generator.make_transition)
+TRANSITION_SLOTS = {"calendar_alarm": {"event_name", "offset"}, "alarm_remove_first": set(),
+                    "transport_calendar": {"transport_type", "place_name"}}
 
 
 @dataclass
@@ -169,9 +172,14 @@ def load_phrasings(split_or_path: str) -> Phrasings:
                 raise ValueError(f"{where}: {section}: unknown intent {intent!r}")
             for t in templates:
                 _check_template(f"{where}: {section}", intent, str(t))
-    for name in data.get("transitions") or {}:
+    for name, templates in (data.get("transitions") or {}).items():
         if name not in TRANSITIONS:
             raise ValueError(f"{where}: transitions: unknown transition {name!r}; valid: {', '.join(TRANSITIONS)}")
+        for t in templates:
+            want = sorted(TRANSITION_SLOTS[name])
+            if sorted(PLACEHOLDER.findall(str(t))) != want:
+                need = " and ".join(f"{{{w}}}" for w in want) + " once each, and no other slot" if want else "no slot"
+                raise ValueError(f"{where}: transitions: {name}: {t!r} must say {need}")
     ph = Phrasings(
         path=where, style=str(data.get("style", "")), wake_words=list(data.get("wake_words") or []),
         wake_rate=float(data.get("wake_rate", 0)), openers=list(data.get("openers") or []),
@@ -252,7 +260,7 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
 
 
 def _with_training_authors(ph: Phrasings) -> Phrasings:
-    """``ph`` with the request templates and wrappers of the training-only authors
+    """``ph`` with the request templates, transitions, corrections and wrappers of the training-only authors
     (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of them a test line."""
     def union(mine: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[str, list[str]]:
         return {k: list(dict.fromkeys(mine.get(k, []) + theirs.get(k, []))) for k in dict.fromkeys([*mine, *theirs])}
@@ -261,6 +269,9 @@ def _with_training_authors(ph: Phrasings) -> Phrasings:
         extra = load_phrasings(str(PHRASING_DIR / name))
         ph = replace(ph, path=f"{ph.path} + {extra.path}", intents=union(ph.intents, extra.intents),
                      underspecified=union(ph.underspecified, extra.underspecified),
+                     transitions=union(ph.transitions, extra.transitions),
+                     corrections={k: {**ph.corrections.get(k, {}), **extra.corrections.get(k, {})}
+                                  for k in dict.fromkeys([*ph.corrections, *extra.corrections])},
                      **{k: list(dict.fromkeys(getattr(ph, k) + getattr(extra, k)))
                         for k in ("wake_words", "openers", "closers", "connectors", "answers")})
     return ph

@@ -52,6 +52,9 @@ class ModelConfig:
     hf_path: str | None = None  # local directory of a transformers causal LM
     hf_text_tokenizer: str | None = None  # vocabulary tokenizer that IS the LLM's tokenizer: copy its rows
     freeze_text_rows: bool = False  # keep the copied text rows fixed (gradients zeroed)
+    # keep only the first N layers of the hf model (None: all): a shallower, faster backbone
+    # from a pretrained one, whose top layers are the most specific to its own pretraining task
+    hf_layers: int | None = None
     # keep the backbone's first N layers (and an hf encoder's own embedding layer) as loaded: no
     # gradient reaches them or the input embeddings, so the backward pass stops above layer N and a
     # step costs ~N/n_layers of the backbone's backward less; the joint token rows then learn through
@@ -147,6 +150,9 @@ class ModelConfig:
             if below:
                 raise ConfigError(f"model.freeze_layers: no gradient reaches below the first trained layer, so "
                                   f"{', '.join(below)} would never learn; turn it off or set freeze_layers: 0")
+        if self.hf_layers is not None and (self.backbone != "hf" or self.hf_layers < 1):
+            raise ConfigError(f"model.hf_layers: the number of the hf backbone's layers to keep (>= 1), got "
+                              f"{self.hf_layers} with backbone {self.backbone!r} (the builtin one has n_layers)")
         if self.backbone == "hf" and not self.hf_path:
             raise ConfigError("model.hf_path: the hf backbone needs the local directory of a causal LM")
         if self.ctc_weight > 0 and not self.ctc_tokenizer:

@@ -55,9 +55,10 @@ class HFBackbone(nn.Module):
     Args:
         path: local directory with ``config.json`` (+ weights when ``pretrained``).
         pretrained: load weights (True) or build from the config only (weights come later).
+        layers: keep the first ``layers`` layers only (None: all).
     """
 
-    def __init__(self, path: str, pretrained: bool = True) -> None:
+    def __init__(self, path: str, pretrained: bool = True, layers: int | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -67,6 +68,13 @@ class HFBackbone(nn.Module):
         cfg = AutoConfig.from_pretrained(p, local_files_only=True)
         if getattr(cfg, "is_decoder", None) is False:
             cfg.is_decoder = True  # an encoder read left to right; decoder-only configs ignore the flag
+        if layers is not None and layers != cfg.num_hidden_layers:
+            if layers > cfg.num_hidden_layers:
+                raise ValueError(f"model.hf_layers {layers}: {p} has {cfg.num_hidden_layers} layers")
+            log.info("hf backbone: the first %d of the %d layers of %s", layers, cfg.num_hidden_layers, p)
+            cfg.num_hidden_layers = layers  # the weights of the layers above are not loaded
+            if getattr(cfg, "layer_types", None):
+                cfg.layer_types = cfg.layer_types[:layers]
         if pretrained:
             lm = AutoModelForCausalLM.from_pretrained(p, config=cfg, attn_implementation="sdpa", dtype=torch.float32,
                                                       local_files_only=True)

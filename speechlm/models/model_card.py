@@ -111,7 +111,8 @@ def model_description(model_dir: Path) -> str:
     from speechlm.vocab import Vocabulary
 
     c = read_config(model_dir)
-    body = f"{c.n_layers} layers, dim {c.dim}" if c.backbone == "builtin" else (c.hf_path or "hf")
+    body = (f"{c.n_layers} layers, dim {c.dim}" if c.backbone == "builtin" else
+            (c.hf_path or "hf") + (f", its first {c.hf_layers} layers" if c.hf_layers else ""))
     n = len(Vocabulary.load(model_dir / VOCAB))
     return f"`{c.strategy}` stream strategy, {c.backbone} backbone ({body}), {c.n_streams} streams, {n} tokens"
 

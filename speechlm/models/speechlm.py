@@ -87,7 +87,8 @@ class SpeechLM(nn.Module):
             )
         else:
             path = _backbone_dir or config.hf_path
-            self.backbone = BACKBONES.get(config.backbone)(path, pretrained=_backbone_dir is None)
+            self.backbone = BACKBONES.get(config.backbone)(path, pretrained=_backbone_dir is None,
+                                                           layers=config.hf_layers)
         D = self.backbone.dim
         self.embed = StreamEmbedding(V, D, vocab.pad_id)
         self.head = OutputHead(D, V, stream_ids_from_vocab(vocab, S2), self.embed.weight if config.tie_embeddings else None)
