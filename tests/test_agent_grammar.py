@@ -79,6 +79,31 @@ def test_the_rule_walks_valid_turns_and_refuses_invalid_ones(loop):
     assert refused_at(d.call_follower(False), ids(loop, "sayit")) == 3
 
 
+def test_a_slot_the_user_named_takes_one_of_those_names(loop):
+    """typed_values: where the request names a place and a kind of business the home knows, those
+    slots take those names (not another span of the request); other slots stay spans of it."""
+    request = "where can i find a pub in london"
+    texts, typed = [request], {"business_type": ["pub"], "place_name": ["london"]}
+    d = loop.decoder
+    head = "call recommend action = locations ; "
+    for call in (head + "business_type = pub ; place_name = london", head + "place_name = london"):
+        f = d.call_follower(False, texts, typed=typed)
+        assert refused_at(f, ids(loop, call)) == -1 and f.may_end(), call
+    for call, where in ((head + "business_type = london", head + "business_type = "),
+                        (head + "place_name = a pub", head + "place_name = ")):
+        assert refused_at(d.call_follower(False, texts, typed=typed), ids(loop, call)) == len(ids(loop, where)), call
+        assert refused_at(d.call_follower(False, texts), ids(loop, call)) == -1, call  # untyped: any span
+    # the loop finds the names in what the user said (the episode's catalogue) and hands them on
+    typed_loop = AgentLoop(loop.pipe, LoopConfig(mode="text"))
+    run = typed_loop.start(Episode(id="t1", turns=[{"text": request}]))
+    typed_loop.prepare([run])
+    assert typed_loop.named(run) == typed
+    (f,) = typed_loop.followers([run])
+    assert set(f.span_sets) == {None, "business_type", "place_name"}
+    (f,) = AgentLoop(loop.pipe, LoopConfig(mode="text", typed_values=False)).followers([run])
+    assert set(f.span_sets) == {None}
+
+
 def test_a_monologue_heard_by_the_asr_task_is_forced(loop):
     d = loop.decoder
     heard = d.grammar(True).heard_tokens("turn on the light")
@@ -142,6 +167,9 @@ def test_the_run_command_passes_the_rule_and_the_whisper_prompt_to_every_job():
     off = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--no-valid-calls", "--nj", "2"])
     assert _loop_config(on).valid_calls and not _loop_config(off).valid_calls
     assert "--no-valid-calls" in _child_command(off, 1, 1) and "--no-valid-calls" not in _child_command(on, 1, 1)
+    untyped = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--no-typed-values"])
+    assert _loop_config(on).typed_values and not _loop_config(untyped).typed_values
+    assert "--no-typed-values" in _child_command(untyped, 1, 1) and "--no-typed-values" not in _child_command(on, 1, 1)
     bare = p.parse_args(["--model-dir", "m", "--episodes", "e", "--out-dir", "o", "--whisper-prompt", ""])
     assert _loop_config(bare).whisper_prompt == "" and _loop_config(on).whisper_prompt
     cmd = _child_command(bare, 1, 1)

@@ -14,7 +14,10 @@ while it decodes (a :class:`~speechlm.infer.follow.Follower`):
   one of them, word pieces in their order (no ``yo yo yo ...``, no enum word of another tool);
   for a time, a date or a number (:data:`~speechlm.agent.ground.CLOSED_ARGS`, composed of words
   from here and there: ``half an hour before ten am``) any tokens of ``spans`` and ``closed``, at
-  most ``max_value`` of them (no longer than the longest text); at least one token, then `` ; ``
+  most ``max_value`` of them (no longer than the longest text); with ``typed`` (the loop's
+  ``typed_values``: the names of the home the user said, by slot, :mod:`speechlm.agent.known`) a
+  value of a slot the user named something of is a span of those names (``where can i find a pub
+  in london``: ``business_type`` is ``pub``, never ``london``); at least one token, then `` ; ``
   and the next argument, or the end;
 - an inner monologue: any words, then ``|`` and a turn (it may not end before); with ``heard``
   (the loop's ``hear: asr``) exactly those tokens, the words the model's ASR task heard;
@@ -106,14 +109,16 @@ class CallGrammar:
                         trie.add(after(f"{arg} =", f" {value} ;"), ("next",))  # up to the next argument
 
     def follower(self, spans: list[list[int]] | None = None, closed: Iterable[int] = (), max_value: int | None = None,
-                 answers: Node | None = None, heard: list[int] | None = None) -> "CallFollower":
+                 answers: Node | None = None, heard: list[int] | None = None,
+                 typed: dict[str, list[list[int]]] | None = None) -> "CallFollower":
         """A fresh rule for one row. ``spans``: token sequences (:meth:`value_tokens`) a free value
         is a span of, or, for an argument of ``CLOSED_ARGS``, holds any tokens of, with ``closed``
         too, at most ``max_value`` of them (None: values are free); ``answers``: the only answers
         it may give (:meth:`answer_trie`; None: any words); ``heard``: the row's inner monologue,
-        as :meth:`heard_tokens` spells it (None: the model writes its own)."""
+        as :meth:`heard_tokens` spells it (None: the model writes its own); ``typed``: argument
+        name -> the token sequences its value is a span of instead (with ``spans`` only)."""
         bag = None if spans is None else sorted({t for seq in spans for t in seq} | set(closed))
-        return CallFollower(self, spans, bag, max_value, answers, heard)
+        return CallFollower(self, spans, bag, max_value, answers, heard, typed)
 
     def heard_tokens(self, words: str) -> list[int]:
         """The tokens of an inner monologue ``user <words> |`` as a turn's target starts with it."""
@@ -154,14 +159,14 @@ class CallFollower(Follower):
     """One row's walk through a :class:`CallGrammar` (see the module docstring)."""
 
     def __init__(self, grammar: CallGrammar, spans: list[list[int]] | None = None, bag: list[int] | None = None,
-                 max_value: int | None = None, answers: Node | None = None, heard: list[int] | None = None) -> None:
+                 max_value: int | None = None, answers: Node | None = None, heard: list[int] | None = None,
+                 typed: dict[str, list[list[int]]] | None = None) -> None:
         self.grammar, self.spans, self.bag, self.max_value, self.answers = grammar, spans, bag, max_value, answers
         self.heard, self.n_heard = heard, 0
-        self.starts: dict[int, list[tuple[int, int]]] = {}  # token -> where it occurs in spans
-        for i, seq in enumerate(spans or ()):
-            for p, t in enumerate(seq):
-                if t not in grammar.reserved:
-                    self.starts.setdefault(t, []).append((i, p))
+        # argument -> (the sequences its value is a span of, token -> where it occurs in them); None: any argument's
+        self.span_sets = {arg: (seqs, self._starts(seqs)) for arg, seqs in (typed or {}).items() if seqs}
+        self.span_sets[None] = (spans, self._starts(spans or ()))
+        self.starts = self.span_sets[None][1]  # those of the current value
         self.in_span = False  # the current value is a span of ``spans`` (else: of the bag, or free)
         self.at: list[tuple[int, int]] = []  # where the current value's last token is in spans
         # heard (forced) | head | args | enum | value | free (an answer) | answer (one of answers) | monologue |
@@ -177,6 +182,14 @@ class CallFollower(Follower):
         out = copy.copy(self)
         out.used = set(self.used)
         return out
+
+    def _starts(self, seqs: Iterable[list[int]]) -> dict[int, list[tuple[int, int]]]:
+        starts: dict[int, list[tuple[int, int]]] = {}
+        for i, seq in enumerate(seqs):
+            for p, t in enumerate(seq):
+                if t not in self.grammar.reserved:
+                    starts.setdefault(t, []).append((i, p))
+        return starts
 
     def applies(self, tokenizer: str, stream: int) -> bool:
         return tokenizer == self.grammar.tokenizer and stream == 0
@@ -260,7 +273,9 @@ class CallFollower(Follower):
         elif tag[0] == "arg":
             _, self.tool, arg = tag
             self.used.add(arg)
-            self.in_span = self.spans is not None and arg not in CLOSED_ARGS
+            self.in_span = self.span_sets[None][0] is not None and arg not in CLOSED_ARGS
+            if self.in_span:
+                self.spans, self.starts = self.span_sets.get(arg, self.span_sets[None])
             trie = g.enums.get((self.tool, arg))
             self.phase, self.node, self.n_value = ("enum", trie, 0) if trie is not None else ("value", None, 0)
 

@@ -64,20 +64,25 @@ def catalogue(state: dict) -> dict[tuple[str, ...], list[str]]:
     return out
 
 
-def known_names(text: str, table: dict[tuple[str, ...], list[str]]) -> str:
-    """The names of ``table`` (:func:`catalogue`) said in ``text``, as ``slot = name ; ...`` in
-    order of appearance (the longest name where names overlap), or ``none`` (as an empty history
-    reads)."""
+def known_pairs(text: str, table: dict[tuple[str, ...], list[str]]) -> list[tuple[str, str]]:
+    """``(slot, name)`` for each name of ``table`` (:func:`catalogue`) said in ``text``, in order of
+    appearance (the longest name where names overlap)."""
     words = text.lower().split()
-    parts: list[str] = []
+    pairs: list[tuple[str, str]] = []
     i = 0
     while i < len(words):
         for n in range(min(MAX_WORDS, len(words) - i), 0, -1):
             span = tuple(words[i:i + n])
             if span in table:
-                parts += [f"{slot} = {' '.join(span)}" for slot in table[span]]
+                pairs += [(slot, " ".join(span)) for slot in table[span]]
                 i += n
                 break
         else:
             i += 1
-    return " ; ".join(parts) if parts else EMPTY_HISTORY
+    return pairs
+
+
+def known_names(text: str, table: dict[tuple[str, ...], list[str]]) -> str:
+    """:func:`known_pairs` as ``slot = name ; ...``, or ``none`` (as an empty history reads)."""
+    pairs = known_pairs(text, table)
+    return " ; ".join(f"{slot} = {name}" for slot, name in pairs) if pairs else EMPTY_HISTORY

@@ -49,7 +49,7 @@ from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, fo
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
-from speechlm.agent.known import catalogue, known_names
+from speechlm.agent.known import catalogue, known_names, known_pairs
 from speechlm.agent.tools import ToolError, get_tool, validate_args
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class LoopConfig:
     retry_temperature: float = 0.7
     valid_calls: bool = True  # decode only calls the tools accept, or answers (speechlm.agent.grammar)
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
+    # cascades, with copy_values: a slot whose kind of name (a place, a room, a station...) the user
+    # said a name of the home's of takes one of those names (speechlm.agent.grammar)
+    typed_values: bool = True
     valid_answers: bool = True  # with valid_calls: an answer restates the tools' results (speechlm.agent.answers)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     # e2e with an inner monologue: who writes the words heard. asr: the model's own asr task with its
@@ -291,19 +294,21 @@ class Decoder:
         return SpanFollower(self.tokenizer, self.marks("="), self.marks(";"), self.value_ids(texts)[0])
 
     def call_follower(self, monologue: bool, texts: Optional[list[str]] = None, answers: Optional[list[str]] = None,
-                      heard: Optional[list[int]] = None):
+                      heard: Optional[list[int]] = None, typed: Optional[dict[str, list[str]]] = None):
         """A rule that lets a turn be only a call the tools accept, or an answer
         (:mod:`speechlm.agent.grammar`); with ``texts`` a free value is a span of one of them (a
         time, a date or a number: any of their tokens and the closed words, no longer than the
-        longest text); ``answers``: the only answers it may give (None: any words); ``heard``: the
-        inner monologue's tokens (None: the model's own)."""
+        longest text), and a value of an argument of ``typed`` a span of its names there;
+        ``answers``: the only answers it may give (None: any words); ``heard``: the inner
+        monologue's tokens (None: the model's own)."""
         grammar = self.grammar(monologue)
         trie = None if answers is None else grammar.answer_trie(answers)
         if texts is None:
             return grammar.follower(answers=trie, heard=heard)
         spans = [grammar.value_tokens(t) for t in texts]
         longest = max((len(s) for s in spans), default=0)
-        return grammar.follower(spans, self.closed_ids(), max(longest, MIN_VALUE_TOKENS), trie, heard)
+        typed_spans = {arg: [grammar.value_tokens(n) for n in names] for arg, names in (typed or {}).items()}
+        return grammar.follower(spans, self.closed_ids(), max(longest, MIN_VALUE_TOKENS), trie, heard, typed_spans)
 
     def grammar(self, monologue: bool):
         """The :class:`~speechlm.agent.grammar.CallGrammar` of this tokenizer (built once)."""
@@ -401,8 +406,7 @@ class AgentLoop:
             if seg is request:
                 out[seg.name] = run.transcripts[run.user]
             elif seg.source == "known":  # as the data dir has it: the names of the episode's initial state
-                if "names" not in run.cache:
-                    run.cache["names"] = catalogue(make_env(self.cfg.env, run.ep.initial_state).state)
+                self.named(run)  # the catalogue, once
                 out[seg.name] = known_names(run.transcripts[run.user], run.cache["names"])
             else:
                 out[seg.name] = hist
@@ -559,8 +563,19 @@ class AgentLoop:
                            PrefixFollower(self.decoder.tokenizer, heard_run or []))
                 continue
             answers = self.answer_options(run) if self.valid_answers else None
+            typed = self.named(run) if self.copy_values and self.cfg.typed_values else None
             out.append(self.decoder.call_follower(self.monologue, texts if self.copy_values else None, answers,
-                                                  heard_run))
+                                                  heard_run, typed))
+        return out
+
+    def named(self, run: EpisodeRun) -> dict[str, list[str]]:
+        """Slot -> the names of the home (its catalogue, :mod:`speechlm.agent.known`) the user said so far."""
+        if "names" not in run.cache:
+            run.cache["names"] = catalogue(make_env(self.cfg.env, run.ep.initial_state).state)
+        out: dict[str, list[str]] = {}
+        for said in self.said_seen(run)[0]:
+            for slot, name in known_pairs(said, run.cache["names"]):
+                out.setdefault(slot, []).append(name)
         return out
 
     def retry_config(self, step: int):

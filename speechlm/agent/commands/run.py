@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-copy-values", action="store_true",
                    help="cascades: let a call's values hold any word (default: only words the user said, a tool "
                         "returned, numbers, days and the tools' enum values)")
+    p.add_argument("--no-typed-values", action="store_true",
+                   help="cascades: a value need not be one of the names of its kind the user said (default: a "
+                        "slot whose kind of name - a place, a room, a station - the user said one of the home's "
+                        "of takes one of those)")
     p.add_argument("--free-answers", action="store_true",
                    help="let an answer hold any words (default, with valid calls: it restates the results of the "
                         "request's calls, any of them in order, tells an error ('sorry, ...'), asks back, or is 'done')")
@@ -73,7 +77,7 @@ def _loop_config(args: argparse.Namespace):
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
-                      valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
+                      typed_values=not args.no_typed_values, valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
@@ -87,7 +91,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
                  "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    for flag in ("no_retry", "no_valid_calls", "no_copy_values", "free_answers", "ttft", "speak"):
+    for flag in ("no_retry", "no_valid_calls", "no_copy_values", "no_typed_values", "free_answers", "ttft", "speak"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     return cmd
