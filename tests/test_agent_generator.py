@@ -13,8 +13,8 @@ from speechlm.agent.calls import parse_turn
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import read_episodes, success, write_episodes
 from speechlm.agent.generator import DEFAULT_MIX, generate_episodes
-from speechlm.agent.requests import (PHRASING_DIR, SPLITS, TRAINING_ONLY, TRANSITIONS, heldout, load_phrasings,
-                                     load_values, split_phrasings)
+from speechlm.agent.requests import (HELD_OUT, PHRASING_DIR, SPLITS, TRAINING_ONLY, TRANSITIONS, heldout,
+                                     load_phrasings, load_values, split_phrasings)
 from speechlm.agent.intents import INTENTS, call_to_intent
 from speechlm.agent.calls import Call
 
@@ -228,6 +228,10 @@ def test_test_split_uses_held_out_phrasings_and_values(train_eps, test_eps):
     leaks |= {(k, v) for e in train_eps + train_more for c in e.expected_calls for k, v in c["args"].items()
               if k in closed and heldout(v)}
     assert not leaks
+    # nor does a correction lead training to one (author B's `lime` -> green)
+    for held_out in HELD_OUT:
+        meant = {m for table in split_phrasings("train", held_out).corrections.values() for m in table.values()}
+        assert meant and not {m for m in meant if heldout(m)}
 
 
 def test_episodes_round_trip(tmp_path, train_eps):

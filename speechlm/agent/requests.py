@@ -265,6 +265,9 @@ def _with_training_authors(ph: Phrasings) -> Phrasings:
     def union(mine: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[str, list[str]]:
         return {k: list(dict.fromkeys(mine.get(k, []) + theirs.get(k, []))) for k in dict.fromkeys([*mine, *theirs])}
 
+    # a correction to a held-out value (author B's `lime: green`) would train on that value
+    ph = replace(ph, corrections={slot: kept for slot, table in ph.corrections.items()
+                                  if (kept := {said: meant for said, meant in table.items() if not heldout(meant)})})
     for name in TRAINING_ONLY:
         extra = load_phrasings(str(PHRASING_DIR / name))
         ph = replace(ph, path=f"{ph.path} + {extra.path}", intents=union(ph.intents, extra.intents),
