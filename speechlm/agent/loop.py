@@ -77,8 +77,8 @@ class LoopConfig:
     retry_temperature: float = 0.7
     valid_calls: bool = True  # decode only calls the tools accept, or answers (speechlm.agent.grammar)
     copy_values: bool = True  # cascades: values hold only words said, returned by tools, or closed_words
-    # cascades, with copy_values: a slot whose kind of name (a place, a room, a station...) the user
-    # said a name of the home's of takes one of those names (speechlm.agent.grammar)
+    # cascades, with copy_values: where the user said names the home knows (a place, a room, a
+    # station...), a slot of that kind takes one of them (speechlm.agent.grammar)
     typed_values: bool = True
     valid_answers: bool = True  # with valid_calls: an answer restates the tools' results (speechlm.agent.answers)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
@@ -406,8 +406,7 @@ class AgentLoop:
             if seg is request:
                 out[seg.name] = run.transcripts[run.user]
             elif seg.source == "known":  # as the data dir has it: the names of the episode's initial state
-                self.named(run)  # the catalogue, once
-                out[seg.name] = known_names(run.transcripts[run.user], run.cache["names"])
+                out[seg.name] = known_names(run.transcripts[run.user], self.catalogue(run))
             else:
                 out[seg.name] = hist
         return out
@@ -568,13 +567,17 @@ class AgentLoop:
                                                   heard_run, typed))
         return out
 
-    def named(self, run: EpisodeRun) -> dict[str, list[str]]:
-        """Slot -> the names of the home (its catalogue, :mod:`speechlm.agent.known`) the user said so far."""
+    def catalogue(self, run: EpisodeRun) -> dict:
+        """The names of ``run``'s home (:func:`speechlm.agent.known.catalogue` of its initial state), once."""
         if "names" not in run.cache:
             run.cache["names"] = catalogue(make_env(self.cfg.env, run.ep.initial_state).state)
+        return run.cache["names"]
+
+    def named(self, run: EpisodeRun) -> dict[str, list[str]]:
+        """Slot -> the names of the home the user said so far."""
         out: dict[str, list[str]] = {}
         for said in self.said_seen(run)[0]:
-            for slot, name in known_pairs(said, run.cache["names"]):
+            for slot, name in known_pairs(said, self.catalogue(run)):
                 out.setdefault(slot, []).append(name)
         return out
 

@@ -260,8 +260,9 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
 
 
 def _with_training_authors(ph: Phrasings) -> Phrasings:
-    """``ph`` with the request templates, transitions, corrections and wrappers of the training-only authors
-    (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of them a test line."""
+    """``ph`` with the request templates, transitions, corrections and wrappers of the training-only
+    authors (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of them a test
+    line; and without corrections that lead to a held-out value."""
     def union(mine: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[str, list[str]]:
         return {k: list(dict.fromkeys(mine.get(k, []) + theirs.get(k, []))) for k in dict.fromkeys([*mine, *theirs])}
 
