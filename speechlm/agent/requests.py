@@ -230,7 +230,7 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
     test = split == "test"
     if held_out == "author":
         ph = load_phrasings(split)
-        return ph if test else _with_training_authors(ph)
+        return ph if test else _for_training(ph)
     a, b = load_phrasings("train"), load_phrasings("test")
 
     def lists(name: str) -> list[str]:
@@ -256,13 +256,14 @@ def split_phrasings(split: str, held_out: str = "templates") -> Phrasings:
         intents=per_key("intents"), underspecified=per_key("underspecified"), answers=lists("answers"),
         transitions=per_key("transitions"), corrections=corrections,
         casual=None if test else a.casual)
-    return pooled if test else _with_training_authors(pooled)
+    return pooled if test else _for_training(pooled)
 
 
-def _with_training_authors(ph: Phrasings) -> Phrasings:
-    """``ph`` with the request templates, transitions, corrections and wrappers of the training-only
-    authors (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of them a test
-    line; and without corrections that lead to a held-out value."""
+def _for_training(ph: Phrasings) -> Phrasings:
+    """The training split's phrasings from ``ph``: without corrections that lead to a held-out
+    value, and with the request templates, transitions, corrections and wrappers of the
+    training-only authors (:data:`TRAINING_ONLY`) added: more ways of asking to learn from, none of
+    them a test line."""
     def union(mine: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[str, list[str]]:
         return {k: list(dict.fromkeys(mine.get(k, []) + theirs.get(k, []))) for k in dict.fromkeys([*mine, *theirs])}
 

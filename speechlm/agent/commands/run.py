@@ -77,7 +77,8 @@ def _loop_config(args: argparse.Namespace):
     return LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=args.batch_size, max_len=args.max_len,
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
-                      typed_values=not args.no_typed_values, valid_answers=not args.free_answers, ground=args.ground, hear=args.hear,
+                      typed_values=not args.no_typed_values, valid_answers=not args.free_answers,
+                      ground=args.ground, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
