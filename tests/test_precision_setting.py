@@ -58,3 +58,16 @@ def test_decode_precision_is_validated_and_used():
     seen.clear()
     generate(model, prompts, DecodeConfig(max_len=3, precision="bf16"))
     assert set(seen) == {torch.bfloat16}
+
+
+def test_env_overrides_the_cpus_bf16_detection_for_auto(monkeypatch):
+    from speechlm.utils.precision import autocast_dtype
+
+    monkeypatch.setenv("SPEECHLM_CPU_BF16", "0")
+    assert autocast_dtype("auto", "cpu") is None  # as on a CPU without native bf16
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16  # an explicit precision is kept
+    monkeypatch.setenv("SPEECHLM_CPU_BF16", "1")
+    assert autocast_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setenv("SPEECHLM_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="SPEECHLM_CPU_BF16 is 0 or 1, got 'yes'"):
+        autocast_dtype("auto", "cpu")

@@ -3,11 +3,13 @@
 
 ``fp32`` runs as is; ``bf16`` / ``fp16`` run the forward pass under ``torch.autocast`` with that
 dtype; ``auto`` picks bf16 on a GPU that has it (else fp16) and on a CPU with native bf16
-(avx512_bf16 / AMX), else fp32.
+(avx512_bf16 / AMX), else fp32. ``SPEECHLM_CPU_BF16=0`` (or ``1``) overrides that detection for
+``auto``: a whole recipe then runs as on a CPU without (or with) native bf16.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 
 import torch
@@ -16,7 +18,13 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 matmul (avx512_bf16 or AMX)."""
+    """True where the CPU has native bf16 matmul (avx512_bf16 or AMX); env ``SPEECHLM_CPU_BF16``
+    (``0``/``1``) overrides the detection."""
+    forced = os.environ.get("SPEECHLM_CPU_BF16", "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"SPEECHLM_CPU_BF16 is 0 or 1, got {forced!r}")
+        return forced == "1"
     if platform.system() != "Linux":
         return False
     try:

