@@ -174,6 +174,17 @@ class TaskData:
             raise RuntimeError(f"{self.spec.key}: cannot read {segment!r} of {self.ids[row].decode()!r} "
                                f"from {self.archives[segment].scp}: {e}") from e
 
+    def text_ids(self) -> set[int]:
+        """Global ids of every token the kept examples' one-stream (text) segments hold."""
+        out: set[int] = set()
+        for seg in self.template.segments:
+            if seg.name not in self.archives or self.vocab.n_streams(seg.tokenizer) != 1:
+                continue
+            start = self.vocab.offset(seg.tokenizer)
+            for row in self.rows:
+                out.update((self.tokens(int(row), seg.name).reshape(-1).astype(np.int64) + start).tolist())
+        return out
+
     def example(self, i: int, epoch: int = 0, segments_of: dict[str, int] | None = None) -> Example:
         """Build the training sequence of kept example ``i`` in its ``epoch``-th use.
 
@@ -238,6 +249,10 @@ class MultiTaskData:
 
     def lengths(self) -> list[np.ndarray]:
         return [e.seq_lengths() for e in self.entries]
+
+    def text_ids(self) -> list[int]:
+        """Sorted global ids of every text token the entries' examples hold."""
+        return sorted(set().union(*(e.text_ids() for e in self.entries)))
 
     def example(self, entry: int, draw: int) -> Example:
         """Example ``draw % len`` of ``entry`` in epoch ``draw // len`` (sampler keys are draws)."""

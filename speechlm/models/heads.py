@@ -101,8 +101,34 @@ class OutputHead(nn.Module):
         self.register_buffer("sp_ids", special_ids.clone(), persistent=False)
         self.register_buffer("sp_rank", rank, persistent=False)
 
+    def train_columns(self, ids: torch.Tensor) -> tuple[int, int]:
+        """In training only, each stream-0 group's logits span just the ids of ``ids`` in its range
+        (the tokens the training data holds: a pretrained tokenizer's 30k pieces are mostly unused,
+        and their softmax is a third of a small model's step); a group ``ids`` misses (audio) keeps
+        its range. Returns the columns kept and the groups' columns."""
+        if not hasattr(self, "g0_bounds"):
+            raise ValueError("softmax: seen needs the stream-0 groups (model.stream0_full_vocab: false)")
+        kept = total = 0
+        ids = ids.to(self.g0_bounds.device).unique()
+        for g, (a, b) in enumerate(self.g0_bounds.tolist()):
+            cols = ids[(ids >= a) & (ids < b)]
+            if 0 < len(cols) < b - a:
+                self.register_buffer(f"g0_cols_{g}", cols, persistent=False)
+            kept, total = kept + (len(cols) or b - a), total + b - a
+        return kept, total
+
     def group_logits(self, h: torch.Tensor, y: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stream-0 logits over group ``g``'s range and the specials, and the targets' columns."""
+        """Stream-0 logits over group ``g``'s range (or its :meth:`train_columns`) and the specials,
+        and the targets' columns."""
+        cols = getattr(self, f"g0_cols_{g}", None) if self.training else None
+        if cols is not None:
+            logits = torch.cat([h @ self.weight.index_select(0, cols).to(h.dtype).t(),
+                                h @ self._specials().to(h.dtype).t()], -1)
+            at = torch.searchsorted(cols, y).clamp(max=len(cols) - 1)
+            inside = cols[at] == y
+            local = torch.where(inside, at, len(cols) + self.sp_rank[y])
+            local = torch.where(inside | (self.sp_rank[y] >= 0), local, torch.full_like(local, -1))
+            return logits, local
         a, b = (int(v) for v in self.g0_bounds[g])
         logits = torch.cat([h @ self._span(a, b).to(h.dtype).t(), h @ self._specials().to(h.dtype).t()], -1)
         inside = (y >= a) & (y < b)

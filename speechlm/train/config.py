@@ -54,6 +54,10 @@ class TrainConfig:
     distributed: str = "ddp"  # ddp (also one process) | fsdp (FSDP2 fully_shard) | deepspeed
     deepspeed_config: str | None = None  # JSON file (ZeRO stage etc.) for distributed: deepspeed
     activation_checkpointing: bool = False  # recompute each backbone layer in the backward pass (both backbones)
+    # the text softmax of training: all (every column of the target's tokenizer) | seen (only the
+    # tokens the training data holds: a pretrained tokenizer's unused pieces cost no time; decoding
+    # and validation keep every column)
+    softmax: str = "all"
     # --- validation, checkpoints, logging ---
     valid_every: int = 500  # steps; 0 = only at the end
     valid_batch_tokens: int | None = None  # default: batch_tokens
@@ -84,6 +88,7 @@ class TrainConfig:
         choice("distributed", DISTRIBUTED)
         choice("schedule", SCHEDULES)
         choice("device", DEVICES)
+        choice("softmax", ("all", "seen"))
         if self.max_steps is None and self.max_train_tokens is None:
             raise ConfigError(f"{where}: set max_steps or max_train_tokens (a budget is required)")
         for key in ("batch_tokens", "grad_accum", "pool_size", "log_every"):

@@ -92,6 +92,9 @@ class Trainer:
             build.enable_activation_checkpointing(self.model)
         torch.manual_seed(cfg.seed + env.rank)  # dropout differs per rank, the init did not
         self._setup_data()
+        if cfg.softmax == "seen":
+            kept, total = self.model.head.train_columns(torch.tensor(self.train_data.text_ids(), dtype=torch.int64))
+            log.info("softmax: seen: training's stream-0 logits span %d of their %d columns", kept, total)
         tasks = {e.spec.task for e in self.train_data.entries}
         unknown = [t for t in self.model_config.ctc_tasks if t not in tasks]
         if unknown:
