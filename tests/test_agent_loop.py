@@ -133,6 +133,18 @@ def test_cascade_modes_transcribe_then_parse(untrained_dir, episodes_file, tmp_p
     assert p["mode"] == "cascade" and len(p["transcripts"]) == 1 and p["timings"]["asr"] > 0
 
 
+def test_cascade_transcripts_snap_misheard_names_of_the_home(untrained_dir, episodes_file, tmp_path):
+    pipe = speechlm.load(untrained_dir)
+    ep = read_episodes(episodes_file)[0]
+    ep.turns = [{**ep.turns[0], "text": "turn off the kitchin lights"}]  # as a recognizer may spell it
+    common = dict(mode="text", max_len=5, retry=False, valid_calls=False)
+    for snap, heard in ((0.85, "turn off the kitchen lights"), (0.0, "turn off the kitchin lights")):
+        run_agent(pipe, [ep], tmp_path / str(snap), LoopConfig(snap_names=snap, **common), episodes_file.parent)
+        assert json.loads((tmp_path / str(snap) / "predictions.jsonl").read_text())["transcripts"] == [heard]
+    with pytest.raises(ValueError, match="snap_names is a similarity in"):
+        LoopConfig(snap_names=85).validate()
+
+
 def test_cascade_whisper_hears_the_request(untrained_dir, episodes_file, tmp_path):
     from speechlm.eval.recognizers import bundled_whisper_dir_or_none
 

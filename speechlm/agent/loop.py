@@ -49,7 +49,7 @@ from speechlm.agent.calls import (TURN_SEP, USER_PREFIX, Call, format_result, fo
                                   parse_turn, render_history)
 from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
-from speechlm.agent.known import catalogue, known_names, known_pairs
+from speechlm.agent.known import catalogue, known_names, known_pairs, snap_names
 from speechlm.agent.tools import ToolError, get_tool, validate_args
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class LoopConfig:
     typed_values: bool = True
     valid_answers: bool = True  # with valid_calls: an answer restates the tools' results (speechlm.agent.answers)
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
+    # cascades: heard words this close in spelling to a name of the home become that name (0: off;
+    # speechlm.agent.known.snap_names)
+    snap_names: float = 0.0
     # e2e with an inner monologue: who writes the words heard. asr: the model's own asr task with its
     # decode config (joint CTC/attention beam in the recipe), forced as the monologue; monologue: the
     # dialogue task's free-running words; auto: asr where the model has that task (recipe README, run Z)
@@ -102,6 +105,8 @@ class LoopConfig:
             raise ValueError("agent: max_turns, batch_size and max_len must be >= 1")
         if not 0 <= self.ground <= 1:
             raise ValueError(f"agent: ground is a character distance in [0, 1], got {self.ground}")
+        if not 0 <= self.snap_names <= 1:
+            raise ValueError(f"agent: snap_names is a similarity in [0, 1], got {self.snap_names}")
         if self.hear not in HEAR:
             raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
@@ -418,7 +423,7 @@ class AgentLoop:
             return
         if self.cfg.mode == "text":
             for r in todo:
-                r.transcripts.append(normalize_words(r.ep.turns[r.user]["text"]))
+                r.transcripts.append(self.snapped(r, normalize_words(r.ep.turns[r.user]["text"])))
             return
         if self.whisper is not None:
             from speechlm.data.audio import load_audio
@@ -426,7 +431,7 @@ class AgentLoop:
             for r in todo:
                 t0 = time.perf_counter()
                 wav = load_audio(self.request_audio(r), 16000, r.ep.id)
-                r.transcripts.append(spoken_form(self.whisper.transcribe(wav)))
+                r.transcripts.append(self.snapped(r, spoken_form(self.whisper.transcribe(wav))))
                 r.timing["asr"] += time.perf_counter() - t0
             return
         seg = self.asr.template.conditions[0]
@@ -437,8 +442,12 @@ class AgentLoop:
             texts = self.asr(inputs, [r.ep.id for r in chunk])
             dt = time.perf_counter() - t0
             for r, hyps in zip(chunk, texts):
-                r.transcripts.append(spoken_form(hyps[0]))
+                r.transcripts.append(self.snapped(r, spoken_form(hyps[0])))
                 r.timing["asr"] += dt
+
+    def snapped(self, run: EpisodeRun, text: str) -> str:
+        """A cascade's transcript with the words close to a name of the home written as it (``snap_names``)."""
+        return snap_names(text, self.catalogue(run), self.cfg.snap_names) if self.cfg.snap_names > 0 else text
 
     # -- one step
     def start(self, ep: Episode) -> EpisodeRun:

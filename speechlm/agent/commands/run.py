@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground", type=float, default=d.ground,
                    help="a call's value that neither the user said nor a tool returned becomes the user's closest "
                         "word span when their character distance is at most this (0: keep values as decoded)")
+    p.add_argument("--snap-names", type=float, default=d.snap_names,
+                   help="cascades: a span of heard words whose spelling is at least this similar to a name of the "
+                        "home (a room, a podcast, a station...) becomes that name, e.g. 'garbage lights' -> 'garage "
+                        "lights' (0: off)")
     p.add_argument("--hear", default=d.hear, choices=HEAR,
                    help="e2e with an inner monologue: asr: the model's asr task (its decode config, e.g. joint "
                         "CTC/attention beam) hears the words the monologue then holds; monologue: the dialogue task "
@@ -78,7 +82,7 @@ def _loop_config(args: argparse.Namespace):
                       retry=not args.no_retry, retry_temperature=args.retry_temperature,
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       typed_values=not args.no_typed_values, valid_answers=not args.free_answers,
-                      ground=args.ground, hear=args.hear,
+                      ground=args.ground, snap_names=args.snap_names, hear=args.hear,
                       whisper_prompt=args.whisper_prompt, ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
@@ -88,8 +92,8 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
     cmd = [sys.executable, "-m", "speechlm", "agent", "run", "--model-dir", str(args.model_dir), "--episodes",
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
-    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "hear", "whisper_prompt",
-                 "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
+    for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "snap_names",
+                 "hear", "whisper_prompt", "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "no_valid_calls", "no_copy_values", "no_typed_values", "free_answers", "ttft", "speak"):
