@@ -94,8 +94,8 @@ def snap_names(text: str, table: dict[tuple[str, ...], list[str]], min_ratio: fl
     my parking list`` in a home whose names are ``garage`` and ``packing`` (Whisper misses a third
     of the names said in the recipe's test requests). Close: a character similarity ratio of at
     least ``min_ratio`` (rapidfuzz's normalized Indel similarity), a span of as many words as the
-    name give or take one and at least 4 letters, no function word at an end the name lacks; a
-    name said exactly stays, and no span overlaps one."""
+    name give or take one and of at least 5 letters (``hear`` stays, not ``heart``), no function
+    word at an end the name lacks; a name said exactly stays, and no span overlaps one."""
     from rapidfuzz import fuzz
 
     words = text.split()
@@ -119,7 +119,7 @@ def snap_names(text: str, table: dict[tuple[str, ...], list[str]], min_ratio: fl
             if any(exact[i:i + n]):
                 break
             said = " ".join(span)
-            if len(said.replace(" ", "")) < 4:
+            if len(said.replace(" ", "")) < 5:
                 continue
             for m in (n - 1, n, n + 1):
                 for name in by_len.get(m, ()):

@@ -84,7 +84,7 @@ class LoopConfig:
     ground: float = 0.5  # a value the user did not say -> their closest span within this distance (0: off)
     # cascades: heard words this close in spelling to a name of the home become that name (0: off;
     # speechlm.agent.known.snap_names)
-    snap_names: float = 0.0
+    snap_names: float = 0.85
     # e2e with an inner monologue: who writes the words heard. asr: the model's own asr task with its
     # decode config (joint CTC/attention beam in the recipe), forced as the monologue; monologue: the
     # dialogue task's free-running words; auto: asr where the model has that task (recipe README, run Z)
