@@ -123,7 +123,7 @@ def snap_names(text: str, table: dict[tuple[str, ...], list[str]], min_ratio: fl
                 continue
             for m in (n - 1, n, n + 1):
                 for name in by_len.get(m, ()):
-                    if (span[0] in EDGE_WORDS and span[0] != name[0]) or (span[-1] in EDGE_WORDS and span[-1] != name[-1]):
+                    if any(w in EDGE_WORDS and w != x for w, x in ((span[0], name[0]), (span[-1], name[-1]))):
                         continue
                     r = fuzz.ratio(said, " ".join(name)) / 100
                     if r >= min_ratio and (best is None or r > best[0]):

@@ -7,11 +7,11 @@
 #                 command task, which trains on them too
 #   local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2, from PyPI by
 #                 tools/install_minilm.sh) as the cascade's text parser (--parser false: the cascades
-#                 parse with the recipe's model); it needs stage 1's data only and trains next to
-#                 stages 2-8, each on half of the cores (two one-thread trainings do more work than
-#                 one two-thread training after the other), else after stage 9; the training that
-#                 ends first hands its cores to the other, and where stage 8 ends first they run
-#                 stage 9 and what needs no parser (the end-to-end agent's stages 10 and 12) first
+#                 parse with the recipe's model); it trains next to stage 8, each on half of the
+#                 cores (two one-thread trainings do more work than one two-thread training after
+#                 the other), else after stage 9; the training that ends first hands its cores to
+#                 the other, and where stage 8 ends first they run stage 9 and what needs no
+#                 parser (the end-to-end agent's stages 10 and 12) first
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
 # Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
 # local/train_parser.sh, other options go to speechlm.sh.
@@ -57,35 +57,29 @@ parser_pid='' model_pid=''
 widen() { local child; for child in $(pgrep -P "$1"); do widen "${child}" "$2"; done; taskset -a -p -c "$2" "$1" > /dev/null 2>&1 || true; }
 stop_tree() { if [[ -n $1 ]]; then pkill -TERM -P "$1" || true; kill "$1" 2> /dev/null || true; fi; }
 trap 'stop_tree "${parser_pid}"; stop_tree "${model_pid}"' EXIT
-pin=()  # the command prefix of stages 2-9 (the first half of the cores while the parser trains)
+pin=()  # the command prefix of stages 8-9 (the first half of the cores while the parser trains)
 run_stages() { ${pin[@]+"${pin[@]}"} ./speechlm.sh --stage "$1" --stop_stage "$2" "${opts[@]}" ${args[@]+"${args[@]}"}; }
 
-# the parser needs stage 1's data only: it trains on the other half of the cores next to stages 2-8
-# (with native bf16 it takes about as long as stage 8; in fp32 ~1.3x as long)
-beside=false
-if [[ ${parser} == true ]] && (( stage <= 8 && stop_stage >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
-  beside=true
-  if (( stage <= 1 )); then run_stages 1 1; fi
-  mkdir -p exp
-  echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stages $(( stage > 2 ? stage : 2 ))-8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
-  taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
-  parser_pid=$!
-  pin=(taskset -c "$(join "${cpus[@]:0:half}")")
-fi
-from=${stage}
-if [[ ${beside} == true ]] && (( from < 2 )); then from=2; fi
-if (( from <= 5 && stop_stage >= from )); then run_stages "${from}" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
+if (( stage <= 5 )); then run_stages "${stage}" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
 if (( stage <= 5 && stop_stage >= 5 )); then
   # shellcheck disable=SC1091
   . ./path.sh
-  ${pin[@]+"${pin[@]}"} python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
-  ${pin[@]+"${pin[@]}"} python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
+  python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
+  python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
 parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
 if (( stop_stage >= 6 && stage <= 9 )); then
   first=$(( stage > 6 ? stage : 6 )) last=$(( stop_stage < 9 ? stop_stage : 9 ))
-  if [[ ${beside} == true ]]; then
+  # the parser needs stage 1's data only: it trains next to stage 8, each on half of the cores
+  # (stages 2-7 want both: whisper features, k-means, tokenizing in jobs); with softmax: seen the
+  # parser takes a little longer than stage 8, in bf16 and in fp32
+  if [[ ${parser} == true ]] && (( first <= 8 && last >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
     if (( first <= 7 )); then run_stages "${first}" 7; fi
+    mkdir -p exp
+    echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stage 8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
+    taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
+    parser_pid=$!
+    pin=(taskset -c "$(join "${cpus[@]:0:half}")")
     run_stages 8 8 &
     model_pid=$!
     # whichever training ends first hands its cores to the other
