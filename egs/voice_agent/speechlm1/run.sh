@@ -70,9 +70,8 @@ fi
 parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
 if (( stop_stage >= 6 && stage <= 9 )); then
   first=$(( stage > 6 ? stage : 6 )) last=$(( stop_stage < 9 ? stop_stage : 9 ))
-  # the parser needs stage 1's data only: it trains next to stage 8, each on half of the cores
-  # (stages 2-7 want both: whisper features, k-means, tokenizing in jobs); with softmax: seen the
-  # parser takes a little longer than stage 8, in bf16 and in fp32
+  # the parser trains next to stage 8, each on half of the cores; with softmax: seen it takes a
+  # little longer than stage 8, in bf16 and in fp32 (README, runs AD and AE)
   if [[ ${parser} == true ]] && (( first <= 8 && last >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
     if (( first <= 7 )); then run_stages "${first}" 7; fi
     mkdir -p exp
