@@ -68,18 +68,19 @@ def known_pairs(text: str, table: dict[tuple[str, ...], list[str]]) -> list[tupl
     """``(slot, name)`` for each name of ``table`` (:func:`catalogue`) said in ``text``, in order of
     appearance (the longest name where names overlap)."""
     words = text.lower().split()
-    pairs: list[tuple[str, str]] = []
+    return [(slot, " ".join(words[i:i + n])) for i, n in _said(words, table) for slot in table[tuple(words[i:i + n])]]
+
+
+def _said(words: list[str], table: dict[tuple[str, ...], list[str]]) -> list[tuple[int, int]]:
+    """``(start, length)`` of each name of ``table`` in ``words``, left to right, the longest first."""
+    spans: list[tuple[int, int]] = []
     i = 0
     while i < len(words):
-        for n in range(min(MAX_WORDS, len(words) - i), 0, -1):
-            span = tuple(words[i:i + n])
-            if span in table:
-                pairs += [(slot, " ".join(span)) for slot in table[span]]
-                i += n
-                break
-        else:
-            i += 1
-    return pairs
+        n = next((n for n in range(min(MAX_WORDS, len(words) - i), 0, -1) if tuple(words[i:i + n]) in table), 0)
+        if n:
+            spans.append((i, n))
+        i += max(n, 1)
+    return spans
 
 
 def known_names(text: str, table: dict[tuple[str, ...], list[str]]) -> str:
@@ -96,20 +97,14 @@ def snap_names(text: str, table: dict[tuple[str, ...], list[str]], min_ratio: fl
     least ``min_ratio`` (rapidfuzz's normalized Indel similarity), a span of as many words as the
     name give or take one and of at least 5 letters (``hear`` stays, not ``heart``), no function
     word at an end the name lacks; a name said exactly stays, and no span overlaps one."""
-    from rapidfuzz import fuzz
+    from rapidfuzz import fuzz, process
 
     words = text.split()
     if not words or not table:
         return text
     exact = [False] * len(words)
-    i = 0
-    while i < len(words):  # the names said exactly, as known_pairs finds them
-        n = next((n for n in range(min(MAX_WORDS, len(words) - i), 0, -1) if tuple(words[i:i + n]) in table), 0)
+    for i, n in _said(words, table):
         exact[i:i + n] = [True] * n
-        i += max(n, 1)
-    by_len: dict[int, list[tuple[str, ...]]] = {}
-    for name in table:
-        by_len.setdefault(len(name), []).append(name)
     out: list[str] = []
     i = 0
     while i < len(words):
@@ -121,13 +116,11 @@ def snap_names(text: str, table: dict[tuple[str, ...], list[str]], min_ratio: fl
             said = " ".join(span)
             if len(said.replace(" ", "")) < 5:
                 continue
-            for m in (n - 1, n, n + 1):
-                for name in by_len.get(m, ()):
-                    if any(w in EDGE_WORDS and w != x for w, x in ((span[0], name[0]), (span[-1], name[-1]))):
-                        continue
-                    r = fuzz.ratio(said, " ".join(name)) / 100
-                    if r >= min_ratio and (best is None or r > best[0]):
-                        best = (r, n, name)
+            names = {" ".join(name): name for name in table if abs(len(name) - n) <= 1
+                     and not any(w in EDGE_WORDS and w != x for w, x in ((span[0], name[0]), (span[-1], name[-1])))}
+            hit = process.extractOne(said, list(names), scorer=fuzz.ratio, score_cutoff=100 * min_ratio)
+            if hit is not None and (best is None or hit[1] > best[0]):
+                best = (hit[1], n, names[hit[0]])
         if best is None:
             out.append(words[i])
             i += 1

@@ -122,17 +122,15 @@ class OutputHead(nn.Module):
         and the targets' columns."""
         cols = getattr(self, f"g0_cols_{g}", None) if self.training else None
         if cols is not None:
-            logits = torch.cat([h @ self.weight.index_select(0, cols).to(h.dtype).t(),
-                                h @ self._specials().to(h.dtype).t()], -1)
-            at = torch.searchsorted(cols, y).clamp(max=len(cols) - 1)
+            rows, n = self.weight.index_select(0, cols), len(cols)
+            at = torch.searchsorted(cols, y).clamp(max=n - 1)
             inside = cols[at] == y
-            local = torch.where(inside, at, len(cols) + self.sp_rank[y])
-            local = torch.where(inside | (self.sp_rank[y] >= 0), local, torch.full_like(local, -1))
-            return logits, local
-        a, b = (int(v) for v in self.g0_bounds[g])
-        logits = torch.cat([h @ self._span(a, b).to(h.dtype).t(), h @ self._specials().to(h.dtype).t()], -1)
-        inside = (y >= a) & (y < b)
-        local = torch.where(inside, y - a, (b - a) + self.sp_rank[y])
+        else:
+            a, b = (int(v) for v in self.g0_bounds[g])
+            rows, n, at = self._span(a, b), b - a, y - a
+            inside = (y >= a) & (y < b)
+        logits = torch.cat([h @ rows.to(h.dtype).t(), h @ self._specials().to(h.dtype).t()], -1)
+        local = torch.where(inside, at, n + self.sp_rank[y])
         local = torch.where(inside | (self.sp_rank[y] >= 0), local, torch.full_like(local, -1))
         return logits, local
 
