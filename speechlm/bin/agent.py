@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "generate episodes (requests, initial states, expected calls and states) from intent templates",
     "import-slurp": "import SLURP-format annotation files as episodes",
     "synth": "synthesize the spoken versions of episodes (several engines and voices, optional noise)",
+    "hear": "the episodes as Whisper hears them (the cascade's transcripts) to train a parser on what it will read",
     "datadir": "episodes with audio -> Kaldi data dirs (one utterance per assistant step) for the agent tasks",
     "run": "run the agent loop (e2e or cascade) over episodes: predictions.jsonl and final states",
     "chat": "talk to a model by hand: wav paths or typed text, one turn a line",
