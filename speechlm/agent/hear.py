@@ -4,13 +4,13 @@ A cascade's parser trained only on the words said meets, at run time, the words 
 writes: ``garbage lights``, ``through crime stories``, a dropped ``off``. Episodes heard by
 the same recognizer the cascade runs (Whisper with the loop's prompt, the transcript in the
 loop's spoken form, names of the home snapped as the loop snaps them) keep their reference
-calls and answers, so a parser trained on their data dir learns to act on what it will read
-(``speechlm agent hear``; the voice-agent recipe's ``data/train_heard``).
+calls and answers, so a parser trained on their data dir sees what it will read (``speechlm
+agent hear``; in the voice-agent recipe it did not help: README, "Whisper's eight best").
 
 The words said go to ``meta["said"]`` (one per user turn); the reference dialogue's user turns
 (the history of later steps) read the heard words too. An episode with a turn heard as nothing
-is left out (the loop cannot act on an empty transcript either). Transcripts are cached per audio file in a
-JSONL file, one line as each is made, so a killed run resumes where it stopped.
+is left out (the loop cannot act on an empty transcript either). Transcripts are cached per
+audio file in a JSONL file, one line as each is made, so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
