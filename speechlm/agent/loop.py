@@ -381,7 +381,8 @@ class AgentLoop:
         self.whisper_lm = None
         if config.whisper_lm:
             if config.mode != "cascade-whisper":
-                raise ValueError(f"agent: whisper_lm re-ranks Whisper's texts: mode cascade-whisper only, got {config.mode}")
+                raise ValueError(f"agent: whisper_lm re-ranks Whisper's texts: mode cascade-whisper only, "
+                                 f"got {config.mode}")
             from speechlm.agent.wordlm import WordLM
 
             self.whisper_lm = WordLM.load(config.whisper_lm)
