@@ -105,12 +105,16 @@ if (( stop_stage >= 6 && stage <= 9 )); then
       # then skip them) while the parser trains on
       echo "run.sh: stage 8 done; stage 9 and the end-to-end agent's runs on cores $(join "${cpus[@]:0:half}") next to the parser" >&2
       run_stages 9 9
-      if (( stop_stage >= 10 )); then
-        "${pin[@]}" local/agent_eval.sh --stage 10 --stop_stage 10 --modes e2e --noisy_modes e2e --nj "${half}" "${eval_args[@]}"
-      fi
-      if (( stop_stage >= 12 )); then
-        "${pin[@]}" local/agent_eval.sh --stage 12 --stop_stage 12 --nj "${half}" "${eval_args[@]}"
-      fi
+      # one part at a time while the parser trains: once it is done, both cores run the rest below
+      for part in test test_noisy forecast; do
+        kill -0 "${parser_pid}" 2> /dev/null || break
+        if [[ ${part} == forecast ]]; then
+          if (( stop_stage >= 12 )); then "${pin[@]}" local/agent_eval.sh --stage 12 --stop_stage 12 --nj "${half}" "${eval_args[@]}"; fi
+        elif (( stop_stage >= 10 )); then
+          "${pin[@]}" local/agent_eval.sh --stage 10 --stop_stage 10 --modes e2e --noisy_modes e2e --nj "${half}" \
+            "${eval_args[@]}" --test_sets "${part}"
+        fi
+      done
     fi
     if [[ -n ${parser_pid} ]]; then
       echo "run.sh: local/train_parser.sh goes on on cores $(join "${cpus[@]}")" >&2
