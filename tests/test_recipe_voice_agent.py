@@ -1,4 +1,4 @@
-"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-29 minutes on 2 CPU cores with native bf16, 36-41 in fp32 (run AG: 38.4)).
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-29 minutes on 2 CPU cores with native bf16, 36-41 in fp32 (run AG: 36.8)).
 
 CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
 of every mode on the clean and noisy held-out sets, the text-parsing modes with the fine-tuned
