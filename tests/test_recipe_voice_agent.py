@@ -1,4 +1,4 @@
-"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-29 minutes on 2 CPU cores with native bf16, 36-41 in fp32 (run AG: 36.8)).
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 25-29 minutes on 2 CPU cores with native bf16, 36-41 in fp32: runs AF 40.5, AG 38.4 and 36.8).
 
 CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
 of every mode on the clean and noisy held-out sets, the text-parsing modes with the fine-tuned
@@ -50,7 +50,6 @@ def recipe(tmp_path_factory) -> Path:
     env.pop("OMP_NUM_THREADS", None)  # the recipe uses every core, as a user's run does
     res = subprocess.run(["./run.sh"], cwd=recipe, capture_output=True, text=True, env=env, timeout=3600)
     assert res.returncode == 0, res.stderr[-5000:]
-    (recipe / "run.stderr").write_text(res.stderr)
     return recipe
 
 
@@ -70,8 +69,9 @@ def test_every_mode_is_run_and_scored(recipe):
         info = (recipe / f"exp/voice_agent/agent_test_{mode}/run.info").read_text()
         assert "model_dir exp/parser/packed" in info, info
     assert "model_dir exp/voice_agent/packed" in (recipe / "exp/voice_agent/agent_test_e2e/run.info").read_text()
-    if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:  # the parser trained beside stages 2-8
-        assert "next to stages 2-8 on cores" in (recipe / "run.stderr").read_text()
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:  # the parser started beside stages 2-7
+        parser_start = (recipe / "dump/parser/train/command/manifest.jsonl").stat().st_mtime
+        assert parser_start < (recipe / "dump/kmeans/.done").stat().st_mtime  # before stage 4 ended
     # Whisper's 8 best texts re-ranked by the training requests' word LM, which stage 10 trained
     assert "whisper_lm exp/whisper_lm.json (weight 0.5, 8-best)" in (
         recipe / "exp/voice_agent/agent_test_cascade-whisper/run.info").read_text()
