@@ -19,6 +19,8 @@ from speechlm.registry import suggest
 COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("speechlm.bin.agent", "voice agents: episodes, spoken versions, the agent loop, scoring, forecasts"),
     "decode": ("speechlm.bin.decode", "decode a manifest with a trained or packed model"),
+    "finetune-whisper": ("speechlm.bin.finetune_whisper", "fine-tune Whisper's decoder on a data dir's speech "
+                                                          "(CTranslate2 dir in and out)"),
     "fix-data": ("speechlm.bin.fix_data", "sort a Kaldi data dir and drop inconsistent entries"),
     "pack": ("speechlm.bin.pack", "pack a trained model into a self-contained model dir"),
     "prepare": ("speechlm.bin.prepare", "join a data dir with a task template into a JSONL manifest"),

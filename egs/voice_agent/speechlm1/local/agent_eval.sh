@@ -3,7 +3,8 @@
 # (end to end, and as cascades), score the runs side by side, and forecast task success from
 # teacher-forced token statistics of every checkpoint. With --parser, the text-parsing modes
 # (cascade, cascade-whisper, text) parse with that packed model (local/train_parser.sh) and the
-# cascade transcribes with the experiment's ASR task. Each stage skips work whose outputs are
+# cascade transcribes with the experiment's ASR task; cascade-whisper-ft is cascade-whisper with the
+# Whisper that speechlm finetune-whisper trained (--whisper_ft). Each stage skips work whose outputs are
 # newer than the packed models it ran. Run from the recipe dir (run.sh calls it).
 set -euo pipefail
 
@@ -19,7 +20,7 @@ stop_stage=12                  # last stage to run
 exp=exp/voice_agent            # the experiment dir (its packed/ model is run)
 episodes_dir=data/local/agent  # <set>/episodes.jsonl: the spoken episodes of local/data.sh
 test_sets="test test_noisy"    # episode sets to run the agent on
-modes="e2e cascade cascade-whisper text" # agent modes (see speechlm agent run --help)
+modes="e2e cascade cascade-whisper cascade-whisper-ft text" # agent modes (speechlm agent run --help; cascade-whisper-ft: see --whisper_ft)
 noisy_modes="e2e cascade"      # agent modes on the noisy sets (*noisy*): the ones that hear the noise
 nj=2                           # parallel agent jobs (and forecast jobs, over the checkpoints)
 dialogue_task=spoken_dialogue  # the e2e task (spoken_dialogue_monologue: the model writes what it heard first)
@@ -27,6 +28,7 @@ parser=                        # packed parser model of the text-parsing modes (
 whisper_lm=exp/whisper_lm.json  # cascade-whisper: a word LM of the training requests re-ranks Whisper's 8 best
                                # texts (made here from whisper_lm_text when missing; empty: Whisper's first choice)
 whisper_lm_text="data/train/text data/train_text/text"
+whisper_ft=exp/whisper_ft      # cascade-whisper-ft: the fine-tuned Whisper dir (empty: the mode is not run)
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
@@ -38,6 +40,7 @@ forecast_limit=60              # episodes per checkpoint run in the forecast (0:
 stage_on() { (( stage <= $1 && stop_stage >= $1 )); }
 slm=(python3 -m speechlm)
 read -ra sets <<< "${test_sets}"
+if [[ -z ${whisper_ft} ]]; then modes=${modes//cascade-whisper-ft/}; fi
 read -ra mode_list <<< "${modes}"
 read -ra noisy_mode_list <<< "${noisy_modes}"
 # newer FILE MODEL...: FILE exists and is newer than each model (a model dir's .done, or a file)
@@ -52,7 +55,10 @@ newer() {
 }
 
 if stage_on 10; then
-  if [[ -n ${whisper_lm} && " ${modes} " == *" cascade-whisper "* && ! -s ${whisper_lm} ]]; then
+  if [[ " ${modes} " == *" cascade-whisper-ft "* && ! -f ${whisper_ft}/speechlm_whisper.json ]]; then
+    die "${whisper_ft} is not complete: run speechlm finetune-whisper (run.sh does) or pass --whisper_ft ''"
+  fi
+  if [[ -n ${whisper_lm} && " ${modes} " == *" cascade-whisper"* && ! -s ${whisper_lm} ]]; then
     log "Stage 10: the requests' word LM: ${whisper_lm_text} -> ${whisper_lm}"
     # shellcheck disable=SC2086
     "${slm[@]}" agent train-lm --text ${whisper_lm_text} --out "${whisper_lm}"
@@ -68,7 +74,13 @@ if stage_on 10; then
       model=(--model-dir "${exp}/packed")
       if [[ -n ${parser} && ${m} != e2e ]]; then models=("${parser}"); model=(--model-dir "${parser}"); fi
       if [[ -n ${parser} && ${m} == cascade ]]; then models+=("${exp}/packed"); model+=(--asr-model-dir "${exp}/packed"); fi
-      if [[ -n ${whisper_lm} && ${m} == cascade-whisper ]]; then models+=("${whisper_lm}"); model+=(--whisper-lm "${whisper_lm}"); fi
+      if [[ -n ${whisper_lm} && ${m} == cascade-whisper* ]]; then models+=("${whisper_lm}"); model+=(--whisper-lm "${whisper_lm}"); fi
+      mode=${m}
+      if [[ ${m} == cascade-whisper-ft ]]; then
+        mode=cascade-whisper
+        models+=("${whisper_ft}/speechlm_whisper.json")
+        model+=(--whisper-model-dir "${whisper_ft}")
+      fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done" "${models[@]}"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
       # a run older than its models (finished or killed) is another model's: start it again
@@ -76,7 +88,7 @@ if stage_on 10; then
         log "Stage 10: ${out} is older than the models: run again from the start"
         rm -rf "${out}"
       fi
-      "${slm[@]}" agent run "${model[@]}" --episodes "${eps}" --out-dir "${out}" --mode "${m}" --nj "${nj}" \
+      "${slm[@]}" agent run "${model[@]}" --episodes "${eps}" --out-dir "${out}" --mode "${mode}" --nj "${nj}" \
         --dialogue-task "${dialogue_task}"
       touch "${out}/.done"
     done
