@@ -190,9 +190,10 @@ def finetune_whisper(data_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
             shutil.copy2(base / name, tmp / name)
     ct2.variables.update(decoder.variables())
     write_ct2(ct2, tmp / "model.bin")
+    k = max(1, min(25, len(losses) // 4))  # the mean loss of the first and the last quarter (at most 25 steps)
     summary = {"base": str(base.resolve()), "data_dir": str(Path(data_dir).resolve()), "clips": len(clips),
                "config": asdict(cfg), "pad_seconds": cfg.pad_seconds, "window": "clip",
-               "loss_first": float(np.mean(losses[:25])), "loss_last": float(np.mean(losses[-25:])),
+               "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
                "encode_seconds": round(t_enc, 1), "train_seconds": round(t_train, 1)}
     if valid_dir:
         summary["valid"] = {"data_dir": str(Path(valid_dir).resolve()), **_valid_wer(tmp, summary, valid_dir, torch.get_num_threads())}
