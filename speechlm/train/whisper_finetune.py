@@ -176,7 +176,7 @@ def finetune_whisper(data_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0 or step == cfg.steps - 1:
             log.info("finetune-whisper: step %d/%d, loss %.3f (%.0f s)", step + 1, cfg.steps,
                      np.mean(losses[-25:]), time.time() - t0)
