@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 FINETUNED = "speechlm_whisper.json"  # in a Whisper dir speechlm finetune-whisper wrote: how it hears
+MAX_TOKENS_BASE, MAX_TOKENS_PER_SECOND = 16, 8  # a fine-tuned model's bound on a clip's tokens
 
 
 def clip_mel(extractor, wav: np.ndarray, pad_seconds: float) -> np.ndarray:
@@ -131,12 +132,16 @@ class FasterWhisper(Recognizer):
         tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=self.language)
         previous = tok.encode(" " + self.prompt.strip()) if self.prompt else []
         prompt = m.get_prompt(tok, previous, without_timestamps=True)
+        max_length = m.max_length
         if self.finetuned:
             enc = m.encode(clip_mel(m.feature_extractor, wav, float(self.finetuned["pad_seconds"])))
+            # a short window can still send the decoder into a loop ("hi hi hi ..." to 448 tokens);
+            # speech holds at most ~5 tokens a second, so a bound by duration keeps a loop short
+            max_length = min(max_length, MAX_TOKENS_BASE + int(MAX_TOKENS_PER_SECOND * len(wav) / SAMPLE_RATE))
         else:
             enc = m.encode(pad_or_trim(m.feature_extractor(np.ascontiguousarray(wav, dtype=np.float32))))
         res = m.model.generate(enc, [prompt], beam_size=max(self.beam_size, n), num_hypotheses=n,
-                               return_scores=True, length_penalty=1.0, max_length=m.max_length,
+                               return_scores=True, length_penalty=1.0, max_length=max_length,
                                suppress_blank=True, suppress_tokens=[-1])[0]
         # scores are per token (length_penalty 1): the sequence's log probability is score x length
         return [(tok.decode(ids).strip(), float(s) * max(len(ids), 1)) for ids, s in zip(res.sequences_ids, res.scores)]
