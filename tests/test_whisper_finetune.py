@@ -49,7 +49,7 @@ def test_torch_decoder_computes_what_ctranslate2_does(base, data_dir):
     from faster_whisper.feature_extractor import FeatureExtractor
 
     from speechlm.data.audio import load_audio
-    from speechlm.models.whisper_decoder import WhisperDecoder
+    from speechlm.models.whisper import WhisperDecoder, WhisperEncoder
 
     decoder = WhisperDecoder(read_ct2(base / "model.bin").variables).eval()
     model = ctranslate2.models.Whisper(str(base), device="cpu", compute_type="float32", intra_threads=1)
@@ -67,6 +67,25 @@ def test_torch_decoder_computes_what_ctranslate2_does(base, data_dir):
                 break
             tokens.append(nxt)
     assert tokens[2:] == ref.sequences_ids[0] and len(tokens) > 4
+    # and the torch encoder computes CTranslate2's encoder output
+    encoder = WhisperEncoder(read_ct2(base / "model.bin").variables).eval()
+    with torch.no_grad():
+        got = encoder(torch.from_numpy(np.ascontiguousarray(mel))[None])
+    assert got.shape == memory.shape and float((got - memory).abs().max()) < 1e-3
+
+
+def test_finetuning_the_top_encoder_layer_changes_only_it(base, data_dir, tmp_path):
+    from speechlm.train.whisper_finetune import FinetuneConfig, finetune_whisper
+
+    out = tmp_path / "whisper_ft"
+    summary = finetune_whisper(data_dir, out, config=FinetuneConfig(steps=6, lr=3e-4, batch_size=3, warmup=1,
+                                                                    encoder_layers=1, threads=1))
+    assert summary["loss_last"] < summary["loss_first"]
+    old, new = read_ct2(base / "model.bin"), read_ct2(out / "model.bin")
+    changed = {k for k in old.variables if not np.array_equal(old.variables[k], new.variables[k])}
+    assert any(k.startswith("encoder/layer_3/") for k in changed) and "encoder/layer_norm/gamma" in changed
+    assert not any(k.startswith(("encoder/layer_0/", "encoder/layer_2/", "encoder/conv")) for k in changed)
+    assert any(k.startswith("decoder/") for k in changed)
 
 
 def test_finetuning_learns_its_clips_and_the_recognizer_hears_as_trained(base, data_dir, tmp_path):
