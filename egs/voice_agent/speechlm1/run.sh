@@ -25,7 +25,7 @@ stop_stage=12
 parser=true
 parser_opts=
 whisper_ft=true
-whisper_ft_opts="--steps 200 --lr 3e-4"
+whisper_ft_opts="--steps 100 --warmup 10 --lr 3e-4"  # README, "Whisper fine-tuned on the training speech"
 args=()
 while (( $# > 0 )); do
   case $1 in
