@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     helps = {"steps": "training steps", "lr": "peak learning rate (AdamW; warmup then cosine)",
              "batch_size": "clips per step", "warmup": "warmup steps",
              "pad_seconds": "silence after each clip in the encoder's window (the same when it is used)",
-             "encoder_layers": "the encoder's top layers trained too (0: the decoder only; 1 heard better at ~2x the time)",
+             "encoder_layers": "the encoder's top layers trained too (0: the decoder only)",
              "encoder_lr": "the encoder layers' peak learning rate",
              "seed": "random seed", "threads": "CPU threads (0: every core this process may use)"}
     for f in fields(FinetuneConfig):
