@@ -114,8 +114,8 @@ def _prefix(tokenizer, multilingual: bool) -> list[int]:
 
 def finetune_whisper(data_dir: str | os.PathLike, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
                      config: FinetuneConfig | None = None, valid_dir: str | os.PathLike | None = None) -> dict:
-    """Fine-tune ``base_dir``'s decoder (default: the bundled tiny.en) on ``data_dir`` and write a
-    CTranslate2 Whisper dir to ``out_dir`` (atomically). Returns the summary it also writes to
+    """Fine-tune ``base_dir``'s decoder (and ``config.encoder_layers`` of its encoder; default: the
+    bundled tiny.en) on ``data_dir`` and write a CTranslate2 Whisper dir to ``out_dir`` (atomically). Returns the summary it also writes to
     ``out_dir/speechlm_whisper.json``; with ``valid_dir``, that includes the WER there."""
     import ctranslate2
     import tokenizers

@@ -105,8 +105,8 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
     for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "snap_names",
-                 "hear", "whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest", "dialogue_task",
-                 "command_task", "asr_task", "seed", "asr_model_dir"):
+                 "hear", "whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest",
+                 "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "no_valid_calls", "no_copy_values", "no_typed_values", "free_answers", "ttft", "speak"):
