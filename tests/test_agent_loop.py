@@ -163,6 +163,13 @@ def test_cascade_whisper_hears_the_request(untrained_dir, episodes_file, tmp_pat
     assert AgentLoop(pipe, LoopConfig(mode="cascade-whisper")).whisper.prompt == WHISPER_PROMPT
     bare = AgentLoop(pipe, LoopConfig(mode="cascade-whisper", whisper_prompt="")).whisper
     assert bare.prompt is None and "prompt" not in bare.describe()
+    # --whisper-speeds: the loop's Whisper hears each request at those speeds
+    assert AgentLoop(pipe, LoopConfig(mode="cascade-whisper", whisper_speeds="0.92,1,1.08")).whisper.speeds == (
+        0.92, 1.0, 1.08)
+    with pytest.raises(ValueError, match="whisper_speeds are Whisper's"):
+        LoopConfig(mode="text", whisper_speeds="0.9,1").validate()
+    with pytest.raises(ValueError, match="playback speeds"):
+        LoopConfig(mode="cascade-whisper", whisper_speeds="slow").validate()
 
 
 def test_cascade_whisper_reranks_its_nbest_with_a_word_lm(untrained_dir, episodes_file, tmp_path):

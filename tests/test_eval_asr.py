@@ -169,3 +169,30 @@ def test_hf_whisper_checkpoint_from_a_local_dir(speech, tmp_path):
     with torch.inference_mode():
         ids = model.eval().generate(feats, num_beams=1, max_new_tokens=32)
     assert res.per_utt["u1"]["transcript"] == tok.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+
+def test_whisper_hears_at_several_speeds(speech):
+    import numpy as np
+
+    from speechlm.data.audio import load_audio
+    from speechlm.eval.recognizers import change_speed, parse_speeds
+
+    assert parse_speeds("0.92, 1,1.08,1") == (0.92, 1.0, 1.08)
+    for bad in ("", "fast", "0.3", "1,3"):
+        with pytest.raises(ValueError, match="playback speeds"):
+            parse_speeds(bad)
+    wav = load_audio(speech["22k"]["u2"], 16000)
+    assert len(change_speed(wav, 0.8)) == pytest.approx(len(wav) / 0.8, abs=2)
+    assert np.array_equal(change_speed(wav, 1.0), wav.astype(np.float32))
+
+    one = build_recognizer("whisper", beam_size=2, threads=1)
+    three = build_recognizer("whisper", beam_size=2, threads=1, speeds="0.9,1,1.1")
+    assert "speeds 0.9,1,1.1" in three.describe() and "speeds" not in one.describe()
+    pooled = three.nbest(wav, 4)
+    by_speed = [one.nbest(change_speed(wav, s), 4) for s in (0.9, 1.0, 1.1)]
+    # the likeliest text heard at any speed comes first, each text once with its best score
+    assert pooled[0][1] == pytest.approx(max(h[0][1] for h in by_speed), abs=1e-4)
+    assert [lp for _, lp in pooled] == sorted((lp for _, lp in pooled), reverse=True)
+    assert len({t for t, _ in pooled}) == len(pooled) <= 4
+    assert three.transcribe(wav) == pooled[0][0]
+    assert "weather" in three.transcribe(wav).lower()

@@ -51,6 +51,7 @@ from speechlm.agent.env import make_env
 from speechlm.agent.episodes import Episode
 from speechlm.agent.known import catalogue, known_names, known_pairs, snap_names
 from speechlm.agent.tools import ToolError, get_tool, validate_args
+from speechlm.eval.recognizers import parse_speeds
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class LoopConfig:
     whisper_lm: str = ""
     whisper_lm_weight: float = 0.5
     whisper_nbest: int = 8
+    # cascade-whisper: playback speeds Whisper hears each request at, the likeliest text kept
+    # (speechlm.eval.recognizers.FasterWhisper; recipe README, "Hearing at three speeds")
+    whisper_speeds: str = "1"
     ttft: bool = False  # also time the first token of each first step (one extra prefill per batch)
     speak: bool = False
     dialogue_task: str = ""  # the e2e task; "": the model's own (DIALOGUE_TASKS, the first it has)
@@ -120,6 +124,8 @@ class LoopConfig:
         if self.whisper_lm_weight < 0 or self.whisper_nbest < 1:
             raise ValueError(f"agent: whisper_lm_weight must be >= 0 and whisper_nbest >= 1, got "
                              f"{self.whisper_lm_weight} and {self.whisper_nbest}")
+        if parse_speeds(self.whisper_speeds) != (1.0,) and self.mode != "cascade-whisper":
+            raise ValueError(f"agent: whisper_speeds are Whisper's, mode cascade-whisper, got mode {self.mode}")
         if self.hear not in HEAR:
             raise ValueError(f"agent: hear {self.hear!r} is not one of {', '.join(HEAR)}")
         return self
@@ -383,7 +389,8 @@ class AgentLoop:
 
             # as many threads as the loop's torch (agent run: 1 per job) so --nj jobs do not oversubscribe
             self.whisper = build_recognizer("whisper", model_dir=config.whisper_model_dir or None,
-                                            threads=torch.get_num_threads(), prompt=config.whisper_prompt)
+                                            threads=torch.get_num_threads(), prompt=config.whisper_prompt,
+                                            speeds=config.whisper_speeds)
         self.whisper_lm = None
         if config.whisper_lm:
             if config.mode != "cascade-whisper":

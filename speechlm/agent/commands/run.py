@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whisper-lm-weight", type=float, default=d.whisper_lm_weight,
                    help="the LM's log probability's weight next to Whisper's")
     p.add_argument("--whisper-nbest", type=int, default=d.whisper_nbest, help="Whisper texts re-ranked by --whisper-lm")
+    p.add_argument("--whisper-speeds", default=d.whisper_speeds,
+                   help="cascade-whisper: playback speeds Whisper hears each request at, the likeliest texts kept, "
+                        "e.g. 0.92,1,1.08 (default 1: as recorded)")
     p.add_argument("--ttft", action="store_true", help="also time the first token of each request (one more prefill)")
     p.add_argument("--speak", action="store_true",
                    help="speak the answers into OUT_DIR/wav/: the model's plain_tts task if it has one, else espeak-ng")
@@ -95,7 +98,7 @@ def _loop_config(args: argparse.Namespace):
                       whisper_prompt=args.whisper_prompt, whisper_model_dir=args.whisper_model_dir,
                       whisper_lm=args.whisper_lm,
                       whisper_lm_weight=args.whisper_lm_weight, whisper_nbest=args.whisper_nbest,
-                      ttft=args.ttft, speak=args.speak,
+                      whisper_speeds=args.whisper_speeds, ttft=args.ttft, speak=args.speak,
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
 
@@ -106,7 +109,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
            "--threads", str(threads)]
     for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "snap_names",
                  "hear", "whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest",
-                 "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
+                 "whisper_speeds", "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "no_valid_calls", "no_copy_values", "no_typed_values", "free_answers", "ttft", "speak"):
@@ -154,6 +157,7 @@ def main(args: argparse.Namespace) -> int:
     import speechlm
     from speechlm.agent.episodes import read_episodes
     from speechlm.agent.loop import run_agent
+    from speechlm.eval.recognizers import parse_speeds
     from speechlm.utils.fileio import write_text
 
     if args.nj < 1 or (args.shard is not None and not 1 <= args.shard <= args.nj):
@@ -185,6 +189,8 @@ def main(args: argparse.Namespace) -> int:
     asr_line = f"asr_model_dir {args.asr_model_dir}\n" if args.asr_model_dir else ""
     if cfg.whisper_model_dir:
         asr_line += f"whisper_model_dir {cfg.whisper_model_dir}\n"
+    if parse_speeds(cfg.whisper_speeds) != (1.0,):
+        asr_line += f"whisper_speeds {cfg.whisper_speeds}\n"
     if cfg.whisper_lm:
         asr_line += f"whisper_lm {cfg.whisper_lm} (weight {cfg.whisper_lm_weight}, {cfg.whisper_nbest}-best)\n"
     write_text(out / "run.info", f"model_dir {args.model_dir}\n{asr_line}episodes {args.episodes}\nmode {args.mode}\n"
