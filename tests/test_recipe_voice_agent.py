@@ -79,8 +79,8 @@ def test_every_mode_is_run_and_scored(recipe):
     # Whisper's 8 best texts re-ranked by the training requests' word LM, which stage 10 trained
     assert "whisper_lm exp/whisper_lm.json (weight 0.5, 8-best)" in (
         recipe / "exp/voice_agent/agent_test_cascade-whisper/run.info").read_text()
-    assert "whisper_model_dir exp/whisper_ft" in (
-        recipe / "exp/voice_agent/agent_test_cascade-whisper-ft/run.info").read_text()
+    ft_info = (recipe / "exp/voice_agent/agent_test_cascade-whisper-ft/run.info").read_text()
+    assert "whisper_model_dir exp/whisper_ft" in ft_info and "whisper_speeds 0.92,1,1.08" in ft_info
     tuned = json.loads((recipe / "exp/whisper_ft/speechlm_whisper.json").read_text())
     assert tuned["clips"] == 1595 and tuned["loss_last"] < tuned["loss_first"]
     assert (recipe / "exp/voice_agent/agent_test_noisy_e2e/success_vs_snr.png").stat().st_size > 0

@@ -29,6 +29,7 @@ whisper_lm=exp/whisper_lm.json  # cascade-whisper: a word LM of the training req
                                # texts (made here from whisper_lm_text when missing; empty: Whisper's first choice)
 whisper_lm_text="data/train/text data/train_text/text"
 whisper_ft=exp/whisper_ft      # cascade-whisper-ft: the fine-tuned Whisper dir (empty: the mode is not run)
+whisper_ft_speeds=0.92,1,1.08  # cascade-whisper-ft: playback speeds it hears each request at (README, "Hearing at three speeds")
 forecast_set="test"            # held-out episodes of the checkpoint forecasts
 forecast_limit=60              # episodes per checkpoint run in the forecast (0: all)
 # </options>
@@ -79,7 +80,7 @@ if stage_on 10; then
       if [[ ${m} == cascade-whisper-ft ]]; then
         mode=cascade-whisper
         models+=("${whisper_ft}/speechlm_whisper.json")
-        model+=(--whisper-model-dir "${whisper_ft}")
+        model+=(--whisper-model-dir "${whisper_ft}" --whisper-speeds "${whisper_ft_speeds}")
       fi
       log "Stage 10: agent run (${m}): ${model[*]} + ${eps} -> ${out}"
       if newer "${out}/.done" "${models[@]}"; then log "Stage 10: ${out} is complete, skipped"; continue; fi
