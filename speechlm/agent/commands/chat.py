@@ -1,7 +1,11 @@
 """speechlm agent chat: talk to a model by hand, one user turn a line (a wav path, or typed words).
 
 Typed words are spoken with espeak-ng for the speech modes (``--mode text`` reads them as they
-are). The environment keeps its state from line to line; an empty line or end of input stops.
+are). The environment keeps its state from line to line; a line after a request the tools carried
+out starts a new dialogue (one after an ask-back or a tool error answers it); an empty line or end
+of input stops.
+``--mode cascade-whisper`` takes ``agent run``'s Whisper options (a fine-tuned model, speeds, the
+word LM), so the voice-agent recipe's best cascade can be tried by hand.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from speechlm.agent.commands.run import add_whisper_arguments
     from speechlm.agent.loop import MODES
 
     p.add_argument("--model-dir", required=True, help="packed model dir with the agent tasks")
@@ -22,12 +27,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the e2e task (default: spoken_dialogue where the model has it, else spoken_dialogue_monologue)")
     p.add_argument("--speak", action="store_true", help="also speak each answer into --wav-dir")
     p.add_argument("--wav-dir", default=None, help="where typed lines' speech and spoken answers go (default: a temp dir)")
+    add_whisper_arguments(p)
+
+
+def request_done(run) -> bool:
+    """Whether the user's last turn was carried out: it ended in an answer after its calls, all accepted."""
+    calls = [c for c in run.calls if c["user"] == run.user]
+    return run.ended == "answer" and bool(calls) and all(c["ok"] for c in calls)
 
 
 def main(args: argparse.Namespace) -> int:
     import subprocess
 
     import speechlm
+    from speechlm.agent.commands.run import whisper_options
     from speechlm.agent.env import Environment
     from speechlm.agent.episodes import Episode
     from speechlm.agent.loop import AgentLoop, LoopConfig
@@ -37,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # one user's small decoding steps: one thread is fastest (see agent run --threads)
     pipe = speechlm.load(args.model_dir)
     loop = AgentLoop(pipe, LoopConfig(mode=args.mode, max_turns=args.max_turns, batch_size=1, speak=args.speak,
-                                      dialogue_task=args.dialogue_task or ""))
+                                      dialogue_task=args.dialogue_task or "", **whisper_options(args)).validate())
     wav_dir = Path(args.wav_dir or tempfile.mkdtemp(prefix="speechlm-chat-"))
     wav_dir.mkdir(parents=True, exist_ok=True)
     state = Environment.load(args.state).state if args.state else None
@@ -57,8 +70,12 @@ def main(args: argparse.Namespace) -> int:
             wav = wav_dir / f"user{n:03d}.wav"
             subprocess.run(["espeak-ng", "-w", str(wav), line], check=True, capture_output=True)
             turn = {"text": line, "audio": str(wav)}
+        if run is not None and request_done(run):
+            # a new request: training's dialogues go on only after an ask-back or a tool error, so
+            # the dialogue starts again, in the home as the last one left it
+            state, run, shown, shown_bad = run.env.state, None, 0, 0
         if run is None:
-            run = loop.start(Episode(id="chat", turns=[turn], initial_state=state))
+            run = loop.start(Episode(id=f"chat-{n}", turns=[turn], initial_state=state))
         else:
             run.ep.turns.append(turn)
             run.user, run.ended = len(run.ep.turns) - 1, None

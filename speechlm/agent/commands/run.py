@@ -10,6 +10,37 @@ from pathlib import Path
 log = logging.getLogger("speechlm.agent.run")
 
 
+WHISPER_FLAGS = ("whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest",
+                 "whisper_speeds")
+
+
+def add_whisper_arguments(p: argparse.ArgumentParser) -> None:
+    """The cascade-whisper options (``agent run``, ``agent chat``): LoopConfig's ``WHISPER_FLAGS``."""
+    from speechlm.agent.loop import LoopConfig
+
+    d = LoopConfig()
+    p.add_argument("--whisper-prompt", default=d.whisper_prompt,
+                   help="cascade-whisper: text Whisper reads as said before each request, which leans it to a "
+                        "voice assistant's words ('' for none; default: a few requests to a home assistant)")
+    p.add_argument("--whisper-model-dir", default=d.whisper_model_dir,
+                   help="cascade-whisper: a CTranslate2 Whisper dir, e.g. one speechlm finetune-whisper wrote ('': the "
+                        "bundled tiny.en)")
+    p.add_argument("--whisper-lm", default=d.whisper_lm,
+                   help="cascade-whisper: a word LM of the requests (speechlm agent train-lm) that re-ranks Whisper's "
+                        "--whisper-nbest texts ('': Whisper's first choice)")
+    p.add_argument("--whisper-lm-weight", type=float, default=d.whisper_lm_weight,
+                   help="the LM's log probability's weight next to Whisper's")
+    p.add_argument("--whisper-nbest", type=int, default=d.whisper_nbest, help="Whisper texts re-ranked by --whisper-lm")
+    p.add_argument("--whisper-speeds", default=d.whisper_speeds,
+                   help="cascade-whisper: playback speeds Whisper hears each request at, the likeliest texts kept, "
+                        "e.g. 0.92,1,1.08 (default 1: as recorded)")
+
+
+def whisper_options(args: argparse.Namespace) -> dict:
+    """LoopConfig keyword arguments of the flags :func:`add_whisper_arguments` added."""
+    return {k: getattr(args, k) for k in WHISPER_FLAGS}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from speechlm.agent.loop import HEAR, MODES, LoopConfig
 
@@ -52,21 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e2e with an inner monologue: asr: the model's asr task (its decode config, e.g. joint "
                         "CTC/attention beam) hears the words the monologue then holds; monologue: the dialogue task "
                         "writes them itself; auto (default): asr where the model has that task")
-    p.add_argument("--whisper-prompt", default=d.whisper_prompt,
-                   help="cascade-whisper: text Whisper reads as said before each request, which leans it to a "
-                        "voice assistant's words ('' for none; default: a few requests to a home assistant)")
-    p.add_argument("--whisper-model-dir", default=d.whisper_model_dir,
-                   help="cascade-whisper: a CTranslate2 Whisper dir, e.g. one speechlm finetune-whisper wrote ('': the "
-                        "bundled tiny.en)")
-    p.add_argument("--whisper-lm", default=d.whisper_lm,
-                   help="cascade-whisper: a word LM of the requests (speechlm agent train-lm) that re-ranks Whisper's "
-                        "--whisper-nbest texts ('': Whisper's first choice)")
-    p.add_argument("--whisper-lm-weight", type=float, default=d.whisper_lm_weight,
-                   help="the LM's log probability's weight next to Whisper's")
-    p.add_argument("--whisper-nbest", type=int, default=d.whisper_nbest, help="Whisper texts re-ranked by --whisper-lm")
-    p.add_argument("--whisper-speeds", default=d.whisper_speeds,
-                   help="cascade-whisper: playback speeds Whisper hears each request at, the likeliest texts kept, "
-                        "e.g. 0.92,1,1.08 (default 1: as recorded)")
+    add_whisper_arguments(p)
     p.add_argument("--ttft", action="store_true", help="also time the first token of each request (one more prefill)")
     p.add_argument("--speak", action="store_true",
                    help="speak the answers into OUT_DIR/wav/: the model's plain_tts task if it has one, else espeak-ng")
@@ -95,10 +112,7 @@ def _loop_config(args: argparse.Namespace):
                       valid_calls=not args.no_valid_calls, copy_values=not args.no_copy_values,
                       typed_values=not args.no_typed_values, valid_answers=not args.free_answers,
                       ground=args.ground, snap_names=args.snap_names, hear=args.hear,
-                      whisper_prompt=args.whisper_prompt, whisper_model_dir=args.whisper_model_dir,
-                      whisper_lm=args.whisper_lm,
-                      whisper_lm_weight=args.whisper_lm_weight, whisper_nbest=args.whisper_nbest,
-                      whisper_speeds=args.whisper_speeds, ttft=args.ttft, speak=args.speak,
+                      ttft=args.ttft, speak=args.speak, **whisper_options(args),
                       dialogue_task=args.dialogue_task or "", command_task=args.command_task, asr_task=args.asr_task,
                       seed=args.seed).validate()
 
@@ -108,8 +122,7 @@ def _child_command(args: argparse.Namespace, shard: int, threads: int) -> list[s
            str(args.episodes), "--out-dir", str(args.out_dir), "--nj", str(args.nj), "--shard", str(shard),
            "--threads", str(threads)]
     for flag in ("mode", "max_turns", "limit", "batch_size", "max_len", "retry_temperature", "ground", "snap_names",
-                 "hear", "whisper_prompt", "whisper_model_dir", "whisper_lm", "whisper_lm_weight", "whisper_nbest",
-                 "whisper_speeds", "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
+                 "hear", *WHISPER_FLAGS, "dialogue_task", "command_task", "asr_task", "seed", "asr_model_dir"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     for flag in ("no_retry", "no_valid_calls", "no_copy_values", "no_typed_values", "free_answers", "ttft", "speak"):
