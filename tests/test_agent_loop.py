@@ -295,21 +295,20 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
 def test_chat_starts_a_new_dialogue_after_a_request_carried_out(episodes_file):
     """A line after a request whose calls all ran is a new request (training's dialogues go on only
     after an ask-back or a tool error); the home's state carries over."""
-    from speechlm.agent.commands.chat import request_done
     from speechlm.agent.env import make_env
     from speechlm.agent.loop import EpisodeRun
 
     ep = read_episodes(episodes_file)[0]
     run = EpisodeRun(ep, make_env("home", None), ended="answer")
-    assert not request_done(run)  # an answer without a call: an ask-back, the next line replies
+    assert not run.request_done  # an answer without a call: an ask-back, the next line replies
     run.calls.append({"name": "lights", "args": {}, "ok": True, "result": "ok", "user": 0})
-    assert request_done(run)
+    assert run.request_done
     run.calls.append({"name": "lights", "args": {}, "ok": False, "result": "error", "user": 0})
-    assert not request_done(run)  # a refused call: the user may correct it
+    assert not run.request_done  # a refused call: the user may correct it
     run.user, run.calls = 1, [{"name": "lights", "args": {}, "ok": True, "result": "ok", "user": 0}]
-    assert not request_done(run)  # the call was the earlier turn's
+    assert not run.request_done  # the call was the earlier turn's
     run.ended, run.user = "max_turns", 0
-    assert not request_done(run)
+    assert not run.request_done
 
 
 def test_chat_takes_the_whisper_options(untrained_dir, episodes_file, monkeypatch, capsys, caplog):

@@ -315,6 +315,16 @@ def test_chat_with_audio_calls_the_tool_and_keeps_the_session_state(client, serv
         model="m", messages=[{"role": "user", "content": [audio_part(served["wavs"] / "ep-alarm.wav")]}], user="alarm-1")
     assert other.model_extra["speechlm"]["session_id"] == "alarm-1"
     assert httpx.get(server.url + "/v1/sessions/alarm-1", headers=auth()).json()["state"] != state
+    # a second request in a session whose first one was carried out: a new dialogue in the same home
+    alarm_call, _, _ = expected_turn("ep-alarm")
+    second = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": [audio_part(served["wavs"] / "ep-alarm.wav")]}],
+        extra_headers={"X-Session-Id": "kitchen-1"})
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in second.choices[0].message.tool_calls] == [
+        (alarm_call["name"], alarm_call["args"])]
+    both = httpx.get(server.url + "/v1/sessions/kitchen-1", headers=auth()).json()
+    assert both["turns"] == 2 and both["history"][0]["text"].startswith("call alarm")  # what the model reads now
+    assert both["state"]["devices"] == state["devices"] and both["state"] != state  # the lights stay off
     assert httpx.delete(server.url + "/v1/sessions/kitchen-1", headers=auth()).json()["deleted"] is True
     assert httpx.get(server.url + "/v1/sessions/kitchen-1", headers=auth()).status_code == 404
 

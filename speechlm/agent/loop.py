@@ -157,6 +157,14 @@ class EpisodeRun:
     def done(self) -> bool:
         return self.ended is not None
 
+    @property
+    def request_done(self) -> bool:
+        """The user's current turn was carried out: it ended in an answer after calls, all accepted.
+        Training's dialogues go on only after an ask-back or a tool error, so a live session
+        (``agent chat``, the server) starts the next request as a new dialogue in this state."""
+        calls = [c for c in self.calls if c["user"] == self.user]
+        return self.ended == "answer" and bool(calls) and all(c["ok"] for c in calls)
+
     def set_transcript(self, text: str) -> None:
         """The current user turn's transcript (earlier turns without one stay empty)."""
         self.transcripts = (self.transcripts + [""] * self.user)[: self.user] + [text]

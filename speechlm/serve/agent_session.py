@@ -197,8 +197,9 @@ class AgentService:
             transcript = spoken_form(text)
         turn = {"text": text or "", "audio": None}  # the audio is handed over as tokens (run.cache)
         run = sess.run
-        if run is None:
-            run = sess.run = self.loop.start(Episode(id=sess.id, turns=[turn]))
+        if run is None or run.request_done:  # a new request: a new dialogue in the session's home as it is
+            run = sess.run = self.loop.start(Episode(id=sess.id, turns=[turn],
+                                                     initial_state=None if run is None else run.env.state))
         else:
             self._trim(run)
             run.ep.turns.append(turn)

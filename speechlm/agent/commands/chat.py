@@ -30,12 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_whisper_arguments(p)
 
 
-def request_done(run) -> bool:
-    """Whether the user's last turn was carried out: it ended in an answer after its calls, all accepted."""
-    calls = [c for c in run.calls if c["user"] == run.user]
-    return run.ended == "answer" and bool(calls) and all(c["ok"] for c in calls)
-
-
 def main(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -70,9 +64,7 @@ def main(args: argparse.Namespace) -> int:
             wav = wav_dir / f"user{n:03d}.wav"
             subprocess.run(["espeak-ng", "-w", str(wav), line], check=True, capture_output=True)
             turn = {"text": line, "audio": str(wav)}
-        if run is not None and request_done(run):
-            # a new request: training's dialogues go on only after an ask-back or a tool error, so
-            # the dialogue starts again, in the home as the last one left it
+        if run is not None and run.request_done:  # a new request: a new dialogue in the home as it is
             state, run, shown, shown_bad = run.env.state, None, 0, 0
         if run is None:
             run = loop.start(Episode(id=f"chat-{n}", turns=[turn], initial_state=state))
