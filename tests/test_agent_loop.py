@@ -292,9 +292,9 @@ def test_chat_reads_lines_from_stdin(trained_dir, episodes_file, monkeypatch, ca
     assert (tmp_path / "user001.wav").is_file()  # the typed line was spoken with espeak-ng
 
 
-def test_chat_starts_a_new_dialogue_after_a_request_carried_out(episodes_file):
-    """A line after a request whose calls all ran is a new request (training's dialogues go on only
-    after an ask-back or a tool error); the home's state carries over."""
+def test_a_request_is_done_after_an_answer_and_accepted_calls(episodes_file):
+    """EpisodeRun.request_done, which ends a chat's or a server session's dialogue: training's
+    dialogues go on only after an ask-back or a tool error."""
     from speechlm.agent.env import make_env
     from speechlm.agent.loop import EpisodeRun
 
@@ -309,6 +309,19 @@ def test_chat_starts_a_new_dialogue_after_a_request_carried_out(episodes_file):
     assert not run.request_done  # the call was the earlier turn's
     run.ended, run.user = "max_turns", 0
     assert not run.request_done
+
+
+def test_chat_runs_a_second_request_as_a_new_dialogue(trained_dir, episodes_file, monkeypatch, capsys):
+    """Two requests in one chat: the second is decoded without the first one's dialogue (with it,
+    this model answers the alarm request otherwise)."""
+    from speechlm.cli import main
+
+    d = episodes_file.parent
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{d / 'ep-lights.wav'}\n{d / 'ep-alarm.wav'}\n"))
+    assert main(["agent", "chat", "--model-dir", str(trained_dir), "--max-turns", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "assistant: call lights action = off ; house_place = kitchen" in out
+    assert f"assistant: say {REQUESTS[1][4]}" in out.split("call alarm", 1)[1]
 
 
 def test_chat_takes_the_whisper_options(untrained_dir, episodes_file, monkeypatch, capsys, caplog):

@@ -1,4 +1,4 @@
-"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 37-42 minutes on 2 CPU cores in fp32, runs AG 36.8 before the Whisper fine-tuning, AH 41.9, AI 39.9; 25-29 with native bf16 before it, not measured since).
+"""The whole voice-agent recipe (egs/voice_agent/speechlm1/run.sh; slow: 37-42 minutes on 2 CPU cores in fp32, runs AG 36.8 before the Whisper fine-tuning, AH 41.9, AI 39.9, AJ 41.2; 25-29 with native bf16 before it, not measured since).
 
 CI runs it once (`make test-slow`). It checks that every stage produced its outputs (the agent runs
 of every mode on the clean and noisy held-out sets, the text-parsing modes with the fine-tuned

@@ -114,7 +114,7 @@ class FasterWhisper(Recognizer):
 
     def __init__(self, model_dir: str | os.PathLike | None = None, language: str | None = "en",
                  beam_size: int = 5, compute_type: str = "int8", threads: int = 0,
-                 device: str = "cpu", prompt: str | None = None, speeds: str | tuple[float, ...] = (1.0,)) -> None:
+                 device: str = "cpu", prompt: str | None = None, speeds: str = "1") -> None:
         """``prompt``: text Whisper reads as what was said before each clip (its initial prompt),
         which leans it to that text's words and spelling (e.g. a domain's requests); None: none.
         ``speeds`` (e.g. ``"0.92,1,1.08"``): each clip (its first 30 s) is heard at each playback
@@ -132,7 +132,7 @@ class FasterWhisper(Recognizer):
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
         self.path, self.language, self.beam_size, self.prompt = path, language, int(beam_size), prompt or None
-        self.speeds = parse_speeds(speeds) if isinstance(speeds, str) else parse_speeds(",".join(map(str, speeds)))
+        self.speeds = parse_speeds(speeds)
         self.finetuned = json.loads((path / FINETUNED).read_text()) if (path / FINETUNED).is_file() else None
         if self.finetuned and self.prompt:
             logger.info("whisper recognizer: %s was fine-tuned without a prompt; the prompt is not used", path)
