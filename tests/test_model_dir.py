@@ -232,3 +232,28 @@ def test_card_language_defaults_to_the_phonemizers_languages(tmp_path):
     code = f"from speechlm.bin.pack import phonemizer_languages; print(phonemizer_languages(__import__('pathlib').Path({str(tmp_path)!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['de', 'en']"
+
+
+def test_pack_leaves_out_decode_options_of_tasks_the_model_lacks(tmp_path):
+    """One recipe decode YAML for several runs (the mini recipe's conf/decode_phones.yaml names
+    tts_phones and tts_spoken_phones, of its own task dir): the packed dir keeps the options of its
+    own tasks and loads; the other task's options would make it fail to load."""
+    import yaml
+
+    from speechlm.cli import main
+    from speechlm.infer.pipeline import Pipeline
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for f in ("tokenizers.yaml", "tasks"):
+        (shutil.copytree if (LEGACY / f).is_dir() else shutil.copy2)(LEGACY / f, exp / f)
+    conf = tmp_path / "decode.yaml"
+    conf.write_text("search: greedy\nmax_len: 8\ntasks:\n  asr: {max_len: 6}\n"
+                    "  tts_spoken_phones: {search: sample, top_k: 5}\n")
+    out = tmp_path / "packed"
+    assert main(["pack", "--exp-dir", str(exp), "--packed-dir", str(LEGACY), "--out-dir", str(out),
+                 "--decode-config", str(conf)]) == 0
+    kept = yaml.safe_load((out / "decode.yaml").read_text())
+    assert kept == {"search": "greedy", "max_len": 8, "tasks": {"asr": {"max_len": 6}}}
+    pipe = Pipeline.load(out)
+    assert pipe.decode_config("asr").max_len == 6

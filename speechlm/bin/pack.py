@@ -213,9 +213,19 @@ def main(args: argparse.Namespace) -> int:
         from speechlm.infer.config import decode_config_for
 
         options = load_yaml(args.decode_config) or {}
-        for task in (p.stem for p in (tmp / "tasks").glob("*.yaml")):
+        model_tasks = {p.stem for p in (tmp / "tasks").glob("*.yaml")}
+        for task in model_tasks:
             decode_config_for(options, task)  # a bad key fails here, not at the user's first decode
-        shutil.copy2(args.decode_config, tmp / "decode.yaml")
+        # a recipe's decode YAML may hold options of tasks this model was not trained on (one file
+        # for several runs); they would make the packed dir unloadable (its tasks are all it knows)
+        others = sorted(set(options.get("tasks") or {}) - model_tasks)
+        if others:
+            log.warning("pack: %s: the options of tasks the model does not have are left out of its "
+                        "decode.yaml: %s", args.decode_config, ", ".join(others))
+            options["tasks"] = {t: o for t, o in options["tasks"].items() if t in model_tasks}
+            write_text(tmp / "decode.yaml", yaml.safe_dump(options, sort_keys=False))
+        else:
+            shutil.copy2(args.decode_config, tmp / "decode.yaml")
     from speechlm.models.model_card import build_card, model_description
     from speechlm.tasks.template import load_template_file
 
