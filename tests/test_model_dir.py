@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -234,13 +235,15 @@ def test_card_language_defaults_to_the_phonemizers_languages(tmp_path):
     assert out.strip() == "['de', 'en']"
 
 
-def test_pack_leaves_out_decode_options_of_tasks_the_model_lacks(tmp_path):
+def test_pack_leaves_out_decode_options_of_tasks_the_model_lacks(tmp_path, caplog):
     """One recipe decode YAML for several runs (the mini recipe's conf/decode_phones.yaml names
     tts_phones and tts_spoken_phones, of its own task dir): the packed dir keeps the options of its
     own tasks and loads; the other task's options would make it fail to load."""
     import yaml
 
     from speechlm.cli import main
+    from speechlm.config import ConfigError
+    from speechlm.infer.config import check_decode_options
     from speechlm.infer.pipeline import Pipeline
 
     exp = tmp_path / "exp"
@@ -257,3 +260,11 @@ def test_pack_leaves_out_decode_options_of_tasks_the_model_lacks(tmp_path):
     assert kept == {"search": "greedy", "max_len": 8, "tasks": {"asr": {"max_len": 6}}}
     pipe = Pipeline.load(out)
     assert pipe.decode_config("asr").max_len == 6
+    # a dir packed before that (the other task's options kept) loads with a warning naming them;
+    # outside a model's load, such a name stays an error (a typo)
+    (out / "decode.yaml").write_text(conf.read_text())
+    with caplog.at_level(logging.WARNING):
+        assert Pipeline.load(out).decode_config("asr").max_len == 6
+    assert "tasks.tts_spoken_phones: unknown task 'tts_spoken_phones'" in caplog.text
+    with pytest.raises(ConfigError, match="unknown task 'tts_spoken_phones'"):
+        check_decode_options(yaml.safe_load(conf.read_text()), "decode.yaml", {"asr"})

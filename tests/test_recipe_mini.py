@@ -107,6 +107,24 @@ def test_same_seed_same_corpus_and_rerun_resumes(corpus, tmp_path):
     assert (other / "data" / "train" / "text").read_text() != (corpus / "data" / "train" / "text").read_text()
 
 
+def test_tts_voice_speaks_every_sentence_again_in_one_voice(tmp_path):
+    """--tts_voice en-us: data/<split>_tts holds the split's sentences in that one voice, each wav
+    with its phone alignment (the TTS data of the recipe); the main corpus is as without it."""
+    recipe = recipe_copy(tmp_path / "r")
+    data_sh(recipe, "--num_utts", "20", "--num_test", "4", "--utts_per_spk", "8", "--seed", "3", "--tts_voice", "en-us")
+    for split in ("train", "dev", "test"):
+        main, tts = recipe / "data" / split, recipe / "data" / f"{split}_tts"
+        assert sorted(t for _, t in read_map(tts / "text")) == sorted(t for _, t in read_map(main / "text"))
+        assert {s for _, s in read_map(tts / "utt2spk")} == {"en-us_default_p50_s160"}
+        assert not {u for u, _ in read_map(tts / "text")} & {u for u, _ in read_map(main / "text")}
+        assert all(Path(w).with_suffix(".phn").is_file() for _, w in read_map(tts / "wav.scp"))
+        assert not any(Path(w).with_suffix(".phn").exists() for _, w in read_map(main / "wav.scp"))
+    assert len({s for _, s in read_map(recipe / "data" / "train" / "utt2spk")}) >= 2
+    res = subprocess.run(["local/data.sh", "--num_utts", "20", "--tts_voice", "en-us,en-gb"], cwd=recipe,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "--tts_voice is one voice" in res.stderr
+
+
 def test_too_few_utterances_is_a_clear_error(tmp_path):
     recipe = recipe_copy(tmp_path / "r")
     res = subprocess.run(["local/data.sh", "--num_utts", "5", "--num_dev", "2", "--num_test", "2"],

@@ -99,6 +99,8 @@ def test_unknown_option_is_an_error():
     (["--stage", "two"], "--stage must be a non-negative integer"),
     (["--ngpu", "-1"], "--ngpu must be a non-negative integer"),
     (["--train_data", "asr:x:dump/train/asr"], "bad data spec 'asr:x:dump/train/asr'"),
+    (["--task_set_suffix", "tts_phones:_tts"], "bad --task_set_suffix entry 'tts_phones:_tts'"),
+    (["--task_set_suffix", "tts"], "bad --task_set_suffix entry 'tts'"),
 ])
 def test_bad_options_fail_before_anything_runs(tmp_path, args, message):
     recipe = make_recipe(tmp_path)
@@ -345,6 +347,28 @@ exec {recorder} "$@"
     res = run(["./speechlm.sh", "--speechlm", str(failing), *args[3:]], cwd=recipe)
     assert res.returncode != 0 and "shard two broke" in res.stderr
     assert "dump/train/asr/tokens/log/tokenize.2.log" in res.stderr
+
+
+def test_a_task_reads_its_own_data_dirs(tmp_path):
+    """--task_set_suffix "tts:_tts": the tts task is prepared, trained, validated, decoded and
+    scored on data/<set>_tts (the mini recipe's TTS voice), asr on data/<set>."""
+    recipe = make_recipe(tmp_path)
+    log = tmp_path / "calls.log"
+    recorder = write_exec(tmp_path / "rec.sh", RECORDER.format(log=log))
+    res = run(["./speechlm.sh", "--speechlm", str(recorder), "--stage", "5", "--stop_stage", "11", "--nj", "1",
+               "--inference_nj", "1", "--tasks", "asr tts", "--task_set_suffix", "tts:_tts", "--tag", "t"],
+              cwd=recipe)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    prepared = [c.split()[4] for c in calls if c.startswith("prepare")]
+    assert prepared == [f"dump/data/{s}" for s in ("train", "train_tts", "dev", "dev_tts", "test", "test_tts")]
+    train = next(c for c in calls if c.startswith("train "))
+    assert "--data asr:toy:dump/train/asr:1.0 --data tts:toy:dump/train_tts/tts:1.0" in train
+    assert "--valid-data asr:toy:dump/dev/asr:1.0 --valid-data tts:toy:dump/dev_tts/tts:1.0" in train
+    decoded = [c.split()[4] for c in calls if c.startswith("decode") and "--shard" not in c]
+    assert decoded == ["dump/test/asr", "dump/test_tts/tts"]
+    scored = [re.search(r"--test-set (\S+) --task (\S+)", c).groups() for c in calls if c.startswith("score")]
+    assert scored == [("test", "asr"), ("test_tts", "tts")]
 
 
 def test_stage_script_uses_torchrun_for_several_gpus(tmp_path):

@@ -90,7 +90,7 @@ class Pipeline:
             from speechlm.infer.config import check_decode_options
 
             decode_options = load_yaml(decode_yaml)
-            check_decode_options(decode_options, str(decode_yaml), known_tasks(templates))
+            check_decode_options(decode_options, str(decode_yaml), known_tasks(templates), unknown_tasks="warn")
         legacy = legacy_decode_precision(model_dir)  # an old model's autocast key: decode as it did
         if legacy and "precision" not in (decode_options or {}):
             decode_options = {**(decode_options or {}), "precision": legacy}

@@ -262,7 +262,8 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     template, _ = read_manifest(manifest_dir)
     where = config_file or "decode options"
     model_tasks = {p.stem: None for p in sorted((Path(model_dir) / "tasks").glob("*.yaml"))}
-    check_decode_options(decode_config, where, known_tasks(model_tasks) | {template.name})
+    # a recipe's decode YAML may configure tasks of other runs too: warned about, not an error
+    check_decode_options(decode_config, where, known_tasks(model_tasks) | {template.name}, unknown_tasks="warn")
     decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name, where))
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),

@@ -52,6 +52,7 @@ kmeans_feature=mfcc       # k-means features without --ssl_model_dir: mfcc, logm
 kmeans_args=               # extra flags for speechlm train-kmeans, e.g. "--max-frames 100000"
 ssl_model_dir=            # local Hugging Face SSL model (HuBERT/WavLM) for k-means features
 task_weights=             # share of training examples per task, e.g. "asr:2 tts:1" (default: 1 each)
+task_set_suffix=          # task:suffix pairs, space separated: the task reads data/<set><suffix> for every set, e.g. "tts_phones:_tts" (default: data/<set>)
 train_data=               # training data, space separated task:name:dumpdir:weight (default: tasks on train_set)
 valid_data=               # validation data, same format (default: tasks on valid_set)
 train_config=conf/train.yaml # training settings (speechlm train --train-config YAML)
@@ -112,9 +113,28 @@ read -ra test_set_list <<< "${test_sets}"
 (( ${#task_list[@]} > 0 )) || die "--tasks is empty"
 data_name=${data_name:-$(basename "$(dirname "${PWD}")")}
 [[ ${data_name} != *:* ]] || die "--data_name '${data_name}' must not contain ':'"
-all_sets=("${train_set}" "${valid_set}")
-for s in "${test_set_list[@]}"; do
-  [[ " ${all_sets[*]} " == *" ${s} "* ]] || all_sets+=("${s}")
+# the data dirs a task reads: data/<set><its --task_set_suffix>
+set_of() {  # set_of TASK SET
+  local ts
+  for ts in ${task_set_suffix}; do
+    if [[ ${ts%%:*} == "$1" ]]; then printf '%s' "$2${ts#*:}"; return; fi
+  done
+  printf '%s' "$2"
+}
+for ts in ${task_set_suffix}; do
+  [[ ${ts} =~ ^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$ && " ${tasks} " == *" ${ts%%:*} "* ]] \
+    || die "bad --task_set_suffix entry '${ts}': expected task:suffix with a task of --tasks (${tasks})"
+done
+all_sets=()  # every data dir of the run
+set_tasks=()  # "<data dir>/<task>": what stage 5 prepares
+fit_sets=()  # the training and validation data dirs (stage 2's duration filters)
+for s in "${train_set}" "${valid_set}" "${test_set_list[@]}"; do
+  for t in "${task_list[@]}"; do
+    ts=$(set_of "${t}" "${s}")
+    [[ " ${all_sets[*]} " == *" ${ts} "* ]] || all_sets+=("${ts}")
+    [[ " ${set_tasks[*]} " == *" ${ts}/${t} "* ]] || set_tasks+=("${ts}/${t}")
+    if [[ ${s} == "${train_set}" || ${s} == "${valid_set}" ]]; then fit_sets+=("${ts}"); fi
+  done
 done
 task_dir_opts=()
 if [[ -n ${task_dir} ]]; then task_dir_opts=(--task-dir "${task_dir}"); fi
@@ -127,7 +147,7 @@ default_specs() {  # default_specs SET: every task on SET, weighted by --task_we
   for t in "${task_list[@]}"; do
     w=1.0
     for tw in ${task_weights}; do [[ ${tw%%:*} == "${t}" ]] && w=${tw#*:}; done
-    printf '%s ' "${t}:${data_name}:${dumpdir}/$1/${t}:${w}"
+    printf '%s ' "${t}:${data_name}:${dumpdir}/$(set_of "${t}" "$1")/${t}:${w}"
   done
 }
 if [[ -z ${train_data} ]]; then train_data=$(default_specs "${train_set}"); fi
@@ -202,7 +222,7 @@ if stage_on 2; then
       continue
     fi
     filter_opts=()
-    if [[ ${s} == "${train_set}" || ${s} == "${valid_set}" ]]; then
+    if [[ " ${fit_sets[*]} " == *" ${s} "* ]]; then
       if [[ -n ${min_wav_duration} ]]; then filter_opts+=(--min-duration "${min_wav_duration}"); fi
       if [[ -n ${max_wav_duration} ]]; then filter_opts+=(--max-duration "${max_wav_duration}"); fi
     fi
@@ -252,18 +272,17 @@ if stage_on 4; then
 fi
 
 if stage_on 5; then
-  log "Stage 5: manifests and tokenization: ${dumpdir}/data/{${all_sets[*]}} x {${task_list[*]}} -> ${dumpdir}/<set>/<task>/tokens (${nj} jobs each; logs: tokens/log/)"
-  for s in "${all_sets[@]}"; do
-    for t in "${task_list[@]}"; do
-      d=${dumpdir}/${s}/${t}
-      "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out-dir "${d}" "${task_dir_opts[@]}"
-      # --nj shards as jobs of ${cpu_cmd} (a Slurm cluster spreads them), then the merge;
-      # finished segments and shards skip themselves, so a re-run continues where one stopped
-      tokenize_opts=(--manifest-dir "${d}" --tokenizers "${tokenizers}" --nj "${nj}")
-      run_logged cpu_launcher 0 "JOB=1:${nj}" "${d}/tokens/log/tokenize.JOB.log" \
-        "${slm[@]}" tokenize "${tokenize_opts[@]}" --shard JOB
-      "${slm[@]}" tokenize "${tokenize_opts[@]}" || die "tokenize: merging the shards of ${d} failed"
-    done
+  log "Stage 5: manifests and tokenization: ${dumpdir}/data/<set> -> ${dumpdir}/{${set_tasks[*]}}/tokens (${nj} jobs each; logs: tokens/log/)"
+  for st in "${set_tasks[@]}"; do
+    s=${st%/*} t=${st##*/}
+    d=${dumpdir}/${s}/${t}
+    "${slm[@]}" prepare --task "${t}" --data-dir "${dumpdir}/data/${s}" --out-dir "${d}" "${task_dir_opts[@]}"
+    # --nj shards as jobs of ${cpu_cmd} (a Slurm cluster spreads them), then the merge;
+    # finished segments and shards skip themselves, so a re-run continues where one stopped
+    tokenize_opts=(--manifest-dir "${d}" --tokenizers "${tokenizers}" --nj "${nj}")
+    run_logged cpu_launcher 0 "JOB=1:${nj}" "${d}/tokens/log/tokenize.JOB.log" \
+      "${slm[@]}" tokenize "${tokenize_opts[@]}" --shard JOB
+    "${slm[@]}" tokenize "${tokenize_opts[@]}" || die "tokenize: merging the shards of ${d} failed"
   done
 fi
 
@@ -328,8 +347,9 @@ if stage_on 9; then
 fi
 
 if stage_on 10; then
-  for s in "${test_set_list[@]}"; do
+  for base in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
+      s=$(set_of "${t}" "${base}")
       ddir=${exp}/decode_${s}_${t}
       log "Stage 10: decoding: ${exp}/packed + ${dumpdir}/${s}/${t} -> ${ddir} (${inference_nj} jobs; logs: ${ddir}/logs/decode.JOB.log)"
       if up_to_date "${ddir}/.done" "${exp}/packed/.done"; then
@@ -355,8 +375,9 @@ fi
 if stage_on 11; then
   log "Stage 11: scoring: ${exp}/decode_* -> ${exp}/RESULTS.md"
   read -ra score_metric_list <<< "${score_metrics}"
-  for s in "${test_set_list[@]}"; do
+  for base in "${test_set_list[@]}"; do
     for t in "${decode_task_list[@]}"; do
+      s=$(set_of "${t}" "${base}")
       ddir=${exp}/decode_${s}_${t}
       if up_to_date "${ddir}/.scored" "${ddir}/.done" && [[ -f ${exp}/RESULTS.md ]]; then
         log "Stage 11: ${ddir} is scored, skipped"

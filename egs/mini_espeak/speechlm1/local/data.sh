@@ -4,6 +4,8 @@
 # with sox to 16-bit mono wav. Writes data/{train,dev,test}; test has held-out sentences AND
 # held-out voices, dev has held-out sentences with training voices. --voices en-us (or a comma list
 # of VOICE[:RATE[:PITCH]]) uses those voices in every split instead: no held-out test voices then.
+# --tts_voice en-us also speaks every sentence in that one voice, with its phone alignment, into
+# data/{train,dev,test}_tts (the same sentences per split): the recipe's TTS learns that voice.
 # Deterministic under --seed; re-running keeps the wav files that exist (it resumes).
 # Run from the recipe dir: local/data.sh [--num_utts 3000] [--nj 2] ...
 set -euo pipefail
@@ -22,6 +24,7 @@ utts_per_spk=20                # about this many training utterances per voice s
 seed=1                         # random seed: the same seed gives the same corpus
 voices=                        # VOICE[:RATE[:PITCH]],... spoken in every split (rate 160, pitch 50 if not given), e.g. en-us; empty: random voices
 align=false                    # true: also write each wav's phone alignment (<name>.phn, from espeak-ng's phoneme events); and data/<set>/phones (the phones each utterance speaks)
+tts_voice=                     # VOICE[:RATE[:PITCH]]: also data/<set>_tts, every sentence in this voice, aligned (empty: none)
 nj=2                           # parallel espeak-ng jobs
 cmd=utils/run.pl               # job launcher (utils/run.pl or utils/slurm.pl)
 fs=16000                       # sampling rate of the wav files
@@ -35,27 +38,35 @@ for tool in espeak-ng sox python3; do
 done
 [[ ${align} == true || ${align} == false ]] || die "--align must be true or false, got '${align}'"
 [[ ${nj} =~ ^[1-9][0-9]*$ ]] || die "--nj must be a positive integer, got '${nj}'"
+[[ ${tts_voice} != *,* ]] || die "--tts_voice is one voice (VOICE[:RATE[:PITCH]]), got '${tts_voice}'"
 
-plan=${workdir}/plan.tsv
-log "planning ${num_utts} utterances (seed ${seed}${voices:+, voices ${voices}}) -> ${plan}"
-python3 local/mini_corpus.py plan --num-utts "${num_utts}" --num-dev "${num_dev}" --num-test "${num_test}" \
-  --utts-per-spk "${utts_per_spk}" --seed "${seed}" --voices "${voices}" --out "${plan}"
+# corpus PLAN VOICES ALIGN SUFFIX: plan the corpus (VOICES: --voices of the plan), synthesize it
+# (ALIGN: true or false) and write data/<split>SUFFIX
+corpus() {
+  local plan=$1 voices=$2 align=$3 suffix=$4 lines jobs=${nj} i
+  log "planning ${num_utts} utterances (seed ${seed}${voices:+, voices ${voices}}) -> ${plan}"
+  python3 local/mini_corpus.py plan --num-utts "${num_utts}" --num-dev "${num_dev}" --num-test "${num_test}" \
+    --utts-per-spk "${utts_per_spk}" --seed "${seed}" --voices "${voices}" --out "${plan}"
+  lines=$(wc -l < "${plan}")
+  (( jobs <= lines )) || jobs=${lines}
+  rm -rf "${workdir}/split"
+  mkdir -p "${workdir}/split"
+  local shards=()
+  for (( i = 1; i <= jobs; i++ )); do shards+=("${workdir}/split/plan.${i}.tsv"); done
+  utils/split_scp.sh "${plan}" "${shards[@]}"
+  local launcher synth_opts=()
+  read -ra launcher <<< "${cmd}"
+  if [[ ${align} == true ]]; then synth_opts+=(--align); fi
+  log "synthesizing with ${jobs} jobs (logs: ${workdir}/log/synth.*.log)"
+  "${launcher[@]}" JOB=1:"${jobs}" "${workdir}/log/synth.JOB.log" \
+    python3 local/mini_corpus.py synth --plan "${workdir}/split/plan.JOB.tsv" --wav-dir "${workdir}/wav" --fs "${fs}" \
+    ${synth_opts[@]+"${synth_opts[@]}"} \
+    || die "synthesis failed; see ${workdir}/log/synth.*.log"
+  python3 local/mini_corpus.py write --plan "${plan}" --wav-dir "${workdir}/wav" --out data --suffix "${suffix}"
+  log "done: data/train${suffix} data/dev${suffix} data/test${suffix}"
+}
 
-lines=$(wc -l < "${plan}")
-(( nj <= lines )) || nj=${lines}
-rm -rf "${workdir}/split"
-mkdir -p "${workdir}/split"
-shards=()
-for (( i = 1; i <= nj; i++ )); do shards+=("${workdir}/split/plan.${i}.tsv"); done
-utils/split_scp.sh "${plan}" "${shards[@]}"
-read -ra launcher <<< "${cmd}"
-synth_opts=()
-if [[ ${align} == true ]]; then synth_opts+=(--align); fi
-log "synthesizing with ${nj} jobs (logs: ${workdir}/log/synth.*.log)"
-"${launcher[@]}" JOB=1:"${nj}" "${workdir}/log/synth.JOB.log" \
-  python3 local/mini_corpus.py synth --plan "${workdir}/split/plan.JOB.tsv" --wav-dir "${workdir}/wav" --fs "${fs}" \
-  ${synth_opts[@]+"${synth_opts[@]}"} \
-  || die "synthesis failed; see ${workdir}/log/synth.*.log"
-
-python3 local/mini_corpus.py write --plan "${plan}" --wav-dir "${workdir}/wav" --out data
-log "done: data/train data/dev data/test"
+corpus "${workdir}/plan.tsv" "${voices}" "${align}" ""
+if [[ -n ${tts_voice} ]]; then
+  corpus "${workdir}/plan_tts.tsv" "${tts_voice}" true _tts
+fi

@@ -412,7 +412,7 @@ def cmd_write(args) -> None:
         raise SystemExit(f"{len(missing)} wav files missing or unreadable under {wav_dir} "
                          f"(e.g. {', '.join(missing[:5])}); re-run local/data.sh to synthesize them")
     for split, utts in splits.items():
-        out = write_data_dir(Path(args.out) / split, utts)
+        out = write_data_dir(Path(args.out) / f"{split}{args.suffix}", utts)
         write_phones(out, utts)
     print(f"mini_espeak: {sum(map(len, splits.values()))} utterances, {seconds / 3600:.2f} hours", file=sys.stderr)
 
@@ -452,6 +452,7 @@ def main(argv=None) -> None:
     pw.add_argument("--plan", required=True)
     pw.add_argument("--wav-dir", required=True)
     pw.add_argument("--out", required=True)
+    pw.add_argument("--suffix", default="", help="data dirs <split><suffix> (e.g. train_tts)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # write_data_dir's summary
     try:
