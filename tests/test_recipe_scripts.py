@@ -289,7 +289,8 @@ def test_stage_script_command_lines(tmp_path):
     assert "--out-dir exp/t1" in train
     assert calls[2] == "pack --exp-dir exp/t1 --out-dir exp/t1/packed"
     # stage 10: --inference_nj shard jobs through run.pl (in any order), then the merge
-    decode = "decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
+    decode = ("decode --model-dir exp/t1/packed --manifest-dir dump/test2/asr --out-dir exp/t1/decode_test2_asr --nj 2"
+              " --task-dir conf/tasks")  # the recipe's own tasks, which its decode YAML may configure
     assert sorted(calls[6:8]) == [f"{decode} --shard 1", f"{decode} --shard 2"] and calls[8] == decode
     assert (recipe / "exp" / "t1" / "decode_test2_asr" / "logs" / "decode.2.log").is_file()
     assert "--test-set test1 --task asr" in calls[9] and "--results exp/t1/RESULTS.md" in calls[9]

@@ -756,8 +756,7 @@ class AgentLoop:
 
         path = out_dir / "wav" / f"{run.ep.id}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        task = next((t for t in ("plain_tts", "tts") if t in self.pipe.templates
-                     and not any(s.modality == "spk_prompt" for s in self.pipe.templates[t].conditions)), None)
+        task = self.pipe.tts_task(False)
         if task is not None:
             wav, sr = self.pipe.tts(run.answer, task=task)
             write_wav(path, np.asarray(wav, dtype=np.float32), sr)

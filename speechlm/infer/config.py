@@ -10,14 +10,11 @@ A decode YAML (a recipe's ``conf/decode.yaml``, a model dir's ``decode.yaml``, `
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from speechlm.config import ConfigError
 from speechlm.utils.precision import PRECISIONS
-
-log = logging.getLogger(__name__)
 
 SEARCHES = ("greedy", "sample", "beam", "ctc_greedy")
 ORDINAL = ("", "mean", "median")
@@ -157,12 +154,10 @@ def task_options(options: dict, task: str, where: str = "decode config") -> dict
 
 
 def check_decode_options(options: dict | None, where: str = "decode config",
-                         known_tasks: Collection[str] | None = None, unknown_tasks: str = "error") -> None:
+                         known_tasks: Collection[str] | None = None) -> None:
     """Validate a whole decode YAML: the top-level keys and every ``tasks:`` entry (each merged over
     the top level), naming ``where`` (the file) and the key; with ``known_tasks`` a task name under
-    ``tasks:`` outside them (a typo, or a task of another model: one recipe file can configure the
-    tasks of several runs) is an error with the closest name suggested, or with ``unknown_tasks=
-    "warn"`` a warning (its options are then not used)."""
+    ``tasks:`` outside them (a typo) is an error with the closest name suggested."""
     from speechlm.config import from_dict
     from speechlm.registry import suggest
 
@@ -172,11 +167,8 @@ def check_decode_options(options: dict | None, where: str = "decode config",
     from_dict(DecodeConfig, top, where).validate(where)
     for task, opts in (options.get("tasks") or {}).items():
         if known_tasks is not None and task not in known_tasks:
-            msg = (f"{where}: tasks.{task}: unknown task {task!r}{suggest(str(task), list(known_tasks))}; "
-                   f"known tasks: {', '.join(sorted(known_tasks))}")
-            if unknown_tasks != "warn":
-                raise ConfigError(msg)
-            log.warning("%s (its options are not used)", msg)
+            raise ConfigError(f"{where}: tasks.{task}: unknown task {task!r}{suggest(str(task), list(known_tasks))}; "
+                              f"known tasks: {', '.join(sorted(known_tasks))}")
         from_dict(DecodeConfig, opts, f"{where}: tasks.{task}")
         decode_config_for(options, task, where)
 

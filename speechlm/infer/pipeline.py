@@ -90,7 +90,7 @@ class Pipeline:
             from speechlm.infer.config import check_decode_options
 
             decode_options = load_yaml(decode_yaml)
-            check_decode_options(decode_options, str(decode_yaml), known_tasks(templates), unknown_tasks="warn")
+            check_decode_options(decode_options, str(decode_yaml), known_tasks(templates))
         legacy = legacy_decode_precision(model_dir)  # an old model's autocast key: decode as it did
         if legacy and "precision" not in (decode_options or {}):
             decode_options = {**(decode_options or {}), "precision": legacy}
@@ -281,10 +281,24 @@ class Pipeline:
         task, inputs = self.tts_inputs(text, speaker_prompt, task)
         return self.generate(task, config, **inputs)
 
+    def tts_task(self, prompted: bool) -> str | None:
+        """The model's text -> speech task with a speaker prompt (``prompted``) or without: ``tts``
+        / ``plain_tts`` where it has them, else the first other such task by name (the mini
+        recipe's ``tts_phones``); None where it has none."""
+        def fits(t: TaskTemplate) -> bool:
+            return (bool(t.targets) and t.targets[0].modality == "audio"
+                    and any(s.modality == "text" for s in t.conditions)
+                    and any(s.modality == "spk_prompt" for s in t.conditions) == prompted)
+
+        first = "tts" if prompted else "plain_tts"
+        names = [first, *sorted(n for n in self.templates if n != first)]
+        return next((n for n in names if n in self.templates and fits(self.templates[n])), None)
+
     def tts_inputs(self, text: str, speaker_prompt: AudioValue | None = None,
                    task: str | None = None) -> tuple[str, dict[str, Any]]:
-        """The TTS task (``tts`` with a speaker prompt, else ``plain_tts``) and its inputs."""
-        task = task or ("tts" if speaker_prompt is not None else "plain_tts")
+        """The TTS task (:meth:`tts_task`; with a speaker prompt the prompted one) and its inputs."""
+        prompted = speaker_prompt is not None
+        task = task or self.tts_task(prompted) or ("tts" if prompted else "plain_tts")
         template = self.template(task)
         inputs = {}
         for seg in template.conditions:
@@ -340,13 +354,14 @@ class Output:
     score: float
 
 
-def known_tasks(templates: dict[str, TaskTemplate]) -> set[str]:
-    """Task names a decode YAML may configure: the model's tasks and the built-in ones."""
+def known_tasks(templates: dict[str, TaskTemplate], task_dirs: list | None = None) -> set[str]:
+    """Task names a decode YAML may configure: the model's tasks, the built-in ones and those of
+    ``task_dirs``."""
     from speechlm.config import ConfigError
     from speechlm.tasks.template import find_templates
 
     try:
-        return set(templates) | set(find_templates())
+        return set(templates) | set(find_templates(task_dirs))
     except ConfigError:  # no built-in task dir in this installation
         return set(templates)
 

@@ -234,7 +234,7 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
 
 def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_config: dict | None = None,
                     nj: int = 1, limit: int | None = None, config_file: str | None = None,
-                    shard: int | None = None) -> dict:
+                    shard: int | None = None, task_dirs: list | None = None) -> dict:
     """Decode every example of ``manifest_dir``; ``nj > 1`` runs the unfinished shards as parallel
     processes, then merges. ``shard`` (1-based) decodes only that shard of ``nj`` and returns ``{}``
     (a job of a recipe's run.pl or slurm.pl); a later call without it merges.
@@ -243,7 +243,8 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     ``config_file``, named in errors); the resolved options, model and manifest are written to
     ``OUT/decode.yaml`` for scoring and reports. Utterances that could not be decoded are listed in
     ``OUT/failed`` (``utt reason``) and counted in the returned ``failed``; the output is then not
-    marked complete, so running the same command again retries them.
+    marked complete, so running the same command again retries them. ``task_dirs``: dirs of task
+    templates whose tasks the decode YAML may configure besides the model's and the built-in ones.
     """
     import dataclasses
 
@@ -262,8 +263,7 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     template, _ = read_manifest(manifest_dir)
     where = config_file or "decode options"
     model_tasks = {p.stem: None for p in sorted((Path(model_dir) / "tasks").glob("*.yaml"))}
-    # a recipe's decode YAML may configure tasks of other runs too: warned about, not an error
-    check_decode_options(decode_config, where, known_tasks(model_tasks) | {template.name}, unknown_tasks="warn")
+    check_decode_options(decode_config, where, known_tasks(model_tasks, task_dirs) | {template.name})
     decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name, where))
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),

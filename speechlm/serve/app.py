@@ -139,16 +139,6 @@ def find_voices(model_dir: Path | None) -> dict[str, Path]:
     return {p.stem: p for p in sorted((model_dir / "voices").iterdir()) if p.suffix.lower() in (".wav", ".flac")}
 
 
-def tts_tasks(pipe) -> tuple[str | None, str | None]:
-    """(prompt-free TTS task, speaker-prompted TTS task) of the model, None where it has none."""
-    def has(name: str, prompted: bool) -> bool:
-        t = pipe.templates.get(name)
-        return (t is not None and t.targets[0].modality == "audio"
-                and any(s.modality == "spk_prompt" for s in t.conditions) == prompted)
-
-    return ("plain_tts" if has("plain_tts", False) else None), ("tts" if has("tts", True) else None)
-
-
 # ---- the app ---------------------------------------------------------------------------------------------
 def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None = None, max_batch: int = 16,
                window_s: float = 0.01, agent_mode: str = "e2e", dialogue_task: str | None = None,
@@ -194,7 +184,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
         state.agent_error = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         log.info("no voice agent on this model: %s", state.agent_error)
-    plain_task, prompted_task = tts_tasks(pipe)
+    plain_task, prompted_task = pipe.tts_task(False), pipe.tts_task(True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

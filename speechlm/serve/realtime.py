@@ -204,12 +204,6 @@ def utterance_audio(pcm: bytes, rel_db: float = -40.0, margin_ms: int = 20) -> n
 
 
 # ---- the spoken answer ---------------------------------------------------------------------------------
-def tts_task(pipe) -> Optional[str]:
-    """The model's TTS task that needs no speaker prompt (as the agent loop's ``speak``), or None."""
-    return next((t for t in ("plain_tts", "tts") if t in pipe.templates
-                 and not any(s.modality == "spk_prompt" for s in pipe.templates[t].conditions)), None)
-
-
 def _to_pcm16(wav: np.ndarray) -> bytes:
     return (np.clip(np.asarray(wav, dtype=np.float32), -1, 1) * 32767).astype("<i2").tobytes()
 
@@ -218,7 +212,7 @@ def speech_chunks(pipe, text: str, chunk_s: float = AUDIO_CHUNK_S, config=None) 
     """``(pcm16 bytes, sample_rate)`` chunks of ``text`` spoken as they are made: the model's TTS
     task (its streaming decoder when the pipeline has one; ``config``: its decode options, default
     the model dir's), else espeak-ng's output as it writes it."""
-    task = tts_task(pipe) if pipe is not None else None
+    task = pipe.tts_task(False) if pipe is not None else None
     if task is not None:
         sr = pipe.tokenizers[pipe.template(task).targets[0].tokenizer].sample_rate
         if hasattr(pipe, "tts_stream"):

@@ -356,7 +356,8 @@ if stage_on 10; then
         log "Stage 10: ${ddir} is complete, skipped"
         continue
       fi
-      decode_opts=(--model-dir "${exp}/packed" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}")
+      decode_opts=(--model-dir "${exp}/packed" --manifest-dir "${dumpdir}/${s}/${t}" --out-dir "${ddir}" --nj "${inference_nj}"
+        "${task_dir_opts[@]}")
       if [[ -n ${decode_config} ]]; then decode_opts+=(--decode-config "${decode_config}"); fi
       read -ra extra_decode_opts <<< "${decode_args}"
       # --inference_nj shards as jobs of ${decode_cmd} (a Slurm cluster spreads them), then the merge;
