@@ -244,6 +244,24 @@ def test_decode_yaml_may_configure_the_tasks_of_a_task_dir(model_dir, wavs, tmp_
     assert "nope: no such directory" in caplog.text
 
 
+def test_tts_task_is_found_by_its_shape():
+    """lm.tts, the server and the agent's speech use Pipeline.tts_task: tts / plain_tts first, else a
+    text -> speech task of another name (the mini recipe's phone-led tts_phones)."""
+    from types import SimpleNamespace
+
+    from speechlm.infer.pipeline import Pipeline
+    from speechlm.tasks.template import load_template_file
+
+    conf = Path(__file__).resolve().parent.parent / "egs" / "mini_espeak" / "speechlm1" / "conf" / "tasks"
+    phones = load_template_file(conf / "tts_phones.yaml")
+    pick = lambda names, prompted: Pipeline.tts_task(SimpleNamespace(templates={
+        n: phones if n == "tts_phones" else load_template(n) for n in names}), prompted)
+    assert pick(["asr", "tts", "plain_tts", "tts_phones"], True) == "tts"
+    assert pick(["asr", "tts", "plain_tts"], False) == "plain_tts"
+    assert pick(["asr", "tts_phones"], True) == "tts_phones"
+    assert pick(["asr", "tts_phones"], False) is None and pick(["asr", "audiolm"], True) is None
+
+
 # ---- case 20 -------------------------------------------------------------------------------------
 def test_case20_text_without_phones_is_rejected_by_utterance(model_dir, tmp_path):
     lm = speechlm.load(model_dir)
