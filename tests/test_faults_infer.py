@@ -23,7 +23,6 @@ from speechlm.data.sequence import build_example
 from speechlm.infer import DecodeConfig, generate_nbest
 from speechlm.models import SpeechLM
 from speechlm.tasks import load_template
-from speechlm.tasks.template import BUILTIN_DIR
 from conftest import synth
 from test_model_helpers import packed_model_dir, tiny_config, toy_vocab
 
@@ -225,23 +224,20 @@ def test_case16_decode_yaml_errors_name_file_and_key(model_dir, wavs, tmp_path, 
     assert not (tmp_path / "out" / "text").exists()
 
 
-def test_decode_yaml_may_configure_the_tasks_of_a_task_dir(model_dir, wavs, tmp_path, caplog):
-    """A recipe's decode YAML configures the tasks of its task dir (conf/tasks), some of which a
-    given model lacks: `decode --task-dir` (as stage 10 passes it) knows them; without it the name is
-    taken for a typo."""
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "tts_other.yaml").write_text((BUILTIN_DIR / "tts.yaml").read_text().replace("name: tts", "name: tts_other"))
+def test_decode_yaml_may_configure_tasks_the_model_lacks(model_dir, wavs, tmp_path, caplog):
+    """A recipe's decode YAML configures the tasks of all its runs (the mini recipe's
+    conf/decode_phones.yaml: tts_phones and tts_spoken_phones): decoding one task reads its entry
+    and leaves the others alone; an entry of a name close to the decoded task's, and none of its
+    own, is a typo (case 16)."""
     conf = tmp_path / "decode.yaml"
-    conf.write_text("search: greedy\nmax_len: 5\ntasks:\n  tts_other: {search: sample}\n")
+    conf.write_text("search: greedy\nmax_len: 5\ntasks:\n  tts_spoken_phones: {search: sample}\n"
+                    "  asr: {max_len: 4}\n")
     wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"]})
-    args = ["--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)]
-    assert decode(model_dir, tmp_path / "bad", *args) == 1
-    assert "unknown task 'tts_other'" in caplog.text
-    assert decode(model_dir, tmp_path / "out", *args, "--task-dir", str(tasks)) == 0
-    assert (tmp_path / "out" / "text").is_file()
-    assert decode(model_dir, tmp_path / "out2", *args, "--task-dir", str(tmp_path / "nope")) == 1
-    assert "nope: no such directory" in caplog.text
+    assert decode(model_dir, tmp_path / "out", "--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)) == 0
+    assert "max_len: 4" in (tmp_path / "out" / "decode.yaml").read_text()
+    conf.write_text("tasks:\n  tts_spoken_phones: {search: sample}\n  asrr: {max_len: 4}\n")
+    assert decode(model_dir, tmp_path / "bad", "--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)) == 1
+    assert "tasks.asrr" in caplog.text and "did you mean 'asr'" in caplog.text
 
 
 def test_tts_task_is_found_by_its_shape():

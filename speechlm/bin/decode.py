@@ -33,9 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (overrides the config)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"),
                    help="decoding precision (overrides the config's precision; default fp32)")
-    p.add_argument("--task-dir", action="append", default=[],
-                   help="extra dir of task templates (repeatable): --decode-config may configure its tasks too "
-                        "(a recipe's file for several runs) without a typo error")
     p.add_argument("--limit", type=int, help="decode only the first N examples")
 
 
@@ -73,9 +70,6 @@ def main(args: argparse.Namespace) -> int:
     from speechlm.utils.threads import set_threads
 
     set_threads(1 if args.shard and args.nj > 1 else None, jobs=args.nj)  # a shard: one thread, as the local pool
-    for d in args.task_dir:
-        if not Path(d).is_dir():
-            raise FileNotFoundError(f"--task-dir {d}: no such directory")
     config_file = args.decode_config
     if config_file is None and (Path(args.model_dir) / "decode.yaml").is_file():
         config_file = str(Path(args.model_dir) / "decode.yaml")  # the model's own defaults (speechlm pack)
@@ -89,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     manifest_dir = args.manifest_dir or str(manifest_from_input(args.model_dir, args.task, args.input,
                                                                 Path(args.out_dir) / "input"))
     timing = decode_manifest(args.model_dir, manifest_dir, args.out_dir, cfg, args.nj, args.limit, config_file,
-                             args.shard, args.task_dir)
+                             args.shard)
     if timing.get("failed"):
         logging.getLogger("speechlm.decode").error(
             "%d of %d utterances FAILED (reasons in %s); the other %d were decoded. Fix the inputs and run the "

@@ -173,6 +173,21 @@ def check_decode_options(options: dict | None, where: str = "decode config",
         decode_config_for(options, task, where)
 
 
+def check_task_entry(options: dict | None, task: str, where: str = "decode config") -> None:
+    """Decoding ``task`` with a decode YAML that has no ``tasks.<task>`` entry but one whose name is
+    close to it (``tasks.asrr``) is a typo: an error naming it. Entries of other tasks are the
+    options of other models (a recipe's file serves several runs) and are not checked here."""
+    import difflib
+
+    entries = [str(t) for t in ((options or {}).get("tasks") or {})]
+    if task in entries:
+        return
+    close = difflib.get_close_matches(task, entries, n=1)
+    if close:
+        raise ConfigError(f"{where}: tasks.{close[0]}: decoding task {task!r}, which has no entry; "
+                          f"did you mean {task!r}?")
+
+
 def decode_config_for(options: dict | None, task: str, where: str = "decode config") -> DecodeConfig:
     """The validated :class:`DecodeConfig` of ``task`` from a decode YAML's contents (``where``: the
     file, for error messages)."""
@@ -183,4 +198,4 @@ def decode_config_for(options: dict | None, task: str, where: str = "decode conf
     return from_dict(DecodeConfig, task_options(options or {}, task, where), here).validate(here)
 
 
-__all__ = ["DecodeConfig", "SEARCHES", "task_options", "decode_config_for", "check_decode_options"]
+__all__ = ["DecodeConfig", "SEARCHES", "task_options", "decode_config_for", "check_decode_options", "check_task_entry"]

@@ -354,14 +354,13 @@ class Output:
     score: float
 
 
-def known_tasks(templates: dict[str, TaskTemplate], task_dirs: list | None = None) -> set[str]:
-    """Task names a decode YAML may configure: the model's tasks, the built-in ones and those of
-    ``task_dirs``."""
+def known_tasks(templates: dict[str, TaskTemplate]) -> set[str]:
+    """Task names a decode YAML may configure: the model's tasks and the built-in ones."""
     from speechlm.config import ConfigError
     from speechlm.tasks.template import find_templates
 
     try:
-        return set(templates) | set(find_templates(task_dirs))
+        return set(templates) | set(find_templates())
     except ConfigError:  # no built-in task dir in this installation
         return set(templates)
 

@@ -234,7 +234,7 @@ def merge(out_dir: Path, nj: int, target_name: str) -> dict:
 
 def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_config: dict | None = None,
                     nj: int = 1, limit: int | None = None, config_file: str | None = None,
-                    shard: int | None = None, task_dirs: list | None = None) -> dict:
+                    shard: int | None = None) -> dict:
     """Decode every example of ``manifest_dir``; ``nj > 1`` runs the unfinished shards as parallel
     processes, then merges. ``shard`` (1-based) decodes only that shard of ``nj`` and returns ``{}``
     (a job of a recipe's run.pl or slurm.pl); a later call without it merges.
@@ -243,15 +243,13 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     ``config_file``, named in errors); the resolved options, model and manifest are written to
     ``OUT/decode.yaml`` for scoring and reports. Utterances that could not be decoded are listed in
     ``OUT/failed`` (``utt reason``) and counted in the returned ``failed``; the output is then not
-    marked complete, so running the same command again retries them. ``task_dirs``: dirs of task
-    templates whose tasks the decode YAML may configure besides the model's and the built-in ones.
+    marked complete, so running the same command again retries them.
     """
     import dataclasses
 
     import yaml
 
-    from speechlm.infer.config import check_decode_options
-    from speechlm.infer.pipeline import known_tasks
+    from speechlm.infer.config import check_decode_options, check_task_entry
 
     if shard is not None and not 1 <= shard <= nj:
         raise ValueError(f"--shard must be in 1..{nj} (--nj), got {shard}")
@@ -263,7 +261,8 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     template, _ = read_manifest(manifest_dir)
     where = config_file or "decode options"
     model_tasks = {p.stem: None for p in sorted((Path(model_dir) / "tasks").glob("*.yaml"))}
-    check_decode_options(decode_config, where, known_tasks(model_tasks, task_dirs) | {template.name})
+    check_decode_options(decode_config, where)  # every entry's keys
+    check_task_entry(decode_config, template.name, where)
     decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name, where))
     with atomic_open(out / "decode.yaml") as f:
         yaml.safe_dump({"model_dir": str(Path(model_dir).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
