@@ -260,7 +260,6 @@ def decode_manifest(model_dir: str, manifest_dir: str, out_dir: str, decode_conf
     out.mkdir(parents=True, exist_ok=True)
     template, _ = read_manifest(manifest_dir)
     where = config_file or "decode options"
-    model_tasks = {p.stem: None for p in sorted((Path(model_dir) / "tasks").glob("*.yaml"))}
     check_decode_options(decode_config, where)  # every entry's keys
     check_task_entry(decode_config, template.name, where)
     decode_config = dataclasses.asdict(decode_config_for(decode_config, template.name, where))
