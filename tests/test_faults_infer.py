@@ -229,10 +229,13 @@ def test_decode_yaml_may_configure_tasks_the_model_lacks(model_dir, wavs, tmp_pa
     conf/decode_phones.yaml: tts_phones and tts_spoken_phones): decoding one task reads its entry
     and leaves the others alone; an entry of a name close to the decoded task's, and none of its
     own, is a typo (case 16)."""
+    wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"]})
     conf = tmp_path / "decode.yaml"
     conf.write_text("search: greedy\nmax_len: 5\ntasks:\n  tts_spoken_phones: {search: sample}\n"
+                    "  asr_en: {max_len: 3}\n")  # a sibling task's entry, not a typo of asr
+    assert decode(model_dir, tmp_path / "sib", "--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)) == 0
+    conf.write_text("search: greedy\nmax_len: 5\ntasks:\n  tts_spoken_phones: {search: sample}\n"
                     "  asr: {max_len: 4}\n")
-    wav_scp = scp(tmp_path / "wav.scp", {"a1": wavs["a1"]})
     assert decode(model_dir, tmp_path / "out", "--task", "asr", "--input", str(wav_scp), "--decode-config", str(conf)) == 0
     assert "max_len: 4" in (tmp_path / "out" / "decode.yaml").read_text()
     conf.write_text("tasks:\n  tts_spoken_phones: {search: sample}\n  asrr: {max_len: 4}\n")
@@ -241,21 +244,22 @@ def test_decode_yaml_may_configure_tasks_the_model_lacks(model_dir, wavs, tmp_pa
 
 
 def test_tts_task_is_found_by_its_shape():
-    """lm.tts, the server and the agent's speech use Pipeline.tts_task: tts / plain_tts first, else a
-    text -> speech task of another name (the mini recipe's phone-led tts_phones)."""
-    from types import SimpleNamespace
-
-    from speechlm.infer.pipeline import Pipeline
+    """lm.tts, the server, the agent's speech and the model card's example use tts_task: tts /
+    plain_tts first, else a text -> speech task of another name (the mini recipe's phone-led
+    tts_phones)."""
+    from speechlm.infer.pipeline import tts_task
+    from speechlm.models.model_card import usage_lines
     from speechlm.tasks.template import load_template_file
 
     conf = Path(__file__).resolve().parent.parent / "egs" / "mini_espeak" / "speechlm1" / "conf" / "tasks"
     phones = load_template_file(conf / "tts_phones.yaml")
-    pick = lambda names, prompted: Pipeline.tts_task(SimpleNamespace(templates={
-        n: phones if n == "tts_phones" else load_template(n) for n in names}), prompted)
-    assert pick(["asr", "tts", "plain_tts", "tts_phones"], True) == "tts"
-    assert pick(["asr", "tts", "plain_tts"], False) == "plain_tts"
-    assert pick(["asr", "tts_phones"], True) == "tts_phones"
-    assert pick(["asr", "tts_phones"], False) is None and pick(["asr", "audiolm"], True) is None
+    tpls = lambda names: {n: phones if n == "tts_phones" else load_template(n) for n in names}
+    assert tts_task(tpls(["asr", "tts", "plain_tts", "tts_phones"]), True) == "tts"
+    assert tts_task(tpls(["asr", "tts", "plain_tts"]), False) == "plain_tts"
+    assert tts_task(tpls(["asr", "tts_phones"]), True) == "tts_phones"
+    assert tts_task(tpls(["asr", "tts_phones"]), False) is None and tts_task(tpls(["asr", "audiolm"]), True) is None
+    card = "\n".join(usage_lines(tpls(["asr", "tts_phones"])))
+    assert 'lm.tts("hello world", speaker_prompt="prompt.wav")' in card
 
 
 # ---- case 20 -------------------------------------------------------------------------------------

@@ -182,7 +182,8 @@ def check_task_entry(options: dict | None, task: str, where: str = "decode confi
     entries = [str(t) for t in ((options or {}).get("tasks") or {})]
     if task in entries:
         return
-    close = difflib.get_close_matches(task, entries, n=1)
+    # 0.8: `asrr` for asr, not a sibling task such as `asr_en` or `tts_spoken_phones` for tts_phones
+    close = difflib.get_close_matches(task, entries, n=1, cutoff=0.8)
     if close:
         raise ConfigError(f"{where}: tasks.{close[0]}: decoding task {task!r}, which has no entry; "
                           f"did you mean {task!r}?")

@@ -282,17 +282,8 @@ class Pipeline:
         return self.generate(task, config, **inputs)
 
     def tts_task(self, prompted: bool) -> str | None:
-        """The model's text -> speech task with a speaker prompt (``prompted``) or without: ``tts``
-        / ``plain_tts`` where it has them, else the first other such task by name (the mini
-        recipe's ``tts_phones``); None where it has none."""
-        def fits(t: TaskTemplate) -> bool:
-            return (bool(t.targets) and t.targets[0].modality == "audio"
-                    and any(s.modality == "text" for s in t.conditions)
-                    and any(s.modality == "spk_prompt" for s in t.conditions) == prompted)
-
-        first = "tts" if prompted else "plain_tts"
-        names = [first, *sorted(n for n in self.templates if n != first)]
-        return next((n for n in names if n in self.templates and fits(self.templates[n])), None)
+        """The model's TTS task with a speaker prompt (``prompted``) or without (:func:`tts_task`)."""
+        return tts_task(self.templates, prompted)
 
     def tts_inputs(self, text: str, speaker_prompt: AudioValue | None = None,
                    task: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -352,6 +343,20 @@ class Output:
     tokens: np.ndarray
     stopped: bool
     score: float
+
+
+def tts_task(templates: dict[str, TaskTemplate], prompted: bool) -> str | None:
+    """The text -> speech task among ``templates`` with a speaker prompt (``prompted``) or without:
+    ``tts`` / ``plain_tts`` where there, else the first other such task by name (the mini recipe's
+    ``tts_phones``); None where there is none."""
+    def fits(t: TaskTemplate) -> bool:
+        return (bool(t.targets) and t.targets[0].modality == "audio"
+                and any(s.modality == "text" for s in t.conditions)
+                and any(s.modality == "spk_prompt" for s in t.conditions) == prompted)
+
+    first = "tts" if prompted else "plain_tts"
+    names = [first, *sorted(n for n in templates if n != first)]
+    return next((n for n in names if n in templates and fits(templates[n])), None)
 
 
 def known_tasks(templates: dict[str, TaskTemplate]) -> set[str]:

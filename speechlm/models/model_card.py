@@ -60,6 +60,9 @@ def _example_value(seg) -> str:
 
 def usage_lines(templates: dict[str, TaskTemplate]) -> list[str]:
     """One call per task of the model, through the :class:`~speechlm.infer.pipeline.Pipeline` API."""
+    from speechlm.infer.pipeline import tts_task
+
+    lm_tts = {tts_task(templates, False), tts_task(templates, True)} - {None}  # what lm.tts picks by itself
     lines = []
     for name in sorted(templates):
         t = templates[name]
@@ -68,7 +71,7 @@ def usage_lines(templates: dict[str, TaskTemplate]) -> list[str]:
         conds = {s.modality: s for s in t.conditions}
         if name == "asr" and len(t.conditions) == 1 and not audio_out:
             call = f"lm.asr({_example_value(t.conditions[0])})"
-        elif name in ("tts", "plain_tts") and audio_out and "text" in conds:
+        elif name in lm_tts:
             prompt = f", speaker_prompt={_example_value(conds['spk_prompt'])}" if "spk_prompt" in conds else ""
             call = f"lm.tts(\"hello world\"{prompt})"
         else:
