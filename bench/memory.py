@@ -4,8 +4,9 @@
 
 Builds a small mini_espeak corpus (``local/data.sh --num_utts N``, then the recipe's stages 2-7:
 tokenization) in a temporary copy of the recipe, or uses ``--recipe-dir`` (a recipe dir whose
-stages 1-7 ran, e.g. egs/mini_espeak/speechlm1), then runs ``speechlm train`` with the recipe's
-own configs (conf/model.yaml, conf/train.yaml) for ``--steps`` steps in each setting below and
+stages 1-7 ran with ``--tasks "asr tts"``), then runs ``speechlm train`` with the recipe's configs of
+its ASR + speaker-prompted TTS over 138 voices (conf/model.yaml, conf/train.yaml; the recipe's
+default until 2026-12-07) for ``--steps`` steps in each setting below and
 reports:
 
 * main peak: the training process's VmHWM (polled, and as its log states at the end);
@@ -97,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-utts", type=int, default=300, help="corpus size to synthesize (without --recipe-dir)")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--recipe-dir", type=Path, help="a mini_espeak recipe dir whose stages 1-7 ran")
+    p.add_argument("--recipe-dir", type=Path, help="a mini_espeak recipe dir whose stages 1-7 ran with --tasks \"asr tts\"")
     p.add_argument("--settings", default="0,1,2", help="which rows (indices into the settings list)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -108,8 +109,12 @@ def main() -> None:
         else:
             recipe = recipe_copy(tmp / "mini_espeak" / "speechlm1")
             t = time.time()
+            # the speaker-prompted TTS over the 138 voices (the recipe's TTS until 2026-12-07): the
+            # numbers in docs/PERFORMANCE.md were measured with it
             subprocess.run(["./run.sh", "--stop_stage", "7", "--local_data_opts",
-                            f"--num_utts {args.num_utts} --nj 2 --seed 1"], cwd=recipe, check=True,
+                            f"--num_utts {args.num_utts} --nj 2 --seed 1", "--tasks", "asr tts",
+                            "--task_weights", "asr:2 tts:1", "--task_set_suffix", "",
+                            "--tokenizers", "conf/tokenizers.yaml"], cwd=recipe, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             print(f"corpus: {args.num_utts} utterances synthesized and tokenized in {time.time() - t:.0f} s")
         name = recipe.parent.name

@@ -396,3 +396,20 @@ def test_case25_unreachable_bpe_size_is_one_clear_line(tmp_path, caplog):
     from speechlm.tokenizers import build_tokenizer
 
     assert build_tokenizer({"type": "sentencepiece", "model": str(tmp_path / "bpe" / "bpe.model")}).codebook_sizes == [reach]
+
+
+def test_pack_ships_the_voices_dir(run, tmp_path, monkeypatch, caplog):
+    """--voices-dir: its <name>.wav files and their .phn alignments go to voices/; a dir without
+    wav files is refused before the model dir is written."""
+    a, _ = run
+    monkeypatch.chdir(a)
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "en-us.wav").write_bytes(b"RIFF")
+    (voices / "en-us.phn").write_text("0.0 0.1 h\n")
+    (voices / "notes.txt").write_text("not a voice\n")
+    assert _pack(a / "exp" / "run", tmp_path / "packed", "--voices-dir", str(voices)) == 0
+    assert sorted(p.name for p in (tmp_path / "packed" / "voices").iterdir()) == ["en-us.phn", "en-us.wav"]
+    (tmp_path / "empty").mkdir()
+    assert _pack(a / "exp" / "run", tmp_path / "p2", "--voices-dir", str(tmp_path / "empty")) == 1
+    assert "no <name>.wav speaker prompts" in caplog.text and not (tmp_path / "p2").exists()

@@ -21,6 +21,7 @@ from speechlm.config import ConfigError
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
 from speechlm.infer import DecodeConfig, generate_nbest
+from speechlm.infer.pipeline import InputError
 from speechlm.models import SpeechLM
 from speechlm.tasks import load_template
 from conftest import synth
@@ -353,3 +354,32 @@ def test_shard_jobs_then_merge_give_the_local_pools_output(model_dir, wavs, tmp_
         assert (jobs / name).read_text() == (pool / name).read_text(), name
     bad = decode(model_dir, tmp_path / "x", "--task", "asr", "--input", str(wav_scp), "--nj", "2", "--shard", "3")
     assert bad != 0 and "--shard must be in 1..2 (--nj), got 3" in caplog.text
+
+
+@pytest.mark.parametrize("task,prompted,says", [
+    ("plain_tts", True, "'plain_tts' takes no speaker prompt"),  # the mini recipe's one-voice TTS
+    ("tts", False, "'tts' needs a speaker prompt"),
+])
+def test_tts_with_or_without_a_prompt_the_model_lacks(tmp_path, wavs, task, prompted, says):
+    """lm.tts on a model whose one TTS task takes the other kind of call says so (not a missing 'tts')."""
+    lm = speechlm.load(packed_model_dir(tmp_path, ("asr", task), CHARS))
+    with pytest.raises(InputError, match=says):
+        lm.tts("hello", speaker_prompt=next(iter(wavs.values())) if prompted else None)
+    with pytest.raises(InputError, match="has no TTS task; it has: asr"):
+        speechlm.load(packed_model_dir(tmp_path / "asr", ("asr",), CHARS)).tts("hello")
+
+
+def test_a_shipped_voice_is_the_prompt_of_tts_without_one(tmp_path, wavs):
+    """A model whose TTS takes a prompt speaks lm.tts(text) in its voices/ prompt (the mini recipe's
+    packed model), as if it were given by hand; the server and agent find the task."""
+    root = packed_model_dir(tmp_path, ("asr", "tts"), CHARS)
+    with pytest.raises(InputError, match="'tts' needs a speaker prompt"):
+        speechlm.load(root).tts("hello")
+    (root / "voices").mkdir()
+    voice = shutil.copy(next(iter(wavs.values())), root / "voices" / "en-us.wav")
+    lm = speechlm.load(root)
+    assert lm.speech_task() == "tts" and list(lm.voices) == ["en-us"]
+    task, inputs = lm.tts_inputs("hello")
+    assert task == "tts" and str(voice) in inputs.values() and "hello" in inputs.values()
+    # greedy: the same tokens as with the prompt given by hand (Codec 2's random phases make the samples differ)
+    assert len(lm.tts("hello")[0]) == len(lm.tts("hello", speaker_prompt=str(voice))[0])

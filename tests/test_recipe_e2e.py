@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from torch import equal as torch_equal
 
 from speechlm.conf import resolve_config
@@ -22,11 +23,13 @@ from test_recipe_mini import pytestmark as _needs_espeak
 pytestmark = _needs_espeak
 
 # the tiny model preset (speechlm/conf/model/tiny.yaml) plus the mini model's heads and inputs (its
-# decode config uses the CTC and length heads; TTS decoding feeds the progress input)
+# decode config uses the CTC and length heads; TTS decoding feeds the progress input and the text's
+# next phone)
 TINY_MODEL = resolve_config("model", "tiny").read_text() + (
-    "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nlength_weight: 1.0\nprogress: true\n")
+    "cond_reduction: 2\nctc_weight: 0.3\nctc_tokenizer: text_bpe\nlength_weight: 1.0\nprogress: true\n"
+    "next_phone: codec_ph\n")
 TINY = [
-    "--local_data_opts", "--num_utts 90 --num_dev 6 --num_test 6 --utts_per_spk 10 --nj 2 --seed 4",
+    "--local_data_opts", "--num_utts 90 --num_dev 6 --num_test 6 --utts_per_spk 10 --nj 2 --seed 4 --tts_voice en-us",
     "--nbpe", "48", "--nj", "2", "--inference_nj", "2", "--model_config", "tiny_model.yaml",
 ]
 TRAIN = ["--train_args", "--max-steps 40 --save-every 10 --valid-every 20 --batch-tokens 1500 --threads 1"]
@@ -83,25 +86,26 @@ def recipe(tmp_path_factory):
 
 def test_every_stage_ran_and_results_were_written(recipe):
     results = (recipe.path / TAG / "RESULTS.md").read_text()
-    assert "asr" in results and "tts" in results
+    assert "## test / asr" in results and "## test_tts / tts_phones" in results  # TTS reads its one-voice sets
     assert "cer" in results.lower() and "wer" in results.lower()
-    for task in ("asr", "tts"):
-        ddir = recipe.path / TAG / f"decode_test_{task}"
-        timing = json.loads((ddir / "timing.json").read_text())
+    for ddir, tokens in (("decode_test_asr", "text"), ("decode_test_tts_tts_phones", "speech")):
+        timing = json.loads((recipe.path / TAG / ddir / "timing.json").read_text())
         assert timing["utterances"] == 3
-        assert (ddir / "decode.yaml").is_file() and (ddir / "tokens" / f"{'text' if task == 'asr' else 'speech'}.scp").is_file()
+        assert (recipe.path / TAG / ddir / "decode.yaml").is_file()
+        assert (recipe.path / TAG / ddir / "tokens" / f"{tokens}.scp").is_file()
     assert len((recipe.path / TAG / "decode_test_asr" / "text").read_text().splitlines()) == 3
-    assert len((recipe.path / TAG / "decode_test_tts" / "wav.scp").read_text().splitlines()) == 3
-    assert len((recipe.path / TAG / "decode_test_tts" / "stopped").read_text().splitlines()) == 3
+    tts = recipe.path / TAG / "decode_test_tts_tts_phones"
+    assert len((tts / "wav.scp").read_text().splitlines()) == 3
+    assert len((tts / "stopped").read_text().splitlines()) == 3
     # TTS is scored against the recognizer's floor on ground truth and on Codec 2 resynthesis
     assert "ASR-WER % (codec)" in results and "dur 0.7-1.4x %" in results and "stopped %" in results
-    assert len((recipe.path / TAG / "resynth_test_tts" / "wav.scp").read_text().splitlines()) == 6
+    assert len((recipe.path / TAG / "resynth_test_tts_tts_phones" / "wav.scp").read_text().splitlines()) == 6
     packed = recipe.path / TAG / "packed"
     for f in ("config.json", "model.safetensors", "token_list.json", "llama_config.json", "tokenizers.yaml", "README.md",
-              "tasks/asr.yaml", "tasks/tts.yaml"):
+              "tasks/asr.yaml", "tasks/tts_phones.yaml"):
         assert (packed / f).exists(), f
     card = (packed / "README.md").read_text()
-    assert "Tasks: asr, tts" in card and "speechlm.load" in card
+    assert "Tasks: asr, tts_phones" in card and "speechlm.load" in card and "lm.tts(" in card
     # packing refits the length head on the frozen training features: its error falls
     before, after = map(float, re.search(r"log length ratio ([0-9.]+) -> ([0-9]+\.[0-9]+)", card).groups())
     assert after < before
@@ -141,7 +145,11 @@ def test_packed_model_transcribes_in_a_fresh_process(recipe, tmp_path):
     """speechlm.load in a new interpreter and `speechlm decode --input` (no manifest, no decode
     config: both use the packed model's decode.yaml) give the same transcript of a test wav."""
     packed = recipe.path / TAG / "packed"
-    assert (packed / "decode.yaml").read_text() == (recipe.path / "conf" / "decode.yaml").read_text()
+    # the recipe's decode file, less the entries of the tasks this model lacks
+    packed_decode = yaml.safe_load((packed / "decode.yaml").read_text())
+    recipe_decode = yaml.safe_load((recipe.path / "conf" / "decode_phones.yaml").read_text())
+    assert set(packed_decode["tasks"]) == {"asr", "tts_phones"}
+    assert packed_decode["tasks"]["tts_phones"] == recipe_decode["tasks"]["tts_phones"]
     utt, wav = (recipe.path / "data" / "test" / "wav.scp").read_text().splitlines()[1].split(" ", 1)
     code = ("import json, sys, speechlm\nlm = speechlm.load(sys.argv[1])\n"
             "print(lm.decode_config('asr').search)\nprint(json.dumps(lm.asr(sys.argv[2])))\n")
@@ -157,8 +165,24 @@ def test_packed_model_transcribes_in_a_fresh_process(recipe, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "out" / "text").read_text() == f"{utt} {json.loads(text)}\n"
     assert "search: beam" in (tmp_path / "out" / "decode.yaml").read_text()
-    bad = subprocess.run(cmd[:6] + ["--task", "tts"] + cmd[8:], capture_output=True, text=True, env=env(), timeout=300)
+    bad = subprocess.run(cmd[:6] + ["--task", "tts_phones"] + cmd[8:], capture_output=True, text=True, env=env(), timeout=300)
     assert bad.returncode != 0 and "has 2 conditions" in bad.stderr
+
+
+def test_packed_model_speaks_any_text_in_its_voice(recipe):
+    """The packed model ships a prompt of its TTS voice (local/data.sh's data/voices, stage 9's
+    --pack_voices): lm.tts(text) in a new interpreter needs no prompt of the user's (a tts_phones
+    prompt must have its phone alignment beside it)."""
+    packed = recipe.path / TAG / "packed"
+    assert (packed / "voices" / "en-us.wav").is_file() and (packed / "voices" / "en-us.phn").is_file()
+    assert (recipe.path / TAG / "upload" / "voices" / "en-us.wav").is_file()  # the export carries it
+    code = ("import sys, speechlm\nlm = speechlm.load(sys.argv[1])\nprint(lm.speech_task(), *lm.voices)\n"
+            "wav, sr = lm.tts('what time is it')\nprint(sr, len(wav))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(packed)], capture_output=True, text=True, env=env(),
+                         timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr[-3000:]
+    voice, (sr, n) = out.stdout.strip().splitlines()[-2], map(int, out.stdout.strip().splitlines()[-1].split())
+    assert voice == "tts_phones en-us" and n > 0.3 * sr
 
 
 NEW_TASK = """name: phone_asr
@@ -167,7 +191,7 @@ prefix_lm: true
 conditions:
   - {name: speech, modality: audio, tokenizer: codec, source: wav.scp}
 targets:
-  - {name: phones, modality: text, tokenizer: phone, source: text}
+  - {name: phones, modality: text, tokenizer: phones, source: text}
 """
 
 

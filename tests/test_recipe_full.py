@@ -18,9 +18,9 @@ from test_recipe_mini import MINI, pytestmark as _needs_espeak
 
 pytestmark = [pytest.mark.slow, _needs_espeak]
 
-# The targets. Measured (README, 2026-12-01): CER 17.4% with the recipe's joint CTC/attention beam
-# search; TTS ended by the model for 96.7%, durations in 0.7-1.4x of the reference for 97.5%
-# (speech span 98.3%), Whisper WER 107.7% against 75.0% on the Codec 2 resynthesis.
+# The targets (README, "Results"): ASR CER <= 25% with the recipe's joint CTC/attention beam search
+# on the 138 voices; TTS (one voice) ended by the model and of the reference's duration for >= 90%,
+# and a Whisper WER within 2x its WER on the Codec 2 resynthesis and below 100%.
 MAX_ASR_CER = 25.0
 MIN_TTS_STOPPED = 90.0
 MIN_TTS_DURATION_IN_RANGE = 90.0
@@ -36,7 +36,7 @@ def results(tmp_path_factory) -> dict:
     env.pop("OMP_NUM_THREADS", None)  # the recipe uses every core, as `make demo` does
     res = subprocess.run(["./run.sh"], cwd=recipe, capture_output=True, text=True, env=env, timeout=3600)
     assert res.returncode == 0, res.stderr[-5000:]
-    assert "## test / asr" in res.stdout and "## test / tts" in res.stdout  # the results table is printed
+    assert "## test / asr" in res.stdout and "## test_tts / tts_phones" in res.stdout  # the results table is printed
     entries = json.loads((recipe / "exp/train_mini_espeak/RESULTS.json").read_text())["entries"]
     return {e["task"]: e for e in entries}
 
@@ -49,11 +49,11 @@ def test_asr_is_scored_on_the_whole_test_set(results):
 
 
 def test_tts_is_scored_with_both_recognizer_floors(results):
-    tts = results["tts"]
+    tts = results["tts_phones"]
     assert tts["n_utts"] == 120
     assert {"ground truth", "codec"} <= set(tts["floor"])
     assert tts["floor"]["codec"]["wer"] >= tts["floor"]["ground truth"]["wer"]  # Codec 2 loses something
     assert tts["metrics"]["duration"]["stopped_pct"] >= MIN_TTS_STOPPED
     assert tts["metrics"]["duration"]["in_range_pct"] >= MIN_TTS_DURATION_IN_RANGE
     assert tts["metrics"]["duration"]["speech_in_range_pct"] >= MIN_TTS_DURATION_IN_RANGE  # not silence padding
-    assert tts["metrics"]["intelligibility"]["wer"] <= 2 * tts["floor"]["codec"]["wer"]
+    assert tts["metrics"]["intelligibility"]["wer"] <= min(2 * tts["floor"]["codec"]["wer"], 100.0)

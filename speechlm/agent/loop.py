@@ -756,7 +756,7 @@ class AgentLoop:
 
         path = out_dir / "wav" / f"{run.ep.id}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        task = self.pipe.tts_task(False)
+        task = self.pipe.speech_task()
         if task is not None:
             wav, sr = self.pipe.tts(run.answer, task=task)
             write_wav(path, np.asarray(wav, dtype=np.float32), sr)
@@ -765,7 +765,7 @@ class AgentLoop:
             import subprocess
 
             if shutil.which("espeak-ng") is None:
-                raise FileNotFoundError("--speak: the model has no plain_tts task and espeak-ng is not installed "
+                raise FileNotFoundError("--speak: the model has no TTS task it can run without a prompt and espeak-ng is not installed "
                                         "(apt-get install espeak-ng)")
             tmp = path.with_suffix(".tmp.wav")
             subprocess.run(["espeak-ng", "-w", str(tmp), run.answer], check=True, capture_output=True)

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--average", type=int, default=3, help="checkpoints averaged with --checkpoint average")
     p.add_argument("--decode-config", help="decode YAML stored as the model's default decoding options "
                    "(used by speechlm.load and by speechlm decode without --decode-config)")
+    p.add_argument("--voices-dir",
+                   help="speaker prompts to ship with the model: the dir's <name>.wav files (each with its "
+                        "<name>.phn alignment where there) go to voices/; `speechlm serve` offers them by name, "
+                        "and lm.tts(text) of a model whose TTS takes a prompt uses voices/default.wav, else the first")
     p.add_argument("--length-refit-steps", type=int, default=1500,
                    help="models with a length head: refit it on the frozen features of the training data "
                         "for this many steps (0: keep the head as trained)")
@@ -45,6 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resolve the run's relative tokenizer paths against this dir (default: the dir the run "
                         "was started in, as the run recorded it); the files are still checked against the "
                         "fingerprints taken at training time")
+
+
+def copy_voices(src: Path, dst: Path) -> None:
+    """``src/<name>.wav`` (and ``<name>.phn`` beside it) -> ``dst/``; a dir without wav files is an error."""
+    wavs = sorted(src.glob("*.wav")) if src.is_dir() else []
+    if not wavs:
+        raise FileNotFoundError(f"--voices-dir {src}: no <name>.wav speaker prompts in it")
+    dst.mkdir(parents=True, exist_ok=True)
+    for wav in wavs:
+        for f in (wav, wav.with_suffix(".phn")):
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+    log.info("pack: voices %s from %s", ", ".join(w.stem for w in wavs), src)
 
 
 def run_base_dir(exp: Path) -> tuple[Path, str]:
@@ -208,6 +225,8 @@ def main(args: argparse.Namespace) -> int:
         refit = refit_length(exp, tmp, args.length_refit_steps, args.length_refit_examples)
         shutil.copytree(exp / "tasks", tmp / "tasks")
         copy_tokenizers(exp, tmp, base)
+    if args.voices_dir:
+        copy_voices(Path(args.voices_dir), tmp / "voices")
     if args.decode_config:
         from speechlm.config import load_yaml
         from speechlm.infer.config import decode_config_for

@@ -285,11 +285,33 @@ class Pipeline:
         """The model's TTS task with a speaker prompt (``prompted``) or without (:func:`tts_task`)."""
         return tts_task(self.templates, prompted)
 
+    @property
+    def voices(self) -> dict[str, Path]:
+        """The speaker prompts shipped in the model dir (:func:`find_voices`)."""
+        return find_voices(self.path)
+
+    def speech_task(self) -> str | None:
+        """The TTS task ``lm.tts(text)`` runs without a prompt: the prompt-free one, else the prompted
+        one with the model dir's voice (``voices/default.wav``, else the first); None where neither."""
+        return self.tts_task(False) or (self.tts_task(True) if self.voices else None)
+
     def tts_inputs(self, text: str, speaker_prompt: AudioValue | None = None,
                    task: str | None = None) -> tuple[str, dict[str, Any]]:
-        """The TTS task (:meth:`tts_task`; with a speaker prompt the prompted one) and its inputs."""
+        """The TTS task (:meth:`tts_task`; with a speaker prompt the prompted one, without one
+        :meth:`speech_task`) and its inputs; a prompted task without a prompt takes the model's voice."""
         prompted = speaker_prompt is not None
-        task = task or self.tts_task(prompted) or ("tts" if prompted else "plain_tts")
+        task = task or (self.tts_task(True) if prompted else self.speech_task())
+        voices = self.voices
+        if task is not None and speaker_prompt is None and voices and any(
+                seg.modality == "spk_prompt" for seg in self.template(task).conditions):
+            speaker_prompt = str(voices.get("default", next(iter(voices.values()))))
+        if task is None:
+            other = self.tts_task(not prompted)
+            if other is None:
+                raise InputError(f"this model has no TTS task; it has: {', '.join(self.templates)}")
+            raise InputError(f"this model's TTS task {other!r} " + (
+                "takes no speaker prompt: it speaks the voice it was trained on" if prompted
+                else "needs a speaker prompt (a wav of the voice to use; `speechlm pack --voices-dir` ships one)"))
         template = self.template(task)
         inputs = {}
         for seg in template.conditions:
@@ -343,6 +365,13 @@ class Output:
     tokens: np.ndarray
     stopped: bool
     score: float
+
+
+def find_voices(model_dir: Path | None) -> dict[str, Path]:
+    """Named speaker prompts of a model dir: ``voices/<name>.wav`` (also .flac), by name."""
+    if model_dir is None or not (Path(model_dir) / "voices").is_dir():
+        return {}
+    return {p.stem: p for p in sorted((Path(model_dir) / "voices").iterdir()) if p.suffix.lower() in (".wav", ".flac")}
 
 
 def tts_task(templates: dict[str, TaskTemplate], prompted: bool) -> str | None:

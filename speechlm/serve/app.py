@@ -132,13 +132,6 @@ def scheduler_errors(e: BaseException) -> APIError | None:
     return None
 
 
-def find_voices(model_dir: Path | None) -> dict[str, Path]:
-    """Named speaker prompts of a model dir: ``voices/<name>.wav`` (also .flac)."""
-    if model_dir is None or not (model_dir / "voices").is_dir():
-        return {}
-    return {p.stem: p for p in sorted((model_dir / "voices").iterdir()) if p.suffix.lower() in (".wav", ".flac")}
-
-
 # ---- the app ---------------------------------------------------------------------------------------------
 def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None = None, max_batch: int = 16,
                window_s: float = 0.01, agent_mode: str = "e2e", dialogue_task: str | None = None,
@@ -173,7 +166,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     model_id = model_name or (path.name if path is not None else "speechlm")
     scheduler = BatchScheduler(pipe, max_batch=max_batch, window_s=window_s)
     sessions = SessionStore(limits.max_sessions, limits.session_ttl_s)
-    state = ServerState(pipe, model_id, scheduler, sessions, limits, api_key or None, voices=find_voices(path))
+    state = ServerState(pipe, model_id, scheduler, sessions, limits, api_key or None, voices=pipe.voices)
     state.agent_executor = concurrent.futures.ThreadPoolExecutor(limits.agent_workers, thread_name_prefix="speechlm-agent")
     state.stream_executor = concurrent.futures.ThreadPoolExecutor(limits.max_streams, thread_name_prefix="speechlm-tts")
     state.stream_slots = asyncio.Semaphore(limits.max_streams)
@@ -184,7 +177,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
         state.agent_error = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         log.info("no voice agent on this model: %s", state.agent_error)
-    plain_task, prompted_task = pipe.tts_task(False), pipe.tts_task(True)
+    plain_task, prompted_task = pipe.speech_task(), pipe.tts_task(True)  # plain: no prompt from the client
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

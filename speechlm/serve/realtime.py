@@ -212,7 +212,7 @@ def speech_chunks(pipe, text: str, chunk_s: float = AUDIO_CHUNK_S, config=None) 
     """``(pcm16 bytes, sample_rate)`` chunks of ``text`` spoken as they are made: the model's TTS
     task (its streaming decoder when the pipeline has one; ``config``: its decode options, default
     the model dir's), else espeak-ng's output as it writes it."""
-    task = pipe.tts_task(False) if pipe is not None else None
+    task = pipe.speech_task() if pipe is not None else None
     if task is not None:
         sr = pipe.tokenizers[pipe.template(task).targets[0].tokenizer].sample_rate
         if hasattr(pipe, "tts_stream"):

@@ -60,6 +60,7 @@ model_config=             # model YAML, or a built-in preset's name: tiny, 30m, 
 train_args=               # extra flags for speechlm train, e.g. "--max-steps 100"
 tag=                      # experiment name: exp/<tag> (default: train_config name + data_name)
 init_from=                # packed model or exp dir to start from; its vocabulary is extended
+pack_voices=              # dir of speaker prompts (<name>.wav, <name>.phn) the packed model ships in voices/ (speechlm pack --voices-dir)
 decode_tasks=             # tasks decoded on test_sets with the packed model (default: tasks)
 decode_config=            # decoding settings (speechlm decode --decode-config YAML)
 decode_args=              # extra flags for speechlm decode
@@ -340,6 +341,7 @@ if stage_on 9; then
   else
     pack_opts=()
     if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
+    if [[ -n ${pack_voices} ]]; then pack_opts+=(--voices-dir "${pack_voices}"); fi
     "${slm[@]}" pack --exp-dir "${exp}" --out-dir "${exp}/packed" "${pack_opts[@]}"
     touch "${exp}/packed/.done"
   fi

@@ -5,7 +5,8 @@
 # held-out voices, dev has held-out sentences with training voices. --voices en-us (or a comma list
 # of VOICE[:RATE[:PITCH]]) uses those voices in every split instead: no held-out test voices then.
 # --tts_voice en-us also speaks every sentence in that one voice, with its phone alignment, into
-# data/{train,dev,test}_tts (the same sentences per split): the recipe's TTS learns that voice.
+# data/{train,dev,test}_tts (the same sentences per split): the recipe's TTS learns that voice;
+# data/voices/<voice>.wav (+ .phn) is its first dev sentence, the packed model's speaker prompt.
 # Deterministic under --seed; re-running keeps the wav files that exist (it resumes).
 # Run from the recipe dir: local/data.sh [--num_utts 3000] [--nj 2] ...
 set -euo pipefail
@@ -69,4 +70,10 @@ corpus() {
 corpus "${workdir}/plan.tsv" "${voices}" "${align}" ""
 if [[ -n ${tts_voice} ]]; then
   corpus "${workdir}/plan_tts.tsv" "${tts_voice}" true _tts
+  # the voice's prompt for the packed model (speechlm.sh --pack_voices data/voices): with it,
+  # lm.tts(text) and `speechlm serve` speak without a prompt of the user's (which would need an alignment)
+  read -r _ prompt_wav < data/dev_tts/wav.scp
+  mkdir -p data/voices
+  for ext in wav phn; do cp "${prompt_wav%.wav}.${ext}" "data/voices/${tts_voice%%:*}.${ext}"; done
+  log "done: data/voices/${tts_voice%%:*}.wav (a speaker prompt of the voice)"
 fi
