@@ -212,7 +212,7 @@ def test_aligned_corpus(tmp_path):
 
 
 def test_phone_experiment_configs_fit_together():
-    """The phone-stream experiment's files (README: "Reading the text") load and name each other."""
+    """The recipe's phone-led files (run.sh; README: "Reading the text") load and name each other."""
     from speechlm.config import load_config, load_yaml
     from speechlm.infer.config import check_decode_options, decode_config_for
     from speechlm.models.config import ModelConfig
@@ -226,8 +226,9 @@ def test_phone_experiment_configs_fit_together():
     for spec in toks.values():
         tokenizer_class(spec["type"])  # registered
     decode = load_yaml(conf / "decode_phones.yaml")
-    check_decode_options(decode, "decode_phones.yaml", {"asr", "tts_phones", "tts_spoken_phones"})
-    for task, kind in (("tts_phones", "espeak_phones"), ("tts_spoken_phones", "phone_list")):
+    check_decode_options(decode, "decode_phones.yaml", {"asr", "tts_phones", "plain_tts_phones", "tts_spoken_phones"})
+    for task, kind in (("tts_phones", "espeak_phones"), ("plain_tts_phones", "espeak_phones"),
+                       ("tts_spoken_phones", "phone_list")):
         tpl = load_template_file(conf / "tasks" / f"{task}.yaml")
         assert {s.tokenizer for s in tpl.conditions + tpl.targets} <= set(toks)
         follow = decode_config_for(decode, task, "decode_phones.yaml").follow_phones

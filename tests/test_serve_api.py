@@ -417,6 +417,24 @@ def test_a_model_with_the_monologue_task_alone_serves_it(served, tmp_path):
     app.state.speechlm.close()
 
 
+def test_a_model_with_a_prompted_tts_alone_speaks_its_voice_by_default(served, tmp_path):
+    """The mini recipe packs tts_phones (prompted) and its voice: voice "default" is that task with
+    the model dir's voice, and it speaks as the named voice does."""
+    from fastapi.testclient import TestClient
+
+    one = tmp_path / "one"
+    shutil.copytree(served["dir"], one)
+    (one / "tasks" / "plain_tts.yaml").unlink()
+    with TestClient(create_app(one, realtime=False)) as tc:
+        got = {}
+        for voice in ("default", "alice"):
+            r = tc.post("/v1/audio/speech", json={"model": "m", "voice": voice, "input": "hello"})
+            assert r.status_code == 200, r.text
+            got[voice] = (r.headers["X-Speechlm-Task"], len(r.content))
+        assert got["default"] == got["alice"] and got["default"][0] == "tts"
+        assert "default" in tc.get("/v1/models").json()["data"][0]["speechlm"]["voices"]
+
+
 # ---- the command ---------------------------------------------------------------------------------------
 def test_speechlm_serve_command_binds_localhost_with_a_key(served):
     sock = free_socket()
