@@ -260,7 +260,9 @@ def test_tts_task_is_found_by_its_shape():
     assert tts_task(tpls(["asr", "tts_phones"]), True) == "tts_phones"
     assert tts_task(tpls(["asr", "tts_phones"]), False) is None and tts_task(tpls(["asr", "audiolm"]), True) is None
     card = "\n".join(usage_lines(tpls(["asr", "tts_phones"])))
-    assert 'lm.tts("hello world", speaker_prompt="prompt.wav")' in card
+    assert 'lm.tts("hello world", speaker_prompt="prompt.wav")' in card and 'lm.tts("hello world")' not in card
+    card = "\n".join(usage_lines(tpls(["asr", "tts_phones"]), ["en-us"]))  # a model dir with a voice
+    assert 'lm.tts("hello world")  # in the voice of voices/en-us.wav' in card
 
 
 # ---- case 20 -------------------------------------------------------------------------------------

@@ -765,8 +765,8 @@ class AgentLoop:
             import subprocess
 
             if shutil.which("espeak-ng") is None:
-                raise FileNotFoundError("--speak: the model has no TTS task it can run without a prompt and espeak-ng is not installed "
-                                        "(apt-get install espeak-ng)")
+                raise FileNotFoundError("--speak: the model has no TTS task it can run without a prompt and "
+                                        "espeak-ng is not installed (apt-get install espeak-ng)")
             tmp = path.with_suffix(".tmp.wav")
             subprocess.run(["espeak-ng", "-w", str(tmp), run.answer], check=True, capture_output=True)
             tmp.replace(path)

@@ -152,6 +152,7 @@ def card_info(exp: Path, model_dir: Path, out: Path, ckpt: Path, args: argparse.
     command and results, and the pack flags."""
     import json
 
+    from speechlm.infer.pipeline import find_voices
     from speechlm.models.model_card import CardInfo
 
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
@@ -165,7 +166,8 @@ def card_info(exp: Path, model_dir: Path, out: Path, ckpt: Path, args: argparse.
         checkpoint=f"`{ckpt.name}`" + (f" (step {step})" if step else ""),
         training_data=yaml.safe_dump(data) if data else "",
         command=(exp / "cmd.sh").read_text() if (exp / "cmd.sh").is_file() else "",
-        results=(exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "", notes=notes)
+        results=(exp / "RESULTS.md").read_text() if (exp / "RESULTS.md").is_file() else "", notes=notes,
+        voices=list(find_voices(model_dir)))
 
 
 def refit_length(exp: Path, model_dir: Path, steps: int, examples: int) -> str:

@@ -36,6 +36,7 @@ class CardInfo:
     command: str = ""  # the training command
     results: str = ""  # the run's RESULTS.md
     notes: list[str] = field(default_factory=list)  # extra lines (e.g. the length head refit)
+    voices: list[str] = field(default_factory=list)  # the speaker prompts in voices/ (by name)
 
 
 def _kind(template: TaskTemplate, segments) -> str:
@@ -58,8 +59,9 @@ def _example_value(seg) -> str:
     return f'"{seg.name}.wav"' if seg.modality in AUDIO_MODALITIES else '"hello world"'
 
 
-def usage_lines(templates: dict[str, TaskTemplate]) -> list[str]:
-    """One call per task of the model, through the :class:`~speechlm.infer.pipeline.Pipeline` API."""
+def usage_lines(templates: dict[str, TaskTemplate], voices: list[str] = ()) -> list[str]:
+    """One call per task of the model, through the :class:`~speechlm.infer.pipeline.Pipeline` API
+    (``voices``: the model dir's speaker prompts, which a prompted TTS task uses when given none)."""
     from speechlm.infer.pipeline import tts_task
 
     lm_tts = {tts_task(templates, False), tts_task(templates, True)} - {None}  # what lm.tts picks by itself
@@ -73,6 +75,9 @@ def usage_lines(templates: dict[str, TaskTemplate]) -> list[str]:
             call = f"lm.asr({_example_value(t.conditions[0])})"
         elif name in lm_tts:
             prompt = f", speaker_prompt={_example_value(conds['spk_prompt'])}" if "spk_prompt" in conds else ""
+            if prompt and voices:
+                voice = "default" if "default" in voices else voices[0]
+                lines.append(f"wav, sample_rate = lm.tts(\"hello world\")  # in the voice of voices/{voice}.wav")
             call = f"lm.tts(\"hello world\"{prompt})"
         else:
             args = "".join(f", {s.name}={_example_value(s)}" for s in t.conditions)
@@ -98,7 +103,7 @@ def build_card(info: CardInfo, templates: dict[str, TaskTemplate], model_desc: s
         f"# {info.name}", "",
         f"A speechlm model: {model_desc}.", "",
         f"Tasks: {', '.join(tasks)}." + (f" Checkpoint: {info.checkpoint}." if info.checkpoint else ""), "",
-        "## Use", "", "```python", "import speechlm", load, *usage_lines(templates), "```", "",
+        "## Use", "", "```python", "import speechlm", load, *usage_lines(templates, info.voices), "```", "",
         "or `speechlm decode --model-dir DIR --manifest-dir DUMP --out-dir OUT` on a dumped data set.", "",
         "## Training data", "", "```", info.training_data.strip() or "(not recorded)", "```", "",
         "## Training command", "", "```", info.command.strip() or "(not recorded)", "```", "",
