@@ -321,6 +321,15 @@ def test_finished_stages_skip_themselves(tmp_path):
     (ckpt / "model.safetensors").write_text("newer")
     assert run(args, cwd=recipe).returncode == 0
     assert commands() == ["pack", *["decode"] * 6, "score", "score"]  # 2 shards + merge per set
+    # a voice prompt newer than the packed model (--pack_voices) packs again
+    voices = recipe / "voices"
+    voices.mkdir()
+    assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0 and commands()[0] == "pack"
+    assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0 and commands() == []
+    (voices / "en-us.wav").write_bytes(b"RIFF")
+    later = (voices / "en-us.wav").stat().st_mtime + 10
+    os.utime(voices / "en-us.wav", (later, later))
+    assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0 and commands()[0] == "pack"
 
 
 def test_stage5_tokenizes_in_shard_jobs_of_cpu_cmd_then_merges(tmp_path):

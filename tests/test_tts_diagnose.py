@@ -257,3 +257,8 @@ def test_summary_says_a_condition_is_unread_only_when_swapping_it_costs_nothing(
     assert voice.startswith("reading the voice") and "does not set" not in voice and "3.300" in voice
     text, voice = lines(0.3, 0.0)
     assert "not the text" not in text and "does not set the voice" in voice
+    # a phone-led target (a "phone" stream): its history carries the text, so no verdict on reading it
+    own = {"all": {"ce": 3.0, "acc": 0.3}, "phone": {"ce": 0.1, "acc": 0.9}}
+    tf = {"true_length": own, "other_text": {"all": {"ce": 3.0, "acc": 0.3}}}
+    text, = summary_lines({"parity": {}, "teacher_forced": tf, "lengths": {}})
+    assert "phone stream carries the text" in text and "not the text" not in text

@@ -62,9 +62,12 @@ def summary_lines(r: dict) -> list[str]:
         out.append(f"teacher-forced accuracy {_f(a['acc'])} with the true length, {_f(b['acc'])} with the "
                    f"predicted one (CE {_f(a['ce'])} -> {_f(b['ce'])}; predicted/true length "
                    f"{_f(r['lengths'].get('predicted_over_true_mean'))})")
+    # a phone-led target's history holds the text's phones, so teacher forcing cannot show it unread
+    text_unread = ("the target's phone stream carries the text in the history: compare free-running output "
+                   "instead" if "phone" in tf.get("true_length", {}) else "the model predicts from the audio history, "
+                   "not the text")
     for key, what, own, other, unread in (
-            ("other_text", "the text", "its own text", "the next sentence's", "the model predicts from the audio "
-             "history, not the text"),
+            ("other_text", "the text", "its own text", "the next sentence's", text_unread),
             ("other_voice", "the voice", "a prompt of its own voice", "another voice's", "the prompt does not set "
              "the voice")):
         if key in tf:
