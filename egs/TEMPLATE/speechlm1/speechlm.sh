@@ -337,7 +337,7 @@ up_to_date() {
 if stage_on 9; then
   log "Stage 9: packing: ${exp} -> ${exp}/packed"
   if up_to_date "${exp}/packed/.done" "${exp}/checkpoints" ${pack_voices:+"${pack_voices}"}; then
-    log "Stage 9: ${exp}/packed is newer than every checkpoint${pack_voices:+ and ${pack_voices}}, skipped"
+    log "Stage 9: ${exp}/packed is newer than every checkpoint, skipped"
   else
     pack_opts=()
     if [[ -n ${decode_config} ]]; then pack_opts=(--decode-config "${decode_config}"); fi
