@@ -21,7 +21,7 @@ from speechlm.config import ConfigError
 from speechlm.data.batch import collate
 from speechlm.data.sequence import build_example
 from speechlm.infer import DecodeConfig, generate_nbest
-from speechlm.infer.pipeline import InputError
+from speechlm.infer.pipeline import InputError, default_voice
 from speechlm.models import SpeechLM
 from speechlm.tasks import load_template
 from conftest import synth
@@ -359,7 +359,7 @@ def test_shard_jobs_then_merge_give_the_local_pools_output(model_dir, wavs, tmp_
 
 
 @pytest.mark.parametrize("task,prompted,says", [
-    ("plain_tts", True, "'plain_tts' takes no speaker prompt"),  # the mini recipe's one-voice TTS
+    ("plain_tts", True, "'plain_tts' takes no speaker prompt"),  # a model that speaks one voice
     ("tts", False, "'tts' needs a speaker prompt"),
 ])
 def test_tts_with_or_without_a_prompt_the_model_lacks(tmp_path, wavs, task, prompted, says):
@@ -381,6 +381,7 @@ def test_a_shipped_voice_is_the_prompt_of_tts_without_one(tmp_path, wavs):
     voice = shutil.copy(next(iter(wavs.values())), root / "voices" / "en-us.wav")
     lm = speechlm.load(root)
     assert lm.speech_task() == "tts" and list(lm.voices) == ["en-us"]
+    assert default_voice(["en-us", "default"]) == "default" and default_voice(["en-us", "en-gb"]) == "en-gb"
     task, inputs = lm.tts_inputs("hello")
     assert task == "tts" and str(voice) in inputs.values() and "hello" in inputs.values()
     # greedy: the same tokens as with the prompt given by hand (Codec 2's random phases make the samples differ)

@@ -324,7 +324,9 @@ def test_finished_stages_skip_themselves(tmp_path):
     # a voice prompt newer than the packed model (--pack_voices) packs again
     voices = recipe / "voices"
     voices.mkdir()
-    assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0 and commands()[0] == "pack"
+    assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0
+    assert "pack --exp-dir exp/train_toy --out-dir exp/train_toy/packed --voices-dir voices\n" in log.read_text()
+    assert commands()[0] == "pack"
     assert run([*args, "--pack_voices", "voices"], cwd=recipe).returncode == 0 and commands() == []
     (voices / "en-us.wav").write_bytes(b"RIFF")
     later = (voices / "en-us.wav").stat().st_mtime + 10

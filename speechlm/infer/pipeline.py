@@ -55,6 +55,7 @@ class Pipeline:
         self.tokenizers = tokenizers
         self.templates = templates
         self.path = path
+        self.voices = find_voices(path)  # speaker prompts shipped in the model dir, by name
         self.decode_options = decode_options or {}  # a decode YAML: defaults + ``tasks: {task: {...}}``
         self.allow_pipes = allow_pipes
 
@@ -285,11 +286,6 @@ class Pipeline:
         """The model's TTS task with a speaker prompt (``prompted``) or without (:func:`tts_task`)."""
         return tts_task(self.templates, prompted)
 
-    @property
-    def voices(self) -> dict[str, Path]:
-        """The speaker prompts shipped in the model dir (:func:`find_voices`)."""
-        return find_voices(self.path)
-
     def speech_task(self) -> str | None:
         """The TTS task ``lm.tts(text)`` runs without a prompt: the prompt-free one, else the prompted
         one with the model dir's voice (``voices/default.wav``, else the first); None where neither."""
@@ -301,10 +297,6 @@ class Pipeline:
         :meth:`speech_task`) and its inputs; a prompted task without a prompt takes the model's voice."""
         prompted = speaker_prompt is not None
         task = task or (self.tts_task(True) if prompted else self.speech_task())
-        voices = self.voices
-        if task is not None and speaker_prompt is None and voices and any(
-                seg.modality == "spk_prompt" for seg in self.template(task).conditions):
-            speaker_prompt = str(voices.get("default", next(iter(voices.values()))))
         if task is None:
             other = self.tts_task(not prompted)
             if other is None:
@@ -313,6 +305,8 @@ class Pipeline:
                 "takes no speaker prompt: it speaks the voice it was trained on" if prompted
                 else "needs a speaker prompt (a wav of the voice to use; `speechlm pack --voices-dir` ships one)"))
         template = self.template(task)
+        if speaker_prompt is None and self.voices and any(s.modality == "spk_prompt" for s in template.conditions):
+            speaker_prompt = str(self.voices[default_voice(self.voices)])
         inputs = {}
         for seg in template.conditions:
             inputs[seg.name] = speaker_prompt if seg.modality == "spk_prompt" else text
@@ -372,6 +366,11 @@ def find_voices(model_dir: Path | None) -> dict[str, Path]:
     if model_dir is None or not (Path(model_dir) / "voices").is_dir():
         return {}
     return {p.stem: p for p in sorted((Path(model_dir) / "voices").iterdir()) if p.suffix.lower() in (".wav", ".flac")}
+
+
+def default_voice(names) -> str:
+    """The voice a prompted TTS task uses when given no prompt: ``default``, else the first by name."""
+    return "default" if "default" in names else sorted(names)[0]
 
 
 def tts_task(templates: dict[str, TaskTemplate], prompted: bool) -> str | None:

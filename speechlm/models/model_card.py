@@ -62,7 +62,7 @@ def _example_value(seg) -> str:
 def usage_lines(templates: dict[str, TaskTemplate], voices: list[str] = ()) -> list[str]:
     """One call per task of the model, through the :class:`~speechlm.infer.pipeline.Pipeline` API
     (``voices``: the model dir's speaker prompts, which a prompted TTS task uses when given none)."""
-    from speechlm.infer.pipeline import tts_task
+    from speechlm.infer.pipeline import default_voice, tts_task
 
     lm_tts = {tts_task(templates, False), tts_task(templates, True)} - {None}  # what lm.tts picks by itself
     lines = []
@@ -76,8 +76,8 @@ def usage_lines(templates: dict[str, TaskTemplate], voices: list[str] = ()) -> l
         elif name in lm_tts:
             prompt = f", speaker_prompt={_example_value(conds['spk_prompt'])}" if "spk_prompt" in conds else ""
             if prompt and voices:
-                voice = "default" if "default" in voices else voices[0]
-                lines.append(f"wav, sample_rate = lm.tts(\"hello world\")  # in the voice of voices/{voice}.wav")
+                lines.append(f"wav, sample_rate = lm.tts(\"hello world\")  # in the voice of "
+                             f"voices/{default_voice(voices)}.wav")
             call = f"lm.tts(\"hello world\"{prompt})"
         else:
             args = "".join(f", {s.name}={_example_value(s)}" for s in t.conditions)

@@ -177,7 +177,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     except (KeyError, ValueError) as e:  # no agent task in this model: the other endpoints still work
         state.agent_error = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         log.info("no voice agent on this model: %s", state.agent_error)
-    plain_task, prompted_task = pipe.speech_task(), pipe.tts_task(True)  # plain: no prompt from the client
+    default_task, prompted_task = pipe.speech_task(), pipe.tts_task(True)  # default: no prompt from the client
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -228,7 +228,7 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
     @app.get("/v1/models")
     async def models():
         return model_list(model_id, state.created, {
-            "tasks": sorted(pipe.templates), "voices": ([DEFAULT_VOICE] if plain_task else []) + list(state.voices),
+            "tasks": sorted(pipe.templates), "voices": ([DEFAULT_VOICE] if default_task else []) + list(state.voices),
             "agent": None if state.agent is None else {"mode": agent_mode, "task": state.agent.task,
                                                        "tools": len(TOOLS.names())}})
 
@@ -293,9 +293,9 @@ def create_app(model_dir, *, api_key: str | None = None, limits: Limits | None =
         from speechlm.serve.audio_io import decode_audio, decode_base64
 
         voice = voice.id if isinstance(voice, VoiceRef) else voice
-        known = ([DEFAULT_VOICE] if plain_task else []) + list(state.voices)
-        if voice == DEFAULT_VOICE and plain_task:
-            return plain_task, None
+        known = ([DEFAULT_VOICE] if default_task else []) + list(state.voices)
+        if voice == DEFAULT_VOICE and default_task:
+            return default_task, None
         if voice in state.voices or voice.startswith("data:"):
             if prompted_task is None:
                 raise APIError(400, f"voice {voice[:40]!r}: this model has no speaker-prompted TTS task; use "
